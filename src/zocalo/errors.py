@@ -1,0 +1,35 @@
+"""The small error hierarchy users catch: everything derives from ZocaloError."""
+
+from __future__ import annotations
+
+
+class ZocaloError(Exception):
+    """Base of every error Zocalo raises on purpose."""
+
+
+class TransportError(ZocaloError):
+    """A broker operation failed."""
+
+
+class ConnectionFailed(TransportError):
+    """The broker could not be reached, or refused us (URL, credentials, vhost)."""
+
+
+class UnsupportedFeature(TransportError):
+    """The transport cannot honour a requested feature (priority, delay, ...)."""
+
+
+class PublishFailed(TransportError):
+    """The broker did not accept a message; the input that produced it was not acked."""
+
+
+class InvalidURL(TransportError):
+    """A transport URL that names no known transport or is malformed."""
+
+
+class InvalidRecipe(ZocaloError, ValueError):
+    """A recipe that fails validation. The message names the step and the field."""
+
+
+class InvalidMessage(ZocaloError, ValueError):
+    """A received body that is not a usable message (bad JSON, not a recipe, bad pointer)."""

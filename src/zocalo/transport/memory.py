@@ -1,0 +1,409 @@
+"""An in-process broker for tests and one-process runs: ``memory://NAME``.
+
+Every transport object opened on the same URL name in one process shares one
+:class:`MemoryBroker`; each transport object is one "connection", so closing
+(or aborting) it returns its unacknowledged deliveries, as a crashed consumer
+would. URL options: ``confirm_delay`` (seconds before a publish is confirmed,
+to exercise pipelining) and ``delivery_limit``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from zocalo.errors import ConnectionFailed, TransportError
+from zocalo.transport.base import (
+    DEFAULT_DELIVERY_LIMIT,
+    DLQ_HISTORY_HEADER,
+    DLQ_QUEUE_HEADER,
+    DLQ_REASON_HEADER,
+    Callback,
+    Capability,
+    Confirmation,
+    Delivery,
+    Outgoing,
+    Subscription,
+    Transport,
+    confirmed,
+    dlq_name,
+)
+
+log = logging.getLogger(__name__)
+
+_brokers: dict[str, MemoryBroker] = {}
+_brokers_lock = threading.Lock()
+
+
+@dataclass
+class _Stored:
+    """A message held by the broker."""
+
+    id: str
+    body: bytes
+    headers: dict[str, Any]
+    priority: int = 0
+    expires_at: float | None = None
+    delivery_count: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Queue:
+    ready: list[tuple[int, int, _Stored]] = field(default_factory=list)  # (-priority, seq, msg)
+    delayed: list[tuple[float, int, _Stored]] = field(default_factory=list)  # (due, seq, msg)
+
+
+class MemoryBroker:
+    """Queues, topics and in-flight bookkeeping shared by memory transports."""
+
+    def __init__(self, name: str, confirm_delay: float = 0.0) -> None:
+        self.name = name
+        self.confirm_delay = confirm_delay
+        self.condition = threading.Condition()
+        self.queues: dict[str, _Queue] = {}
+        self.topics: dict[str, list[_Consumer]] = {}
+        self.expired = 0
+        self._seq = itertools.count()
+        self._ids = itertools.count(1)
+        self._confirmer: _DelayedConfirmer | None = None
+
+    # All methods below expect self.condition to be held.
+    def queue(self, name: str) -> _Queue:
+        return self.queues.setdefault(name, _Queue())
+
+    def new_id(self) -> str:
+        return f"{self.name}-{next(self._ids)}"
+
+    def enqueue(self, queue: str, message: _Stored, delay: float | None = None) -> None:
+        target = self.queue(queue)
+        if delay:
+            heapq.heappush(target.delayed, (time.monotonic() + delay, next(self._seq), message))
+        else:
+            heapq.heappush(target.ready, (-message.priority, next(self._seq), message))
+        self.condition.notify_all()
+
+    def take(self, queue: str) -> tuple[_Stored | None, float | None]:
+        """Pop the next deliverable message, or (None, seconds until one may be due)."""
+        target = self.queue(queue)
+        now = time.monotonic()
+        while target.delayed and target.delayed[0][0] <= now:
+            _, _, message = heapq.heappop(target.delayed)
+            heapq.heappush(target.ready, (-message.priority, next(self._seq), message))
+        while target.ready:
+            _, _, message = heapq.heappop(target.ready)
+            if message.expires_at is not None and message.expires_at <= time.time():
+                self.expired += 1
+                continue
+            return message, None
+        wait = target.delayed[0][0] - now if target.delayed else None
+        return None, wait
+
+    def give_back(self, queue: str, message: _Stored, reason: str, limit: int) -> None:
+        """Return a delivered message to its queue, or dead-letter it past ``limit``."""
+        message.history.append(
+            {"queue": queue, "reason": reason, "delivery_count": message.delivery_count,
+             "time": time.time()}
+        )
+        if message.delivery_count >= limit:
+            self.dead_letter(queue, message, f"delivered {message.delivery_count} times "
+                             f"(limit {limit}); last: {reason}")
+        else:
+            self.enqueue(queue, message)
+
+    def dead_letter(self, queue: str, message: _Stored, reason: str) -> None:
+        headers = dict(message.headers)
+        headers[DLQ_REASON_HEADER] = reason
+        headers[DLQ_QUEUE_HEADER] = queue
+        headers[DLQ_HISTORY_HEADER] = list(message.history)
+        dead = _Stored(message.id, message.body, headers, message.priority)
+        self.enqueue(dlq_name(queue), dead)
+
+    def depth(self, queue: str) -> int:
+        target = self.queues.get(queue)
+        return len(target.ready) + len(target.delayed) if target else 0
+
+    @property
+    def confirmer(self) -> _DelayedConfirmer:
+        if self._confirmer is None:
+            self._confirmer = _DelayedConfirmer(self.confirm_delay)
+        return self._confirmer
+
+
+def broker_for(url: str) -> MemoryBroker:
+    """The shared broker named by a ``memory://NAME`` URL, created on first use."""
+    parts = urlsplit(url)
+    name = parts.netloc + parts.path or "default"
+    options = parse_qs(parts.query)
+    with _brokers_lock:
+        broker = _brokers.get(name)
+        if broker is None:
+            delay = float(options.get("confirm_delay", ["0"])[0])
+            broker = _brokers[name] = MemoryBroker(name, confirm_delay=delay)
+        return broker
+
+
+class _DelayedConfirmer:
+    """Runs confirmations after a fixed delay, in order, on one thread."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.pending: deque[tuple[float, Any]] = deque()
+        self.condition = threading.Condition()
+        threading.Thread(target=self._run, name="memory-confirmer", daemon=True).start()
+
+    def schedule(self, action: Any) -> None:
+        with self.condition:
+            self.pending.append((time.monotonic() + self.delay, action))
+            self.condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.condition:
+                while not self.pending:
+                    self.condition.wait()
+                due, action = self.pending[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self.condition.wait(wait)
+                    continue
+                self.pending.popleft()
+            action()
+
+
+class _Consumer:
+    """One subscription's delivery loop and its unacknowledged messages."""
+
+    def __init__(self, transport: MemoryTransport, subscription: Subscription) -> None:
+        self.transport = transport
+        self.subscription = subscription
+        self.unacked: dict[str, _Stored] = {}
+        self.inbox: deque[_Stored] = deque()  # broadcast copies
+        self.thread = threading.Thread(
+            target=self._run, name=f"memory-{subscription.describe()}", daemon=True
+        )
+
+    @property
+    def broker(self) -> MemoryBroker:
+        return self.transport.broker
+
+    def _next(self) -> _Stored | None:
+        """Wait for the next message to deliver; None once the subscription ends."""
+        broker, subscription = self.broker, self.subscription
+        with broker.condition:
+            while subscription.active:
+                if subscription.broadcast:
+                    if self.inbox:
+                        return self.inbox.popleft()
+                    broker.condition.wait()
+                    continue
+                wait = None
+                if len(self.unacked) < subscription.prefetch:
+                    message, wait = broker.take(subscription.destination)
+                    if message is not None:
+                        message.delivery_count += 1
+                        self.unacked[message.id] = message
+                        return message
+                broker.condition.wait(wait)
+        return None
+
+    def _run(self) -> None:
+        subscription = self.subscription
+        while (message := self._next()) is not None:
+            delivery = Delivery(
+                subscription=subscription,
+                message_id=message.id,
+                body=message.body,
+                headers=dict(message.headers),
+                delivery_count=message.delivery_count or 1,
+                redelivered=message.delivery_count > 1,
+                ackable=not subscription.broadcast,
+                token=self,
+            )
+            try:
+                subscription.callback(delivery)
+            except Exception:
+                log.exception("callback for %s raised; returning it", delivery.describe())
+                if delivery.ackable:
+                    self.transport.nack(delivery, requeue=True, reason="callback raised")
+
+
+class MemoryTransport(Transport):
+    """In-process transport with every optional feature (no cross-process)."""
+
+    schemes = ("memory",)
+    capabilities = frozenset(
+        {
+            Capability.DELAY,
+            Capability.PRIORITY,
+            Capability.EXPIRATION,
+            Capability.DELIVERY_COUNT,
+            Capability.DEAD_LETTER,
+        }
+    )
+
+    def __init__(self, url: str = "memory://", *, delivery_limit: int | None = None) -> None:
+        options = parse_qs(urlsplit(url).query)
+        if delivery_limit is None:
+            delivery_limit = int(options.get("delivery_limit", [DEFAULT_DELIVERY_LIMIT])[0])
+        super().__init__(url, delivery_limit=delivery_limit)
+        self.broker = broker_for(url)
+        self._consumers: dict[int, _Consumer] = {}
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def connect(self) -> None:
+        self._connected = True
+
+    def close(self) -> None:
+        broker = self.broker
+        with broker.condition:
+            self._connected = False
+            consumers = list(self._consumers.values())
+            self._consumers.clear()
+            for consumer in consumers:
+                consumer.subscription.active = False
+                self._return_unacked(consumer, "connection closed")
+                if consumer.subscription.broadcast:
+                    subscribers = broker.topics.get(consumer.subscription.destination, [])
+                    if consumer in subscribers:
+                        subscribers.remove(consumer)
+            broker.condition.notify_all()
+        for consumer in consumers:
+            if consumer.thread is not threading.current_thread():
+                consumer.thread.join(timeout=5)
+
+    def _return_unacked(self, consumer: _Consumer, reason: str) -> None:
+        for message in consumer.unacked.values():
+            self.broker.give_back(
+                consumer.subscription.destination, message, reason, self.delivery_limit
+            )
+        consumer.unacked.clear()
+
+    def _require_connected(self) -> None:
+        if not self._connected:
+            raise ConnectionFailed(f"memory transport {self.url!r} is not connected")
+
+    def _start(self, subscription: Subscription) -> Subscription:
+        self._require_connected()
+        consumer = _Consumer(self, subscription)
+        with self.broker.condition:
+            self._consumers[subscription.id] = consumer
+            if subscription.broadcast:
+                self.broker.topics.setdefault(subscription.destination, []).append(consumer)
+        consumer.thread.start()
+        return subscription
+
+    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, not {prefetch}")
+        return self._start(Subscription(self._next_subscription_id(), queue, callback,
+                                        prefetch=prefetch))
+
+    def subscribe_broadcast(self, topic: str, callback: Callback) -> Subscription:
+        return self._start(Subscription(self._next_subscription_id(), topic, callback,
+                                        broadcast=True))
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        broker = self.broker
+        with broker.condition:
+            consumer = self._consumers.get(subscription.id)
+            if consumer is None or not subscription.active:
+                raise TransportError(f"{subscription.describe()} is not subscribed")
+            subscription.active = False
+            if subscription.broadcast:
+                broker.topics.get(subscription.destination, []).remove(consumer)
+                del self._consumers[subscription.id]
+            broker.condition.notify_all()
+
+    def _settle(self, delivery: Delivery) -> tuple[_Consumer, _Stored]:
+        """Remove ``delivery`` from its consumer's unacknowledged set (lock held)."""
+        consumer = delivery.token
+        if not delivery.ackable or not isinstance(consumer, _Consumer):
+            raise TransportError(f"{delivery.describe()} cannot be acknowledged")
+        message = consumer.unacked.pop(delivery.message_id, None)
+        if message is None:
+            raise TransportError(
+                f"{delivery.describe()} is not awaiting acknowledgement "
+                "(already settled, or returned when its connection closed)"
+            )
+        if not consumer.subscription.active and not consumer.unacked:
+            self._consumers.pop(consumer.subscription.id, None)
+        self.broker.condition.notify_all()
+        return consumer, message
+
+    def ack(self, delivery: Delivery) -> None:
+        with self.broker.condition:
+            self._settle(delivery)
+
+    def nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
+        broker = self.broker
+        with broker.condition:
+            consumer, message = self._settle(delivery)
+            queue = consumer.subscription.destination
+            if requeue:
+                broker.give_back(queue, message, reason or "rejected", self.delivery_limit)
+            else:
+                message.history.append({"queue": queue, "reason": reason or "rejected",
+                                        "delivery_count": message.delivery_count,
+                                        "time": time.time()})
+                broker.dead_letter(queue, message, reason or "rejected without requeue")
+
+    def publish(
+        self, messages: Sequence[Outgoing], *, ack: Delivery | None = None
+    ) -> Confirmation:
+        self._require_connected()
+        for message in messages:
+            self.check_supported(message)
+        if self.broker.confirm_delay <= 0:
+            self._commit(messages, ack)
+            return confirmed()
+        confirmation = Confirmation()
+
+        def commit_later() -> None:
+            try:
+                self._commit(messages, ack)
+            except Exception as error:
+                confirmation.set_exception(error)
+            else:
+                confirmation.set_result(None)
+
+        self.broker.confirmer.schedule(commit_later)
+        return confirmation
+
+    def _commit(self, messages: Sequence[Outgoing], ack: Delivery | None) -> None:
+        broker = self.broker
+        with broker.condition:
+            if ack is not None:
+                self._settle(ack)
+            for message in messages:
+                expires_at = (
+                    time.time() + (message.delay or 0) + message.expiration
+                    if message.expiration is not None
+                    else None
+                )
+                stored = _Stored(broker.new_id(), message.body, dict(message.headers),
+                                 message.priority or 0, expires_at)
+                if message.broadcast:
+                    for consumer in broker.topics.get(message.destination, []):
+                        consumer.inbox.append(stored)
+                    broker.condition.notify_all()
+                else:
+                    broker.enqueue(message.destination, stored, message.delay)
+
+    # -- introspection for tests, the demo and `zocalo queues` ---------------
+    def depth(self, queue: str) -> int:
+        """Messages waiting in ``queue`` (ready or delayed, not in flight)."""
+        with self.broker.condition:
+            return self.broker.depth(queue)

@@ -1,0 +1,38 @@
+"""Map a transport URL to its implementation, importing only the one needed."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from urllib.parse import urlsplit
+
+from zocalo.errors import InvalidURL
+from zocalo.transport.base import Transport
+
+#: URL scheme -> "module:Class". Brokers join here as they land.
+_SCHEMES: dict[str, str] = {
+    "memory": "zocalo.transport.memory:MemoryTransport",
+}
+
+ENVIRONMENT_VARIABLE = "ZOCALO_TRANSPORT"
+
+
+def transport_class(url: str) -> type[Transport]:
+    """The Transport subclass that handles ``url``'s scheme."""
+    scheme = urlsplit(url).scheme
+    if "://" not in url or not scheme:
+        raise InvalidURL(f"transport URL {url!r} has no scheme (expected e.g. memory://)")
+    target = _SCHEMES.get(scheme)
+    if target is None:
+        known = ", ".join(f"{name}://" for name in sorted(_SCHEMES))
+        raise InvalidURL(f"unknown transport scheme {scheme!r} in {url!r}; known: {known}")
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def create_transport(url: str | None = None, **options: object) -> Transport:
+    """A not-yet-connected transport for ``url`` (default: ``$ZOCALO_TRANSPORT``)."""
+    url = url or os.environ.get(ENVIRONMENT_VARIABLE)
+    if not url:
+        raise InvalidURL(f"no transport URL given and ${ENVIRONMENT_VARIABLE} is not set")
+    return transport_class(url)(url, **options)  # type: ignore[arg-type]
