@@ -186,9 +186,7 @@ class Transport(ABC):
 
     # -- publishing ---------------------------------------------------------
     @abstractmethod
-    def publish(
-        self, messages: Sequence[Outgoing], *, ack: Delivery | None = None
-    ) -> Confirmation:
+    def publish(self, messages: Sequence[Outgoing], *, ack: Delivery | None = None) -> Confirmation:
         """Publish ``messages``; once all are accepted, ack ``ack``. Atomic per call.
 
         Returns at once; the confirmation completes when the broker accepted
@@ -223,7 +221,9 @@ class Transport(ABC):
         timeout: float | None = 30.0,
     ) -> None:
         """Broadcast one message to every current subscriber of ``topic``."""
-        message = Outgoing(topic, _as_bytes(body), dict(headers or {}), True, delay, None, expiration)
+        message = Outgoing(
+            topic, _as_bytes(body), dict(headers or {}), True, delay, None, expiration
+        )
         self.publish([message]).result(timeout)
 
     # -- helpers for implementations ----------------------------------------

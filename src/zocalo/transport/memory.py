@@ -9,6 +9,7 @@ to exercise pipelining) and ``delivery_limit``.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import logging
@@ -110,12 +111,19 @@ class MemoryBroker:
     def give_back(self, queue: str, message: _Stored, reason: str, limit: int) -> None:
         """Return a delivered message to its queue, or dead-letter it past ``limit``."""
         message.history.append(
-            {"queue": queue, "reason": reason, "delivery_count": message.delivery_count,
-             "time": time.time()}
+            {
+                "queue": queue,
+                "reason": reason,
+                "delivery_count": message.delivery_count,
+                "time": time.time(),
+            }
         )
         if message.delivery_count >= limit:
-            self.dead_letter(queue, message, f"delivered {message.delivery_count} times "
-                             f"(limit {limit}); last: {reason}")
+            self.dead_letter(
+                queue,
+                message,
+                f"delivered {message.delivery_count} times (limit {limit}); last: {reason}",
+            )
         else:
             self.enqueue(queue, message)
 
@@ -195,14 +203,18 @@ class _Consumer:
     def broker(self) -> MemoryBroker:
         return self.transport.broker
 
-    def _next(self) -> _Stored | None:
+    def _next(self) -> Delivery | None:
         """Wait for the next message to deliver; None once the subscription ends."""
         broker, subscription = self.broker, self.subscription
         with broker.condition:
             while subscription.active:
                 if subscription.broadcast:
                     if self.inbox:
-                        return self.inbox.popleft()
+                        message = self.inbox.popleft()
+                        if message.expires_at is not None and message.expires_at <= time.time():
+                            broker.expired += 1
+                            continue
+                        return self._delivery(message)
                     broker.condition.wait()
                     continue
                 wait = None
@@ -211,23 +223,28 @@ class _Consumer:
                     if message is not None:
                         message.delivery_count += 1
                         self.unacked[message.id] = message
-                        return message
+                        return self._delivery(message)
                 broker.condition.wait(wait)
         return None
 
+    def _delivery(self, message: _Stored) -> Delivery:
+        """Snapshot ``message`` for the callback (lock held): once the lock is released
+        the message may be returned and redelivered elsewhere, and receivers must not
+        share (mutable, nested) headers with the broker's copy or with each other."""
+        return Delivery(
+            subscription=self.subscription,
+            message_id=message.id,
+            body=message.body,
+            headers=copy.deepcopy(message.headers),
+            delivery_count=message.delivery_count or 1,
+            redelivered=message.delivery_count > 1,
+            ackable=not self.subscription.broadcast,
+            token=self,
+        )
+
     def _run(self) -> None:
         subscription = self.subscription
-        while (message := self._next()) is not None:
-            delivery = Delivery(
-                subscription=subscription,
-                message_id=message.id,
-                body=message.body,
-                headers=dict(message.headers),
-                delivery_count=message.delivery_count or 1,
-                redelivered=message.delivery_count > 1,
-                ackable=not subscription.broadcast,
-                token=self,
-            )
+        while (delivery := self._next()) is not None:
             try:
                 subscription.callback(delivery)
             except Exception:
@@ -308,12 +325,14 @@ class MemoryTransport(Transport):
     def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
-        return self._start(Subscription(self._next_subscription_id(), queue, callback,
-                                        prefetch=prefetch))
+        return self._start(
+            Subscription(self._next_subscription_id(), queue, callback, prefetch=prefetch)
+        )
 
     def subscribe_broadcast(self, topic: str, callback: Callback) -> Subscription:
-        return self._start(Subscription(self._next_subscription_id(), topic, callback,
-                                        broadcast=True))
+        return self._start(
+            Subscription(self._next_subscription_id(), topic, callback, broadcast=True)
+        )
 
     def unsubscribe(self, subscription: Subscription) -> None:
         broker = self.broker
@@ -355,14 +374,17 @@ class MemoryTransport(Transport):
             if requeue:
                 broker.give_back(queue, message, reason or "rejected", self.delivery_limit)
             else:
-                message.history.append({"queue": queue, "reason": reason or "rejected",
-                                        "delivery_count": message.delivery_count,
-                                        "time": time.time()})
+                message.history.append(
+                    {
+                        "queue": queue,
+                        "reason": reason or "rejected",
+                        "delivery_count": message.delivery_count,
+                        "time": time.time(),
+                    }
+                )
                 broker.dead_letter(queue, message, reason or "rejected without requeue")
 
-    def publish(
-        self, messages: Sequence[Outgoing], *, ack: Delivery | None = None
-    ) -> Confirmation:
+    def publish(self, messages: Sequence[Outgoing], *, ack: Delivery | None = None) -> Confirmation:
         self._require_connected()
         for message in messages:
             self.check_supported(message)
@@ -393,8 +415,11 @@ class MemoryTransport(Transport):
                     if message.expiration is not None
                     else None
                 )
-                stored = _Stored(broker.new_id(), message.body, dict(message.headers),
-                                 message.priority or 0, expires_at)
+                # A deep copy, as a wire would: later changes by the sender don't leak in.
+                headers = copy.deepcopy(dict(message.headers))
+                stored = _Stored(
+                    broker.new_id(), message.body, headers, message.priority or 0, expires_at
+                )
                 if message.broadcast:
                     for consumer in broker.topics.get(message.destination, []):
                         consumer.inbox.append(stored)

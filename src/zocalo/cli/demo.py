@@ -1,0 +1,49 @@
+"""zocalo demo: watch jobs flow through a chain of services."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from zocalo.demo import DemoResult, run_demo
+
+
+def _summary(result: DemoResult) -> Table:
+    table = Table(title="zocalo demo", show_header=False)
+    rows = [
+        ("jobs completed", f"{result.completed} / {result.jobs}"),
+        ("images per job", str(result.images_per_job)),
+        ("messages handled", str(result.handled)),
+        ("throughput", f"{result.messages_per_second:.0f} msgs/s"),
+        ("job latency p50", f"{result.percentile(0.50):.1f} ms"),
+        ("job latency p99", f"{result.percentile(0.99):.1f} ms"),
+        ("handler failures", str(result.failed)),
+        ("lost", str(result.lost)),
+        ("dead-lettered", str(result.dead_lettered)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+@click.command("demo")
+@click.option("--jobs", default=40, show_default=True, help="Jobs to submit.")
+@click.option("--images", default=20, show_default=True, help="Images per job.")
+def command(jobs: int, images: int) -> None:
+    """Run three example services and push jobs through them."""
+    console = Console()
+    with Progress(
+        TextColumn("jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("jobs", total=jobs)
+        result = run_demo(
+            jobs, images, progress=lambda done, total: progress.update(task, completed=done)
+        )
+    console.print(_summary(result))
+    if result.ok:
+        console.print("[green]nothing lost, nothing dead-lettered[/green]")
+    else:
+        console.print(f"[red]{result.lost} jobs lost, {result.dead_lettered} dead-lettered[/red]")
+        raise SystemExit(1)

@@ -1,0 +1,124 @@
+"""zocalo.go: submit a processing request (or, with --direct, start a recipe)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from zocalo.cli.common import resolve_transport, transport_option
+from zocalo.errors import InvalidRecipe, ZocaloError
+from zocalo.recipe import Recipe
+from zocalo.submit import Submission, direct_start, dispatcher_request
+from zocalo.transport.registry import create_transport
+
+
+def _parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
+    parameters: dict[str, str] = {}
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals:
+            raise click.UsageError(f"-s {setting!r}: expected KEY=VALUE")
+        parameters[key] = value
+    return parameters
+
+
+def _load_recipe(path: Path) -> Recipe:
+    try:
+        recipe = Recipe(path.read_text())
+        recipe.validate()
+    except (OSError, ValueError) as error:
+        raise click.UsageError(f"recipe file {path}: {error}") from None
+    return recipe
+
+
+def _print(submission: Submission) -> None:
+    for message in submission.outputs:
+        kind = "topic" if message.broadcast else "queue"
+        click.echo(f"destination: {kind} {message.destination}")
+        click.echo(f"headers: {json.dumps(message.headers, sort_keys=True)}")
+        click.echo(f"body: {message.body.decode()}")
+
+
+@click.command("go")
+@click.argument("dcid", required=False, type=int)
+@click.option(
+    "-r", "--recipe", "recipes", multiple=True, metavar="NAME", help="Recipe name (repeatable)."
+)
+@click.option(
+    "-f",
+    "--file",
+    "recipe_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Custom recipe JSON file.",
+)
+@click.option(
+    "-s",
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Recipe parameter (repeatable).",
+)
+@click.option("-n", "--no-dcid", is_flag=True, help="Do not require a data collection id.")
+@click.option("-p", "--reprocessing", is_flag=True, help="DCID is a reprocessing id.")
+@click.option("-a", "--autoprocscalingid", type=int, help="AutoProcScaling id.")
+@click.option("--direct", is_flag=True, help="Start the -f recipe itself, without a Dispatcher.")
+@click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
+@click.option("-v", "--verbose", is_flag=True, help="Print the message sent.")
+@transport_option
+def command(
+    dcid: int | None,
+    recipes: tuple[str, ...],
+    recipe_file: Path | None,
+    settings: tuple[str, ...],
+    no_dcid: bool,
+    reprocessing: bool,
+    autoprocscalingid: int | None,
+    direct: bool,
+    dry_run: bool,
+    verbose: bool,
+    transport: str | None,
+) -> None:
+    """Submit a processing request for DCID to the Dispatcher."""
+    parameters: dict[str, object] = _parse_settings(settings)
+    custom = _load_recipe(recipe_file) if recipe_file else None
+    if direct:
+        if custom is None:
+            raise click.UsageError("--direct starts the recipe given with -f FILE")
+        if dcid is not None:
+            parameters.setdefault("ispyb_dcid", dcid)
+        try:
+            recipe_id, submission = direct_start(custom, parameters)
+        except (InvalidRecipe, ZocaloError) as error:
+            raise click.UsageError(str(error)) from None
+    else:
+        if not (recipes or custom or no_dcid or reprocessing):
+            raise click.UsageError("give at least one of -r, -f, -n, -p")
+        if not no_dcid:
+            if dcid is None or dcid <= 0:
+                raise click.UsageError("a data collection id (DCID > 0) is required, or -n")
+            if reprocessing:
+                parameters["ispyb_process"] = dcid
+            else:
+                if not (recipes or custom):
+                    raise click.UsageError("give a recipe (-r) or a recipe file (-f)")
+                parameters["ispyb_dcid"] = dcid
+        if autoprocscalingid is not None:
+            parameters["ispyb_autoprocscalingid"] = autoprocscalingid
+        recipe_id = None
+        submission = dispatcher_request(list(recipes), parameters, custom)
+    if dry_run:
+        _print(submission)
+        return
+    url = resolve_transport(transport)
+    with create_transport(url) as broker:
+        submission.send(broker)
+    if verbose:
+        _print(submission)
+    click.echo(f"started recipe {recipe_id}" if recipe_id else f"submitted to {submission.queue}")
+
+
+def main() -> None:
+    command(prog_name="zocalo.go")

@@ -1,0 +1,18 @@
+"""The umbrella command: zocalo SUBCOMMAND."""
+
+from __future__ import annotations
+
+import click
+
+from zocalo.cli import demo, go, service
+
+
+@click.group()
+@click.version_option(package_name="zocalo")
+def cli() -> None:
+    """Zocalo: messaging for automated scientific data processing."""
+
+
+cli.add_command(service.command)
+cli.add_command(go.command)
+cli.add_command(demo.command)

@@ -1,0 +1,1 @@
+"""Example services and the recipe `zocalo demo` runs."""

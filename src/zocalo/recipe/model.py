@@ -1,0 +1,289 @@
+"""The Recipe: a graph of steps, loaded, checked, filled in and merged.
+
+Loading normalises like python-workflows (integer step ids, a bare ``output``
+becomes a one-element list, ``start`` entries become tuples), so ``to_dict()``
+gives the same wire form the reference sends. Where the reference crashes or
+keeps something no valid recipe can contain, we raise ``InvalidRecipe`` at
+load time instead, naming the key: a non-numeric key, a ``start`` that is not
+a list, a step that is not an object. A bare integer top-level ``error`` is
+accepted as a one-element list.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from zocalo.errors import InvalidRecipe
+from zocalo.recipe.merge import first_free_id, renumber
+from zocalo.recipe.parameters import substitute
+from zocalo.recipe.validation import check_recipe
+
+__all__ = ["Recipe"]
+
+_SPECIAL = ("start", "error")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _wire(value: Any) -> Any:
+    """A JSON-shaped deep copy: tuples become lists."""
+    if isinstance(value, dict):
+        return {key: _wire(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_wire(item) for item in value]
+    return value
+
+
+def _normalise_step(value: Any) -> Any:
+    if isinstance(value, dict) and not isinstance(value.get("output", []), list | dict):
+        value["output"] = [value["output"]]
+    return value
+
+
+def _load_start(value: Any) -> list[tuple[Any, ...]]:
+    if not isinstance(value, list | tuple):
+        raise InvalidRecipe(f"Invalid recipe: field 'start' must be a list, not {value!r}")
+    entries = []
+    for index, entry in enumerate(value, 1):
+        if not isinstance(entry, list | tuple):
+            raise InvalidRecipe(
+                f"Invalid recipe: field 'start' entry {index} is not a [step, payload] "
+                f"pair: {entry!r}"
+            )
+        entries.append(tuple(entry))
+    return entries
+
+
+def _load_error(value: Any) -> list[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]  # the reference crashes on this; one error node is clear enough
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise InvalidRecipe(
+        f"Invalid recipe: field 'error' must be a step id or a list of them, not {value!r}"
+    )
+
+
+def _step_id(key: Any) -> int | None:
+    """The integer id for a non-int top-level key, or None for a key kept as it is."""
+    try:
+        number = int(key)
+    except (TypeError, ValueError):
+        raise InvalidRecipe(
+            f"Invalid recipe: top-level key {key!r} is not 'start', 'error' or a step id"
+        ) from None
+    # As in the reference, "0" (or 2.0 from Python) stays a key and fails validate().
+    return number if number and key != number else None
+
+
+class Recipe:
+    """A processing recipe: ``start``, optional ``error``, and numbered steps.
+
+    ``Recipe(data)`` takes a dict, a JSON string, another Recipe (copied) or
+    None. The input is never modified.
+    """
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the reference
+
+    def __init__(self, data: Recipe | Mapping[Any, Any] | str | bytes | None = None) -> None:
+        self._steps: dict[int, dict[str, Any]] = {}
+        self._start: list[tuple[Any, ...]] | None = None
+        self._error: list[Any] | None = None
+        self._stray: dict[Any, Any] = {}
+        if isinstance(data, Recipe):
+            self.__dict__.update(copy.deepcopy(data.__dict__))
+            return
+        if isinstance(data, str | bytes):
+            data = self._parse(data)
+        if data:
+            self._load(data)
+
+    @staticmethod
+    def _parse(text: str | bytes) -> Any:
+        if not text.strip():
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as error:
+            raise InvalidRecipe(f"Invalid recipe: not valid JSON ({error})") from None
+
+    def _load(self, data: Any) -> None:
+        if not isinstance(data, Mapping):
+            raise InvalidRecipe(f"Invalid recipe: expected a JSON object, not {data!r}")
+        data = copy.deepcopy(dict(data))
+        # Ids that were already ints come first, converted ones after, as in the
+        # reference: merge() numbers steps in this order.
+        converted: list[tuple[int, Any]] = []
+        for key, value in data.items():
+            if key == "start":
+                self._start = _load_start(value)
+            elif key == "error":
+                self._error = _load_error(value)
+            elif isinstance(key, int):
+                self._add_step(int(key), value)
+            elif (number := _step_id(key)) is None:
+                self._stray[key] = _normalise_step(value)
+            else:
+                converted.append((number, value))
+        for number, value in converted:
+            self._add_step(number, value)
+
+    def _add_step(self, step_id: int, value: Any) -> None:
+        if step_id in self._steps:
+            raise InvalidRecipe(f"Invalid recipe: step {step_id} is defined twice")
+        if not isinstance(value, dict):
+            raise InvalidRecipe(f"Invalid recipe: step {step_id} must be an object, not {value!r}")
+        self._steps[step_id] = _normalise_step(value)
+
+    @classmethod
+    def _from_parts(
+        cls,
+        steps: dict[int, dict[str, Any]],
+        start: list[tuple[Any, ...]] | None,
+        error: list[Any] | None,
+    ) -> Recipe:
+        recipe = cls()
+        recipe._steps, recipe._start, recipe._error = steps, start, error
+        return recipe
+
+    # -- reading ----------------------------------------------------------
+    @property
+    def steps(self) -> dict[int, dict[str, Any]]:
+        """The steps by integer id (the live dict)."""
+        return self._steps
+
+    @property
+    def start(self) -> list[tuple[Any, ...]] | None:
+        """``(step_id, payload)`` pairs, or None when the recipe has no ``start``."""
+        return self._start
+
+    @property
+    def error(self) -> list[Any] | None:
+        """Recipe-wide error step ids, or None when absent."""
+        return self._error
+
+    @property
+    def is_empty(self) -> bool:
+        """True for a recipe with no keys at all (``Recipe()``, ``Recipe({})``)."""
+        return not (self._steps or self._stray) and self._start is None and self._error is None
+
+    def _lookup(self, key: Any) -> Any:
+        if key == "start" and self._start is not None:
+            return self._start
+        if key == "error" and self._error is not None:
+            return self._error
+        if key in self._stray:
+            return self._stray[key]
+        if key not in _SPECIAL:
+            try:
+                return self._steps[int(key)]
+            except (TypeError, ValueError, KeyError):
+                pass
+        raise KeyError(key)
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self._lookup(key)
+
+    def get(self, key: int | str, default: Any = None) -> Any:
+        try:
+            return self._lookup(key)
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self._lookup(key)
+        except KeyError:
+            return False
+        return True
+
+    # -- wire form --------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-shaped recipe: string step ids, lists for ``start`` entries."""
+        wire: dict[Any, Any] = {}
+        if self._start is not None:
+            wire["start"] = _wire(self._start)
+        if self._error is not None:
+            wire["error"] = _wire(self._error)
+        for step_id, step in self._steps.items():
+            wire[str(step_id)] = _wire(step)
+        for key, value in self._stray.items():
+            wire[key] = _wire(value)
+        return wire
+
+    def serialize(self) -> str:
+        """The recipe as JSON text, encoded like the reference transports do."""
+        return json.dumps(self.to_dict(), default=_json_default)
+
+    def pretty(self) -> str:
+        """Indented JSON, for people."""
+        return json.dumps(self.to_dict(), default=_json_default, indent=2)
+
+    def copy(self) -> Recipe:
+        """An independent deep copy."""
+        return copy.deepcopy(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping | str | bytes):
+            try:
+                other = Recipe(other)
+            except InvalidRecipe:
+                return False
+        if not isinstance(other, Recipe):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Recipe({self.to_dict()!r})"
+
+    # -- checking, filling in, combining -----------------------------------
+    def validate(self) -> None:
+        """Raise InvalidRecipe (naming step and field) unless the recipe is runnable."""
+        check_recipe(self._steps, self._start, self._error, self._stray)
+
+    def apply_parameters(self, parameters: Mapping[str, Any] | None) -> None:
+        """Fill ``parameters`` into every string and dict key, in place."""
+        steps = {
+            step_id: substitute(step, parameters, where=f"step {step_id}")
+            for step_id, step in self._steps.items()
+        }
+        start = None if self._start is None else substitute(self._start, parameters, where="start")
+        error = None if self._error is None else substitute(self._error, parameters, where="error")
+        stray = substitute(self._stray, parameters)
+        self._steps, self._start, self._error, self._stray = steps, start, error, stray
+
+    def merge(self, other: Recipe | Mapping[Any, Any] | str | None) -> Recipe:
+        """A new recipe running this one and ``other`` side by side.
+
+        ``other``'s steps are renumbered after ours (see ``merge.renumber``).
+        Neither recipe is modified. If either is empty the other is copied
+        without renumbering or validation; otherwise both must validate.
+        """
+        other = other if isinstance(other, Recipe) else Recipe(other)
+        if other.is_empty:
+            return self.copy()
+        if self.is_empty:
+            return other.copy()
+        self.validate()
+        other.validate()
+        assert self._start is not None and other._start is not None  # validated
+        moved, moved_start, moved_error = renumber(
+            other._steps, other._start, other._error, first_free_id(self._steps)
+        )
+        mine = self.copy()
+        steps = {**mine._steps, **moved}
+        start = [*mine._start, *moved_start]
+        error = mine._error
+        if moved_error is not None:
+            error = [*(error or []), *moved_error]
+        return Recipe._from_parts(steps, start, error)

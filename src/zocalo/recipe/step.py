@@ -1,0 +1,268 @@
+"""The step handle a handler receives: where it is in the recipe, and how to send on.
+
+Sends are *collected*, not published: the runner publishes them all together
+with the acknowledgement of the input, so a handler that fails half-way sends
+nothing. Unlike python-workflows, sending to a channel the step does not have
+is logged and counted (``step.unrouted``), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from zocalo.recipe.model import Recipe
+from zocalo.recipe.wire import RecipeEncoder, RecipeMessage, dumps, recipe_headers
+from zocalo.transport.base import Outgoing
+
+log = logging.getLogger("zocalo.recipe.step")
+
+
+def _link_targets(links: Any) -> list[int]:
+    """Step ids a link value (int, list of ints) points to."""
+    if links is None:
+        return []
+    if isinstance(links, list | tuple):
+        return [int(link) for link in links]
+    return [int(links)]
+
+
+class RecipeStep:
+    """Handle on the current message's step, given to handlers as ``step``.
+
+    For a message without a recipe (a plain message) ``recipe`` is None:
+    ``send``/``send_to``/``checkpoint`` then have nowhere to go (logged and
+    counted), but ``start`` and ``send_plain`` work.
+    """
+
+    def __init__(
+        self,
+        message: RecipeMessage | None = None,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str = "",
+    ) -> None:
+        self.message = message
+        self.headers: dict[str, Any] = dict(headers or {})
+        self.message_id = message_id
+        self.outputs: list[Outgoing] = []
+        self.unrouted: list[str] = []
+        self.default_channel: str | None = None
+        self._encoder: RecipeEncoder | None = None
+
+    # -- where we are -------------------------------------------------------
+    @property
+    def recipe(self) -> Recipe | None:
+        return self.message.recipe if self.message else None
+
+    @property
+    def pointer(self) -> int | None:
+        return self.message.pointer if self.message else None
+
+    @property
+    def path(self) -> list[int]:
+        return list(self.message.path) if self.message else []
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        return self.message.environment if self.message else {}
+
+    @property
+    def recipe_id(self) -> str | None:
+        return self.message.recipe_id if self.message else None
+
+    @property
+    def step(self) -> dict[str, Any]:
+        """The current step's dict (empty for plain messages)."""
+        return self.message.step if self.message else {}
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return self.step.get("parameters") or {}
+
+    def __repr__(self) -> str:
+        return f"<RecipeStep {self.pointer} of recipe {self.recipe_id}>"
+
+    # -- sending on ---------------------------------------------------------
+    def set_default_channel(self, channel: str) -> None:
+        """Make ``send()`` go to named ``channel`` (as python-workflows allows)."""
+        self.default_channel = channel
+
+    def send(
+        self, payload: Any, *, headers: Mapping[str, Any] | None = None, **options: Any
+    ) -> int:
+        """Send ``payload`` to the step's unnamed outputs; returns messages queued."""
+        output = self.step.get("output")
+        if isinstance(output, dict):
+            if self.default_channel is not None:
+                return self.send_to(self.default_channel, payload, headers=headers, **options)
+            return self._unrouted(
+                "send()",
+                f"the step has only named output channels {sorted(output)} and no default channel",
+            )
+        if not output:
+            # The end of a chain: nothing to send is normal, not a mistake.
+            log.debug("step %s has no output; %s sends nothing", self.pointer, self.recipe_id)
+            return 0
+        return self._send_to_steps(_link_targets(output), payload, headers, options)
+
+    def send_to(
+        self,
+        channel: str,
+        payload: Any,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> int:
+        """Send ``payload`` to the named output ``channel``; returns messages queued."""
+        output = self.step.get("output")
+        if isinstance(output, dict) and channel in output:
+            return self._send_to_steps(_link_targets(output[channel]), payload, headers, options)
+        if output and not isinstance(output, dict) and channel == self.default_channel:
+            return self._send_to_steps(_link_targets(output), payload, headers, options)
+        known = sorted(output) if isinstance(output, dict) else []
+        return self._unrouted(
+            f"send_to({channel!r})",
+            f"the step has no output channel {channel!r} (channels: {known})",
+        )
+
+    def checkpoint(
+        self,
+        payload: Any,
+        *,
+        delay: float | None = None,
+        headers: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> int:
+        """Send ``payload`` back to this same step, e.g. to poll again after ``delay``."""
+        if self.message is None:
+            return self._unrouted("checkpoint()", "a plain message has no step to return to")
+        options["delay"] = delay or None
+        return self._queue_hop(
+            self.message.pointer, list(self.message.path), payload, headers, options
+        )
+
+    def start(
+        self,
+        recipe: Recipe | Mapping[str, Any],
+        *,
+        environment: Mapping[str, Any] | None = None,
+        headers: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> str:
+        """Begin ``recipe``: one message per ``start`` entry. Returns the recipe ID.
+
+        The environment gets an ``ID`` (a fresh uuid4) unless it has one.
+        """
+        recipe = recipe if isinstance(recipe, Recipe) else Recipe(recipe)
+        recipe.validate()
+        env = dict(environment or {})
+        env.setdefault("ID", str(uuid.uuid4()))
+        encoder = RecipeEncoder(recipe)
+        for pointer, payload in recipe.start:
+            self._queue_step(recipe, encoder, int(pointer), [], env, payload, headers, options)
+        return env["ID"]
+
+    def send_plain(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """Send a JSON message that is not part of a recipe (e.g. to ``processing_recipe``)."""
+        self.outputs.append(
+            Outgoing(
+                queue, dumps(payload).encode(), dict(headers or {}), **_transport_options(options)
+            )
+        )
+
+    # -- internals ----------------------------------------------------------
+    def _unrouted(self, call: str, why: str) -> int:
+        log.warning(
+            "%s on step %s of recipe %s (%s) sent nothing: %s",
+            call,
+            self.pointer,
+            self.recipe_id,
+            self.message_id,
+            why,
+        )
+        self.unrouted.append(f"{call}: {why}")
+        return 0
+
+    def _send_to_steps(
+        self,
+        targets: Iterable[int],
+        payload: Any,
+        headers: Mapping[str, Any] | None,
+        options: dict[str, Any],
+    ) -> int:
+        assert self.message is not None
+        path = [*self.message.path, self.message.pointer]
+        return sum(self._queue_hop(target, path, payload, headers, options) for target in targets)
+
+    def _queue_hop(
+        self,
+        target: int,
+        path: list[int],
+        payload: Any,
+        headers: Mapping[str, Any] | None,
+        options: dict[str, Any],
+    ) -> int:
+        assert self.message is not None
+        if self._encoder is None:
+            self._encoder = RecipeEncoder(self.message.recipe)
+        return self._queue_step(
+            self.message.recipe,
+            self._encoder,
+            target,
+            path,
+            self.message.environment,
+            payload,
+            headers,
+            options,
+        )
+
+    def _queue_step(
+        self,
+        recipe: Recipe,
+        encoder: RecipeEncoder,
+        target: int,
+        path: list[int],
+        environment: Mapping[str, Any],
+        payload: Any,
+        headers: Mapping[str, Any] | None,
+        options: dict[str, Any],
+    ) -> int:
+        """Queue one message per destination kind (queue and/or topic) of step ``target``."""
+        step = recipe[target]
+        transport_options = _transport_options(options)
+        if transport_options.get("delay") is None and step.get("transport-delay"):
+            transport_options["delay"] = float(step["transport-delay"])
+        body = encoder.body(target, path, environment, payload)
+        all_headers = recipe_headers(headers)
+        queued = 0
+        if step.get("queue"):
+            self.outputs.append(Outgoing(step["queue"], body, all_headers, **transport_options))
+            queued += 1
+        if step.get("topic"):
+            topic_options = {k: v for k, v in transport_options.items() if k != "priority"}
+            self.outputs.append(
+                Outgoing(step["topic"], body, dict(all_headers), broadcast=True, **topic_options)
+            )
+            queued += 1
+        if not queued:
+            self._unrouted(f"message to step {target}", "that step has neither queue nor topic")
+        return queued
+
+
+def _transport_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep the per-message options a transport understands; refuse anything else."""
+    allowed = {"delay", "priority", "expiration"}
+    unknown = set(options) - allowed - {"transaction"}  # transaction: python-workflows habit
+    if unknown:
+        raise TypeError(f"unknown send options {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return {key: options[key] for key in allowed if options.get(key) is not None}

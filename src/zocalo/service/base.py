@@ -1,0 +1,113 @@
+"""The service base class and handler registration.
+
+A service is a class with plain synchronous handler methods::
+
+    class FindSpots(Service):
+        @handler("per_image", prefetch=10)
+        def find(self, step, payload):
+            step.send({"spots": count(payload)})
+
+The runner (``zocalo.service.runner``) owns decoding, acks, retries and the
+dead-letter queue; a handler owns only its science.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+HandlerFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """What a handler consumes and how."""
+
+    destination: str
+    function: HandlerFunction
+    broadcast: bool = False
+    prefetch: int = 1
+    #: Deliver messages without the recipe header (step.recipe is then None).
+    allow_plain: bool = False
+    #: Failed attempts before the message goes to the DLQ (None: the runner's default).
+    max_attempts: int | None = None
+
+    def describe(self) -> str:
+        kind = "topic" if self.broadcast else "queue"
+        return f"{kind} {self.destination!r} -> {self.function.__qualname__}"
+
+
+_SPEC_ATTRIBUTE = "_zocalo_handlers"
+
+
+def handler(
+    queue: str | None = None,
+    *,
+    topic: str | None = None,
+    prefetch: int = 1,
+    allow_plain: bool = False,
+    max_attempts: int | None = None,
+) -> Callable[[HandlerFunction], HandlerFunction]:
+    """Register a method as the handler of ``queue`` (or broadcast ``topic``).
+
+    The method is called as ``method(step, payload)``.
+    """
+    if (queue is None) == (topic is None):
+        raise ValueError("give exactly one of queue= or topic=")
+    destination = queue if queue is not None else topic
+    assert destination is not None
+
+    def register(function: HandlerFunction) -> HandlerFunction:
+        spec = HandlerSpec(
+            destination, function, topic is not None, prefetch, allow_plain, max_attempts
+        )
+        specs = [*getattr(function, _SPEC_ATTRIBUTE, []), spec]
+        setattr(function, _SPEC_ATTRIBUTE, specs)
+        return function
+
+    return register
+
+
+class Service:
+    """Base class of every Zocalo service."""
+
+    #: Human-readable name; defaults to the class name.
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("name"):
+            cls.name = cls.__name__
+
+    def __init__(self, environment: dict[str, Any] | None = None) -> None:
+        self.environment: dict[str, Any] = dict(environment or {})
+        #: Lines logged here carry the recipe ID and step of the message in hand.
+        self.log = logging.getLogger(f"zocalo.service.{self.name}")
+        self._extra_handlers: list[HandlerSpec] = []
+
+    # -- lifecycle hooks -----------------------------------------------------
+    def initializing(self) -> None:
+        """Called once after the transport connects, before any message arrives."""
+
+    def stopping(self) -> None:
+        """Called once after the last message, before the transport closes."""
+
+    # -- handlers ------------------------------------------------------------
+    def add_handler(self, queue: str, function: HandlerFunction, **options: Any) -> None:
+        """Register a handler at run time (e.g. from ``initializing``)."""
+        self._extra_handlers.append(HandlerSpec(queue, function, **options))
+
+    def handlers(self) -> list[HandlerSpec]:
+        """Every handler, bound to this instance."""
+        bound: list[HandlerSpec] = []
+        seen: set[str] = set()
+        for klass in type(self).__mro__:
+            for attribute, function in vars(klass).items():
+                if attribute in seen:
+                    continue
+                seen.add(attribute)
+                for spec in getattr(function, _SPEC_ATTRIBUTE, []):
+                    bound.append(replace(spec, function=getattr(self, attribute)))
+        return bound + self._extra_handlers

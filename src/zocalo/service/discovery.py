@@ -1,0 +1,56 @@
+"""Find services by name through entry points, as zocalo.service -s does."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
+
+from zocalo.errors import ZocaloError
+from zocalo.service.base import Service
+
+#: Our group first; the reference's group for facility packages that register there.
+GROUPS = ("zocalo.services", "workflows.services")
+
+
+class ServiceNotFound(ZocaloError, LookupError):
+    """No service, or more than one, matches a name."""
+
+
+def available_services() -> dict[str, EntryPoint]:
+    """Every registered service name (our group wins on a clash)."""
+    found: dict[str, EntryPoint] = {}
+    for group in GROUPS:
+        for entry in entry_points(group=group):
+            found.setdefault(entry.name, entry)
+    return found
+
+
+def resolve_name(name: str, names: list[str]) -> str:
+    """Exact, then case-insensitive, then unique prefix, then unique case-insensitive prefix."""
+    lowered = name.lower()
+    rules = (
+        lambda candidate: candidate == name,
+        lambda candidate: candidate.lower() == lowered,
+        lambda candidate: candidate.startswith(name),
+        lambda candidate: candidate.lower().startswith(lowered),
+    )
+    for rule in rules:
+        matches = sorted(candidate for candidate in names if rule(candidate))
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ServiceNotFound(f"service name {name!r} is ambiguous: {', '.join(matches)}")
+    known = ", ".join(sorted(names)) or "none installed"
+    raise ServiceNotFound(f"no service matches {name!r}; known services: {known}")
+
+
+def load_service(name: str) -> type[Service]:
+    """The Service class registered under ``name`` (resolved as above)."""
+    services = available_services()
+    entry = services[resolve_name(name, list(services))]
+    service_class = entry.load()
+    if not (isinstance(service_class, type) and issubclass(service_class, Service)):
+        raise ServiceNotFound(
+            f"{entry.name} ({entry.value}, group {entry.group}) is not a zocalo Service; "
+            "a python-workflows CommonService runs under workflows' own frontend"
+        )
+    return service_class

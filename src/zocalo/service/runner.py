@@ -1,0 +1,341 @@
+"""The runner: turns deliveries into handler calls, and handler results into acks.
+
+Deliveries arrive on transport threads and are queued; one thread (the
+caller of :meth:`ServiceRunner.run`) calls the handlers, so user code is
+plain and single-threaded. After a handler returns, its outputs and the ack
+of its input go to the transport as one :meth:`~Transport.publish` call; the
+runner does not wait for the broker's confirmation but goes on to the next
+message, so confirms are pipelined up to the subscription's prefetch.
+
+Failures never stop the service:
+- an undecodable or non-recipe body goes straight to ``dlq.<queue>`` with
+  the reason (retrying cannot help);
+- a handler that raises is retried: the message is re-published with an
+  attempt count and the reason in its headers, after a growing delay, and
+  the original acked in the same atomic publish; after ``max_attempts`` it
+  goes to ``dlq.<queue>`` with the reason and the recipe path;
+- outputs the broker refuses leave the input unacked: it is returned to its
+  queue, and the broker's own delivery limit stays the safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from zocalo.errors import InvalidMessage, ZocaloError
+from zocalo.logs import recipe_context
+from zocalo.recipe import wire
+from zocalo.recipe.step import RecipeStep
+from zocalo.service.base import HandlerSpec, Service
+from zocalo.transport.base import (
+    DLQ_HISTORY_HEADER,
+    DLQ_QUEUE_HEADER,
+    DLQ_REASON_HEADER,
+    Capability,
+    Delivery,
+    Outgoing,
+    Subscription,
+    Transport,
+    dlq_name,
+)
+
+log = logging.getLogger("zocalo.service.runner")
+
+ATTEMPT_HEADER = "zocalo-attempt"
+RETRY_REASON_HEADER = "zocalo-retry-reason"
+RECIPE_PATH_HEADER = "zocalo-recipe-path"
+#: How many past failure reasons travel with a retried message.
+_HISTORY_KEPT = 10
+
+
+@dataclass
+class RunnerSettings:
+    """Retry policy and shutdown limits.
+
+    ``max_attempts`` must stay below the broker's delivery limit (5 on DLS
+    RabbitMQ), which is kept for messages that crash the whole process.
+    """
+
+    max_attempts: int = 3
+    retry_delay: float = 1.0
+    retry_backoff: float = 2.0
+    stop_timeout: float = 30.0
+
+    def delay_before(self, attempt: int) -> float:
+        """Delay before retry number ``attempt`` (1-based): grows geometrically."""
+        return self.retry_delay * self.retry_backoff ** (attempt - 1)
+
+
+@dataclass
+class RunnerStats:
+    """Counts of everything the runner did; every discard is counted."""
+
+    received: int = 0
+    handled: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    unrouted: int = 0
+    publish_failed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class ServiceRunner:
+    """Runs one service instance on one transport."""
+
+    def __init__(
+        self,
+        service: Service,
+        transport: Transport,
+        settings: RunnerSettings | None = None,
+    ) -> None:
+        self.service = service
+        self.transport = transport
+        self.settings = settings or RunnerSettings()
+        self.stats = RunnerStats()
+        self._work: queue.SimpleQueue[tuple[Delivery, HandlerSpec] | None] = queue.SimpleQueue()
+        self._subscriptions: list[Subscription] = []
+        self._pending: set[Future] = set()
+        self._pending_lock = threading.Lock()
+        self._all_settled = threading.Condition(self._pending_lock)
+        self._stop = threading.Event()
+        self.started = threading.Event()
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        """Connect, run ``initializing`` and subscribe every handler."""
+        if not self.transport.connected:
+            self.transport.connect()
+        self.service.initializing()
+        for spec in self.service.handlers():
+            self._subscribe(spec)
+        self.started.set()
+        log.info(
+            "service %s started: %s",
+            self.service.name,
+            "; ".join(spec.describe() for spec in self.service.handlers()),
+        )
+
+    def _subscribe(self, spec: HandlerSpec) -> None:
+        def enqueue(delivery: Delivery, spec: HandlerSpec = spec) -> None:
+            self._work.put((delivery, spec))
+
+        if spec.broadcast:
+            subscription = self.transport.subscribe_broadcast(spec.destination, enqueue)
+        else:
+            subscription = self.transport.subscribe(
+                spec.destination, enqueue, prefetch=spec.prefetch
+            )
+        self._subscriptions.append(subscription)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to finish the message in hand and return. Thread/signal safe."""
+        self._stop.set()
+        self._work.put(None)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        """Start, then handle messages until :meth:`request_stop`; then stop cleanly."""
+        self.start()
+        try:
+            while not self._stop.is_set():
+                item = self._work.get()
+                if item is not None:
+                    self.process(*item)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop consuming, return unhandled deliveries, wait for confirms, close."""
+        for subscription in self._subscriptions:
+            try:
+                self.transport.unsubscribe(subscription)
+            except ZocaloError as error:
+                log.warning("could not unsubscribe %s: %s", subscription.describe(), error)
+        self._subscriptions.clear()
+        self._return_unhandled()
+        self._wait_for_confirms(self.settings.stop_timeout)
+        try:
+            self.service.stopping()
+        finally:
+            self.transport.close()
+            log.info("service %s stopped: %s", self.service.name, self.stats.snapshot())
+
+    def _return_unhandled(self) -> None:
+        while True:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item[0].ackable:
+                self._quietly(self.transport.nack, item[0], requeue=True, reason="service stopping")
+
+    def _wait_for_confirms(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._all_settled:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.error(
+                        "%d publishes still unconfirmed at shutdown; their inputs "
+                        "stay unacked and return to the queue",
+                        len(self._pending),
+                    )
+                    return False
+                self._all_settled.wait(remaining)
+        return True
+
+    # -- one message --------------------------------------------------------
+    def process(self, delivery: Delivery, spec: HandlerSpec) -> None:
+        """Decode, call the handler, then settle (publish outputs + ack)."""
+        self.stats.add("received")
+        what = delivery.describe()
+        try:
+            step, payload = self._decode(delivery, spec, what)
+        except InvalidMessage as error:
+            self._dead_letter(delivery, str(error), path=None)
+            return
+        with recipe_context(step.recipe_id, step.pointer):
+            try:
+                spec.function(step, payload)
+            except Exception as error:
+                self._handler_failed(delivery, spec, step, error)
+                return
+            if step.unrouted:
+                self.stats.add("unrouted", len(step.unrouted))
+            self.stats.add("handled")
+            self._settle(delivery, step.outputs, what)
+
+    def _decode(self, delivery: Delivery, spec: HandlerSpec, what: str) -> tuple[RecipeStep, Any]:
+        if wire.is_recipe_message(delivery.headers):
+            message = wire.decode(delivery.body, delivery.headers, what)
+            step = RecipeStep(message, headers=delivery.headers, message_id=delivery.message_id)
+            return step, message.payload
+        if not spec.allow_plain:
+            raise InvalidMessage(
+                f"{what}: not a recipe message (no {wire.RECIPE_HEADER!r} header) and "
+                f"{spec.function.__qualname__} accepts recipe messages only"
+            )
+        payload = wire.decode_json(delivery.body, what)
+        return RecipeStep(None, headers=delivery.headers, message_id=delivery.message_id), payload
+
+    def _settle(self, delivery: Delivery, outputs: Sequence[Outgoing], what: str) -> None:
+        ack = delivery if delivery.ackable else None
+        if ack is None and not outputs:
+            return
+        try:
+            confirmation = self.transport.publish(outputs, ack=ack)
+        except ZocaloError as error:
+            self._publish_failed(delivery, what, error)
+            return
+        with self._pending_lock:
+            self._pending.add(confirmation)
+        confirmation.add_done_callback(lambda done: self._confirmed(done, delivery, what))
+
+    def _confirmed(self, done: Future, delivery: Delivery, what: str) -> None:
+        with self._all_settled:
+            self._pending.discard(done)
+            self._all_settled.notify_all()
+        error = done.exception()
+        if error is not None:
+            self._publish_failed(delivery, what, error)
+
+    def _publish_failed(self, delivery: Delivery, what: str, error: BaseException) -> None:
+        self.stats.add("publish_failed")
+        log.error(
+            "outputs of %s were not accepted, so it is not acknowledged and returns "
+            "to its queue: %s",
+            what,
+            error,
+        )
+        if delivery.ackable:
+            self._quietly(
+                self.transport.nack, delivery, requeue=True, reason=f"outputs not accepted: {error}"
+            )
+
+    # -- failures -----------------------------------------------------------
+    def _handler_failed(
+        self, delivery: Delivery, spec: HandlerSpec, step: RecipeStep, error: Exception
+    ) -> None:
+        self.stats.add("failed")
+        reason = f"{type(error).__name__}: {error}"
+        attempt = _int_header(delivery.headers, ATTEMPT_HEADER) + 1
+        max_attempts = spec.max_attempts or self.settings.max_attempts
+        log.error(
+            "handler %s raised on %s (attempt %d of %d)",
+            spec.function.__qualname__,
+            delivery.describe(),
+            attempt,
+            max_attempts,
+            exc_info=error,
+        )
+        if not delivery.ackable:
+            return  # a broadcast: nothing to retry or dead-letter
+        path = [*step.path, step.pointer] if step.pointer is not None else None
+        if attempt >= max_attempts:
+            self._dead_letter(delivery, f"{reason} (after {attempt} attempts)", path)
+            return
+        headers = dict(delivery.headers)
+        headers[ATTEMPT_HEADER] = attempt
+        headers[RETRY_REASON_HEADER] = reason
+        headers[DLQ_HISTORY_HEADER] = _history(delivery.headers, reason)
+        delay = self.settings.delay_before(attempt)
+        if Capability.DELAY not in self.transport.capabilities:
+            delay = None
+        retry = Outgoing(delivery.source, delivery.body, headers, delay=delay)
+        self.stats.add("retried")
+        self._settle(delivery, [retry], delivery.describe())
+
+    def _dead_letter(self, delivery: Delivery, reason: str, path: list[int] | None) -> None:
+        """Move a message to ``dlq.<queue>`` with why and where, acking the original."""
+        log.error("dead-lettering %s: %s", delivery.describe(), reason)
+        if not delivery.ackable:
+            self.stats.add("dead_lettered")
+            return
+        headers = dict(delivery.headers)
+        headers[DLQ_REASON_HEADER] = reason
+        headers[DLQ_QUEUE_HEADER] = delivery.source
+        headers[DLQ_HISTORY_HEADER] = _history(delivery.headers, reason)
+        if path is not None:
+            headers[RECIPE_PATH_HEADER] = path
+        self.stats.add("dead_lettered")
+        dead = Outgoing(dlq_name(delivery.source), delivery.body, headers)
+        self._settle(delivery, [dead], delivery.describe())
+
+    @staticmethod
+    def _quietly(action: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            action(*args, **kwargs)
+        except ZocaloError as error:
+            log.warning("%s failed: %s", getattr(action, "__name__", action), error)
+
+
+def _int_header(headers: dict[str, Any], name: str) -> int:
+    try:
+        return int(headers.get(name) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _history(headers: dict[str, Any], reason: str) -> list[str]:
+    previous = headers.get(DLQ_HISTORY_HEADER)
+    history = [str(entry) for entry in previous] if isinstance(previous, list) else []
+    return [*history, reason][-_HISTORY_KEPT:]

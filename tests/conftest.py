@@ -1,0 +1,163 @@
+"""Fixtures shared by every test directory."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.transport import Delivery, Transport, create_transport
+
+#: How long a test waits for something that should happen promptly. Waits
+#: return as soon as their condition holds, so this only matters on failure.
+DEADLINE = 5.0
+
+
+class Collector:
+    """A subscription callback that records deliveries and lets tests wait on them.
+
+    With ``ack_with`` set, each delivery is acknowledged on the callback thread
+    (before it is recorded) through that transport. Nothing here sleeps: waits
+    are on a condition notified per delivery, with a deadline.
+    """
+
+    def __init__(self, ack_with: Transport | None = None) -> None:
+        self.ack_with = ack_with
+        self._condition = threading.Condition()
+        self._deliveries: list[Delivery] = []
+        self._arrivals: list[float] = []
+
+    def __call__(self, delivery: Delivery) -> None:
+        self._record(delivery, self.ack_with)
+
+    def acking(self, transport: Transport) -> Callable[[Delivery], None]:
+        """A callback recording into this collector that acks through ``transport``.
+
+        For several subscriptions on different connections feeding one collector.
+        """
+        return lambda delivery: self._record(delivery, transport)
+
+    def _record(self, delivery: Delivery, ack_with: Transport | None) -> None:
+        arrived = time.monotonic()
+        if ack_with is not None and delivery.ackable:
+            ack_with.ack(delivery)
+        with self._condition:
+            self._deliveries.append(delivery)
+            self._arrivals.append(arrived)
+            self._condition.notify_all()
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        with self._condition:
+            return list(self._deliveries)
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [delivery.body for delivery in self.deliveries]
+
+    def arrival(self, body: bytes) -> float:
+        """``time.monotonic()`` when the first delivery of ``body`` arrived."""
+        with self._condition:
+            for delivery, arrived in zip(self._deliveries, self._arrivals, strict=True):
+                if delivery.body == body:
+                    return arrived
+        raise AssertionError(f"{body!r} never arrived")
+
+    def wait_until(
+        self,
+        predicate: Callable[[list[Delivery]], bool],
+        what: str,
+        timeout: float = DEADLINE,
+    ) -> list[Delivery]:
+        """Wait (with a deadline) until ``predicate(deliveries)`` holds; return them."""
+        with self._condition:
+            if not self._condition.wait_for(lambda: predicate(self._deliveries), timeout):
+                received = [delivery.body for delivery in self._deliveries]
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what}; received {received!r}"
+                )
+            return list(self._deliveries)
+
+    def wait_for_count(self, count: int, timeout: float = DEADLINE) -> list[Delivery]:
+        return self.wait_until(
+            lambda deliveries: len(deliveries) >= count, f"{count} deliveries", timeout
+        )
+
+    def wait_for_body(self, body: bytes, timeout: float = DEADLINE) -> list[Delivery]:
+        return self.wait_until(
+            lambda deliveries: any(delivery.body == body for delivery in deliveries),
+            f"a delivery of {body!r}",
+            timeout,
+        )
+
+
+@pytest.fixture
+def collector() -> Callable[..., Collector]:
+    """``collector()`` or ``collector(ack_with=transport)``: a new :class:`Collector`."""
+    return Collector
+
+
+@pytest.fixture
+def let_time_pass() -> Callable[[float], None]:
+    """Let wall-clock time pass when nothing observable marks the moment.
+
+    Only for waiting out an *expiration*: an expired message produces no event
+    to wait on, so the one honest option is to let the clock run past the
+    deadline. It waits on a never-set Event (with a monotonic deadline loop in
+    case of early wake-ups); do not use it to wait for a delivery.
+    """
+
+    def wait(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        never = threading.Event()
+        while (remaining := deadline - time.monotonic()) > 0:
+            never.wait(remaining)
+
+    return wait
+
+
+@pytest.fixture(autouse=True)
+def _no_default_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach a broker it did not choose through the environment."""
+    monkeypatch.delenv("ZOCALO_TRANSPORT", raising=False)
+
+
+@pytest.fixture
+def broker_url() -> str:
+    """A fresh in-memory broker for one test."""
+    return f"memory://test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def client(broker_url: str) -> Iterator[Transport]:
+    """A connection to ``broker_url`` for sending and collecting."""
+    transport = create_transport(broker_url)
+    transport.connect()
+    yield transport
+    transport.close()
+
+
+@pytest.fixture
+def start_service(broker_url: str) -> Iterator[Callable[..., ServiceRunner]]:
+    """``start_service(service, **settings)``: run it on a thread until the test ends."""
+    running: list[tuple[ServiceRunner, threading.Thread]] = []
+
+    def start(service: Service, url: str | None = None, **settings: object) -> ServiceRunner:
+        runner = ServiceRunner(
+            service, create_transport(url or broker_url), RunnerSettings(**settings)
+        )  # type: ignore[arg-type]
+        thread = threading.Thread(target=runner.run, name=f"test-{service.name}", daemon=True)
+        thread.start()
+        assert runner.started.wait(5), f"{service.name} did not start"
+        running.append((runner, thread))
+        return runner
+
+    yield start
+    for runner, thread in running:
+        runner.request_stop()
+        thread.join(10)
+        assert not thread.is_alive(), f"{runner.service.name} did not stop"

@@ -1,0 +1,270 @@
+"""The runner: handler calls, settling, retries, the DLQ and bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from zocalo.logs import RecipeContextFilter
+from zocalo.recipe import Recipe
+from zocalo.recipe.step import RecipeStep
+from zocalo.recipe.wire import encode
+from zocalo.service import Service, ServiceRunner, handler
+from zocalo.service.runner import ATTEMPT_HEADER, RECIPE_PATH_HEADER
+from zocalo.transport import Transport
+from zocalo.transport.base import DLQ_HISTORY_HEADER, DLQ_QUEUE_HEADER, DLQ_REASON_HEADER
+
+RECIPE = Recipe(
+    {
+        "1": {"queue": "work", "parameters": {"factor": 3}, "output": {"result": 2}},
+        "2": {"queue": "results"},
+        "start": [[1, {"value": 1}]],
+    }
+)
+ENVIRONMENT = {"ID": "recipe-0001"}
+module_log = logging.getLogger("tests.science")
+
+
+class Multiplier(Service):
+    """Multiplies; raises on demand, a given number of times per value."""
+
+    def __init__(self, failures: dict[int, int] | None = None) -> None:
+        super().__init__()
+        self.failures = dict(failures or {})
+        self.calls: list[Any] = []
+
+    @handler("work", prefetch=5)
+    def multiply(self, step: RecipeStep, payload: dict[str, Any]) -> None:
+        self.calls.append(payload)
+        module_log.info("multiplying %s", payload["value"])
+        if self.failures.get(payload["value"], 0) > 0:
+            self.failures[payload["value"]] -= 1
+            raise RuntimeError(f"detector offline for {payload['value']}")
+        if payload.get("channel"):
+            step.send_to(payload["channel"], payload)
+            return
+        step.send_to("result", {"value": payload["value"] * step.parameters["factor"]})
+
+
+def send_work(client: Transport, value: Any, **extra: Any) -> None:
+    body = encode(RECIPE, 1, [], ENVIRONMENT, {"value": value, **extra})
+    client.send("work", body, headers={"workflows-recipe": True})
+
+
+@pytest.fixture
+def results(client: Transport, collector: Callable[..., Any]) -> Any:
+    sink = collector(ack_with=client)
+    client.subscribe("results", sink, prefetch=100)
+    return sink
+
+
+@pytest.fixture
+def dead(client: Transport, collector: Callable[..., Any]) -> Any:
+    sink = collector(ack_with=client)
+    client.subscribe("dlq.work", sink, prefetch=100)
+    return sink
+
+
+def payloads(deliveries: list[Any]) -> list[Any]:
+    return [json.loads(delivery.body)["payload"] for delivery in deliveries]
+
+
+def test_handler_output_goes_to_the_next_step(client, results, start_service):
+    start_service(Multiplier())
+    send_work(client, 7)
+    (delivery,) = results.wait_for_count(1)
+    body = json.loads(delivery.body)
+    assert body["payload"] == {"value": 21}
+    assert body["recipe-pointer"] == 2
+    assert body["recipe-path"] == [1]
+    assert body["environment"] == ENVIRONMENT
+    assert Recipe(body["recipe"]) == RECIPE
+    assert delivery.headers["workflows-recipe"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "expected_reason"),
+    [
+        (b'{"recipe": {"1": ', {"workflows-recipe": True}, "not valid JSON"),
+        (b"\xff\xfe not utf-8", {"workflows-recipe": True}, "not valid JSON"),
+        (b'{"payload": 1}', {"workflows-recipe": True}, "not a recipe message"),
+        (b"[1, 2, 3]", {"workflows-recipe": True}, "not an object"),
+        (b'{"value": 1}', {}, "not a recipe message"),
+        (
+            json.dumps({"recipe": RECIPE.to_dict(), "recipe-pointer": 7, "payload": {}}).encode(),
+            {"workflows-recipe": True},
+            "recipe-pointer 7 names no step",
+        ),
+        (
+            json.dumps({"recipe": RECIPE.to_dict(), "recipe-pointer": "x", "payload": {}}).encode(),
+            {"workflows-recipe": True},
+            "bad recipe-pointer",
+        ),
+        (
+            json.dumps({"recipe": {"start": 5, "1": {}}, "recipe-pointer": 1}).encode(),
+            {"workflows-recipe": True},
+            "invalid recipe",
+        ),
+    ],
+    ids=[
+        "truncated-json",
+        "not-utf8",
+        "no-recipe-keys",
+        "json-list",
+        "plain-message",
+        "pointer-to-missing-step",
+        "non-integer-pointer",
+        "broken-recipe",
+    ],
+)
+def test_bad_input_is_dead_lettered_with_reason_and_the_service_goes_on(
+    client, results, dead, start_service, body, headers, expected_reason, caplog
+):
+    runner = start_service(Multiplier())
+    client.send("work", body, headers=headers)
+    send_work(client, 2)
+    (dead_letter,) = dead.wait_for_count(1)
+    assert dead_letter.body == body, "the dead letter must keep the original body"
+    reason = dead_letter.headers[DLQ_REASON_HEADER]
+    assert expected_reason in reason
+    assert "message" in reason and "queue 'work'" in reason, "the reason names the message"
+    assert dead_letter.headers[DLQ_QUEUE_HEADER] == "work"
+    assert payloads(results.wait_for_count(1)) == [{"value": 6}]
+    assert runner.stats.snapshot()["dead_lettered"] == 1
+    assert any(expected_reason in record.getMessage() for record in caplog.records)
+
+
+def test_handler_failing_once_is_retried_and_succeeds(client, results, dead, start_service):
+    service = Multiplier(failures={4: 1})
+    runner = start_service(service, retry_delay=0.01)
+    send_work(client, 4)
+    assert payloads(results.wait_for_count(1)) == [{"value": 12}]
+    assert len(service.calls) == 2
+    stats = runner.stats.snapshot()
+    assert (stats["failed"], stats["retried"], stats["handled"]) == (1, 1, 1)
+    send_work(client, 5)  # sentinel: the retry produced exactly one result
+    assert payloads(results.wait_for_count(2)) == [{"value": 12}, {"value": 15}]
+    assert dead.deliveries == []
+
+
+def test_handler_failing_every_time_ends_in_dlq_while_others_flow(
+    client, results, dead, start_service, caplog
+):
+    service = Multiplier(failures={9: 100})
+    runner = start_service(service, retry_delay=0.01, max_attempts=3)
+    send_work(client, 9)
+    for value in range(1, 6):
+        send_work(client, value)
+    (dead_letter,) = dead.wait_for_count(1)
+    results.wait_for_count(5)
+    assert sorted(p["value"] for p in payloads(results.deliveries)) == [3, 6, 9, 12, 15]
+    assert [call["value"] for call in service.calls].count(9) == 3
+    headers = dead_letter.headers
+    assert "RuntimeError: detector offline for 9" in headers[DLQ_REASON_HEADER]
+    assert "after 3 attempts" in headers[DLQ_REASON_HEADER]
+    assert headers[RECIPE_PATH_HEADER] == [1]
+    assert headers[ATTEMPT_HEADER] == 2, "two retries were published before the DLQ"
+    assert len(headers[DLQ_HISTORY_HEADER]) == 3
+    assert json.loads(dead_letter.body)["payload"] == {"value": 9}
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    assert failures, "each failure is logged with its traceback"
+    assert "message" in failures[0].getMessage()
+    assert runner.stats.snapshot()["dead_lettered"] == 1
+
+
+def test_retry_delay_grows():
+    from zocalo.service import RunnerSettings
+
+    settings = RunnerSettings(retry_delay=0.5, retry_backoff=2)
+    assert [settings.delay_before(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+
+
+def test_unknown_channel_is_logged_and_counted_not_silent(
+    client, results, dead, start_service, caplog
+):
+    runner = start_service(Multiplier())
+    send_work(client, 1, channel="no-such-channel")
+    send_work(client, 2)
+    assert payloads(results.wait_for_count(1)) == [{"value": 6}]
+    assert runner.stats.snapshot()["unrouted"] == 1
+    warning = next(r for r in caplog.records if "no-such-channel" in r.getMessage())
+    assert warning.levelno == logging.WARNING
+    assert "recipe-0001" in warning.getMessage()
+    assert dead.deliveries == [], "an unknown channel is not a failure"
+
+
+def test_log_lines_inside_a_handler_carry_recipe_id_and_step(
+    client, results, start_service, caplog
+):
+    caplog.handler.addFilter(RecipeContextFilter())
+    caplog.set_level(logging.INFO)
+    start_service(Multiplier())
+    send_work(client, 3)
+    results.wait_for_count(1)
+    line = next(r for r in caplog.records if r.getMessage() == "multiplying 3")
+    assert line.name == "tests.science", "a module-level logger, not the service's"
+    assert (line.recipe_ID, line.recipe_step) == ("recipe-0001", 1)
+
+
+def test_plain_messages_reach_handlers_that_allow_them(client, collector, start_service):
+    seen = collector()
+
+    class Plain(Service):
+        @handler("plain", allow_plain=True)
+        def receive(self, step: RecipeStep, payload: Any) -> None:
+            assert step.recipe is None
+            step.send_plain("plain.out", {"echo": payload})
+
+    out = collector(ack_with=client)
+    client.subscribe("plain.out", out)
+    start_service(Plain())
+    client.send("plain", json.dumps({"hello": "world"}))
+    (delivery,) = out.wait_for_count(1)
+    assert json.loads(delivery.body) == {"echo": {"hello": "world"}}
+    assert seen.deliveries == []
+
+
+def test_stop_returns_unhandled_messages_to_the_queue(broker_url, client, collector):
+    """Deliveries prefetched but not handled go back, not lost, when a service stops."""
+    import threading
+
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Slow(Service):
+        @handler("slow", prefetch=5)
+        def work(self, step: RecipeStep, payload: Any) -> None:
+            entered.set()
+            release.wait(10)
+            step.send(payload)
+
+    recipe = Recipe(
+        {"1": {"queue": "slow", "output": 2}, "2": {"queue": "slow.out"}, "start": [[1, 0]]}
+    )
+    from zocalo.transport import create_transport
+
+    runner = ServiceRunner(Slow(), create_transport(broker_url))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    for number in range(5):
+        client.send(
+            "slow", encode(recipe, 1, [], {"ID": "r"}, number), headers={"workflows-recipe": True}
+        )
+    assert entered.wait(5)
+    runner.request_stop()
+    release.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    out = collector(ack_with=client)
+    back = collector(ack_with=client)
+    client.subscribe("slow.out", out, prefetch=10)
+    client.subscribe("slow", back, prefetch=10)
+    out.wait_for_count(1)
+    back.wait_for_count(4)
+    handled = payloads(out.deliveries)
+    returned = payloads(back.deliveries)
+    assert sorted(handled + returned) == [0, 1, 2, 3, 4], "nothing lost"
