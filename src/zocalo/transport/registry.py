@@ -12,6 +12,7 @@ from zocalo.transport.base import Transport
 #: URL scheme -> "module:Class". Brokers join here as they land.
 _SCHEMES: dict[str, str] = {
     "memory": "zocalo.transport.memory:MemoryTransport",
+    "sqlite": "zocalo.transport.sqlite:SqliteTransport",
 }
 
 ENVIRONMENT_VARIABLE = "ZOCALO_TRANSPORT"

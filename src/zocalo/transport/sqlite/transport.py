@@ -1,0 +1,754 @@
+"""The embedded broker: ``sqlite:///path/to/broker.db``, shared by processes on one machine.
+
+Each transport object is one connection. One worker thread owns its SQLite
+connection and does everything in batches: every publish, ack and nack
+queued since its last turn, and the claiming of new deliveries for every
+subscription with room in its prefetch window, go into ONE ``BEGIN
+IMMEDIATE`` transaction (group commit). Callbacks run on a second thread so a
+slow callback never holds the broker file.
+
+Crash safety: rows a consumer holds carry its connection id and a lease. A
+dead connection is found through its liveness flock (fast); a hung one
+through its lease running out (the worker renews leases while it lives).
+Either way the rows return to their queue, marked redelivered, or go to
+``dlq.<queue>`` past the delivery limit.
+
+URL options: ``synchronous`` (normal|full, see ``store.py``),
+``visibility_timeout`` (lease seconds, default 60), ``reap_interval``
+(seconds between dead-consumer checks, default 0.5), ``delivery_limit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import select
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from zocalo.errors import ConnectionFailed, InvalidURL, PublishFailed, TransportError
+from zocalo.transport.base import (
+    DEFAULT_DELIVERY_LIMIT,
+    DLQ_HISTORY_HEADER,
+    DLQ_QUEUE_HEADER,
+    DLQ_REASON_HEADER,
+    Callback,
+    Capability,
+    Confirmation,
+    Delivery,
+    Outgoing,
+    Subscription,
+    Transport,
+    dlq_name,
+)
+from zocalo.transport.sqlite.signals import LivenessLock, WakeSender, WakeSocket, holder_is_dead
+from zocalo.transport.sqlite.store import open_store
+
+log = logging.getLogger(__name__)
+
+BROADCAST_PREFIX = "zocalo.broadcast."
+CHECKPOINT_INTERVAL = 10.0
+_CLAIM_SQL = """
+UPDATE messages SET owner = ?, lease_until = ?, delivery_count = delivery_count + 1
+WHERE id IN (SELECT id FROM messages WHERE queue = ? AND owner IS NULL AND available_at <= ?
+             ORDER BY priority DESC, id LIMIT ?)
+RETURNING id, body, headers, priority, expires_at, delivery_count
+"""
+_TAKE_BROADCAST_SQL = """
+DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE queue = ? AND owner IS NULL
+                                  AND available_at <= ? ORDER BY id LIMIT 1000)
+RETURNING id, body, headers, priority, expires_at, delivery_count
+"""
+
+
+def broker_path(url: str) -> Path:
+    """The file a ``sqlite://`` URL names (``sqlite:///abs/path`` or ``sqlite://rel/path``)."""
+    parts = urlsplit(url)
+    path = parts.netloc + parts.path
+    if not path:
+        raise InvalidURL(f"{url!r} names no broker file (expected sqlite:///path/to/broker.db)")
+    return Path(path).expanduser()
+
+
+@dataclass(eq=False)
+class _Consumer:
+    """Worker-side state of one subscription."""
+
+    subscription: Subscription
+    consumer_id: str
+    queue: str  # the queue rows are claimed from (private for broadcasts)
+    inflight: dict[int, Delivery] = field(default_factory=dict)
+    dirty: bool = True  # there may be messages to claim
+    saturated: bool = False  # the last claim filled the window: maybe more waiting
+    due: float | None = None  # epoch seconds of the next delayed message
+
+    @property
+    def room(self) -> int:
+        if not self.subscription.active:
+            return 0
+        if self.subscription.broadcast:
+            return 1000
+        return self.subscription.prefetch - len(self.inflight)
+
+
+@dataclass
+class _Op:
+    kind: str
+    messages: Sequence[Outgoing] = ()
+    delivery: Delivery | None = None
+    consumer: _Consumer | None = None
+    requeue: bool = True
+    reason: str = ""
+    future: Confirmation | None = None
+
+
+class SqliteTransport(Transport):
+    """One connection to a broker file shared by every process on this machine."""
+
+    schemes = ("sqlite",)
+    capabilities = frozenset(
+        {
+            Capability.DELAY,
+            Capability.PRIORITY,
+            Capability.EXPIRATION,
+            Capability.DELIVERY_COUNT,
+            Capability.DEAD_LETTER,
+            Capability.CROSS_PROCESS,
+            Capability.DELAYED_BROADCAST,
+        }
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        delivery_limit: int | None = None,
+        visibility_timeout: float | None = None,
+        reap_interval: float | None = None,
+        synchronous: str | None = None,
+    ) -> None:
+        options = {key: values[-1] for key, values in parse_qs(urlsplit(url).query).items()}
+        unknown = set(options) - {
+            "delivery_limit",
+            "visibility_timeout",
+            "reap_interval",
+            "synchronous",
+        }
+        if unknown:
+            raise InvalidURL(f"unknown option(s) {sorted(unknown)} in {url!r}")
+        super().__init__(
+            url,
+            delivery_limit=int(
+                delivery_limit or options.get("delivery_limit", DEFAULT_DELIVERY_LIMIT)
+            ),
+        )
+        self.path = broker_path(url)
+        self.visibility_timeout = float(visibility_timeout or options.get("visibility_timeout", 60))
+        self.reap_interval = float(reap_interval or options.get("reap_interval", 0.5))
+        self.synchronous = (synchronous or options.get("synchronous", "normal")).lower()
+        self.connection_id = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+        self._lock = threading.Lock()
+        self._consumers: dict[int, _Consumer] = {}
+        self._ops: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self._callbacks: queue.SimpleQueue[tuple[_Consumer, Delivery] | None] = queue.SimpleQueue()
+        self._state = "new"
+        self._db: sqlite3.Connection | None = None
+
+    # -- connection ---------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._state == "open"
+
+    @property
+    def locks_directory(self) -> Path:
+        return self.path.with_name(self.path.name + ".locks")
+
+    def connect(self) -> None:
+        if self._state == "open":
+            return
+        if self._state != "new":
+            raise ConnectionFailed(f"{self.url}: a closed transport cannot reconnect")
+        self._db = open_store(self.path, self.synchronous)
+        self._liveness = LivenessLock(self.locks_directory, self.connection_id)
+        self._wake = WakeSocket(self.path, self.connection_id)
+        self._sender = WakeSender()
+        self._kick_read, self._kick_write = socket.socketpair()
+        self._kick_read.setblocking(False)
+        self._kick_write.setblocking(False)
+        now = time.monotonic()
+        self._next_reap = now
+        self._next_renewal = now + self.visibility_timeout / 3
+        self._next_checkpoint = now + CHECKPOINT_INTERVAL
+        self._state = "open"
+        self._worker = threading.Thread(target=self._work, name="sqlite-broker", daemon=True)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="sqlite-callbacks", daemon=True
+        )
+        self._worker.start()
+        self._dispatcher.start()
+
+    def close(self) -> None:
+        """Unregister, return every unacknowledged delivery, and close the file."""
+        if self._state != "open":
+            self._state = "closed"
+            return
+        done = Confirmation()
+        self._submit(_Op("close", future=done))
+        with contextlib.suppress(Exception):
+            done.result(30)
+        self._finish()
+
+    def abort(self) -> None:
+        """Vanish as a killed process would: no cleanup; others reap what we held."""
+        if self._state != "open":
+            return
+        self._state = "aborting"
+        self._kick()
+        self._finish()
+
+    def _finish(self) -> None:
+        self._state = "closed"
+        self._kick()
+        self._callbacks.put(None)
+        for thread in (self._worker, self._dispatcher):
+            if thread is not threading.current_thread():
+                thread.join(10)
+        self._liveness.release()
+        for closable in (self._wake, self._sender, self._kick_read, self._kick_write):
+            closable.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _require_open(self) -> None:
+        if self._state != "open":
+            raise ConnectionFailed(f"{self.url}: transport is not connected")
+
+    def _kick(self) -> None:
+        with contextlib.suppress(OSError):
+            self._kick_write.send(b"k")
+
+    def _submit(self, op: _Op) -> None:
+        self._ops.put(op)
+        self._kick()
+
+    # -- consuming ----------------------------------------------------------
+    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, not {prefetch}")
+        subscription = Subscription(
+            self._next_subscription_id(), queue, callback, prefetch=prefetch
+        )
+        return self._register(subscription, queue)
+
+    def subscribe_broadcast(self, topic: str, callback: Callback) -> Subscription:
+        subscription = Subscription(self._next_subscription_id(), topic, callback, broadcast=True)
+        consumer_id = f"{self.connection_id}.{subscription.id}"
+        return self._register(subscription, BROADCAST_PREFIX + consumer_id)
+
+    def _register(self, subscription: Subscription, claim_queue: str) -> Subscription:
+        self._require_open()
+        consumer = _Consumer(subscription, f"{self.connection_id}.{subscription.id}", claim_queue)
+        done = Confirmation()
+        self._submit(_Op("subscribe", consumer=consumer, future=done))
+        done.result(30)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            consumer = self._consumers.get(subscription.id)
+        if consumer is None or not subscription.active:
+            raise TransportError(f"{subscription.describe()} is not subscribed")
+        subscription.active = False
+        done = Confirmation()
+        self._submit(_Op("unsubscribe", consumer=consumer, future=done))
+        done.result(30)
+
+    def _take_inflight(self, delivery: Delivery) -> _Consumer:
+        """Forget ``delivery`` locally, or raise if it is not awaiting settlement."""
+        self._require_open()
+        with self._lock:
+            consumer = self._consumers.get(delivery.subscription.id)
+            if (
+                consumer is None
+                or not delivery.ackable
+                or consumer.inflight.pop(delivery.token, None) is None
+            ):
+                raise TransportError(
+                    f"{delivery.describe()} is not awaiting acknowledgement "
+                    "(already settled, not ackable, or its subscription is gone)"
+                )
+            if consumer.saturated:
+                consumer.dirty = True
+        return consumer
+
+    def _restore_inflight(self, delivery: Delivery) -> None:
+        with self._lock:
+            consumer = self._consumers.get(delivery.subscription.id)
+            if consumer is not None:
+                consumer.inflight[delivery.token] = delivery
+
+    def ack(self, delivery: Delivery) -> None:
+        self._take_inflight(delivery)
+        self._submit(_Op("ack", delivery=delivery))
+
+    def nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
+        self._take_inflight(delivery)
+        self._submit(_Op("nack", delivery=delivery, requeue=requeue, reason=reason or "rejected"))
+
+    # -- publishing ---------------------------------------------------------
+    def publish(self, messages: Sequence[Outgoing], *, ack: Delivery | None = None) -> Confirmation:
+        self._require_open()
+        for message in messages:
+            self.check_supported(message)
+        if ack is not None:
+            self._take_inflight(ack)
+        confirmation = Confirmation()
+        self._submit(_Op("publish", messages=list(messages), delivery=ack, future=confirmation))
+        return confirmation
+
+    # -- the worker thread --------------------------------------------------
+    def _work(self) -> None:
+        try:
+            while self._state == "open":
+                self._wait(self._timeout())
+                ops = self._drain_ops()
+                if self._state != "open":
+                    self._fail(ops, "transport aborted")
+                    return
+                closing = any(op.kind == "close" for op in ops)
+                self._turn(ops)
+                if closing:
+                    return
+        except Exception:
+            log.exception("broker worker for %s failed; the connection is closed", self.path)
+            self._state = "closed"
+            self._fail(self._drain_ops(), "broker worker failed")
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        wall = time.time()
+        deadlines = [self._next_reap, self._next_renewal, self._next_checkpoint]
+        with self._lock:
+            for consumer in self._consumers.values():
+                if consumer.dirty and consumer.room > 0:
+                    return 0.0
+                if consumer.due is not None:
+                    deadlines.append(now + (consumer.due - wall))
+        return max(0.0, min(deadlines) - now)
+
+    def _wait(self, timeout: float) -> None:
+        readable, _, _ = select.select([self._wake, self._kick_read], [], [], timeout)
+        if self._kick_read in readable:
+            with contextlib.suppress(BlockingIOError):
+                while self._kick_read.recv(4096):
+                    pass
+        if self._wake in readable:
+            poked = self._wake.drain()
+            with self._lock:
+                for consumer in self._consumers.values():
+                    if consumer.queue in poked:
+                        consumer.dirty = True
+
+    def _drain_ops(self) -> list[_Op]:
+        ops: list[_Op] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                ops.append(self._ops.get_nowait())
+        return ops
+
+    def _fail(self, ops: list[_Op], why: str) -> None:
+        for op in ops:
+            if op.future is not None and not op.future.done():
+                op.future.set_exception(ConnectionFailed(f"{self.url}: {why}"))
+
+    def _turn(self, ops: list[_Op]) -> None:
+        """One transaction: apply queued operations, claim deliveries, housekeeping."""
+        db = self._db
+        assert db is not None
+        now_monotonic = time.monotonic()
+        reap = now_monotonic >= self._next_reap
+        dead = self._dead_connections() if reap else []
+        with self._lock:
+            claimers = [
+                c
+                for c in self._consumers.values()
+                if c.room > 0 and (c.dirty or (c.due is not None and c.due <= time.time()))
+            ]
+        if not ops and not claimers and not reap and now_monotonic < self._next_renewal:
+            self._maybe_checkpoint(now_monotonic)
+            return
+        pokes: set[tuple[str, str]] = set()
+        results: list[tuple[_Op, BaseException | None]] = []
+        claimed: list[tuple[_Consumer, Delivery]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for op in ops:
+                results.append((op, self._apply(db, op, pokes)))
+            for consumer in claimers:
+                claimed.extend(self._claim(db, consumer))
+            if reap:
+                self._reap(db, dead, pokes)
+                self._next_reap = now_monotonic + self.reap_interval
+            if now_monotonic >= self._next_renewal:
+                db.execute(
+                    "UPDATE messages SET lease_until = ? WHERE owner = ?",
+                    (time.time() + self.visibility_timeout, self.connection_id),
+                )
+                self._next_renewal = now_monotonic + self.visibility_timeout / 3
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            log.error("broker transaction on %s failed: %s", self.path, error)
+            for op in ops:
+                if op.delivery is not None and op.kind == "publish":
+                    self._restore_inflight(op.delivery)
+                if op.future is not None and not op.future.done():
+                    op.future.set_exception(PublishFailed(f"{self.path}: {error}"))
+            with self._lock:
+                for consumer, delivery in claimed:
+                    consumer.inflight.pop(delivery.token, None)
+                    consumer.dirty = True
+            return
+        for op, error in results:
+            if op.future is not None and not op.future.done():
+                if error is None:
+                    op.future.set_result(None)
+                else:
+                    op.future.set_exception(error)
+        for address, queue_name in pokes:
+            self._sender.poke(address, queue_name)
+        for item in claimed:
+            self._callbacks.put(item)
+        self._maybe_checkpoint(now_monotonic)
+
+    def _maybe_checkpoint(self, now: float) -> None:
+        """Fold the WAL back into the file: constant readers starve automatic checkpoints."""
+        if now < self._next_checkpoint or self._db is None:
+            return
+        self._next_checkpoint = now + CHECKPOINT_INTERVAL
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as error:
+            log.debug("checkpoint of %s skipped: %s", self.path, error)
+
+    def _apply(self, db: sqlite3.Connection, op: _Op, pokes: set) -> BaseException | None:
+        """Apply one operation inside the open transaction; its error, if any."""
+        kind = op.kind
+        if kind == "ack":
+            assert op.delivery is not None
+            if not self._delete_owned(db, op.delivery):
+                log.warning(
+                    "ack of %s came too late: it was already returned to its queue",
+                    op.delivery.describe(),
+                )
+            return None
+        if kind == "nack":
+            assert op.delivery is not None
+            self._return_rows(db, [op.delivery.token], op.reason, pokes, dead_letter=not op.requeue)
+            return None
+        if kind == "publish":
+            db.execute("SAVEPOINT publish")
+            if op.delivery is not None and not self._delete_owned(db, op.delivery):
+                db.execute("ROLLBACK TO publish")
+                db.execute("RELEASE publish")
+                return PublishFailed(
+                    f"{op.delivery.describe()} was returned to its queue before this "
+                    "publish (lease expired or connection reaped); nothing was published"
+                )
+            try:
+                for message in op.messages:
+                    self._insert(db, message, pokes)
+            except (TypeError, ValueError) as error:
+                db.execute("ROLLBACK TO publish")
+                db.execute("RELEASE publish")
+                if op.delivery is not None:
+                    self._restore_inflight(op.delivery)
+                return PublishFailed(f"cannot publish: {error}")
+            db.execute("RELEASE publish")
+            return None
+        if kind == "subscribe":
+            assert op.consumer is not None
+            sub = op.consumer.subscription
+            db.execute(
+                "INSERT INTO consumers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    op.consumer.consumer_id,
+                    sub.destination,
+                    int(sub.broadcast),
+                    self._wake.address,
+                    str(self._liveness.path),
+                    os.getpid(),
+                    time.time(),
+                ),
+            )
+            with self._lock:
+                self._consumers[sub.id] = op.consumer
+            return None
+        if kind == "unsubscribe":
+            assert op.consumer is not None
+            self._unregister(db, op.consumer)
+            return None
+        if kind == "close":
+            with self._lock:
+                consumers = list(self._consumers.values())
+            for consumer in consumers:
+                consumer.subscription.active = False
+                self._unregister(db, consumer)
+            owned = [
+                row
+                for (row,) in db.execute(
+                    "SELECT id FROM messages WHERE owner = ?", (self.connection_id,)
+                )
+            ]
+            self._return_rows(db, owned, "connection closed", pokes)
+            return None
+        raise AssertionError(f"unknown operation {kind}")
+
+    def _unregister(self, db: sqlite3.Connection, consumer: _Consumer) -> None:
+        db.execute("DELETE FROM consumers WHERE id = ?", (consumer.consumer_id,))
+        if consumer.subscription.broadcast:
+            db.execute("DELETE FROM messages WHERE queue = ?", (consumer.queue,))
+            with self._lock:
+                self._consumers.pop(consumer.subscription.id, None)
+
+    def _delete_owned(self, db: sqlite3.Connection, delivery: Delivery) -> bool:
+        cursor = db.execute(
+            "DELETE FROM messages WHERE id = ? AND owner = ?", (delivery.token, self.connection_id)
+        )
+        return cursor.rowcount == 1
+
+    def _insert(self, db: sqlite3.Connection, message: Outgoing, pokes: set) -> None:
+        now = time.time()
+        available = now + (message.delay or 0)
+        expires = available + message.expiration if message.expiration is not None else None
+        headers = json.dumps(dict(message.headers))
+        if message.broadcast:
+            targets = db.execute(
+                "SELECT id, wake FROM consumers WHERE queue = ? AND broadcast = 1",
+                (message.destination,),
+            ).fetchall()
+            for consumer_id, wake in targets:
+                private = BROADCAST_PREFIX + consumer_id
+                db.execute(
+                    "INSERT INTO messages (queue, body, headers, priority, available_at, "
+                    "expires_at) VALUES (?, ?, ?, 0, ?, ?)",
+                    (private, message.body, headers, available, expires),
+                )
+                pokes.add((wake, private))
+            return
+        db.execute(
+            "INSERT INTO messages (queue, body, headers, priority, available_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (message.destination, message.body, headers, message.priority or 0, available, expires),
+        )
+        for (wake,) in db.execute(
+            "SELECT DISTINCT wake FROM consumers WHERE queue = ? AND broadcast = 0",
+            (message.destination,),
+        ):
+            pokes.add((wake, message.destination))
+
+    def _claim(
+        self, db: sqlite3.Connection, consumer: _Consumer
+    ) -> list[tuple[_Consumer, Delivery]]:
+        """Take up to ``room`` ready messages for ``consumer``; drop expired ones."""
+        subscription = consumer.subscription
+        now = time.time()
+        claimed: list[tuple[_Consumer, Delivery]] = []
+        with self._lock:
+            consumer.dirty = False
+            consumer.due = None
+        while (room := consumer.room) > 0:
+            if subscription.broadcast:
+                rows = db.execute(_TAKE_BROADCAST_SQL, (consumer.queue, now)).fetchall()
+            else:
+                lease = now + self.visibility_timeout
+                rows = db.execute(
+                    _CLAIM_SQL, (self.connection_id, lease, consumer.queue, now, room)
+                ).fetchall()
+            rows.sort(key=lambda row: (-row[3], row[0]))
+            expired = [(row[0],) for row in rows if row[4] is not None and row[4] <= now]
+            if expired:
+                db.executemany("DELETE FROM messages WHERE id = ?", expired)
+            live = [
+                self._delivery(subscription, row) for row in rows if row[4] is None or row[4] > now
+            ]
+            claimed.extend((consumer, delivery) for delivery in live)
+            with self._lock:
+                if not subscription.broadcast:
+                    consumer.inflight.update((d.token, d) for d in live)
+                if len(rows) < room:
+                    consumer.saturated = False  # the queue has nothing more ready
+                    break
+                consumer.saturated = True
+                if subscription.broadcast:
+                    consumer.dirty = True  # a full batch: take the rest next turn
+                    break
+        if not subscription.broadcast and consumer.room > 0:
+            (due,) = db.execute(
+                "SELECT MIN(available_at) FROM messages WHERE queue = ? AND owner IS NULL "
+                "AND available_at > ?",
+                (consumer.queue, now),
+            ).fetchone()
+            with self._lock:
+                consumer.due = due
+        return claimed
+
+    def _delivery(self, subscription: Subscription, row: tuple) -> Delivery:
+        row_id, body, headers, _, _, count = row
+        return Delivery(
+            subscription=subscription,
+            message_id=f"{self.path.name}:{row_id}",
+            body=bytes(body),
+            headers=json.loads(headers),
+            delivery_count=max(1, count),
+            redelivered=count > 1,
+            ackable=not subscription.broadcast,
+            token=row_id,
+        )
+
+    # -- returning and reaping ----------------------------------------------
+    def _return_rows(
+        self,
+        db: sqlite3.Connection,
+        row_ids: list[int],
+        reason: str,
+        pokes: set,
+        *,
+        dead_letter: bool = False,
+    ) -> None:
+        """Give rows back to their queues, or dead-letter them (limit or ``dead_letter``)."""
+        now = time.time()
+        for row_id in row_ids:
+            row = db.execute(
+                "SELECT queue, headers, history, delivery_count FROM messages WHERE id = ?",
+                (row_id,),
+            ).fetchone()
+            if row is None:
+                continue
+            queue_name, headers_json, history_json, count = row
+            history = json.loads(history_json) if history_json else []
+            history.append(
+                {"queue": queue_name, "reason": reason, "delivery_count": count, "time": now}
+            )
+            if dead_letter or count >= self.delivery_limit:
+                why = (
+                    reason
+                    if dead_letter
+                    else (f"delivered {count} times (limit {self.delivery_limit}); last: {reason}")
+                )
+                headers = json.loads(headers_json)
+                headers[DLQ_REASON_HEADER] = why
+                headers[DLQ_QUEUE_HEADER] = queue_name
+                headers[DLQ_HISTORY_HEADER] = history
+                target = dlq_name(queue_name)
+                db.execute(
+                    "UPDATE messages SET queue = ?, headers = ?, history = ?, owner = NULL, "
+                    "lease_until = NULL, delivery_count = 0, available_at = ? WHERE id = ?",
+                    (target, json.dumps(headers), json.dumps(history), now, row_id),
+                )
+            else:
+                target = queue_name
+                db.execute(
+                    "UPDATE messages SET history = ?, owner = NULL, lease_until = NULL, "
+                    "available_at = ? WHERE id = ?",
+                    (json.dumps(history), now, row_id),
+                )
+            for (wake,) in db.execute(
+                "SELECT DISTINCT wake FROM consumers WHERE queue = ? AND broadcast = 0", (target,)
+            ):
+                pokes.add((wake, target))
+
+    def _dead_connections(self) -> list[str]:
+        """Connections that hold rows or subscriptions but no longer hold their flock."""
+        assert self._db is not None
+        prefix = f"{self.connection_id}."
+        connections: set[str] = set()
+        try:
+            for (owner,) in self._db.execute(
+                "SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL"
+            ):
+                connections.add(owner)
+            for (consumer_id,) in self._db.execute("SELECT id FROM consumers"):
+                if not consumer_id.startswith(prefix):
+                    connections.add(consumer_id.rsplit(".", 1)[0])
+        except sqlite3.Error as error:
+            log.debug("reaper could not read %s: %s", self.path, error)
+            return []
+        connections.discard(self.connection_id)
+        return [c for c in connections if holder_is_dead(str(self.locks_directory / f"{c}.lock"))]
+
+    def _reap(self, db: sqlite3.Connection, dead: list[str], pokes: set) -> None:
+        for connection in dead:
+            owned = [
+                row
+                for (row,) in db.execute("SELECT id FROM messages WHERE owner = ?", (connection,))
+            ]
+            if owned:
+                log.warning(
+                    "connection %s died holding %d messages; returning them", connection, len(owned)
+                )
+            self._return_rows(db, owned, f"consumer {connection} died", pokes)
+            for (consumer_id,) in db.execute(
+                "SELECT id FROM consumers WHERE id LIKE ? ESCAPE '\\'",
+                (connection.replace("_", "\\_").replace("%", "\\%") + ".%",),
+            ).fetchall():
+                db.execute("DELETE FROM consumers WHERE id = ?", (consumer_id,))
+                db.execute(
+                    "DELETE FROM messages WHERE queue = ?", (BROADCAST_PREFIX + consumer_id,)
+                )
+        now = time.time()
+        expired = [
+            row
+            for (row,) in db.execute(
+                "SELECT id FROM messages "
+                "WHERE owner IS NOT NULL AND owner != ? AND lease_until < ?",
+                (self.connection_id, now),
+            )
+        ]
+        if expired:
+            log.warning("%d leases expired (hung consumers?); returning them", len(expired))
+            self._return_rows(db, expired, "lease expired", pokes)
+
+    # -- the callback thread ------------------------------------------------
+    def _dispatch(self) -> None:
+        while (item := self._callbacks.get()) is not None:
+            consumer, delivery = item
+            if self._state != "open":
+                continue
+            try:
+                consumer.subscription.callback(delivery)
+            except Exception:
+                log.exception("callback for %s raised; returning it", delivery.describe())
+                if delivery.ackable:
+                    with contextlib.suppress(TransportError):
+                        self.nack(delivery, requeue=True, reason="callback raised")
+
+    # -- introspection -------------------------------------------------------
+    def queue_stats(self) -> list[dict[str, Any]]:
+        """Per queue: ready, delayed, in-flight (for `zocalo queues`)."""
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            now = time.time()
+            rows = db.execute(
+                "SELECT queue, SUM(owner IS NULL AND available_at <= ?), "
+                "SUM(owner IS NULL AND available_at > ?), SUM(owner IS NOT NULL) "
+                "FROM messages WHERE queue NOT LIKE 'zocalo.broadcast.%' GROUP BY queue "
+                "ORDER BY queue",
+                (now, now),
+            ).fetchall()
+        finally:
+            db.close()
+        return [{"queue": q, "ready": r, "delayed": d, "in_flight": f} for q, r, d, f in rows]
