@@ -121,9 +121,10 @@ def let_time_pass() -> Callable[[float], None]:
 
 
 @pytest.fixture(autouse=True)
-def _no_default_transport(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test may reach a broker it did not choose through the environment."""
-    monkeypatch.delenv("ZOCALO_TRANSPORT", raising=False)
+def _never_the_users_broker(monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> None:
+    """No test (nor a process it starts) may touch the user's default broker file."""
+    guard = tmp_path_factory.mktemp("default-broker") / "broker.db"
+    monkeypatch.setenv("ZOCALO_TRANSPORT", f"sqlite:///{guard}")
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 Each job is one recipe: its ``start`` list fans out one message per image to
 "find spots"; a per-job summary collects them; "record" writes the job to a
-SQLite results file and tells the submitter. The services run on threads of
-this process on the in-memory broker.
+SQLite results file and tells the submitter. By default each service runs in
+its own process, started with the ``zocalo.service`` command an operator
+uses, on a fresh embedded broker; ``in_process`` runs them on threads on the
+in-memory broker instead.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from zocalo.examples.demo_services import FindSpots, Record, Summary
+from zocalo.fleet import ProcessFleet, ThreadFleet
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
-from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.service import RunnerSettings, Service
 from zocalo.transport.base import Delivery, Transport, dlq_name
 from zocalo.transport.registry import create_transport
 
 DEMO_SERVICES: tuple[type[Service], ...] = (FindSpots, Summary, Record)
+#: Their entry point names, as an operator would start them.
+DEMO_SERVICE_NAMES = ("demo.FindSpots", "demo.Summary", "demo.Record")
 DEMO_QUEUES = ("demo.find_spots", "demo.summary", "demo.record")
 
 
@@ -45,6 +50,7 @@ class DemoResult:
 
     jobs: int
     images_per_job: int
+    broker: str = ""
     completed: int = 0
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
@@ -90,63 +96,77 @@ class _Collector:
 def run_demo(
     jobs: int = 40,
     images: int = 20,
-    url: str | None = None,
+    *,
+    in_process: bool = False,
+    rate: float = 20.0,
     timeout: float = 25.0,
     progress: Any = None,
 ) -> DemoResult:
-    """Run the pipeline on ``url`` (a fresh in-memory broker by default)."""
-    url = url or f"memory://demo-{uuid.uuid4().hex}"
+    """Run the pipeline and measure it. ``rate``: jobs submitted per second."""
     result = DemoResult(jobs, images)
     done_queue = f"demo.done.{uuid.uuid4().hex[:8]}"
-    settings = RunnerSettings(retry_delay=0.2)
-    runners = [ServiceRunner(cls(), create_transport(url), settings) for cls in DEMO_SERVICES]
-    threads = [
-        threading.Thread(target=r.run, name=f"demo-{r.service.name}", daemon=True) for r in runners
-    ]
     with tempfile.TemporaryDirectory(prefix="zocalo-demo-") as workdir:
-        results_file = Path(workdir) / "results.sqlite"
-        with create_transport(url) as submitter:
+        if in_process:
+            url = f"memory://demo-{uuid.uuid4().hex}"
+            fleet: Any = ThreadFleet(DEMO_SERVICES, url, RunnerSettings(retry_delay=0.2))
+        else:
+            url = f"sqlite:///{workdir}/broker.db"
+            log = (Path(workdir) / "services.log").open("w")
+            fleet = ProcessFleet(DEMO_SERVICE_NAMES, url, log=log)
+        result.broker = (
+            "in-memory, services on threads"
+            if in_process
+            else "embedded SQLite, one process per service"
+        )
+        recipe = demo_recipe(images, Path(workdir) / "results.sqlite", done_queue)
+        with create_transport(url) as submitter, fleet:
             collector = _Collector(submitter)
             submitter.subscribe(done_queue, collector, prefetch=50)
-            for thread, runner in zip(threads, runners, strict=True):
-                thread.start()
-                runner.started.wait(10)
-            recipe = demo_recipe(images, results_file, done_queue)
-            submitted: dict[str, float] = {}
-            started = time.monotonic()
-            for _ in range(jobs):
-                step = RecipeStep()
-                recipe_id = step.start(recipe)
-                submitted[recipe_id] = time.monotonic()
-                submitter.publish(step.outputs).result(10)
-            deadline = started + timeout
+            submitted = _submit(submitter, recipe, jobs, rate, collector, progress)
+            started = min(submitted.values())
             with collector.condition:
-                while len(collector.finished) < jobs and time.monotonic() < deadline:
-                    if progress is not None:
-                        progress(len(collector.finished), jobs)
-                    collector.condition.wait(0.1)
-            result.seconds = time.monotonic() - started
-            if progress is not None:
-                progress(len(collector.finished), jobs)
-            finished = dict(collector.finished)
-            for runner in runners:
-                runner.request_stop()
-            for thread in threads:
-                thread.join(10)
+                collector.condition.wait_for(
+                    lambda: _report(collector, jobs, progress), timeout=timeout
+                )
+                finished = dict(collector.finished)
+            result.seconds = max(finished.values(), default=started) - started
+            fleet.stop()
             result.dead_lettered = sum(
-                _depth(submitter, dlq_name(queue)) for queue in (*DEMO_QUEUES, done_queue)
+                submitter.depth(dlq_name(queue)) for queue in (*DEMO_QUEUES, done_queue)
             )
+        result.handled = sum(stats.get("handled", 0) for stats in fleet.stats.values())
+        result.failed = sum(stats.get("failed", 0) for stats in fleet.stats.values())
     result.completed = sum(1 for recipe_id in submitted if recipe_id in finished)
     result.latencies_ms = sorted(
         (finished[rid] - submitted[rid]) * 1000 for rid in submitted if rid in finished
     )
-    for runner in runners:
-        stats = runner.stats.snapshot()
-        result.handled += stats["handled"]
-        result.failed += stats["failed"]
     return result
 
 
-def _depth(transport: Transport, queue: str) -> int:
-    depth = getattr(transport, "depth", None)
-    return depth(queue) if depth else 0
+def _submit(
+    submitter: Transport,
+    recipe: Recipe,
+    jobs: int,
+    rate: float,
+    collector: _Collector,
+    progress: Any,
+) -> dict[str, float]:
+    """Start ``jobs`` copies of ``recipe`` at ``rate`` per second; when each was sent."""
+    submitted: dict[str, float] = {}
+    begin = time.monotonic()
+    pause = threading.Event()
+    for number in range(jobs):
+        pause.wait(max(0.0, begin + number / rate - time.monotonic()))
+        step = RecipeStep()
+        recipe_id = step.start(recipe)
+        submitted[recipe_id] = time.monotonic()
+        submitter.publish(step.outputs).result(10)
+        with collector.condition:
+            _report(collector, jobs, progress)
+    return submitted
+
+
+def _report(collector: _Collector, jobs: int, progress: Any) -> bool:
+    if progress is not None:
+        progress(len(collector.finished), jobs)
+    return len(collector.finished) >= jobs

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from zocalo.errors import InvalidURL
 from zocalo.transport.base import Capability
-from zocalo.transport.registry import ENVIRONMENT_VARIABLE, transport_class
+from zocalo.transport.registry import (
+    ENVIRONMENT_VARIABLE,
+    default_transport_url,
+    transport_class,
+)
 
 #: Transport names python-zocalo accepts for -t; they need the site configuration.
 REFERENCE_TRANSPORT_NAMES = ("PikaTransport", "StompTransport")
@@ -18,15 +20,14 @@ transport_option = click.option(
     "--transport",
     "transport",
     metavar="URL",
-    help=f"Broker URL (memory://, ...); default ${ENVIRONMENT_VARIABLE}.",
+    help=f"Broker URL (sqlite:///path, amqp://...); default ${ENVIRONMENT_VARIABLE}, "
+    "else the embedded broker in your data directory.",
 )
 
 
 def resolve_transport(value: str | None, *, cross_process: bool = True) -> str:
     """The transport URL a tool should use, or a click error saying why there is none."""
-    value = value or os.environ.get(ENVIRONMENT_VARIABLE)
-    if not value:
-        raise click.UsageError(f"no transport: give --transport URL or set ${ENVIRONMENT_VARIABLE}")
+    value = value or default_transport_url()
     if "://" not in value:
         if value in REFERENCE_TRANSPORT_NAMES:
             raise click.UsageError(

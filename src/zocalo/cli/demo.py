@@ -14,6 +14,7 @@ def _summary(result: DemoResult) -> Table:
     table = Table(title="zocalo demo", show_header=False)
     rows = [
         ("jobs completed", f"{result.completed} / {result.jobs}"),
+        ("broker", result.broker),
         ("images per job", str(result.images_per_job)),
         ("messages handled", str(result.handled)),
         ("throughput", f"{result.messages_per_second:.0f} msgs/s"),
@@ -31,7 +32,11 @@ def _summary(result: DemoResult) -> Table:
 @click.command("demo")
 @click.option("--jobs", default=40, show_default=True, help="Jobs to submit.")
 @click.option("--images", default=20, show_default=True, help="Images per job.")
-def command(jobs: int, images: int) -> None:
+@click.option("--rate", default=20.0, show_default=True, help="Jobs submitted per second.")
+@click.option(
+    "--in-process", is_flag=True, help="Run the services on threads on the in-memory broker."
+)
+def command(jobs: int, images: int, rate: float, in_process: bool) -> None:
     """Run three example services and push jobs through them."""
     console = Console()
     with Progress(

@@ -40,3 +40,7 @@ def command(
 
 def main() -> None:
     command(prog_name="zocalo.service")
+
+
+if __name__ == "__main__":
+    main()

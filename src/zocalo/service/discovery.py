@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import EntryPoint, entry_points
 
 from zocalo.errors import ZocaloError
@@ -44,13 +45,22 @@ def resolve_name(name: str, names: list[str]) -> str:
 
 
 def load_service(name: str) -> type[Service]:
-    """The Service class registered under ``name`` (resolved as above)."""
-    services = available_services()
-    entry = services[resolve_name(name, list(services))]
-    service_class = entry.load()
+    """The Service registered under ``name`` (resolved as above), or ``module:Class``."""
+    if ":" in name:
+        module_name, _, class_name = name.partition(":")
+        try:
+            service_class = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as error:
+            raise ServiceNotFound(f"cannot load service {name!r}: {error}") from None
+        origin = name
+    else:
+        services = available_services()
+        entry = services[resolve_name(name, list(services))]
+        service_class = entry.load()
+        origin = f"{entry.name} ({entry.value}, group {entry.group})"
     if not (isinstance(service_class, type) and issubclass(service_class, Service)):
         raise ServiceNotFound(
-            f"{entry.name} ({entry.value}, group {entry.group}) is not a zocalo Service; "
+            f"{origin} is not a zocalo Service; "
             "a python-workflows CommonService runs under workflows' own frontend"
         )
     return service_class

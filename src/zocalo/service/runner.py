@@ -20,6 +20,7 @@ Failures never stop the service:
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -177,7 +178,7 @@ class ServiceRunner:
             self.service.stopping()
         finally:
             self.transport.close()
-            log.info("service %s stopped: %s", self.service.name, self.stats.snapshot())
+            log.info("service %s stopped: %s", self.service.name, json.dumps(self.stats.snapshot()))
 
     def _return_unhandled(self) -> None:
         while True:

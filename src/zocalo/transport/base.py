@@ -226,6 +226,11 @@ class Transport(ABC):
         )
         self.publish([message]).result(timeout)
 
+    # -- introspection ------------------------------------------------------
+    def depth(self, queue: str) -> int:
+        """Messages waiting in ``queue`` (ready or delayed, not in flight)."""
+        raise UnsupportedFeature(f"{type(self).__name__} cannot report queue depths")
+
     # -- helpers for implementations ----------------------------------------
     def check_supported(self, message: Outgoing) -> None:
         """Refuse features this transport cannot honour, naming them."""

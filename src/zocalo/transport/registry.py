@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
+
+import platformdirs
 
 from zocalo.errors import InvalidURL
 from zocalo.transport.base import Transport
@@ -16,6 +19,15 @@ _SCHEMES: dict[str, str] = {
 }
 
 ENVIRONMENT_VARIABLE = "ZOCALO_TRANSPORT"
+
+
+def default_transport_url() -> str:
+    """``$ZOCALO_TRANSPORT``, else the embedded broker in the user's data directory."""
+    configured = os.environ.get(ENVIRONMENT_VARIABLE)
+    if configured:
+        return configured
+    directory = Path(platformdirs.user_data_dir("zocalo", appauthor=False))
+    return f"sqlite:///{directory / 'broker.db'}"
 
 
 def transport_class(url: str) -> type[Transport]:
@@ -32,8 +44,6 @@ def transport_class(url: str) -> type[Transport]:
 
 
 def create_transport(url: str | None = None, **options: object) -> Transport:
-    """A not-yet-connected transport for ``url`` (default: ``$ZOCALO_TRANSPORT``)."""
-    url = url or os.environ.get(ENVIRONMENT_VARIABLE)
-    if not url:
-        raise InvalidURL(f"no transport URL given and ${ENVIRONMENT_VARIABLE} is not set")
+    """A not-yet-connected transport for ``url`` (default: :func:`default_transport_url`)."""
+    url = url or default_transport_url()
     return transport_class(url)(url, **options)  # type: ignore[arg-type]

@@ -737,6 +737,9 @@ class SqliteTransport(Transport):
                         self.nack(delivery, requeue=True, reason="callback raised")
 
     # -- introspection -------------------------------------------------------
+    def depth(self, queue: str) -> int:
+        return sum(s["ready"] + s["delayed"] for s in self.queue_stats() if s["queue"] == queue)
+
     def queue_stats(self) -> list[dict[str, Any]]:
         """Per queue: ready, delayed, in-flight (for `zocalo queues`)."""
         db = sqlite3.connect(self.path, timeout=30)

@@ -1,0 +1,141 @@
+"""Run several services at once: as operator-style processes, or as threads.
+
+The demo and the benchmarks use this; an operator would run the same
+``zocalo.service -s NAME --transport URL`` commands in separate terminals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.transport.registry import create_transport
+
+STARTED_MARK = "started:"
+STOPPED_MARK = "stopped: "
+
+
+def service_command(name: str, url: str) -> list[str]:
+    """The operator's command line for service ``name`` on ``url``."""
+    script = Path(sys.executable).with_name("zocalo.service")
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "zocalo.cli.service"]
+    return [*program, "-s", name, "--transport", url]
+
+
+class ProcessFleet:
+    """Services in child processes, each in its own process group."""
+
+    def __init__(self, names: Sequence[str], url: str, log: IO[str] | None = None) -> None:
+        self.names = list(names)
+        self.url = url
+        self.log = log
+        self.processes: list[subprocess.Popen[str]] = []
+        #: Each service's final counters, from its last log line.
+        self.stats: dict[str, dict[str, int]] = {}
+        self._forwarders: list[threading.Thread] = []
+
+    def __enter__(self) -> ProcessFleet:
+        try:
+            for name in self.names:
+                self.processes.append(
+                    subprocess.Popen(
+                        service_command(name, self.url),
+                        stderr=subprocess.PIPE,
+                        stdout=subprocess.DEVNULL,
+                        text=True,
+                        start_new_session=True,
+                    )
+                )
+            for name, process in zip(self.names, self.processes, strict=True):
+                self._wait_started(name, process)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_started(self, name: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
+        """Read the service's log until it says it has subscribed; then keep forwarding it."""
+        assert process.stderr is not None
+        seen: list[str] = []
+        found = threading.Event()
+
+        def forward() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                seen.append(line)
+                if STARTED_MARK in line:
+                    found.set()
+                if STOPPED_MARK in line:
+                    with contextlib.suppress(ValueError):
+                        self.stats[name] = json.loads(line.split(STOPPED_MARK, 1)[1])
+                if self.log is not None:
+                    self.log.write(line)
+            found.set()
+
+        forwarder = threading.Thread(target=forward, daemon=True)
+        forwarder.start()
+        self._forwarders.append(forwarder)
+        if not found.wait(timeout) or process.poll() is not None:
+            raise RuntimeError(f"service {name} did not start:\n{''.join(seen[-20:])}")
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM every process group (as systemd would), SIGKILL stragglers."""
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        for forwarder in self._forwarders:
+            forwarder.join(5)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ThreadFleet:
+    """Services on threads of this process (for the in-memory broker)."""
+
+    def __init__(
+        self, services: Sequence[type[Service]], url: str, settings: RunnerSettings | None = None
+    ) -> None:
+        self.runners = [ServiceRunner(cls(), create_transport(url), settings) for cls in services]
+        self.threads = [
+            threading.Thread(target=r.run, name=f"service-{r.service.name}", daemon=True)
+            for r in self.runners
+        ]
+
+    def __enter__(self) -> ThreadFleet:
+        for thread, runner in zip(self.threads, self.runners, strict=True):
+            thread.start()
+            if not runner.started.wait(10):
+                raise RuntimeError(f"service {runner.service.name} did not start")
+        return self
+
+    @property
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {runner.service.name: runner.stats.snapshot() for runner in self.runners}
+
+    def stop(self) -> None:
+        for runner in self.runners:
+            runner.request_stop()
+        for thread in self.threads:
+            thread.join(20)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

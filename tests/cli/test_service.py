@@ -1,0 +1,46 @@
+"""zocalo.service runs a service in its own process and stops it cleanly."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from zocalo.cli.service import command as service
+from zocalo.fleet import ProcessFleet
+from zocalo.recipe import Recipe
+from zocalo.recipe.step import RecipeStep
+from zocalo.transport import create_transport
+
+
+def test_service_process_handles_messages_and_stops_on_sigterm(tmp_path, collector):
+    url = f"sqlite:///{tmp_path}/broker.db"
+    recipe = Recipe(
+        {
+            "1": {"queue": "demo.find_spots", "output": 2},
+            "2": {"queue": "spots.out"},
+            "start": [[1, {"image": n}] for n in range(1, 4)],
+        }
+    )
+    with create_transport(url) as client:
+        sink = collector(ack_with=client)
+        client.subscribe("spots.out", sink)
+        fleet = ProcessFleet(["demo.FindSpots"], url)
+        with fleet:
+            step = RecipeStep()
+            step.start(recipe)
+            client.publish(step.outputs).result(10)
+            deliveries = sink.wait_for_count(3)
+        assert [p.returncode for p in fleet.processes] == [0], "a clean exit on SIGTERM"
+    images = sorted(json.loads(d.body)["payload"]["image"] for d in deliveries)
+    assert images == [1, 2, 3]
+    assert fleet.stats["demo.FindSpots"]["handled"] == 3
+
+
+def test_memory_transport_and_unknown_services_are_refused():
+    result = CliRunner().invoke(service, ["-s", "demo.FindSpots", "--transport", "memory://"])
+    assert result.exit_code == 2 and "in-process broker" in result.output
+    result = CliRunner().invoke(
+        service, ["-s", "NoSuchService", "--transport", "sqlite:///tmp/never-opened.db"]
+    )
+    assert result.exit_code == 2 and "no service matches 'NoSuchService'" in result.output
