@@ -44,3 +44,28 @@ def test_memory_transport_and_unknown_services_are_refused():
         service, ["-s", "NoSuchService", "--transport", "sqlite:///tmp/never-opened.db"]
     )
     assert result.exit_code == 2 and "no service matches 'NoSuchService'" in result.output
+
+
+def test_queues_lists_depths_in_flight_and_dead_letters(tmp_path, collector):
+    from zocalo.cli.main import cli
+
+    url = f"sqlite:///{tmp_path}/broker.db"
+    with create_transport(url) as client:
+        for number in range(3):
+            client.send("alpha", str(number))
+        client.send("beta", "later", delay=600)
+        holder = collector()
+        client.subscribe("alpha", holder, prefetch=1)
+        (held,) = holder.wait_for_count(1)
+        client.send("gamma", "x")
+        poison = collector()
+        client.subscribe("gamma", poison)
+        (bad,) = poison.wait_for_count(1)
+        client.nack(bad, requeue=False, reason="poison")
+        result = CliRunner().invoke(cli, ["queues", "--transport", url], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:6]]
+            for line in result.output.splitlines() if line.count("│") >= 6}
+    assert rows["alpha"] == ["2", "0", "1", "0"]
+    assert rows["beta"] == ["0", "1", "0", "0"]
+    assert rows["gamma"] == ["0", "0", "0", "1"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from zocalo.cli import demo, go, service
+from zocalo.cli import demo, go, queues, service
 
 
 @click.group()
@@ -16,3 +16,4 @@ def cli() -> None:
 cli.add_command(service.command)
 cli.add_command(go.command)
 cli.add_command(demo.command)
+cli.add_command(queues.command)

@@ -111,6 +111,16 @@ class Subscription:
         return f"{kind} {self.destination!r}"
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """How many messages a queue holds, by state."""
+
+    queue: str
+    ready: int = 0
+    delayed: int = 0
+    in_flight: int = 0
+
+
 class Confirmation(Future):
     """Completes when the broker has accepted a publish (and the ack is sent).
 
@@ -227,9 +237,13 @@ class Transport(ABC):
         self.publish([message]).result(timeout)
 
     # -- introspection ------------------------------------------------------
+    def queue_stats(self) -> list[QueueStats]:
+        """Every queue that holds messages, with counts by state."""
+        raise UnsupportedFeature(f"{type(self).__name__} cannot report queue depths")
+
     def depth(self, queue: str) -> int:
         """Messages waiting in ``queue`` (ready or delayed, not in flight)."""
-        raise UnsupportedFeature(f"{type(self).__name__} cannot report queue depths")
+        return sum(s.ready + s.delayed for s in self.queue_stats() if s.queue == queue)
 
     # -- helpers for implementations ----------------------------------------
     def check_supported(self, message: Outgoing) -> None:

@@ -32,6 +32,7 @@ from zocalo.transport.base import (
     Confirmation,
     Delivery,
     Outgoing,
+    QueueStats,
     Subscription,
     Transport,
     confirmed,
@@ -72,6 +73,7 @@ class MemoryBroker:
         self.condition = threading.Condition()
         self.queues: dict[str, _Queue] = {}
         self.topics: dict[str, list[_Consumer]] = {}
+        self.consumers: set[_Consumer] = set()
         self.expired = 0
         self._seq = itertools.count()
         self._ids = itertools.count(1)
@@ -134,10 +136,6 @@ class MemoryBroker:
         headers[DLQ_HISTORY_HEADER] = list(message.history)
         dead = _Stored(message.id, message.body, headers, message.priority)
         self.enqueue(dlq_name(queue), dead)
-
-    def depth(self, queue: str) -> int:
-        target = self.queues.get(queue)
-        return len(target.ready) + len(target.delayed) if target else 0
 
     @property
     def confirmer(self) -> _DelayedConfirmer:
@@ -291,6 +289,7 @@ class MemoryTransport(Transport):
             self._consumers.clear()
             for consumer in consumers:
                 consumer.subscription.active = False
+                broker.consumers.discard(consumer)
                 self._return_unacked(consumer, "connection closed")
                 if consumer.subscription.broadcast:
                     subscribers = broker.topics.get(consumer.subscription.destination, [])
@@ -317,6 +316,7 @@ class MemoryTransport(Transport):
         consumer = _Consumer(self, subscription)
         with self.broker.condition:
             self._consumers[subscription.id] = consumer
+            self.broker.consumers.add(consumer)
             if subscription.broadcast:
                 self.broker.topics.setdefault(subscription.destination, []).append(consumer)
         consumer.thread.start()
@@ -427,8 +427,21 @@ class MemoryTransport(Transport):
                 else:
                     broker.enqueue(message.destination, stored, message.delay)
 
-    # -- introspection for tests, the demo and `zocalo queues` ---------------
-    def depth(self, queue: str) -> int:
-        """Messages waiting in ``queue`` (ready or delayed, not in flight)."""
-        with self.broker.condition:
-            return self.broker.depth(queue)
+    # -- introspection -------------------------------------------------------
+    def queue_stats(self) -> list[QueueStats]:
+        broker = self.broker
+        with broker.condition:
+            in_flight: dict[str, int] = {}
+            for consumer in broker.consumers:
+                name = consumer.subscription.destination
+                in_flight[name] = in_flight.get(name, 0) + len(consumer.unacked)
+            names = sorted(set(broker.queues) | set(in_flight))
+            return [
+                QueueStats(
+                    name,
+                    len(broker.queues[name].ready) if name in broker.queues else 0,
+                    len(broker.queues[name].delayed) if name in broker.queues else 0,
+                    in_flight.get(name, 0),
+                )
+                for name in names
+            ]

@@ -48,6 +48,7 @@ from zocalo.transport.base import (
     Confirmation,
     Delivery,
     Outgoing,
+    QueueStats,
     Subscription,
     Transport,
     dlq_name,
@@ -737,10 +738,7 @@ class SqliteTransport(Transport):
                         self.nack(delivery, requeue=True, reason="callback raised")
 
     # -- introspection -------------------------------------------------------
-    def depth(self, queue: str) -> int:
-        return sum(s["ready"] + s["delayed"] for s in self.queue_stats() if s["queue"] == queue)
-
-    def queue_stats(self) -> list[dict[str, Any]]:
+    def queue_stats(self) -> list[QueueStats]:
         """Per queue: ready, delayed, in-flight (for `zocalo queues`)."""
         db = sqlite3.connect(self.path, timeout=30)
         try:
@@ -754,4 +752,4 @@ class SqliteTransport(Transport):
             ).fetchall()
         finally:
             db.close()
-        return [{"queue": q, "ready": r, "delayed": d, "in_flight": f} for q, r, d, f in rows]
+        return [QueueStats(*row) for row in rows]

@@ -1,0 +1,38 @@
+"""zocalo queues: what each queue holds, in flight and dead-lettered."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from zocalo.cli.common import resolve_transport, transport_option
+from zocalo.errors import ZocaloError
+from zocalo.transport import create_transport, dlq_name
+from zocalo.transport.base import QueueStats
+
+
+def queue_table(stats: list[QueueStats]) -> Table:
+    """One row per queue; its dead letters (``dlq.<queue>``) beside it."""
+    by_name = {entry.queue: entry for entry in stats}
+    table = Table("queue", "ready", "delayed", "in flight", "dead-lettered")
+    names = sorted({entry.queue.removeprefix("dlq.") for entry in stats})
+    for name in names:
+        entry = by_name.get(name, QueueStats(name))
+        dead = by_name.get(dlq_name(name), QueueStats(dlq_name(name)))
+        table.add_row(name, str(entry.ready), str(entry.delayed), str(entry.in_flight),
+                      str(dead.ready + dead.delayed + dead.in_flight))
+    return table
+
+
+@click.command("queues")
+@transport_option
+def command(transport: str | None) -> None:
+    """List queue depths on the broker."""
+    url = resolve_transport(transport)
+    try:
+        with create_transport(url) as broker:
+            stats = broker.queue_stats()
+    except ZocaloError as error:
+        raise click.ClickException(str(error)) from None
+    Console().print(queue_table(stats))
