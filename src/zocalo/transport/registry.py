@@ -16,6 +16,8 @@ from zocalo.transport.base import Transport
 _SCHEMES: dict[str, str] = {
     "memory": "zocalo.transport.memory:MemoryTransport",
     "sqlite": "zocalo.transport.sqlite:SqliteTransport",
+    "amqp": "zocalo.transport.rabbitmq:RabbitMQTransport",
+    "amqps": "zocalo.transport.rabbitmq:RabbitMQTransport",
 }
 
 ENVIRONMENT_VARIABLE = "ZOCALO_TRANSPORT"

@@ -1,0 +1,738 @@
+"""RabbitMQ over AMQP 0-9-1 with pika: ``amqp://user:pass@host:5672/vhost`` (or ``amqps://``).
+
+One pika ``SelectConnection`` runs on its own I/O thread; every public call
+is handed to that thread. Publishes go out on one channel in confirm mode
+(publisher confirms, not AMQP transactions: a ``tx.commit`` is a synchronous
+round trip per message) with ``mandatory`` set, so an unroutable message is
+returned and its batch fails instead of vanishing. The input of a batch is
+acked on its own channel only when every output is confirmed, and nothing
+waits for that: confirms and acks are pipelined.
+
+On the wire it matches python-workflows' pika transport: default exchange
+with the queue name as routing key, persistent messages, application headers,
+``expiration`` in ms, broadcasts on a fanout exchange named after the topic.
+
+Queues we declare are quorum queues dead-lettering to ``dlq.<queue>`` with a
+delivery limit (so the broker counts deliveries, ``x-delivery-count``);
+queues an operator declared are used as they are. Quorum queues have no
+message priorities: priority is refused, never ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import ssl
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pika
+import pika.exceptions
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+
+from zocalo.errors import ConnectionFailed, InvalidURL, PublishFailed, TransportError
+from zocalo.transport.base import (
+    DEFAULT_DELIVERY_LIMIT,
+    DLQ_HISTORY_HEADER,
+    DLQ_QUEUE_HEADER,
+    DLQ_REASON_HEADER,
+    Callback,
+    Capability,
+    Confirmation,
+    Delivery,
+    Outgoing,
+    Subscription,
+    Transport,
+    dlq_name,
+)
+from zocalo.transport.rabbitmq import delay as delays
+from zocalo.transport.rabbitmq.headers import from_amqp, to_amqp
+
+log = logging.getLogger(__name__)
+
+#: The reference's delayed-message exchange (needs the RabbitMQ plugin).
+PLUGIN_DELAY_EXCHANGE = "delayed"
+_OUR_OPTIONS = {
+    "delivery_limit",
+    "cafile",
+    "certfile",
+    "keyfile",
+    "connection_name",
+    "heartbeat",
+    "timeout",
+}
+
+
+def connection_parameters(url: str) -> tuple[pika.ConnectionParameters, dict[str, str]]:
+    """pika parameters for ``url``, and our own options from its query string."""
+    parts = urlsplit(url)
+    options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    unknown = set(options) - _OUR_OPTIONS
+    if unknown:
+        raise InvalidURL(f"unknown option(s) {sorted(unknown)} in {url!r}")
+    tls = parts.scheme == "amqps"
+    ssl_options = None
+    if tls:
+        context = ssl.create_default_context(cafile=options.get("cafile"))
+        if options.get("certfile"):
+            context.load_cert_chain(options["certfile"], options.get("keyfile"))
+        ssl_options = pika.SSLOptions(context, parts.hostname or "localhost")
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    credentials = pika.PlainCredentials(
+        unquote(parts.username or "guest"), unquote(parts.password or "guest")
+    )
+    parameters = pika.ConnectionParameters(
+        host=parts.hostname or "localhost",
+        port=parts.port or (5671 if tls else 5672),
+        virtual_host=vhost,
+        credentials=credentials,
+        ssl_options=ssl_options,
+        heartbeat=int(options.get("heartbeat", 30)),
+        connection_attempts=1,
+        socket_timeout=float(options.get("timeout", 10)),
+        client_properties={"connection_name": options.get("connection_name", "zocalo")},
+    )
+    return parameters, options
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One publish call: its outputs, the input to ack, and its confirmation."""
+
+    future: Confirmation
+    ack: Delivery | None
+    remaining: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Consumer:
+    subscription: Subscription
+    channel: Channel | None = None
+    tag: str = ""
+    unsettled: set[int] = field(default_factory=set)
+
+
+class RabbitMQTransport(Transport):
+    """A connection to a RabbitMQ broker (a cluster node)."""
+
+    schemes = ("amqp", "amqps")
+    capabilities = frozenset(
+        {
+            Capability.DELAY,
+            Capability.EXPIRATION,
+            Capability.DELIVERY_COUNT,
+            Capability.DEAD_LETTER,
+            Capability.CROSS_PROCESS,
+        }
+    )
+
+    def __init__(self, url: str, *, delivery_limit: int | None = None) -> None:
+        self.parameters, options = connection_parameters(url)
+        super().__init__(
+            url,
+            delivery_limit=int(
+                delivery_limit or options.get("delivery_limit", DEFAULT_DELIVERY_LIMIT)
+            ),
+        )
+        self.safe_url = redact(url)
+        self._connection: pika.SelectConnection | None = None
+        self._thread: threading.Thread | None = None
+        self._publisher: Channel | None = None
+        self._admin: Channel | None = None
+        self._sequence = 0
+        self._unconfirmed: dict[int, tuple[_Batch, str, str]] = {}
+        self._returned: dict[str, str] = {}
+        self._consumers: dict[int, _Consumer] = {}
+        self._lock = threading.Lock()
+        self._known_queues: set[str] = set()
+        self._known_exchanges: set[str] = set()
+        self._delay_route: str | None = None  # "plugin" or "levels", once known
+        self._delay_bound: set[str] = set()
+        self._callbacks: queue.SimpleQueue[tuple[_Consumer, Delivery] | None] = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
+        self._open = False
+
+    # -- connection ---------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._open
+
+    def connect(self) -> None:
+        if self._open:
+            return
+        opened: Confirmation = Confirmation()
+
+        def on_open(connection: pika.SelectConnection) -> None:
+            opened.set_result(None)
+
+        def on_open_error(connection: pika.SelectConnection, error: BaseException) -> None:
+            opened.set_exception(
+                error if isinstance(error, BaseException) else RuntimeError(str(error))
+            )
+
+        self._connection = pika.SelectConnection(
+            self.parameters,
+            on_open_callback=on_open,
+            on_open_error_callback=on_open_error,
+            on_close_callback=self._on_connection_closed,
+        )
+        self._thread = threading.Thread(
+            target=self._connection.ioloop.start, name="rabbitmq-io", daemon=True
+        )
+        self._thread.start()
+        try:
+            opened.result(self.parameters.socket_timeout + 5)
+        except Exception as error:
+            self._stop_ioloop()
+            raise ConnectionFailed(self._explain(error)) from None
+        self._open = True
+        self._publisher = self._call(self._open_publisher)
+        self._admin = self._call(self._open_channel)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="rabbitmq-callbacks", daemon=True
+        )
+        self._dispatcher.start()
+
+    def _explain(self, error: BaseException) -> str:
+        where = f"RabbitMQ at {self.safe_url}"
+        text = f"{type(error).__name__}: {error}"
+        if isinstance(
+            error, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError
+        ):
+            return f"{where} refused the credentials ({text})"
+        if isinstance(error, pika.exceptions.ProbableAccessDeniedError):
+            return (
+                f"{where}: access to virtual host {self.parameters.virtual_host!r} denied "
+                f"or it does not exist ({text})"
+            )
+        return f"cannot connect to {where} ({text})"
+
+    def _on_connection_closed(self, connection: Any, reason: BaseException) -> None:
+        was_open = self._open
+        self._open = False
+        for batch, _, _ in list(self._unconfirmed.values()):
+            if not batch.future.done():
+                batch.future.set_exception(
+                    PublishFailed(
+                        f"connection to {self.safe_url} closed before the broker "
+                        f"confirmed: {reason}"
+                    )
+                )
+        self._unconfirmed.clear()
+        if was_open:
+            log.warning("connection to %s closed: %s", self.safe_url, reason)
+        connection.ioloop.stop()
+
+    def _stop_ioloop(self) -> None:
+        if self._connection is not None and self._thread is not None:
+            with contextlib.suppress(Exception):
+                self._connection.ioloop.add_callback_threadsafe(self._connection.ioloop.stop)
+            if self._thread is not threading.current_thread():
+                self._thread.join(10)
+
+    def close(self) -> None:
+        """Close: the broker returns unacknowledged deliveries to their queues."""
+        if not self._open or self._connection is None:
+            self._open = False
+            return
+        self._open = False
+        connection = self._connection
+        with contextlib.suppress(Exception):
+            connection.ioloop.add_callback_threadsafe(
+                lambda: connection.close() if connection.is_open else None
+            )
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(15)
+        self._callbacks.put(None)
+        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
+            self._dispatcher.join(10)
+
+    def abort(self) -> None:
+        """Drop the socket without the AMQP goodbye, as a killed process would."""
+        if not self._open or self._connection is None:
+            return
+        connection = self._connection
+
+        def cut() -> None:
+            transport = getattr(connection, "_transport", None)
+            if transport is not None:
+                transport.abort()
+            else:
+                connection.close()
+
+        self._open = False
+        connection.ioloop.add_callback_threadsafe(cut)
+        if self._thread is not None:
+            self._thread.join(15)
+        self._callbacks.put(None)
+
+    # -- running things on the I/O thread -------------------------------------
+    def _call(self, operation: Callable[[Confirmation], None], timeout: float = 30) -> Any:
+        """Run ``operation(future)`` on the I/O thread and wait for its result."""
+        if not self._open or self._connection is None:
+            raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
+        done: Confirmation = Confirmation()
+
+        def run() -> None:
+            try:
+                operation(done)
+            except Exception as error:
+                if not done.done():
+                    done.set_exception(error)
+
+        self._connection.ioloop.add_callback_threadsafe(run)
+        return done.result(timeout)
+
+    def _soon(self, operation: Callable[[], None]) -> None:
+        """Run ``operation`` on the I/O thread without waiting."""
+        if not self._open or self._connection is None:
+            raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
+        self._connection.ioloop.add_callback_threadsafe(operation)
+
+    def _open_channel(self, done: Confirmation, on_close: Callable | None = None) -> None:
+        assert self._connection is not None
+
+        def opened(channel: Channel) -> None:
+            channel.add_on_close_callback(on_close or self._on_channel_closed)
+            done.set_result(channel)
+
+        self._connection.channel(on_open_callback=opened)
+
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        log.debug("channel %s closed: %s", channel.channel_number, reason)
+
+    def _open_publisher(self, done: Confirmation) -> None:
+        def ready(channel: Channel) -> None:
+            channel.add_on_return_callback(self._on_return)
+            channel.confirm_delivery(
+                self._on_confirm, callback=lambda frame: done.set_result(channel)
+            )
+
+        inner: Confirmation = Confirmation()
+        inner.add_done_callback(
+            lambda f: ready(f.result()) if not f.exception() else done.set_exception(f.exception())
+        )
+        self._open_channel(inner, on_close=self._on_publisher_closed)
+
+    def _on_publisher_closed(self, channel: Channel, reason: BaseException) -> None:
+        for batch, _, _ in list(self._unconfirmed.values()):
+            if not batch.future.done():
+                batch.future.set_exception(PublishFailed(f"publishing channel closed: {reason}"))
+        self._unconfirmed.clear()
+        if self._open:
+            log.error("publishing channel closed (%s); reopening it", reason)
+            self._sequence = 0
+            reopened: Confirmation = Confirmation()
+            reopened.add_done_callback(
+                lambda f: setattr(self, "_publisher", f.result()) if not f.exception() else None
+            )
+            self._open_publisher(reopened)
+
+    # -- declarations ---------------------------------------------------------
+    def _rpc(self, method: str, **arguments: Any) -> Any:
+        """One synchronous channel method on a short-lived channel (failures close it)."""
+
+        def operation(done: Confirmation) -> None:
+            def closed(channel: Channel, reason: BaseException) -> None:
+                if not done.done():
+                    done.set_exception(reason)
+
+            def opened(channel: Channel) -> None:
+                def finished(frame: Any) -> None:
+                    done.set_result(frame)
+                    channel.close()
+
+                getattr(channel, method)(callback=finished, **arguments)
+
+            channel_ready: Confirmation = Confirmation()
+            channel_ready.add_done_callback(lambda f: opened(f.result()))
+            self._open_channel(channel_ready, on_close=closed)
+
+        return self._call(operation)
+
+    def _exists(self, method: str, **arguments: Any) -> bool:
+        try:
+            self._rpc(method, passive=True, **arguments)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code == 404:
+                return False
+            raise TransportError(f"{self.safe_url}: {method} {arguments}: {error}") from None
+        return True
+
+    def declare_queue(self, queue: str) -> None:
+        """Make sure ``queue`` exists; a queue someone else declared is used as it is.
+
+        A queue we create is a quorum queue dead-lettering to ``dlq.<queue>``
+        after ``delivery_limit`` deliveries (which is also created).
+        """
+        if queue in self._known_queues:
+            return
+        if not self._exists("queue_declare", queue=queue):
+            arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+            if not queue.startswith("dlq."):
+                self.declare_queue(dlq_name(queue))
+                arguments.update(
+                    {
+                        "x-dead-letter-exchange": "",
+                        "x-dead-letter-routing-key": dlq_name(queue),
+                        "x-delivery-limit": max(0, self.delivery_limit - 1),
+                    }
+                )
+            try:
+                self._rpc("queue_declare", queue=queue, durable=True, arguments=arguments)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                if error.reply_code != 406:  # someone else declared it differently: use theirs
+                    raise TransportError(f"cannot declare queue {queue!r}: {error}") from None
+        self._known_queues.add(queue)
+
+    def _declare_fanout(self, topic: str) -> None:
+        if topic in self._known_exchanges:
+            return
+        if not self._exists("exchange_declare", exchange=topic):
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                self._rpc("exchange_declare", exchange=topic, exchange_type="fanout", durable=True)
+        self._known_exchanges.add(topic)
+
+    def _delay_target(self, queue: str, seconds: float) -> tuple[str, str, dict[str, Any]]:
+        """(exchange, routing key, extra headers) that deliver to ``queue`` after ``seconds``."""
+        if self._delay_route is None:
+            if self._exists("exchange_declare", exchange=PLUGIN_DELAY_EXCHANGE):
+                self._delay_route = "plugin"
+            else:
+                for kind, arguments in delays.topology():
+                    method = {
+                        "exchange": "exchange_declare",
+                        "queue": "queue_declare",
+                        "bind_queue": "queue_bind",
+                        "bind_exchange": "exchange_bind",
+                    }[kind]
+                    self._rpc(method, **arguments)
+                self._delay_route = "levels"
+        if self._delay_route == "plugin":
+            return PLUGIN_DELAY_EXCHANGE, queue, {"x-delay": round(seconds * 1000)}
+        if queue not in self._delay_bound:
+            self._rpc(
+                "queue_bind",
+                queue=queue,
+                exchange=delays.DELIVERY_EXCHANGE,
+                routing_key=delays.delivery_binding(queue),
+            )
+            self._delay_bound.add(queue)
+        return delays.first_exchange(), delays.routing_key(seconds, queue), {}
+
+    # -- consuming ----------------------------------------------------------
+    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, not {prefetch}")
+        self.declare_queue(queue)
+        subscription = Subscription(
+            self._next_subscription_id(), queue, callback, prefetch=prefetch
+        )
+        return self._consume(subscription, queue, prefetch)
+
+    def subscribe_broadcast(self, topic: str, callback: Callback) -> Subscription:
+        self._declare_fanout(topic)
+        subscription = Subscription(self._next_subscription_id(), topic, callback, broadcast=True)
+        frame = self._rpc("queue_declare", queue="", exclusive=True, auto_delete=True)
+        private = frame.method.queue
+        return self._consume(subscription, private, 0, bind_to=topic)
+
+    def _consume(
+        self, subscription: Subscription, queue_name: str, prefetch: int, bind_to: str | None = None
+    ) -> Subscription:
+        consumer = _Consumer(subscription)
+
+        def operation(done: Confirmation) -> None:
+            def opened(channel: Channel) -> None:
+                consumer.channel = channel
+
+                def start(_: Any = None) -> None:
+                    consumer.tag = channel.basic_consume(
+                        queue_name,
+                        lambda ch, method, properties, body: self._on_message(
+                            consumer, ch, method, properties, body
+                        ),
+                        auto_ack=subscription.broadcast,
+                        exclusive=bool(bind_to),
+                        callback=lambda frame: done.set_result(subscription),
+                    )
+
+                def qos(_: Any = None) -> None:
+                    channel.basic_qos(prefetch_count=prefetch, callback=start)
+
+                if bind_to is not None:
+                    channel.queue_declare(
+                        queue_name,
+                        exclusive=True,
+                        auto_delete=True,
+                        callback=lambda frame: channel.queue_bind(
+                            queue_name, bind_to, routing_key="", callback=qos
+                        ),
+                    )
+                else:
+                    qos()
+
+            channel_ready: Confirmation = Confirmation()
+            channel_ready.add_done_callback(
+                lambda f: (
+                    opened(f.result()) if not f.exception() else done.set_exception(f.exception())
+                )
+            )
+            self._open_channel(channel_ready)
+
+        with self._lock:
+            self._consumers[subscription.id] = consumer
+        try:
+            return self._call(operation)
+        except BaseException:
+            with self._lock:
+                self._consumers.pop(subscription.id, None)
+            raise
+
+    def _on_message(
+        self,
+        consumer: _Consumer,
+        channel: Channel,
+        method: Basic.Deliver,
+        properties: BasicProperties,
+        body: bytes,
+    ) -> None:
+        headers = from_amqp(properties.headers or {})
+        count = int(headers.pop("x-delivery-count", 0) or 0)
+        _translate_dead_letter(headers)
+        tag = method.delivery_tag
+        delivery = Delivery(
+            subscription=consumer.subscription,
+            message_id=properties.message_id or f"{consumer.subscription.id}:{tag}",
+            body=body,
+            headers=headers,
+            delivery_count=count + 1,
+            redelivered=bool(method.redelivered) or count > 0,
+            ackable=not consumer.subscription.broadcast,
+            token=(channel, tag),
+        )
+        if delivery.ackable:
+            with self._lock:
+                consumer.unsettled.add(tag)
+        self._callbacks.put((consumer, delivery))
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            consumer = self._consumers.get(subscription.id)
+        if consumer is None or not subscription.active or consumer.channel is None:
+            raise TransportError(f"{subscription.describe()} is not subscribed")
+        subscription.active = False
+        channel = consumer.channel
+        self._call(lambda done: channel.basic_cancel(consumer.tag, callback=done.set_result))
+        if subscription.broadcast:
+            self._soon(channel.close)
+            with self._lock:
+                self._consumers.pop(subscription.id, None)
+
+    def _take(self, delivery: Delivery) -> tuple[Channel, int]:
+        """Mark ``delivery`` settled here, or raise if it is not awaiting settlement."""
+        if not self._open:
+            raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
+        with self._lock:
+            consumer = self._consumers.get(delivery.subscription.id)
+            channel, tag = delivery.token if delivery.ackable else (None, None)
+            if (
+                consumer is None
+                or channel is not consumer.channel
+                or (tag not in consumer.unsettled)
+            ):
+                raise TransportError(
+                    f"{delivery.describe()} is not awaiting acknowledgement "
+                    "(already settled, not ackable, or its channel closed)"
+                )
+            consumer.unsettled.discard(tag)
+        return channel, tag
+
+    def ack(self, delivery: Delivery) -> None:
+        channel, tag = self._take(delivery)
+        self._soon(lambda: channel.basic_ack(tag) if channel.is_open else None)
+
+    def nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
+        channel, tag = self._take(delivery)
+        if requeue:
+            self._soon(lambda: channel.basic_nack(tag, requeue=True) if channel.is_open else None)
+            return
+        # Dead-letter with our reason: a copy to dlq.<queue>, confirmed, then ack the
+        # original; if there is no such queue, fall back to the broker's own policy.
+        headers = dict(delivery.headers)
+        headers[DLQ_REASON_HEADER] = reason or "rejected"
+        headers[DLQ_QUEUE_HEADER] = delivery.source
+        headers[DLQ_HISTORY_HEADER] = [
+            {
+                "queue": delivery.source,
+                "reason": reason or "rejected",
+                "delivery_count": delivery.delivery_count,
+            }
+        ]
+        copy = Outgoing(dlq_name(delivery.source), delivery.body, headers)
+        batch = _Batch(Confirmation(), None)
+
+        def settle(done: Confirmation) -> None:
+            if not channel.is_open:
+                return
+            if done.exception() is None:
+                channel.basic_ack(tag)
+            else:
+                channel.basic_reject(tag, requeue=False)
+
+        batch.future.add_done_callback(lambda done: self._soon(lambda: settle(done)))
+        route = (copy, "", copy.destination, {})
+        self._soon(lambda: self._publish_now([copy], batch, [route]))
+
+    # -- publishing ---------------------------------------------------------
+    def publish(self, messages: Sequence[Outgoing], *, ack: Delivery | None = None) -> Confirmation:
+        routes = [self._route(message) for message in messages]
+        if ack is not None:
+            self._take(ack)
+        batch = _Batch(Confirmation(), ack)
+        self._soon(lambda: self._publish_now(list(messages), batch, routes))
+        return batch.future
+
+    def _route(self, message: Outgoing) -> tuple[Outgoing, str, str, dict[str, Any]]:
+        """(message, exchange, routing key, extra headers), declaring what it needs."""
+        self.check_supported(message)
+        if not self._open:
+            raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
+        if message.broadcast:
+            self._declare_fanout(message.destination)
+            return message, message.destination, "", {}
+        if message.delay:
+            exchange, key, extra = self._delay_target(message.destination, message.delay)
+            return message, exchange, key, extra
+        return message, "", message.destination, {}
+
+    def _publish_now(self, messages: list[Outgoing], batch: _Batch, routes: list) -> None:
+        """On the I/O thread: publish every message of a batch, then wait for confirms."""
+        publisher = self._publisher
+        if publisher is None or not publisher.is_open:
+            self._fail_batch(batch, "the publishing channel is not open")
+            return
+        if not messages:
+            self._complete(batch)
+            return
+        batch.remaining = len(messages)
+        for message, (_, exchange, routing_key, extra) in zip(messages, routes, strict=True):
+            message_id = uuid.uuid4().hex
+            headers = {**to_amqp(dict(message.headers)), **extra}
+            properties = BasicProperties(
+                headers=headers,
+                delivery_mode=2,
+                message_id=message_id,
+                expiration=(
+                    str(round(message.expiration * 1000))
+                    if message.expiration is not None
+                    else None
+                ),
+            )
+            self._sequence += 1
+            self._unconfirmed[self._sequence] = (batch, message_id, message.describe())
+            publisher.basic_publish(
+                exchange, routing_key, message.body, properties, mandatory=not message.broadcast
+            )
+
+    def _on_return(
+        self, channel: Channel, method: Basic.Return, properties: BasicProperties, body: bytes
+    ) -> None:
+        self._returned[properties.message_id or ""] = (
+            f"returned by the broker: {method.reply_code} {method.reply_text} "
+            f"(exchange {method.exchange!r}, routing key {method.routing_key!r})"
+        )
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag = method.delivery_tag
+        tags = [t for t in self._unconfirmed if t <= tag] if method.multiple else [tag]
+        refused = isinstance(method, Basic.Nack)
+        for number in sorted(tags):
+            entry = self._unconfirmed.pop(number, None)
+            if entry is None:
+                continue
+            batch, message_id, destination = entry
+            returned = self._returned.pop(message_id, None)
+            if refused:
+                batch.failures.append(
+                    f"{destination} refused by the broker (basic.nack: queue full or unavailable)"
+                )
+            elif returned:
+                batch.failures.append(f"{destination} cannot take it: {returned}")
+            batch.remaining -= 1
+            if batch.remaining == 0:
+                self._complete(batch)
+
+    def _complete(self, batch: _Batch) -> None:
+        if batch.failures:
+            self._fail_batch(batch, "; ".join(batch.failures))
+            return
+        if batch.ack is not None:
+            channel, tag = batch.ack.token
+            if not channel.is_open:
+                batch.future.set_exception(
+                    PublishFailed(
+                        f"outputs were published, but the channel of {batch.ack.describe()} closed "
+                        "before it could be acknowledged; it will be redelivered"
+                    )
+                )
+                return
+            channel.basic_ack(tag)
+        batch.future.set_result(None)
+
+    def _fail_batch(self, batch: _Batch, why: str) -> None:
+        if batch.ack is not None:
+            # Not acked: give it back to the runner to nack or let the broker redeliver.
+            channel, tag = batch.ack.token
+            with self._lock:
+                consumer = self._consumers.get(batch.ack.subscription.id)
+                if consumer is not None and consumer.channel is channel:
+                    consumer.unsettled.add(tag)
+        if not batch.future.done():
+            batch.future.set_exception(PublishFailed(why))
+
+    # -- the callback thread ------------------------------------------------
+    def _dispatch(self) -> None:
+        while (item := self._callbacks.get()) is not None:
+            consumer, delivery = item
+            try:
+                consumer.subscription.callback(delivery)
+            except Exception:
+                log.exception("callback for %s raised; returning it", delivery.describe())
+                if delivery.ackable:
+                    with contextlib.suppress(TransportError):
+                        self.nack(delivery, requeue=True, reason="callback raised")
+
+
+def _translate_dead_letter(headers: dict[str, Any]) -> None:
+    """Describe a broker-dead-lettered message (``x-death``) in our DLQ header names."""
+    deaths = headers.get("x-death")
+    if DLQ_REASON_HEADER in headers or not isinstance(deaths, list):
+        return
+    for death in deaths:
+        if isinstance(death, dict) and death.get("reason") in (
+            "rejected",
+            "delivery_limit",
+            "maxlen",
+        ):
+            headers[DLQ_REASON_HEADER] = f"{death['reason']} (dead-lettered by RabbitMQ)"
+            headers[DLQ_QUEUE_HEADER] = death.get("queue")
+            headers[DLQ_HISTORY_HEADER] = deaths
+            return
