@@ -208,11 +208,7 @@ class _Consumer:
             while subscription.active:
                 if subscription.broadcast:
                     if self.inbox:
-                        message = self.inbox.popleft()
-                        if message.expires_at is not None and message.expires_at <= time.time():
-                            broker.expired += 1
-                            continue
-                        return self._delivery(message)
+                        return self._delivery(self.inbox.popleft())
                     broker.condition.wait()
                     continue
                 wait = None
@@ -351,12 +347,15 @@ class MemoryTransport(Transport):
         consumer = delivery.token
         if not delivery.ackable or not isinstance(consumer, _Consumer):
             raise TransportError(f"{delivery.describe()} cannot be acknowledged")
-        message = consumer.unacked.pop(delivery.message_id, None)
-        if message is None:
+        message = consumer.unacked.get(delivery.message_id)
+        # The same message may have been redelivered here since: an old handle
+        # (an earlier delivery_count) must not settle the new delivery.
+        if message is None or message.delivery_count != delivery.delivery_count:
             raise TransportError(
                 f"{delivery.describe()} is not awaiting acknowledgement "
                 "(already settled, or returned when its connection closed)"
             )
+        del consumer.unacked[delivery.message_id]
         if not consumer.subscription.active and not consumer.unacked:
             self._consumers.pop(consumer.subscription.id, None)
         self.broker.condition.notify_all()

@@ -284,12 +284,13 @@ class SqliteTransport(Transport):
             if (
                 consumer is None
                 or not delivery.ackable
-                or consumer.inflight.pop(delivery.token, None) is None
+                or consumer.inflight.get(delivery.token) is not delivery
             ):
                 raise TransportError(
                     f"{delivery.describe()} is not awaiting acknowledgement "
                     "(already settled, not ackable, or its subscription is gone)"
                 )
+            del consumer.inflight[delivery.token]
             if consumer.saturated:
                 consumer.dirty = True
         return consumer
@@ -597,7 +598,7 @@ class SqliteTransport(Transport):
                 if subscription.broadcast:
                     consumer.dirty = True  # a full batch: take the rest next turn
                     break
-        if not subscription.broadcast and consumer.room > 0:
+        if consumer.room > 0:
             (due,) = db.execute(
                 "SELECT MIN(available_at) FROM messages WHERE queue = ? AND owner IS NULL "
                 "AND available_at > ?",

@@ -1,0 +1,82 @@
+"""Fixtures for the transport contract suite.
+
+Every test in ``test_contract.py`` runs once per entry of :data:`TRANSPORTS`.
+Adding a broker is one line there: a ``pytest.param`` wrapping a factory that
+returns a fresh, isolated URL for one test (given the test's ``tmp_path``).
+
+Timing rule for the whole suite: never sleep to wait for something to happen.
+Consumers run on the transport's own callback thread and feed a ``Collector``
+(the ``collector`` fixture, shared from ``tests/conftest.py``); tests wait on
+its condition with a deadline. To show that nothing *else* arrives, send a
+sentinel afterwards and wait for that (FIFO).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from zocalo.errors import ZocaloError
+from zocalo.transport import Transport, create_transport
+
+
+def memory_url(tmp_path: Path) -> str:
+    # One broker per test: every transport on this NAME shares it.
+    return f"memory://contract-{uuid.uuid4().hex}"
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/broker.db"
+
+
+#: The transports under contract test. One line per broker.
+TRANSPORTS = [
+    pytest.param(memory_url, id="memory"),
+    pytest.param(sqlite_url, id="sqlite"),
+]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh URL, isolated from every other test, for the transport under test."""
+    factory: Callable[[Path], str] = request.param
+    return factory(tmp_path)
+
+
+@pytest.fixture
+def connect(transport_url: str) -> Iterator[Callable[..., Transport]]:
+    """``connect(**options)``: a connected transport on ``transport_url``.
+
+    Options (e.g. ``delivery_limit``) go to ``create_transport``. Each call is
+    a separate connection; all are closed at teardown (aborted if that fails).
+    """
+    opened: list[Transport] = []
+
+    def open_connection(**options: object) -> Transport:
+        transport = create_transport(transport_url, **options)
+        opened.append(transport)
+        transport.connect()
+        return transport
+
+    yield open_connection
+    for transport in reversed(opened):
+        try:
+            transport.close()
+        except ZocaloError:
+            transport.abort()
+
+
+@pytest.fixture
+def transport(connect: Callable[..., Transport]) -> Transport:
+    """One connected transport."""
+    return connect()
+
+
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Unique queue/topic names, so tests never meet on a shared broker."""
+    prefix = f"contract.{request.node.name.split('[')[0]}.{uuid.uuid4().hex[:8]}"
+    return lambda label: f"{prefix}.{label}"

@@ -1,0 +1,939 @@
+"""The transport contract, run against every transport in ``conftest.TRANSPORTS``.
+
+Only the public API is used: ``create_transport``, ``Transport``, ``Delivery``,
+``Outgoing``, ``Capability``, ``Confirmation``, ``QueueStats`` and ``dlq_name``. A transport
+that lacks an optional capability must *refuse* the feature with
+``UnsupportedFeature``; these tests check that refusal instead of skipping.
+
+Nothing here sleeps to wait for a delivery: see ``conftest.py``. To show that
+nothing else is in a queue, a sentinel is sent last and read up to (FIFO).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from zocalo.errors import InvalidURL, UnsupportedFeature, ZocaloError
+from zocalo.transport import (
+    Capability,
+    Confirmation,
+    Outgoing,
+    Subscription,
+    Transport,
+    create_transport,
+    dlq_name,
+)
+from zocalo.transport.base import (  # not (yet) re-exported by zocalo.transport
+    DLQ_HISTORY_HEADER,
+    DLQ_QUEUE_HEADER,
+    DLQ_REASON_HEADER,
+    QueueStats,
+)
+
+SENTINEL = b"--sentinel--"
+
+#: Seconds to wait for what should happen promptly (waits end as soon as it does).
+DEADLINE = 5.0
+
+#: Tolerance when comparing our clock with the broker's for "no earlier than".
+CLOCK_SLACK = 0.005
+
+
+# -- helpers --------------------------------------------------------------------
+
+
+def drain(transport: Transport, queue: str, collector: Callable[..., Any]) -> list[bytes]:
+    """The bodies waiting in ``queue`` (now acknowledged), read up to a sentinel sent last."""
+    transport.send(queue, SENTINEL)
+    received = collector(ack_with=transport)
+    subscription = transport.subscribe(queue, received, prefetch=10)
+    deliveries = received.wait_for_body(SENTINEL)
+    transport.unsubscribe(subscription)
+    bodies = [delivery.body for delivery in deliveries]
+    assert bodies[-1] == SENTINEL, f"{queue!r} delivered after the sentinel: {bodies!r}"
+    return bodies[:-1]
+
+
+def lacks(
+    transport: Transport,
+    capability: Capability,
+    attempt: Callable[..., object],
+    *args: object,
+    **kwargs: object,
+) -> bool:
+    """False if ``transport`` has ``capability``. Otherwise check that trying to use it,
+    ``attempt(*args, **kwargs)``, is refused with UnsupportedFeature, and return True."""
+    if capability in transport.capabilities:
+        return False
+    with pytest.raises(UnsupportedFeature):
+        attempt(*args, **kwargs)
+    return True
+
+
+def bodies(*names: str) -> list[bytes]:
+    return [name.encode() for name in names]
+
+
+# -- URLs and connections -------------------------------------------------------
+
+
+def test_unknown_scheme_is_a_clear_invalid_url() -> None:
+    with pytest.raises(InvalidURL, match=r"unknown transport scheme 'nosuch'.*memory://"):
+        create_transport("nosuch://host/vhost")
+
+
+@pytest.mark.parametrize("url", ["just-a-name", "://nothing", "no-scheme/path"])
+def test_url_without_scheme_is_invalid(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ZOCALO_TRANSPORT", raising=False)
+    with pytest.raises(InvalidURL):
+        create_transport(url)
+
+
+def test_url_defaults_to_environment(transport_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOCALO_TRANSPORT", transport_url)
+    transport = create_transport()
+    assert isinstance(transport, Transport)
+    assert transport.url == transport_url
+    assert not transport.connected
+
+
+def test_unconnected_transport_refuses_work(transport_url: str, name: Callable) -> None:
+    transport = create_transport(transport_url)
+    with pytest.raises(ZocaloError):
+        transport.send(name("q"), b"x")
+    with pytest.raises(ZocaloError):
+        transport.subscribe(name("q"), lambda delivery: None)
+
+
+def test_connect_and_close(connect: Callable[..., Transport]) -> None:
+    transport = connect()
+    assert transport.connected
+    transport.close()
+    assert not transport.connected
+    transport.close()  # closing twice is harmless
+    assert not transport.connected
+
+
+def test_context_manager_connects_and_closes(transport_url: str, name: Callable) -> None:
+    with create_transport(transport_url) as transport:
+        assert transport.connected
+        transport.send(name("q"), b"x")
+    assert not transport.connected
+
+
+def test_operations_on_closed_transport_raise(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue, topic = name("q"), name("t")
+    transport.send(queue, b"x")
+    received = collector()
+    transport.subscribe(queue, received)
+    [delivery] = received.wait_for_count(1)
+    transport.close()
+
+    attempts: dict[str, Callable[[], object]] = {
+        "send": lambda: transport.send(queue, b"y"),
+        "broadcast": lambda: transport.broadcast(topic, b"y"),
+        "publish": lambda: transport.publish([Outgoing(queue, b"y")]).result(DEADLINE),
+        "subscribe": lambda: transport.subscribe(queue, collector()),
+        "subscribe_broadcast": lambda: transport.subscribe_broadcast(topic, collector()),
+        # The delivery went back to the queue on close; settling it must not pretend.
+        "ack": lambda: transport.ack(delivery),
+        "nack": lambda: transport.nack(delivery),
+    }
+    for operation, attempt in attempts.items():
+        with pytest.raises(ZocaloError):
+            attempt()
+            pytest.fail(f"{operation} on a closed transport did not raise")
+
+
+# -- sending and receiving ------------------------------------------------------
+
+
+HEADERS: dict[str, Any] = {
+    "recipe": {
+        "1": {
+            "service": "Fïnd spöts",
+            "queue": "per_image_analysis",
+            "parameters": {"ids": [1, 2, 3], "scale": 0.5, "enabled": True, "none": None},
+            "output": [2],
+        },
+        "start": [[1, []]],
+    },
+    "recipe-pointer": 1,
+    "unicode": "Zócalo µ 日本語 ✓ 🧪",
+    "mixed-list": [1, "two", [3.5], {"four": 4}, False],
+    "empty": {},
+}
+
+
+def test_round_trip_body_and_headers(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    binary = bytes(range(256)) * 4  # opaque bytes, NULs included
+    transport.send(queue, binary, headers=HEADERS)
+    transport.send(queue, "tëxt ✓")  # str bodies travel as UTF-8
+    transport.send(queue, b"")
+
+    received = collector(ack_with=transport)
+    subscription = transport.subscribe(queue, received)
+    assert isinstance(subscription, Subscription)
+    assert subscription.destination == queue
+    first, text, empty = received.wait_for_count(3)
+
+    assert first.body == binary
+    for key, value in HEADERS.items():
+        assert first.headers[key] == value, key
+    assert text.body == "tëxt ✓".encode()
+    assert empty.body == b""
+    assert first.subscription is subscription
+    assert first.source == queue
+    assert first.ackable
+    assert not first.redelivered
+    assert first.delivery_count == 1
+    ids = {delivery.message_id for delivery in (first, text, empty)}
+    assert len(ids) == 3
+    assert all(ids)
+
+
+def test_headers_are_not_shared_with_sender_or_between_receivers(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    transport = connect()
+    queue, topic = name("q"), name("t")
+    nested = {"steps": [1, 2]}
+    transport.send(queue, b"q", headers={"nested": nested})
+    nested["steps"].append("sender changed it after sending")
+
+    received = collector()
+    transport.subscribe(queue, received)
+    [first] = received.wait_for_count(1)
+    assert first.headers["nested"] == {"steps": [1, 2]}
+    first.headers["nested"]["steps"].append("receiver changed it")
+    transport.nack(first, requeue=True, reason="look again")
+    second = received.wait_for_count(2)[1]
+    transport.ack(second)
+    assert second.headers["nested"] == {"steps": [1, 2]}
+
+    one, other = collector(), collector()
+    transport.subscribe_broadcast(topic, one)
+    connect().subscribe_broadcast(topic, other)
+    transport.broadcast(topic, b"b", headers={"nested": {"steps": [1]}})
+    [mine] = one.wait_for_count(1)
+    [theirs] = other.wait_for_count(1)
+    mine.headers["nested"]["steps"].append("changed by one subscriber")
+    assert theirs.headers["nested"] == {"steps": [1]}
+
+
+def test_fifo_for_equal_priority(transport: Transport, collector: Callable, name: Callable) -> None:
+    queue = name("q")
+    messages = [f"m{i:02}".encode() for i in range(40)]
+    for body in messages[:20]:
+        transport.send(queue, body)
+    received = collector(ack_with=transport)
+    transport.subscribe(queue, received, prefetch=7)
+    for body in messages[20:]:  # and while consuming
+        transport.send(queue, body)
+    assert [delivery.body for delivery in received.wait_for_count(40)] == messages
+
+
+def test_priority_orders_queued_messages(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    if lacks(transport, Capability.PRIORITY, transport.send, queue, b"x", priority=5):
+        assert drain(transport, queue, collector) == []
+        return
+    for body, priority in [
+        (b"low", 1),
+        (b"high-1", 9),
+        (b"unset", None),
+        (b"mid", 5),
+        (b"high-2", 9),
+    ]:
+        transport.send(queue, body, priority=priority)
+    received = collector(ack_with=transport)
+    transport.subscribe(queue, received)
+    assert [delivery.body for delivery in received.wait_for_count(5)] == bodies(
+        "high-1", "high-2", "mid", "low", "unset"
+    )
+
+
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_prefetch_limits_unacknowledged_deliveries(
+    connect: Callable[..., Transport], collector: Callable, name: Callable, prefetch: int
+) -> None:
+    queue = name("q")
+    producer, consumer, observer = connect(), connect(), connect()
+    messages = [f"m{i}".encode() for i in range(prefetch + 2)]
+    for body in messages:
+        producer.send(queue, body)
+
+    held = collector()  # never acks by itself
+    subscription = consumer.subscribe(queue, held, prefetch=prefetch)
+    assert subscription.prefetch == prefetch
+    held.wait_for_count(prefetch)
+
+    # A second consumer receives everything the first was not given: so the
+    # first holds exactly `prefetch` (no message goes to two consumers).
+    others = collector(ack_with=observer)
+    observing = observer.subscribe(queue, others)
+    others.wait_for_count(2)
+    assert held.bodies == messages[:prefetch]
+    assert others.bodies == messages[prefetch:]
+    observer.unsubscribe(observing)
+
+    # The next one reaches the full consumer only once it acks.
+    producer.send(queue, b"next")
+    consumer.ack(held.deliveries[0])
+    held.wait_for_body(b"next")
+    assert held.bodies == [*messages[:prefetch], b"next"]
+
+
+def test_competing_consumers_share_work(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    producer, one, other = connect(), connect(), connect()
+    producer.send(queue, b"a")
+    producer.send(queue, b"b")
+
+    first, second = collector(), collector()
+    first_subscription = one.subscribe(queue, first)
+    first.wait_for_count(1)
+    second_subscription = other.subscribe(queue, second)
+    second.wait_for_count(1)
+    assert (first.bodies, second.bodies) == ([b"a"], [b"b"])  # the busy one is passed over
+    one.ack(first.deliveries[0])
+    other.ack(second.deliveries[0])
+    one.unsubscribe(first_subscription)
+    other.unsubscribe(second_subscription)
+
+    both = collector()
+    one.subscribe(queue, both.acking(one), prefetch=2)
+    other.subscribe(queue, both.acking(other), prefetch=2)
+    messages = [f"m{i}".encode() for i in range(60)]
+    for body in messages:
+        producer.send(queue, body)
+    producer.send(queue, SENTINEL)
+    expected = {*messages, SENTINEL}
+    deliveries = both.wait_until(
+        lambda deliveries: {delivery.body for delivery in deliveries} >= expected,
+        "every message and the sentinel",
+    )
+    assert sorted(delivery.body for delivery in deliveries) == sorted(expected)  # none twice
+
+
+# -- broadcast ------------------------------------------------------------------
+
+
+def test_broadcast_gives_every_subscriber_a_copy(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    topic = name("t")
+    publisher, one, other = connect(), connect(), connect()
+    subscribers = [collector(), collector(), collector()]
+    one.subscribe_broadcast(topic, subscribers[0])
+    other.subscribe_broadcast(topic, subscribers[1])
+    other.subscribe_broadcast(topic, subscribers[2])  # two on one connection: two copies
+
+    messages = bodies("1", "2", "3", "4")  # more than a prefetch of 1, and never acked
+    for body in messages:
+        publisher.broadcast(topic, body, headers={"n": body.decode(), "nested": {"x": [1]}})
+    for subscriber in subscribers:
+        deliveries = subscriber.wait_for_count(len(messages))
+        assert [delivery.body for delivery in deliveries] == messages
+        assert [delivery.headers["n"] for delivery in deliveries] == ["1", "2", "3", "4"]
+        assert deliveries[0].headers["nested"] == {"x": [1]}
+        assert not any(delivery.ackable for delivery in deliveries)
+        assert {delivery.source for delivery in deliveries} == {topic}
+
+
+def test_late_broadcast_subscriber_gets_nothing_old(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    topic = name("t")
+    publisher, listener = connect(), connect()
+    publisher.broadcast(topic, b"nobody listening")
+    early = collector()
+    listener.subscribe_broadcast(topic, early)
+    publisher.broadcast(topic, b"old")
+    early.wait_for_count(1)
+
+    late = collector()
+    listener.subscribe_broadcast(topic, late)
+    publisher.broadcast(topic, SENTINEL)
+    late.wait_for_body(SENTINEL)
+    assert late.bodies == [SENTINEL]
+    assert early.wait_for_body(SENTINEL) and early.bodies == [b"old", SENTINEL]
+
+
+def test_broadcast_does_not_reach_queue_consumers(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    destination = name("same-name")
+    queued = collector()
+    transport.subscribe(destination, queued)
+    listener = collector()
+    transport.subscribe_broadcast(destination, listener)
+    transport.broadcast(destination, b"news")
+    listener.wait_for_count(1)
+    transport.send(destination, SENTINEL)
+    assert [delivery.body for delivery in queued.wait_for_count(1)] == [SENTINEL]
+
+
+# -- unsubscribe, ack, nack -------------------------------------------------------
+
+
+def test_unsubscribe_stops_queue_deliveries(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    consumer, other = connect(), connect()
+    received = collector()
+    subscription = consumer.subscribe(queue, received, prefetch=10)
+    consumer.send(queue, b"before")
+    [before] = received.wait_for_count(1)
+    consumer.unsubscribe(subscription)
+    consumer.ack(before)  # still owed after unsubscribing; settling it works
+
+    # Sent while nobody else consumes: a subscription that still took messages
+    # would get (some of) them before the drain's consumer exists.
+    after = [f"after-{i}".encode() for i in range(10)]
+    for body in after:
+        consumer.send(queue, body)
+    assert drain(other, queue, collector) == after  # none taken by the old subscription
+    assert received.bodies == [b"before"]
+
+
+def test_unsubscribe_stops_broadcast_deliveries(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    topic = name("t")
+    leaving, staying = collector(), collector()
+    subscription = transport.subscribe_broadcast(topic, leaving)
+    transport.subscribe_broadcast(topic, staying)
+    transport.broadcast(topic, b"both")
+    leaving.wait_for_count(1)
+    staying.wait_for_count(1)
+
+    transport.unsubscribe(subscription)
+    transport.broadcast(topic, b"only staying")
+    transport.broadcast(topic, SENTINEL)
+    staying.wait_for_body(SENTINEL)
+    assert staying.bodies == [b"both", b"only staying", SENTINEL]
+    assert leaving.bodies == [b"both"]
+
+
+def test_ack_removes_the_message(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    consumer = connect()
+    consumer.send(queue, b"done")
+    received = collector(ack_with=consumer)
+    consumer.subscribe(queue, received)
+    received.wait_for_count(1)
+    consumer.close()  # would return it, had it not been acked
+    assert drain(connect(), queue, collector) == []
+
+
+@pytest.mark.parametrize("first", ["ack", "nack"])
+@pytest.mark.parametrize("then", ["ack", "nack"])
+def test_settling_twice_is_an_error(
+    transport: Transport, collector: Callable, name: Callable, first: str, then: str
+) -> None:
+    queue = name("q")
+    transport.send(queue, b"x")
+    received = collector()
+    transport.subscribe(queue, received)
+    [delivery] = received.wait_for_count(1)
+    settle = {
+        "ack": lambda: transport.ack(delivery),
+        "nack": lambda: transport.nack(delivery, requeue=True, reason="again"),
+    }
+    settle[first]()
+    if first == "nack":
+        # The same message, redelivered to the same subscription: the old handle must
+        # not settle the new delivery (a delivery is a handle, not a message id).
+        redelivery = received.wait_for_count(2)[1]
+        assert redelivery.message_id == delivery.message_id
+    with pytest.raises(ZocaloError):
+        settle[then]()
+    if first == "nack":
+        transport.ack(redelivery)  # still awaiting its own settlement
+        transport.send(queue, SENTINEL)
+        received.wait_for_body(SENTINEL)
+        assert received.bodies == [b"x", b"x", SENTINEL]
+
+
+def test_nack_with_requeue_redelivers(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    transport.send(queue, b"again", headers={"k": "v"})
+    received = collector()
+    transport.subscribe(queue, received)
+    [first] = received.wait_for_count(1)
+    assert not first.redelivered
+    assert first.delivery_count == 1
+
+    transport.nack(first, requeue=True, reason="try again later")
+    second = received.wait_for_count(2)[1]
+    transport.ack(second)
+    assert (second.body, second.headers["k"]) == (b"again", "v")
+    assert second.message_id == first.message_id
+    assert second.redelivered
+    if Capability.DELIVERY_COUNT in transport.capabilities:
+        assert second.delivery_count == 2
+    transport.send(queue, SENTINEL)
+    received.wait_for_body(SENTINEL)
+    assert received.bodies == [b"again", b"again", SENTINEL]
+
+
+def test_nack_without_requeue_dead_letters(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    transport.send(queue, b"poison", headers={"k": "v", "nested": {"a": [1]}})
+    received = collector()
+    transport.subscribe(queue, received)
+    [delivery] = received.wait_for_count(1)
+    reason = "cannot parse recipe: ünïcode reason"
+    dead_letter = {"requeue": False, "reason": reason}
+    if lacks(transport, Capability.DEAD_LETTER, transport.nack, delivery, **dead_letter):
+        return
+    transport.nack(delivery, **dead_letter)
+
+    dead = collector(ack_with=transport)
+    transport.subscribe(dlq_name(queue), dead)
+    [letter] = dead.wait_for_count(1)
+    assert letter.body == b"poison"
+    assert (letter.headers["k"], letter.headers["nested"]) == ("v", {"a": [1]})
+    assert reason in letter.headers[DLQ_REASON_HEADER]
+    assert letter.headers[DLQ_QUEUE_HEADER] == queue
+    assert len(letter.headers[DLQ_HISTORY_HEADER]) == 1
+    assert letter.source == dlq_name(queue) == f"dlq.{queue}"
+
+    transport.send(queue, SENTINEL)  # and it is gone from its own queue
+    received.wait_for_body(SENTINEL)
+    assert received.bodies == [b"poison", SENTINEL]
+
+
+def test_delivery_limit_dead_letters_with_history(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue, limit = name("q"), transport.delivery_limit
+    assert limit >= 1
+    transport.send(queue, b"poison")
+    received = collector()
+    transport.subscribe(queue, received)
+    for count in range(1, limit + 1):
+        delivery = received.wait_for_count(count)[count - 1]
+        assert delivery.body == b"poison"
+        assert delivery.redelivered == (count > 1)
+        if Capability.DELIVERY_COUNT in transport.capabilities:
+            assert delivery.delivery_count == count
+        if count == limit and lacks(
+            transport, Capability.DEAD_LETTER, transport.nack, delivery, requeue=False
+        ):
+            return
+        transport.nack(delivery, requeue=True, reason=f"failure {count}")
+
+    transport.send(queue, SENTINEL)  # never delivered a (limit + 1)th time
+    received.wait_for_body(SENTINEL)
+    assert received.bodies == [b"poison"] * limit + [SENTINEL]
+
+    dead = collector(ack_with=transport)
+    transport.subscribe(dlq_name(queue), dead)
+    [letter] = dead.wait_for_count(1)
+    assert letter.body == b"poison"
+    assert letter.headers[DLQ_QUEUE_HEADER] == queue
+    assert letter.headers[DLQ_REASON_HEADER]
+    assert len(letter.headers[DLQ_HISTORY_HEADER]) == limit
+
+
+def test_consumers_crashing_on_a_poison_message_dead_letter_it(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    producer = connect()
+    producer.send(queue, b"poison")
+    limit = producer.delivery_limit
+    for count in range(1, limit + 1):
+        consumer = connect()
+        received = collector()
+        consumer.subscribe(queue, received)
+        [delivery] = received.wait_for_count(1)
+        assert delivery.redelivered == (count > 1)
+        if Capability.DELIVERY_COUNT in consumer.capabilities:
+            assert delivery.delivery_count == count
+        if count == limit and lacks(
+            consumer, Capability.DEAD_LETTER, consumer.nack, delivery, requeue=False
+        ):
+            return
+        consumer.abort()  # crash: no ack, no goodbye
+
+    assert drain(producer, queue, collector) == []
+    dead = collector(ack_with=producer)
+    producer.subscribe(dlq_name(queue), dead)
+    [letter] = dead.wait_for_count(1)
+    assert letter.body == b"poison"
+    assert letter.headers[DLQ_QUEUE_HEADER] == queue
+    assert len(letter.headers[DLQ_HISTORY_HEADER]) == limit
+
+
+# -- connection loss ----------------------------------------------------------------
+
+
+def test_consumer_crash_loses_nothing(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    queue, prefetch = name("q"), 5
+    producer = connect()
+    messages = [f"m{i:02}".encode() for i in range(20)]
+    for body in messages:
+        producer.send(queue, body)
+
+    crashing = connect()
+    doomed = collector()  # receives and never acks
+    crashing.subscribe(queue, doomed, prefetch=prefetch)
+    doomed.wait_for_count(prefetch)
+    crashing.abort()
+    assert not crashing.connected
+
+    survivor = connect()
+    producer.send(queue, SENTINEL)
+    received = collector(ack_with=survivor)
+    survivor.subscribe(queue, received, prefetch=prefetch)
+    received.wait_until(
+        lambda deliveries: {delivery.body for delivery in deliveries} >= {*messages, SENTINEL},
+        "every message and the sentinel",
+    )
+
+    taken = set(doomed.bodies)
+    assert len(taken) == prefetch
+    for delivery in received.deliveries:
+        assert delivery.redelivered == (delivery.body in taken), delivery.body
+        if delivery.body in taken and Capability.DELIVERY_COUNT in survivor.capabilities:
+            assert delivery.delivery_count == 2
+    everything = doomed.bodies + [body for body in received.bodies if body != SENTINEL]
+    assert set(everything) == set(messages)  # no loss...
+    assert len(everything) - len(set(everything)) <= prefetch  # ...at most prefetch duplicates
+
+
+def test_close_returns_unacknowledged_deliveries(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    consumer = connect()
+    consumer.send(queue, b"acked")
+    consumer.send(queue, b"unacked")
+    received = collector()
+    consumer.subscribe(queue, received, prefetch=2)
+    acked, _ = received.wait_for_count(2)
+    consumer.ack(acked)
+    consumer.close()
+    assert not consumer.connected
+
+    other = connect()
+    other.send(queue, SENTINEL)
+    returned = collector(ack_with=other)
+    other.subscribe(queue, returned)
+    deliveries = returned.wait_for_body(SENTINEL)
+    assert [(delivery.body, delivery.redelivered) for delivery in deliveries] == [
+        (b"unacked", True),
+        (SENTINEL, False),
+    ]
+
+
+# -- publish: the atomic "ack this input, publish these outputs" -----------------------
+
+
+def test_publish_acks_input_once_outputs_are_accepted(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    inputs, out1, out2, topic = name("in"), name("out1"), name("out2"), name("t")
+    worker, observer = connect(), connect()
+    outputs = collector()
+    observer.subscribe(out1, outputs.acking(observer))
+    observer.subscribe(out2, outputs.acking(observer))
+    news = collector()
+    observer.subscribe_broadcast(topic, news)
+
+    observer.send(inputs, b"input")
+    received = collector()
+    worker.subscribe(inputs, received)
+    [delivery] = received.wait_for_count(1)
+    confirmation = worker.publish(
+        [
+            Outgoing(out1, b"result-1", {"step": 1, "nested": {"ids": [1]}}),
+            Outgoing(out2, b"result-2"),
+            Outgoing(topic, b"news", broadcast=True),
+        ],
+        ack=delivery,
+    )
+    assert isinstance(confirmation, Confirmation)
+    assert confirmation.result(DEADLINE) is None
+
+    deliveries = outputs.wait_for_count(2)
+    assert sorted(d.body for d in deliveries) == [b"result-1", b"result-2"]
+    [first] = [d for d in deliveries if d.body == b"result-1"]
+    assert first.headers["step"] == 1
+    assert first.headers["nested"] == {"ids": [1]}
+    assert news.wait_for_count(1)[0].body == b"news"
+
+    with pytest.raises(ZocaloError):
+        worker.ack(delivery)  # already acknowledged by the publish
+    worker.close()  # would return the input, had the publish not acked it
+    assert drain(observer, inputs, collector) == []
+
+
+def test_publish_nothing_just_acks(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    worker = connect()
+    worker.send(queue, b"input")
+    received = collector()
+    worker.subscribe(queue, received)
+    [delivery] = received.wait_for_count(1)
+    worker.publish([], ack=delivery).result(DEADLINE)
+    worker.close()
+    assert drain(connect(), queue, collector) == []
+
+
+def test_publish_without_ack_is_a_plain_send(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    transport.publish([Outgoing(queue, b"1"), Outgoing(queue, b"2")]).result(DEADLINE)
+    assert drain(transport, queue, collector) == [b"1", b"2"]
+
+
+@pytest.mark.parametrize("settle", ["ack", "nack"])
+def test_publish_with_settled_input_fails_and_publishes_nothing(
+    transport: Transport, collector: Callable, name: Callable, settle: str
+) -> None:
+    inputs, outputs, topic = name("in"), name("out"), name("t")
+    news = collector()
+    transport.subscribe_broadcast(topic, news)
+    transport.send(inputs, b"input")
+    received = collector()
+    subscription = transport.subscribe(inputs, received)
+    [delivery] = received.wait_for_count(1)
+    transport.unsubscribe(subscription)
+    if settle == "ack":
+        transport.ack(delivery)
+    else:
+        transport.nack(delivery, requeue=True)
+
+    # Refused either at once or through the confirmation: both are allowed.
+    with pytest.raises(ZocaloError):
+        transport.publish(
+            [Outgoing(outputs, b"result"), Outgoing(topic, b"news", broadcast=True)],
+            ack=delivery,
+        ).result(DEADLINE)
+
+    assert drain(transport, outputs, collector) == []
+    transport.broadcast(topic, SENTINEL)
+    news.wait_for_body(SENTINEL)
+    assert news.bodies == [SENTINEL]
+
+
+@pytest.mark.parametrize(
+    ("capability", "outgoing", "named"),
+    [
+        pytest.param(Capability.DELAY, dict(delay=0.5), "delay", id="delay"),
+        pytest.param(Capability.PRIORITY, dict(priority=5), "priority", id="priority"),
+        pytest.param(Capability.EXPIRATION, dict(expiration=60.0), "expiration", id="expiration"),
+        pytest.param(
+            Capability.DELAYED_BROADCAST,
+            dict(delay=0.5, broadcast=True),
+            "delay",  # "delayed-broadcast", or "delay" when plain delay is missing too
+            id="delayed-broadcast",
+        ),
+    ],
+)
+def test_optional_feature_is_accepted_or_refused_outright(
+    transport: Transport,
+    collector: Callable,
+    name: Callable,
+    capability: Capability,
+    outgoing: dict[str, Any],
+    named: str,
+) -> None:
+    """Refused means refused whole: nothing of the batch is published, input not acked."""
+    queue, topic, inputs = name("q"), name("t"), name("in")
+    news = collector()
+    transport.subscribe_broadcast(topic, news)
+    transport.send(inputs, b"input")
+    received = collector()
+    transport.subscribe(inputs, received)
+    [delivery] = received.wait_for_count(1)
+    destination = topic if outgoing.get("broadcast") else queue
+    batch = [
+        Outgoing(queue, b"plain"),
+        Outgoing(topic, b"plain news", broadcast=True),
+        Outgoing(destination, b"featured", **outgoing),
+    ]
+    if capability in transport.capabilities:
+        transport.publish(batch, ack=delivery).result(DEADLINE)
+        return  # what the feature does is tested below
+
+    with pytest.raises(UnsupportedFeature, match=named):
+        transport.publish(batch, ack=delivery).result(DEADLINE)
+    assert drain(transport, queue, collector) == []
+    transport.broadcast(topic, SENTINEL)
+    news.wait_for_body(SENTINEL)
+    assert news.bodies == [SENTINEL]
+    transport.ack(delivery)  # still ours: the refused publish did not ack it
+
+
+# -- delay and expiration ------------------------------------------------------------------
+
+
+def test_delay_holds_a_message_back_and_later_ones_overtake(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue, delay = name("q"), 0.3
+    if lacks(transport, Capability.DELAY, transport.send, queue, b"x", delay=delay):
+        return
+    received = collector(ack_with=transport)
+    transport.subscribe(queue, received, prefetch=5)
+    start = time.monotonic()
+    transport.send(queue, b"delayed", delay=delay)
+    transport.send(queue, b"prompt")
+    received.wait_for_body(b"delayed", timeout=delay + DEADLINE)
+    assert received.bodies == [b"prompt", b"delayed"]
+    assert received.arrival(b"delayed") - start >= delay - CLOCK_SLACK
+
+
+def test_delayed_message_queued_before_subscribing(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue, delay = name("q"), 0.2
+    if lacks(transport, Capability.DELAY, transport.send, queue, b"x", delay=delay):
+        return
+    start = time.monotonic()
+    transport.send(queue, b"delayed", delay=delay)
+    received = collector(ack_with=transport)
+    transport.subscribe(queue, received)
+    received.wait_for_body(b"delayed", timeout=delay + DEADLINE)
+    assert received.arrival(b"delayed") - start >= delay - CLOCK_SLACK
+
+
+def test_short_delay_is_not_held_behind_a_long_one(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue, long_delay = name("q"), 30.0
+    if lacks(transport, Capability.DELAY, transport.send, queue, b"x", delay=0.1):
+        return
+    received = collector(ack_with=transport)
+    transport.subscribe(queue, received)
+    start = time.monotonic()
+    transport.send(queue, b"long", delay=long_delay)
+    transport.send(queue, b"short", delay=0.05)
+    received.wait_for_body(b"short", timeout=min(DEADLINE, long_delay / 2))
+    assert time.monotonic() - start < long_delay
+    assert received.bodies == [b"short"]
+
+
+def test_delayed_broadcast(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    topic, delay = name("t"), 0.2
+    publisher, listener = connect(), connect()
+    received = collector()
+    listener.subscribe_broadcast(topic, received)
+    if lacks(
+        publisher,
+        Capability.DELAYED_BROADCAST,
+        publisher.broadcast,
+        topic,
+        b"delayed",
+        delay=delay,
+    ):
+        publisher.broadcast(topic, SENTINEL)  # and nothing was broadcast
+        received.wait_for_body(SENTINEL)
+        assert received.bodies == [SENTINEL]
+        return
+    start = time.monotonic()
+    publisher.broadcast(topic, b"delayed", delay=delay)
+    publisher.broadcast(topic, b"prompt")
+    received.wait_for_body(b"delayed", timeout=delay + DEADLINE)
+    assert received.bodies == [b"prompt", b"delayed"]
+    assert received.arrival(b"delayed") - start >= delay - CLOCK_SLACK
+
+
+def test_expired_message_is_never_delivered(
+    transport: Transport, collector: Callable, name: Callable, let_time_pass: Callable
+) -> None:
+    queue, expiration = name("q"), 0.2
+    if lacks(transport, Capability.EXPIRATION, transport.send, queue, b"x", expiration=1.0):
+        return
+    transport.send(queue, b"stale", expiration=expiration)
+    sent = time.monotonic()
+    transport.send(queue, b"fresh", expiration=60.0)
+    # Expiry is the absence of an event: the clock has to run past it.
+    let_time_pass(sent + expiration + 0.05 - time.monotonic())
+    assert drain(transport, queue, collector) == [b"fresh"]
+
+
+def test_expired_message_is_not_delivered_to_a_busy_consumer(
+    transport: Transport, collector: Callable, name: Callable, let_time_pass: Callable
+) -> None:
+    """Expiry applies while a message waits in its queue (here behind a full prefetch
+    window). A message already handed to a consumer (broadcast copies included, which
+    have no window) may still reach its callback, as with any real broker."""
+    queue, expiration = name("q"), 0.2
+    if lacks(transport, Capability.EXPIRATION, transport.send, queue, b"x", expiration=1.0):
+        return
+    received = collector()
+    transport.subscribe(queue, received, prefetch=1)
+    transport.send(queue, b"blocker")
+    [blocker] = received.wait_for_count(1)
+    transport.send(queue, b"stale", expiration=expiration)
+    sent = time.monotonic()
+    transport.send(queue, SENTINEL)
+    let_time_pass(sent + expiration + 0.05 - time.monotonic())
+    transport.ack(blocker)
+    [_, sentinel] = received.wait_for_count(2)
+    transport.ack(sentinel)
+    assert received.bodies == [b"blocker", SENTINEL]
+
+
+# -- introspection ----------------------------------------------------------------------------
+
+
+def test_queue_stats_count_ready_delayed_and_in_flight(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    queue, empty = name("q"), name("empty")
+    consumer, observer = connect(), connect()
+    try:
+        observer.queue_stats()
+    except UnsupportedFeature:
+        with pytest.raises(UnsupportedFeature):
+            observer.depth(queue)
+        return
+
+    for body in bodies("a", "b", "c"):
+        consumer.send(queue, body)
+    delayed = Capability.DELAY in consumer.capabilities
+    if delayed:
+        consumer.send(queue, b"later", delay=60.0)
+    received = collector()
+    consumer.subscribe(queue, received, prefetch=1)
+    received.wait_for_count(1)  # and no more: the window is full
+
+    stats = {entry.queue: entry for entry in observer.queue_stats()}  # broker-wide view
+    assert all(isinstance(entry, QueueStats) for entry in stats.values())
+    assert stats[queue] == QueueStats(queue, ready=2, delayed=int(delayed), in_flight=1)
+    assert observer.depth(queue) == 2 + int(delayed)
+    assert observer.depth(empty) == 0
