@@ -56,7 +56,7 @@ def test_queues_lists_depths_in_flight_and_dead_letters(tmp_path, collector):
         client.send("beta", "later", delay=600)
         holder = collector()
         client.subscribe("alpha", holder, prefetch=1)
-        (held,) = holder.wait_for_count(1)
+        holder.wait_for_count(1)
         client.send("gamma", "x")
         poison = collector()
         client.subscribe("gamma", poison)
@@ -64,8 +64,11 @@ def test_queues_lists_depths_in_flight_and_dead_letters(tmp_path, collector):
         client.nack(bad, requeue=False, reason="poison")
         result = CliRunner().invoke(cli, ["queues", "--transport", url], terminal_width=200)
     assert result.exit_code == 0, result.output
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:6]]
-            for line in result.output.splitlines() if line.count("│") >= 6}
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:6]]
+        for line in result.output.splitlines()
+        if line.count("│") >= 6
+    }
     assert rows["alpha"] == ["2", "0", "1", "0"]
     assert rows["beta"] == ["0", "1", "0", "0"]
     assert rows["gamma"] == ["0", "0", "0", "1"]

@@ -20,8 +20,13 @@ def queue_table(stats: list[QueueStats]) -> Table:
     for name in names:
         entry = by_name.get(name, QueueStats(name))
         dead = by_name.get(dlq_name(name), QueueStats(dlq_name(name)))
-        table.add_row(name, str(entry.ready), str(entry.delayed), str(entry.in_flight),
-                      str(dead.ready + dead.delayed + dead.in_flight))
+        table.add_row(
+            name,
+            str(entry.ready),
+            str(entry.delayed),
+            str(entry.in_flight),
+            str(dead.ready + dead.delayed + dead.in_flight),
+        )
     return table
 
 

@@ -34,7 +34,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from zocalo.errors import ConnectionFailed, InvalidURL, PublishFailed, TransportError
