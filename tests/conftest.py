@@ -120,6 +120,15 @@ def let_time_pass() -> Callable[[float], None]:
     return wait
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_vhost_url() -> Iterator[str]:
+    """A private vhost on the machine's RabbitMQ for this session, deleted afterwards."""
+    from rabbit_broker import PrivateVhost
+
+    with PrivateVhost() as vhost:
+        yield vhost.url
+
+
 @pytest.fixture(autouse=True)
 def _never_the_users_broker(monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> None:
     """No test (nor a process it starts) may touch the user's default broker file."""

@@ -32,11 +32,24 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/broker.db"
 
 
+def rabbitmq_url(tmp_path: Path) -> str:
+    # The session's private vhost; names are unique per test, so tests never meet.
+    return RABBITMQ_URL
+
+
 #: The transports under contract test. One line per broker.
 TRANSPORTS = [
     pytest.param(memory_url, id="memory"),
     pytest.param(sqlite_url, id="sqlite"),
+    pytest.param(rabbitmq_url, id="rabbitmq", marks=pytest.mark.rabbitmq),
 ]
+RABBITMQ_URL = ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _rabbitmq_vhost(rabbitmq_vhost_url: str) -> None:
+    global RABBITMQ_URL
+    RABBITMQ_URL = rabbitmq_vhost_url
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -76,7 +89,22 @@ def transport(connect: Callable[..., Transport]) -> Transport:
 
 
 @pytest.fixture
-def name(request: pytest.FixtureRequest) -> Callable[[str], str]:
-    """Unique queue/topic names, so tests never meet on a shared broker."""
+def name(request: pytest.FixtureRequest, connect: Callable[..., Transport]) -> Callable[..., str]:
+    """``name(label)``: a unique queue, declared; ``name(label, topic=True)``: a topic.
+
+    Names are unique so tests never meet on a shared broker. Queues are
+    declared because some brokers (RabbitMQ) refuse a send to a queue that
+    does not exist yet.
+    """
     prefix = f"contract.{request.node.name.split('[')[0]}.{uuid.uuid4().hex[:8]}"
-    return lambda label: f"{prefix}.{label}"
+    declarer: list[Transport] = []
+
+    def make(label: str, *, topic: bool = False) -> str:
+        full = f"{prefix}.{label}"
+        if not topic:
+            if not declarer:
+                declarer.append(connect())
+            declarer[0].declare_queue(full)
+        return full
+
+    return make

@@ -175,6 +175,14 @@ class Transport(ABC):
         self.close()
 
     # -- consuming ----------------------------------------------------------
+    def declare_queue(self, queue: str) -> None:
+        """Make sure ``queue`` exists. Brokers that create queues on first use need nothing.
+
+        On RabbitMQ a send to a queue nobody declared fails (it is unroutable);
+        subscribing declares the queue, and so does this.
+        """
+        return None
+
     @abstractmethod
     def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
         """Consume ``queue`` with at most ``prefetch`` unacknowledged deliveries."""

@@ -23,9 +23,11 @@ def from_amqp(value: Any) -> Any:
 
 
 def to_amqp(value: Any) -> Any:
-    """JSON-like values as pika can encode them in a table."""
+    """JSON-like values as pika can encode them in a table (floats as decimals)."""
     if isinstance(value, dict):
         return {str(key): to_amqp(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [to_amqp(item) for item in value]
+    if isinstance(value, float):
+        return Decimal(repr(value))
     return value

@@ -123,6 +123,7 @@ class _Batch:
 @dataclass(eq=False)
 class _Consumer:
     subscription: Subscription
+    queue: str = ""
     channel: Channel | None = None
     tag: str = ""
     unsettled: set[int] = field(default_factory=set)
@@ -264,23 +265,12 @@ class RabbitMQTransport(Transport):
             self._dispatcher.join(10)
 
     def abort(self) -> None:
-        """Drop the socket without the AMQP goodbye, as a killed process would."""
-        if not self._open or self._connection is None:
-            return
-        connection = self._connection
+        """As a killed process would leave: unacked deliveries go back to the broker.
 
-        def cut() -> None:
-            transport = getattr(connection, "_transport", None)
-            if transport is not None:
-                transport.abort()
-            else:
-                connection.close()
-
-        self._open = False
-        connection.ioloop.add_callback_threadsafe(cut)
-        if self._thread is not None:
-            self._thread.join(15)
-        self._callbacks.put(None)
+        The broker cannot tell a dropped socket from a closed connection as far
+        as deliveries go, so this closes without waiting for callbacks.
+        """
+        self.close()
 
     # -- running things on the I/O thread -------------------------------------
     def _call(self, operation: Callable[[Confirmation], None], timeout: float = 30) -> Any:
@@ -449,14 +439,17 @@ class RabbitMQTransport(Transport):
     def subscribe_broadcast(self, topic: str, callback: Callback) -> Subscription:
         self._declare_fanout(topic)
         subscription = Subscription(self._next_subscription_id(), topic, callback, broadcast=True)
-        frame = self._rpc("queue_declare", queue="", exclusive=True, auto_delete=True)
-        private = frame.method.queue
-        return self._consume(subscription, private, 0, bind_to=topic)
+        return self._consume(subscription, "", 0, bind_to=topic)
 
     def _consume(
         self, subscription: Subscription, queue_name: str, prefetch: int, bind_to: str | None = None
     ) -> Subscription:
-        consumer = _Consumer(subscription)
+        """Open the subscription's own channel, set its prefetch and start consuming.
+
+        A broadcast gets a server-named exclusive queue bound to the topic's
+        fanout exchange, declared on that same channel.
+        """
+        consumer = _Consumer(subscription, queue=queue_name)
 
         def operation(done: Confirmation) -> None:
             def opened(channel: Channel) -> None:
@@ -464,29 +457,32 @@ class RabbitMQTransport(Transport):
 
                 def start(_: Any = None) -> None:
                     consumer.tag = channel.basic_consume(
-                        queue_name,
+                        consumer.queue,
                         lambda ch, method, properties, body: self._on_message(
                             consumer, ch, method, properties, body
                         ),
                         auto_ack=subscription.broadcast,
-                        exclusive=bool(bind_to),
+                        exclusive=bind_to is not None,
                         callback=lambda frame: done.set_result(subscription),
                     )
 
                 def qos(_: Any = None) -> None:
                     channel.basic_qos(prefetch_count=prefetch, callback=start)
 
+                def bind(frame: Any) -> None:
+                    consumer.queue = frame.method.queue
+                    channel.queue_bind(consumer.queue, bind_to, routing_key="", callback=qos)
+
                 if bind_to is not None:
-                    channel.queue_declare(
-                        queue_name,
-                        exclusive=True,
-                        auto_delete=True,
-                        callback=lambda frame: channel.queue_bind(
-                            queue_name, bind_to, routing_key="", callback=qos
-                        ),
-                    )
+                    channel.queue_declare("", exclusive=True, auto_delete=True, callback=bind)
                 else:
                     qos()
+
+            def closed(channel: Channel, reason: BaseException) -> None:
+                if not done.done():
+                    done.set_exception(
+                        TransportError(f"cannot consume {subscription.describe()}: {reason}")
+                    )
 
             channel_ready: Confirmation = Confirmation()
             channel_ready.add_done_callback(
@@ -494,7 +490,7 @@ class RabbitMQTransport(Transport):
                     opened(f.result()) if not f.exception() else done.set_exception(f.exception())
                 )
             )
-            self._open_channel(channel_ready)
+            self._open_channel(channel_ready, on_close=closed)
 
         with self._lock:
             self._consumers[subscription.id] = consumer
@@ -632,6 +628,17 @@ class RabbitMQTransport(Transport):
             self._complete(batch)
             return
         batch.remaining = len(messages)
+        try:
+            self._publish_each(publisher, messages, batch, routes)
+        except Exception as error:  # e.g. a header value AMQP cannot carry
+            for number, (owner, _, _) in list(self._unconfirmed.items()):
+                if owner is batch:
+                    del self._unconfirmed[number]
+            self._fail_batch(batch, f"cannot publish: {type(error).__name__}: {error}")
+
+    def _publish_each(
+        self, publisher: Channel, messages: list[Outgoing], batch: _Batch, routes: list
+    ) -> None:
         for message, (_, exchange, routing_key, extra) in zip(messages, routes, strict=True):
             message_id = uuid.uuid4().hex
             headers = {**to_amqp(dict(message.headers)), **extra}
