@@ -108,6 +108,18 @@ class Recipe:
         if data:
             self._load(data)
 
+    @classmethod
+    def from_wire(cls, data: Mapping[Any, Any]) -> Recipe:
+        """A recipe from a freshly decoded message, which it takes over (no copy).
+
+        The hot path of every service: the decoded body belongs to nobody
+        else, so the defensive deep copy of ``Recipe(data)`` is skipped.
+        """
+        recipe = cls()
+        if data:
+            recipe._load(data, copy_input=False)
+        return recipe
+
     @staticmethod
     def _parse(text: str | bytes) -> Any:
         if not text.strip():
@@ -117,10 +129,11 @@ class Recipe:
         except ValueError as error:
             raise InvalidRecipe(f"Invalid recipe: not valid JSON ({error})") from None
 
-    def _load(self, data: Any) -> None:
+    def _load(self, data: Any, copy_input: bool = True) -> None:
         if not isinstance(data, Mapping):
             raise InvalidRecipe(f"Invalid recipe: expected a JSON object, not {data!r}")
-        data = copy.deepcopy(dict(data))
+        if copy_input:
+            data = copy.deepcopy(dict(data))
         # Ids that were already ints come first, converted ones after, as in the
         # reference: merge() numbers steps in this order.
         converted: list[tuple[int, Any]] = []
@@ -222,8 +235,19 @@ class Recipe:
         return wire
 
     def serialize(self) -> str:
-        """The recipe as JSON text, encoded like the reference transports do."""
-        return json.dumps(self.to_dict(), default=_json_default)
+        """The recipe as JSON text, encoded like the reference transports do.
+
+        ``json.dumps`` already writes int keys as strings and tuples as lists,
+        so the wire form is serialised directly, without ``to_dict``'s copy.
+        """
+        view: dict[Any, Any] = {}
+        if self._start is not None:
+            view["start"] = self._start
+        if self._error is not None:
+            view["error"] = self._error
+        view.update(self._steps)
+        view.update(self._stray)
+        return json.dumps(view, default=_json_default)
 
     def pretty(self) -> str:
         """Indented JSON, for people."""

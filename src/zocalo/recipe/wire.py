@@ -50,7 +50,7 @@ class RecipeEncoder:
     """Builds bodies for many hops of one recipe, serialising the recipe once."""
 
     def __init__(self, recipe: Recipe) -> None:
-        self.recipe_json = dumps(recipe.to_dict())
+        self.recipe_json = recipe.serialize()
 
     def body(
         self, pointer: int, path: list[int], environment: Mapping[str, Any], payload: Any
@@ -119,7 +119,7 @@ def decode(body: bytes | str, headers: Mapping[str, Any], what: str) -> RecipeMe
     if missing:
         raise InvalidMessage(f"{what}: not a recipe message, missing {', '.join(missing)}")
     try:
-        recipe = Recipe(data["recipe"])
+        recipe = Recipe.from_wire(data["recipe"])
     except (InvalidRecipe, TypeError, ValueError) as error:
         raise InvalidMessage(f"{what}: invalid recipe ({error})") from None
     try:

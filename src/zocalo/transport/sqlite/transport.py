@@ -113,6 +113,31 @@ class _Op:
     future: Confirmation | None = None
 
 
+class _Pokes:
+    """Wake-ups owed after a commit; each queue's consumers looked up once per turn."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.targets: set[tuple[str, str]] = set()
+        self._wakes: dict[str, list[str]] = {}
+
+    def add(self, wake: str, queue_name: str) -> None:
+        self.targets.add((wake, queue_name))
+
+    def queue(self, queue_name: str) -> None:
+        """Wake every consumer of ``queue_name``."""
+        wakes = self._wakes.get(queue_name)
+        if wakes is None:
+            wakes = self._wakes[queue_name] = [
+                wake
+                for (wake,) in self.db.execute(
+                    "SELECT DISTINCT wake FROM consumers WHERE queue = ? AND broadcast = 0",
+                    (queue_name,),
+                )
+            ]
+        self.targets.update((wake, queue_name) for wake in wakes)
+
+
 class SqliteTransport(Transport):
     """One connection to a broker file shared by every process on this machine."""
 
@@ -184,6 +209,7 @@ class SqliteTransport(Transport):
         self._wake = WakeSocket(self.path, self.connection_id)
         self._sender = WakeSender()
         self._kick_read, self._kick_write = socket.socketpair()
+        self._kick_pending = False
         self._kick_read.setblocking(False)
         self._kick_write.setblocking(False)
         now = time.monotonic()
@@ -236,6 +262,10 @@ class SqliteTransport(Transport):
             raise ConnectionFailed(f"{self.url}: transport is not connected")
 
     def _kick(self) -> None:
+        """Wake the worker; one pending byte is enough however many operations wait."""
+        if self._kick_pending:
+            return
+        self._kick_pending = True
         with contextlib.suppress(OSError):
             self._kick_write.send(b"k")
 
@@ -355,6 +385,10 @@ class SqliteTransport(Transport):
             with contextlib.suppress(BlockingIOError):
                 while self._kick_read.recv(4096):
                     pass
+            # Cleared after reading the bytes and before draining the operations:
+            # a submit that saw it set has its operation drained below; any later
+            # submit sends a byte of its own.
+            self._kick_pending = False
         if self._wake in readable:
             poked = self._wake.drain()
             with self._lock:
@@ -390,7 +424,7 @@ class SqliteTransport(Transport):
         if not ops and not claimers and not reap and now_monotonic < self._next_renewal:
             self._maybe_checkpoint(now_monotonic)
             return
-        pokes: set[tuple[str, str]] = set()
+        pokes = _Pokes(db)
         results: list[tuple[_Op, BaseException | None]] = []
         claimed: list[tuple[_Consumer, Delivery]] = []
         try:
@@ -429,7 +463,7 @@ class SqliteTransport(Transport):
                     op.future.set_result(None)
                 else:
                     op.future.set_exception(error)
-        for address, queue_name in pokes:
+        for address, queue_name in pokes.targets:
             self._sender.poke(address, queue_name)
         for item in claimed:
             self._callbacks.put(item)
@@ -445,7 +479,7 @@ class SqliteTransport(Transport):
         except sqlite3.Error as error:
             log.debug("checkpoint of %s skipped: %s", self.path, error)
 
-    def _apply(self, db: sqlite3.Connection, op: _Op, pokes: set) -> BaseException | None:
+    def _apply(self, db: sqlite3.Connection, op: _Op, pokes: _Pokes) -> BaseException | None:
         """Apply one operation inside the open transaction; its error, if any."""
         kind = op.kind
         if kind == "ack":
@@ -531,7 +565,7 @@ class SqliteTransport(Transport):
         )
         return cursor.rowcount == 1
 
-    def _insert(self, db: sqlite3.Connection, message: Outgoing, pokes: set) -> None:
+    def _insert(self, db: sqlite3.Connection, message: Outgoing, pokes: _Pokes) -> None:
         now = time.time()
         available = now + (message.delay or 0)
         expires = available + message.expiration if message.expiration is not None else None
@@ -548,18 +582,14 @@ class SqliteTransport(Transport):
                     "expires_at) VALUES (?, ?, ?, 0, ?, ?)",
                     (private, message.body, headers, available, expires),
                 )
-                pokes.add((wake, private))
+                pokes.add(wake, private)
             return
         db.execute(
             "INSERT INTO messages (queue, body, headers, priority, available_at, expires_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (message.destination, message.body, headers, message.priority or 0, available, expires),
         )
-        for (wake,) in db.execute(
-            "SELECT DISTINCT wake FROM consumers WHERE queue = ? AND broadcast = 0",
-            (message.destination,),
-        ):
-            pokes.add((wake, message.destination))
+        pokes.queue(message.destination)
 
     def _claim(
         self, db: sqlite3.Connection, consumer: _Consumer
@@ -626,7 +656,7 @@ class SqliteTransport(Transport):
         db: sqlite3.Connection,
         row_ids: list[int],
         reason: str,
-        pokes: set,
+        pokes: _Pokes,
         *,
         dead_letter: bool = False,
     ) -> None:
@@ -667,10 +697,7 @@ class SqliteTransport(Transport):
                     "available_at = ? WHERE id = ?",
                     (json.dumps(history), now, row_id),
                 )
-            for (wake,) in db.execute(
-                "SELECT DISTINCT wake FROM consumers WHERE queue = ? AND broadcast = 0", (target,)
-            ):
-                pokes.add((wake, target))
+            pokes.queue(target)
 
     def _dead_connections(self) -> list[str]:
         """Connections that hold rows or subscriptions but no longer hold their flock."""
@@ -691,7 +718,7 @@ class SqliteTransport(Transport):
         connections.discard(self.connection_id)
         return [c for c in connections if holder_is_dead(str(self.locks_directory / f"{c}.lock"))]
 
-    def _reap(self, db: sqlite3.Connection, dead: list[str], pokes: set) -> None:
+    def _reap(self, db: sqlite3.Connection, dead: list[str], pokes: _Pokes) -> None:
         for connection in dead:
             owned = [
                 row
