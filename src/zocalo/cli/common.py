@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from zocalo.cli.config_options import resolve_transport_url
+from zocalo.config import SiteConfiguration
 from zocalo.errors import InvalidURL
 from zocalo.transport.base import Capability
 from zocalo.transport.registry import (
@@ -11,9 +13,6 @@ from zocalo.transport.registry import (
     default_transport_url,
     transport_class,
 )
-
-#: Transport names python-zocalo accepts for -t; they need the site configuration.
-REFERENCE_TRANSPORT_NAMES = ("PikaTransport", "StompTransport")
 
 transport_option = click.option(
     "-t",
@@ -25,19 +24,16 @@ transport_option = click.option(
 )
 
 
-def resolve_transport(value: str | None, *, cross_process: bool = True) -> str:
-    """The transport URL a tool should use, or a click error saying why there is none."""
-    value = value or default_transport_url()
-    if "://" not in value:
-        if value in REFERENCE_TRANSPORT_NAMES:
-            raise click.UsageError(
-                f"transport {value} is configured from the site configuration, which this "
-                "version cannot read yet; give a URL instead (e.g. amqp://user:pass@host/vhost)"
-            )
-        raise click.UsageError(
-            f"transport {value!r} is neither a URL nor one of "
-            f"{', '.join(REFERENCE_TRANSPORT_NAMES)}"
-        )
+def resolve_transport(
+    value: str | None, site_config: SiteConfiguration | None = None, *, cross_process: bool = True
+) -> str:
+    """The transport URL a tool should use, or a click error saying why there is none.
+
+    An explicit URL wins; ``PikaTransport``/``StompTransport`` come from the site
+    configuration; then ``$ZOCALO_TRANSPORT``, the site configuration, and finally
+    the embedded broker in the user's data directory.
+    """
+    value = resolve_transport_url(value, site_config) or default_transport_url()
     try:
         capabilities = transport_class(value).capabilities
     except InvalidURL as error:

@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from zocalo.cli.common import resolve_transport, transport_option
+from zocalo.cli.config_options import site_config_options
+from zocalo.config import SiteConfiguration
 from zocalo.errors import InvalidRecipe, ZocaloError
 from zocalo.recipe import Recipe
 from zocalo.submit import Submission, direct_start, dispatcher_request
@@ -68,6 +70,7 @@ def _print(submission: Submission) -> None:
 @click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="Print the message sent.")
 @transport_option
+@site_config_options
 def command(
     dcid: int | None,
     recipes: tuple[str, ...],
@@ -80,6 +83,7 @@ def command(
     dry_run: bool,
     verbose: bool,
     transport: str | None,
+    site_config: SiteConfiguration,
 ) -> None:
     """Submit a processing request for DCID to the Dispatcher."""
     parameters: dict[str, object] = _parse_settings(settings)
@@ -112,7 +116,7 @@ def command(
     if dry_run:
         _print(submission)
         return
-    url = resolve_transport(transport)
+    url = resolve_transport(transport, site_config)
     with create_transport(url) as broker:
         submission.send(broker)
     if verbose:

@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.table import Table
 
 from zocalo.cli.common import resolve_transport, transport_option
+from zocalo.cli.config_options import site_config_options
+from zocalo.config import SiteConfiguration
 from zocalo.errors import ZocaloError
 from zocalo.transport import create_transport, dlq_name
 from zocalo.transport.base import QueueStats
@@ -32,9 +34,10 @@ def queue_table(stats: list[QueueStats]) -> Table:
 
 @click.command("queues")
 @transport_option
-def command(transport: str | None) -> None:
+@site_config_options
+def command(transport: str | None, site_config: SiteConfiguration) -> None:
     """List queue depths on the broker."""
-    url = resolve_transport(transport)
+    url = resolve_transport(transport, site_config)
     try:
         with create_transport(url) as broker:
             stats = broker.queue_stats()

@@ -7,35 +7,59 @@ import logging
 import click
 
 from zocalo.cli.common import resolve_transport, transport_option
+from zocalo.cli.config_options import site_config_options
+from zocalo.config import SiteConfiguration
 from zocalo.logs import setup_logging
 from zocalo.service.discovery import ServiceNotFound, load_service
-from zocalo.service.launch import run_service
+from zocalo.service.supervisor import SupervisorSettings, supervise
 
 
 @click.command("service")
 @click.argument("positional_name", required=False, metavar="[NAME]")
 @click.option("-s", "--service", "name", metavar="NAME", help="Service to run.")
 @transport_option
+@click.option("-r", "--restart", is_flag=True, help="Restart the service after a crash.")
+@click.option(
+    "--stop-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds a stopping service may take to finish the message in hand.",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("-v", "--verbose", count=True, help="More log output.")
+@site_config_options
 def command(
     positional_name: str | None,
     name: str | None,
     transport: str | None,
+    restart: bool,
+    stop_timeout: float,
     log_format: str,
     verbose: int,
+    site_config: SiteConfiguration,
 ) -> None:
     """Run the service NAME until SIGTERM/SIGINT."""
     name = name or positional_name
     if not name:
         raise click.UsageError("which service? give -s NAME")
-    url = resolve_transport(transport)
+    url = resolve_transport(transport, site_config)
     setup_logging(logging.DEBUG if verbose else logging.INFO, log_format)
     try:
         service_class = load_service(name)
     except ServiceNotFound as error:
         raise click.UsageError(str(error)) from None
-    run_service(service_class, url)
+    settings = SupervisorSettings(
+        service=name,
+        transport=url,
+        restart=restart,
+        log_format=log_format,
+        verbose=bool(verbose),
+        stop_timeout=stop_timeout,
+    )
+    log = logging.getLogger("zocalo.service")
+    log.info("supervising %s on %s", service_class.name, url)
+    raise SystemExit(supervise(settings))
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,13 +85,15 @@ class RunnerStats:
     dead_lettered: int = 0
     unrouted: int = 0
     publish_failed: int = 0
+    #: Seconds spent inside process() (handler, decoding, settling).
+    busy_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + amount)
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, float]:
         with self._lock:
             return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
@@ -115,7 +117,13 @@ class ServiceRunner:
         self._pending_lock = threading.Lock()
         self._all_settled = threading.Condition(self._pending_lock)
         self._stop = threading.Event()
+        self._release_lock = threading.Lock()
         self.started = threading.Event()
+        #: True while a message is in hand (for status reports).
+        self.processing = False
+        #: Called as listener(queue, outcome, seconds) after every message; outcome is
+        #: handled, retried, dead_lettered or failed. Metrics hang here.
+        self.listeners: list[Callable[[str, str, float], None]] = []
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
@@ -145,9 +153,17 @@ class ServiceRunner:
         self._subscriptions.append(subscription)
 
     def request_stop(self) -> None:
-        """Ask :meth:`run` to finish the message in hand and return. Thread/signal safe."""
+        """Ask :meth:`run` to finish the message in hand and return. Thread/signal safe.
+
+        Deliveries prefetched but not yet handled go back to their queues at
+        once, from a thread of their own (a signal handler must not wait on
+        the transport), rather than after the message in hand is done.
+        """
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._work.put(None)
+        threading.Thread(target=self._release, name="runner-release", daemon=True).start()
 
     @property
     def stopping(self) -> bool:
@@ -159,26 +175,36 @@ class ServiceRunner:
         try:
             while not self._stop.is_set():
                 item = self._work.get()
-                if item is not None:
-                    self.process(*item)
+                if item is None:
+                    continue
+                if self._stop.is_set():
+                    self._work.put(item)  # returned by _release with the others
+                    break
+                self.process(*item)
         finally:
             self.shutdown()
 
     def shutdown(self) -> None:
         """Stop consuming, return unhandled deliveries, wait for confirms, close."""
-        for subscription in self._subscriptions:
-            try:
-                self.transport.unsubscribe(subscription)
-            except ZocaloError as error:
-                log.warning("could not unsubscribe %s: %s", subscription.describe(), error)
-        self._subscriptions.clear()
-        self._return_unhandled()
+        self._release()
         self._wait_for_confirms(self.settings.stop_timeout)
         try:
             self.service.stopping()
         finally:
             self.transport.close()
             log.info("service %s stopped: %s", self.service.name, json.dumps(self.stats.snapshot()))
+
+    def _release(self) -> None:
+        """Unsubscribe everything and return unhandled deliveries (idempotent)."""
+        with self._release_lock:
+            subscriptions, self._subscriptions = self._subscriptions, []
+            for subscription in subscriptions:
+                try:
+                    self.transport.unsubscribe(subscription)
+                except ZocaloError as error:
+                    log.warning("could not unsubscribe %s: %s", subscription.describe(), error)
+            self._return_unhandled()
+            self._work.put(None)  # draining took the stop sentinel: wake run() again
 
     def _return_unhandled(self) -> None:
         while True:
@@ -208,22 +234,35 @@ class ServiceRunner:
     def process(self, delivery: Delivery, spec: HandlerSpec) -> None:
         """Decode, call the handler, then settle (publish outputs + ack)."""
         self.stats.add("received")
+        self.processing = True
+        began = time.perf_counter()
+        outcome = "dead_lettered"
+        try:
+            outcome = self._process(delivery, spec)
+        finally:
+            elapsed = time.perf_counter() - began
+            self.processing = False
+            self.stats.add("busy_seconds", elapsed)
+            for listener in self.listeners:
+                listener(spec.destination, outcome, elapsed)
+
+    def _process(self, delivery: Delivery, spec: HandlerSpec) -> str:
         what = delivery.describe()
         try:
             step, payload = self._decode(delivery, spec, what)
         except InvalidMessage as error:
             self._dead_letter(delivery, str(error), path=None)
-            return
+            return "dead_lettered"
         with recipe_context(step.recipe_id, step.pointer):
             try:
                 spec.function(step, payload)
             except Exception as error:
-                self._handler_failed(delivery, spec, step, error)
-                return
+                return self._handler_failed(delivery, spec, step, error)
             if step.unrouted:
                 self.stats.add("unrouted", len(step.unrouted))
             self.stats.add("handled")
             self._settle(delivery, step.outputs, what)
+            return "handled"
 
     def _decode(self, delivery: Delivery, spec: HandlerSpec, what: str) -> tuple[RecipeStep, Any]:
         if wire.is_recipe_message(delivery.headers):
@@ -275,7 +314,8 @@ class ServiceRunner:
     # -- failures -----------------------------------------------------------
     def _handler_failed(
         self, delivery: Delivery, spec: HandlerSpec, step: RecipeStep, error: Exception
-    ) -> None:
+    ) -> str:
+        """Retry later, or dead-letter after the last attempt; returns which."""
         self.stats.add("failed")
         reason = f"{type(error).__name__}: {error}"
         attempt = _int_header(delivery.headers, ATTEMPT_HEADER) + 1
@@ -289,11 +329,11 @@ class ServiceRunner:
             exc_info=error,
         )
         if not delivery.ackable:
-            return  # a broadcast: nothing to retry or dead-letter
+            return "failed"  # a broadcast: nothing to retry or dead-letter
         path = [*step.path, step.pointer] if step.pointer is not None else None
         if attempt >= max_attempts:
             self._dead_letter(delivery, f"{reason} (after {attempt} attempts)", path)
-            return
+            return "dead_lettered"
         headers = dict(delivery.headers)
         headers[ATTEMPT_HEADER] = attempt
         headers[RETRY_REASON_HEADER] = reason
@@ -304,6 +344,7 @@ class ServiceRunner:
         retry = Outgoing(delivery.source, delivery.body, headers, delay=delay)
         self.stats.add("retried")
         self._settle(delivery, [retry], delivery.describe())
+        return "retried"
 
     def _dead_letter(self, delivery: Delivery, reason: str, path: list[int] | None) -> None:
         """Move a message to ``dlq.<queue>`` with why and where, acking the original."""

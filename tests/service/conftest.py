@@ -1,0 +1,101 @@
+"""Supervised services in real process groups, always stopped at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zocalo.service.status import STATUS_TOPIC
+from zocalo.transport import Delivery, Transport
+
+HERE = Path(__file__).parent
+
+
+class StatusWatch:
+    """Collects status broadcasts; tests wait on them with deadlines."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.reports: list[dict[str, Any]] = []
+
+    def __call__(self, delivery: Delivery) -> None:
+        with self.condition:
+            self.reports.append(json.loads(delivery.body))
+            self.condition.notify_all()
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 20
+    ) -> dict[str, Any]:
+        found: list[dict[str, Any]] = []
+
+        def seen() -> bool:
+            found[:] = [report for report in self.reports if predicate(report)]
+            return bool(found)
+
+        with self.condition:
+            if not self.condition.wait_for(seen, timeout):
+                raise AssertionError(
+                    f"no status report with {what} in {timeout}s; last: {self.reports[-3:]}"
+                )
+        return found[-1]
+
+
+@pytest.fixture
+def status_watch(client_url_transport: Transport) -> StatusWatch:
+    watch = StatusWatch()
+    client_url_transport.subscribe_broadcast(STATUS_TOPIC, watch)
+    return watch
+
+
+@pytest.fixture
+def sqlite_broker(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/broker.db"
+
+
+@pytest.fixture
+def client_url_transport(sqlite_broker: str) -> Iterator[Transport]:
+    from zocalo.transport import create_transport
+
+    with create_transport(sqlite_broker) as transport:
+        yield transport
+
+
+@pytest.fixture
+def supervised(sqlite_broker: str) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """``supervised(service, *options)``: zocalo.service in its own process group."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(service: str, *options: str) -> subprocess.Popen[bytes]:
+        environment = dict(os.environ, PYTHONPATH=str(HERE))
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "zocalo.cli.service",
+                "-s",
+                service,
+                "--transport",
+                sqlite_broker,
+                *options,
+            ],
+            env=environment,
+            start_new_session=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)

@@ -1,0 +1,26 @@
+"""Services the supervisor tests run in real worker processes (``fleet_services:Name``)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from zocalo.recipe.step import RecipeStep
+from zocalo.service import Service, handler
+
+
+class Slow(Service):
+    """Passes messages on after holding each for ``payload["hold"]`` seconds."""
+
+    @handler("fleet.slow", prefetch=5)
+    def hold(self, step: RecipeStep, payload: dict[str, Any]) -> None:
+        threading.Event().wait(float(payload.get("hold", 0)))
+        step.send(payload)
+
+
+class Passthrough(Service):
+    """Passes every message straight on."""
+
+    @handler("fleet.work", prefetch=10)
+    def work(self, step: RecipeStep, payload: Any) -> None:
+        step.send(payload)

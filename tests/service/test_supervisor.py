@@ -1,0 +1,202 @@
+"""The supervisor in real processes: restarts, orphans, clean stops, shutdown, status."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from zocalo.cli.shutdown import command as shutdown
+from zocalo.cli.shutdown import shutdown_commands
+from zocalo.recipe import Recipe
+from zocalo.recipe.step import RecipeStep
+from zocalo.service.status import Status, Utilization, host_id
+from zocalo.service.supervisor import backoff, command_matches
+
+pytestmark = pytest.mark.slow
+
+
+def recipe(queue: str) -> Recipe:
+    return Recipe(
+        {"1": {"queue": queue, "output": 2}, "2": {"queue": f"{queue}.out"}, "start": [[1, {}]]}
+    )
+
+
+def send(transport, queue: str, payloads) -> None:
+    outputs = []
+    for payload in payloads:
+        step = RecipeStep()
+        step.start(Recipe({**recipe(queue).to_dict(), "start": [[1, payload]]}))
+        outputs += step.outputs
+    transport.publish(outputs).result(30)
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie still answers kill(0): look at its state
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    return True
+
+
+def wait_until(condition, what: str, timeout: float = 20) -> None:
+    """Poll state that announces itself nowhere (a process ending) until a deadline."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        pause.wait(0.02)
+
+
+def test_worker_killed_is_restarted_and_works_again(
+    supervised, client_url_transport, status_watch, collector
+):
+    supervisor = supervised("fleet_services:Passthrough", "--restart")
+    first = status_watch.wait_for(
+        lambda r: r["status"] == Status.IDLE and r.get("worker_pid"), "an idle worker"
+    )
+    os.kill(first["worker_pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+    second = status_watch.wait_for(
+        lambda r: (
+            r["status"] == Status.IDLE and r.get("worker_pid") not in (None, first["worker_pid"])
+        ),
+        "a restarted, idle worker",
+    )
+    print(f"\nrestart after kill -9 of the worker: {(time.monotonic() - killed_at) * 1000:.0f} ms")
+    assert second["restarts"] == 1
+    assert second["host"] == first["host"] and second["serviceclass"] == "Passthrough"
+    out = collector(ack_with=client_url_transport)
+    client_url_transport.subscribe("fleet.work.out", out)
+    send(client_url_transport, "fleet.work", [{"n": 1}])
+    out.wait_for_count(1)
+    assert supervisor.poll() is None
+
+
+def test_killed_supervisor_leaves_no_orphan_holding_messages(
+    supervised, client_url_transport, status_watch, collector
+):
+    supervisor = supervised("fleet_services:Slow", "--stop-timeout", "2")
+    report = status_watch.wait_for(
+        lambda r: r["status"] == Status.IDLE and r.get("worker_pid"), "an idle worker"
+    )
+    worker = report["worker_pid"]
+    send(client_url_transport, "fleet.slow", [{"n": n, "hold": 60} for n in range(5)])
+    status_watch.wait_for(lambda r: r["status"] == Status.PROCESSING, "a worker in its handler")
+    os.kill(supervisor.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_until(lambda: process_gone(worker), "the orphaned worker to exit")
+    print(
+        f"\norphan gone {(time.monotonic() - killed_at) * 1000:.0f} ms after kill -9 of "
+        "its supervisor"
+    )
+    back = collector(ack_with=client_url_transport)
+    client_url_transport.subscribe("fleet.slow", back, prefetch=10)
+    returned = back.wait_for_count(5)
+    assert sorted(json.loads(d.body)["payload"]["n"] for d in returned) == [0, 1, 2, 3, 4]
+    assert all(d.redelivered for d in returned)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_clean_stop_under_load_loses_nothing(
+    supervised, client_url_transport, status_watch, collector, signum
+):
+    supervisor = supervised("fleet_services:Passthrough")
+    status_watch.wait_for(lambda r: r["status"] == Status.IDLE, "an idle worker")
+    out = collector(ack_with=client_url_transport)
+    client_url_transport.subscribe("fleet.work.out", out, prefetch=100)
+    total = 2000
+    send(client_url_transport, "fleet.work", [{"n": n} for n in range(total)])
+    out.wait_for_count(50)  # mid-stream
+    os.killpg(supervisor.pid, signum)  # as systemd or Slurm (or Ctrl-C) would
+    assert supervisor.wait(30) == 0
+    handled = {json.loads(d.body)["payload"]["n"] for d in out.deliveries}
+    left = collector(ack_with=client_url_transport)
+    client_url_transport.subscribe("fleet.work", left, prefetch=500)
+    client_url_transport.send("fleet.work", json.dumps({"sentinel": True}))
+    remaining = left.wait_until(
+        lambda ds: any(b"sentinel" in d.body for d in ds), "the sentinel behind the rest"
+    )
+    leftover = {json.loads(d.body)["payload"]["n"] for d in remaining if b"sentinel" not in d.body}
+    out.wait_for_count(len(handled))
+    lost = set(range(total)) - handled - leftover
+    print(
+        f"\n{signal.Signals(signum).name}: handled {len(handled)}, returned {len(leftover)}, "
+        f"lost {len(lost)}"
+    )
+    assert lost == set()
+
+
+def test_shutdown_targets_a_service_class_then_a_host(
+    supervised, client_url_transport, status_watch, sqlite_broker
+):
+    slow = supervised("fleet_services:Slow")
+    fast = supervised("fleet_services:Passthrough")
+    status_watch.wait_for(
+        lambda r: r["serviceclass"] == "Slow" and r["status"] == Status.IDLE, "Slow idle"
+    )
+    passthrough = status_watch.wait_for(
+        lambda r: r["serviceclass"] == "Passthrough" and r["status"] == Status.IDLE,
+        "Passthrough idle",
+    )
+    result = CliRunner().invoke(shutdown, ["-s", "Slow", "--transport", sqlite_broker])
+    assert result.exit_code == 0, result.output
+    assert slow.wait(30) == 0
+    assert fast.poll() is None, "only the targeted service class stops"
+    status_watch.wait_for(
+        lambda r: r["serviceclass"] == "Slow" and r["status"] == Status.TEARDOWN, "Slow's teardown"
+    )
+    result = CliRunner().invoke(shutdown, [passthrough["host"], "--transport", sqlite_broker])
+    assert result.exit_code == 0, result.output
+    assert fast.wait(30) == 0
+
+
+def test_status_reports_carry_the_reference_fields(supervised, status_watch):
+    supervised("fleet_services:Passthrough")
+    report = status_watch.wait_for(lambda r: r["status"] == Status.IDLE, "an idle worker")
+    # python-workflows' status monitor reads these fields (COMPAT 3.5)
+    for key, kind in [
+        ("host", str),
+        ("status", int),
+        ("statustext", str),
+        ("service", str),
+        ("serviceclass", str),
+        ("utilization", dict),
+        ("workflows", str),
+    ]:
+        assert isinstance(report[key], kind), key
+    assert report["statustext"] == "idle"
+    assert all(isinstance(k, str) and 0 <= v <= 1 for k, v in report["utilization"].items())
+    assert report["host"].endswith(f".{report['pid']}")
+
+
+def test_unit_rules():
+    assert [backoff(n) for n in range(5)] == [0.0, 0.1, 0.2, 0.4, 0.8]
+    assert backoff(50) == 60.0
+    me = host_id(7)
+    assert command_matches({"command": "shutdown", "host": me}, me, "X")
+    assert not command_matches({"command": "shutdown", "host": "other.1"}, me, "X")
+    assert command_matches({"command": "shutdown", "service": "X"}, me, "X")
+    assert not command_matches({"command": "shutdown", "service": "Y"}, me, "X")
+    assert not command_matches({"command": "shutdown"}, me, "X"), "no target: ignored"
+    assert command_matches({"command": "shutdown", "all": True}, me, "X")
+    assert not command_matches(["shutdown"], me, "X")
+    assert shutdown_commands(("a.b.c.1",), ("none", "Mailer"), False) == [
+        {"command": "shutdown", "host": "a.b.c.1"},
+        {"command": "shutdown", "service": None},
+        {"command": "shutdown", "service": "Mailer"},
+    ]
+    usage = Utilization(window=6)
+    usage.record(Status.IDLE, at=0)
+    usage.record(Status.PROCESSING, at=3)
+    assert usage.report(now=6) == {"2": 0.5, "4": 0.5}
