@@ -16,7 +16,13 @@ $(STAMP): $(PY) pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/zocalo demo
 
-test: $(STAMP)
+.PHONY: rabbitmq-management
+# The management API (zocalo.configure_rabbitmq and its tests); enabling is idempotent.
+rabbitmq-management:
+	rabbitmq-plugins enable rabbitmq_management
+	scripts/wait-for-management http://127.0.0.1:15672/api/overview 60
+
+test: $(STAMP) rabbitmq-management
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -2,7 +2,13 @@
 
 The runner sets the recipe ID and step of the message in hand in context
 variables; :class:`RecipeContextFilter` copies them onto every record, so
-lines from any logger called inside a handler carry them.
+lines from any logger called inside a handler carry them. The filter sits on
+every *handler* (not on loggers), so it sees records from module-level loggers
+too: a logger's own filters only see records logged to that very logger.
+
+:func:`setup_logging` is the entry point for programs: console output as text
+or JSON, plus the site configuration's ``logging`` (a dictConfig) and
+``graylog`` (a GELF endpoint, fed through a bounded queue) plugins.
 """
 
 from __future__ import annotations
@@ -11,7 +17,13 @@ import contextlib
 import contextvars
 import json
 import logging
+import logging.config
+import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zocalo.config import SiteConfiguration
 
 recipe_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "zocalo_recipe_id", default=None
@@ -47,8 +59,12 @@ class RecipeContextFilter(logging.Filter):
 class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, recipe fields."""
 
+    def __init__(self, service: str | None = None) -> None:
+        super().__init__()
+        self.service = service
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
@@ -56,19 +72,143 @@ class JSONFormatter(logging.Formatter):
             "recipe_ID": getattr(record, "recipe_ID", None),
             "recipe_step": getattr(record, "recipe_step", None),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        if self.service:
+            entry["service"] = self.service
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, default=repr)
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(recipe_ID)s:%(recipe_step)s] %(message)s"
 
+#: Marks the handlers setup_logging installed, so a second call replaces them.
+_OWNED = "_zocalo_setup_logging"
 
-def setup_logging(level: int = logging.INFO, fmt: str = "text") -> None:
-    """Console logging for command-line tools, with the recipe context on every line."""
-    stream = logging.StreamHandler()
-    stream.addFilter(RecipeContextFilter())
-    stream.setFormatter(JSONFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+
+class LoggingSetup:
+    """What :func:`setup_logging` installed. :meth:`close` removes it and flushes GELF."""
+
+    def __init__(self, handlers: list[logging.Handler], gelf: logging.Handler | None) -> None:
+        self.handlers = handlers
+        #: The queue handler in front of the GELF handler, if a ``graylog`` plugin is set.
+        self.gelf = gelf
+
+    def close(self) -> None:
+        """Detach this setup's handlers from the root logger and close them.
+
+        Closing the GELF queue waits (boundedly) for queued records to be sent.
+        """
+        root = logging.getLogger()
+        for handler in self.handlers:
+            root.removeHandler(handler)
+            handler.close()
+        self.handlers = []
+
+    def __enter__(self) -> LoggingSetup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _writes_to_console(handler: logging.Handler) -> bool:
+    consoles = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    return type(handler) is logging.StreamHandler and getattr(handler, "stream", None) in consoles
+
+
+def _all_handlers() -> list[logging.Handler]:
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    loggers += [
+        logger
+        for logger in list(logging.Logger.manager.loggerDict.values())
+        if isinstance(logger, logging.Logger)
+    ]
+    return [handler for logger in loggers for handler in list(logger.handlers)]
+
+
+def add_context_filter(handler: logging.Handler) -> None:
+    """Put a :class:`RecipeContextFilter` on ``handler`` unless it has one."""
+    if not any(isinstance(f, RecipeContextFilter) for f in handler.filters):
+        handler.addFilter(RecipeContextFilter())
+
+
+def gelf_handler(
+    graylog: Any, service_name: str | None = None, *, maxsize: int = 10_000
+) -> logging.Handler:
+    """A GELF handler for the ``graylog`` plugin, behind a non-blocking bounded queue."""
+    from zocalo.log_handlers import GELFTCPHandler, GELFUDPHandler, NonBlockingHandler
+
+    target: logging.Handler
+    if graylog.protocol == "TCP":
+        target = GELFTCPHandler(graylog.host, graylog.port, service=service_name)
+    else:
+        target = GELFUDPHandler(graylog.host, graylog.port, service=service_name)
+    add_context_filter(target)
+    handler = NonBlockingHandler(target, maxsize=maxsize)
+    add_context_filter(handler)
+    return handler
+
+
+def setup_logging(
+    level: int = logging.INFO,
+    fmt: str = "text",
+    site_config: SiteConfiguration | None = None,
+    service_name: str | None = None,
+    *,
+    verbosity: int = 0,
+) -> LoggingSetup:
+    """Logging for programs, with the recipe context on every line of every handler.
+
+    1. The root logger gets ``level``; handlers from an earlier call are removed.
+    2. The site configuration's ``logging`` plugin, if any, is applied with
+       :func:`logging.config.dictConfig` (plus ``verbosity`` of its ``verbose`` steps).
+       It may set levels, including the root's, and add handlers.
+    3. A console handler on stderr, formatted as ``fmt`` (``text`` or ``json``), unless
+       the ``logging`` plugin already put a console StreamHandler on the root logger.
+    4. If the site configuration has a ``graylog`` plugin: a GELF handler (UDP or TCP)
+       behind a bounded queue, so a slow endpoint never slows the caller.
+    5. A :class:`RecipeContextFilter` on every handler of every logger.
+
+    Returns a :class:`LoggingSetup`; call its ``close()`` to flush and detach.
+    """
+    if fmt not in ("text", "json"):
+        raise ValueError(f"log format {fmt!r}: expected 'text' or 'json'")
+    from zocalo.config.plugins import GraylogConfig, LoggingConfig
+
     root = logging.getLogger()
-    root.handlers[:] = [stream]
+    for handler in list(root.handlers):
+        if getattr(handler, _OWNED, False):
+            root.removeHandler(handler)
+            handler.close()
     root.setLevel(level)
+
+    plugins = site_config.plugins if site_config is not None else {}
+    site_logging = plugins.get("logging")
+    if isinstance(site_logging, LoggingConfig):
+        for step in site_logging.dict_config(verbosity):
+            logging.config.dictConfig(step)
+
+    installed: list[logging.Handler] = []
+    if not any(_writes_to_console(handler) for handler in root.handlers):
+        console = logging.StreamHandler()
+        console.setFormatter(
+            JSONFormatter(service_name) if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+        )
+        installed.append(console)
+
+    gelf = None
+    graylog = plugins.get("graylog")
+    if isinstance(graylog, GraylogConfig):
+        gelf = gelf_handler(graylog, service_name)
+        installed.append(gelf)
+
+    for handler in installed:
+        setattr(handler, _OWNED, True)
+        root.addHandler(handler)
+    for handler in _all_handlers():
+        add_context_filter(handler)
+    return LoggingSetup(installed, gelf)

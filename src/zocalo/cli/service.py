@@ -26,6 +26,12 @@ from zocalo.service.supervisor import SupervisorSettings, supervise
     show_default=True,
     help="Seconds a stopping service may take to finish the message in hand.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics on this port (off by default).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @site_config_options
@@ -35,6 +41,7 @@ def command(
     transport: str | None,
     restart: bool,
     stop_timeout: float,
+    metrics_port: int | None,
     log_format: str,
     verbose: int,
     site_config: SiteConfiguration,
@@ -56,6 +63,7 @@ def command(
         log_format=log_format,
         verbose=bool(verbose),
         stop_timeout=stop_timeout,
+        worker_arguments=["--metrics-port", str(metrics_port)] if metrics_port else [],
     )
     log = logging.getLogger("zocalo.service")
     log.info("supervising %s on %s", service_class.name, url)

@@ -124,6 +124,8 @@ class ServiceRunner:
         #: Called as listener(queue, outcome, seconds) after every message; outcome is
         #: handled, retried, dead_lettered or failed. Metrics hang here.
         self.listeners: list[Callable[[str, str, float], None]] = []
+        #: Called as hook(queue) before every message (for in-flight gauges).
+        self.on_start: list[Callable[[str], None]] = []
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
@@ -234,6 +236,8 @@ class ServiceRunner:
     def process(self, delivery: Delivery, spec: HandlerSpec) -> None:
         """Decode, call the handler, then settle (publish outputs + ack)."""
         self.stats.add("received")
+        for hook in self.on_start:
+            hook(spec.destination)
         self.processing = True
         began = time.perf_counter()
         outcome = "dead_lettered"

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--stop-grace", type=float, default=STOP_GRACE)
     parser.add_argument("--max-attempts", type=int, default=RunnerSettings.max_attempts)
+    parser.add_argument("--metrics-port", type=int, default=None)
     args = parser.parse_args(argv)
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         create_transport(args.transport),
         RunnerSettings(max_attempts=args.max_attempts),
     )
+    if args.metrics_port is not None:  # Prometheus metrics, served from this process
+        from zocalo.monitor.metrics import enable_metrics
+
+        enable_metrics(runner, args.metrics_port)
     reporter = Reporter(runner, reports)
     reporter.send(Status.STARTING, service=service_class.name, serviceclass=service_class.__name__)
 

@@ -21,6 +21,7 @@ message priorities: priority is refused, never ignored.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import queue
 import ssl
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: The reference's delayed-message exchange (needs the RabbitMQ plugin).
 PLUGIN_DELAY_EXCHANGE = "delayed"
+RECONNECT_FIRST_DELAY = 0.5
+RECONNECT_MAX_DELAY = 30.0
 _OUR_OPTIONS = {
     "delivery_limit",
     "cafile",
@@ -124,6 +127,10 @@ class _Batch:
 class _Consumer:
     subscription: Subscription
     queue: str = ""
+    #: What to consume again after a reconnect.
+    source: str = ""
+    prefetch: int = 0
+    bind_to: str | None = None
     channel: Channel | None = None
     tag: str = ""
     unsettled: set[int] = field(default_factory=set)
@@ -168,6 +175,11 @@ class RabbitMQTransport(Transport):
         self._callbacks: queue.SimpleQueue[tuple[_Consumer, Delivery] | None] = queue.SimpleQueue()
         self._dispatcher: threading.Thread | None = None
         self._open = False
+        self._closing = False
+        #: Message ids: unique per connection object, cheaper than a uuid4 each.
+        self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
+        self._ids = itertools.count(1)
+        self._closed = threading.Event()
 
     # -- connection ---------------------------------------------------------
     @property
@@ -177,6 +189,15 @@ class RabbitMQTransport(Transport):
     def connect(self) -> None:
         if self._open:
             return
+        self._closing = False
+        self._open_connection()
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="rabbitmq-callbacks", daemon=True
+        )
+        self._dispatcher.start()
+
+    def _open_connection(self) -> None:
+        """Connect, and open the publishing and admin channels; ConnectionFailed if not."""
         opened: Confirmation = Confirmation()
 
         def on_open(connection: pika.SelectConnection) -> None:
@@ -203,16 +224,56 @@ class RabbitMQTransport(Transport):
             self._stop_ioloop()
             raise ConnectionFailed(self._explain(error)) from None
         self._open = True
+        self._sequence = 0
         self._publisher = self._call(self._open_publisher)
         self._admin = self._call(self._open_channel)
-        self._dispatcher = threading.Thread(
-            target=self._dispatch, name="rabbitmq-callbacks", daemon=True
-        )
-        self._dispatcher.start()
+
+    def _reconnect(self) -> None:
+        """After an unexpected loss: reconnect with growing delays, then resubscribe."""
+        delay, attempt = RECONNECT_FIRST_DELAY, 0
+        while not self._closing:
+            attempt += 1
+            try:
+                self._open_connection()
+                with self._lock:
+                    consumers = [c for c in self._consumers.values() if c.subscription.active]
+                for consumer in consumers:
+                    self._consume(
+                        consumer.subscription, consumer.source, consumer.prefetch, consumer.bind_to
+                    )
+            except (ConnectionFailed, TransportError, TimeoutError) as error:
+                log.warning(
+                    "reconnecting to %s failed (attempt %d): %s; next try in %.1f s",
+                    self.safe_url,
+                    attempt,
+                    error,
+                    delay,
+                )
+                self._open = False
+                self._stop_ioloop()
+                if self._closed.wait(delay):
+                    return
+                delay = min(RECONNECT_MAX_DELAY, delay * 2)
+                continue
+            log.warning(
+                "reconnected to %s after %d attempt(s); %d subscription(s) restored",
+                self.safe_url,
+                attempt,
+                len(consumers),
+            )
+            return
 
     def _explain(self, error: BaseException) -> str:
         where = f"RabbitMQ at {self.safe_url}"
+        error = _cause(error)
         text = f"{type(error).__name__}: {error}"
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return (
+                f"TLS: {where} presented a certificate this client does not trust "
+                f"({text}); check cafile"
+            )
+        if isinstance(error, ssl.SSLError):
+            return f"TLS handshake with {where} failed ({text})"
         if isinstance(
             error, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError
         ):
@@ -236,9 +297,13 @@ class RabbitMQTransport(Transport):
                     )
                 )
         self._unconfirmed.clear()
-        if was_open:
-            log.warning("connection to %s closed: %s", self.safe_url, reason)
+        with self._lock:
+            for consumer in self._consumers.values():
+                consumer.unsettled.clear()  # the broker returns them; their acks would fail
         connection.ioloop.stop()
+        if was_open and not self._closing:
+            log.warning("connection to %s lost: %s; reconnecting", self.safe_url, reason)
+            threading.Thread(target=self._reconnect, name="rabbitmq-reconnect", daemon=True).start()
 
     def _stop_ioloop(self) -> None:
         if self._connection is not None and self._thread is not None:
@@ -249,6 +314,8 @@ class RabbitMQTransport(Transport):
 
     def close(self) -> None:
         """Close: the broker returns unacknowledged deliveries to their queues."""
+        self._closing = True
+        self._closed.set()
         if not self._open or self._connection is None:
             self._open = False
             return
@@ -325,7 +392,8 @@ class RabbitMQTransport(Transport):
             if not batch.future.done():
                 batch.future.set_exception(PublishFailed(f"publishing channel closed: {reason}"))
         self._unconfirmed.clear()
-        if self._open:
+        connection = self._connection
+        if self._open and connection is not None and connection.is_open:
             log.error("publishing channel closed (%s); reopening it", reason)
             self._sequence = 0
             reopened: Confirmation = Confirmation()
@@ -449,7 +517,9 @@ class RabbitMQTransport(Transport):
         A broadcast gets a server-named exclusive queue bound to the topic's
         fanout exchange, declared on that same channel.
         """
-        consumer = _Consumer(subscription, queue=queue_name)
+        consumer = _Consumer(
+            subscription, queue=queue_name, source=queue_name, prefetch=prefetch, bind_to=bind_to
+        )
 
         def operation(done: Confirmation) -> None:
             def opened(channel: Channel) -> None:
@@ -640,7 +710,7 @@ class RabbitMQTransport(Transport):
         self, publisher: Channel, messages: list[Outgoing], batch: _Batch, routes: list
     ) -> None:
         for message, (_, exchange, routing_key, extra) in zip(messages, routes, strict=True):
-            message_id = uuid.uuid4().hex
+            message_id = f"{self._id_prefix}{next(self._ids)}"
             headers = {**to_amqp(dict(message.headers)), **extra}
             properties = BasicProperties(
                 headers=headers,
@@ -726,6 +796,19 @@ class RabbitMQTransport(Transport):
                 if delivery.ackable:
                     with contextlib.suppress(TransportError):
                         self.nack(delivery, requeue=True, reason="callback raised")
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The underlying error: pika wraps TLS and socket failures in errors with empty text."""
+    while True:
+        if getattr(error, "exceptions", None):
+            error = error.exceptions[-1]  # type: ignore[attr-defined]
+        elif isinstance(getattr(error, "exception", None), BaseException):
+            error = error.exception  # type: ignore[attr-defined]
+        elif error.args and isinstance(error.args[-1], BaseException):
+            error = error.args[-1]
+        else:
+            return error
 
 
 def _translate_dead_letter(headers: dict[str, Any]) -> None:

@@ -1,0 +1,173 @@
+"""Prometheus metrics served by a supervised service's worker, scraped over HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from zocalo.monitor.metrics import ServiceMetrics
+from zocalo.recipe import Recipe
+from zocalo.recipe.step import RecipeStep
+
+
+def send(transport, queue: str, payloads: list) -> None:
+    outputs = []
+    for payload in payloads:
+        step = RecipeStep()
+        step.start(
+            Recipe(
+                {
+                    "1": {"queue": queue, "output": 2},
+                    "2": {"queue": f"{queue}.out"},
+                    "start": [[1, payload]],
+                }
+            )
+        )
+        outputs += step.outputs
+    transport.publish(outputs).result(30)
+
+
+def samples(port: int) -> dict[tuple[str, frozenset], float]:
+    """``{(sample name, labels): value}`` from one scrape."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape_until(port: int, expected: dict[tuple[str, frozenset], float], timeout: float = 30):
+    """Scrape (the server may not be up yet) until every expected sample has its value."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            last = found = samples(port)
+            if all(found.get(key) == value for key, value in expected.items()):
+                return found
+        except (urllib.error.URLError, ConnectionError) as error:
+            last = error
+        assert time.monotonic() < deadline, f"metrics never showed {expected}; last: {last}"
+        threading.Event().wait(0.1)
+
+
+def key(name: str, **labels: str) -> tuple[str, frozenset]:
+    return name, frozenset(labels.items())
+
+
+@pytest.mark.slow
+def test_counters_latency_and_in_flight_by_queue(supervised, broker_client, collector, free_port):
+    supervised("monitor_services:Echo", "--metrics-port", str(free_port))
+    out = collector(ack_with=broker_client)
+    broker_client.subscribe("monitor.echo.out", out)
+    # Before any message, the queue's series are there at zero.
+    scrape_until(free_port, {key("zocalo_messages_total", queue="monitor.echo",
+                                 outcome="handled"): 0})  # fmt: skip
+    send(broker_client, "monitor.echo", [{"n": n} for n in range(5)])
+    out.wait_for_count(5, timeout=30)
+    found = scrape_until(
+        free_port,
+        {
+            key("zocalo_messages_total", queue="monitor.echo", outcome="handled"): 5,
+            key("zocalo_handler_seconds_count", queue="monitor.echo"): 5,
+        },
+    )
+    assert found[key("zocalo_messages_total", queue="monitor.echo", outcome="retried")] == 0
+    assert found[key("zocalo_messages_total", queue="monitor.echo", outcome="dead_lettered")] == 0
+    assert found[key("zocalo_in_flight", queue="monitor.echo")] == 0
+    assert found[key("zocalo_handler_seconds_bucket", queue="monitor.echo", le="+Inf")] == 5
+    assert 0 < found[key("zocalo_handler_seconds_sum", queue="monitor.echo")] < 30
+
+
+@pytest.mark.slow
+def test_a_failing_handler_is_counted_retried_then_dead_lettered(
+    supervised, broker_client, collector, free_port
+):
+    supervised("monitor_services:Broken", "--metrics-port", str(free_port))
+    dead = collector(ack_with=broker_client)
+    broker_client.subscribe("dlq.monitor.broken", dead)
+    send(broker_client, "monitor.broken", [{"n": 1}])
+    dead.wait_for_count(1, timeout=30)  # three attempts, 1 s and 2 s apart
+    found = scrape_until(
+        free_port,
+        {
+            key("zocalo_messages_total", queue="monitor.broken", outcome="retried"): 2,
+            key("zocalo_messages_total", queue="monitor.broken", outcome="dead_lettered"): 1,
+            key("zocalo_handler_seconds_count", queue="monitor.broken"): 3,
+        },
+    )
+    assert found[key("zocalo_messages_total", queue="monitor.broken", outcome="handled")] == 0
+    assert found[key("zocalo_in_flight", queue="monitor.broken")] == 0
+
+
+def test_metrics_without_a_broker():
+    metrics = ServiceMetrics()
+    metrics.declare("q")
+    metrics.started("q")
+    assert metrics.registry.get_sample_value("zocalo_in_flight", {"queue": "q"}) == 1
+    metrics.finished("q", "handled", 0.02)
+    value = metrics.registry.get_sample_value
+    assert value("zocalo_in_flight", {"queue": "q"}) == 0
+    assert value("zocalo_messages_total", {"queue": "q", "outcome": "handled"}) == 1
+    assert value("zocalo_messages_total", {"queue": "q", "outcome": "failed"}) == 0
+    assert value("zocalo_handler_seconds_count", {"queue": "q"}) == 1
+    # a private registry: two services in one process do not collide
+    ServiceMetrics().declare("q")
+
+
+def test_in_flight_while_a_handler_runs(start_service, client, collector):
+    from zocalo.service import Service, handler
+
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Held(Service):
+        @handler("held")
+        def hold(self, step, payload):
+            entered.set()
+            release.wait(10)
+            step.send(payload)
+
+    metrics = ServiceMetrics()
+    runner = start_service(Held())
+    metrics.attach(runner)
+    out = collector(ack_with=client)
+    client.subscribe("held.out", out)
+    send(client, "held", [{"n": 1}])
+    assert entered.wait(5)
+    value = metrics.registry.get_sample_value
+    assert value("zocalo_in_flight", {"queue": "held"}) == 1
+    release.set()
+    out.wait_for_count(1)
+    deadline = time.monotonic() + 5
+    while value("zocalo_messages_total", {"queue": "held", "outcome": "handled"}) != 1:
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.01)
+    assert value("zocalo_in_flight", {"queue": "held"}) == 0
+
+
+def test_a_port_in_use_leaves_the_service_running_without_metrics(caplog, free_port):
+    import socket
+
+    from zocalo.monitor.metrics import enable_metrics
+    from zocalo.service import Service, ServiceRunner, handler
+    from zocalo.transport import create_transport
+
+    class Quiet(Service):
+        @handler("quiet")
+        def nothing(self, step, payload):
+            pass
+
+    runner = ServiceRunner(Quiet(), create_transport("memory://metrics-port-in-use"))
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", free_port))
+        taken.listen()
+        assert enable_metrics(runner, free_port) is None
+    assert "cannot serve metrics" in caplog.text

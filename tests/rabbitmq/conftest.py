@@ -1,0 +1,55 @@
+"""A second RabbitMQ node, with a TLS listener, for this session's tests.
+
+It takes seconds to boot, so there is one per session; it is always stopped
+(and its directory removed) at the end, and never touches the machine's node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from tls_node import SecondNode
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    """The certificate authority the node's certificate comes from."""
+    return trustme.CA(organization_name="zocalo tests")
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory, tls_ca: trustme.CA) -> dict[str, Path]:
+    """PEM files: ``ca``, the server's ``cert``/``key`` and a client's ``client_cert``/``..key``."""
+    directory = tmp_path_factory.mktemp("tls")
+    files = {
+        name: directory / f"{name}.pem"
+        for name in ("ca", "cert", "key", "client_cert", "client_key")
+    }
+    tls_ca.cert_pem.write_to_path(files["ca"])
+    server = tls_ca.issue_cert("localhost", "127.0.0.1")
+    server.private_key_pem.write_to_path(files["key"])
+    server.cert_chain_pems[0].write_to_path(files["cert"])
+    for blob in server.cert_chain_pems[1:]:
+        blob.write_to_path(files["cert"], append=True)
+    client = tls_ca.issue_cert("zocalo-test-client@localhost")
+    client.private_key_pem.write_to_path(files["client_key"])
+    client.cert_chain_pems[0].write_to_path(files["client_cert"])
+    return files
+
+
+@pytest.fixture(scope="session")
+def tls_node(tls_files: dict[str, Path]) -> Iterator[SecondNode]:
+    """A started :class:`SecondNode`: ``amqps_url``, ``amqp_url``, ``ca_path``, ``url(...)``."""
+    node = SecondNode(certfile=tls_files["cert"], keyfile=tls_files["key"], cafile=tls_files["ca"])
+    try:
+        seconds = node.start()
+        print(
+            f"\n[tls_node] {node.node} booted in {seconds:.1f}s "
+            f"(amqp {node.amqp_port}, amqps {node.tls_port}, dist {node.dist_port})"
+        )
+        yield node
+    finally:
+        node.destroy()

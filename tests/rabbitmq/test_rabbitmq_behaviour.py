@@ -1,0 +1,286 @@
+"""RabbitMQ beyond the contract: compatibility, refused outputs, reconnects, delays."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import pika
+import pytest
+import requests
+
+from zocalo.recipe import Recipe
+from zocalo.recipe.step import RecipeStep
+from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.transport import create_transport
+
+pytestmark = pytest.mark.rabbitmq
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def amqp(rabbitmq_vhost_url: str):
+    """A connected transport on the session's private vhost."""
+    with create_transport(rabbitmq_vhost_url) as transport:
+        yield transport
+
+
+@pytest.fixture
+def pika_channel(rabbitmq_vhost_url: str):
+    """A plain pika channel, to declare queues the way an operator's tooling would."""
+    parts = urlsplit(rabbitmq_vhost_url)
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            parts.hostname,
+            parts.port,
+            unquote(parts.path[1:]),
+            pika.PlainCredentials("guest", "guest"),
+        )
+    )
+    yield connection.channel()
+    connection.close()
+
+
+def unique(label: str) -> str:
+    return f"behaviour.{label}.{uuid.uuid4().hex[:8]}"
+
+
+def start_recipe(transport, recipe: Recipe, payloads) -> None:
+    outputs = []
+    for payload in payloads:
+        step = RecipeStep()
+        step.start(Recipe({**recipe.to_dict(), "start": [[1, payload]]}))
+        outputs += step.outputs
+    transport.publish(outputs).result(30)
+
+
+class Forward(Service):
+    """Forwards along the recipe; its queue is set per test."""
+
+    def __init__(self, queue: str, prefetch: int = 10) -> None:
+        super().__init__()
+        self.add_handler(queue, self.forward, prefetch=prefetch)
+
+    def forward(self, step: RecipeStep, payload: Any) -> None:
+        step.send(payload)
+
+
+@pytest.fixture
+def run_service(rabbitmq_vhost_url: str):
+    running: list[tuple[ServiceRunner, threading.Thread]] = []
+
+    def start(service: Service, url: str | None = None) -> ServiceRunner:
+        runner = ServiceRunner(
+            service, create_transport(url or rabbitmq_vhost_url), RunnerSettings(retry_delay=0.05)
+        )
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        assert runner.started.wait(20)
+        running.append((runner, thread))
+        return runner
+
+    yield start
+    for runner, thread in running:
+        runner.request_stop()
+        thread.join(20)
+
+
+def test_a_recipe_goes_ours_theirs_ours_through_a_workflows_frontend(
+    amqp, rabbitmq_vhost_url, run_service, collector, pika_channel
+):
+    # The reference expects the topology an operator declares (COMPAT 8): its frontend
+    # broadcasts status to the transient.status fanout exchange and fails without it.
+    for exchange in ("transient.status", "command"):
+        pika_channel.exchange_declare(exchange, "fanout", durable=True)
+    first, theirs, last = unique("ours1"), unique("theirs"), unique("ours2")
+    for queue in (first, theirs, last, f"{last}.end"):
+        amqp.declare_queue(queue)
+    run_service(Forward(first))
+    run_service(Forward(last))
+    parts = urlsplit(rabbitmq_vhost_url)
+    frontend = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "theirs.py"),
+            parts.hostname,
+            str(parts.port),
+            unquote(parts.path[1:]),
+            theirs,
+        ],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        end = collector(ack_with=amqp)
+        amqp.subscribe(f"{last}.end", end)
+        recipe = Recipe(
+            {
+                "1": {"service": "ours", "queue": first, "output": 2},
+                "2": {"service": "theirs (python-workflows)", "queue": theirs, "output": 3},
+                "3": {"service": "ours", "queue": last, "output": 4},
+                "4": {"service": "end", "queue": f"{last}.end"},
+                "start": [[1, {}]],
+            }
+        )
+        step = RecipeStep()
+        step.start(recipe, environment={"ID": "interop-1", "beamline": "i03"})
+        amqp.publish(step.outputs).result(10)
+        (delivery,) = end.wait_for_count(1, timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(frontend.pid, signal.SIGKILL)
+        frontend.wait(10)
+    body = json.loads(delivery.body)
+    assert body["payload"] == {"hops": 1}, "their service forwarded it exactly once"
+    assert body["recipe-path"] == [1, 2, 3]
+    assert body["recipe-pointer"] == 4
+    assert body["environment"] == {"ID": "interop-1", "beamline": "i03"}
+    assert Recipe(body["recipe"]) == recipe
+    assert delivery.headers["workflows-recipe"] is True
+
+
+def test_output_to_a_queue_that_does_not_exist_is_not_acked_and_named(
+    amqp, run_service, collector, caplog
+):
+    source, missing = unique("src"), unique("missing")
+    runner = run_service(Forward(source))
+    recipe = Recipe(
+        {"1": {"queue": source, "output": 2}, "2": {"queue": missing}, "start": [[1, {}]]}
+    )
+    start_recipe(amqp, recipe, [{"n": 1}])
+    dead = collector(ack_with=amqp)
+    amqp.subscribe(f"dlq.{source}", dead)
+    (letter,) = dead.wait_for_count(1, timeout=60)
+    assert json.loads(letter.body)["payload"] == {"n": 1}, "never acked: the broker's limit"
+    assert runner.stats.snapshot()["publish_failed"] >= amqp.delivery_limit
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(missing in line and "NO_ROUTE" in line for line in errors), errors
+
+
+def test_output_refused_by_a_full_queue_is_not_acked_and_named(
+    amqp, run_service, pika_channel, collector, caplog
+):
+    source, full = unique("src"), unique("full")
+    pika_channel.queue_declare(
+        full, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
+    pika_channel.basic_publish("", full, b"occupying the only place")
+    runner = run_service(Forward(source))
+    recipe = Recipe({"1": {"queue": source, "output": 2}, "2": {"queue": full}, "start": [[1, {}]]})
+    start_recipe(amqp, recipe, [{"n": 2}])
+    dead = collector(ack_with=amqp)
+    amqp.subscribe(f"dlq.{source}", dead)
+    dead.wait_for_count(1, timeout=60)
+    assert runner.stats.snapshot()["handled"] >= 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(full in line and "refused" in line for line in errors), errors
+
+
+def test_an_operators_queue_with_other_arguments_is_used_as_it_is(amqp, pika_channel, collector):
+    queue = unique("operator")
+    pika_channel.queue_declare(
+        queue,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": f"dlq.{queue}",
+            "x-single-active-consumer": True,
+        },
+    )
+    received = collector(ack_with=amqp)
+    amqp.subscribe(queue, received)  # no PRECONDITION_FAILED
+    amqp.send(queue, b"hello")
+    assert received.wait_for_count(1)[0].body == b"hello"
+
+
+def test_a_delayed_message_arrives_after_its_sender_exited(rabbitmq_vhost_url, amqp, collector):
+    queue = unique("later")
+    amqp.declare_queue(queue)
+    script = (
+        "import sys; from zocalo.transport import create_transport\n"
+        "with create_transport(sys.argv[1]) as t: t.send(sys.argv[2], b'later', delay=1.5)\n"
+    )
+    sent_at = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", script, rabbitmq_vhost_url, queue], check=True, timeout=60
+    )
+    received = collector(ack_with=amqp)
+    amqp.subscribe(queue, received)
+    (delivery,) = received.wait_for_count(1, timeout=30)
+    assert delivery.body == b"later"
+    assert time.monotonic() - sent_at >= 1.5
+
+
+def _close_connection_named(name: str) -> None:
+    """Close one client's connection from the broker side (never anyone else's)."""
+    api = "http://127.0.0.1:15672/api/connections"
+    deadline = time.monotonic() + 30
+    pause = threading.Event()
+    while True:  # the management database learns of new connections a few seconds late
+        connections = requests.get(api, auth=("guest", "guest"), timeout=10).json()
+        ours = [
+            c["name"]
+            for c in connections
+            if (c.get("client_properties") or {}).get("connection_name") == name
+        ]
+        if ours or time.monotonic() > deadline:
+            break
+        pause.wait(0.25)
+    assert len(ours) == 1, f"expected one connection named {name}, found {ours}"
+    response = requests.delete(
+        f"{api}/{quote(ours[0], safe='')}",
+        auth=("guest", "guest"),
+        headers={"X-Reason": "test: broker-side close"},
+        timeout=10,
+    )
+    assert response.status_code == 204, response.text
+
+
+def test_reconnects_and_loses_nothing_when_the_broker_drops_the_connection(
+    rabbitmq_vhost_url, amqp, run_service, collector
+):
+    source = unique("stream")
+    name = unique("conn")
+    prefetch = 10
+    runner = run_service(
+        Forward(source, prefetch=prefetch), url=f"{rabbitmq_vhost_url}?connection_name={name}"
+    )
+    listener = collector()
+    news = unique("news")
+    runner.transport.subscribe_broadcast(news, listener)  # must be restored too
+    out = collector(ack_with=amqp)
+    amqp.subscribe(f"{source}.out", out, prefetch=500)
+    recipe = Recipe(
+        {"1": {"queue": source, "output": 2}, "2": {"queue": f"{source}.out"}, "start": [[1, {}]]}
+    )
+    total = 1000
+    start_recipe(amqp, recipe, [{"n": n} for n in range(total)])
+    out.wait_for_count(100)
+    _close_connection_named(name)
+    received = out.wait_until(
+        lambda ds: {json.loads(d.body)["payload"]["n"] for d in ds} >= set(range(total)),
+        "every message after the reconnect",
+        timeout=90,
+    )
+    duplicates = len(received) - total
+    print(f"\nreconnect: {total} messages, {duplicates} duplicates (prefetch {prefetch})")
+    assert duplicates <= prefetch
+    deadline = time.monotonic() + 30
+    while not runner.transport.connected:  # the reconnect may still be under way
+        assert time.monotonic() < deadline, "never reconnected"
+        threading.Event().wait(0.05)
+    amqp.broadcast(news, b"after the reconnect")
+    assert listener.wait_for_count(1)[0].body == b"after the reconnect"
