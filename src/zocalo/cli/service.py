@@ -51,7 +51,13 @@ def command(
     if not name:
         raise click.UsageError("which service? give -s NAME")
     url = resolve_transport(transport, site_config)
-    setup_logging(logging.DEBUG if verbose else logging.INFO, log_format)
+    setup_logging(
+        logging.DEBUG if verbose else logging.INFO,
+        log_format,
+        site_config,
+        service_name=name,
+        verbosity=verbose,
+    )
     try:
         service_class = load_service(name)
     except ServiceNotFound as error:
@@ -63,7 +69,11 @@ def command(
         log_format=log_format,
         verbose=bool(verbose),
         stop_timeout=stop_timeout,
-        worker_arguments=["--metrics-port", str(metrics_port)] if metrics_port else [],
+        worker_arguments=[
+            *(["--metrics-port", str(metrics_port)] if metrics_port else []),
+            *(["--config", str(site_config.path)] if site_config.path else []),
+            *[argument for env in site_config.active for argument in ("-e", env)],
+        ],
     )
     log = logging.getLogger("zocalo.service")
     log.info("supervising %s on %s", service_class.name, url)

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import IO, Any
 
+from zocalo.config import load_configuration
 from zocalo.logs import setup_logging
 from zocalo.service.discovery import load_service
 from zocalo.service.runner import RunnerSettings, ServiceRunner
@@ -111,9 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-grace", type=float, default=STOP_GRACE)
     parser.add_argument("--max-attempts", type=int, default=RunnerSettings.max_attempts)
     parser.add_argument("--metrics-port", type=int, default=None)
+    parser.add_argument("--config", default=None, help="site configuration file")
+    parser.add_argument("-e", "--environment", action="append", default=[])
     args = parser.parse_args(argv)
 
-    setup_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
+    site_config = load_configuration(args.config, environments=args.environment)
+    setup_logging(
+        logging.DEBUG if args.verbose else logging.INFO,
+        args.log_format,
+        site_config,
+        service_name=args.service,
+        verbosity=int(args.verbose),
+    )
     reports = os.fdopen(args.report_fd, "w", buffering=1)
     service_class = load_service(args.service)
     runner = ServiceRunner(
