@@ -160,3 +160,34 @@ def _wait_for(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached before the deadline"
         pause.wait(0.05)
+
+
+def test_a_hung_consumer_loses_its_lease_and_a_live_one_keeps_it(
+    tmp_path, spawn, collector, let_time_pass
+):
+    """Time leases are the backstop for consumers that are alive but stuck."""
+    url = f"sqlite:///{tmp_path}/broker.db?visibility_timeout=1"
+    with create_transport(url) as producer:
+        producer.send("stuck", "s")
+        producer.send("alive", "a")
+        hung = spawn("hold", url, "stuck", "1")
+        assert hung.next_line() == "holding s"
+        living = spawn("hold", url, "alive", "1")
+        assert living.next_line() == "holding a"
+        hung.signal_group(signal.SIGSTOP)  # alive (its flock held) but frozen
+        try:
+            rescuer = collector(ack_with=producer)
+            producer.subscribe("stuck", rescuer)
+            (rescued,) = rescuer.wait_for_count(1, timeout=15)
+            assert rescued.body == b"s" and rescued.redelivered
+            # The living holder renews its lease (every third of it): after three
+            # lease periods its message is still its own.
+            let_time_pass(3)
+            owner = _count(
+                tmp_path / "broker.db",
+                "SELECT COUNT(*) FROM messages WHERE queue = 'alive' AND owner "
+                "IS NOT NULL AND lease_until > strftime('%s','now')",
+            )
+            assert owner == 1
+        finally:
+            hung.signal_group(signal.SIGCONT)
