@@ -452,23 +452,8 @@ def run_once(system_name: str, mode: Mode, workdir: Path) -> dict[str, Any]:
         idle_after = cpu_seconds(idle.pid) if idle else 0.0
         window = time.monotonic() - wall_started
         extra = system.extra() if mode.name == "stream" else {}
-    stamps = {n: stamp for n, stamp in collector.seen.items() if n >= 0}
-    latencies = sorted((seen - sent) * 1000 for sent, seen in stamps.values())
-    last = max((seen for _, seen in stamps.values()), default=started)
-    result: dict[str, Any] = {
-        "bench": "two-step",
-        "system": system_name,
-        "mode": mode.name,
-        "rate": mode.rate,
-        "n": mode.count,
-        "received": len(stamps),
-        "msgs_per_s": round(len(stamps) / max(last - started, 1e-9), 1),
-        "p50_ms": _round(percentile(latencies, 0.50)),
-        "p99_ms": _round(percentile(latencies, 0.99)),
-        "max_ms": _round(latencies[-1] if latencies else None),
-        "cpu_s": round(cpu_after - cpu_before, 2),
-        "cpu_pct": round(100 * (cpu_after - cpu_before) / window, 1),
-    }
+    result = run_summary(system_name, mode, collector, started, cpu_after - cpu_before)
+    result["cpu_pct"] = round(100 * (cpu_after - cpu_before) / window, 1)
     if mode.rate:
         result["sent_for_s"] = round(sent_for, 2)
     if mode.name == "stream":
@@ -486,6 +471,28 @@ def run_once(system_name: str, mode: Mode, workdir: Path) -> dict[str, Any]:
             result["idle_service_cpu_pct"] = round(100 * (idle_after - idle_before) / window, 2)
         result.update(extra)
     return result
+
+
+def run_summary(
+    system_name: str, mode: Any, collector: Any, started: float, cpu_s: float
+) -> dict[str, Any]:
+    """The JSON line every two-step benchmark prints for one run (see ARCHITECTURE.md)."""
+    stamps = {n: stamp for n, stamp in collector.seen.items() if n >= 0}
+    latencies = sorted((seen - sent) * 1000 for sent, seen in stamps.values())
+    last = max((seen for _, seen in stamps.values()), default=started)
+    return {
+        "bench": "two-step",
+        "system": system_name,
+        "mode": mode.name,
+        "rate": mode.rate,
+        "n": mode.count,
+        "received": len(stamps),
+        "msgs_per_s": round(len(stamps) / max(last - started, 1e-9), 1),
+        "p50_ms": _round(percentile(latencies, 0.50)),
+        "p99_ms": _round(percentile(latencies, 0.99)),
+        "max_ms": _round(latencies[-1] if latencies else None),
+        "cpu_s": round(cpu_s, 2),
+    }
 
 
 def _round(value: float | None) -> float | None:

@@ -55,7 +55,7 @@ from embedded import (  # noqa: E402
     cpu_seconds,
     group_cpu,
     median_result,
-    percentile,
+    run_summary,
     self_cpu,
     spawn,
     stop_all,
@@ -267,32 +267,17 @@ def run_once(
         broker_after = broker.cpu()
     finally:
         system.close()
-    stamps = {n: stamp for n, stamp in collector.seen.items() if n >= 0}
-    latencies = sorted((seen - sent) * 1000 for sent, seen in stamps.values())
-    last = max((seen for _, seen in stamps.values()), default=started)
-    result: dict[str, Any] = {
-        "bench": "two-step",
-        "system": system_name,
-        "mode": mode.name,
-        "rate": mode.rate,
-        "n": mode.count,
-        "received": len(stamps),
-        "msgs_per_s": round(len(stamps) / max(last - started, 1e-9), 1),
-        "p50_ms": _round(percentile(latencies, 0.50)),
-        "p99_ms": _round(percentile(latencies, 0.99)),
-        "max_ms": _round(latencies[-1] if latencies else None),
-        "cpu_s": round(cpu_after - cpu_before, 2),
-        "broker_cpu_s": round(broker_after - broker_before, 2),
-        "prefetch": prefetch,
-        "queues": "quorum",
-    }
+    result = run_summary(system_name, mode, collector, started, cpu_after - cpu_before)
+    result.update(
+        {
+            "broker_cpu_s": round(broker_after - broker_before, 2),
+            "prefetch": prefetch,
+            "queues": "quorum",
+        }
+    )
     if mode.rate:
         result["sent_for_s"] = round(sent_for, 2)
     return result
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 def main() -> None:

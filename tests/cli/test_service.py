@@ -72,3 +72,20 @@ def test_queues_lists_depths_in_flight_and_dead_letters(tmp_path, collector):
     assert rows["alpha"] == ["2", "0", "1", "0"]
     assert rows["beta"] == ["0", "1", "0", "0"]
     assert rows["gamma"] == ["0", "0", "0", "1"]
+
+
+def test_broker_errors_are_one_clear_line_and_a_non_zero_exit(rabbitmq_vhost_url):
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(rabbitmq_vhost_url)
+    cases = {
+        f"amqp://guest:wrong@{parts.hostname}:{parts.port}/": "refused the credentials",
+        f"amqp://guest:guest@{parts.hostname}:{parts.port}/no-such-vhost": "no-such-vhost",
+        f"amqp://guest:guest@{parts.hostname}:1/": "cannot connect",
+    }
+    for url, expected in cases.items():
+        result = CliRunner().invoke(service, ["-s", "demo.FindSpots", "--transport", url])
+        assert result.exit_code == 1, (url, result.output)
+        assert expected in result.output, (url, result.output)
+        assert "Traceback" not in result.output
+        assert "wrong" not in result.output, "the password is never printed"

@@ -284,3 +284,41 @@ def test_reconnects_and_loses_nothing_when_the_broker_drops_the_connection(
         threading.Event().wait(0.05)
     amqp.broadcast(news, b"after the reconnect")
     assert listener.wait_for_count(1)[0].body == b"after the reconnect"
+
+
+def test_status_and_shutdown_commands_cross_rabbitmq(rabbitmq_vhost_url, amqp, collector):
+    from click.testing import CliRunner
+
+    from zocalo.cli.shutdown import command as shutdown
+
+    statuses = collector()
+    amqp.subscribe_broadcast("transient.status", statuses)
+    service = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zocalo.cli.service",
+            "-s",
+            "fleet_services:Passthrough",
+            "--transport",
+            rabbitmq_vhost_url,
+        ],
+        env=dict(os.environ, PYTHONPATH=str(HERE.parent / "service")),
+        start_new_session=True,
+    )
+    try:
+        idle = statuses.wait_until(
+            lambda ds: any(json.loads(d.body).get("statustext") == "idle" for d in ds),
+            "an idle status broadcast",
+            timeout=60,
+        )
+        assert json.loads(idle[-1].body)["serviceclass"] == "Passthrough"
+        result = CliRunner().invoke(
+            shutdown, ["-s", "Passthrough", "--transport", rabbitmq_vhost_url]
+        )
+        assert result.exit_code == 0, result.output
+        assert service.wait(60) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.pid, signal.SIGKILL)
+        service.wait(10)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import click
 
 from zocalo.cli.config_options import resolve_transport_url
 from zocalo.config import SiteConfiguration
-from zocalo.errors import InvalidURL
+from zocalo.errors import InvalidURL, ZocaloError
 from zocalo.transport.base import Capability
 from zocalo.transport.registry import (
     ENVIRONMENT_VARIABLE,
@@ -44,3 +47,13 @@ def resolve_transport(
             "command sends would vanish. Use a broker other processes share."
         )
     return value
+
+
+@contextlib.contextmanager
+def broker_errors() -> Iterator[None]:
+    """Turn a broker failure (bad URL, credentials, vhost, lost connection) into a clear
+    one-line error and a non-zero exit, instead of a traceback."""
+    try:
+        yield
+    except ZocaloError as error:
+        raise click.ClickException(str(error)) from None

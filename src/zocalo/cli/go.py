@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from zocalo.cli.common import resolve_transport, transport_option
+from zocalo.cli.common import broker_errors, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.errors import InvalidRecipe, ZocaloError
@@ -117,7 +117,7 @@ def command(
         _print(submission)
         return
     url = resolve_transport(transport, site_config)
-    with create_transport(url) as broker:
+    with broker_errors(), create_transport(url) as broker:
         submission.send(broker)
     if verbose:
         _print(submission)

@@ -6,12 +6,13 @@ import logging
 
 import click
 
-from zocalo.cli.common import resolve_transport, transport_option
+from zocalo.cli.common import broker_errors, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.logs import setup_logging
 from zocalo.service.discovery import ServiceNotFound, load_service
 from zocalo.service.supervisor import SupervisorSettings, supervise
+from zocalo.transport.registry import redact_url
 
 
 @click.command("service")
@@ -76,8 +77,10 @@ def command(
         ],
     )
     log = logging.getLogger("zocalo.service")
-    log.info("supervising %s on %s", service_class.name, url)
-    raise SystemExit(supervise(settings))
+    log.info("supervising %s on %s", service_class.name, redact_url(url))
+    with broker_errors():
+        code = supervise(settings)
+    raise SystemExit(code)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import socket
 
 import click
 
-from zocalo.cli.common import resolve_transport, transport_option
+from zocalo.cli.common import broker_errors, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.service.status import COMMAND_TOPIC
@@ -63,7 +63,7 @@ def command(
     if not commands:
         raise click.UsageError("give host ids, -s SERVICE or --all")
     url = resolve_transport(transport, site_config)
-    with create_transport(url) as broker:
+    with broker_errors(), create_transport(url) as broker:
         for message in commands:
             broker.broadcast(COMMAND_TOPIC, json.dumps(message))
             click.echo(f"sent {json.dumps(message)}")

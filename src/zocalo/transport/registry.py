@@ -49,3 +49,11 @@ def create_transport(url: str | None = None, **options: object) -> Transport:
     """A not-yet-connected transport for ``url`` (default: :func:`default_transport_url`)."""
     url = url or default_transport_url()
     return transport_class(url)(url, **options)  # type: ignore[arg-type]
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()

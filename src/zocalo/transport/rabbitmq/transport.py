@@ -20,6 +20,7 @@ message priorities: priority is refused, never ignored.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -54,6 +55,7 @@ from zocalo.transport.base import (
 )
 from zocalo.transport.rabbitmq import delay as delays
 from zocalo.transport.rabbitmq.headers import from_amqp, to_amqp
+from zocalo.transport.registry import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +106,6 @@ def connection_parameters(url: str) -> tuple[pika.ConnectionParameters, dict[str
     return parameters, options
 
 
-def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
-
-
 @dataclass(eq=False)
 class _Batch:
     """One publish call: its outputs, the input to ack, and its confirmation."""
@@ -158,7 +151,7 @@ class RabbitMQTransport(Transport):
                 delivery_limit or options.get("delivery_limit", DEFAULT_DELIVERY_LIMIT)
             ),
         )
-        self.safe_url = redact(url)
+        self.safe_url = redact_url(url)
         self._connection: pika.SelectConnection | None = None
         self._thread: threading.Thread | None = None
         self._publisher: Channel | None = None
@@ -178,6 +171,8 @@ class RabbitMQTransport(Transport):
         self._closing = False
         #: Message ids: unique per connection object, cheaper than a uuid4 each.
         self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
+        self._soon_queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._soon_scheduled = False
         self._ids = itertools.count(1)
         self._closed = threading.Event()
 
@@ -225,6 +220,10 @@ class RabbitMQTransport(Transport):
             raise ConnectionFailed(self._explain(error)) from None
         self._open = True
         self._sequence = 0
+        # A batch of operations scheduled on a lost connection's loop never ran.
+        self._soon_scheduled = False
+        if self._soon_queue:
+            self._soon(lambda: None)
         self._publisher = self._call(self._open_publisher)
         self._admin = self._call(self._open_channel)
 
@@ -357,10 +356,29 @@ class RabbitMQTransport(Transport):
         return done.result(timeout)
 
     def _soon(self, operation: Callable[[], None]) -> None:
-        """Run ``operation`` on the I/O thread without waiting."""
-        if not self._open or self._connection is None:
+        """Run ``operation`` on the I/O thread without waiting.
+
+        Operations queue up and the I/O thread is woken once per batch, not once
+        per publish or ack (each wake-up is a pipe write and a loop turn).
+        """
+        connection = self._connection
+        if not self._open or connection is None:
             raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
-        self._connection.ioloop.add_callback_threadsafe(operation)
+        self._soon_queue.append(operation)
+        if not self._soon_scheduled:
+            self._soon_scheduled = True
+            connection.ioloop.add_callback_threadsafe(self._run_soon)
+
+    def _run_soon(self) -> None:
+        # Cleared before draining: an operation queued after this sees it clear and
+        # schedules another run; one queued before it is drained below.
+        self._soon_scheduled = False
+        while self._soon_queue:
+            operation = self._soon_queue.popleft()
+            try:
+                operation()
+            except Exception:
+                log.exception("operation on the RabbitMQ I/O thread failed")
 
     def _open_channel(self, done: Confirmation, on_close: Callable | None = None) -> None:
         assert self._connection is not None
