@@ -24,3 +24,14 @@ class Passthrough(Service):
     @handler("fleet.work", prefetch=10)
     def work(self, step: RecipeStep, payload: Any) -> None:
         step.send(payload)
+
+
+class CrashOnStart(Service):
+    """Fails while starting, every time: a crash loop."""
+
+    def initializing(self) -> None:
+        raise RuntimeError("cannot reach the detector database")
+
+    @handler("fleet.never")
+    def never(self, step: RecipeStep, payload: Any) -> None:
+        raise AssertionError("never started")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -200,3 +203,34 @@ def test_unit_rules():
     usage.record(Status.IDLE, at=0)
     usage.record(Status.PROCESSING, at=3)
     assert usage.report(now=6) == {"2": 0.5, "4": 0.5}
+
+
+def test_a_crash_loop_is_reported_and_slowed_down(sqlite_broker, status_watch):
+    supervisor = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zocalo.cli.service",
+            "-s",
+            "fleet_services:CrashOnStart",
+            "--restart",
+            "--transport",
+            sqlite_broker,
+        ],
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent)),
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        looping = status_watch.wait_for(
+            lambda r: r.get("restarts", 0) >= 5, "five restarts", timeout=60
+        )
+        assert looping["status"] == Status.ERROR
+    finally:
+        os.killpg(supervisor.pid, signal.SIGTERM)
+        _, errors = supervisor.communicate(timeout=30)
+    assert "cannot reach the detector database" in errors
+    assert "crash-looping" in errors
+    delays = [float(d) for d in re.findall(r"restarting in ([0-9.]+) s", errors)]
+    assert delays[:4] == [0.1, 0.2, 0.4, 0.8], "each quick crash waits twice as long"

@@ -21,6 +21,7 @@ URL options: ``synchronous`` (normal|full, see ``store.py``),
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 BROADCAST_PREFIX = "zocalo.broadcast."
 CHECKPOINT_INTERVAL = 10.0
+WAL_RESET_BYTES = 16 * 1024 * 1024
 _CLAIM_SQL = """
 UPDATE messages SET owner = ?, lease_until = ?, delivery_count = delivery_count + 1
 WHERE id IN (SELECT id FROM messages WHERE queue = ? AND owner IS NULL AND available_at <= ?
@@ -205,6 +207,8 @@ class SqliteTransport(Transport):
         if self._state != "new":
             raise ConnectionFailed(f"{self.url}: a closed transport cannot reconnect")
         self._db = open_store(self.path, self.synchronous)
+        self._write_lock = os.open(self.path.with_name(self.path.name + ".write-lock"),
+                                   os.O_RDWR | os.O_CREAT, 0o644)
         self._liveness = LivenessLock(self.locks_directory, self.connection_id)
         self._wake = WakeSocket(self.path, self.connection_id)
         self._sender = WakeSender()
@@ -256,6 +260,7 @@ class SqliteTransport(Transport):
         if self._db is not None:
             self._db.close()
             self._db = None
+            os.close(self._write_lock)
 
     def _require_open(self) -> None:
         if self._state != "open":
@@ -427,6 +432,10 @@ class SqliteTransport(Transport):
         pokes = _Pokes(db)
         results: list[tuple[_Op, BaseException | None]] = []
         claimed: list[tuple[_Consumer, Delivery]] = []
+        # Writers queue on a flock rather than on SQLite's busy handler, which sleeps
+        # 1, 2, 5, 10 ... ms between retries: under contention that showed as p99 spikes.
+        # The kernel hands the lock over at once and drops it if a holder dies.
+        fcntl.flock(self._write_lock, fcntl.LOCK_EX)
         try:
             db.execute("BEGIN IMMEDIATE")
             for op in ops:
@@ -446,6 +455,7 @@ class SqliteTransport(Transport):
         except sqlite3.Error as error:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
+            fcntl.flock(self._write_lock, fcntl.LOCK_UN)
             log.error("broker transaction on %s failed: %s", self.path, error)
             for op in ops:
                 if op.delivery is not None and op.kind == "publish":
@@ -457,6 +467,12 @@ class SqliteTransport(Transport):
                     consumer.inflight.pop(delivery.token, None)
                     consumer.dirty = True
             return
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            fcntl.flock(self._write_lock, fcntl.LOCK_UN)
+            raise
+        fcntl.flock(self._write_lock, fcntl.LOCK_UN)
         for op, error in results:
             if op.future is not None and not op.future.done():
                 if error is None:
@@ -470,12 +486,23 @@ class SqliteTransport(Transport):
         self._maybe_checkpoint(now_monotonic)
 
     def _maybe_checkpoint(self, now: float) -> None:
-        """Fold the WAL back into the file: constant readers starve automatic checkpoints."""
+        """Fold the WAL back into the file: constant readers starve automatic checkpoints.
+
+        Usually a PASSIVE checkpoint, which never waits for other connections (so it
+        cannot stall this worker); only a WAL grown past ``WAL_RESET_BYTES`` gets a
+        RESTART, which waits for readers so the WAL starts over and is truncated to
+        ``journal_size_limit``.
+        """
         if now < self._next_checkpoint or self._db is None:
             return
         self._next_checkpoint = now + CHECKPOINT_INTERVAL
+        wal = self.path.with_name(self.path.name + "-wal")
         try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            large = wal.stat().st_size > WAL_RESET_BYTES
+        except OSError:
+            large = False
+        try:
+            self._db.execute(f"PRAGMA wal_checkpoint({'RESTART' if large else 'PASSIVE'})")
         except sqlite3.Error as error:
             log.debug("checkpoint of %s skipped: %s", self.path, error)
 
