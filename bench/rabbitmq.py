@@ -10,6 +10,10 @@ on a local RabbitMQ (``amqp://guest:guest@127.0.0.1:5672``), three systems:
   acking and forwarding inside a transaction on the subscription's channel, one
   per message: the at-least-once pattern of the reference's own services.
 - ``workflows-rabbitmq-notx``: the same, forwarding then acking, no transaction.
+- ``aiopika-ceiling``: each step one asyncio process on aio-pika
+  (``aiopika_ceiling.py``): decode, move the recipe pointer on, publish with
+  publisher confirms and ack the input once confirmed, a task per message so
+  nothing waits per message. No framework: what the wire allows from Python.
 
 Both steps prefetch ``--prefetch`` (default 100). This process is the producer
 and the collector of every system, on *our* transport (the wire is the same:
@@ -19,13 +23,19 @@ start, with our ``declare_queue``: quorum queues dead-lettering to ``dlq.<queue>
 for every system (the reference transport never declares queues). Every run
 gets fresh queues in a private vhost ``zocalo-bench-<pid>``, deleted at the end.
 
-Modes: ``burst`` (5000 at once) and ``paced`` (200 msgs/s for 10 s); ``--quick``
-runs 1000 and 3 s. Systems are interleaved per mode and repeat; each line is
+Modes: ``burst`` (5000 at once), ``paced`` (50 msgs/s for 10 s), ``paced-200``
+(200 msgs/s for 10 s) and ``stream`` (560 msgs/s for 30 s, the detector
+stream; reports ``received_by_end``, ``backlog_end``, ``backlog_max`` and
+``backlog_grew`` as ``bench/embedded.py`` does); ``--quick`` runs 1000, 3 s,
+3 s and 5 s. Systems are interleaved per mode and repeat; each line is
 the median of ``--repeats`` (default 3; 1 with ``--quick``). Latency runs from
 the ``time.time()`` in the payload to the collector. ``cpu_s`` is utime+stime of
 the service process groups plus this process; ``broker_cpu_s`` that of the
 broker's ``beam.smp`` (rabbit@localhost) over the same window (it also serves
-anything else using the broker at the time).
+anything else using the broker at the time). ``idle_pss_mib`` (burst lines) is
+the PSS (``/proc/<pid>/smaps_rollup``) summed over the processes of the step 1
+service (zocalo: supervisor + worker; workflows: Frontend + its forked service;
+aio-pika: the one process), measured after the warm-up, the service idle.
 
     .venv/bin/python bench/rabbitmq.py [--quick] [--repeats 3] [--prefetch 100]
 """
@@ -54,6 +64,7 @@ from embedded import (  # noqa: E402
     ZocaloSystem,
     cpu_seconds,
     group_cpu,
+    group_pids,
     median_result,
     run_summary,
     self_cpu,
@@ -65,8 +76,8 @@ from embedded_services import DONE_QUEUE, STEP1_QUEUE, STEP2_QUEUE  # noqa: E402
 from zocalo.transport.base import dlq_name  # noqa: E402
 from zocalo.transport.registry import create_transport  # noqa: E402
 
-SYSTEMS = ("zocalo-rabbitmq", "workflows-rabbitmq", "workflows-rabbitmq-notx")
-MODES = ("burst", "paced")
+SYSTEMS = ("zocalo-rabbitmq", "workflows-rabbitmq", "workflows-rabbitmq-notx", "aiopika-ceiling")
+MODES = ("burst", "paced", "paced-200", "stream")
 HOST, PORT = "127.0.0.1", 5672
 QUEUES = (STEP1_QUEUE, STEP2_QUEUE, DONE_QUEUE)
 WARMUP = 20
@@ -83,8 +94,30 @@ class Mode:
 
 def modes(quick: bool) -> list[Mode]:
     if quick:
-        return [Mode("burst", 0, 1000), Mode("paced", 200, 200 * 3)]
-    return [Mode("burst", 0, 5000), Mode("paced", 200, 200 * 10)]
+        return [
+            Mode("burst", 0, 1000),
+            Mode("paced", 50, 50 * 3),
+            Mode("paced-200", 200, 200 * 3),
+            Mode("stream", 560, 560 * 5),
+        ]
+    return [
+        Mode("burst", 0, 5000),
+        Mode("paced", 50, 50 * 10),
+        Mode("paced-200", 200, 200 * 10),
+        Mode("stream", 560, 560 * 30),
+    ]
+
+
+def pss_mib(pids: list[int]) -> float:
+    """Summed ``Pss:`` of ``/proc/<pid>/smaps_rollup`` over ``pids``, in MiB."""
+    total_kib = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kib += int(line.split()[1])
+                    break
+    return round(total_kib / 1024, 1)
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -231,8 +264,19 @@ class WorkflowsRabbitNoTx(WorkflowsRabbit):
     suffix = "NoTx"
 
 
+class AioPikaCeiling(RabbitSystem):
+    name = "aiopika-ceiling"
+
+    def commands(self) -> dict[str, list[str]]:
+        script = str(BENCH_DIR / "aiopika_ceiling.py")
+        return {
+            step: [sys.executable, script, queue, self.url]
+            for step, queue in (("Step1", STEP1_QUEUE), ("Step2", STEP2_QUEUE))
+        }
+
+
 SYSTEM_CLASSES: dict[str, type[RabbitSystem]] = {
-    cls.name: cls for cls in (ZocaloRabbit, WorkflowsRabbit, WorkflowsRabbitNoTx)
+    cls.name: cls for cls in (ZocaloRabbit, WorkflowsRabbit, WorkflowsRabbitNoTx, AioPikaCeiling)
 }
 
 
@@ -250,8 +294,14 @@ def run_once(
         if not collector.warmed.wait(60):
             raise RuntimeError(f"{system_name}: warm-up messages did not come through")
         leaders = [child.pid for child in system.children]
+        memory: dict[str, Any] = {}
+        if mode.name == "burst":  # step 1's processes, idle after the warm-up
+            time.sleep(1.0)
+            step1 = group_pids(leaders[0])
+            memory = {"idle_pss_mib": pss_mib(step1), "idle_pss_processes": len(step1)}
         cpu_before = sum(group_cpu(leaders).values()) + self_cpu()
         broker_before = broker.cpu()
+        samples: list[int] = []
         started = time.time()
         wall_started = time.monotonic()
         for number in range(mode.count):
@@ -259,24 +309,43 @@ def run_once(
                 delay = wall_started + number / mode.rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                if number % int(mode.rate) == 0:
+                    samples.append(number - collector.count())
             system.send({"n": number, "t": time.time()})
         system.flush()
+        if mode.rate:  # the end of the schedule, not of the sending loop
+            time.sleep(max(0.0, wall_started + mode.count / mode.rate - time.monotonic()))
+        received_at_end = collector.count()
         sent_for = time.monotonic() - wall_started
         collector.done.wait(120 if not mode.rate else 60)
         cpu_after = sum(group_cpu(leaders).values()) + self_cpu()
         broker_after = broker.cpu()
+        window = time.monotonic() - wall_started
     finally:
         system.close()
     result = run_summary(system_name, mode, collector, started, cpu_after - cpu_before)
     result.update(
         {
+            "cpu_pct": round(100 * (cpu_after - cpu_before) / window, 1),
             "broker_cpu_s": round(broker_after - broker_before, 2),
             "prefetch": prefetch,
             "queues": "quorum",
+            **memory,
         }
     )
     if mode.rate:
         result["sent_for_s"] = round(sent_for, 2)
+    if mode.name == "stream":
+        backlog_end = mode.count - received_at_end
+        result.update(
+            {
+                "received_by_end": received_at_end,
+                "backlog_end": backlog_end,
+                "backlog_max": max([*samples, backlog_end]),
+                # More than 50 ms worth of messages still outstanding at the end.
+                "backlog_grew": backlog_end > max(10, mode.rate * 0.05),
+            }
+        )
     return result
 
 
@@ -317,16 +386,18 @@ def main() -> None:
     for key, results in runs.items():
         merged[key] = median_result(results) if repeats > 1 else results[0]
         print(json.dumps(merged[key]), flush=True)
-    zocalo = merged.get(("burst", "zocalo-rabbitmq"))
-    for reference, label in (
-        ("workflows-rabbitmq", "zocalo/workflows"),
-        ("workflows-rabbitmq-notx", "zocalo/workflows-notx"),
+    for mode_name, field, reference, label in (
+        ("burst", "msgs_per_s", "workflows-rabbitmq", "zocalo/workflows"),
+        ("burst", "msgs_per_s", "workflows-rabbitmq-notx", "zocalo/workflows-notx"),
+        ("burst", "msgs_per_s", "aiopika-ceiling", "zocalo/aiopika-ceiling"),
+        ("paced", "p50_ms", "workflows-rabbitmq", "zocalo/workflows"),
     ):
-        theirs = merged.get(("burst", reference))
-        if zocalo and theirs and theirs["msgs_per_s"]:
-            value = round(zocalo["msgs_per_s"] / theirs["msgs_per_s"], 2)
-            line = {"bench": "two-step", "ratio": label, "mode": "burst", "value": value}
-            print(json.dumps(line), flush=True)
+        ours = merged.get((mode_name, "zocalo-rabbitmq"))
+        theirs = merged.get((mode_name, reference))
+        if ours and theirs and ours.get(field) is not None and theirs.get(field):
+            value = round(ours[field] / theirs[field], 2)
+            line = {"bench": "two-step", "ratio": label, "mode": mode_name, "field": field}
+            print(json.dumps({**line, "value": value}), flush=True)
     print(f"# target: {TARGET}", file=sys.stderr)
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +177,50 @@ def start_service(broker_url: str) -> Iterator[Callable[..., ServiceRunner]]:
         runner.request_stop()
         thread.join(10)
         assert not thread.is_alive(), f"{runner.service.name} did not stop"
+
+
+@pytest.fixture
+def sqlite_broker(tmp_path: Path) -> str:
+    """A fresh embedded broker file for one test."""
+    return f"sqlite:///{tmp_path}/broker.db"
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Kill a process started with ``start_new_session`` and everything it started."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+@pytest.fixture
+def supervised(
+    sqlite_broker: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """``supervised(service, *options)``: zocalo.service in its own process group.
+
+    The test's own directory is on the service's PYTHONPATH, so a test can run
+    services from a module beside it (``module:Class``). Stopped at teardown.
+    """
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(service: str, *options: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "zocalo.cli.service",
+                "-s",
+                service,
+                "--transport",
+                sqlite_broker,
+                *options,
+            ],
+            env=dict(os.environ, PYTHONPATH=str(request.path.parent)),
+            start_new_session=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        stop_group(process)

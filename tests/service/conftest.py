@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,44 +53,8 @@ def status_watch(client_url_transport: Transport) -> StatusWatch:
 
 
 @pytest.fixture
-def sqlite_broker(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/broker.db"
-
-
-@pytest.fixture
 def client_url_transport(sqlite_broker: str) -> Iterator[Transport]:
     from zocalo.transport import create_transport
 
     with create_transport(sqlite_broker) as transport:
         yield transport
-
-
-@pytest.fixture
-def supervised(sqlite_broker: str) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """``supervised(service, *options)``: zocalo.service in its own process group."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(service: str, *options: str) -> subprocess.Popen[bytes]:
-        environment = dict(os.environ, PYTHONPATH=str(HERE))
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "zocalo.cli.service",
-                "-s",
-                service,
-                "--transport",
-                sqlite_broker,
-                *options,
-            ],
-            env=environment,
-            start_new_session=True,
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
