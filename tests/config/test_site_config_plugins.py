@@ -111,7 +111,16 @@ def test_pika_url_is_what_the_rabbitmq_transport_reads() -> None:
     from zocalo.transport.rabbitmq.transport import connection_parameters
 
     pika = PikaConfig(**{**PIKA, "username": "a@b", "password": "p:w/d%", "vhost": "/"})
-    parameters, _ = connection_parameters(pika.url())
+    (parameters,), _ = connection_parameters(pika.url())
     assert (parameters.host, parameters.port, parameters.virtual_host) == ("h", 5672, "/")
     assert parameters.credentials.username == "a@b"
     assert parameters.credentials.password == "p:w/d%"
+
+
+def test_a_pika_cluster_becomes_nodes_the_rabbitmq_transport_tries_in_turn() -> None:
+    from zocalo.transport.rabbitmq.transport import connection_parameters
+
+    cluster = PikaConfig(**{**PIKA, "host": "r1,r2,r3", "port": "5672,5673,5674"})
+    nodes, _ = connection_parameters(cluster.url())
+    assert [(node.host, node.port) for node in nodes] == [("r1", 5672), ("r2", 5673), ("r3", 5674)]
+    assert {node.virtual_host for node in nodes} == {nodes[0].virtual_host}

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import pika
 import pytest
 import requests
 
+from zocalo.errors import ConnectionFailed
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.service import RunnerSettings, Service, ServiceRunner
@@ -322,3 +324,20 @@ def test_status_and_shutdown_commands_cross_rabbitmq(rabbitmq_vhost_url, amqp, c
         with contextlib.suppress(ProcessLookupError):
             os.killpg(service.pid, signal.SIGKILL)
         service.wait(10)
+
+
+def test_a_cluster_url_fails_over_to_the_next_node(rabbitmq_vhost_url, collector):
+    parts = urlsplit(rabbitmq_vhost_url)
+    with socket.socket() as probe:  # a port nobody listens on: a node that is down
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    url = f"amqp://guest:guest@127.0.0.1:{dead}{parts.path}?hosts={parts.hostname}:{parts.port}"
+    with create_transport(url) as transport:
+        queue = unique("failover")
+        received = collector(ack_with=transport)
+        transport.subscribe(queue, received)
+        transport.send(queue, b"via the second node")
+        assert received.wait_for_count(1)[0].body == b"via the second node"
+    with pytest.raises(ConnectionFailed) as refused:
+        create_transport(f"amqp://guest:guest@127.0.0.1:{dead}/?hosts=127.0.0.1:{dead}").connect()
+    assert str(refused.value).count(f"node 127.0.0.1:{dead}") == 2, "each node named"

@@ -235,7 +235,7 @@ def test_plain_amqp_on_the_second_node_still_works(
 
 def test_close_connections_cuts_clients_off(tls_node: SecondNode) -> None:
     """``close_connections()`` closes every client connection to the node (and only there)."""
-    parameters, _ = connection_parameters(tls_node.amqps_url)
+    (parameters,), _ = connection_parameters(tls_node.amqps_url)
     connection = pika.BlockingConnection(parameters)
     try:
         tls_node.close_connections("test_rabbitmq_tls: fault injection")

@@ -64,6 +64,7 @@ PLUGIN_DELAY_EXCHANGE = "delayed"
 RECONNECT_FIRST_DELAY = 0.5
 RECONNECT_MAX_DELAY = 30.0
 _OUR_OPTIONS = {
+    "hosts",
     "delivery_limit",
     "cafile",
     "certfile",
@@ -74,8 +75,12 @@ _OUR_OPTIONS = {
 }
 
 
-def connection_parameters(url: str) -> tuple[pika.ConnectionParameters, dict[str, str]]:
-    """pika parameters for ``url``, and our own options from its query string."""
+def connection_parameters(url: str) -> tuple[list[pika.ConnectionParameters], dict[str, str]]:
+    """pika parameters for ``url`` (one per cluster node), and our own query options.
+
+    ``?hosts=h2:p2,h3:p3`` names further nodes of a cluster, tried in order after
+    the URL's own host (python-zocalo's comma-separated ``pika`` hosts map here).
+    """
     parts = urlsplit(url)
     options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     unknown = set(options) - _OUR_OPTIONS
@@ -92,9 +97,28 @@ def connection_parameters(url: str) -> tuple[pika.ConnectionParameters, dict[str
     credentials = pika.PlainCredentials(
         unquote(parts.username or "guest"), unquote(parts.password or "guest")
     )
-    parameters = pika.ConnectionParameters(
-        host=parts.hostname or "localhost",
-        port=parts.port or (5671 if tls else 5672),
+    default_port = 5671 if tls else 5672
+    nodes = [(parts.hostname or "localhost", parts.port or default_port)]
+    for node in filter(None, options.get("hosts", "").split(",")):
+        host, _, port = node.strip().rpartition(":") if ":" in node else (node, "", "")
+        nodes.append((host.strip() or node.strip(), int(port) if port else default_port))
+    return [
+        _node_parameters(host, port, vhost, credentials, ssl_options, options)
+        for host, port in nodes
+    ], options
+
+
+def _node_parameters(
+    host: str,
+    port: int,
+    vhost: str,
+    credentials: pika.PlainCredentials,
+    ssl_options: pika.SSLOptions | None,
+    options: dict[str, str],
+) -> pika.ConnectionParameters:
+    return pika.ConnectionParameters(
+        host=host,
+        port=port,
         virtual_host=vhost,
         credentials=credentials,
         ssl_options=ssl_options,
@@ -103,7 +127,6 @@ def connection_parameters(url: str) -> tuple[pika.ConnectionParameters, dict[str
         socket_timeout=float(options.get("timeout", 10)),
         client_properties={"connection_name": options.get("connection_name", "zocalo")},
     )
-    return parameters, options
 
 
 @dataclass(eq=False)
@@ -144,7 +167,8 @@ class RabbitMQTransport(Transport):
     )
 
     def __init__(self, url: str, *, delivery_limit: int | None = None) -> None:
-        self.parameters, options = connection_parameters(url)
+        self.nodes, options = connection_parameters(url)
+        self.parameters = self.nodes[0]
         super().__init__(
             url,
             delivery_limit=int(
@@ -192,7 +216,19 @@ class RabbitMQTransport(Transport):
         self._dispatcher.start()
 
     def _open_connection(self) -> None:
-        """Connect, and open the publishing and admin channels; ConnectionFailed if not."""
+        """Connect to the first cluster node that answers, or raise ConnectionFailed."""
+        failures: list[str] = []
+        for node in self.nodes:
+            self.parameters = node
+            try:
+                self._open_node()
+                return
+            except ConnectionFailed as error:
+                failures.append(str(error))
+        raise ConnectionFailed("; ".join(failures))
+
+    def _open_node(self) -> None:
+        """Connect to ``self.parameters``, open the publishing and admin channels."""
         opened: Confirmation = Confirmation()
 
         def on_open(connection: pika.SelectConnection) -> None:
@@ -264,6 +300,8 @@ class RabbitMQTransport(Transport):
 
     def _explain(self, error: BaseException) -> str:
         where = f"RabbitMQ at {self.safe_url}"
+        if len(self.nodes) > 1:
+            where += f" (node {self.parameters.host}:{self.parameters.port})"
         error = _cause(error)
         text = f"{type(error).__name__}: {error}"
         if isinstance(error, ssl.SSLCertVerificationError):
