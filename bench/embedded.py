@@ -457,20 +457,23 @@ def run_once(system_name: str, mode: Mode, workdir: Path) -> dict[str, Any]:
     if mode.rate:
         result["sent_for_s"] = round(sent_for, 2)
     if mode.name == "stream":
-        backlog_end = mode.count - received_at_end
-        result.update(
-            {
-                "received_by_end": received_at_end,
-                "backlog_end": backlog_end,
-                "backlog_max": max([*samples, backlog_end]),
-                # More than 50 ms worth of messages still outstanding at the end.
-                "backlog_grew": backlog_end > max(10, mode.rate * 0.05),
-            }
-        )
+        result.update(backlog_summary(mode, received_at_end, samples))
         if idle is not None:
             result["idle_service_cpu_pct"] = round(100 * (idle_after - idle_before) / window, 2)
         result.update(extra)
     return result
+
+
+def backlog_summary(mode: Any, received_at_end: int, samples: list[int]) -> dict[str, Any]:
+    """How far behind a paced stream was when the sender's schedule ended."""
+    backlog_end = mode.count - received_at_end
+    return {
+        "received_by_end": received_at_end,
+        "backlog_end": backlog_end,
+        "backlog_max": max([*samples, backlog_end]),
+        # More than 50 ms worth of messages still outstanding at the end.
+        "backlog_grew": backlog_end > max(10, mode.rate * 0.05),
+    }
 
 
 def run_summary(

@@ -62,6 +62,7 @@ import pika  # noqa: E402
 from embedded import (  # noqa: E402
     Collector,
     ZocaloSystem,
+    backlog_summary,
     cpu_seconds,
     group_cpu,
     group_pids,
@@ -336,16 +337,7 @@ def run_once(
     if mode.rate:
         result["sent_for_s"] = round(sent_for, 2)
     if mode.name == "stream":
-        backlog_end = mode.count - received_at_end
-        result.update(
-            {
-                "received_by_end": received_at_end,
-                "backlog_end": backlog_end,
-                "backlog_max": max([*samples, backlog_end]),
-                # More than 50 ms worth of messages still outstanding at the end.
-                "backlog_grew": backlog_end > max(10, mode.rate * 0.05),
-            }
-        )
+        result.update(backlog_summary(mode, received_at_end, samples))
     return result
 
 
