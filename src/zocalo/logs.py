@@ -177,8 +177,6 @@ def setup_logging(
     """
     if fmt not in ("text", "json"):
         raise ValueError(f"log format {fmt!r}: expected 'text' or 'json'")
-    from zocalo.config.plugins import GraylogConfig, LoggingConfig
-
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _OWNED, False):
@@ -187,8 +185,10 @@ def setup_logging(
     root.setLevel(level)
 
     plugins = site_config.plugins if site_config is not None else {}
+    if plugins:  # the schemas (pydantic) only when a site file configured something
+        from zocalo.config.plugins import GraylogConfig, LoggingConfig
     site_logging = plugins.get("logging")
-    if isinstance(site_logging, LoggingConfig):
+    if plugins and isinstance(site_logging, LoggingConfig):
         for step in site_logging.dict_config(verbosity):
             logging.config.dictConfig(step)
 
@@ -202,7 +202,7 @@ def setup_logging(
 
     gelf = None
     graylog = plugins.get("graylog")
-    if isinstance(graylog, GraylogConfig):
+    if plugins and isinstance(graylog, GraylogConfig):
         gelf = gelf_handler(graylog, service_name)
         installed.append(gelf)
 

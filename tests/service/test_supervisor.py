@@ -234,3 +234,25 @@ def test_a_crash_loop_is_reported_and_slowed_down(sqlite_broker, status_watch):
     assert "crash-looping" in errors
     delays = [float(d) for d in re.findall(r"restarting in ([0-9.]+) s", errors)]
     assert delays[:4] == [0.1, 0.2, 0.4, 0.8], "each quick crash waits twice as long"
+
+
+def test_a_service_that_cannot_be_loaded_is_not_restarted(sqlite_broker):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zocalo.cli.service",
+            "-s",
+            "SampleConsumer",
+            "--restart",
+            "--transport",
+            sqlite_broker,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "not a zocalo Service" in result.stderr  # a python-workflows CommonService
+    assert "not restarting" in result.stderr
+    assert "restarting in" not in result.stderr

@@ -11,7 +11,7 @@ import click
 
 from zocalo.config import ConfigurationError, SiteConfiguration, load_configuration
 from zocalo.config.loader import CONFIG_VARIABLE, DEFAULT_ENV_VARIABLE
-from zocalo.config.plugins import TRANSPORT_NAMES
+from zocalo.config.names import TRANSPORT_NAMES
 from zocalo.transport.registry import ENVIRONMENT_VARIABLE
 
 F = TypeVar("F", bound=Callable[..., Any])

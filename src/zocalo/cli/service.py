@@ -10,7 +10,7 @@ from zocalo.cli.common import broker_errors, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.logs import setup_logging
-from zocalo.service.discovery import ServiceNotFound, load_service
+from zocalo.service.discovery import ServiceNotFound, check_service_name
 from zocalo.service.supervisor import SupervisorSettings, supervise
 from zocalo.transport.registry import redact_url
 
@@ -60,7 +60,7 @@ def command(
         verbosity=verbose,
     )
     try:
-        service_class = load_service(name)
+        name = check_service_name(name)
     except ServiceNotFound as error:
         raise click.UsageError(str(error)) from None
     settings = SupervisorSettings(
@@ -77,7 +77,7 @@ def command(
         ],
     )
     log = logging.getLogger("zocalo.service")
-    log.info("supervising %s on %s", service_class.name, redact_url(url))
+    log.info("supervising %s on %s", name, redact_url(url))
     with broker_errors():
         code = supervise(settings)
     raise SystemExit(code)

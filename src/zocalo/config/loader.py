@@ -32,13 +32,16 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
 
-from zocalo.config import plugins as _plugins
 from zocalo.errors import ZocaloError
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from pydantic import ValidationError
 
 logger = logging.getLogger("zocalo.config")
 
@@ -212,11 +215,21 @@ class _Environment:
         return list(seen.values())
 
 
+def _plugins() -> ModuleType:
+    """The plugin schemas, imported on first use: pydantic is heavy, and every
+    service's supervisor imports this module whether or not a site file exists."""
+    from zocalo.config import plugins
+
+    return plugins
+
+
 def _validate(plugin: str, body: dict[str, Any], section: _Section, lines: _Map | None) -> Any:
     """The validated value of a section body (a model, or a dict for free-form plugins)."""
-    if plugin in _plugins.FREE_FORM:
+    from pydantic import ValidationError
+
+    if plugin in _plugins().FREE_FORM:
         return {key: value for key, value in _plain(body).items() if key != "plugin"}
-    model = _plugins.PLUGINS.get(plugin)
+    model = _plugins().PLUGINS.get(plugin)
     if model is None:
         return _plain(body)
     try:
@@ -303,7 +316,7 @@ class SiteConfiguration:
 
     def transport_url(self, name: str | None = None) -> str | None:
         """See :func:`zocalo.config.plugins.transport_url`."""
-        return _plugins.transport_url(self, name)
+        return _plugins().transport_url(self, name)
 
     def __repr__(self) -> str:
         return (
@@ -358,18 +371,18 @@ class SiteConfiguration:
             logger.debug("activating environment %s", name)
             for ref in self._target(name).sections():
                 plugin, value = self._resolve(self._sections[ref.name], name)
-                if plugin in _plugins.FREE_FORM:
+                if plugin in _plugins().FREE_FORM:
                     self._plugins.setdefault(plugin, {}).update(value)
                     continue
                 self._plugins[plugin] = value
-                canonical = _plugins.CANONICAL.get(plugin)
+                canonical = _plugins().CANONICAL.get(plugin)
                 if canonical:
                     self._plugins[canonical] = value
             self._active.append(name)
 
 
 def _warn_if_unknown(plugin: str, section: _Section, file: str | Path, line: int) -> None:
-    if plugin not in _plugins.PLUGINS and plugin not in _plugins.FREE_FORM:
+    if plugin not in _plugins().PLUGINS and plugin not in _plugins().FREE_FORM:
         logger.warning(
             "%s, line %d: section '%s' uses plugin '%s', which this version does not know; "
             "it is kept as a plain dict",

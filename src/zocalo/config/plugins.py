@@ -290,7 +290,7 @@ FREE_FORM = frozenset({"storage"})
 CANONICAL = {"iris": "slurm"}
 
 #: The names python-zocalo's ``-t`` accepts, and the plugin each one reads.
-TRANSPORT_NAMES = {"PikaTransport": "pika", "StompTransport": "stomp"}
+from zocalo.config.names import TRANSPORT_NAMES  # noqa: E402  (shared with the CLI)
 
 
 def transport_url(config: SiteConfiguration, name: str | None = None) -> str | None:

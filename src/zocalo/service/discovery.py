@@ -44,6 +44,17 @@ def resolve_name(name: str, names: list[str]) -> str:
     raise ServiceNotFound(f"no service matches {name!r}; known services: {known}")
 
 
+def check_service_name(name: str) -> str:
+    """The registered name ``name`` resolves to, without importing the service.
+
+    The supervisor uses this: importing a service (and its science libraries)
+    belongs in the worker process only. ``module:Class`` is returned as given.
+    """
+    if ":" in name:
+        return name
+    return resolve_name(name, list(available_services()))
+
+
 def load_service(name: str) -> type[Service]:
     """The Service registered under ``name`` (resolved as above), or ``module:Class``."""
     if ":" in name:

@@ -22,6 +22,8 @@ COMMAND_TOPIC = "command"
 STATUS_INTERVAL = 6.0
 STATUS_EXPIRATION = 15.0
 UTILIZATION_WINDOW = 6.0
+#: Worker exit status for "this service cannot be loaded": restarting would not help.
+CANNOT_LOAD = 2
 
 
 class Status(enum.IntEnum):

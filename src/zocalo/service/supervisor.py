@@ -26,6 +26,7 @@ from typing import Any
 
 from zocalo.errors import ZocaloError
 from zocalo.service.status import (
+    CANNOT_LOAD,
     COMMAND_TOPIC,
     STATUS_EXPIRATION,
     STATUS_INTERVAL,
@@ -124,6 +125,12 @@ class Supervisor:
             code = self._run_worker()
             if self._stop.is_set() or code == 0:
                 return 0 if self._stop.is_set() else code
+            if code == CANNOT_LOAD:
+                log.error(
+                    "service %s cannot be loaded (see above); not restarting it",
+                    self.settings.service,
+                )
+                return code
             ran_for = time.monotonic() - began
             quick_crashes = quick_crashes + 1 if ran_for < HEALTHY_RUN else 1
             self._set_status(Status.ERROR)

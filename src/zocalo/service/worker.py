@@ -23,14 +23,15 @@ from typing import IO, Any
 
 from zocalo.config import load_configuration
 from zocalo.logs import setup_logging
-from zocalo.service.discovery import load_service
+from zocalo.service.discovery import ServiceNotFound, load_service
 from zocalo.service.runner import RunnerSettings, ServiceRunner
-from zocalo.service.status import Status
+from zocalo.service.status import CANNOT_LOAD, Status
 from zocalo.transport.registry import create_transport
 
 log = logging.getLogger("zocalo.service.worker")
 
 REPORT_INTERVAL = 0.5
+
 POLL_INTERVAL = 0.1
 #: After being told to stop, give up on a stuck handler this much later.
 STOP_GRACE = 30.0
@@ -125,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         verbosity=int(args.verbose),
     )
     reports = os.fdopen(args.report_fd, "w", buffering=1)
-    service_class = load_service(args.service)
+    try:
+        service_class = load_service(args.service)
+    except ServiceNotFound as error:
+        log.error("%s", error)
+        return CANNOT_LOAD
     runner = ServiceRunner(
         service_class(),
         create_transport(args.transport),

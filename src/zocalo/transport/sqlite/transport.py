@@ -207,8 +207,9 @@ class SqliteTransport(Transport):
         if self._state != "new":
             raise ConnectionFailed(f"{self.url}: a closed transport cannot reconnect")
         self._db = open_store(self.path, self.synchronous)
-        self._write_lock = os.open(self.path.with_name(self.path.name + ".write-lock"),
-                                   os.O_RDWR | os.O_CREAT, 0o644)
+        self._write_lock = os.open(
+            self.path.with_name(self.path.name + ".write-lock"), os.O_RDWR | os.O_CREAT, 0o644
+        )
         self._liveness = LivenessLock(self.locks_directory, self.connection_id)
         self._wake = WakeSocket(self.path, self.connection_id)
         self._sender = WakeSender()
