@@ -118,6 +118,8 @@ class ServiceRunner:
         self._all_settled = threading.Condition(self._pending_lock)
         self._stop = threading.Event()
         self._release_lock = threading.Lock()
+        #: Held while a handler runs on the transport's callback thread.
+        self._in_hand = threading.Lock()
         self.started = threading.Event()
         #: True while a message is in hand (for status reports).
         self.processing = False
@@ -146,11 +148,25 @@ class ServiceRunner:
         def enqueue(delivery: Delivery, spec: HandlerSpec = spec) -> None:
             self._work.put((delivery, spec))
 
+        def handle_here(delivery: Delivery, spec: HandlerSpec = spec) -> None:
+            # The transport calls every callback on one thread, one at a time: handle the
+            # message right here and save a thread hand-off per message.
+            with self._in_hand:
+                if self._stop.is_set():
+                    if delivery.ackable:
+                        self._quietly(
+                            self.transport.nack, delivery, requeue=True, reason="service stopping"
+                        )
+                    return
+                self.process(delivery, spec)
+
+        callback = handle_here if self.transport.serial_callbacks else enqueue
+
         if spec.broadcast:
-            subscription = self.transport.subscribe_broadcast(spec.destination, enqueue)
+            subscription = self.transport.subscribe_broadcast(spec.destination, callback)
         else:
             subscription = self.transport.subscribe(
-                spec.destination, enqueue, prefetch=spec.prefetch
+                spec.destination, callback, prefetch=spec.prefetch
             )
         self._subscriptions.append(subscription)
 
@@ -189,6 +205,8 @@ class ServiceRunner:
     def shutdown(self) -> None:
         """Stop consuming, return unhandled deliveries, wait for confirms, close."""
         self._release()
+        with self._in_hand:
+            pass  # a message being handled on the transport's thread is finished first
         self._wait_for_confirms(self.settings.stop_timeout)
         try:
             self.service.stopping()

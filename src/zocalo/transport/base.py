@@ -143,6 +143,9 @@ class Transport(ABC):
     capabilities: frozenset[Capability] = frozenset()
     #: URL scheme(s) selecting this transport.
     schemes: tuple[str, ...] = ()
+    #: True when every callback of one connection runs on a single thread, one at a
+    #: time, in delivery order: the runner may then call handlers right there.
+    serial_callbacks: bool = False
 
     def __init__(self, url: str, *, delivery_limit: int = DEFAULT_DELIVERY_LIMIT) -> None:
         self.url = url

@@ -156,6 +156,7 @@ class RabbitMQTransport(Transport):
     """A connection to a RabbitMQ broker (a cluster node)."""
 
     schemes = ("amqp", "amqps")
+    serial_callbacks = True
     capabilities = frozenset(
         {
             Capability.DELAY,

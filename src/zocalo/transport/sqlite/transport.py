@@ -144,6 +144,7 @@ class SqliteTransport(Transport):
     """One connection to a broker file shared by every process on this machine."""
 
     schemes = ("sqlite",)
+    serial_callbacks = True
     capabilities = frozenset(
         {
             Capability.DELAY,
