@@ -37,7 +37,7 @@ from zocalo.service.status import (
     status_message,
 )
 from zocalo.transport.base import Delivery, Transport
-from zocalo.transport.registry import create_transport
+from zocalo.transport.registry import ENVIRONMENT_VARIABLE, create_transport
 
 log = logging.getLogger("zocalo.service.supervisor")
 
@@ -165,8 +165,6 @@ class Supervisor:
             "zocalo.service.worker",
             "--service",
             self.settings.service,
-            "--transport",
-            self.settings.transport,
             "--report-fd",
             str(report_write),
             "--log-format",
@@ -176,7 +174,12 @@ class Supervisor:
             *(["--verbose"] if self.settings.verbose else []),
             *self.settings.worker_arguments,
         ]
-        self.worker = subprocess.Popen(command, stdin=subprocess.PIPE, pass_fds=(report_write,))
+        # The broker URL (and its password) goes in the environment, not on a command
+        # line every user can read with ps.
+        environment = {**os.environ, ENVIRONMENT_VARIABLE: self.settings.transport}
+        self.worker = subprocess.Popen(
+            command, stdin=subprocess.PIPE, pass_fds=(report_write,), env=environment
+        )
         os.close(report_write)
         reader = threading.Thread(target=self._read_reports, args=(report_read,), daemon=True)
         reader.start()

@@ -106,7 +106,7 @@ def _exit_if_stuck(grace: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zocalo.service.worker")
     parser.add_argument("--service", required=True)
-    parser.add_argument("--transport", required=True)
+    parser.add_argument("--transport", default=None, help="default: $ZOCALO_TRANSPORT")
     parser.add_argument("--report-fd", type=int, required=True)
     parser.add_argument("--log-format", default="text")
     parser.add_argument("--verbose", action="store_true")
