@@ -190,6 +190,27 @@ class BlackHole:
 
 
 @pytest.fixture
+def attach(
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[[logging.Handler], logging.Handler]]:
+    """Attach handlers to the test module's ``log`` logger for one test."""
+    log: logging.Logger = request.module.log
+    attached: list[logging.Handler] = []
+
+    def _attach(handler: logging.Handler) -> logging.Handler:
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+        attached.append(handler)
+        return handler
+
+    yield _attach
+    for handler in attached:
+        log.removeHandler(handler)
+        handler.close()
+    log.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
 def udp_listener() -> Iterator[GELFListener]:
     listener = GELFListener("UDP")
     yield listener

@@ -27,24 +27,6 @@ log = logging.getLogger("zocalo.tests.logs.gelf_module")
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def attach():
-    """Attach a handler to the module-level logger for one test."""
-    attached: list[logging.Handler] = []
-
-    def _attach(handler: logging.Handler) -> logging.Handler:
-        log.addHandler(handler)
-        log.setLevel(logging.DEBUG)
-        attached.append(handler)
-        return handler
-
-    yield _attach
-    for handler in attached:
-        log.removeHandler(handler)
-        handler.close()
-    log.setLevel(logging.NOTSET)
-
-
 def graylog(listener) -> GraylogConfig:
     return GraylogConfig(
         plugin="graylog", protocol=listener.protocol, host="127.0.0.1", port=listener.port

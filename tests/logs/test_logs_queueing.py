@@ -32,23 +32,6 @@ class Gate(logging.Handler):
         self.records.append(record)
 
 
-@pytest.fixture
-def attach():
-    attached: list[logging.Handler] = []
-
-    def _attach(handler: logging.Handler) -> logging.Handler:
-        log.addHandler(handler)
-        log.setLevel(logging.DEBUG)
-        attached.append(handler)
-        return handler
-
-    yield _attach
-    for handler in attached:
-        log.removeHandler(handler)
-        handler.close()
-    log.setLevel(logging.NOTSET)
-
-
 def unread_bytes(connection) -> int:
     """Bytes waiting in a socket's receive buffer (FIONREAD)."""
     raw = fcntl.ioctl(connection.fileno(), termios.FIONREAD, b"\0\0\0\0")
