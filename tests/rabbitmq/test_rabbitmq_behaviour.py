@@ -341,3 +341,22 @@ def test_a_cluster_url_fails_over_to_the_next_node(rabbitmq_vhost_url, collector
     with pytest.raises(ConnectionFailed) as refused:
         create_transport(f"amqp://guest:guest@127.0.0.1:{dead}/?hosts=127.0.0.1:{dead}").connect()
     assert str(refused.value).count(f"node 127.0.0.1:{dead}") == 2, "each node named"
+
+
+def test_queues_we_declare_dead_letter_at_least_once(rabbitmq_vhost_url, amqp):
+    queue = unique("declared")
+    amqp.declare_queue(queue)
+    vhost = quote(unquote(urlsplit(rabbitmq_vhost_url).path[1:]), safe="")
+    info = requests.get(
+        f"http://127.0.0.1:15672/api/queues/{vhost}/{quote(queue, safe='')}",
+        auth=("guest", "guest"),
+        timeout=10,
+    ).json()
+    assert info["arguments"] == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": f"dlq.{queue}",
+        "x-delivery-limit": amqp.delivery_limit - 1,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }

@@ -507,6 +507,11 @@ class RabbitMQTransport(Transport):
                         "x-dead-letter-exchange": "",
                         "x-dead-letter-routing-key": dlq_name(queue),
                         "x-delivery-limit": max(0, self.delivery_limit - 1),
+                        # RabbitMQ's default dead-lettering is at-most-once: a dead letter
+                        # can be lost if the DLQ's leader is unavailable. at-least-once
+                        # (RabbitMQ >= 3.10) needs reject-publish overflow.
+                        "x-dead-letter-strategy": "at-least-once",
+                        "x-overflow": "reject-publish",
                     }
                 )
             try:
