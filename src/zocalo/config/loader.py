@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from zocalo.errors import ZocaloError
 
 if TYPE_CHECKING:
@@ -89,65 +87,11 @@ class _Seq(list):
     item_lines: list[int]
 
 
-class _LineLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, with line numbers kept and duplicate keys rejected."""
-
-    source: str = "<string>"
-
-
-def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
-    merges = any(key.tag == "tag:yaml.org,2002:merge" for key, _ in node.value)
-    loader.flatten_mapping(node)
-    result = _Map()
-    result.line = node.start_mark.line + 1
-    result.key_lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        try:
-            hash(key)
-        except TypeError:
-            raise ConfigurationError(
-                "a mapping key must be a plain value", file=loader.source, line=line
-            ) from None
-        if key in result and not merges:
-            raise ConfigurationError(
-                f"key {key!r} appears twice (first on line {result.key_lines[key]})",
-                file=loader.source,
-                line=line,
-                key=str(key),
-            )
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = line
-    return result
-
-
-def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode) -> _Seq:
-    result = _Seq(loader.construct_object(item, deep=True) for item in node.value)
-    result.line = node.start_mark.line + 1
-    result.item_lines = [item.start_mark.line + 1 for item in node.value]
-    return result
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-
-
 def _parse(text: str, source: str) -> Any:
-    loader = _LineLoader(text)
-    loader.source = source
-    try:
-        return loader.get_single_data()
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = mark.line + 1 if mark else None
-        raise ConfigurationError(
-            f"not valid YAML: {error.problem or error.context}", file=source, line=line
-        ) from None
-    except yaml.YAMLError as error:
-        raise ConfigurationError(f"not valid YAML: {error}", file=source) from None
-    finally:
-        loader.dispose()
+    """YAML with line numbers; PyYAML loads only when a site file is actually read."""
+    from zocalo.config.yaml_lines import parse
+
+    return parse(text, source)
 
 
 def _plain(value: Any) -> Any:
