@@ -464,6 +464,22 @@ def run_once(system_name: str, mode: Mode, workdir: Path) -> dict[str, Any]:
     return result
 
 
+def choose(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, known: Any, all_modes: list
+) -> tuple[list[str], list]:
+    """The systems and modes asked for with --systems/--modes; SIGTERM stops like Ctrl-C."""
+    systems = [name for name in args.systems.split(",") if name]
+    unknown = set(systems) - set(known)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(known)}")
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    return systems, [mode for mode in all_modes if mode.name in args.modes.split(",")]
+
+
 def backlog_summary(mode: Any, received_at_end: int, samples: list[int]) -> dict[str, Any]:
     """How far behind a paced stream was when the sender's schedule ended."""
     backlog_end = mode.count - received_at_end
@@ -522,16 +538,7 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
     args = parser.parse_args()
-    systems = [name for name in args.systems.split(",") if name]
-    unknown = set(systems) - set(SYSTEMS)
-    if unknown:
-        parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
-    chosen = [mode for mode in modes(args.quick) if mode.name in args.modes.split(",")]
-
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
+    systems, chosen = choose(parser, args, SYSTEMS, modes(args.quick))
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     emit: Callable[[dict[str, Any]], None] = lambda line: print(json.dumps(line), flush=True)  # noqa: E731
     try:

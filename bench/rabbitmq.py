@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -63,6 +62,7 @@ from embedded import (  # noqa: E402
     Collector,
     ZocaloSystem,
     backlog_summary,
+    choose,
     cpu_seconds,
     group_cpu,
     group_pids,
@@ -350,16 +350,7 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
-    systems = [name for name in args.systems.split(",") if name]
-    unknown = set(systems) - set(SYSTEMS)
-    if unknown:
-        parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
-    chosen = [mode for mode in modes(args.quick) if mode.name in args.modes.split(",")]
-
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
+    systems, chosen = choose(parser, args, SYSTEMS, modes(args.quick))
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     try:

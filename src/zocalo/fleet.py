@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import IO
 
 from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.service.runner import STARTED_MARK, STOPPED_MARK
 from zocalo.transport.registry import create_transport
-
-STARTED_MARK = "started:"
-STOPPED_MARK = "stopped: "
 
 
 def service_command(name: str, url: str) -> list[str]:

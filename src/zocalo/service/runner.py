@@ -49,6 +49,10 @@ from zocalo.transport.base import (
 
 log = logging.getLogger("zocalo.service.runner")
 
+#: What the runner's start and stop log lines contain (the stop line then carries the
+#: counters as JSON), so that a process running a service can be followed from outside.
+STARTED_MARK = "started:"
+STOPPED_MARK = "stopped: "
 ATTEMPT_HEADER = "zocalo-attempt"
 RETRY_REASON_HEADER = "zocalo-retry-reason"
 RECIPE_PATH_HEADER = "zocalo-recipe-path"
@@ -135,13 +139,14 @@ class ServiceRunner:
         if not self.transport.connected:
             self.transport.connect()
         self.service.initializing()
-        for spec in self.service.handlers():
+        handlers = self.service.handlers()
+        for spec in handlers:
             self._subscribe(spec)
         self.started.set()
         log.info(
-            "service %s started: %s",
+            "service %s " + STARTED_MARK + " %s",
             self.service.name,
-            "; ".join(spec.describe() for spec in self.service.handlers()),
+            "; ".join(spec.describe() for spec in handlers),
         )
 
     def _subscribe(self, spec: HandlerSpec) -> None:
@@ -212,7 +217,11 @@ class ServiceRunner:
             self.service.stopping()
         finally:
             self.transport.close()
-            log.info("service %s stopped: %s", self.service.name, json.dumps(self.stats.snapshot()))
+            log.info(
+                "service %s " + STOPPED_MARK + "%s",
+                self.service.name,
+                json.dumps(self.stats.snapshot()),
+            )
 
     def _release(self) -> None:
         """Unsubscribe everything and return unhandled deliveries (idempotent)."""
