@@ -8,7 +8,8 @@ too: a logger's own filters only see records logged to that very logger.
 
 :func:`setup_logging` is the entry point for programs: console output as text
 or JSON, plus the site configuration's ``logging`` (a dictConfig) and
-``graylog`` (a GELF endpoint, fed through a bounded queue) plugins.
+``graylog`` (a GELF endpoint, fed through a bounded queue) plugins. It is
+:func:`logging_plan` (read the configuration) then :func:`apply_logging`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import contextlib
 import contextvars
 import json
 import logging
-import logging.config
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -89,6 +89,11 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(recipe_ID)s:%(recipe_step
 _OWNED = "_zocalo_setup_logging"
 
 
+#: Libraries kept at WARNING unless the program runs at DEBUG (a site ``logging``
+#: plugin may still set them otherwise).
+CHATTY_LIBRARIES = ("pika", "stomp")
+
+
 class LoggingSetup:
     """What :func:`setup_logging` installed. :meth:`close` removes it and flushes GELF."""
 
@@ -139,18 +144,84 @@ def add_context_filter(handler: logging.Handler) -> None:
 def gelf_handler(
     graylog: Any, service_name: str | None = None, *, maxsize: int = 10_000
 ) -> logging.Handler:
-    """A GELF handler for the ``graylog`` plugin, behind a non-blocking bounded queue."""
+    """A GELF handler behind a non-blocking bounded queue.
+
+    ``graylog`` is the ``graylog`` plugin, or its ``(protocol, host, port)``.
+    """
     from zocalo.log_handlers import GELFTCPHandler, GELFUDPHandler, NonBlockingHandler
 
-    target: logging.Handler
-    if graylog.protocol == "TCP":
-        target = GELFTCPHandler(graylog.host, graylog.port, service=service_name)
+    if isinstance(graylog, (tuple, list)):
+        protocol, host, port = graylog
     else:
-        target = GELFUDPHandler(graylog.host, graylog.port, service=service_name)
+        protocol, host, port = graylog.protocol, graylog.host, graylog.port
+    target: logging.Handler
+    if protocol == "TCP":
+        target = GELFTCPHandler(host, port, service=service_name)
+    else:
+        target = GELFUDPHandler(host, port, service=service_name)
     add_context_filter(target)
     handler = NonBlockingHandler(target, maxsize=maxsize)
     add_context_filter(handler)
     return handler
+
+
+class LoggingPlan:
+    """What :func:`setup_logging` installs, as plain JSON-able data.
+
+    Reading the site configuration takes YAML and pydantic; a supervisor and its
+    forked services apply a plan made once by the command line instead, and
+    stay small. ``graylog`` is ``(protocol, host, port)``.
+    """
+
+    def __init__(
+        self,
+        level: int = logging.INFO,
+        fmt: str = "text",
+        service_name: str | None = None,
+        dict_configs: list[dict[str, Any]] | None = None,
+        graylog: tuple[str, str, int] | None = None,
+    ) -> None:
+        if fmt not in ("text", "json"):
+            raise ValueError(f"log format {fmt!r}: expected 'text' or 'json'")
+        self.level = level
+        self.fmt = fmt
+        self.service_name = service_name
+        self.dict_configs = dict_configs or []
+        self.graylog = tuple(graylog) if graylog else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoggingPlan:
+        return cls(**data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LoggingPlan) and vars(self) == vars(other)
+
+
+def logging_plan(
+    level: int = logging.INFO,
+    fmt: str = "text",
+    site_config: SiteConfiguration | None = None,
+    service_name: str | None = None,
+    *,
+    verbosity: int = 0,
+) -> LoggingPlan:
+    """The plan for ``level``, ``fmt`` and the site configuration's logging plugins."""
+    plugins = site_config.plugins if site_config is not None else {}
+    dict_configs: list[dict[str, Any]] = []
+    graylog = None
+    if plugins:  # the schemas (pydantic) only when a site file configured something
+        from zocalo.config.plugins import GraylogConfig, LoggingConfig
+
+        site_logging = plugins.get("logging")
+        if isinstance(site_logging, LoggingConfig):
+            dict_configs = site_logging.dict_config(verbosity)
+        site_graylog = plugins.get("graylog")
+        if isinstance(site_graylog, GraylogConfig):
+            graylog = (site_graylog.protocol, site_graylog.host, site_graylog.port)
+    return LoggingPlan(level, fmt, service_name, dict_configs, graylog)
 
 
 def setup_logging(
@@ -163,47 +234,55 @@ def setup_logging(
 ) -> LoggingSetup:
     """Logging for programs, with the recipe context on every line of every handler.
 
-    1. The root logger gets ``level``; handlers from an earlier call are removed.
+    The same as ``apply_logging(logging_plan(...))``; see :func:`apply_logging`.
+    Returns a :class:`LoggingSetup`; call its ``close()`` to flush and detach.
+    """
+    return apply_logging(logging_plan(level, fmt, site_config, service_name, verbosity=verbosity))
+
+
+def apply_logging(plan: LoggingPlan) -> LoggingSetup:
+    """Install ``plan``:
+
+    1. The root logger gets the plan's level; handlers from an earlier call are removed;
+       pika and stomp.py stay at WARNING unless the level is DEBUG.
     2. The site configuration's ``logging`` plugin, if any, is applied with
        :func:`logging.config.dictConfig` (plus ``verbosity`` of its ``verbose`` steps).
        It may set levels, including the root's, and add handlers.
-    3. A console handler on stderr, formatted as ``fmt`` (``text`` or ``json``), unless
-       the ``logging`` plugin already put a console StreamHandler on the root logger.
+    3. A console handler on stderr, formatted as ``text`` or ``json``, unless the
+       ``logging`` plugin already put a console StreamHandler on the root logger.
     4. If the site configuration has a ``graylog`` plugin: a GELF handler (UDP or TCP)
        behind a bounded queue, so a slow endpoint never slows the caller.
     5. A :class:`RecipeContextFilter` on every handler of every logger.
-
-    Returns a :class:`LoggingSetup`; call its ``close()`` to flush and detach.
     """
-    if fmt not in ("text", "json"):
-        raise ValueError(f"log format {fmt!r}: expected 'text' or 'json'")
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _OWNED, False):
             root.removeHandler(handler)
             handler.close()
-    root.setLevel(level)
+    root.setLevel(plan.level)
+    for name in CHATTY_LIBRARIES:  # their INFO lines narrate every connection and channel
+        logging.getLogger(name).setLevel(
+            logging.WARNING if plan.level > logging.DEBUG else plan.level
+        )
+    if plan.dict_configs:
+        from logging import config as logging_config  # only when a site file asks for it
 
-    plugins = site_config.plugins if site_config is not None else {}
-    if plugins:  # the schemas (pydantic) only when a site file configured something
-        from zocalo.config.plugins import GraylogConfig, LoggingConfig
-    site_logging = plugins.get("logging")
-    if plugins and isinstance(site_logging, LoggingConfig):
-        for step in site_logging.dict_config(verbosity):
-            logging.config.dictConfig(step)
+        for step in plan.dict_configs:
+            logging_config.dictConfig(step)
 
     installed: list[logging.Handler] = []
     if not any(_writes_to_console(handler) for handler in root.handlers):
         console = logging.StreamHandler()
         console.setFormatter(
-            JSONFormatter(service_name) if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+            JSONFormatter(plan.service_name)
+            if plan.fmt == "json"
+            else logging.Formatter(TEXT_FORMAT)
         )
         installed.append(console)
 
     gelf = None
-    graylog = plugins.get("graylog")
-    if plugins and isinstance(graylog, GraylogConfig):
-        gelf = gelf_handler(graylog, service_name)
+    if plan.graylog:
+        gelf = gelf_handler(plan.graylog, plan.service_name)
         installed.append(gelf)
 
     for handler in installed:

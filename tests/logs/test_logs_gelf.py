@@ -191,3 +191,25 @@ def test_setup_logging_without_graylog_has_no_gelf(tmp_path) -> None:
         assert not any(isinstance(h, NonBlockingHandler) for h in logging.getLogger().handlers)
     finally:
         setup.close()
+
+
+def test_a_forked_child_sends_through_its_own_queue_and_socket(gelf_listener, attach) -> None:
+    """The supervisor forks its services: the handler it passes on must work in the child
+    (a queue and thread of its own) without touching the parent's connection."""
+    handler = attach(gelf_handler(graylog(gelf_listener), "demo.FindSpots"))
+    log.info("from the parent, before the fork")
+    gelf_listener.wait_for(lambda m: m["short_message"] == "from the parent, before the fork")
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            log.info("from the child %s", os.getpid())
+            handler.close()  # drains the child's queue
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    gelf_listener.wait_for(lambda m: m["short_message"] == f"from the child {child}")
+    log.info("from the parent, after the fork")
+    gelf_listener.wait_for(lambda m: m["short_message"] == "from the parent, after the fork")

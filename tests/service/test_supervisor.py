@@ -20,8 +20,8 @@ from zocalo.cli.shutdown import command as shutdown
 from zocalo.cli.shutdown import shutdown_commands
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
-from zocalo.service.status import Status, Utilization, host_id
-from zocalo.service.supervisor import backoff, command_matches
+from zocalo.service.status import Status, Utilization, command_matches, host_id
+from zocalo.service.supervisor import backoff
 
 pytestmark = pytest.mark.slow
 
@@ -256,3 +256,42 @@ def test_a_service_that_cannot_be_loaded_is_not_restarted(sqlite_broker):
     assert "not a zocalo Service" in result.stderr  # a python-workflows CommonService
     assert "not restarting" in result.stderr
     assert "restarting in" not in result.stderr
+
+
+def test_a_shutdown_during_the_restart_delay_is_obeyed(supervised, status_watch, sqlite_broker):
+    supervisor = supervised("fleet_services:CrashOnStart", "--restart")
+    # From the fifth quick crash on the delay is long enough for a stand-in to speak
+    # for the service: it says when the restart is due.
+    waiting = status_watch.wait_for(
+        lambda r: "restart_in" in r and r["serviceclass"] == "CrashOnStart",
+        "the stand-in's status during a restart delay",
+        timeout=60,
+    )
+    assert waiting["status"] == Status.ERROR and waiting["restarts"] >= 5
+    assert waiting["host"] == host_id(supervisor.pid)
+    result = CliRunner().invoke(shutdown, ["-s", "CrashOnStart", "--transport", sqlite_broker])
+    assert result.exit_code == 0, result.output
+    assert supervisor.wait(30) == 0, "the supervisor stops instead of restarting the service"
+
+
+def maps_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_the_supervisor_stays_small_and_its_worker_is_a_fork(supervised, status_watch):
+    """The supervisor holds no broker client, no site-config schema, no CLI library:
+    those live in the worker, a fork sharing the supervisor's interpreter pages."""
+    supervisor = supervised("fleet_services:Passthrough")
+    report = status_watch.wait_for(
+        lambda r: r["status"] == Status.IDLE and r.get("worker_pid"), "an idle worker"
+    )
+    worker = report["worker_pid"]
+    assert report["pid"] == supervisor.pid
+    assert Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[1] == str(
+        supervisor.pid
+    ), "the worker is the supervisor's child"
+    assert "_sqlite3" in maps_of(worker), "the worker holds the broker client"
+    supervisor_maps = maps_of(supervisor.pid)
+    for library in ("_sqlite3", "_ssl", "pydantic_core"):
+        assert library not in supervisor_maps, f"the supervisor loaded {library}"
+    assert Path(f"/proc/{supervisor.pid}/exe").resolve() == Path(f"/proc/{worker}/exe").resolve()

@@ -9,10 +9,10 @@ import click
 from zocalo.cli.common import broker_errors, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
-from zocalo.logs import setup_logging
-from zocalo.service.discovery import ServiceNotFound, check_service_name
-from zocalo.service.supervisor import SupervisorSettings, supervise
-from zocalo.transport.registry import redact_url
+from zocalo.logs import apply_logging, logging_plan
+from zocalo.service.discovery import ServiceNotFound, check_service_name, service_class_name
+from zocalo.service.supervisor import SupervisorSettings, exec_supervisor
+from zocalo.transport.registry import create_transport, redact_url
 
 
 @click.command("service")
@@ -52,13 +52,14 @@ def command(
     if not name:
         raise click.UsageError("which service? give -s NAME")
     url = resolve_transport(transport, site_config)
-    setup_logging(
+    plan = logging_plan(
         logging.DEBUG if verbose else logging.INFO,
         log_format,
         site_config,
         service_name=name,
         verbosity=verbose,
     )
+    apply_logging(plan)
     try:
         name = check_service_name(name)
     except ServiceNotFound as error:
@@ -67,20 +68,17 @@ def command(
         service=name,
         transport=url,
         restart=restart,
-        log_format=log_format,
-        verbose=bool(verbose),
         stop_timeout=stop_timeout,
-        worker_arguments=[
-            *(["--metrics-port", str(metrics_port)] if metrics_port else []),
-            *(["--config", str(site_config.path)] if site_config.path else []),
-            *[argument for env in site_config.active for argument in ("-e", env)],
-        ],
+        metrics_port=metrics_port,
+        logging=plan,
+        service_class=service_class_name(name),
     )
-    log = logging.getLogger("zocalo.service")
-    log.info("supervising %s on %s", name, redact_url(url))
-    with broker_errors():
-        code = supervise(settings)
-    raise SystemExit(code)
+    # A wrong URL, bad credentials or a missing vhost: one clear line and exit 1 here,
+    # not a supervisor restarting a service that can never connect.
+    with broker_errors(), create_transport(url):
+        pass
+    logging.getLogger("zocalo.service").info("supervising %s on %s", name, redact_url(url))
+    exec_supervisor(settings)
 
 
 def main() -> None:

@@ -5,6 +5,10 @@
 endpoint behind it is slower than the logging, or black-holes packets) the record is
 dropped and counted, and a warning naming the count goes to stderr, at most once per
 ``warn_interval`` seconds. Logging itself only ever does a ``put_nowait``.
+
+A forked child (the supervisor forks its services) gets a fresh queue, thread and
+sockets: the parent's queue lock may have been held by its thread at the fork, and
+two processes writing one TCP stream would interleave their frames.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import contextlib
 import copy
 import logging
 import logging.handlers
+import os
 import queue
 import sys
 import threading
 import time
+import weakref
 from typing import IO
 
 _exception_formatter = logging.Formatter()
@@ -73,6 +79,20 @@ class NonBlockingHandler(logging.handlers.QueueHandler):
         self._closed = False
         self._listener = _Listener(self, *targets)
         self._listener.start()
+        _live.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self.queue = queue.Queue(self.maxsize)
+        self._drop_lock = threading.Lock()
+        for target in self.targets:
+            sock = getattr(target, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+                target.sock = None  # type: ignore[attr-defined]  # reopened on next send
+        self._listener = _Listener(self, *self.targets)
+        if not self._closed:
+            self._listener.start()
 
     # -- the caller's side -------------------------------------------------------------
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
@@ -162,3 +182,14 @@ class NonBlockingHandler(logging.handlers.QueueHandler):
                     self._warn()
         finally:
             super().close()
+
+
+_live: weakref.WeakSet[NonBlockingHandler] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for handler in list(_live):
+        handler._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -1,22 +1,31 @@
 """Services: the base class, handler registration, the runner and discovery.
 
-The runner and its dependencies load on first use, so that a supervisor
-(which imports this package for discovery) stays small.
+Everything loads on first use, so that a supervisor (whose module lives in
+this package) stays small.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from zocalo.service.base import HandlerSpec, Service, handler
+if TYPE_CHECKING:
+    from zocalo.service.base import HandlerSpec, Service, handler
+    from zocalo.service.runner import RunnerSettings, RunnerStats, ServiceRunner
 
-_LAZY = {"RunnerSettings", "RunnerStats", "ServiceRunner"}
+_HOMES = {
+    "HandlerSpec": "zocalo.service.base",
+    "Service": "zocalo.service.base",
+    "handler": "zocalo.service.base",
+    "RunnerSettings": "zocalo.service.runner",
+    "RunnerStats": "zocalo.service.runner",
+    "ServiceRunner": "zocalo.service.runner",
+}
 
 __all__ = ["HandlerSpec", "RunnerSettings", "RunnerStats", "Service", "ServiceRunner", "handler"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module("zocalo.service.runner"), name)
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'zocalo.service' has no attribute {name!r}")

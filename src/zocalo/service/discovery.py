@@ -55,6 +55,16 @@ def check_service_name(name: str) -> str:
     return resolve_name(name, list(available_services()))
 
 
+def service_class_name(name: str) -> str:
+    """The class name a resolved service name points at, without importing it.
+
+    A supervisor's stand-in reports it (and obeys ``shutdown -s CLASS``) while a
+    crashed service waits for its restart.
+    """
+    target = name.rpartition(":")[2] if ":" in name else available_services()[name].attr
+    return target.rpartition(".")[2]
+
+
 def load_service(name: str) -> type[Service]:
     """The Service registered under ``name`` (resolved as above), or ``module:Class``."""
     if ":" in name:

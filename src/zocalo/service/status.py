@@ -10,12 +10,20 @@ fields (``host``, ``status``, ``statustext``, ``service``, ``serviceclass``,
 from __future__ import annotations
 
 import enum
+import json
+import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from zocalo.transport.base import Delivery, Transport
+
+log = logging.getLogger("zocalo.service.status")
 
 STATUS_TOPIC = "transient.status"
 COMMAND_TOPIC = "command"
@@ -60,6 +68,8 @@ _TEXT = {
 
 
 def zocalo_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # not in the supervisor
+
     try:
         return version("zocalo")
     except PackageNotFoundError:  # running from a source tree
@@ -123,3 +133,153 @@ def status_message(
         if os.environ.get(variable):
             message[field] = os.environ[variable]
     return message
+
+
+def command_matches(command: Any, host: str, service_class: str | None) -> bool:
+    """Whether a broadcast command targets this service (reference rules, plus ``all``)."""
+    if not isinstance(command, dict):
+        return False
+    if command.get("all") is True:
+        return True
+    if "host" not in command and "service" not in command:
+        return False
+    if "host" in command and command["host"] != host:
+        return False
+    return "service" not in command or command["service"] == service_class
+
+
+class Identity(NamedTuple):
+    """Who a status broadcast speaks for: the supervisor, which outlives its workers.
+
+    ``host`` (``<reversed fqdn>.<supervisor pid>``) is what ``zocalo.shutdown HOST``
+    names; ``started_at`` is the supervisor's ``time.monotonic()`` start (the clock is
+    system-wide, so a child can use it); ``restarts`` counts workers started before.
+    """
+
+    host: str
+    pid: int
+    started_at: float
+    restarts: int
+    #: For a stand-in: the ``time.monotonic()`` at which the service restarts.
+    restart_at: float | None = None
+
+
+#: How often the broadcaster looks at the service's state (a change goes out at once).
+POLL_INTERVAL = 0.1
+
+
+class StatusBroadcaster:
+    """Broadcasts a service's status on ``transient.status`` and obeys ``command``.
+
+    It lives in the process that holds the broker connection (the worker, or the
+    stand-in that covers a restart delay), so the supervisor needs neither a broker
+    connection nor a thread. ``read`` returns the current status and counters;
+    ``on_shutdown(reason)`` is called once for a shutdown command aimed at us.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        identity: Identity,
+        *,
+        service: str | None,
+        service_class: str | None,
+        read: Callable[[], tuple[Status, dict[str, Any]]],
+        on_shutdown: Callable[[str], None],
+        interval: float = STATUS_INTERVAL,
+    ) -> None:
+        self.transport = transport
+        self.identity = identity
+        self.service = service
+        self.service_class = service_class
+        self.read = read
+        self.on_shutdown = on_shutdown
+        self.interval = interval
+        self.utilization = Utilization()
+        self.status = Status.NONE
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._shutdown_requested = False
+
+    def start(self) -> None:
+        """Subscribe to commands and start broadcasting (the transport is connected)."""
+        self.transport.subscribe_broadcast(COMMAND_TOPIC, self._on_command)
+        self._thread = threading.Thread(target=self._run, name="zocalo-status", daemon=True)
+        self._thread.start()
+
+    def finish(self, final: Status) -> None:
+        """Stop the periodic broadcasts and send ``final`` (before the transport closes)."""
+        self._done.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        self._record(final)
+        self.broadcast()
+
+    def report(self, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The status dict as python-workflows' monitor reads it, plus our fields."""
+        stats = stats or {}
+        return status_message(
+            host=self.identity.host,
+            status=self.status,
+            service=self.service,
+            service_class=self.service_class,
+            utilization=self.utilization.report(),
+            extra={
+                "uptime": round(time.monotonic() - self.identity.started_at, 1),
+                "restarts": self.identity.restarts,
+                "messages": int(stats.get("handled", 0)),
+                "failed": int(stats.get("failed", 0)),
+                "dead_lettered": int(stats.get("dead_lettered", 0)),
+                "pid": self.identity.pid,
+                "worker_pid": os.getpid(),
+                **self._restart_in(),
+            },
+        )
+
+    def _restart_in(self) -> dict[str, float]:
+        if self.identity.restart_at is None:
+            return {}
+        return {"restart_in": round(max(0.0, self.identity.restart_at - time.monotonic()), 1)}
+
+    def broadcast(self, stats: dict[str, Any] | None = None) -> None:
+        if not self.transport.connected:
+            return
+        try:
+            self.transport.broadcast(
+                STATUS_TOPIC,
+                json.dumps(self.report(stats)),
+                expiration=STATUS_EXPIRATION,
+                timeout=10,
+            )
+        except Exception as error:  # a status is never worth a crash
+            log.warning("could not broadcast status: %s", error)
+
+    def _record(self, status: Status) -> bool:
+        if status == self.status:
+            return False
+        self.status = status
+        self.utilization.record(status)
+        return True
+
+    def _run(self) -> None:
+        next_due = 0.0
+        while not self._done.is_set():
+            status, stats = self.read()
+            now = time.monotonic()
+            if self._record(status) or now >= next_due:
+                self.broadcast(stats)
+                next_due = now + self.interval
+            self._done.wait(POLL_INTERVAL)
+
+    def _on_command(self, delivery: Delivery) -> None:
+        try:
+            command = json.loads(delivery.body)
+        except ValueError:
+            return
+        if not command_matches(command, self.identity.host, self.service_class):
+            return
+        if command.get("command") != "shutdown":
+            log.info("ignoring command %s", command)
+        elif not self._shutdown_requested:
+            self._shutdown_requested = True
+            self.on_shutdown(f"shutdown command {command}")

@@ -1,43 +1,41 @@
-"""The supervisor (python-workflows' "frontend"): runs a service in a worker process.
+"""The supervisor (python-workflows' "frontend"): runs a service in a child process.
 
-It starts the worker as a fresh interpreter (``python -m zocalo.service.worker``),
-restarts it after a crash with growing delays (``restart=True``), broadcasts
-the service's status on ``transient.status``, obeys shutdown commands on the
-``command`` topic, and on SIGTERM/SIGINT stops the worker cleanly: the message
-in hand is finished, prefetched ones go back to the queue.
+A facility runs about a hundred services, so an idle one must cost little. The
+supervisor therefore holds no broker connection and runs no thread: one loop
+waits on signals and its child. That makes ``fork`` safe, so the child is a
+fork: the modules the supervisor imported before forking (runner, transport,
+logging) are shared with it, not loaded twice, and a restart costs no
+interpreter start. The service's own module is imported only in the child, so
+a restart loads the service's code afresh.
 
-The worker holds the read end of a pipe from us; if we die, however we die,
-it sees end-of-file and stops, so no orphan keeps messages unacknowledged.
+The child (:mod:`zocalo.service.worker`) holds the broker connection: it runs
+the service, broadcasts the status on ``transient.status`` and obeys shutdown
+commands on ``command``. After a crash the supervisor waits (``restart=True``,
+growing delays) and, for delays of a second or more, forks a stand-in that
+broadcasts the error status and still obeys shutdown commands meanwhile.
+
+SIGTERM/SIGINT stop the child cleanly: the message in hand is finished,
+prefetched ones go back to the queue. The child reads a pipe from us; if we
+die, however we die, it sees end-of-file and stops, so no orphan keeps
+messages unacknowledged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
+import select
 import signal
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any, NoReturn
 
-from zocalo.errors import ZocaloError
-from zocalo.service.status import (
-    CANNOT_LOAD,
-    COMMAND_TOPIC,
-    STATUS_EXPIRATION,
-    STATUS_INTERVAL,
-    STATUS_TOPIC,
-    Status,
-    Utilization,
-    host_id,
-    status_message,
-)
-from zocalo.transport.base import Delivery, Transport
-from zocalo.transport.registry import ENVIRONMENT_VARIABLE, create_transport
+from zocalo.logs import LoggingPlan, apply_logging
+from zocalo.service.status import CANNOT_LOAD, STATUS_INTERVAL, Identity, host_id
 
 log = logging.getLogger("zocalo.service.supervisor")
 
@@ -46,18 +44,51 @@ HEALTHY_RUN = 10.0
 MAX_BACKOFF = 60.0
 #: Consecutive quick crashes after which the service is reported as crash-looping.
 CRASH_LOOP = 5
+#: Restart delays at least this long get a stand-in child (status and commands).
+STAND_IN_DELAY = 1.0
+#: How long a stand-in may take to leave when its delay is over.
+STAND_IN_STOP = 5.0
+#: The environment variable that hands the settings to an exec'd supervisor.
+SETTINGS_VARIABLE = "ZOCALO_SUPERVISOR_SETTINGS"
 
 
-@dataclass
 class SupervisorSettings:
-    service: str
-    transport: str
-    restart: bool = False
-    log_format: str = "text"
-    verbose: bool = False
-    stop_timeout: float = 60.0
-    status_interval: float = STATUS_INTERVAL
-    worker_arguments: list[str] = field(default_factory=list)
+    """Everything a supervisor and its children need, as plain JSON-able data.
+
+    (A plain class: ``dataclasses`` would pull ``inspect`` and more into every
+    supervisor.)
+    """
+
+    def __init__(
+        self,
+        service: str,
+        transport: str,
+        restart: bool = False,
+        stop_timeout: float = 60.0,
+        status_interval: float = STATUS_INTERVAL,
+        metrics_port: int | None = None,
+        max_attempts: int = 3,
+        logging: LoggingPlan | None = None,
+        service_class: str | None = None,
+    ) -> None:
+        self.service = service
+        #: The class name, known without importing the service (see ``service_class_name``).
+        self.service_class = service_class
+        self.transport = transport
+        self.restart = restart
+        self.stop_timeout = stop_timeout
+        self.status_interval = status_interval
+        self.metrics_port = metrics_port
+        self.max_attempts = max_attempts
+        self.logging = logging or LoggingPlan(service_name=service)
+
+    def to_json(self) -> str:
+        return json.dumps({**vars(self), "logging": self.logging.to_dict()})
+
+    @classmethod
+    def from_json(cls, text: str) -> SupervisorSettings:
+        data = json.loads(text)
+        return cls(**{**data, "logging": LoggingPlan.from_dict(data["logging"])})
 
 
 def backoff(quick_crashes: int) -> float:
@@ -65,66 +96,62 @@ def backoff(quick_crashes: int) -> float:
     return 0.0 if quick_crashes <= 0 else min(MAX_BACKOFF, 0.1 * 2 ** (quick_crashes - 1))
 
 
-def command_matches(command: Any, host: str, service_class: str | None) -> bool:
-    """Whether a broadcast command targets this supervisor (reference rules, plus ``all``)."""
-    if not isinstance(command, dict):
-        return False
-    if command.get("all") is True:
-        return True
-    if "host" not in command and "service" not in command:
-        return False
-    if "host" in command and command["host"] != host:
-        return False
-    return "service" not in command or command["service"] == service_class
+def exit_status(wait_status: int) -> int:
+    """A child's exit code, or ``-signal`` if a signal ended it (as ``subprocess`` does)."""
+    if os.WIFSIGNALED(wait_status):
+        return -os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)
 
 
 class Supervisor:
-    """Run, watch and restart one service's worker process."""
+    """Run, watch and restart one service's child process."""
 
     def __init__(self, settings: SupervisorSettings) -> None:
         self.settings = settings
         self.host = host_id()
-        self.status = Status.NONE
-        self.service_name: str | None = None
-        self.service_class: str | None = None
-        self.restarts = 0
         self.started_at = time.monotonic()
-        self.stats: dict[str, Any] = {}
-        self.utilization = Utilization()
-        self.worker: subprocess.Popen[bytes] | None = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._transport: Transport | None = None
-        self._lock = threading.Lock()
-        self._changed = False
+        self.restarts = 0
+        self.child_pid: int | None = None
+        self._stop_reason: str | None = None
+        self._wake_read = self._wake_write = -1
 
     # -- control -------------------------------------------------------------
     def request_stop(self, why: str) -> None:
-        if not self._stop.is_set():
+        """Stop the child and return from :meth:`run`. Safe in a signal handler."""
+        if self._stop_reason is None:
+            self._stop_reason = why
             log.info("stopping service %s: %s", self.settings.service, why)
-        self._stop.set()
-        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_reason is not None
 
     def run(self) -> int:
-        """Supervise until stopped; the exit status for the command line."""
-        self._transport = create_transport(self.settings.transport)
-        self._transport.connect()
+        """Supervise until stopped; the exit status for the command line.
+
+        (The command line checks the broker first, so a wrong URL, bad credentials
+        or a missing vhost are a clear error there rather than a restart loop.)
+        """
+        self._wake_read, self._wake_write = os.pipe()
+        for fd in (self._wake_read, self._wake_write):
+            os.set_blocking(fd, False)
+        previous = self._install_signals()
         try:
-            self._transport.subscribe_broadcast(COMMAND_TOPIC, self._on_command)
             return self._supervise()
         finally:
-            self._set_status(Status.TEARDOWN)
-            self._broadcast_status()
-            with contextlib.suppress(ZocaloError):
-                self._transport.close()
+            self._restore_signals(previous)
+            for fd in (self._wake_read, self._wake_write):
+                os.close(fd)
 
     def _supervise(self) -> int:
+        from zocalo.service.worker import run_service
+
         quick_crashes = 0
-        while not self._stop.is_set():
+        while not self.stopping:
             began = time.monotonic()
-            code = self._run_worker()
-            if self._stop.is_set() or code == 0:
-                return 0 if self._stop.is_set() else code
+            code = self._run_child(run_service)
+            if self.stopping or code == 0:
+                return 0 if self.stopping else code
             if code == CANNOT_LOAD:
                 log.error(
                     "service %s cannot be loaded (see above); not restarting it",
@@ -133,7 +160,6 @@ class Supervisor:
                 return code
             ran_for = time.monotonic() - began
             quick_crashes = quick_crashes + 1 if ran_for < HEALTHY_RUN else 1
-            self._set_status(Status.ERROR)
             if not self.settings.restart:
                 log.error("service %s exited with status %s", self.settings.service, code)
                 return code or 1
@@ -151,143 +177,140 @@ class Supervisor:
                 delay,
             )
             self.restarts += 1
-            self._broadcast_status()
-            if self._stop.wait(delay):
-                break
+            if self._wait_before_restart(delay):
+                return 0
         return 0
 
-    def _run_worker(self) -> int:
-        """Start one worker, relay its reports, and wait for it to end."""
-        report_read, report_write = os.pipe()
-        command = [
-            sys.executable,
-            "-m",
-            "zocalo.service.worker",
-            "--service",
-            self.settings.service,
-            "--report-fd",
-            str(report_write),
-            "--log-format",
-            self.settings.log_format,
-            "--stop-grace",
-            str(self.settings.stop_timeout),
-            *(["--verbose"] if self.settings.verbose else []),
-            *self.settings.worker_arguments,
-        ]
-        # The broker URL (and its password) goes in the environment, not on a command
-        # line every user can read with ps.
-        environment = {**os.environ, ENVIRONMENT_VARIABLE: self.settings.transport}
-        self.worker = subprocess.Popen(
-            command, stdin=subprocess.PIPE, pass_fds=(report_write,), env=environment
-        )
-        os.close(report_write)
-        reader = threading.Thread(target=self._read_reports, args=(report_read,), daemon=True)
-        reader.start()
-        next_status = 0.0
-        stop_sent_at: float | None = None
-        while (code := self.worker.poll()) is None:
-            now = time.monotonic()
-            if self._stop.is_set() and stop_sent_at is None:
-                self._tell_worker_to_stop()
-                stop_sent_at = now
-            if stop_sent_at is not None and now - stop_sent_at > self.settings.stop_timeout:
-                log.error(
-                    "service %s did not stop within %.0f s; killing it",
-                    self.settings.service,
-                    self.settings.stop_timeout,
-                )
-                self.worker.kill()
-            if now >= next_status or self._changed:
-                self._changed = False
-                self._broadcast_status()
-                next_status = now + self.settings.status_interval
-            self._wake.wait(min(0.5, max(0.0, next_status - now)))
-            self._wake.clear()
-        reader.join(5)
-        return code
+    def _wait_before_restart(self, delay: float) -> bool:
+        """Wait ``delay`` seconds; True if a stop (signal or shutdown command) came meanwhile."""
+        until = time.monotonic() + delay
+        if delay >= STAND_IN_DELAY:
+            from zocalo.service.worker import run_stand_in
 
-    def _tell_worker_to_stop(self) -> None:
-        assert self.worker is not None and self.worker.stdin is not None
+            code = self._run_child(run_stand_in, until=until)
+            if not self.stopping and time.monotonic() < until:
+                # The stand-in left early by itself: for a shutdown command (exit 0),
+                # or because it had no broker to speak to (wait out the delay).
+                if code == 0:
+                    self.request_stop("shutdown command during the restart delay")
+                else:
+                    self._wait(until)
+        else:
+            self._wait(until)
+        return self.stopping
+
+    # -- one child -------------------------------------------------------------
+    def _run_child(
+        self,
+        role: Callable[[SupervisorSettings, Identity, IO[str]], int],
+        until: float | None = None,
+    ) -> int:
+        """Fork a child running ``role`` and wait for it; its exit status.
+
+        The child is told to stop when we stop, or at ``until``; it is killed if it
+        has not left ``stop_timeout`` seconds later.
+        """
+        from zocalo.service.worker import child_main
+
+        commands_read, commands_write = os.pipe()
+        gc.freeze()  # the collector in the child then leaves the shared pages alone
+        identity = Identity(self.host, os.getpid(), self.started_at, self.restarts, until)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(commands_write)
+            for fd in (self._wake_read, self._wake_write):
+                os.close(fd)
+            child_main(role, self.settings, identity, commands_read)
+        os.close(commands_read)
+        self.child_pid = pid
+        told_at: float | None = None
+        grace = self.settings.stop_timeout if until is None else STAND_IN_STOP
         try:
-            self.worker.stdin.write(b'{"command": "stop"}\n')
-            self.worker.stdin.flush()
-        except (BrokenPipeError, OSError):
-            with contextlib.suppress(ProcessLookupError):
-                self.worker.send_signal(signal.SIGTERM)
+            while True:
+                done, wait_status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return exit_status(wait_status)
+                now = time.monotonic()
+                if told_at is None and (self.stopping or (until is not None and now >= until)):
+                    _tell_stop(commands_write)
+                    told_at = now
+                if told_at is not None and now - told_at > grace:
+                    log.error(
+                        "service %s did not stop within %.0f s; killing it",
+                        self.settings.service,
+                        grace,
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    told_at = float("inf")  # killed: only wait for it now
+                pause = 1.0 if until is None or told_at is not None else until - now
+                self._sleep(min(1.0, max(0.0, pause)))
+        finally:
+            os.close(commands_write)
+            self.child_pid = None
 
-    def _read_reports(self, fd: int) -> None:
-        with os.fdopen(fd, "r") as reports:
-            for line in reports:
-                try:
-                    report = json.loads(line)
-                except ValueError:
-                    continue
-                self.stats = report.get("stats", self.stats)
-                self.service_name = report.get("service", self.service_name)
-                self.service_class = report.get("serviceclass", self.service_class)
-                status = Status(report.get("status", int(self.status)))
-                if status != self.status:
-                    self._set_status(status)
-                    self._changed = True
-                    self._wake.set()
+    # -- waiting without threads ---------------------------------------------------
+    def _wait(self, until: float) -> None:
+        while not self.stopping and (remaining := until - time.monotonic()) > 0:
+            self._sleep(remaining)
 
-    # -- status and commands -------------------------------------------------
-    def _set_status(self, status: Status) -> None:
-        with self._lock:
-            self.status = status
-            self.utilization.record(status)
+    def _sleep(self, seconds: float) -> None:
+        """Sleep until a signal (SIGCHLD, SIGTERM, ...) arrives or ``seconds`` pass."""
+        readable, _, _ = select.select([self._wake_read], [], [], seconds)
+        if readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_read, 512):
+                    pass
 
-    def status_report(self) -> dict[str, Any]:
-        with self._lock:
-            return status_message(
-                host=self.host,
-                status=self.status,
-                service=self.service_name,
-                service_class=self.service_class,
-                utilization=self.utilization.report(),
-                extra={
-                    "uptime": round(time.monotonic() - self.started_at, 1),
-                    "restarts": self.restarts,
-                    "messages": int(self.stats.get("handled", 0)),
-                    "failed": int(self.stats.get("failed", 0)),
-                    "dead_lettered": int(self.stats.get("dead_lettered", 0)),
-                    "pid": os.getpid(),
-                    "worker_pid": self.worker.pid if self.worker else None,
-                },
-            )
+    def _install_signals(self) -> dict[int, Any]:
+        def on_stop_signal(signum: int, frame: Any) -> None:
+            self.request_stop(signal.Signals(signum).name)
 
-    def _broadcast_status(self) -> None:
-        if self._transport is None or not self._transport.connected:
-            return
-        try:
-            self._transport.broadcast(
-                STATUS_TOPIC,
-                json.dumps(self.status_report()),
-                expiration=STATUS_EXPIRATION,
-                timeout=10,
-            )
-        except ZocaloError as error:
-            log.warning("could not broadcast status: %s", error)
+        previous: dict[int, Any] = {signal.SIGCHLD: signal.signal(signal.SIGCHLD, _ignore)}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_stop_signal)
+        previous[0] = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        return previous
 
-    def _on_command(self, delivery: Delivery) -> None:
-        try:
-            command = json.loads(delivery.body)
-        except ValueError:
-            return
-        if command_matches(command, self.host, self.service_class):
-            if command.get("command") == "shutdown":
-                self.request_stop(f"shutdown command {command}")
-            else:
-                log.info("ignoring command %s", command)
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        signal.set_wakeup_fd(previous.pop(0))
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """SIGCHLD needs a handler of its own for the wake-up pipe to hear it."""
+
+
+def _tell_stop(commands: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(commands, b'{"command": "stop"}\n')
 
 
 def supervise(settings: SupervisorSettings) -> int:
     """Run a supervisor in this (main) thread; SIGTERM/SIGINT stop it cleanly."""
-    supervisor = Supervisor(settings)
+    return Supervisor(settings).run()
 
-    def on_signal(signum: int, frame: Any) -> None:
-        supervisor.request_stop(signal.Signals(signum).name)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
-    return supervisor.run()
+def exec_supervisor(settings: SupervisorSettings) -> NoReturn:
+    """Replace this process (same pid) with a fresh, small supervisor for ``settings``.
+
+    The command line has loaded click, the site configuration and the broker's
+    client to check everything; none of that needs to stay resident for the
+    service's lifetime. Settings travel in the environment, as the broker URL's
+    password must not appear on a command line.
+    """
+    logging.shutdown()  # flush (and close) this process's handlers, GELF included
+    environment = {**os.environ, SETTINGS_VARIABLE: settings.to_json()}
+    code = "from zocalo.service.supervisor import main; main()"
+    os.execve(sys.executable, [sys.executable, "-c", code], environment)
+
+
+def main() -> NoReturn:
+    """Entry point of an exec'd supervisor."""
+    settings = SupervisorSettings.from_json(os.environ.pop(SETTINGS_VARIABLE))
+    apply_logging(settings.logging)
+    code = supervise(settings)
+    logging.shutdown()
+    sys.exit(code)
