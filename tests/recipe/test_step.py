@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 
 import pytest
 
+from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import RecipeMessage
+from zocalo.transport import create_transport
 
 RECIPE = Recipe(
     {
@@ -129,3 +132,47 @@ def test_start_refuses_an_invalid_recipe():
 def test_unknown_send_options_are_refused():
     with pytest.raises(TypeError, match="unknown send options"):
         step_at(2).send(1, colour="blue")
+
+
+def test_send_with_transaction_none_is_collected():
+    step = step_at(2)
+    assert step.send({"x": 1}, transaction=None) == 1
+    assert [destination for destination, _, _ in decoded(step)] == ["five"]
+
+
+def test_send_in_a_transaction_needs_the_steps_transport():
+    step = step_at(2)
+    with pytest.raises(ValueError, match="no transport"):
+        step.send({"x": 1}, transaction=1)
+    assert step.outputs == []
+
+
+def test_sends_in_a_transaction_go_out_on_commit_not_with_the_outputs(collector):
+    with create_transport(f"memory://step-txn-{uuid.uuid4().hex}") as transport:
+        received = collector(ack_with=transport)
+        message = RecipeMessage(RECIPE, 2, [1], {"ID": "abc"}, None)
+        step = RecipeStep(message, message_id="m-1", transport=transport)
+
+        dropped = transport.transaction_begin()
+        step.send({"x": "dropped"}, transaction=dropped)
+        transport.transaction_abort(dropped)
+        with pytest.raises(ZocaloError, match=f"transaction {dropped}"):
+            step.checkpoint({"x": 2}, transaction=dropped)  # it is over
+
+        txn = transport.transaction_begin()
+        assert step.send({"x": 1}, transaction=txn) == 1
+        step.send_plain("five", {"plain": True}, transaction=txn)
+        assert step.outputs == []  # the transaction's, not the runner's
+        assert transport.depth("five") == 0  # not before the commit
+        transport.transaction_commit(txn)
+
+        transport.subscribe("five", received)
+        first, second = received.wait_for_count(2)
+        body = json.loads(first.body)
+        assert (body["payload"], body["recipe-pointer"], body["recipe-path"]) == (
+            {"x": 1},
+            5,
+            [1, 2],
+        )
+        assert json.loads(second.body) == {"plain": True}
+        assert transport.depth("five") == 0  # nothing from the aborted transaction

@@ -11,7 +11,9 @@ nothing else is in a queue, a sentinel is sent last and read up to (FIFO).
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,7 @@ from zocalo.errors import InvalidURL, UnsupportedFeature, ZocaloError
 from zocalo.transport import (
     Capability,
     Confirmation,
+    Delivery,
     Outgoing,
     Subscription,
     Transport,
@@ -941,3 +944,312 @@ def test_queue_stats_count_ready_delayed_and_in_flight(
     assert stats[queue] == QueueStats(queue, ready=2, delayed=int(delayed), in_flight=1)
     assert observer.depth(queue) == 2 + int(delayed)
     assert observer.depth(empty) == 0
+
+
+# -- publish acking several inputs, and python-workflows' transactions ------------------------
+
+
+def take(
+    transport: Transport, queue: str, count: int, collector: Callable, sent: list[bytes]
+) -> tuple[Subscription, list[Delivery]]:
+    """Send ``sent`` to ``queue``, then receive ``count`` of them on ``transport``, unacked."""
+    for body in sent:
+        transport.send(queue, body)
+    received = collector()
+    subscription = transport.subscribe(queue, received, prefetch=count)
+    return subscription, received.wait_for_count(count)
+
+
+def returned_after_close(
+    worker: Transport, other: Transport, queue: str, collector: Callable
+) -> list[tuple[bytes, bool]]:
+    """Close ``worker``; (body, redelivered) of what ``queue`` then holds, read up to a sentinel."""
+    worker.close()
+    other.send(queue, SENTINEL)
+    received = collector(ack_with=other)
+    subscription = other.subscribe(queue, received, prefetch=10)
+    deliveries = received.wait_for_body(SENTINEL)
+    other.unsubscribe(subscription)
+    return [(d.body, d.redelivered) for d in deliveries if d.body != SENTINEL]
+
+
+def test_publish_acks_every_listed_input(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    one, two, outputs = name("in1"), name("in2"), name("out")
+    worker, observer = connect(), connect()
+    _, [a, b] = take(worker, one, 2, collector, [b"a", b"b"])
+    _, [c] = take(worker, two, 1, collector, [b"c"])  # another subscription's input
+    worker.publish([Outgoing(outputs, b"result")], ack=[a, b, c]).result(DEADLINE)
+
+    assert drain(observer, outputs, collector) == [b"result"]
+    for delivery in (a, b, c):
+        with pytest.raises(ZocaloError):
+            worker.ack(delivery)  # already acknowledged by the publish
+    assert returned_after_close(worker, observer, one, collector) == []
+    assert drain(observer, two, collector) == []
+
+
+def test_publish_with_one_settled_input_acks_none_of_them(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    inputs, outputs = name("in"), name("out")
+    worker, observer = connect(), connect()
+    _, [a, b, c] = take(worker, inputs, 3, collector, [b"a", b"b", b"c"])
+    worker.ack(b)
+    with pytest.raises(ZocaloError):  # at once or through the confirmation
+        worker.publish([Outgoing(outputs, b"result")], ack=[a, b, c]).result(DEADLINE)
+
+    assert drain(observer, outputs, collector) == []
+    # a and c are still the worker's to settle, and neither was acked: a comes back
+    # as the worker returns it, c when the worker goes.
+    worker.nack(a, requeue=True)
+    assert sorted(returned_after_close(worker, observer, inputs, collector)) == [
+        (b"a", True),
+        (b"c", True),
+    ]
+
+
+def test_publish_refuses_an_input_listed_twice(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    inputs, outputs = name("in"), name("out")
+    _, [delivery] = take(transport, inputs, 1, collector, [b"input"])
+    with pytest.raises(ZocaloError, match="twice"):
+        transport.publish([Outgoing(outputs, b"result")], ack=[delivery, delivery])
+    transport.ack(delivery)  # still ours
+    assert drain(transport, outputs, collector) == []
+
+
+def test_transaction_commit_publishes_everything_and_acks_every_input(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    inputs, outputs, topic = name("in"), name("out"), name("t", topic=True)
+    worker, observer = connect(), connect()
+    news = collector()
+    observer.subscribe_broadcast(topic, news)
+    sent = [f"in-{i}".encode() for i in range(5)]
+    subscription, deliveries = take(worker, inputs, len(sent), collector, sent)
+
+    txn = worker.transaction_begin(subscription_id=subscription.id)
+    assert isinstance(txn, int)
+    assert worker.transaction_begin() != txn  # each transaction its own id
+    for delivery in deliveries:
+        worker.ack(delivery, transaction=txn)
+        worker.send(outputs, b"out-" + delivery.body, headers={"n": 1}, transaction=txn)
+    worker.broadcast(topic, b"news", transaction=txn)
+    assert drain(observer, outputs, collector) == []  # held until the commit
+
+    worker.transaction_commit(txn)
+    received = collector(ack_with=observer)
+    observer.subscribe(outputs, received, prefetch=10)
+    results = received.wait_for_count(len(sent))
+    assert [d.body for d in results] == [b"out-" + body for body in sent]
+    assert results[0].headers["n"] == 1
+    assert news.wait_for_count(1)[0].body == b"news"
+    for delivery in deliveries:
+        with pytest.raises(ZocaloError):
+            worker.ack(delivery)  # the commit acknowledged it
+    assert returned_after_close(worker, observer, inputs, collector) == []
+
+
+def test_transaction_abort_publishes_nothing_and_inputs_return_when_the_consumer_goes(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    inputs, outputs, topic = name("in"), name("out"), name("t", topic=True)
+    worker, observer = connect(), connect()
+    news = collector()
+    observer.subscribe_broadcast(topic, news)
+    subscription, [a, b] = take(worker, inputs, 2, collector, [b"a", b"b"])
+
+    txn = worker.transaction_begin(subscription_id=subscription.id)
+    worker.ack(a, transaction=txn)
+    worker.ack(b, transaction=txn)
+    worker.send(outputs, b"result", transaction=txn)
+    worker.broadcast(topic, b"news", transaction=txn)
+    worker.transaction_abort(txn)
+
+    assert drain(observer, outputs, collector) == []
+    observer.broadcast(topic, SENTINEL)
+    news.wait_for_body(SENTINEL)
+    assert news.bodies == [SENTINEL]
+    # Not acked (as after an AMQP tx.rollback): returned once the consumer goes away.
+    assert sorted(returned_after_close(worker, observer, inputs, collector)) == [
+        (b"a", True),
+        (b"b", True),
+    ]
+
+
+def test_transaction_nack_is_applied_on_commit(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    inputs, outputs = name("in"), name("out")
+    worker, observer = connect(), connect()
+    for body in (b"keep", b"retry"):
+        worker.send(inputs, body)
+    received = collector()
+    worker.subscribe(inputs, received, prefetch=2)
+    keep, retry = received.wait_for_count(2)
+
+    txn = worker.transaction_begin()
+    worker.ack(keep, transaction=txn)
+    worker.nack(retry, requeue=True, reason="later", transaction=txn)
+    with pytest.raises(ZocaloError):
+        worker.ack(retry, transaction=txn)  # already settled in this transaction
+    worker.send(outputs, b"result", transaction=txn)
+    worker.transaction_commit(txn)
+
+    again = received.wait_for_count(3)[2]  # the nack returned it to the queue
+    assert (again.body, again.redelivered) == (b"retry", True)
+    worker.ack(again)
+    assert drain(observer, outputs, collector) == [b"result"]
+    assert returned_after_close(worker, observer, inputs, collector) == []
+
+
+class _Uncopyable:
+    """A header value no transport can carry: not JSON, not AMQP, not even deep-copyable."""
+
+    def __deepcopy__(self, memo: object) -> None:
+        raise TypeError("cannot copy this")
+
+
+def test_a_message_nothing_can_carry_fails_its_publish_only(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    with pytest.raises(ZocaloError, match=repr(queue)):  # at once or through the confirmation
+        transport.publish(
+            [Outgoing(queue, b"first"), Outgoing(queue, b"bad", {"value": _Uncopyable()})]
+        ).result(DEADLINE)
+    for body in bodies("ok1", "ok2", "ok3"):  # and the connection goes on as before
+        transport.send(queue, body, timeout=DEADLINE)
+    received = drain(transport, queue, collector)
+    # Brokers without a transaction per batch may have taken the batch's first message.
+    assert received in (bodies("ok1", "ok2", "ok3"), bodies("first", "ok1", "ok2", "ok3"))
+
+
+@pytest.mark.parametrize("refusal", ["undeclared-queue", "uncarriable-header"])
+def test_transaction_commit_that_fails_acks_no_input_and_names_the_destination(
+    connect: Callable[..., Transport], collector: Callable, name: Callable, refusal: str
+) -> None:
+    """A commit delivers everything and acks every input, or raises naming the destination
+    it could not deliver to and acks none. A queue nobody declared is refused by brokers
+    that do not create queues on first use (RabbitMQ: returned as unroutable)."""
+    inputs, outputs = name("in"), name("out")
+    worker, observer = connect(), connect()
+    subscription, [a, b] = take(worker, inputs, 2, collector, [b"a", b"b"])
+    if refusal == "undeclared-queue":
+        bad = f"{outputs}.never-declared.{uuid.uuid4().hex[:8]}"
+        headers: dict[str, Any] = {}
+    else:
+        bad = name("bad")
+        headers = {"value": _Uncopyable()}
+
+    txn = worker.transaction_begin(subscription_id=subscription.id)
+    worker.ack(a, transaction=txn)
+    worker.ack(b, transaction=txn)
+    worker.send(outputs, b"good", transaction=txn)
+    worker.send(bad, b"bad", headers=headers, transaction=txn)
+    try:
+        worker.transaction_commit(txn)
+    except ZocaloError as error:
+        assert repr(bad) in str(error), error
+        with pytest.raises(ZocaloError):
+            worker.transaction_commit(txn)  # over, failed or not
+        # Neither input was acked, and both are the worker's to settle: a comes back
+        # as the worker returns it, b when the worker goes.
+        worker.nack(a, requeue=True)
+        assert sorted(returned_after_close(worker, observer, inputs, collector)) == [
+            (b"a", True),
+            (b"b", True),
+        ]
+        return
+    assert refusal == "undeclared-queue", "a header nothing can carry was accepted"
+    assert drain(observer, outputs, collector) == [b"good"]
+    assert drain(observer, bad, collector) == [b"bad"]
+    assert returned_after_close(worker, observer, inputs, collector) == []
+
+
+def test_finished_or_unknown_transaction_is_refused(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    inputs, outputs = name("in"), name("out")
+    _, [delivery] = take(transport, inputs, 1, collector, [b"input"])
+    committed = transport.transaction_begin()
+    transport.transaction_commit(committed)
+    aborted = transport.transaction_begin()
+    transport.transaction_abort(aborted)
+
+    for txn in (committed, aborted, 99_999):
+        attempts: dict[str, Callable[[], object]] = {
+            "commit": lambda txn=txn: transport.transaction_commit(txn),
+            "abort": lambda txn=txn: transport.transaction_abort(txn),
+            "ack": lambda txn=txn: transport.ack(delivery, transaction=txn),
+            "nack": lambda txn=txn: transport.nack(delivery, transaction=txn),
+            "send": lambda txn=txn: transport.send(outputs, b"x", transaction=txn),
+            "broadcast": lambda txn=txn: transport.broadcast(outputs, b"x", transaction=txn),
+        }
+        for operation, attempt in attempts.items():
+            with pytest.raises(ZocaloError, match=f"transaction {txn}"):
+                attempt()
+                pytest.fail(f"{operation} in transaction {txn} did not raise")
+    transport.ack(delivery)  # none of that settled it
+    assert drain(transport, outputs, collector) == []
+
+
+def test_transactional_send_of_a_lacking_feature_is_refused_at_once(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    queue, topic = name("q"), name("t", topic=True)
+    txn = transport.transaction_begin()
+    transport.send(queue, b"plain", transaction=txn)
+    if not lacks(
+        transport,
+        Capability.DELAYED_BROADCAST,
+        transport.broadcast,
+        topic,
+        b"delayed",
+        delay=0.5,
+        transaction=txn,
+    ):
+        transport.transaction_abort(txn)
+        return
+    transport.transaction_commit(txn)  # the refused message was never added
+    assert drain(transport, queue, collector) == [b"plain"]
+
+
+def test_transactions_from_many_threads(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    worker, observer = connect(), connect()
+    threads, per_thread = 4, 5
+    ids: list[int] = []
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(per_thread):
+                txn = worker.transaction_begin()
+                ids.append(txn)
+                worker.send(queue, f"{n}-{i}-a".encode(), transaction=txn)
+                worker.send(queue, f"{n}-{i}-b".encode(), transaction=txn)
+                worker.transaction_commit(txn)
+        except BaseException as error:
+            failures.append(error)
+
+    running = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join(DEADLINE * 4)
+    assert not failures, failures
+    assert len(set(ids)) == threads * per_thread
+    received = drain(observer, queue, collector)
+    expected = {
+        f"{n}-{i}-{x}".encode() for n in range(threads) for i in range(per_thread) for x in "ab"
+    }
+    assert sorted(received) == sorted(expected)
+    for n in range(threads):  # each thread's transactions in its order, a before b
+        mine = [body for body in received if body.startswith(f"{n}-".encode())]
+        assert mine == [f"{n}-{i}-{x}".encode() for i in range(per_thread) for x in "ab"]

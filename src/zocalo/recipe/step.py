@@ -4,6 +4,13 @@ Sends are *collected*, not published: the runner publishes them all together
 with the acknowledgement of the input, so a handler that fails half-way sends
 nothing. Unlike python-workflows, sending to a channel the step does not have
 is logged and counted (``step.unrouted``), never silently dropped.
+
+A handler needs no transaction: the runner's publish of ``step.outputs`` with
+the input's ack already is one. A send given python-workflows' explicit
+``transaction=txn`` goes into that transaction of the step's transport instead
+of ``step.outputs`` (published when the caller commits it, dropped if it
+aborts); a step without a transport refuses it. ``transaction=None`` is the
+same as leaving it out.
 """
 
 from __future__ import annotations
@@ -11,11 +18,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zocalo.recipe.model import Recipe
 from zocalo.recipe.wire import RecipeEncoder, RecipeMessage, dumps, recipe_headers
 from zocalo.transport.base import Outgoing
+
+if TYPE_CHECKING:
+    from zocalo.transport.base import Transport
 
 log = logging.getLogger("zocalo.recipe.step")
 
@@ -35,6 +45,9 @@ class RecipeStep:
     For a message without a recipe (a plain message) ``recipe`` is None:
     ``send``/``send_to``/``checkpoint`` then have nowhere to go (logged and
     counted), but ``start`` and ``send_plain`` work.
+
+    ``transport`` is the connection whose transactions ``transaction=`` names
+    (see the module docstring); without it, sends can only be collected.
     """
 
     def __init__(
@@ -43,8 +56,10 @@ class RecipeStep:
         *,
         headers: Mapping[str, Any] | None = None,
         message_id: str = "",
+        transport: Transport | None = None,
     ) -> None:
         self.message = message
+        self.transport = transport
         self.headers: dict[str, Any] = dict(headers or {})
         self.message_id = message_id
         self.outputs: list[Outgoing] = []
@@ -174,11 +189,10 @@ class RecipeStep:
         **options: Any,
     ) -> None:
         """Send a JSON message that is not part of a recipe (e.g. to ``processing_recipe``)."""
-        self.outputs.append(
-            Outgoing(
-                queue, dumps(payload).encode(), dict(headers or {}), **_transport_options(options)
-            )
+        message = Outgoing(
+            queue, dumps(payload).encode(), dict(headers or {}), **_transport_options(options)
         )
+        self._emit([message], options.get("transaction"))
 
     # -- internals ----------------------------------------------------------
     def _unrouted(self, call: str, why: str) -> int:
@@ -244,25 +258,37 @@ class RecipeStep:
             transport_options["delay"] = float(step["transport-delay"])
         body = encoder.body(target, path, environment, payload)
         all_headers = recipe_headers(headers)
-        queued = 0
+        messages: list[Outgoing] = []
         if step.get("queue"):
-            self.outputs.append(Outgoing(step["queue"], body, all_headers, **transport_options))
-            queued += 1
+            messages.append(Outgoing(step["queue"], body, all_headers, **transport_options))
         if step.get("topic"):
             topic_options = {k: v for k, v in transport_options.items() if k != "priority"}
-            self.outputs.append(
+            messages.append(
                 Outgoing(step["topic"], body, dict(all_headers), broadcast=True, **topic_options)
             )
-            queued += 1
-        if not queued:
+        if not messages:
             self._unrouted(f"message to step {target}", "that step has neither queue nor topic")
-        return queued
+        self._emit(messages, options.get("transaction"))
+        return len(messages)
+
+    def _emit(self, messages: list[Outgoing], transaction: int | None) -> None:
+        """Collect ``messages`` in ``outputs``, or add them to ``transaction``."""
+        if transaction is None:
+            self.outputs.extend(messages)
+            return
+        if self.transport is None:
+            raise ValueError(
+                f"transaction={transaction!r} given, but this step has no transport to hold "
+                "it: build it as RecipeStep(..., transport=...) with the transport that began "
+                "the transaction, or leave transaction= out and publish step.outputs"
+            )
+        self.transport.transaction_add(transaction, *messages)
 
 
 def _transport_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Keep the per-message options a transport understands; refuse anything else."""
     allowed = {"delay", "priority", "expiration"}
-    unknown = set(options) - allowed - {"transaction"}  # transaction: python-workflows habit
+    unknown = set(options) - allowed - {"transaction"}  # transaction: see _emit
     if unknown:
         raise TypeError(f"unknown send options {sorted(unknown)}; allowed: {sorted(allowed)}")
     return {key: options[key] for key in allowed if options.get(key) is not None}

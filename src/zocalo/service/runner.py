@@ -303,7 +303,12 @@ class ServiceRunner:
     def _decode(self, delivery: Delivery, spec: HandlerSpec, what: str) -> tuple[RecipeStep, Any]:
         if wire.is_recipe_message(delivery.headers):
             message = wire.decode(delivery.body, delivery.headers, what)
-            step = RecipeStep(message, headers=delivery.headers, message_id=delivery.message_id)
+            step = RecipeStep(
+                message,
+                headers=delivery.headers,
+                message_id=delivery.message_id,
+                transport=self.transport,
+            )
             return step, message.payload
         if not spec.allow_plain:
             raise InvalidMessage(
@@ -311,7 +316,10 @@ class ServiceRunner:
                 f"{spec.function.__qualname__} accepts recipe messages only"
             )
         payload = wire.decode_json(delivery.body, what)
-        return RecipeStep(None, headers=delivery.headers, message_id=delivery.message_id), payload
+        plain = RecipeStep(
+            None, headers=delivery.headers, message_id=delivery.message_id, transport=self.transport
+        )
+        return plain, payload
 
     def _settle(self, delivery: Delivery, outputs: Sequence[Outgoing], what: str) -> None:
         ack = delivery if delivery.ackable else None

@@ -6,13 +6,20 @@ owns, so they must be quick (the service runner only enqueues deliveries).
 
 The central primitive is :meth:`Transport.publish`: publish a batch of
 outgoing messages and, once the broker has accepted *all* of them, acknowledge
-the input that produced them. It returns a :class:`Confirmation` (a future)
+the input(s) that produced them. It returns a :class:`Confirmation` (a future)
 so the caller can keep working while the broker confirms.
+
+python-workflows' transactions (``transaction_begin`` / ``ack(...,
+transaction=)`` / ``send(..., transaction=)`` / ``transaction_commit``) are
+emulated on the client, once, here: a transaction is a buffer, and its commit
+is one ``publish`` of the buffered messages acking the buffered inputs. No
+broker transaction is involved (see :class:`Transport`).
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +27,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from zocalo.errors import UnsupportedFeature
+from zocalo.errors import PublishFailed, TransportError, UnsupportedFeature, ZocaloError
+
+log = logging.getLogger(__name__)
 
 #: Deliveries beyond this count move a message to ``dlq.<queue>``.
 DEFAULT_DELIVERY_LIMIT = 5
@@ -136,8 +145,59 @@ def confirmed() -> Confirmation:
     return done
 
 
+#: What ``publish(..., ack=)`` takes: one delivery, several, or none.
+Acks = Delivery | Sequence[Delivery] | None
+
+
+def deliveries_to_ack(ack: Acks) -> list[Delivery]:
+    """``publish``'s ``ack`` argument as a list; a delivery listed twice is refused."""
+    if ack is None:
+        return []
+    if isinstance(ack, Delivery):
+        return [ack]
+    deliveries = list(ack)
+    seen: set[int] = set()
+    for delivery in deliveries:
+        if not isinstance(delivery, Delivery):
+            raise TypeError(f"ack= takes deliveries, not {type(delivery).__name__}")
+        if id(delivery) in seen:
+            raise TransportError(f"{delivery.describe()} is listed twice in one publish")
+        seen.add(id(delivery))
+    return deliveries
+
+
+@dataclass(eq=False)
+class _Transaction:
+    """A client-side transaction: what to do, all at once, on commit."""
+
+    id: int
+    subscription: int | None
+    messages: list[Outgoing] = field(default_factory=list)
+    acks: list[Delivery] = field(default_factory=list)
+    #: (delivery, requeue, reason), applied once the publish is confirmed.
+    nacks: list[tuple[Delivery, bool, str]] = field(default_factory=list)
+
+    def holds(self, delivery: Delivery) -> bool:
+        return any(d is delivery for d in self.acks) or any(d is delivery for d, _, _ in self.nacks)
+
+
 class Transport(ABC):
-    """Abstract broker connection. One subclass per broker in ``zocalo.transport``."""
+    """Abstract broker connection. One subclass per broker in ``zocalo.transport``.
+
+    Subclasses implement ``publish``, ``_ack`` and ``_nack`` (and the connection
+    and subscription methods); ``ack``/``nack``/``send``/``broadcast`` and the
+    transaction methods are built on those here, once for every broker.
+
+    Transactions are python-workflows' API, emulated on the client: a dict of
+    buffers under a lock. ``ack``/``nack``/``send``/``broadcast`` given
+    ``transaction=`` only add to the buffer; ``transaction_commit`` is one
+    atomic :meth:`publish` of the buffered messages acking every buffered input,
+    and waits for it. Nothing is asked of the broker before the commit, so a
+    transaction costs no round trips of its own (an AMQP ``tx.commit`` is a
+    synchronous round trip, and a channel cannot be in tx and confirm mode at
+    once; we publish with confirms). Unlike an AMQP transaction, a commit
+    whose output the broker cannot route fails, and acks nothing.
+    """
 
     #: Features this transport honours; others are refused, never ignored.
     capabilities: frozenset[Capability] = frozenset()
@@ -151,7 +211,10 @@ class Transport(ABC):
         self.url = url
         self.delivery_limit = delivery_limit
         self._subscription_ids = 0
+        self._transaction_ids = 0
+        self._transactions: dict[int, _Transaction] = {}
         self._id_lock = threading.Lock()
+        self._transaction_lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------
     @abstractmethod
@@ -198,20 +261,55 @@ class Transport(ABC):
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop deliveries; unacknowledged ones stay owed until acked/nacked or closed."""
 
-    @abstractmethod
-    def ack(self, delivery: Delivery) -> None: ...
+    def ack(self, delivery: Delivery, *, transaction: int | None = None) -> None:
+        """Acknowledge ``delivery``: the broker forgets it.
+
+        With ``transaction`` (python-workflows' keyword) the ack is held in that
+        transaction and happens only if, and when, it commits.
+        """
+        if transaction is None:
+            self._ack(delivery)
+            return
+        self._hold(transaction, delivery, lambda txn: txn.acks.append(delivery))
+
+    def nack(
+        self,
+        delivery: Delivery,
+        *,
+        requeue: bool = True,
+        reason: str = "",
+        transaction: int | None = None,
+    ) -> None:
+        """Return a delivery: to its queue (``requeue``) or to ``dlq.<queue>`` with ``reason``.
+
+        With ``transaction`` the nack is applied after the transaction's commit
+        was confirmed (as an AMQP ``tx.commit`` applies it); a failed or aborted
+        transaction leaves the delivery unsettled, in the caller's hands.
+        """
+        if transaction is None:
+            self._nack(delivery, requeue=requeue, reason=reason)
+            return
+        self._hold(transaction, delivery, lambda txn: txn.nacks.append((delivery, requeue, reason)))
 
     @abstractmethod
-    def nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
-        """Return a delivery: to its queue (``requeue``) or to ``dlq.<queue>`` with ``reason``."""
+    def _ack(self, delivery: Delivery) -> None:
+        """Acknowledge ``delivery`` now (implementations)."""
+
+    @abstractmethod
+    def _nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
+        """Return ``delivery`` now (implementations): see :meth:`nack`."""
 
     # -- publishing ---------------------------------------------------------
     @abstractmethod
-    def publish(self, messages: Sequence[Outgoing], *, ack: Delivery | None = None) -> Confirmation:
-        """Publish ``messages``; once all are accepted, ack ``ack``. Atomic per call.
+    def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
+        """Publish ``messages``; once all are accepted, ack every delivery in ``ack``.
 
-        Returns at once; the confirmation completes when the broker accepted
-        everything. If anything fails, no input is acked.
+        ``ack`` is one delivery, a sequence of them (from any subscriptions of
+        this connection), or None. Atomic per call: returns at once; the
+        confirmation completes when the broker accepted everything and the
+        inputs are acknowledged. If anything fails, no input is acked (each
+        stays unsettled, for the caller to nack or the broker to redeliver)
+        and the error names the destination that failed.
         """
 
     def send(
@@ -224,11 +322,19 @@ class Transport(ABC):
         priority: int | None = None,
         expiration: float | None = None,
         timeout: float | None = 30.0,
+        transaction: int | None = None,
     ) -> None:
-        """Send one message to a queue and wait until the broker accepted it."""
+        """Send one message to a queue and wait until the broker accepted it.
+
+        With ``transaction`` it is only added to that transaction (and checked
+        for features this transport lacks); it is published on commit.
+        """
         message = Outgoing(
             queue, _as_bytes(body), dict(headers or {}), False, delay, priority, expiration
         )
+        if transaction is not None:
+            self.transaction_add(transaction, message)
+            return
         self.publish([message]).result(timeout)
 
     def broadcast(
@@ -240,12 +346,120 @@ class Transport(ABC):
         delay: float | None = None,
         expiration: float | None = None,
         timeout: float | None = 30.0,
+        transaction: int | None = None,
     ) -> None:
-        """Broadcast one message to every current subscriber of ``topic``."""
+        """Broadcast one message to every current subscriber of ``topic``.
+
+        With ``transaction`` it is broadcast when that transaction commits.
+        """
         message = Outgoing(
             topic, _as_bytes(body), dict(headers or {}), True, delay, None, expiration
         )
+        if transaction is not None:
+            self.transaction_add(transaction, message)
+            return
         self.publish([message]).result(timeout)
+
+    # -- client-side transactions (python-workflows' API) --------------------
+    def transaction_begin(self, subscription_id: int | Subscription | None = None) -> int:
+        """Open a transaction; returns its id (1, 2, ... per connection).
+
+        Sends, broadcasts, acks and nacks given ``transaction=`` this id are
+        held until :meth:`transaction_commit`. ``subscription_id`` is accepted
+        for compatibility with python-workflows (where it picks the AMQP
+        channel to put in tx mode); here a transaction may settle deliveries
+        of any subscription of this connection.
+        """
+        subscription = (
+            subscription_id.id if isinstance(subscription_id, Subscription) else subscription_id
+        )
+        with self._transaction_lock:
+            self._transaction_ids += 1
+            txn = _Transaction(self._transaction_ids, subscription)
+            self._transactions[txn.id] = txn
+        return txn.id
+
+    def transaction_add(self, transaction_id: int, *messages: Outgoing) -> None:
+        """Hold ``messages`` in a transaction, to publish on commit.
+
+        Features this transport lacks are refused now, not at commit.
+        """
+        for message in messages:
+            self.check_supported(message)
+        with self._transaction_lock:
+            self._open_transaction(transaction_id).messages.extend(messages)
+
+    def transaction_commit(self, transaction_id: int, *, timeout: float | None = 30.0) -> None:
+        """Publish everything the transaction holds and ack its inputs, atomically.
+
+        One :meth:`publish` of the held messages with every held ack; returns
+        once the broker confirmed it, then applies held nacks. On failure raises
+        :class:`~zocalo.errors.PublishFailed` naming the destination: no input
+        of the transaction was acked (they are redelivered once this connection
+        lets go of them, or can be nacked). The transaction is over either way.
+        """
+        with self._transaction_lock:
+            txn = self._open_transaction(transaction_id)
+            del self._transactions[transaction_id]
+        inputs = len(txn.acks)
+        try:
+            self.publish(txn.messages, ack=txn.acks).result(timeout)
+        except TimeoutError:
+            raise PublishFailed(
+                f"transaction {transaction_id}: the broker did not confirm its "
+                f"{len(txn.messages)} message(s) within {timeout} s; its {inputs} input(s) "
+                "are acknowledged only if it still does"
+            ) from None
+        except ZocaloError as error:
+            raise PublishFailed(
+                f"transaction {transaction_id} failed and acknowledged none of its "
+                f"{inputs} input(s): {error}"
+            ) from error
+        for delivery, requeue, reason in txn.nacks:
+            try:
+                self._nack(delivery, requeue=requeue, reason=reason)
+            except ZocaloError as error:
+                # It stays unsettled and comes back: what a requeue asked for anyway.
+                log.warning(
+                    "transaction %d committed, but its nack of %s failed: %s",
+                    transaction_id,
+                    delivery.describe(),
+                    error,
+                )
+
+    def transaction_abort(self, transaction_id: int) -> None:
+        """Drop everything the transaction holds: nothing is published, acked or nacked.
+
+        Deliveries acked in it stay unsettled, as after python-workflows'
+        ``tx.rollback``: they return to their queue when this connection lets
+        go of them (close, crash), or at once if the caller nacks them.
+        """
+        with self._transaction_lock:
+            self._open_transaction(transaction_id)
+            del self._transactions[transaction_id]
+
+    def _open_transaction(self, transaction_id: int) -> _Transaction:
+        """The open transaction ``transaction_id``, or a clear error (lock held)."""
+        txn = self._transactions.get(transaction_id)
+        if txn is None:
+            raise TransportError(
+                f"transaction {transaction_id!r} is not open on this connection "
+                f"(unknown, or already committed or aborted)"
+            )
+        return txn
+
+    def _hold(
+        self, transaction_id: int, delivery: Delivery, add: Callable[[_Transaction], None]
+    ) -> None:
+        if not delivery.ackable:
+            raise TransportError(f"{delivery.describe()} cannot be acknowledged")
+        with self._transaction_lock:
+            txn = self._open_transaction(transaction_id)
+            if txn.holds(delivery):
+                raise TransportError(
+                    f"{delivery.describe()} is already settled in transaction {transaction_id}"
+                )
+            add(txn)
 
     # -- introspection ------------------------------------------------------
     def queue_stats(self) -> list[QueueStats]:

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from zocalo.errors import ConnectionFailed, TransportError
+from zocalo.errors import ConnectionFailed, PublishFailed, TransportError
 from zocalo.transport.base import (
     DEFAULT_DELIVERY_LIMIT,
     DLQ_HISTORY_HEADER,
     DLQ_QUEUE_HEADER,
     DLQ_REASON_HEADER,
+    Acks,
     Callback,
     Capability,
     Confirmation,
@@ -36,6 +37,7 @@ from zocalo.transport.base import (
     Subscription,
     Transport,
     confirmed,
+    deliveries_to_ack,
     dlq_name,
 )
 
@@ -342,8 +344,8 @@ class MemoryTransport(Transport):
                 del self._consumers[subscription.id]
             broker.condition.notify_all()
 
-    def _settle(self, delivery: Delivery) -> tuple[_Consumer, _Stored]:
-        """Remove ``delivery`` from its consumer's unacknowledged set (lock held)."""
+    def _owned(self, delivery: Delivery) -> tuple[_Consumer, _Stored]:
+        """``delivery``'s consumer and message if it awaits settlement (lock held), or raise."""
         consumer = delivery.token
         if not delivery.ackable or not isinstance(consumer, _Consumer):
             raise TransportError(f"{delivery.describe()} cannot be acknowledged")
@@ -355,17 +357,22 @@ class MemoryTransport(Transport):
                 f"{delivery.describe()} is not awaiting acknowledgement "
                 "(already settled, or returned when its connection closed)"
             )
+        return consumer, message
+
+    def _settle(self, delivery: Delivery) -> tuple[_Consumer, _Stored]:
+        """Remove ``delivery`` from its consumer's unacknowledged set (lock held)."""
+        consumer, message = self._owned(delivery)
         del consumer.unacked[delivery.message_id]
         if not consumer.subscription.active and not consumer.unacked:
             self._consumers.pop(consumer.subscription.id, None)
         self.broker.condition.notify_all()
         return consumer, message
 
-    def ack(self, delivery: Delivery) -> None:
+    def _ack(self, delivery: Delivery) -> None:
         with self.broker.condition:
             self._settle(delivery)
 
-    def nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
+    def _nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
         broker = self.broker
         with broker.condition:
             consumer, message = self._settle(delivery)
@@ -383,18 +390,19 @@ class MemoryTransport(Transport):
                 )
                 broker.dead_letter(queue, message, reason or "rejected without requeue")
 
-    def publish(self, messages: Sequence[Outgoing], *, ack: Delivery | None = None) -> Confirmation:
+    def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
         self._require_connected()
         for message in messages:
             self.check_supported(message)
+        acks = deliveries_to_ack(ack)
         if self.broker.confirm_delay <= 0:
-            self._commit(messages, ack)
+            self._commit(messages, acks)
             return confirmed()
         confirmation = Confirmation()
 
         def commit_later() -> None:
             try:
-                self._commit(messages, ack)
+                self._commit(messages, acks)
             except Exception as error:
                 confirmation.set_exception(error)
             else:
@@ -403,28 +411,40 @@ class MemoryTransport(Transport):
         self.broker.confirmer.schedule(commit_later)
         return confirmation
 
-    def _commit(self, messages: Sequence[Outgoing], ack: Delivery | None) -> None:
+    def _commit(self, messages: Sequence[Outgoing], acks: list[Delivery]) -> None:
         broker = self.broker
         with broker.condition:
-            if ack is not None:
-                self._settle(ack)
-            for message in messages:
-                expires_at = (
-                    time.time() + (message.delay or 0) + message.expiration
-                    if message.expiration is not None
-                    else None
-                )
-                # A deep copy, as a wire would: later changes by the sender don't leak in.
-                headers = copy.deepcopy(dict(message.headers))
-                stored = _Stored(
-                    broker.new_id(), message.body, headers, message.priority or 0, expires_at
-                )
+            for delivery in acks:  # all or none: check every one before settling any
+                self._owned(delivery)
+            stored = [(message, self._store(message)) for message in messages]
+            for delivery in acks:
+                self._settle(delivery)
+            for message, copy_ in stored:
                 if message.broadcast:
                     for consumer in broker.topics.get(message.destination, []):
-                        consumer.inbox.append(stored)
+                        consumer.inbox.append(copy_)
                     broker.condition.notify_all()
                 else:
-                    broker.enqueue(message.destination, stored, message.delay)
+                    broker.enqueue(message.destination, copy_, message.delay)
+
+    def _store(self, message: Outgoing) -> _Stored:
+        """The broker's copy of ``message`` (lock held)."""
+        expires_at = (
+            time.time() + (message.delay or 0) + message.expiration
+            if message.expiration is not None
+            else None
+        )
+        try:
+            # A deep copy, as a wire would: later changes by the sender don't leak in.
+            headers = copy.deepcopy(dict(message.headers))
+        except Exception as error:
+            raise PublishFailed(
+                f"cannot publish to {message.describe()}: its headers cannot be copied "
+                f"({type(error).__name__}: {error})"
+            ) from None
+        return _Stored(
+            self.broker.new_id(), message.body, headers, message.priority or 0, expires_at
+        )
 
     # -- introspection -------------------------------------------------------
     def queue_stats(self) -> list[QueueStats]:

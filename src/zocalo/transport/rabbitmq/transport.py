@@ -44,6 +44,7 @@ from zocalo.transport.base import (
     DLQ_HISTORY_HEADER,
     DLQ_QUEUE_HEADER,
     DLQ_REASON_HEADER,
+    Acks,
     Callback,
     Capability,
     Confirmation,
@@ -51,6 +52,7 @@ from zocalo.transport.base import (
     Outgoing,
     Subscription,
     Transport,
+    deliveries_to_ack,
     dlq_name,
 )
 from zocalo.transport.rabbitmq import delay as delays
@@ -131,10 +133,10 @@ def _node_parameters(
 
 @dataclass(eq=False)
 class _Batch:
-    """One publish call: its outputs, the input to ack, and its confirmation."""
+    """One publish call: its outputs, the inputs to ack, and its confirmation."""
 
     future: Confirmation
-    ack: Delivery | None
+    acks: list[Delivery]
     remaining: int = 0
     failures: list[str] = field(default_factory=list)
 
@@ -692,11 +694,19 @@ class RabbitMQTransport(Transport):
             consumer.unsettled.discard(tag)
         return channel, tag
 
-    def ack(self, delivery: Delivery) -> None:
+    def _untake(self, delivery: Delivery) -> None:
+        """Undo :meth:`_take`: ``delivery`` awaits settlement again, if its channel lives."""
+        channel, tag = delivery.token
+        with self._lock:
+            consumer = self._consumers.get(delivery.subscription.id)
+            if consumer is not None and consumer.channel is channel and channel.is_open:
+                consumer.unsettled.add(tag)
+
+    def _ack(self, delivery: Delivery) -> None:
         channel, tag = self._take(delivery)
         self._soon(lambda: channel.basic_ack(tag) if channel.is_open else None)
 
-    def nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
+    def _nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
         channel, tag = self._take(delivery)
         if requeue:
             self._soon(lambda: channel.basic_nack(tag, requeue=True) if channel.is_open else None)
@@ -714,7 +724,7 @@ class RabbitMQTransport(Transport):
             }
         ]
         copy = Outgoing(dlq_name(delivery.source), delivery.body, headers)
-        batch = _Batch(Confirmation(), None)
+        batch = _Batch(Confirmation(), [])
 
         def settle(done: Confirmation) -> None:
             if not channel.is_open:
@@ -729,12 +739,25 @@ class RabbitMQTransport(Transport):
         self._soon(lambda: self._publish_now([copy], batch, [route]))
 
     # -- publishing ---------------------------------------------------------
-    def publish(self, messages: Sequence[Outgoing], *, ack: Delivery | None = None) -> Confirmation:
+    def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
         routes = [self._route(message) for message in messages]
-        if ack is not None:
-            self._take(ack)
-        batch = _Batch(Confirmation(), ack)
-        self._soon(lambda: self._publish_now(list(messages), batch, routes))
+        acks = deliveries_to_ack(ack)
+        taken: list[Delivery] = []
+        try:
+            for delivery in acks:
+                self._take(delivery)
+                taken.append(delivery)
+        except TransportError:
+            for delivery in taken:  # all or none: the others are still the caller's
+                self._untake(delivery)
+            raise
+        batch = _Batch(Confirmation(), acks)
+        try:
+            self._soon(lambda: self._publish_now(list(messages), batch, routes))
+        except ConnectionFailed:
+            for delivery in acks:
+                self._untake(delivery)
+            raise
         return batch.future
 
     def _route(self, message: Outgoing) -> tuple[Outgoing, str, str, dict[str, Any]]:
@@ -766,29 +789,37 @@ class RabbitMQTransport(Transport):
             for number, (owner, _, _) in list(self._unconfirmed.items()):
                 if owner is batch:
                     del self._unconfirmed[number]
-            self._fail_batch(batch, f"cannot publish: {type(error).__name__}: {error}")
+            why = error if isinstance(error, _Unpublishable) else f"{type(error).__name__}: {error}"
+            self._fail_batch(batch, f"cannot publish to {why}")
 
     def _publish_each(
         self, publisher: Channel, messages: list[Outgoing], batch: _Batch, routes: list
     ) -> None:
         for message, (_, exchange, routing_key, extra) in zip(messages, routes, strict=True):
             message_id = f"{self._id_prefix}{next(self._ids)}"
-            headers = {**to_amqp(dict(message.headers)), **extra}
-            properties = BasicProperties(
-                headers=headers,
-                delivery_mode=2,
-                message_id=message_id,
-                expiration=(
-                    str(round(message.expiration * 1000))
-                    if message.expiration is not None
-                    else None
-                ),
-            )
+            try:
+                properties = BasicProperties(
+                    headers={**to_amqp(dict(message.headers)), **extra},
+                    delivery_mode=2,
+                    message_id=message_id,
+                    expiration=(
+                        str(round(message.expiration * 1000))
+                        if message.expiration is not None
+                        else None
+                    ),
+                )
+                publisher.basic_publish(
+                    exchange, routing_key, message.body, properties, mandatory=not message.broadcast
+                )
+            except Exception as error:
+                # pika encodes the whole frame before sending any of it: nothing of this
+                # message reached the broker, so it takes no confirm sequence number.
+                raise _Unpublishable(
+                    f"{message.describe()}: {type(error).__name__}: {error}"
+                ) from error
+            # Recorded after the send: its confirm is handled on this same thread, later.
             self._sequence += 1
             self._unconfirmed[self._sequence] = (batch, message_id, message.describe())
-            publisher.basic_publish(
-                exchange, routing_key, message.body, properties, mandatory=not message.broadcast
-            )
 
     def _on_return(
         self, channel: Channel, method: Basic.Return, properties: BasicProperties, body: bytes
@@ -823,27 +854,27 @@ class RabbitMQTransport(Transport):
         if batch.failures:
             self._fail_batch(batch, "; ".join(batch.failures))
             return
-        if batch.ack is not None:
-            channel, tag = batch.ack.token
-            if not channel.is_open:
-                batch.future.set_exception(
-                    PublishFailed(
-                        f"outputs were published, but the channel of {batch.ack.describe()} closed "
-                        "before it could be acknowledged; it will be redelivered"
-                    )
-                )
-                return
+        # An input whose channel closed meanwhile (its delivery tag belongs to a dead
+        # channel, e.g. of a lost connection) cannot be acked any more: the broker
+        # redelivers it. Then none is acked, as for any other failure of the batch.
+        lost = [delivery for delivery in batch.acks if not delivery.token[0].is_open]
+        if lost:
+            self._fail_batch(
+                batch,
+                "outputs were published, but the channel of "
+                + ", ".join(delivery.describe() for delivery in lost)
+                + " closed before it could be acknowledged; no input was acknowledged",
+            )
+            return
+        for delivery in batch.acks:
+            channel, tag = delivery.token
             channel.basic_ack(tag)
         batch.future.set_result(None)
 
     def _fail_batch(self, batch: _Batch, why: str) -> None:
-        if batch.ack is not None:
-            # Not acked: give it back to the runner to nack or let the broker redeliver.
-            channel, tag = batch.ack.token
-            with self._lock:
-                consumer = self._consumers.get(batch.ack.subscription.id)
-                if consumer is not None and consumer.channel is channel:
-                    consumer.unsettled.add(tag)
+        # Not acked: give them back to the caller to nack, or the broker to redeliver.
+        for delivery in batch.acks:
+            self._untake(delivery)
         if not batch.future.done():
             batch.future.set_exception(PublishFailed(why))
 
@@ -858,6 +889,10 @@ class RabbitMQTransport(Transport):
                 if delivery.ackable:
                     with contextlib.suppress(TransportError):
                         self.nack(delivery, requeue=True, reason="callback raised")
+
+
+class _Unpublishable(Exception):
+    """A message pika cannot encode (text: its destination and why)."""
 
 
 def _cause(error: BaseException) -> BaseException:

@@ -43,6 +43,7 @@ from zocalo.transport.base import (
     DLQ_HISTORY_HEADER,
     DLQ_QUEUE_HEADER,
     DLQ_REASON_HEADER,
+    Acks,
     Callback,
     Capability,
     Confirmation,
@@ -51,6 +52,7 @@ from zocalo.transport.base import (
     QueueStats,
     Subscription,
     Transport,
+    deliveries_to_ack,
     dlq_name,
 )
 from zocalo.transport.sqlite.signals import LivenessLock, WakeSender, WakeSocket, holder_is_dead
@@ -108,7 +110,10 @@ class _Consumer:
 class _Op:
     kind: str
     messages: Sequence[Outgoing] = ()
+    #: The delivery to ack or nack ("ack", "nack").
     delivery: Delivery | None = None
+    #: The deliveries a publish acks, in the same transaction as its inserts.
+    acks: Sequence[Delivery] = ()
     consumer: _Consumer | None = None
     requeue: bool = True
     reason: str = ""
@@ -337,23 +342,31 @@ class SqliteTransport(Transport):
             if consumer is not None:
                 consumer.inflight[delivery.token] = delivery
 
-    def ack(self, delivery: Delivery) -> None:
+    def _ack(self, delivery: Delivery) -> None:
         self._take_inflight(delivery)
         self._submit(_Op("ack", delivery=delivery))
 
-    def nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
+    def _nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
         self._take_inflight(delivery)
         self._submit(_Op("nack", delivery=delivery, requeue=requeue, reason=reason or "rejected"))
 
     # -- publishing ---------------------------------------------------------
-    def publish(self, messages: Sequence[Outgoing], *, ack: Delivery | None = None) -> Confirmation:
+    def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
         self._require_open()
         for message in messages:
             self.check_supported(message)
-        if ack is not None:
-            self._take_inflight(ack)
+        acks = deliveries_to_ack(ack)
+        taken: list[Delivery] = []
+        try:
+            for delivery in acks:
+                self._take_inflight(delivery)
+                taken.append(delivery)
+        except TransportError:
+            for delivery in taken:  # all or none: the others are still the caller's
+                self._restore_inflight(delivery)
+            raise
         confirmation = Confirmation()
-        self._submit(_Op("publish", messages=list(messages), delivery=ack, future=confirmation))
+        self._submit(_Op("publish", messages=list(messages), acks=acks, future=confirmation))
         return confirmation
 
     # -- the worker thread --------------------------------------------------
@@ -460,8 +473,9 @@ class SqliteTransport(Transport):
             fcntl.flock(self._write_lock, fcntl.LOCK_UN)
             log.error("broker transaction on %s failed: %s", self.path, error)
             for op in ops:
-                if op.delivery is not None and op.kind == "publish":
-                    self._restore_inflight(op.delivery)
+                if op.kind == "publish":
+                    for delivery in op.acks:
+                        self._restore_inflight(delivery)
                 if op.future is not None and not op.future.done():
                     op.future.set_exception(PublishFailed(f"{self.path}: {error}"))
             with self._lock:
@@ -524,25 +538,7 @@ class SqliteTransport(Transport):
             self._return_rows(db, [op.delivery.token], op.reason, pokes, dead_letter=not op.requeue)
             return None
         if kind == "publish":
-            db.execute("SAVEPOINT publish")
-            if op.delivery is not None and not self._delete_owned(db, op.delivery):
-                db.execute("ROLLBACK TO publish")
-                db.execute("RELEASE publish")
-                return PublishFailed(
-                    f"{op.delivery.describe()} was returned to its queue before this "
-                    "publish (lease expired or connection reaped); nothing was published"
-                )
-            try:
-                for message in op.messages:
-                    self._insert(db, message, pokes)
-            except (TypeError, ValueError) as error:
-                db.execute("ROLLBACK TO publish")
-                db.execute("RELEASE publish")
-                if op.delivery is not None:
-                    self._restore_inflight(op.delivery)
-                return PublishFailed(f"cannot publish: {error}")
-            db.execute("RELEASE publish")
-            return None
+            return self._publish_op(db, op, pokes)
         if kind == "subscribe":
             assert op.consumer is not None
             sub = op.consumer.subscription
@@ -580,6 +576,35 @@ class SqliteTransport(Transport):
             self._return_rows(db, owned, "connection closed", pokes)
             return None
         raise AssertionError(f"unknown operation {kind}")
+
+    def _publish_op(self, db: sqlite3.Connection, op: _Op, pokes: _Pokes) -> BaseException | None:
+        """Acks and inserts of one publish, all or none (a savepoint in the open transaction)."""
+        db.execute("SAVEPOINT publish")
+        for delivery in op.acks:
+            if not self._delete_owned(db, delivery):
+                db.execute("ROLLBACK TO publish")
+                db.execute("RELEASE publish")
+                for other in op.acks:  # still ours: the caller may settle them
+                    if other is not delivery:
+                        self._restore_inflight(other)
+                return PublishFailed(
+                    f"{delivery.describe()} was returned to its queue before this "
+                    "publish (lease expired or connection reaped); nothing was published "
+                    "and no input acknowledged"
+                )
+        message: Outgoing | None = None
+        try:
+            for message in op.messages:
+                self._insert(db, message, pokes)
+        except (TypeError, ValueError) as error:
+            db.execute("ROLLBACK TO publish")
+            db.execute("RELEASE publish")
+            for delivery in op.acks:
+                self._restore_inflight(delivery)
+            where = f" to {message.describe()}" if message is not None else ""
+            return PublishFailed(f"cannot publish{where}: {error}")
+        db.execute("RELEASE publish")
+        return None
 
     def _unregister(self, db: sqlite3.Connection, consumer: _Consumer) -> None:
         db.execute("DELETE FROM consumers WHERE id = ?", (consumer.consumer_id,))
