@@ -1,7 +1,7 @@
 """RabbitMQ end to end: Zocalo's transport and services against python-workflows 3.3.
 
 The two-step pipeline of ``bench/embedded.py`` (step 1 -> step 2 -> collector)
-on a local RabbitMQ (``amqp://guest:guest@127.0.0.1:5672``), three systems:
+on a local RabbitMQ (``amqp://guest:guest@127.0.0.1:5672``), five systems:
 
 - ``zocalo-rabbitmq``: step 1 and step 2 each a real ``zocalo.service`` process
   (``embedded_services:Step1``/``Step2``; supervisor + worker).
@@ -11,9 +11,14 @@ on a local RabbitMQ (``amqp://guest:guest@127.0.0.1:5672``), three systems:
   per message: the at-least-once pattern of the reference's own services.
 - ``workflows-rabbitmq-notx``: the same, forwarding then acking, no transaction.
 - ``aiopika-ceiling``: each step one asyncio process on aio-pika
-  (``aiopika_ceiling.py``): decode, move the recipe pointer on, publish with
-  publisher confirms and ack the input once confirmed, a task per message so
-  nothing waits per message. No framework: what the wire allows from Python.
+  (``aiopika_ceiling.py``; consume, publish and ack on the aiormq channel under
+  it): decode, move the recipe pointer on, publish with publisher confirms
+  without waiting per message, and ack the inputs whose outputs are confirmed
+  with one ``multiple`` ack per burst of confirms. The ceiling of aio-pika.
+- ``pika-ceiling``: the same forwarder, single-threaded on a raw pika
+  ``SelectConnection`` (``pika_ceiling.py``; publishing on a second channel):
+  confirms and ``multiple`` acks batched per turn of the I/O loop. No
+  framework: what the wire allows from Python (the faster of the two ceilings).
 
 Both steps prefetch ``--prefetch`` (default 100). This process is the producer
 and the collector of every system, on *our* transport (the wire is the same:
@@ -35,7 +40,7 @@ broker's ``beam.smp`` (rabbit@localhost) over the same window (it also serves
 anything else using the broker at the time). ``idle_pss_mib`` (burst lines) is
 the PSS (``/proc/<pid>/smaps_rollup``) summed over the processes of the step 1
 service (zocalo: supervisor + worker; workflows: Frontend + its forked service;
-aio-pika: the one process), measured after the warm-up, the service idle.
+ceilings: the one process), measured after the warm-up, the service idle.
 
     .venv/bin/python bench/rabbitmq.py [--quick] [--repeats 3] [--prefetch 100]
 """
@@ -77,7 +82,13 @@ from embedded_services import DONE_QUEUE, STEP1_QUEUE, STEP2_QUEUE  # noqa: E402
 from zocalo.transport.base import dlq_name  # noqa: E402
 from zocalo.transport.registry import create_transport  # noqa: E402
 
-SYSTEMS = ("zocalo-rabbitmq", "workflows-rabbitmq", "workflows-rabbitmq-notx", "aiopika-ceiling")
+SYSTEMS = (
+    "zocalo-rabbitmq",
+    "workflows-rabbitmq",
+    "workflows-rabbitmq-notx",
+    "aiopika-ceiling",
+    "pika-ceiling",
+)
 MODES = ("burst", "paced", "paced-200", "stream")
 HOST, PORT = "127.0.0.1", 5672
 QUEUES = (STEP1_QUEUE, STEP2_QUEUE, DONE_QUEUE)
@@ -267,17 +278,24 @@ class WorkflowsRabbitNoTx(WorkflowsRabbit):
 
 class AioPikaCeiling(RabbitSystem):
     name = "aiopika-ceiling"
+    script = "aiopika_ceiling.py"
 
     def commands(self) -> dict[str, list[str]]:
-        script = str(BENCH_DIR / "aiopika_ceiling.py")
+        script = str(BENCH_DIR / self.script)
         return {
             step: [sys.executable, script, queue, self.url]
             for step, queue in (("Step1", STEP1_QUEUE), ("Step2", STEP2_QUEUE))
         }
 
 
+class PikaCeiling(AioPikaCeiling):
+    name = "pika-ceiling"
+    script = "pika_ceiling.py"
+
+
 SYSTEM_CLASSES: dict[str, type[RabbitSystem]] = {
-    cls.name: cls for cls in (ZocaloRabbit, WorkflowsRabbit, WorkflowsRabbitNoTx, AioPikaCeiling)
+    cls.name: cls
+    for cls in (ZocaloRabbit, WorkflowsRabbit, WorkflowsRabbitNoTx, AioPikaCeiling, PikaCeiling)
 }
 
 
@@ -373,6 +391,7 @@ def main() -> None:
         ("burst", "msgs_per_s", "workflows-rabbitmq", "zocalo/workflows"),
         ("burst", "msgs_per_s", "workflows-rabbitmq-notx", "zocalo/workflows-notx"),
         ("burst", "msgs_per_s", "aiopika-ceiling", "zocalo/aiopika-ceiling"),
+        ("burst", "msgs_per_s", "pika-ceiling", "zocalo/pika-ceiling"),
         ("paced", "p50_ms", "workflows-rabbitmq", "zocalo/workflows"),
     ):
         ours = merged.get((mode_name, "zocalo-rabbitmq"))
