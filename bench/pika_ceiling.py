@@ -24,27 +24,15 @@ a service. SIGTERM ends the process (the bench stops the whole process group).
 from __future__ import annotations
 
 import collections
-import json
 import os
 import sys
 from typing import Any
 
 import pika
+from forwarding import next_hop
 from pika.spec import Basic, BasicProperties
 
 PREFETCH = int(os.environ.get("ZOCALO_BENCH_PREFETCH", "100"))
-
-
-def next_hop(body: bytes) -> tuple[str, bytes]:
-    """The queue of the next recipe step and the message body for it."""
-    message: dict[str, Any] = json.loads(body)
-    recipe = message["recipe"]
-    pointer = message["recipe-pointer"]
-    output = recipe[str(pointer)]["output"]
-    target = output[0] if isinstance(output, list) else output
-    message["recipe-path"] = [*message["recipe-path"], pointer]
-    message["recipe-pointer"] = target
-    return recipe[str(target)]["queue"], json.dumps(message).encode()
 
 
 class Forwarder:

@@ -192,6 +192,22 @@ def stop_group(process: subprocess.Popen) -> None:
     process.wait(10)
 
 
+def _wait_until(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
+    """Poll state that announces itself nowhere (a process ending, an asynchronous
+    settlement) until it holds, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        pause.wait(0.02)
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """``wait_until(condition, what, timeout=20)``: see :func:`_wait_until`."""
+    return _wait_until
+
+
 @pytest.fixture
 def supervised(
     sqlite_broker: str, request: pytest.FixtureRequest

@@ -46,7 +46,7 @@ def test_memory_transport_and_unknown_services_are_refused():
     assert result.exit_code == 2 and "no service matches 'NoSuchService'" in result.output
 
 
-def test_queues_lists_depths_in_flight_and_dead_letters(tmp_path, collector):
+def test_queues_lists_depths_in_flight_and_dead_letters(tmp_path, collector, wait_until):
     from zocalo.cli.main import cli
 
     url = f"sqlite:///{tmp_path}/broker.db"
@@ -62,6 +62,10 @@ def test_queues_lists_depths_in_flight_and_dead_letters(tmp_path, collector):
         client.subscribe("gamma", poison)
         (bad,) = poison.wait_for_count(1)
         client.nack(bad, requeue=False, reason="poison")
+        wait_until(  # a nack is settled asynchronously, like an ack
+            lambda: any(s.queue == "dlq.gamma" and s.ready for s in client.queue_stats()),
+            "the poison message in dlq.gamma",
+        )
         result = CliRunner().invoke(cli, ["queues", "--transport", url], terminal_width=200)
     assert result.exit_code == 0, result.output
     rows = {

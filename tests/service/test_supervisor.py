@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -52,15 +51,6 @@ def process_gone(pid: int) -> bool:
     return True
 
 
-def wait_until(condition, what: str, timeout: float = 20) -> None:
-    """Poll state that announces itself nowhere (a process ending) until a deadline."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        pause.wait(0.02)
-
-
 def test_worker_killed_is_restarted_and_works_again(
     supervised, client_url_transport, status_watch, collector
 ):
@@ -87,7 +77,7 @@ def test_worker_killed_is_restarted_and_works_again(
 
 
 def test_killed_supervisor_leaves_no_orphan_holding_messages(
-    supervised, client_url_transport, status_watch, collector
+    supervised, client_url_transport, status_watch, collector, wait_until
 ):
     supervisor = supervised("fleet_services:Slow", "--stop-timeout", "2")
     report = status_watch.wait_for(

@@ -31,8 +31,7 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 from zocalo.logs import LoggingPlan, apply_logging
 from zocalo.service.status import CANNOT_LOAD, STATUS_INTERVAL, Identity, host_id
@@ -144,12 +143,10 @@ class Supervisor:
                 os.close(fd)
 
     def _supervise(self) -> int:
-        from zocalo.service.worker import run_service
-
         quick_crashes = 0
         while not self.stopping:
             began = time.monotonic()
-            code = self._run_child(run_service)
+            code = self._run_child("run_service")
             if self.stopping or code == 0:
                 return 0 if self.stopping else code
             if code == CANNOT_LOAD:
@@ -185,9 +182,7 @@ class Supervisor:
         """Wait ``delay`` seconds; True if a stop (signal or shutdown command) came meanwhile."""
         until = time.monotonic() + delay
         if delay >= STAND_IN_DELAY:
-            from zocalo.service.worker import run_stand_in
-
-            code = self._run_child(run_stand_in, until=until)
+            code = self._run_child("run_stand_in", until=until)
             if not self.stopping and time.monotonic() < until:
                 # The stand-in left early by itself: for a shutdown command (exit 0),
                 # or because it had no broker to speak to (wait out the delay).
@@ -202,16 +197,16 @@ class Supervisor:
     # -- one child -------------------------------------------------------------
     def _run_child(
         self,
-        role: Callable[[SupervisorSettings, Identity, IO[str]], int],
+        role: str,
         until: float | None = None,
     ) -> int:
-        """Fork a child running ``role`` and wait for it; its exit status.
+        """Fork a child running ``role`` (of :mod:`zocalo.service.worker`) and wait for it.
+
+        Returns its exit status.
 
         The child is told to stop when we stop, or at ``until``; it is killed if it
         has not left ``stop_timeout`` seconds later.
         """
-        from zocalo.service.worker import child_main
-
         commands_read, commands_write = os.pipe()
         gc.freeze()  # the collector in the child then leaves the shared pages alone
         identity = Identity(self.host, os.getpid(), self.started_at, self.restarts, until)
@@ -220,7 +215,7 @@ class Supervisor:
             os.close(commands_write)
             for fd in (self._wake_read, self._wake_write):
                 os.close(fd)
-            child_main(role, self.settings, identity, commands_read)
+            _child(role, self.settings, identity, commands_read)
         os.close(commands_read)
         self.child_pid = pid
         told_at: float | None = None
@@ -277,6 +272,22 @@ class Supervisor:
         signal.set_wakeup_fd(previous.pop(0))
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _child(role: str, settings: SupervisorSettings, identity: Identity, commands: int) -> NoReturn:
+    """The forked child: import what it needs only now, then run ``role``.
+
+    Importing the runner, the broker client and the service in the child, not in
+    the supervisor, keeps the supervisor small: pages a child imports are its own,
+    while pages it inherits and touches become private copies in both processes.
+    """
+    try:
+        from zocalo.service import worker
+
+        worker.child_main(getattr(worker, role), settings, identity, commands)
+    except BaseException:  # only an import can fail here: child_main never returns
+        log.exception("service %s: its process could not start", settings.service)
+    os._exit(1)
 
 
 def _ignore(signum: int, frame: Any) -> None:

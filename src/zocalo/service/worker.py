@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
+from zocalo.errors import ZocaloError
 from zocalo.logs import apply_logging
 from zocalo.service.discovery import ServiceNotFound, load_service
 from zocalo.service.runner import RunnerSettings, ServiceRunner
@@ -150,7 +151,11 @@ def run_stand_in(settings: SupervisorSettings, identity: Identity, commands: IO[
     )
     _obey_signals(done.set)
     _watch_supervisor(commands, done.set, settings.stop_timeout)
-    transport.connect()
+    try:
+        transport.connect()
+    except ZocaloError as error:  # the restart will say it again, with the details
+        log.warning("cannot report the status while waiting to restart: %s", error)
+        return 1
     try:
         status.start()
         done.wait()

@@ -166,6 +166,24 @@ def deliveries_to_ack(ack: Acks) -> list[Delivery]:
     return deliveries
 
 
+def take_all(
+    deliveries: Sequence[Delivery],
+    take: Callable[[Delivery], Any],
+    give_back: Callable[[Delivery], Any],
+) -> None:
+    """Claim every delivery for one publish, or none: on a refusal, give back those
+    claimed so far (they are still the caller's) and re-raise."""
+    taken: list[Delivery] = []
+    try:
+        for delivery in deliveries:
+            take(delivery)
+            taken.append(delivery)
+    except TransportError:
+        for delivery in taken:
+            give_back(delivery)
+        raise
+
+
 @dataclass(eq=False)
 class _Transaction:
     """A client-side transaction: what to do, all at once, on commit."""

@@ -54,6 +54,7 @@ from zocalo.transport.base import (
     Transport,
     deliveries_to_ack,
     dlq_name,
+    take_all,
 )
 from zocalo.transport.rabbitmq import delay as delays
 from zocalo.transport.rabbitmq.headers import from_amqp, to_amqp
@@ -742,15 +743,7 @@ class RabbitMQTransport(Transport):
     def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
         routes = [self._route(message) for message in messages]
         acks = deliveries_to_ack(ack)
-        taken: list[Delivery] = []
-        try:
-            for delivery in acks:
-                self._take(delivery)
-                taken.append(delivery)
-        except TransportError:
-            for delivery in taken:  # all or none: the others are still the caller's
-                self._untake(delivery)
-            raise
+        take_all(acks, self._take, self._untake)
         batch = _Batch(Confirmation(), acks)
         try:
             self._soon(lambda: self._publish_now(list(messages), batch, routes))

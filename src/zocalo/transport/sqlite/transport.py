@@ -54,6 +54,7 @@ from zocalo.transport.base import (
     Transport,
     deliveries_to_ack,
     dlq_name,
+    take_all,
 )
 from zocalo.transport.sqlite.signals import LivenessLock, WakeSender, WakeSocket, holder_is_dead
 from zocalo.transport.sqlite.store import open_store
@@ -356,15 +357,7 @@ class SqliteTransport(Transport):
         for message in messages:
             self.check_supported(message)
         acks = deliveries_to_ack(ack)
-        taken: list[Delivery] = []
-        try:
-            for delivery in acks:
-                self._take_inflight(delivery)
-                taken.append(delivery)
-        except TransportError:
-            for delivery in taken:  # all or none: the others are still the caller's
-                self._restore_inflight(delivery)
-            raise
+        take_all(acks, self._take_inflight, self._restore_inflight)
         confirmation = Confirmation()
         self._submit(_Op("publish", messages=list(messages), acks=acks, future=confirmation))
         return confirmation
