@@ -164,8 +164,9 @@ class Identity(NamedTuple):
     restart_at: float | None = None
 
 
-#: How often the broadcaster looks at the service's state (a change goes out at once).
-POLL_INTERVAL = 0.1
+#: How often the broadcaster looks at the service's state; a change goes out on the next
+#: look. Sampling at 0.1 s cost an idle service 6x the CPU of python-workflows' frontend.
+POLL_INTERVAL = 0.5
 
 
 class StatusBroadcaster:
