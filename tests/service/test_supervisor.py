@@ -285,3 +285,26 @@ def test_the_supervisor_stays_small_and_its_worker_is_a_fork(supervised, status_
     for library in ("_sqlite3", "_ssl", "pydantic_core"):
         assert library not in supervisor_maps, f"the supervisor loaded {library}"
     assert Path(f"/proc/{supervisor.pid}/exe").resolve() == Path(f"/proc/{worker}/exe").resolve()
+
+
+def test_a_shutdown_command_does_not_wait_behind_prefetched_messages(
+    supervised, client_url_transport, status_watch, collector, sqlite_broker
+):
+    supervisor = supervised("fleet_services:Slow", "--stop-timeout", "30")
+    status_watch.wait_for(lambda r: r["status"] == Status.IDLE, "an idle worker")
+    send(client_url_transport, "fleet.slow", [{"n": n, "hold": 2} for n in range(5)])
+    status_watch.wait_for(lambda r: r["status"] == Status.PROCESSING, "a message in hand")
+    result = CliRunner().invoke(shutdown, ["-s", "Slow", "--transport", sqlite_broker])
+    assert result.exit_code == 0, result.output
+    assert supervisor.wait(30) == 0
+    out = collector(ack_with=client_url_transport)
+    client_url_transport.subscribe("fleet.slow.out", out)
+    back = collector(ack_with=client_url_transport)
+    client_url_transport.subscribe("fleet.slow", back, prefetch=10)
+    everything = back.wait_for_count(4)
+    handled = out.wait_for_count(1)
+    # Only the message in hand was finished; the prefetched ones went back unhandled
+    # (with the command queued behind them, all five would have been handled first).
+    assert len(handled) == 1 and len(everything) == 4
+    numbers = {json.loads(d.body)["payload"]["n"] for d in [*handled, *everything]}
+    assert numbers == set(range(5))

@@ -77,8 +77,11 @@ def load_service(name: str) -> type[Service]:
     else:
         services = available_services()
         entry = services[resolve_name(name, list(services))]
-        service_class = entry.load()
         origin = f"{entry.name} ({entry.value}, group {entry.group})"
+        try:
+            service_class = entry.load()
+        except (ImportError, AttributeError) as error:  # a broken install: restarts won't help
+            raise ServiceNotFound(f"cannot load service {origin}: {error}") from None
     if not (isinstance(service_class, type) and issubclass(service_class, Service)):
         raise ServiceNotFound(
             f"{origin} is not a zocalo Service; "

@@ -132,9 +132,6 @@ class ServiceRunner:
         self.listeners: list[Callable[[str, str, float], None]] = []
         #: Called as hook(queue) before every message (for in-flight gauges).
         self.on_start: list[Callable[[str], None]] = []
-        #: Called with no arguments as the runner stops, while the transport is still
-        #: open (the last status broadcast goes out here).
-        self.before_close: list[Callable[[], None]] = []
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
@@ -219,8 +216,6 @@ class ServiceRunner:
         try:
             self.service.stopping()
         finally:
-            for hook in self.before_close:
-                self._quietly(hook)
             self.transport.close()
             log.info(
                 "service %s " + STOPPED_MARK + "%s",

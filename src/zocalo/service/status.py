@@ -32,6 +32,8 @@ STATUS_EXPIRATION = 15.0
 UTILIZATION_WINDOW = 6.0
 #: Worker exit status for "this service cannot be loaded": restarting would not help.
 CANNOT_LOAD = 2
+#: Stand-in exit status for "a shutdown command came": the supervisor stops.
+SHUTDOWN_COMMANDED = 4
 
 
 class Status(enum.IntEnum):

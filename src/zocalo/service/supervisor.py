@@ -34,7 +34,13 @@ import time
 from typing import Any, NoReturn
 
 from zocalo.logs import LoggingPlan, apply_logging
-from zocalo.service.status import CANNOT_LOAD, STATUS_INTERVAL, Identity, host_id
+from zocalo.service.status import (
+    CANNOT_LOAD,
+    SHUTDOWN_COMMANDED,
+    STATUS_INTERVAL,
+    Identity,
+    host_id,
+)
 
 log = logging.getLogger("zocalo.service.supervisor")
 
@@ -112,14 +118,20 @@ class Supervisor:
         self.restarts = 0
         self.child_pid: int | None = None
         self._stop_reason: str | None = None
+        self._stop_announced = False
         self._wake_read = self._wake_write = -1
 
     # -- control -------------------------------------------------------------
     def request_stop(self, why: str) -> None:
-        """Stop the child and return from :meth:`run`. Safe in a signal handler."""
+        """Stop the child and return from :meth:`run`. Safe in a signal handler: it only
+        records the reason (logging there could re-enter a log handler's lock)."""
         if self._stop_reason is None:
             self._stop_reason = why
-            log.info("stopping service %s: %s", self.settings.service, why)
+
+    def _announce_stop(self) -> None:
+        if not self._stop_announced:
+            self._stop_announced = True
+            log.info("stopping service %s: %s", self.settings.service, self._stop_reason)
 
     @property
     def stopping(self) -> bool:
@@ -183,15 +195,14 @@ class Supervisor:
         until = time.monotonic() + delay
         if delay >= STAND_IN_DELAY:
             code = self._run_child("run_stand_in", until=until)
-            if not self.stopping and time.monotonic() < until:
-                # The stand-in left early by itself: for a shutdown command (exit 0),
-                # or because it had no broker to speak to (wait out the delay).
-                if code == 0:
-                    self.request_stop("shutdown command during the restart delay")
-                else:
-                    self._wait(until)
+            if code == SHUTDOWN_COMMANDED:
+                self.request_stop("shutdown command during the restart delay")
+            elif not self.stopping and time.monotonic() < until:
+                self._wait(until)  # the stand-in had no broker to speak to
         else:
             self._wait(until)
+        if self.stopping:
+            self._announce_stop()
         return self.stopping
 
     # -- one child -------------------------------------------------------------
@@ -207,15 +218,30 @@ class Supervisor:
         The child is told to stop when we stop, or at ``until``; it is killed if it
         has not left ``stop_timeout`` seconds later.
         """
-        commands_read, commands_write = os.pipe()
-        gc.freeze()  # the collector in the child then leaves the shared pages alone
         identity = Identity(self.host, os.getpid(), self.started_at, self.restarts, until)
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            os.close(commands_write)
-            for fd in (self._wake_read, self._wake_write):
+        commands_read, commands_write = os.pipe()
+        # Stop signals wait until the child has its own handlers (or the parent its fork).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        gc.freeze()  # the collector in the child then leaves the shared pages alone
+        try:
+            pid = os.fork()
+        except OSError as error:  # EAGAIN, ENOMEM: a failed start, like a crash
+            log.error("service %s: cannot start a process: %s", self.settings.service, error)
+            for fd in (commands_read, commands_write):
                 os.close(fd)
-            _child(role, self.settings, identity, commands_read)
+            return 1
+        finally:
+            gc.unfreeze()  # (in the child too: its objects are its own to collect)
+        if pid == 0:  # the child: never returns
+            _child(
+                role,
+                self.settings,
+                identity,
+                commands_read,
+                blocked,
+                (commands_write, self._wake_read, self._wake_write),
+            )
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(commands_read)
         self.child_pid = pid
         told_at: float | None = None
@@ -227,14 +253,17 @@ class Supervisor:
                     return exit_status(wait_status)
                 now = time.monotonic()
                 if told_at is None and (self.stopping or (until is not None and now >= until)):
+                    if self.stopping:
+                        self._announce_stop()
                     _tell_stop(commands_write)
                     told_at = now
                 if told_at is not None and now - told_at > grace:
-                    log.error(
-                        "service %s did not stop within %.0f s; killing it",
-                        self.settings.service,
-                        grace,
-                    )
+                    if until is None:  # a stand-in holds no messages: no news if killed
+                        log.error(
+                            "service %s did not stop within %.0f s; killing it",
+                            self.settings.service,
+                            grace,
+                        )
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                     told_at = float("inf")  # killed: only wait for it now
@@ -248,6 +277,8 @@ class Supervisor:
     def _wait(self, until: float) -> None:
         while not self.stopping and (remaining := until - time.monotonic()) > 0:
             self._sleep(remaining)
+        if self.stopping:
+            self._announce_stop()
 
     def _sleep(self, seconds: float) -> None:
         """Sleep until a signal (SIGCHLD, SIGTERM, ...) arrives or ``seconds`` pass."""
@@ -262,7 +293,7 @@ class Supervisor:
             self.request_stop(signal.Signals(signum).name)
 
         previous: dict[int, Any] = {signal.SIGCHLD: signal.signal(signal.SIGCHLD, _ignore)}
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in _STOP_SIGNALS:
             previous[signum] = signal.signal(signum, on_stop_signal)
         previous[0] = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         return previous
@@ -274,20 +305,38 @@ class Supervisor:
             signal.signal(signum, handler)
 
 
-def _child(role: str, settings: SupervisorSettings, identity: Identity, commands: int) -> NoReturn:
-    """The forked child: import what it needs only now, then run ``role``.
+def _child(
+    role: str,
+    settings: SupervisorSettings,
+    identity: Identity,
+    commands: int,
+    signal_mask: set[signal.Signals],
+    supervisor_fds: tuple[int, ...],
+) -> NoReturn:
+    """The forked child: drop the supervisor's signals and fds, import, run ``role``.
 
     Importing the runner, the broker client and the service in the child, not in
     the supervisor, keeps the supervisor small: pages a child imports are its own,
     while pages it inherits and touches become private copies in both processes.
     """
     try:
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, *_STOP_SIGNALS):
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in supervisor_fds:
+            os.close(fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
         from zocalo.service import worker
 
         worker.child_main(getattr(worker, role), settings, identity, commands)
-    except BaseException:  # only an import can fail here: child_main never returns
+    except BaseException:  # only the lines above can fail: child_main never returns
         log.exception("service %s: its process could not start", settings.service)
+        logging.shutdown()
     os._exit(1)
+
+
+#: The signals that stop a supervisor (and, once it set its handlers, a child).
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _ignore(signum: int, frame: Any) -> None:
@@ -315,7 +364,10 @@ def exec_supervisor(settings: SupervisorSettings) -> NoReturn:
     logging.shutdown()  # flush (and close) this process's handlers, GELF included
     environment = {**os.environ, SETTINGS_VARIABLE: settings.to_json()}
     code = "from zocalo.service.supervisor import main; main()"
-    os.execve(sys.executable, [sys.executable, "-c", code], environment)
+    # -P: no working directory on sys.path (a select.py there must not shadow the
+    # standard library); the trailing words only name the service in ps and top.
+    argv = [sys.executable, "-P", "-c", code, "zocalo.service", settings.service]
+    os.execve(sys.executable, argv, environment)
 
 
 def main() -> NoReturn:
@@ -324,4 +376,4 @@ def main() -> NoReturn:
     apply_logging(settings.logging)
     code = supervise(settings)
     logging.shutdown()
-    sys.exit(code)
+    sys.exit(code if code >= 0 else 128 - code)  # killed by signal n: 128+n, as shells say

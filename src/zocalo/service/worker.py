@@ -18,6 +18,7 @@ service cannot be loaded, anything else a failure worth a restart.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -32,7 +33,13 @@ from zocalo.errors import ZocaloError
 from zocalo.logs import apply_logging
 from zocalo.service.discovery import ServiceNotFound, load_service
 from zocalo.service.runner import RunnerSettings, ServiceRunner
-from zocalo.service.status import CANNOT_LOAD, Identity, Status, StatusBroadcaster
+from zocalo.service.status import (
+    CANNOT_LOAD,
+    SHUTDOWN_COMMANDED,
+    Identity,
+    Status,
+    StatusBroadcaster,
+)
 from zocalo.transport.registry import create_transport
 
 if TYPE_CHECKING:
@@ -47,46 +54,51 @@ def child_main(
     identity: Identity,
     commands_fd: int,
 ) -> NoReturn:
-    """Entry point of a freshly forked child: run ``role``, then leave without cleanup.
+    """Entry point of a freshly forked child: run ``role``, then leave through ``os._exit``.
 
-    ``os._exit`` skips the supervisor's inherited ``atexit`` handlers and buffers.
+    ``os._exit`` keeps the child out of the supervisor's code below it on the stack;
+    before it, the service's own ``atexit`` handlers run and every log handler is
+    flushed, as at the end of any program. (The supervisor's inherited ``atexit``
+    handlers are dropped first: they are not the child's to run.)
     """
+    atexit._clear()
     code = 1
     try:
-        _forget_supervisor_signals()
         setup = apply_logging(settings.logging)  # fresh handlers: none shared with us
-        # Never closed here: a thread blocks reading it, and closing would wait for that
-        # thread; os._exit closes it.
-        commands = os.fdopen(commands_fd, "r")
         try:
+            # Never closed here: a thread blocks reading it, and closing would wait
+            # for that thread; os._exit closes it.
+            commands = os.fdopen(commands_fd, "r")
             code = role(settings, identity, commands)
+        except BaseException:  # logged while the site's handlers are still attached
+            log.exception("service %s: its process failed", settings.service)
         finally:
             setup.close()
-    except BaseException:  # nothing may escape into the supervisor's code
-        log.exception("service %s: its process failed", settings.service)
     finally:
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()
+            logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):  # a closed stream cannot report itself
                 stream.flush()
         os._exit(code)
 
 
-def _forget_supervisor_signals() -> None:
-    signal.set_wakeup_fd(-1)
-    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_DFL)
-
-
 def run_service(settings: SupervisorSettings, identity: Identity, commands: IO[str]) -> int:
-    """Run the service until told to stop; the exit status for the supervisor."""
+    """Run the service until told to stop; the exit status for the supervisor.
+
+    Status and commands travel on a connection of their own, so a shutdown
+    command is not queued behind the deliveries the service has prefetched.
+    """
     try:
         service_class = load_service(settings.service)
     except ServiceNotFound as error:
         log.error("%s", error)
         return CANNOT_LOAD
-    transport = create_transport(settings.transport)
     runner = ServiceRunner(
-        service_class(), transport, RunnerSettings(max_attempts=settings.max_attempts)
+        service_class(),
+        create_transport(settings.transport),
+        RunnerSettings(max_attempts=settings.max_attempts, stop_timeout=settings.stop_timeout),
     )
     if settings.metrics_port is not None:  # Prometheus metrics, served from this process
         from zocalo.monitor.metrics import enable_metrics
@@ -106,8 +118,9 @@ def run_service(settings: SupervisorSettings, identity: Identity, commands: IO[s
         log.info("stopping service %s: %s", settings.service, reason)
         runner.request_stop()
 
+    control = create_transport(settings.transport)
     status = StatusBroadcaster(
-        transport,
+        control,
         identity,
         service=service_class.name,
         service_class=service_class.__name__,
@@ -115,38 +128,47 @@ def run_service(settings: SupervisorSettings, identity: Identity, commands: IO[s
         on_shutdown=on_shutdown,
         interval=settings.status_interval,
     )
-    runner.before_close.append(
-        lambda: status.finish(Status.TEARDOWN if runner.stopping else Status.ERROR)
-    )
     _obey_signals(runner.request_stop)
     _watch_supervisor(commands, runner.request_stop, settings.stop_timeout)
+    failed = False
     try:
-        transport.connect()
+        control.connect()
         status.start()
         runner.run()
     except Exception:
+        failed = True
         log.exception("service %s failed", service_class.name)
         if not runner.started.is_set():  # run() never reached its own shutdown
-            status.finish(Status.ERROR)
-            transport.abort()
-        return 1
-    return 0
+            runner.transport.abort()
+    finally:
+        status.finish(Status.TEARDOWN if runner.stopping else Status.ERROR)
+        with contextlib.suppress(ZocaloError):
+            control.close()
+    # Told to stop (signal, supervisor, shutdown command): a failure while stopping
+    # must not turn into a restart.
+    return 1 if failed and not runner.stopping else 0
 
 
 def run_stand_in(settings: SupervisorSettings, identity: Identity, commands: IO[str]) -> int:
     """Broadcast the error status during a restart delay; stop on a shutdown command.
 
-    Exits 0 either way: the supervisor knows whether it asked.
+    Exits ``SHUTDOWN_COMMANDED`` for a shutdown command, 0 when told to stop.
     """
     done = threading.Event()
+    commanded = threading.Event()
     transport = create_transport(settings.transport)
+
+    def on_shutdown(reason: str) -> None:
+        commanded.set()
+        done.set()
+
     status = StatusBroadcaster(
         transport,
         identity,
         service=settings.service,
         service_class=settings.service_class,
         read=lambda: (Status.ERROR, {}),
-        on_shutdown=lambda reason: done.set(),
+        on_shutdown=on_shutdown,
         interval=settings.status_interval,
     )
     _obey_signals(done.set)
@@ -162,7 +184,7 @@ def run_stand_in(settings: SupervisorSettings, identity: Identity, commands: IO[
     finally:
         status.finish(Status.ERROR)
         transport.close()
-    return 0
+    return SHUTDOWN_COMMANDED if commanded.is_set() else 0
 
 
 def _obey_signals(stop: Callable[[], None]) -> None:
