@@ -212,14 +212,16 @@ def wait_until() -> Callable[..., None]:
 def supervised(
     sqlite_broker: str, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """``supervised(service, *options)``: zocalo.service in its own process group.
+    """``supervised(service, *options, env=None)``: zocalo.service in its own process group.
 
     The test's own directory is on the service's PYTHONPATH, so a test can run
     services from a module beside it (``module:Class``). Stopped at teardown.
     """
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(service: str, *options: str) -> subprocess.Popen[bytes]:
+    def start(
+        service: str, *options: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -231,7 +233,7 @@ def supervised(
                 sqlite_broker,
                 *options,
             ],
-            env=dict(os.environ, PYTHONPATH=str(request.path.parent)),
+            env=dict(os.environ, PYTHONPATH=str(request.path.parent), **(env or {})),
             start_new_session=True,
         )
         started.append(process)

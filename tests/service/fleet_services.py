@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from zocalo.recipe.step import RecipeStep
@@ -35,3 +38,22 @@ class CrashOnStart(Service):
     @handler("fleet.never")
     def never(self, step: RecipeStep, payload: Any) -> None:
         raise AssertionError("never started")
+
+
+class BrokenConstructor(Service):
+    """Raises while it is being built, before any broker connection."""
+
+    def __init__(self) -> None:
+        raise ValueError("calibration file is missing")
+
+    @handler("fleet.never")
+    def never(self, step: RecipeStep, payload: Any) -> None:
+        raise AssertionError("never started")
+
+
+class LeavesAMark(Passthrough):
+    """Registers an atexit handler, as library code does, that writes ``$FLEET_MARK``."""
+
+    def initializing(self) -> None:
+        mark = os.environ["FLEET_MARK"]
+        atexit.register(lambda: Path(mark).write_text(f"cleaned up by {os.getpid()}"))

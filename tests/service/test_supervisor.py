@@ -308,3 +308,51 @@ def test_a_shutdown_command_does_not_wait_behind_prefetched_messages(
     assert len(handled) == 1 and len(everything) == 4
     numbers = {json.loads(d.body)["payload"]["n"] for d in [*handled, *everything]}
     assert numbers == set(range(5))
+
+
+def service_command(sqlite_broker: str, *arguments: str) -> list[str]:
+    return [sys.executable, "-m", "zocalo.cli.service", "--transport", sqlite_broker, *arguments]
+
+
+def fleet_environment() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+
+
+def test_a_service_that_fails_to_build_is_logged_through_the_configured_format(sqlite_broker):
+    result = subprocess.run(
+        service_command(
+            sqlite_broker, "-s", "fleet_services:BrokenConstructor", "--log-format", "json"
+        ),
+        env=fleet_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    (failure,) = [line for line in lines if "calibration file" in line.get("exception", "")]
+    assert failure["level"] == "ERROR"
+    assert failure["service"] == "fleet_services:BrokenConstructor"
+
+
+def test_the_services_own_atexit_handlers_run_when_it_stops(supervised, status_watch, tmp_path):
+    mark = tmp_path / "mark"
+    supervisor = supervised("fleet_services:LeavesAMark", env={"FLEET_MARK": str(mark)})
+    report = status_watch.wait_for(lambda r: r["status"] == Status.IDLE, "an idle worker")
+    os.killpg(supervisor.pid, signal.SIGTERM)
+    assert supervisor.wait(30) == 0
+    assert mark.read_text() == f"cleaned up by {report['worker_pid']}"
+
+
+def test_a_killed_worker_gives_the_shells_exit_status_and_ps_names_the_service(
+    supervised, status_watch
+):
+    supervisor = supervised("fleet_services:Passthrough")
+    report = status_watch.wait_for(
+        lambda r: r["status"] == Status.IDLE and r.get("worker_pid"), "an idle worker"
+    )
+    command_line = Path(f"/proc/{supervisor.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"fleet_services:Passthrough" in command_line
+    assert b"-P" in command_line, "the working directory stays off sys.path"
+    os.kill(report["worker_pid"], signal.SIGKILL)
+    assert supervisor.wait(30) == 128 + signal.SIGKILL

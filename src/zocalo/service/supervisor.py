@@ -222,16 +222,18 @@ class Supervisor:
         commands_read, commands_write = os.pipe()
         # Stop signals wait until the child has its own handlers (or the parent its fork).
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        gc.freeze()  # the collector in the child then leaves the shared pages alone
+        # The collectors of both processes then leave the shared pages alone. (Never
+        # unfrozen: the supervisor makes next to no cyclic garbage, and a collection
+        # in it would copy every page it shares with the child.)
+        gc.freeze()
         try:
             pid = os.fork()
         except OSError as error:  # EAGAIN, ENOMEM: a failed start, like a crash
             log.error("service %s: cannot start a process: %s", self.settings.service, error)
             for fd in (commands_read, commands_write):
                 os.close(fd)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             return 1
-        finally:
-            gc.unfreeze()  # (in the child too: its objects are its own to collect)
         if pid == 0:  # the child: never returns
             _child(
                 role,

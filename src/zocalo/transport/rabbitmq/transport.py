@@ -203,16 +203,20 @@ class RabbitMQTransport(Transport):
         self._soon_scheduled = False
         self._ids = itertools.count(1)
         self._closed = threading.Event()
+        #: True from a lost connection until its subscriptions are restored.
+        self._restoring = False
 
     # -- connection ---------------------------------------------------------
     @property
     def connected(self) -> bool:
-        return self._open
+        """Open, and after a reconnect with every subscription consuming again."""
+        return self._open and not self._restoring
 
     def connect(self) -> None:
         if self._open:
             return
         self._closing = False
+        self._restoring = False
         self._open_connection()
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="rabbitmq-callbacks", daemon=True
@@ -294,6 +298,7 @@ class RabbitMQTransport(Transport):
                     return
                 delay = min(RECONNECT_MAX_DELAY, delay * 2)
                 continue
+            self._restoring = False
             log.warning(
                 "reconnected to %s after %d attempt(s); %d subscription(s) restored",
                 self.safe_url,
@@ -344,6 +349,7 @@ class RabbitMQTransport(Transport):
         connection.ioloop.stop()
         if was_open and not self._closing:
             log.warning("connection to %s lost: %s; reconnecting", self.safe_url, reason)
+            self._restoring = True
             threading.Thread(target=self._reconnect, name="rabbitmq-reconnect", daemon=True).start()
 
     def _stop_ioloop(self) -> None:
