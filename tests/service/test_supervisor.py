@@ -113,15 +113,19 @@ def test_clean_stop_under_load_loses_nothing(
     out.wait_for_count(50)  # mid-stream
     os.killpg(supervisor.pid, signum)  # as systemd or Slurm (or Ctrl-C) would
     assert supervisor.wait(30) == 0
-    handled = {json.loads(d.body)["payload"]["n"] for d in out.deliveries}
+
+    def drained(queue: str, sink) -> set[int]:
+        """Every payload number in ``queue``: a sentinel sent now arrives after them all."""
+        client_url_transport.send(queue, json.dumps({"sentinel": True}))
+        everything = sink.wait_until(
+            lambda ds: any(b"sentinel" in d.body for d in ds), f"the sentinel behind {queue}"
+        )
+        return {json.loads(d.body)["payload"]["n"] for d in everything if b"sentinel" not in d.body}
+
+    handled = drained("fleet.work.out", out)  # outputs still on their way count too
     left = collector(ack_with=client_url_transport)
     client_url_transport.subscribe("fleet.work", left, prefetch=500)
-    client_url_transport.send("fleet.work", json.dumps({"sentinel": True}))
-    remaining = left.wait_until(
-        lambda ds: any(b"sentinel" in d.body for d in ds), "the sentinel behind the rest"
-    )
-    leftover = {json.loads(d.body)["payload"]["n"] for d in remaining if b"sentinel" not in d.body}
-    out.wait_for_count(len(handled))
+    leftover = drained("fleet.work", left)
     lost = set(range(total)) - handled - leftover
     print(
         f"\n{signal.Signals(signum).name}: handled {len(handled)}, returned {len(leftover)}, "
