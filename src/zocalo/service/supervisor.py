@@ -1,14 +1,15 @@
 """The supervisor (python-workflows' "frontend"): runs a service in a child process.
 
 A facility runs about a hundred services, so an idle one must cost little. The
-supervisor therefore holds no broker connection and runs no thread: one loop
-waits on signals and its child. That makes ``fork`` safe, so the child is a
-fork: the modules the supervisor imported before forking (runner, transport,
-logging) are shared with it, not loaded twice, and a restart costs no
-interpreter start. The service's own module is imported only in the child, so
-a restart loads the service's code afresh.
+supervisor is exec'd by ``zocalo.service`` as a fresh interpreter with a dozen
+standard-library modules, holds no broker connection and runs no thread of its
+own: one loop waits on signals and its child. That makes ``fork`` safe: the
+child shares the interpreter's pages and costs no interpreter start. The child
+imports the runner, the broker client and the service itself (pages a child
+imports are its own; inherited pages it touches are copied in both processes),
+so a restart also loads the service's current code.
 
-The child (:mod:`zocalo.service.worker`) holds the broker connection: it runs
+The child (:mod:`zocalo.service.worker`) holds the broker connections: it runs
 the service, broadcasts the status on ``transient.status`` and obeys shutdown
 commands on ``command``. After a crash the supervisor waits (``restart=True``,
 growing delays) and, for delays of a second or more, forks a stand-in that

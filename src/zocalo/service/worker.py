@@ -1,11 +1,12 @@
 """The supervised side of a service: the forked child that runs it and speaks for it.
 
 The supervisor forks this child (it holds no broker connection and runs no
-thread of its own, so the fork is safe, and every page it imported before
-forking is shared with the child instead of loaded twice). The child holds the
-only broker connection: it runs the service, broadcasts the status, and obeys
-shutdown commands. While the supervisor waits to restart a crashed service, a
-*stand-in* child broadcasts the error status and still obeys shutdown commands.
+thread of its own, so the fork is safe) and the child imports the runner, the
+broker client and the service itself. The child holds the broker connections:
+one runs the service, the other broadcasts the status and hears shutdown
+commands. While the supervisor waits to restart a crashed service, a
+*stand-in* child broadcasts the error status and still obeys shutdown commands
+(exit status ``SHUTDOWN_COMMANDED`` when one came).
 
 The child reads a pipe from the supervisor: a ``{"command": "stop"}`` line asks
 it to stop, and end-of-file means the supervisor died (kill -9, the OOM
