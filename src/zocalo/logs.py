@@ -196,9 +196,6 @@ class LoggingPlan:
     def from_dict(cls, data: dict[str, Any]) -> LoggingPlan:
         return cls(**data)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LoggingPlan) and vars(self) == vars(other)
-
 
 def logging_plan(
     level: int = logging.INFO,

@@ -13,6 +13,7 @@ import enum
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -34,6 +35,8 @@ UTILIZATION_WINDOW = 6.0
 CANNOT_LOAD = 2
 #: Stand-in exit status for "a shutdown command came": the supervisor stops.
 SHUTDOWN_COMMANDED = 4
+#: The signals that stop a supervisor and its children (systemd, Slurm, Ctrl-C).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 class Status(enum.IntEnum):
@@ -215,8 +218,9 @@ class StatusBroadcaster:
         self._done.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
+        _, stats = self.read()  # the last counters, with the final status
         self._record(final)
-        self.broadcast()
+        self.broadcast(stats)
 
     def report(self, stats: dict[str, Any] | None = None) -> dict[str, Any]:
         """The status dict as python-workflows' monitor reads it, plus our fields."""

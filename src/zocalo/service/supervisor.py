@@ -39,6 +39,7 @@ from zocalo.service.status import (
     CANNOT_LOAD,
     SHUTDOWN_COMMANDED,
     STATUS_INTERVAL,
+    STOP_SIGNALS,
     Identity,
     host_id,
 )
@@ -117,7 +118,6 @@ class Supervisor:
         self.host = host_id()
         self.started_at = time.monotonic()
         self.restarts = 0
-        self.child_pid: int | None = None
         self._stop_reason: str | None = None
         self._stop_announced = False
         self._wake_read = self._wake_write = -1
@@ -198,20 +198,15 @@ class Supervisor:
             code = self._run_child("run_stand_in", until=until)
             if code == SHUTDOWN_COMMANDED:
                 self.request_stop("shutdown command during the restart delay")
+                self._announce_stop()
             elif not self.stopping and time.monotonic() < until:
                 self._wait(until)  # the stand-in had no broker to speak to
         else:
             self._wait(until)
-        if self.stopping:
-            self._announce_stop()
         return self.stopping
 
     # -- one child -------------------------------------------------------------
-    def _run_child(
-        self,
-        role: str,
-        until: float | None = None,
-    ) -> int:
+    def _run_child(self, role: str, until: float | None = None) -> int:
         """Fork a child running ``role`` (of :mod:`zocalo.service.worker`) and wait for it.
 
         Returns its exit status.
@@ -222,7 +217,7 @@ class Supervisor:
         identity = Identity(self.host, os.getpid(), self.started_at, self.restarts, until)
         commands_read, commands_write = os.pipe()
         # Stop signals wait until the child has its own handlers (or the parent its fork).
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         # The collectors of both processes then leave the shared pages alone. (Never
         # unfrozen: the supervisor makes next to no cyclic garbage, and a collection
         # in it would copy every page it shares with the child.)
@@ -246,7 +241,6 @@ class Supervisor:
             )
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(commands_read)
-        self.child_pid = pid
         told_at: float | None = None
         grace = self.settings.stop_timeout if until is None else STAND_IN_STOP
         try:
@@ -274,7 +268,6 @@ class Supervisor:
                 self._sleep(min(1.0, max(0.0, pause)))
         finally:
             os.close(commands_write)
-            self.child_pid = None
 
     # -- waiting without threads ---------------------------------------------------
     def _wait(self, until: float) -> None:
@@ -296,7 +289,7 @@ class Supervisor:
             self.request_stop(signal.Signals(signum).name)
 
         previous: dict[int, Any] = {signal.SIGCHLD: signal.signal(signal.SIGCHLD, _ignore)}
-        for signum in _STOP_SIGNALS:
+        for signum in STOP_SIGNALS:
             previous[signum] = signal.signal(signum, on_stop_signal)
         previous[0] = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         return previous
@@ -324,7 +317,7 @@ def _child(
     """
     try:
         signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, *_STOP_SIGNALS):
+        for signum in (signal.SIGCHLD, *STOP_SIGNALS):
             signal.signal(signum, signal.SIG_DFL)
         for fd in supervisor_fds:
             os.close(fd)
@@ -336,10 +329,6 @@ def _child(
         log.exception("service %s: its process could not start", settings.service)
         logging.shutdown()
     os._exit(1)
-
-
-#: The signals that stop a supervisor (and, once it set its handlers, a child).
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _ignore(signum: int, frame: Any) -> None:

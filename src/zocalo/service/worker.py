@@ -37,6 +37,7 @@ from zocalo.service.runner import RunnerSettings, ServiceRunner
 from zocalo.service.status import (
     CANNOT_LOAD,
     SHUTDOWN_COMMANDED,
+    STOP_SIGNALS,
     Identity,
     Status,
     StatusBroadcaster,
@@ -192,7 +193,7 @@ def _obey_signals(stop: Callable[[], None]) -> None:
     def on_signal(signum: int, frame: Any) -> None:
         stop()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, on_signal)
 
 

@@ -189,7 +189,6 @@ class _Transaction:
     """A client-side transaction: what to do, all at once, on commit."""
 
     id: int
-    subscription: int | None
     messages: list[Outgoing] = field(default_factory=list)
     acks: list[Delivery] = field(default_factory=list)
     #: (delivery, requeue, reason), applied once the publish is confirmed.
@@ -388,12 +387,10 @@ class Transport(ABC):
         channel to put in tx mode); here a transaction may settle deliveries
         of any subscription of this connection.
         """
-        subscription = (
-            subscription_id.id if isinstance(subscription_id, Subscription) else subscription_id
-        )
+        del subscription_id  # accepted, not needed: see above
         with self._transaction_lock:
             self._transaction_ids += 1
-            txn = _Transaction(self._transaction_ids, subscription)
+            txn = _Transaction(self._transaction_ids)
             self._transactions[txn.id] = txn
         return txn.id
 
