@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from importlib.metadata import EntryPoint, entry_points
 
 from zocalo.errors import ZocaloError
@@ -69,6 +71,7 @@ def load_service(name: str) -> type[Service]:
     """The Service registered under ``name`` (resolved as above), or ``module:Class``."""
     if ":" in name:
         module_name, _, class_name = name.partition(":")
+        _working_directory_last_on_path()
         try:
             service_class = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as error:
@@ -88,3 +91,16 @@ def load_service(name: str) -> type[Service]:
             "a python-workflows CommonService runs under workflows' own frontend"
         )
     return service_class
+
+
+def _working_directory_last_on_path() -> None:
+    """Let ``module:Class`` find a module in the working directory.
+
+    The supervisor runs Python with ``-P`` so that a stray ``select.py`` in the
+    working directory cannot shadow the standard library; appending (not
+    prepending) the directory keeps that promise while ``zocalo.service -s
+    myservices:Name`` still finds ``./myservices.py``.
+    """
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)

@@ -1,0 +1,54 @@
+"""The README's tour runs as written: its service, from the working directory, on its recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import stop_group
+from zocalo.transport import create_transport
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def fenced_block(language: str, first_line: str) -> str:
+    """The README's ```language block whose text starts with ``first_line``."""
+    for block in re.findall(rf"```{language}\n(.*?)```", README.read_text(), re.DOTALL):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"README has no {language} block starting {first_line!r}")
+
+
+def test_the_readme_service_runs_from_the_working_directory_on_the_readme_recipe(
+    tmp_path, collector
+):
+    (tmp_path / "myservices.py").write_text(fenced_block("python", "# myservices.py"))
+    (tmp_path / "recipe.json").write_text(fenced_block("json", '{\n  "1"'))
+    url = f"sqlite:///{tmp_path}/broker.db"
+    # No PYTHONPATH: the module is found only because it is in the working directory.
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    zocalo_bin = Path(sys.executable).parent
+    with create_transport(url) as client:
+        sink = collector(ack_with=client)
+        client.subscribe("record", sink)
+        service = subprocess.Popen(
+            [zocalo_bin / "zocalo.service", "-s", "myservices:CountSpots", "--transport", url],
+            cwd=tmp_path,
+            env=environment,
+            start_new_session=True,
+        )
+        try:
+            started = subprocess.run(
+                [zocalo_bin / "zocalo.go", "-f", "recipe.json", "-s", "image=7",
+                 "-s", "threshold=0.5", "--direct", "--transport", url],
+                cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert started.returncode == 0, started.stderr
+            (delivery,) = sink.wait_for_count(1, timeout=30)
+        finally:
+            stop_group(service)
+    assert json.loads(delivery.body)["payload"] == {"image": "7", "spots": 42}
