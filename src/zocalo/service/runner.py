@@ -13,7 +13,9 @@ Failures never stop the service:
 - a handler that raises is retried: the message is re-published with an
   attempt count and the reason in its headers, after a growing delay, and
   the original acked in the same atomic publish; after ``max_attempts`` it
-  goes to ``dlq.<queue>`` with the reason and the recipe path;
+  goes to ``dlq.<queue>`` with the reason and the recipe path (both
+  republishes leave out the broker's own headers: see
+  :func:`~zocalo.transport.base.without_broker_headers`);
 - outputs the broker refuses leave the input unacked: it is returned to its
   queue, and the broker's own delivery limit stays the safety net.
 """
@@ -45,6 +47,7 @@ from zocalo.transport.base import (
     Subscription,
     Transport,
     dlq_name,
+    without_broker_headers,
 )
 
 log = logging.getLogger("zocalo.service.runner")
@@ -282,8 +285,7 @@ class ServiceRunner:
         try:
             step, payload = self._decode(delivery, spec, what)
         except InvalidMessage as error:
-            self._dead_letter(delivery, str(error), path=None)
-            return "dead_lettered"
+            return self._dead_letter(delivery, str(error), path=None)
         with recipe_context(step.recipe_id, step.pointer):
             try:
                 spec.function(step, payload)
@@ -371,9 +373,8 @@ class ServiceRunner:
             return "failed"  # a broadcast: nothing to retry or dead-letter
         path = [*step.path, step.pointer] if step.pointer is not None else None
         if attempt >= max_attempts:
-            self._dead_letter(delivery, f"{reason} (after {attempt} attempts)", path)
-            return "dead_lettered"
-        headers = dict(delivery.headers)
+            return self._dead_letter(delivery, f"{reason} (after {attempt} attempts)", path)
+        headers = without_broker_headers(delivery.headers)
         headers[ATTEMPT_HEADER] = attempt
         headers[RETRY_REASON_HEADER] = reason
         headers[DLQ_HISTORY_HEADER] = _history(delivery.headers, reason)
@@ -385,13 +386,16 @@ class ServiceRunner:
         self._settle(delivery, [retry], delivery.describe())
         return "retried"
 
-    def _dead_letter(self, delivery: Delivery, reason: str, path: list[int] | None) -> None:
-        """Move a message to ``dlq.<queue>`` with why and where, acking the original."""
+    def _dead_letter(self, delivery: Delivery, reason: str, path: list[int] | None) -> str:
+        """Move a message to ``dlq.<queue>`` with why and where, acking the original.
+
+        Returns the outcome: ``dead_lettered``.
+        """
         log.error("dead-lettering %s: %s", delivery.describe(), reason)
         if not delivery.ackable:
             self.stats.add("dead_lettered")
-            return
-        headers = dict(delivery.headers)
+            return "dead_lettered"
+        headers = without_broker_headers(delivery.headers)
         headers[DLQ_REASON_HEADER] = reason
         headers[DLQ_QUEUE_HEADER] = delivery.source
         headers[DLQ_HISTORY_HEADER] = _history(delivery.headers, reason)
@@ -400,6 +404,7 @@ class ServiceRunner:
         self.stats.add("dead_lettered")
         dead = Outgoing(dlq_name(delivery.source), delivery.body, headers)
         self._settle(delivery, [dead], delivery.describe())
+        return "dead_lettered"
 
     @staticmethod
     def _quietly(action: Any, *args: Any, **kwargs: Any) -> None:
@@ -416,7 +421,11 @@ def _int_header(headers: dict[str, Any], name: str) -> int:
         return 0
 
 
-def _history(headers: dict[str, Any], reason: str) -> list[str]:
+def _history(headers: dict[str, Any], reason: str) -> list[str | dict[str, Any]]:
     previous = headers.get(DLQ_HISTORY_HEADER)
-    history = [str(entry) for entry in previous] if isinstance(previous, list) else []
+    history = (
+        [entry if isinstance(entry, str | dict) else str(entry) for entry in previous]
+        if isinstance(previous, list)
+        else []
+    )
     return [*history, reason][-_HISTORY_KEPT:]

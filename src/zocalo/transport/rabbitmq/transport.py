@@ -55,6 +55,7 @@ from zocalo.transport.base import (
     deliveries_to_ack,
     dlq_name,
     take_all,
+    without_broker_headers,
 )
 from zocalo.transport.rabbitmq import delay as delays
 from zocalo.transport.rabbitmq.headers import from_amqp, to_amqp
@@ -723,12 +724,14 @@ class RabbitMQTransport(Transport):
         headers = dict(delivery.headers)
         headers[DLQ_REASON_HEADER] = reason or "rejected"
         headers[DLQ_QUEUE_HEADER] = delivery.source
+        previous = headers.get(DLQ_HISTORY_HEADER)
         headers[DLQ_HISTORY_HEADER] = [
+            *(previous if isinstance(previous, list) else []),
             {
                 "queue": delivery.source,
                 "reason": reason or "rejected",
                 "delivery_count": delivery.delivery_count,
-            }
+            },
         ]
         copy = Outgoing(dlq_name(delivery.source), delivery.body, headers)
         batch = _Batch(Confirmation(), [])
@@ -798,7 +801,8 @@ class RabbitMQTransport(Transport):
             message_id = f"{self._id_prefix}{next(self._ids)}"
             try:
                 properties = BasicProperties(
-                    headers={**to_amqp(dict(message.headers)), **extra},
+                    # Never the broker's own (x-death...): see without_broker_headers.
+                    headers={**to_amqp(without_broker_headers(message.headers)), **extra},
                     delivery_mode=2,
                     message_id=message_id,
                     expiration=(
@@ -908,17 +912,32 @@ def _cause(error: BaseException) -> BaseException:
 
 
 def _translate_dead_letter(headers: dict[str, Any]) -> None:
-    """Describe a broker-dead-lettered message (``x-death``) in our DLQ header names."""
+    """Describe a broker-dead-lettered message (``x-death``) in our DLQ header names.
+
+    We never publish the broker's headers (they are stripped), so an
+    ``x-death`` here tells what happened since we last published the message:
+    its deaths join our own history header, which survives the next publish,
+    and the latest dead-lettering is the reason. The delay topology's wait
+    queues are hops, not history, and are left out.
+    """
     deaths = headers.get("x-death")
-    if DLQ_REASON_HEADER in headers or not isinstance(deaths, list):
+    if not isinstance(deaths, list):
         return
-    for death in deaths:
-        if isinstance(death, dict) and death.get("reason") in (
-            "rejected",
-            "delivery_limit",
-            "maxlen",
-        ):
-            headers[DLQ_REASON_HEADER] = f"{death['reason']} (dead-lettered by RabbitMQ)"
-            headers[DLQ_QUEUE_HEADER] = death.get("queue")
-            headers[DLQ_HISTORY_HEADER] = deaths
-            return
+    history = [
+        death
+        for death in deaths
+        if isinstance(death, dict) and not str(death.get("queue", "")).startswith(delays.PREFIX)
+    ]
+    latest = next(
+        (d for d in history if d.get("reason") in ("rejected", "delivery_limit", "maxlen")), None
+    )
+    if latest is None:
+        return
+    headers[DLQ_REASON_HEADER] = f"{latest['reason']} (dead-lettered by RabbitMQ)"
+    headers[DLQ_QUEUE_HEADER] = latest.get("queue")
+    previous = headers.get(DLQ_HISTORY_HEADER)
+    # x-death lists the most recent first; our history is oldest first.
+    headers[DLQ_HISTORY_HEADER] = [
+        *(previous if isinstance(previous, list) else []),
+        *reversed(history),
+    ]
