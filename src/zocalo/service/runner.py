@@ -9,7 +9,8 @@ message, so confirms are pipelined up to the subscription's prefetch.
 
 Failures never stop the service:
 - an undecodable or non-recipe body goes straight to ``dlq.<queue>`` with
-  the reason (retrying cannot help);
+  the reason (retrying cannot help); that queue is declared first, as a
+  queue an operator declared may have none;
 - a handler that raises is retried: the message is re-published with an
   attempt count and the reason in its headers, after a growing delay, and
   the original acked in the same atomic publish; after ``max_attempts`` it
@@ -32,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from zocalo.errors import InvalidMessage, ZocaloError
+from zocalo.errors import ConnectionFailed, InvalidMessage, ZocaloError
 from zocalo.logs import recipe_context
 from zocalo.recipe import wire
 from zocalo.recipe.step import RecipeStep
@@ -389,12 +390,15 @@ class ServiceRunner:
     def _dead_letter(self, delivery: Delivery, reason: str, path: list[int] | None) -> str:
         """Move a message to ``dlq.<queue>`` with why and where, acking the original.
 
-        Returns the outcome: ``dead_lettered``.
+        Returns the outcome: ``dead_lettered``, or ``failed`` when the
+        dead-letter queue cannot be declared (the service then stops).
         """
         log.error("dead-lettering %s: %s", delivery.describe(), reason)
         if not delivery.ackable:
             self.stats.add("dead_lettered")
             return "dead_lettered"
+        if not self._dead_letter_queue_exists(delivery):
+            return "failed"
         headers = without_broker_headers(delivery.headers)
         headers[DLQ_REASON_HEADER] = reason
         headers[DLQ_QUEUE_HEADER] = delivery.source
@@ -405,6 +409,32 @@ class ServiceRunner:
         dead = Outgoing(dlq_name(delivery.source), delivery.body, headers)
         self._settle(delivery, [dead], delivery.describe())
         return "dead_lettered"
+
+    def _dead_letter_queue_exists(self, delivery: Delivery) -> bool:
+        """Declare ``dlq.<queue>`` (a queue an operator declared may have none), or stop.
+
+        A dead letter the broker cannot route would return its message to the
+        queue at once, to fail and be dead-lettered again: a hot loop. A broker
+        refusing the declaration is a setup error: the service stops with a
+        clear line and the message goes back to its queue.
+        """
+        target = dlq_name(delivery.source)
+        try:
+            self.transport.declare_queue(target)
+        except ConnectionFailed:
+            pass  # the publish fails as well, and the message comes back after a reconnect
+        except ZocaloError as error:
+            log.error(
+                "cannot dead-letter %s: its dead-letter queue %r cannot be declared (%s); "
+                "stopping the service, the message goes back to its queue",
+                delivery.describe(),
+                target,
+                error,
+            )
+            self._quietly(self.transport.nack, delivery, requeue=True, reason=str(error))
+            self.request_stop()
+            return False
+        return True
 
     @staticmethod
     def _quietly(action: Any, *args: Any, **kwargs: Any) -> None:

@@ -206,6 +206,9 @@ class RabbitMQTransport(Transport):
         self._closed = threading.Event()
         #: True from a lost connection until its subscriptions are restored.
         self._restoring = False
+        #: Rejected messages whose copy to ``dlq.<queue>`` failed: left to the queue's own
+        #: dead-letter policy, which discards them if it has none (each is logged too).
+        self.dead_letter_copies_failed = 0
 
     # -- connection ---------------------------------------------------------
     @property
@@ -715,12 +718,14 @@ class RabbitMQTransport(Transport):
         self._soon(lambda: channel.basic_ack(tag) if channel.is_open else None)
 
     def _nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
+        if not requeue:
+            self._declare_dead_letter_queue(delivery.source)
         channel, tag = self._take(delivery)
         if requeue:
             self._soon(lambda: channel.basic_nack(tag, requeue=True) if channel.is_open else None)
             return
         # Dead-letter with our reason: a copy to dlq.<queue>, confirmed, then ack the
-        # original; if there is no such queue, fall back to the broker's own policy.
+        # original; if the copy fails, fall back to the broker's own policy (logged).
         headers = dict(delivery.headers)
         headers[DLQ_REASON_HEADER] = reason or "rejected"
         headers[DLQ_QUEUE_HEADER] = delivery.source
@@ -741,12 +746,32 @@ class RabbitMQTransport(Transport):
                 return
             if done.exception() is None:
                 channel.basic_ack(tag)
-            else:
-                channel.basic_reject(tag, requeue=False)
+                return
+            self.dead_letter_copies_failed += 1
+            log.error(
+                "%s could not be copied to %r (%s); rejected it instead: RabbitMQ applies "
+                "the queue's own dead-letter policy, and discards it if there is none",
+                delivery.describe(),
+                copy.destination,
+                done.exception(),
+            )
+            channel.basic_reject(tag, requeue=False)
 
         batch.future.add_done_callback(lambda done: self._soon(lambda: settle(done)))
         route = (copy, "", copy.destination, {})
         self._soon(lambda: self._publish_now([copy], batch, [route]))
+
+    def _declare_dead_letter_queue(self, queue: str) -> None:
+        """Give a rejected message's copy somewhere to go: an operator's queue may have
+        no ``dlq.<queue>``, and a copy the broker cannot route is no dead letter."""
+        if threading.current_thread() is self._thread:
+            return  # a declaration would wait on this very thread; a failed copy is logged
+        try:
+            self.declare_queue(dlq_name(queue))
+        except ConnectionFailed:
+            raise
+        except TransportError as error:
+            log.warning("cannot declare %r for a dead letter: %s", dlq_name(queue), error)
 
     # -- publishing ---------------------------------------------------------
     def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
