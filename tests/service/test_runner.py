@@ -248,6 +248,24 @@ def test_handler_failing_every_time_ends_in_dlq_while_others_flow(
     assert runner.stats.snapshot()["dead_lettered"] == 1
 
 
+def test_retries_and_dead_letters_leave_out_the_brokers_headers(
+    client, work, recipe, dead, start_service
+):
+    """A broker's own headers (RabbitMQ's x-death...) are never republished; ours are."""
+    start_service(Multiplier(work, failures={9: 100}), retry_delay=RETRY_DELAY, max_attempts=2)
+    body = encode(recipe, 1, [], ENVIRONMENT, {"value": 9})
+    broker_headers = {
+        "x-death": [{"queue": "elsewhere", "reason": "expired", "count": 1}],
+        "x-first-death-queue": "elsewhere",
+        "x-last-death-reason": "expired",
+    }
+    client.send(work, body, headers={"workflows-recipe": True, "mine": "kept", **broker_headers})
+    (dead_letter,) = dead.wait_for_count(1)
+    assert dead_letter.headers["mine"] == "kept"
+    assert dead_letter.headers[ATTEMPT_HEADER] == 1
+    assert not [name for name in dead_letter.headers if "death" in name]
+
+
 def test_retry_delay_grows():
     from zocalo.service import RunnerSettings
 
