@@ -1,10 +1,19 @@
-"""The runner: handler calls, settling, retries, the DLQ and bad input."""
+"""The runner: handler calls, settling, retries, the DLQ and bad input.
+
+Every test runs on each transport of :data:`TRANSPORTS` (memory, a real
+SQLite file, the machine's RabbitMQ): their callbacks take different paths
+through the runner, and RabbitMQ delays retries through dead-lettering wait
+queues. Queue names are unique per test (RabbitMQ's vhost is shared by the
+session) and declared before anything is sent to them.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,31 +22,72 @@ from zocalo.logs import RecipeContextFilter
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import encode
-from zocalo.service import Service, ServiceRunner, handler
+from zocalo.service import Service, ServiceRunner
 from zocalo.service.runner import ATTEMPT_HEADER, RECIPE_PATH_HEADER
 from zocalo.transport import Transport
 from zocalo.transport.base import DLQ_HISTORY_HEADER, DLQ_QUEUE_HEADER, DLQ_REASON_HEADER
 
-RECIPE = Recipe(
-    {
-        "1": {"queue": "work", "parameters": {"factor": 3}, "output": {"result": 2}},
-        "2": {"queue": "results"},
-        "start": [[1, {"value": 1}]],
-    }
-)
 ENVIRONMENT = {"ID": "recipe-0001"}
+#: A recipe for bodies that never reach a handler (their queue names do not matter).
+SAMPLE = Recipe({"1": {"queue": "work", "output": 2}, "2": {"queue": "out"}, "start": [[1, 0]]})
+#: Retry delays on RabbitMQ pass wait queues whose TTLs are the delay's bits:
+#: 30 ms then 60 ms share wait queues, as the default 1 s then 2 s do, so a
+#: second trip meets the first one's x-death entries.
+RETRY_DELAY = 0.03
 module_log = logging.getLogger("tests.science")
+
+TRANSPORTS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One broker per test, on each transport (overrides the memory-only default)."""
+    if request.param == "memory":
+        return f"memory://runner-{uuid.uuid4().hex}"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    return request.getfixturevalue("rabbitmq_vhost_url")
+
+
+@pytest.fixture
+def names() -> Callable[[str], str]:
+    """``names(label)``: a queue name unique to this test."""
+    prefix = f"runner.{uuid.uuid4().hex[:10]}"
+    return lambda label: f"{prefix}.{label}"
+
+
+@pytest.fixture
+def work(names: Callable[[str], str], client: Transport) -> str:
+    """The Multiplier's queue, declared."""
+    queue = names("work")
+    client.declare_queue(queue)
+    return queue
+
+
+@pytest.fixture
+def recipe(work: str, names: Callable[[str], str]) -> Recipe:
+    return Recipe(
+        {
+            "1": {"queue": work, "parameters": {"factor": 3}, "output": {"result": 2}},
+            "2": {"queue": names("results")},
+            "start": [[1, {"value": 1}]],
+        }
+    )
 
 
 class Multiplier(Service):
     """Multiplies; raises on demand, a given number of times per value."""
 
-    def __init__(self, failures: dict[int, int] | None = None) -> None:
+    def __init__(self, queue: str, failures: dict[int, int] | None = None) -> None:
         super().__init__()
         self.failures = dict(failures or {})
         self.calls: list[Any] = []
+        self.add_handler(queue, self.multiply, prefetch=5)
 
-    @handler("work", prefetch=5)
     def multiply(self, step: RecipeStep, payload: dict[str, Any]) -> None:
         self.calls.append(payload)
         module_log.info("multiplying %s", payload["value"])
@@ -50,22 +100,22 @@ class Multiplier(Service):
         step.send_to("result", {"value": payload["value"] * step.parameters["factor"]})
 
 
-def send_work(client: Transport, value: Any, **extra: Any) -> None:
-    body = encode(RECIPE, 1, [], ENVIRONMENT, {"value": value, **extra})
-    client.send("work", body, headers={"workflows-recipe": True})
+def send_work(client: Transport, recipe: Recipe, value: Any, **extra: Any) -> None:
+    body = encode(recipe, 1, [], ENVIRONMENT, {"value": value, **extra})
+    client.send(recipe[1]["queue"], body, headers={"workflows-recipe": True})
 
 
 @pytest.fixture
-def results(client: Transport, collector: Callable[..., Any]) -> Any:
+def results(client: Transport, collector: Callable[..., Any], recipe: Recipe) -> Any:
     sink = collector(ack_with=client)
-    client.subscribe("results", sink, prefetch=100)
+    client.subscribe(recipe[2]["queue"], sink, prefetch=100)
     return sink
 
 
 @pytest.fixture
-def dead(client: Transport, collector: Callable[..., Any]) -> Any:
+def dead(client: Transport, collector: Callable[..., Any], work: str) -> Any:
     sink = collector(ack_with=client)
-    client.subscribe("dlq.work", sink, prefetch=100)
+    client.subscribe(f"dlq.{work}", sink, prefetch=100)
     return sink
 
 
@@ -73,16 +123,16 @@ def payloads(deliveries: list[Any]) -> list[Any]:
     return [json.loads(delivery.body)["payload"] for delivery in deliveries]
 
 
-def test_handler_output_goes_to_the_next_step(client, results, start_service):
-    start_service(Multiplier())
-    send_work(client, 7)
+def test_handler_output_goes_to_the_next_step(client, work, recipe, results, start_service):
+    start_service(Multiplier(work))
+    send_work(client, recipe, 7)
     (delivery,) = results.wait_for_count(1)
     body = json.loads(delivery.body)
     assert body["payload"] == {"value": 21}
     assert body["recipe-pointer"] == 2
     assert body["recipe-path"] == [1]
     assert body["environment"] == ENVIRONMENT
-    assert Recipe(body["recipe"]) == RECIPE
+    assert Recipe(body["recipe"]) == recipe
     assert delivery.headers["workflows-recipe"] is True
 
 
@@ -95,12 +145,12 @@ def test_handler_output_goes_to_the_next_step(client, results, start_service):
         (b"[1, 2, 3]", {"workflows-recipe": True}, "not an object"),
         (b'{"value": 1}', {}, "not a recipe message"),
         (
-            json.dumps({"recipe": RECIPE.to_dict(), "recipe-pointer": 7, "payload": {}}).encode(),
+            json.dumps({"recipe": SAMPLE.to_dict(), "recipe-pointer": 7, "payload": {}}).encode(),
             {"workflows-recipe": True},
             "recipe-pointer 7 names no step",
         ),
         (
-            json.dumps({"recipe": RECIPE.to_dict(), "recipe-pointer": "x", "payload": {}}).encode(),
+            json.dumps({"recipe": SAMPLE.to_dict(), "recipe-pointer": "x", "payload": {}}).encode(),
             {"workflows-recipe": True},
             "bad recipe-pointer",
         ),
@@ -122,43 +172,62 @@ def test_handler_output_goes_to_the_next_step(client, results, start_service):
     ],
 )
 def test_bad_input_is_dead_lettered_with_reason_and_the_service_goes_on(
-    client, results, dead, start_service, body, headers, expected_reason, caplog
+    client, work, recipe, results, dead, start_service, body, headers, expected_reason, caplog
 ):
-    runner = start_service(Multiplier())
-    client.send("work", body, headers=headers)
-    send_work(client, 2)
+    runner = start_service(Multiplier(work))
+    client.send(work, body, headers=headers)
+    send_work(client, recipe, 2)
     (dead_letter,) = dead.wait_for_count(1)
     assert dead_letter.body == body, "the dead letter must keep the original body"
     reason = dead_letter.headers[DLQ_REASON_HEADER]
     assert expected_reason in reason
-    assert "message" in reason and "queue 'work'" in reason, "the reason names the message"
-    assert dead_letter.headers[DLQ_QUEUE_HEADER] == "work"
+    assert "message" in reason and f"queue {work!r}" in reason, "the reason names the message"
+    assert dead_letter.headers[DLQ_QUEUE_HEADER] == work
     assert payloads(results.wait_for_count(1)) == [{"value": 6}]
     assert runner.stats.snapshot()["dead_lettered"] == 1
     assert any(expected_reason in record.getMessage() for record in caplog.records)
 
 
-def test_handler_failing_once_is_retried_and_succeeds(client, results, dead, start_service):
-    service = Multiplier(failures={4: 1})
-    runner = start_service(service, retry_delay=0.01)
-    send_work(client, 4)
+def test_handler_failing_once_is_retried_and_succeeds(
+    client, work, recipe, results, dead, start_service
+):
+    service = Multiplier(work, failures={4: 1})
+    runner = start_service(service, retry_delay=RETRY_DELAY)
+    send_work(client, recipe, 4)
     assert payloads(results.wait_for_count(1)) == [{"value": 12}]
     assert len(service.calls) == 2
     stats = runner.stats.snapshot()
     assert (stats["failed"], stats["retried"], stats["handled"]) == (1, 1, 1)
-    send_work(client, 5)  # sentinel: the retry produced exactly one result
+    send_work(client, recipe, 5)  # sentinel: the retry produced exactly one result
+    assert payloads(results.wait_for_count(2)) == [{"value": 12}, {"value": 15}]
+    assert dead.deliveries == []
+
+
+def test_handler_failing_twice_gets_its_third_attempt(
+    client, work, recipe, results, dead, start_service
+):
+    """The second retry must not vanish (on RabbitMQ: in dead-letter cycle detection)."""
+    service = Multiplier(work, failures={4: 2})
+    runner = start_service(service, retry_delay=RETRY_DELAY, max_attempts=3)
+    send_work(client, recipe, 4)
+    assert payloads(results.wait_for_count(1)) == [{"value": 12}]
+    assert [call["value"] for call in service.calls] == [4, 4, 4]
+    stats = runner.stats.snapshot()
+    assert (stats["failed"], stats["retried"], stats["handled"]) == (2, 2, 1)
+    assert stats["dead_lettered"] == 0
+    send_work(client, recipe, 5)  # sentinel: the retries produced exactly one result
     assert payloads(results.wait_for_count(2)) == [{"value": 12}, {"value": 15}]
     assert dead.deliveries == []
 
 
 def test_handler_failing_every_time_ends_in_dlq_while_others_flow(
-    client, results, dead, start_service, caplog
+    client, work, recipe, results, dead, start_service, caplog
 ):
-    service = Multiplier(failures={9: 100})
-    runner = start_service(service, retry_delay=0.01, max_attempts=3)
-    send_work(client, 9)
+    service = Multiplier(work, failures={9: 100})
+    runner = start_service(service, retry_delay=RETRY_DELAY, max_attempts=3)
+    send_work(client, recipe, 9)
     for value in range(1, 6):
-        send_work(client, value)
+        send_work(client, recipe, value)
     (dead_letter,) = dead.wait_for_count(1)
     results.wait_for_count(5)
     assert sorted(p["value"] for p in payloads(results.deliveries)) == [3, 6, 9, 12, 15]
@@ -166,14 +235,35 @@ def test_handler_failing_every_time_ends_in_dlq_while_others_flow(
     headers = dead_letter.headers
     assert "RuntimeError: detector offline for 9" in headers[DLQ_REASON_HEADER]
     assert "after 3 attempts" in headers[DLQ_REASON_HEADER]
+    assert headers[DLQ_QUEUE_HEADER] == work
     assert headers[RECIPE_PATH_HEADER] == [1]
     assert headers[ATTEMPT_HEADER] == 2, "two retries were published before the DLQ"
-    assert len(headers[DLQ_HISTORY_HEADER]) == 3
+    history = headers[DLQ_HISTORY_HEADER]
+    assert len(history) == 3 and all("detector offline for 9" in entry for entry in history)
+    assert not [name for name in headers if "death" in name], "no broker death headers"
     assert json.loads(dead_letter.body)["payload"] == {"value": 9}
     failures = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
     assert failures, "each failure is logged with its traceback"
     assert "message" in failures[0].getMessage()
     assert runner.stats.snapshot()["dead_lettered"] == 1
+
+
+def test_retries_and_dead_letters_leave_out_the_brokers_headers(
+    client, work, recipe, dead, start_service
+):
+    """A broker's own headers (RabbitMQ's x-death...) are never republished; ours are."""
+    start_service(Multiplier(work, failures={9: 100}), retry_delay=RETRY_DELAY, max_attempts=2)
+    body = encode(recipe, 1, [], ENVIRONMENT, {"value": 9})
+    broker_headers = {
+        "x-death": [{"queue": "elsewhere", "reason": "expired", "count": 1}],
+        "x-first-death-queue": "elsewhere",
+        "x-last-death-reason": "expired",
+    }
+    client.send(work, body, headers={"workflows-recipe": True, "mine": "kept", **broker_headers})
+    (dead_letter,) = dead.wait_for_count(1)
+    assert dead_letter.headers["mine"] == "kept"
+    assert dead_letter.headers[ATTEMPT_HEADER] == 1
+    assert not [name for name in dead_letter.headers if "death" in name]
 
 
 def test_retry_delay_grows():
@@ -184,11 +274,11 @@ def test_retry_delay_grows():
 
 
 def test_unknown_channel_is_logged_and_counted_not_silent(
-    client, results, dead, start_service, caplog
+    client, work, recipe, results, dead, start_service, caplog
 ):
-    runner = start_service(Multiplier())
-    send_work(client, 1, channel="no-such-channel")
-    send_work(client, 2)
+    runner = start_service(Multiplier(work))
+    send_work(client, recipe, 1, channel="no-such-channel")
+    send_work(client, recipe, 2)
     assert payloads(results.wait_for_count(1)) == [{"value": 6}]
     assert runner.stats.snapshot()["unrouted"] == 1
     warning = next(r for r in caplog.records if "no-such-channel" in r.getMessage())
@@ -198,52 +288,60 @@ def test_unknown_channel_is_logged_and_counted_not_silent(
 
 
 def test_log_lines_inside_a_handler_carry_recipe_id_and_step(
-    client, results, start_service, caplog
+    client, work, recipe, results, start_service, caplog
 ):
     caplog.handler.addFilter(RecipeContextFilter())
     caplog.set_level(logging.INFO)
-    start_service(Multiplier())
-    send_work(client, 3)
+    start_service(Multiplier(work))
+    send_work(client, recipe, 3)
     results.wait_for_count(1)
     line = next(r for r in caplog.records if r.getMessage() == "multiplying 3")
     assert line.name == "tests.science", "a module-level logger, not the service's"
     assert (line.recipe_ID, line.recipe_step) == ("recipe-0001", 1)
 
 
-def test_plain_messages_reach_handlers_that_allow_them(client, collector, start_service):
-    seen = collector()
+def test_plain_messages_reach_handlers_that_allow_them(client, names, collector, start_service):
+    plain, plain_out = names("plain"), names("plain.out")
 
     class Plain(Service):
-        @handler("plain", allow_plain=True)
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_handler(plain, self.receive, allow_plain=True)
+
         def receive(self, step: RecipeStep, payload: Any) -> None:
             assert step.recipe is None
-            step.send_plain("plain.out", {"echo": payload})
+            step.send_plain(plain_out, {"echo": payload})
 
     out = collector(ack_with=client)
-    client.subscribe("plain.out", out)
+    client.subscribe(plain_out, out)
     start_service(Plain())
-    client.send("plain", json.dumps({"hello": "world"}))
+    client.send(plain, json.dumps({"hello": "world"}))
     (delivery,) = out.wait_for_count(1)
     assert json.loads(delivery.body) == {"echo": {"hello": "world"}}
-    assert seen.deliveries == []
 
 
-def test_stop_returns_unhandled_messages_to_the_queue(broker_url, client, collector):
+def test_stop_returns_unhandled_messages_to_the_queue(broker_url, client, names, collector):
     """Deliveries prefetched but not handled go back, not lost, when a service stops."""
     import threading
 
     release = threading.Event()
     entered = threading.Event()
+    slow, slow_out = names("slow"), names("slow.out")
+    client.declare_queue(slow)
+    client.declare_queue(slow_out)
 
     class Slow(Service):
-        @handler("slow", prefetch=5)
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_handler(slow, self.work, prefetch=5)
+
         def work(self, step: RecipeStep, payload: Any) -> None:
             entered.set()
             release.wait(10)
             step.send(payload)
 
     recipe = Recipe(
-        {"1": {"queue": "slow", "output": 2}, "2": {"queue": "slow.out"}, "start": [[1, 0]]}
+        {"1": {"queue": slow, "output": 2}, "2": {"queue": slow_out}, "start": [[1, 0]]}
     )
     from zocalo.transport import create_transport
 
@@ -252,7 +350,7 @@ def test_stop_returns_unhandled_messages_to_the_queue(broker_url, client, collec
     thread.start()
     for number in range(5):
         client.send(
-            "slow", encode(recipe, 1, [], {"ID": "r"}, number), headers={"workflows-recipe": True}
+            slow, encode(recipe, 1, [], {"ID": "r"}, number), headers={"workflows-recipe": True}
         )
     assert entered.wait(5)
     runner.request_stop()
@@ -261,8 +359,8 @@ def test_stop_returns_unhandled_messages_to_the_queue(broker_url, client, collec
     assert not thread.is_alive()
     out = collector(ack_with=client)
     back = collector(ack_with=client)
-    client.subscribe("slow.out", out, prefetch=10)
-    client.subscribe("slow", back, prefetch=10)
+    client.subscribe(slow_out, out, prefetch=10)
+    client.subscribe(slow, back, prefetch=10)
     out.wait_for_count(1)
     back.wait_for_count(4)
     handled = payloads(out.deliveries)

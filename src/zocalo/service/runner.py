@@ -9,11 +9,14 @@ message, so confirms are pipelined up to the subscription's prefetch.
 
 Failures never stop the service:
 - an undecodable or non-recipe body goes straight to ``dlq.<queue>`` with
-  the reason (retrying cannot help);
+  the reason (retrying cannot help); that queue is declared first, as a
+  queue an operator declared may have none;
 - a handler that raises is retried: the message is re-published with an
   attempt count and the reason in its headers, after a growing delay, and
   the original acked in the same atomic publish; after ``max_attempts`` it
-  goes to ``dlq.<queue>`` with the reason and the recipe path;
+  goes to ``dlq.<queue>`` with the reason and the recipe path (both
+  republishes leave out the broker's own headers: see
+  :func:`~zocalo.transport.base.without_broker_headers`);
 - outputs the broker refuses leave the input unacked: it is returned to its
   queue, and the broker's own delivery limit stays the safety net.
 """
@@ -30,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from zocalo.errors import InvalidMessage, ZocaloError
+from zocalo.errors import ConnectionFailed, InvalidMessage, ZocaloError
 from zocalo.logs import recipe_context
 from zocalo.recipe import wire
 from zocalo.recipe.step import RecipeStep
@@ -45,6 +48,7 @@ from zocalo.transport.base import (
     Subscription,
     Transport,
     dlq_name,
+    without_broker_headers,
 )
 
 log = logging.getLogger("zocalo.service.runner")
@@ -282,8 +286,7 @@ class ServiceRunner:
         try:
             step, payload = self._decode(delivery, spec, what)
         except InvalidMessage as error:
-            self._dead_letter(delivery, str(error), path=None)
-            return "dead_lettered"
+            return self._dead_letter(delivery, str(error), path=None)
         with recipe_context(step.recipe_id, step.pointer):
             try:
                 spec.function(step, payload)
@@ -371,9 +374,8 @@ class ServiceRunner:
             return "failed"  # a broadcast: nothing to retry or dead-letter
         path = [*step.path, step.pointer] if step.pointer is not None else None
         if attempt >= max_attempts:
-            self._dead_letter(delivery, f"{reason} (after {attempt} attempts)", path)
-            return "dead_lettered"
-        headers = dict(delivery.headers)
+            return self._dead_letter(delivery, f"{reason} (after {attempt} attempts)", path)
+        headers = without_broker_headers(delivery.headers)
         headers[ATTEMPT_HEADER] = attempt
         headers[RETRY_REASON_HEADER] = reason
         headers[DLQ_HISTORY_HEADER] = _history(delivery.headers, reason)
@@ -385,13 +387,19 @@ class ServiceRunner:
         self._settle(delivery, [retry], delivery.describe())
         return "retried"
 
-    def _dead_letter(self, delivery: Delivery, reason: str, path: list[int] | None) -> None:
-        """Move a message to ``dlq.<queue>`` with why and where, acking the original."""
+    def _dead_letter(self, delivery: Delivery, reason: str, path: list[int] | None) -> str:
+        """Move a message to ``dlq.<queue>`` with why and where, acking the original.
+
+        Returns the outcome: ``dead_lettered``, or ``failed`` when the
+        dead-letter queue cannot be declared (the service then stops).
+        """
         log.error("dead-lettering %s: %s", delivery.describe(), reason)
         if not delivery.ackable:
             self.stats.add("dead_lettered")
-            return
-        headers = dict(delivery.headers)
+            return "dead_lettered"
+        if not self._dead_letter_queue_exists(delivery):
+            return "failed"
+        headers = without_broker_headers(delivery.headers)
         headers[DLQ_REASON_HEADER] = reason
         headers[DLQ_QUEUE_HEADER] = delivery.source
         headers[DLQ_HISTORY_HEADER] = _history(delivery.headers, reason)
@@ -400,6 +408,33 @@ class ServiceRunner:
         self.stats.add("dead_lettered")
         dead = Outgoing(dlq_name(delivery.source), delivery.body, headers)
         self._settle(delivery, [dead], delivery.describe())
+        return "dead_lettered"
+
+    def _dead_letter_queue_exists(self, delivery: Delivery) -> bool:
+        """Declare ``dlq.<queue>`` (a queue an operator declared may have none), or stop.
+
+        A dead letter the broker cannot route would return its message to the
+        queue at once, to fail and be dead-lettered again: a hot loop. A broker
+        refusing the declaration is a setup error: the service stops with a
+        clear line and the message goes back to its queue.
+        """
+        target = dlq_name(delivery.source)
+        try:
+            self.transport.declare_queue(target)
+        except ConnectionFailed:
+            pass  # the publish fails as well, and the message comes back after a reconnect
+        except ZocaloError as error:
+            log.error(
+                "cannot dead-letter %s: its dead-letter queue %r cannot be declared (%s); "
+                "stopping the service, the message goes back to its queue",
+                delivery.describe(),
+                target,
+                error,
+            )
+            self._quietly(self.transport.nack, delivery, requeue=True, reason=str(error))
+            self.request_stop()
+            return False
+        return True
 
     @staticmethod
     def _quietly(action: Any, *args: Any, **kwargs: Any) -> None:
@@ -416,7 +451,11 @@ def _int_header(headers: dict[str, Any], name: str) -> int:
         return 0
 
 
-def _history(headers: dict[str, Any], reason: str) -> list[str]:
+def _history(headers: dict[str, Any], reason: str) -> list[str | dict[str, Any]]:
     previous = headers.get(DLQ_HISTORY_HEADER)
-    history = [str(entry) for entry in previous] if isinstance(previous, list) else []
+    history = (
+        [entry if isinstance(entry, str | dict) else str(entry) for entry in previous]
+        if isinstance(previous, list)
+        else []
+    )
     return [*history, reason][-_HISTORY_KEPT:]

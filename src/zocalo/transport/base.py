@@ -39,6 +39,38 @@ DLQ_REASON_HEADER = "zocalo-dlq-reason"
 DLQ_QUEUE_HEADER = "zocalo-dlq-queue"
 DLQ_HISTORY_HEADER = "zocalo-dlq-history"
 
+#: Headers the broker owns: RabbitMQ writes them when it dead-letters a message
+#: (``x-death``, ``x-first-death-*``, ``x-last-death-*``) or counts deliveries.
+BROKER_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-first-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-last-death-exchange",
+        "x-delivery-count",
+    }
+)
+_BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
+
+
+def without_broker_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``headers`` fit to publish again: without the broker's own.
+
+    RabbitMQ silently drops a message dead-lettered into a queue that its
+    ``x-death`` says it was dead-lettered from before without a rejection
+    between (cycle detection): a retry carrying its first trip's ``x-death``
+    through the TTL wait queues of delays vanishes on the second trip. Our
+    own headers (attempts, reasons, the DLQ history) stay.
+    """
+    return {
+        name: value
+        for name, value in headers.items()
+        if name not in BROKER_HEADERS and not name.startswith(_BROKER_HEADER_PREFIXES)
+    }
+
 
 def dlq_name(queue: str) -> str:
     """The dead-letter queue of ``queue`` (``dlq.<queue>``, as DLS configures RabbitMQ)."""

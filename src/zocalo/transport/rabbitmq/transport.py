@@ -55,6 +55,7 @@ from zocalo.transport.base import (
     deliveries_to_ack,
     dlq_name,
     take_all,
+    without_broker_headers,
 )
 from zocalo.transport.rabbitmq import delay as delays
 from zocalo.transport.rabbitmq.headers import from_amqp, to_amqp
@@ -205,6 +206,9 @@ class RabbitMQTransport(Transport):
         self._closed = threading.Event()
         #: True from a lost connection until its subscriptions are restored.
         self._restoring = False
+        #: Rejected messages whose copy to ``dlq.<queue>`` failed: left to the queue's own
+        #: dead-letter policy, which discards them if it has none (each is logged too).
+        self.dead_letter_copies_failed = 0
 
     # -- connection ---------------------------------------------------------
     @property
@@ -714,21 +718,25 @@ class RabbitMQTransport(Transport):
         self._soon(lambda: channel.basic_ack(tag) if channel.is_open else None)
 
     def _nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
+        if not requeue:
+            self._declare_dead_letter_queue(delivery.source)
         channel, tag = self._take(delivery)
         if requeue:
             self._soon(lambda: channel.basic_nack(tag, requeue=True) if channel.is_open else None)
             return
         # Dead-letter with our reason: a copy to dlq.<queue>, confirmed, then ack the
-        # original; if there is no such queue, fall back to the broker's own policy.
+        # original; if the copy fails, fall back to the broker's own policy (logged).
         headers = dict(delivery.headers)
         headers[DLQ_REASON_HEADER] = reason or "rejected"
         headers[DLQ_QUEUE_HEADER] = delivery.source
+        previous = headers.get(DLQ_HISTORY_HEADER)
         headers[DLQ_HISTORY_HEADER] = [
+            *(previous if isinstance(previous, list) else []),
             {
                 "queue": delivery.source,
                 "reason": reason or "rejected",
                 "delivery_count": delivery.delivery_count,
-            }
+            },
         ]
         copy = Outgoing(dlq_name(delivery.source), delivery.body, headers)
         batch = _Batch(Confirmation(), [])
@@ -738,12 +746,32 @@ class RabbitMQTransport(Transport):
                 return
             if done.exception() is None:
                 channel.basic_ack(tag)
-            else:
-                channel.basic_reject(tag, requeue=False)
+                return
+            self.dead_letter_copies_failed += 1
+            log.error(
+                "%s could not be copied to %r (%s); rejected it instead: RabbitMQ applies "
+                "the queue's own dead-letter policy, and discards it if there is none",
+                delivery.describe(),
+                copy.destination,
+                done.exception(),
+            )
+            channel.basic_reject(tag, requeue=False)
 
         batch.future.add_done_callback(lambda done: self._soon(lambda: settle(done)))
         route = (copy, "", copy.destination, {})
         self._soon(lambda: self._publish_now([copy], batch, [route]))
+
+    def _declare_dead_letter_queue(self, queue: str) -> None:
+        """Give a rejected message's copy somewhere to go: an operator's queue may have
+        no ``dlq.<queue>``, and a copy the broker cannot route is no dead letter."""
+        if threading.current_thread() is self._thread:
+            return  # a declaration would wait on this very thread; a failed copy is logged
+        try:
+            self.declare_queue(dlq_name(queue))
+        except ConnectionFailed:
+            raise
+        except TransportError as error:
+            log.warning("cannot declare %r for a dead letter: %s", dlq_name(queue), error)
 
     # -- publishing ---------------------------------------------------------
     def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
@@ -798,7 +826,8 @@ class RabbitMQTransport(Transport):
             message_id = f"{self._id_prefix}{next(self._ids)}"
             try:
                 properties = BasicProperties(
-                    headers={**to_amqp(dict(message.headers)), **extra},
+                    # Never the broker's own (x-death...): see without_broker_headers.
+                    headers={**to_amqp(without_broker_headers(message.headers)), **extra},
                     delivery_mode=2,
                     message_id=message_id,
                     expiration=(
@@ -908,17 +937,32 @@ def _cause(error: BaseException) -> BaseException:
 
 
 def _translate_dead_letter(headers: dict[str, Any]) -> None:
-    """Describe a broker-dead-lettered message (``x-death``) in our DLQ header names."""
+    """Describe a broker-dead-lettered message (``x-death``) in our DLQ header names.
+
+    We never publish the broker's headers (they are stripped), so an
+    ``x-death`` here tells what happened since we last published the message:
+    its deaths join our own history header, which survives the next publish,
+    and the latest dead-lettering is the reason. The delay topology's wait
+    queues are hops, not history, and are left out.
+    """
     deaths = headers.get("x-death")
-    if DLQ_REASON_HEADER in headers or not isinstance(deaths, list):
+    if not isinstance(deaths, list):
         return
-    for death in deaths:
-        if isinstance(death, dict) and death.get("reason") in (
-            "rejected",
-            "delivery_limit",
-            "maxlen",
-        ):
-            headers[DLQ_REASON_HEADER] = f"{death['reason']} (dead-lettered by RabbitMQ)"
-            headers[DLQ_QUEUE_HEADER] = death.get("queue")
-            headers[DLQ_HISTORY_HEADER] = deaths
-            return
+    history = [
+        death
+        for death in deaths
+        if isinstance(death, dict) and not str(death.get("queue", "")).startswith(delays.PREFIX)
+    ]
+    latest = next(
+        (d for d in history if d.get("reason") in ("rejected", "delivery_limit", "maxlen")), None
+    )
+    if latest is None:
+        return
+    headers[DLQ_REASON_HEADER] = f"{latest['reason']} (dead-lettered by RabbitMQ)"
+    headers[DLQ_QUEUE_HEADER] = latest.get("queue")
+    previous = headers.get(DLQ_HISTORY_HEADER)
+    # x-death lists the most recent first; our history is oldest first.
+    headers[DLQ_HISTORY_HEADER] = [
+        *(previous if isinstance(previous, list) else []),
+        *reversed(history),
+    ]
