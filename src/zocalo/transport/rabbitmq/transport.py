@@ -90,12 +90,11 @@ def connection_parameters(url: str) -> tuple[list[pika.ConnectionParameters], di
     if unknown:
         raise InvalidURL(f"unknown option(s) {sorted(unknown)} in {url!r}")
     tls = parts.scheme == "amqps"
-    ssl_options = None
+    context = None
     if tls:
         context = ssl.create_default_context(cafile=options.get("cafile"))
         if options.get("certfile"):
             context.load_cert_chain(options["certfile"], options.get("keyfile"))
-        ssl_options = pika.SSLOptions(context, parts.hostname or "localhost")
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     credentials = pika.PlainCredentials(
         unquote(parts.username or "guest"), unquote(parts.password or "guest")
@@ -106,8 +105,7 @@ def connection_parameters(url: str) -> tuple[list[pika.ConnectionParameters], di
         host, _, port = node.strip().rpartition(":") if ":" in node else (node, "", "")
         nodes.append((host.strip() or node.strip(), int(port) if port else default_port))
     return [
-        _node_parameters(host, port, vhost, credentials, ssl_options, options)
-        for host, port in nodes
+        _node_parameters(host, port, vhost, credentials, context, options) for host, port in nodes
     ], options
 
 
@@ -116,15 +114,16 @@ def _node_parameters(
     port: int,
     vhost: str,
     credentials: pika.PlainCredentials,
-    ssl_options: pika.SSLOptions | None,
+    tls_context: ssl.SSLContext | None,
     options: dict[str, str],
 ) -> pika.ConnectionParameters:
+    """One node's parameters; over TLS its certificate is checked against its own name."""
     return pika.ConnectionParameters(
         host=host,
         port=port,
         virtual_host=vhost,
         credentials=credentials,
-        ssl_options=ssl_options,
+        ssl_options=pika.SSLOptions(tls_context, host) if tls_context else None,
         heartbeat=int(options.get("heartbeat", 30)),
         connection_attempts=1,
         socket_timeout=float(options.get("timeout", 10)),
