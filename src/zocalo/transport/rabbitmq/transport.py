@@ -58,6 +58,7 @@ from zocalo.transport.base import (
 )
 from zocalo.transport.rabbitmq import delay as delays
 from zocalo.transport.rabbitmq.headers import from_amqp, to_amqp
+from zocalo.transport.rabbitmq.probes import mark_probe
 from zocalo.transport.registry import redact_url
 
 log = logging.getLogger(__name__)
@@ -468,8 +469,11 @@ class RabbitMQTransport(Transport):
             self._open_publisher(reopened)
 
     # -- declarations ---------------------------------------------------------
-    def _rpc(self, method: str, **arguments: Any) -> Any:
-        """One synchronous channel method on a short-lived channel (failures close it)."""
+    def _rpc(self, method: str, *, probe: bool = False, **arguments: Any) -> Any:
+        """One synchronous channel method on a short-lived channel (failures close it).
+
+        A ``probe`` (a passive declare) expects a 404 close: pika is not to log it.
+        """
 
         def operation(done: Confirmation) -> None:
             def closed(channel: Channel, reason: BaseException) -> None:
@@ -481,6 +485,8 @@ class RabbitMQTransport(Transport):
                     done.set_result(frame)
                     channel.close()
 
+                if probe:
+                    mark_probe(channel)
                 getattr(channel, method)(callback=finished, **arguments)
 
             channel_ready: Confirmation = Confirmation()
@@ -491,7 +497,7 @@ class RabbitMQTransport(Transport):
 
     def _exists(self, method: str, **arguments: Any) -> bool:
         try:
-            self._rpc(method, passive=True, **arguments)
+            self._rpc(method, probe=True, passive=True, **arguments)
         except pika.exceptions.ChannelClosedByBroker as error:
             if error.reply_code == 404:
                 return False
