@@ -13,6 +13,7 @@ import sys
 import pytest
 from rich.cells import cell_len
 from rich.console import Console
+from test_monitor_terminal import Terminal, rows_of
 
 from zocalo.monitor.aggregate import STALE_AFTER, Fleet
 from zocalo.monitor.view import fleet_table
@@ -132,3 +133,29 @@ def test_once_at_80_columns(supervised, sqlite_broker) -> None:
     assert tokens[0] == "Echo", result.stdout
     assert tokens[1] in ("starting", "idle"), result.stdout
     assert "1 service(s)" in result.stdout
+
+
+@pytest.mark.slow
+def test_live_view_at_80_columns(supervised, sqlite_broker) -> None:
+    """The live view reads its terminal's width: 80 columns, nothing cut short."""
+    terminal = Terminal(
+        [sys.executable, "-m", "zocalo.cli.monitor", "--transport", sqlite_broker,
+         "--refresh", "0.2"],
+        columns=80,
+    )  # fmt: skip
+    try:
+        supervised("monitor_services:Echo")
+        text = terminal.read_until(
+            lambda t: any(line.split()[:2] == ["Echo", "idle"] for line in rows_of(t, "Echo")),
+            "an idle Echo row, its name and state whole",
+        )
+        # (Frames follow each other on the terminal without a newline between them:
+        # only a frame's inner lines are whole lines of the text.)
+        header = next(line for line in text.splitlines() if line.startswith("service "))
+        for line in [header, *rows_of(text, "Echo")]:
+            assert cell_len(line.rstrip()) <= 80, text
+        assert "…" not in text, text
+        for label in ("state", "messages", "failed", "DLQ", "restarts"):
+            assert label in header.split(), text
+    finally:
+        terminal.close()
