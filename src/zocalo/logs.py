@@ -89,9 +89,12 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(recipe_ID)s:%(recipe_step
 _OWNED = "_zocalo_setup_logging"
 
 
-#: Libraries kept at WARNING unless the program runs at DEBUG (a site ``logging``
-#: plugin may still set them otherwise).
+#: Libraries kept at WARNING unless the program runs at :data:`LIBRARY_DEBUG_VERBOSITY`
+#: (a site ``logging`` plugin may still set them otherwise).
 CHATTY_LIBRARIES = ("pika", "stomp")
+#: ``-v`` shows zocalo's DEBUG lines; ``-vv`` adds the broker clients' (pika narrates
+#: every frame: at ``-v`` they would drown the lines about the service).
+LIBRARY_DEBUG_VERBOSITY = 2
 
 
 class LoggingSetup:
@@ -180,6 +183,7 @@ class LoggingPlan:
         service_name: str | None = None,
         dict_configs: list[dict[str, Any]] | None = None,
         graylog: tuple[str, str, int] | None = None,
+        verbosity: int = 0,
     ) -> None:
         if fmt not in ("text", "json"):
             raise ValueError(f"log format {fmt!r}: expected 'text' or 'json'")
@@ -188,6 +192,8 @@ class LoggingPlan:
         self.service_name = service_name
         self.dict_configs = dict_configs or []
         self.graylog = tuple(graylog) if graylog else None
+        #: The number of ``-v`` given.
+        self.verbosity = verbosity
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -218,7 +224,7 @@ def logging_plan(
         site_graylog = plugins.get("graylog")
         if isinstance(site_graylog, GraylogConfig):
             graylog = (site_graylog.protocol, site_graylog.host, site_graylog.port)
-    return LoggingPlan(level, fmt, service_name, dict_configs, graylog)
+    return LoggingPlan(level, fmt, service_name, dict_configs, graylog, verbosity)
 
 
 def setup_logging(
@@ -241,7 +247,7 @@ def apply_logging(plan: LoggingPlan) -> LoggingSetup:
     """Install ``plan``:
 
     1. The root logger gets the plan's level; handlers from an earlier call are removed;
-       pika and stomp.py stay at WARNING unless the level is DEBUG.
+       pika and stomp.py stay at WARNING below ``-vv`` (:data:`LIBRARY_DEBUG_VERBOSITY`).
     2. The site configuration's ``logging`` plugin, if any, is applied with
        :func:`logging.config.dictConfig` (plus ``verbosity`` of its ``verbose`` steps).
        It may set levels, including the root's, and add handlers.
@@ -259,7 +265,7 @@ def apply_logging(plan: LoggingPlan) -> LoggingSetup:
     root.setLevel(plan.level)
     for name in CHATTY_LIBRARIES:  # their INFO lines narrate every connection and channel
         logging.getLogger(name).setLevel(
-            logging.WARNING if plan.level > logging.DEBUG else plan.level
+            logging.DEBUG if plan.verbosity >= LIBRARY_DEBUG_VERBOSITY else logging.WARNING
         )
     if plan.dict_configs:
         from logging import config as logging_config  # only when a site file asks for it

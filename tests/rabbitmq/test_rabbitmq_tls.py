@@ -10,6 +10,7 @@ here touches the machine's broker. Nothing sleeps to wait for a delivery:
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 import uuid
@@ -139,6 +140,54 @@ def test_hostname_is_checked_by_name_too(
     transport = connect(tls_node.url(host="localhost"))
     transport.declare_queue(name("q"))
     transport.send(name("q"), b"x")
+
+
+@pytest.fixture(scope="module")
+def localhost_only_node(
+    tls_ca: trustme.CA, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecondNode]:
+    """A further TLS node whose own certificate names ``localhost`` only (not 127.0.0.1)."""
+    directory = tmp_path_factory.mktemp("tls-localhost-only")
+    certificate = tls_ca.issue_cert("localhost")
+    certificate.private_key_pem.write_to_path(directory / "key.pem")
+    certificate.cert_chain_pems[0].write_to_path(directory / "cert.pem")
+    node = SecondNode(
+        certfile=directory / "cert.pem",
+        keyfile=directory / "key.pem",
+        cafile=tls_files["ca"],
+        name=f"zocalo-tls-localhost-{os.getpid()}",
+    )
+    try:
+        node.start()
+        yield node
+    finally:
+        node.destroy()
+
+
+def test_each_cluster_node_is_checked_against_its_own_name(
+    localhost_only_node: SecondNode,
+    connect: Callable[..., Transport],
+    collector: Callable,
+    name: Callable[[str], str],
+) -> None:
+    """A cluster URL whose first node (by IP) is down: the client fails over to the
+    second, and checks that node's certificate against that node's name (``localhost``).
+
+    Regression: every node was checked against the first node's name, so a cluster
+    with per-node certificates could only ever reach its first node.
+    """
+    node = localhost_only_node
+    # Its certificate really is its own: under the first node's name it is refused.
+    refused(node.url(host="127.0.0.1"))
+    down = free_port()
+    transport = connect(node.url(host="127.0.0.1", port=down, hosts=f"localhost:{node.tls_port}"))
+    assert (transport.parameters.host, transport.parameters.port) == ("localhost", node.tls_port)
+    queue = name("q")
+    transport.declare_queue(queue)
+    transport.send(queue, b"via the second node")
+    received = collector(ack_with=transport)
+    transport.subscribe(queue, received)
+    assert received.wait_for_count(1)[0].body == b"via the second node"
 
 
 def test_client_certificate(

@@ -34,7 +34,7 @@ from zocalo.transport.registry import create_transport, redact_url
     help="Serve Prometheus metrics on this port (off by default).",
 )
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
-@click.option("-v", "--verbose", count=True, help="More log output.")
+@click.option("-v", "--verbose", count=True, help="Debug log lines: -v zocalo's, -vv pika's too.")
 @site_config_options
 def command(
     positional_name: str | None,

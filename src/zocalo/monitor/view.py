@@ -6,6 +6,7 @@ import signal
 import threading
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -37,8 +38,29 @@ def _ago(seconds: float) -> str:
     return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s ago"
 
 
-def _row(entry: Entry, now: float, stale: bool) -> tuple[list[Text], str | None]:
-    """The cells (plain text: names are never read as markup) and the row style."""
+COLUMNS = (
+    "service",
+    "class",
+    "host",
+    "state",
+    "messages",
+    "msg/s",
+    "busy",
+    "failed",
+    "DLQ",
+    "restarts",
+    "last seen",
+    "software",
+)
+#: Columns dropped, in this order, until the table fits the terminal. The service
+#: name, its state and its counters are never dropped: at 80 columns they are
+#: what an operator reads first.
+DROPPED_FIRST = ("software", "class", "host", "last seen", "busy", "msg/s")
+_RIGHT = {"messages", "msg/s", "busy", "failed", "DLQ", "restarts", "last seen"}
+
+
+def _cells(entry: Entry, now: float, stale: bool) -> tuple[dict[str, Text], str | None]:
+    """The cells by column (plain text: names are never read as markup) and the row style."""
     code = entry.status
     state = Text(entry.state)
     style: str | None = None
@@ -47,48 +69,81 @@ def _row(entry: Entry, now: float, stale: bool) -> tuple[list[Text], str | None]
     elif code in _STATE_STYLE:
         state.stylize(_STATE_STYLE[Status(code)])
     busy = entry.busy
-    cells = [
-        Text(entry.service or "-"),
-        Text(entry.service_class or "-"),
-        Text(entry.host),
-        state,
-        Text(_count(entry.messages)),
-        Text("-" if entry.throughput is None else f"{entry.throughput:.1f}"),
-        Text("-" if busy is None else f"{busy:.0%}"),
-        Text(_count(entry.failed)),
-        Text(_count(entry.dead_lettered)),
-        Text(_count(entry.restarts)),
-        Text(_ago(entry.seen_ago(now))),
-        Text(entry.software),
-    ]
+    cells = {
+        "service": Text(entry.service or "-"),
+        "class": Text(entry.service_class or "-"),
+        "host": Text(entry.host),
+        "state": state,
+        "messages": Text(_count(entry.messages)),
+        "msg/s": Text("-" if entry.throughput is None else f"{entry.throughput:.1f}"),
+        "busy": Text("-" if busy is None else f"{busy:.0%}"),
+        "failed": Text(_count(entry.failed)),
+        "DLQ": Text(_count(entry.dead_lettered)),
+        "restarts": Text(_count(entry.restarts)),
+        "last seen": Text(_ago(entry.seen_ago(now))),
+        "software": Text(entry.software),
+    }
     return cells, style
 
 
-def fleet_table(fleet: Fleet, now: float | None = None, title: str | None = None) -> Table:
-    """One row per supervisor heard from; stale ones dimmed and marked."""
+def _table(
+    columns: list[str],
+    rows: list[tuple[dict[str, Text], str | None]],
+    title: str | None,
+    caption: str,
+    gap: int = 2,
+) -> Table:
+    # A light frame (a rule under the header, no vertical lines): a boxed grid
+    # spends three characters a column, which 80 columns cannot afford. The box's
+    # blank divider is one character of the ``gap`` between columns.
+    table = Table(
+        title=title,
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1) if gap > 1 else 0,
+        collapse_padding=True,
+    )
+    for name in columns:
+        # Names fold rather than end in an ellipsis, should even the narrowest table not fit.
+        table.add_column(
+            name,
+            justify="right" if name in _RIGHT else "left",
+            overflow="fold",
+            no_wrap=name != "service",
+        )
+    for cells, style in rows:
+        table.add_row(*(cells[name] for name in columns), style=style)
+    return table
+
+
+def fleet_table(
+    fleet: Fleet, now: float | None = None, title: str | None = None, width: int | None = None
+) -> Table:
+    """One row per supervisor heard from; stale ones dimmed and marked.
+
+    Given a ``width`` (the terminal's), the least needed columns are left out until
+    the table fits (:data:`DROPPED_FIRST`), then the columns move closer together,
+    so no cell is cut short.
+    """
     now = fleet.clock() if now is None else now
     entries = fleet.entries(now)
     stale = sum(fleet.is_stale(entry, now) for entry in entries)
     caption = f"{len(entries)} service(s)" + (f", {stale} stale" if stale else "")
-    table = Table(title=title, caption=caption)
-    for name, justify in [
-        ("service", "left"),
-        ("class", "left"),
-        ("host", "left"),
-        ("state", "left"),
-        ("messages", "right"),
-        ("msg/s", "right"),
-        ("busy", "right"),
-        ("failed", "right"),
-        ("dead-lettered", "right"),
-        ("restarts", "right"),
-        ("last seen", "right"),
-        ("software", "left"),
-    ]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for entry in entries:
-        cells, style = _row(entry, now, fleet.is_stale(entry, now))
-        table.add_row(*cells, style=style)
+    rows = [_cells(entry, now, fleet.is_stale(entry, now)) for entry in entries]
+    columns = list(COLUMNS)
+    table = _table(columns, rows, title, caption)
+    if width is None:
+        return table
+    measure = Console(width=max(width, 1000))
+    for name in DROPPED_FIRST:
+        if measure.measure(table).maximum <= width:
+            return table
+        columns.remove(name)
+        table = _table(columns, rows, title, caption)
+    if measure.measure(table).maximum > width:  # long names: one space between columns
+        table = _table(columns, rows, title, caption, gap=1)
     return table
 
 
@@ -119,9 +174,10 @@ class Monitor:
 
 def show_once(url: str, seconds: float, console: Console | None = None) -> None:
     """Listen for ``seconds``, then print the table once."""
+    console = console or Console()
     with Monitor(url) as monitor:
         threading.Event().wait(seconds)
-        (console or Console()).print(fleet_table(monitor.fleet, title=monitor.title()))
+        console.print(fleet_table(monitor.fleet, title=monitor.title(), width=console.width))
 
 
 def show_live(url: str, refresh: float = 1.0, console: Console | None = None) -> None:
@@ -132,9 +188,13 @@ def show_live(url: str, refresh: float = 1.0, console: Console | None = None) ->
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    console = console or Console()
     try:
         with Monitor(url) as monitor:
-            render = lambda: fleet_table(monitor.fleet, title=monitor.title())  # noqa: E731
+            # The terminal's width is read at every redraw: a resized window re-lays the table.
+            render = lambda: fleet_table(  # noqa: E731
+                monitor.fleet, title=monitor.title(), width=console.width
+            )
             with Live(render(), console=console, auto_refresh=False) as live:
                 while not stop.is_set():
                     live.update(render(), refresh=True)

@@ -59,6 +59,7 @@ from zocalo.transport.base import (
 )
 from zocalo.transport.rabbitmq import delay as delays
 from zocalo.transport.rabbitmq.headers import from_amqp, to_amqp
+from zocalo.transport.rabbitmq.probes import mark_probe
 from zocalo.transport.registry import redact_url
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,11 @@ def connection_parameters(url: str) -> tuple[list[pika.ConnectionParameters], di
     if unknown:
         raise InvalidURL(f"unknown option(s) {sorted(unknown)} in {url!r}")
     tls = parts.scheme == "amqps"
-    ssl_options = None
+    context = None
     if tls:
         context = ssl.create_default_context(cafile=options.get("cafile"))
         if options.get("certfile"):
             context.load_cert_chain(options["certfile"], options.get("keyfile"))
-        ssl_options = pika.SSLOptions(context, parts.hostname or "localhost")
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     credentials = pika.PlainCredentials(
         unquote(parts.username or "guest"), unquote(parts.password or "guest")
@@ -107,8 +107,7 @@ def connection_parameters(url: str) -> tuple[list[pika.ConnectionParameters], di
         host, _, port = node.strip().rpartition(":") if ":" in node else (node, "", "")
         nodes.append((host.strip() or node.strip(), int(port) if port else default_port))
     return [
-        _node_parameters(host, port, vhost, credentials, ssl_options, options)
-        for host, port in nodes
+        _node_parameters(host, port, vhost, credentials, context, options) for host, port in nodes
     ], options
 
 
@@ -117,15 +116,16 @@ def _node_parameters(
     port: int,
     vhost: str,
     credentials: pika.PlainCredentials,
-    ssl_options: pika.SSLOptions | None,
+    tls_context: ssl.SSLContext | None,
     options: dict[str, str],
 ) -> pika.ConnectionParameters:
+    """One node's parameters; over TLS its certificate is checked against its own name."""
     return pika.ConnectionParameters(
         host=host,
         port=port,
         virtual_host=vhost,
         credentials=credentials,
-        ssl_options=ssl_options,
+        ssl_options=pika.SSLOptions(tls_context, host) if tls_context else None,
         heartbeat=int(options.get("heartbeat", 30)),
         connection_attempts=1,
         socket_timeout=float(options.get("timeout", 10)),
@@ -473,8 +473,11 @@ class RabbitMQTransport(Transport):
             self._open_publisher(reopened)
 
     # -- declarations ---------------------------------------------------------
-    def _rpc(self, method: str, **arguments: Any) -> Any:
-        """One synchronous channel method on a short-lived channel (failures close it)."""
+    def _rpc(self, method: str, *, probe: bool = False, **arguments: Any) -> Any:
+        """One synchronous channel method on a short-lived channel (failures close it).
+
+        A ``probe`` (a passive declare) expects a 404 close: pika is not to log it.
+        """
 
         def operation(done: Confirmation) -> None:
             def closed(channel: Channel, reason: BaseException) -> None:
@@ -486,6 +489,8 @@ class RabbitMQTransport(Transport):
                     done.set_result(frame)
                     channel.close()
 
+                if probe:
+                    mark_probe(channel)
                 getattr(channel, method)(callback=finished, **arguments)
 
             channel_ready: Confirmation = Confirmation()
@@ -496,7 +501,7 @@ class RabbitMQTransport(Transport):
 
     def _exists(self, method: str, **arguments: Any) -> bool:
         try:
-            self._rpc(method, passive=True, **arguments)
+            self._rpc(method, probe=True, passive=True, **arguments)
         except pika.exceptions.ChannelClosedByBroker as error:
             if error.reply_code == 404:
                 return False
