@@ -163,7 +163,8 @@ class _Batch:
     future: Confirmation
     acks: list[Delivery]
     remaining: int = 0
-    failures: list[str] = field(default_factory=list)
+    #: (destination, why) of each message the broker did not take.
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -844,10 +845,15 @@ class RabbitMQTransport(Transport):
     def _on_return(
         self, channel: Channel, method: Basic.Return, properties: BasicProperties, body: bytes
     ) -> None:
-        self._returned[properties.message_id or ""] = (
-            f"returned by the broker: {method.reply_code} {method.reply_text} "
-            f"(exchange {method.exchange!r}, routing key {method.routing_key!r})"
-        )
+        returned = f"returned by the broker: {method.reply_code} {method.reply_text}"
+        if method.reply_code == 312 and not method.exchange:  # NO_ROUTE, default exchange
+            returned = (
+                f"the queue does not exist ({returned}); create it by starting its "
+                "service, or with zocalo.configure_rabbitmq"
+            )
+        else:
+            returned += f" (exchange {method.exchange!r}, routing key {method.routing_key!r})"
+        self._returned[properties.message_id or ""] = returned
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -862,17 +868,17 @@ class RabbitMQTransport(Transport):
             returned = self._returned.pop(message_id, None)
             if refused:
                 batch.failures.append(
-                    f"{destination} refused by the broker (basic.nack: queue full or unavailable)"
+                    (destination, "refused by the broker (basic.nack: queue full or unavailable)")
                 )
             elif returned:
-                batch.failures.append(f"{destination} cannot take it: {returned}")
+                batch.failures.append((destination, returned))
             batch.remaining -= 1
             if batch.remaining == 0:
                 self._complete(batch)
 
     def _complete(self, batch: _Batch) -> None:
         if batch.failures:
-            self._fail_batch(batch, "; ".join(batch.failures))
+            self._fail_batch(batch, _counted(batch.failures))
             return
         # An input whose channel closed meanwhile (its delivery tag belongs to a dead
         # channel, e.g. of a lost connection) cannot be acked any more: the broker
@@ -909,6 +915,16 @@ class RabbitMQTransport(Transport):
                 if delivery.ackable:
                     with contextlib.suppress(TransportError):
                         self.nack(delivery, requeue=True, reason="callback raised")
+
+
+def _counted(failures: list[tuple[str, str]]) -> str:
+    """Each distinct failure once, with how many messages it hit (1000 sends to a
+    missing queue are one sentence, not 1000)."""
+    counts = collections.Counter(failures)
+    return "; ".join(
+        f"{destination} cannot take {f'{count} messages' if count > 1 else 'it'}: {why}"
+        for (destination, why), count in counts.items()
+    )
 
 
 class _Unpublishable(Exception):
