@@ -2,9 +2,9 @@
 
 A transport lists its options as :class:`Option` values (name, type, default, allowed
 range or values) and calls :func:`parse_options` once. The URL is refused, in one line
-with its password hidden, when an option is unknown, given twice, empty, of the wrong
-type or out of range: a typo never silently becomes a default, and a value such as a
-negative lease never reaches the broker code.
+with its password hidden, when an option is unknown, given twice, of the wrong type or
+out of range: a typo never silently becomes a default, and a value such as a negative
+lease never reaches the broker code. An empty value (``?cafile=``) means the default.
 """
 
 from __future__ import annotations
