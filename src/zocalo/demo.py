@@ -51,6 +51,9 @@ class DemoResult:
     jobs: int
     images_per_job: int
     broker: str = ""
+    #: Jobs per second asked for, and the seconds from the first submission to the last.
+    rate: float = 0.0
+    submit_seconds: float = 0.0
     completed: int = 0
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
@@ -103,7 +106,11 @@ def run_demo(
     progress: Any = None,
 ) -> DemoResult:
     """Run the pipeline and measure it. ``rate``: jobs submitted per second."""
-    result = DemoResult(jobs, images)
+    if jobs < 1 or images < 1 or not rate > 0:
+        raise ValueError(
+            f"the demo needs jobs >= 1, images >= 1, rate > 0; not {jobs}, {images}, {rate}"
+        )
+    result = DemoResult(jobs, images, rate=rate)
     done_queue = f"demo.done.{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="zocalo-demo-") as workdir:
         if in_process:
@@ -124,6 +131,7 @@ def run_demo(
             submitter.subscribe(done_queue, collector, prefetch=50)
             submitted = _submit(submitter, recipe, jobs, rate, collector, progress)
             started = min(submitted.values())
+            result.submit_seconds = max(submitted.values()) - started
             with collector.condition:
                 collector.condition.wait_for(
                     lambda: _report(collector, jobs, progress), timeout=timeout

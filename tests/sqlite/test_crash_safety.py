@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zocalo.errors import ConnectionFailed
+from zocalo.errors import ConnectionFailed, InvalidURL
 from zocalo.transport import Outgoing, create_transport
 from zocalo.transport.sqlite import store
 
@@ -129,8 +129,8 @@ def test_durability_level_is_chosen_in_the_url(tmp_path):
     db = store.open_store(tmp_path / "full.db", "full")
     assert db.execute("PRAGMA synchronous").fetchone() == (2,)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    with pytest.raises(ConnectionFailed, match="synchronous='sometimes'"):
-        create_transport(f"sqlite:///{tmp_path}/x.db?synchronous=sometimes").connect()
+    with pytest.raises(InvalidURL, match="synchronous='sometimes'"):
+        create_transport(f"sqlite:///{tmp_path}/x.db?synchronous=sometimes")
 
 
 def test_a_network_filesystem_is_refused(tmp_path, monkeypatch):

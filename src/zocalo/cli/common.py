@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import NoReturn
 
 import click
 
 from zocalo.cli.config_options import resolve_transport_url
 from zocalo.config import SiteConfiguration
 from zocalo.errors import InvalidURL, ZocaloError
-from zocalo.transport.base import Capability
+from zocalo.transport.base import Capability, Transport
 from zocalo.transport.registry import (
     ENVIRONMENT_VARIABLE,
+    create_transport,
     default_transport_url,
+    redact_url,
     transport_class,
 )
 
@@ -43,17 +46,42 @@ def resolve_transport(
         raise click.UsageError(str(error)) from None
     if cross_process and Capability.CROSS_PROCESS not in capabilities:
         raise click.UsageError(
-            f"{value} is an in-process broker: another process cannot reach it, so what this "
-            "command sends would vanish. Use a broker other processes share."
+            f"{redact_url(value)} is an in-process broker: another process cannot reach it, "
+            "so what this command sends would vanish. Use a broker other processes share."
         )
     return value
 
 
+def fail(message: str) -> NoReturn:
+    """End the command with one ``Error:`` line and exit status 1.
+
+    Printed at once, before any cleanup (closing a connection to a stuck broker can
+    take a while), so the user sees why as soon as it is known.
+    """
+    click.echo(f"Error: {message}", err=True)
+    raise click.exceptions.Exit(1)
+
+
 @contextlib.contextmanager
 def broker_errors() -> Iterator[None]:
-    """Turn a broker failure (bad URL, credentials, vhost, lost connection) into a clear
-    one-line error and a non-zero exit, instead of a traceback."""
+    """Turn a broker failure (bad URL, credentials, vhost, lost connection, no answer in
+    time) into a clear one-line error and a non-zero exit, instead of a traceback."""
     try:
         yield
     except ZocaloError as error:
-        raise click.ClickException(str(error)) from None
+        fail(str(error))
+    except TimeoutError as error:
+        fail(f"no answer from the broker in time{f': {error}' if str(error) else ''}")
+
+
+@contextlib.contextmanager
+def open_broker(url: str) -> Iterator[Transport]:
+    """A connected transport for a command; any broker failure is one line and exit 1."""
+    with broker_errors():
+        transport = create_transport(url)
+        transport.connect()
+    try:
+        with broker_errors():
+            yield transport
+    finally:
+        transport.close()

@@ -12,7 +12,7 @@ import click
 from zocalo.config import ConfigurationError, SiteConfiguration, load_configuration
 from zocalo.config.loader import CONFIG_VARIABLE, DEFAULT_ENV_VARIABLE
 from zocalo.config.names import TRANSPORT_NAMES
-from zocalo.transport.registry import ENVIRONMENT_VARIABLE
+from zocalo.transport.registry import ENVIRONMENT_VARIABLE, redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,6 +80,6 @@ def resolve_transport_url(
     except ConfigurationError as error:
         raise click.UsageError(str(error)) from None
     raise click.UsageError(
-        f"{source} {value!r} is neither a URL (e.g. amqp://user:pass@host/vhost) nor one of "
-        f"{', '.join(TRANSPORT_NAMES)}"
+        f"{source} {redact_url(value)!r} is neither a URL (e.g. amqp://user:pass@host/vhost) "
+        f"nor one of {', '.join(TRANSPORT_NAMES)}"
     )

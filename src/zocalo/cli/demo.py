@@ -15,6 +15,7 @@ def _summary(result: DemoResult) -> Table:
     rows = [
         ("jobs completed", f"{result.completed} / {result.jobs}"),
         ("broker", result.broker),
+        ("submitted", f"{result.jobs} jobs in {result.submit_seconds:.1f} s ({result.rate:g}/s)"),
         ("images per job", str(result.images_per_job)),
         ("messages handled", str(result.handled)),
         ("throughput", f"{result.messages_per_second:.0f} msgs/s"),
@@ -30,11 +31,24 @@ def _summary(result: DemoResult) -> Table:
 
 
 @click.command("demo")
-@click.option("--jobs", default=40, show_default=True, help="Jobs to submit.")
-@click.option("--images", default=20, show_default=True, help="Images per job.")
-@click.option("--rate", default=20.0, show_default=True, help="Jobs submitted per second.")
 @click.option(
-    "--in-process", is_flag=True, help="Run the services on threads on the in-memory broker."
+    "--jobs", type=click.IntRange(min=1), default=40, show_default=True, help="Jobs to submit."
+)
+@click.option(
+    "--images", type=click.IntRange(min=1), default=20, show_default=True, help="Images per job."
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Jobs submitted per second.",
+)
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="Run the services on threads on the in-memory broker (default: one process each "
+    "on a fresh embedded broker).",
 )
 def command(jobs: int, images: int, rate: float, in_process: bool) -> None:
     """Run three example services and push jobs through them."""
@@ -44,7 +58,11 @@ def command(jobs: int, images: int, rate: float, in_process: bool) -> None:
     ) as progress:
         task = progress.add_task("jobs", total=jobs)
         result = run_demo(
-            jobs, images, progress=lambda done, total: progress.update(task, completed=done)
+            jobs,
+            images,
+            in_process=in_process,
+            rate=rate,
+            progress=lambda done, total: progress.update(task, completed=done),
         )
     console.print(_summary(result))
     if result.ok:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from zocalo.cli.common import broker_errors, resolve_transport, transport_option
+from zocalo.cli.common import fail, open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.errors import InvalidRecipe, ZocaloError
 from zocalo.recipe import Recipe
+from zocalo.recipe.validation import check_destinations
 from zocalo.submit import Submission, direct_start, dispatcher_request
-from zocalo.transport.registry import create_transport
 
 
 def _parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
@@ -30,6 +30,7 @@ def _load_recipe(path: Path) -> Recipe:
     try:
         recipe = Recipe(path.read_text())
         recipe.validate()
+        check_destinations(recipe.steps)
     except (OSError, ValueError) as error:
         raise click.UsageError(f"recipe file {path}: {error}") from None
     return recipe
@@ -69,6 +70,14 @@ def _print(submission: Submission) -> None:
 @click.option("--direct", is_flag=True, help="Start the -f recipe itself, without a Dispatcher.")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="Print the message sent.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the broker to confirm the message(s).",
+)
 @transport_option
 @site_config_options
 def command(
@@ -82,6 +91,7 @@ def command(
     direct: bool,
     dry_run: bool,
     verbose: bool,
+    timeout: float,
     transport: str | None,
     site_config: SiteConfiguration,
 ) -> None:
@@ -117,8 +127,14 @@ def command(
         _print(submission)
         return
     url = resolve_transport(transport, site_config)
-    with broker_errors(), create_transport(url) as broker:
-        submission.send(broker)
+    with open_broker(url) as broker:
+        try:
+            submission.send(broker, timeout)
+        except TimeoutError:
+            fail(
+                f"the broker did not confirm the {len(submission.outputs)} message(s) to "
+                f"{submission.queue} within {timeout:g} s; they may or may not arrive"
+            )
     if verbose:
         _print(submission)
     click.echo(f"started recipe {recipe_id}" if recipe_id else f"submitted to {submission.queue}")
@@ -126,3 +142,7 @@ def command(
 
 def main() -> None:
     command(prog_name="zocalo.go")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from zocalo.cli.common import resolve_transport, transport_option
+from zocalo.cli.common import broker_errors, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
-from zocalo.errors import ZocaloError
 from zocalo.monitor.view import show_live, show_once
 
 
@@ -33,13 +32,11 @@ def command(
 ) -> None:
     """Show every service broadcasting status: state, throughput, last seen, restarts."""
     url = resolve_transport(transport, site_config)
-    try:
+    with broker_errors():
         if once is not None:
             show_once(url, once)
         else:
             show_live(url, refresh)
-    except ZocaloError as error:
-        raise click.ClickException(str(error)) from None
 
 
 def main() -> None:

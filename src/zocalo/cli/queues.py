@@ -6,10 +6,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from zocalo.cli.common import broker_errors, resolve_transport, transport_option
+from zocalo.cli.common import open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
-from zocalo.transport import create_transport, dlq_name
+from zocalo.transport import dlq_name
 from zocalo.transport.base import QueueStats
 
 
@@ -37,6 +37,6 @@ def queue_table(stats: list[QueueStats]) -> Table:
 def command(transport: str | None, site_config: SiteConfiguration) -> None:
     """List queue depths on the broker."""
     url = resolve_transport(transport, site_config)
-    with broker_errors(), create_transport(url) as broker:
+    with open_broker(url) as broker:
         stats = broker.queue_stats()
     Console().print(queue_table(stats))

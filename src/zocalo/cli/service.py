@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import click
 
-from zocalo.cli.common import broker_errors, resolve_transport, transport_option
+from zocalo.cli.common import open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.logs import apply_logging, logging_plan
 from zocalo.service.discovery import ServiceNotFound, check_service_name, service_class_name
 from zocalo.service.supervisor import SupervisorSettings, exec_supervisor
-from zocalo.transport.registry import create_transport, redact_url
+from zocalo.transport.registry import redact_url
+
+
+@contextlib.contextmanager
+def _library_logs_quiet(unless: bool) -> Iterator[None]:
+    """Mute log records below CRITICAL while the broker is checked (shown again with -vv).
+
+    A failed check is reported in one line; the broker client's own log lines about
+    the same failure would only repeat it (pika logs five ERRORs for one refused login).
+    """
+    if unless:
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 @click.command("service")
@@ -75,7 +95,7 @@ def command(
     )
     # A wrong URL, bad credentials or a missing vhost: one clear line and exit 1 here,
     # not a supervisor restarting a service that can never connect.
-    with broker_errors(), create_transport(url):
+    with _library_logs_quiet(unless=verbose >= 2), open_broker(url):
         pass
     logging.getLogger("zocalo.service").info("supervising %s on %s", name, redact_url(url))
     exec_supervisor(settings)

@@ -7,11 +7,10 @@ import socket
 
 import click
 
-from zocalo.cli.common import broker_errors, resolve_transport, transport_option
+from zocalo.cli.common import open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.service.status import COMMAND_TOPIC
-from zocalo.transport.registry import create_transport
 
 
 def qualify_host(host: str) -> str:
@@ -63,7 +62,7 @@ def command(
     if not commands:
         raise click.UsageError("give host ids, -s SERVICE or --all")
     url = resolve_transport(transport, site_config)
-    with broker_errors(), create_transport(url) as broker:
+    with open_broker(url) as broker:
         for message in commands:
             broker.broadcast(COMMAND_TOPIC, json.dumps(message))
             click.echo(f"sent {json.dumps(message)}")
@@ -71,3 +70,7 @@ def command(
 
 def main() -> None:
     command(prog_name="zocalo.shutdown")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ from rich.text import Text
 from zocalo.monitor.aggregate import Entry, Fleet
 from zocalo.service.status import STATUS_TOPIC, Status
 from zocalo.transport import Delivery, Transport, create_transport
+from zocalo.transport.registry import redact_url
 
 _STATE_STYLE = {
     Status.IDLE: "green",
@@ -169,7 +170,7 @@ class Monitor:
         self.fleet.ingest(delivery.body)
 
     def title(self) -> str:
-        return f"zocalo monitor: {self.url}"
+        return f"zocalo monitor: {redact_url(self.url)}"
 
 
 def show_once(url: str, seconds: float, console: Console | None = None) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from zocalo.errors import InvalidRecipe
 
-__all__ = ["check_recipe", "link_targets"]
+__all__ = ["check_destinations", "check_recipe", "link_targets"]
 
 _LINK_FIELDS = ("output", "error")
 
@@ -122,3 +122,16 @@ def check_recipe(
         raise _fail(
             f"step {unreached[0]} is never reached from 'start' or 'error' (unreferenced node)"
         )
+
+
+def check_destinations(steps: Mapping[Any, Mapping[str, Any]]) -> None:
+    """Raise InvalidRecipe if a step names neither a ``queue`` nor a ``topic``.
+
+    Not part of :func:`check_recipe`: python-workflows accepts such a step (a message
+    to it goes nowhere), so a recipe received from its services may hold one. A
+    recipe about to be started is refused instead, before anything says it started.
+    """
+    for step_id, step in steps.items():
+        names = [step.get(key) for key in ("queue", "topic")] if isinstance(step, Mapping) else []
+        if not any(isinstance(name, str) and name for name in names):
+            raise _fail(f"step {step_id} has neither 'queue' nor 'topic': nothing would be sent")

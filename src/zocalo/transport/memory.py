@@ -19,7 +19,6 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from zocalo.errors import ConnectionFailed, PublishFailed, TransportError
 from zocalo.transport.base import (
@@ -40,6 +39,7 @@ from zocalo.transport.base import (
     deliveries_to_ack,
     dlq_name,
 )
+from zocalo.transport.options import Option, parse_options, split_url
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +146,22 @@ class MemoryBroker:
         return self._confirmer
 
 
+#: The URL options ``memory://NAME?...`` understands.
+OPTIONS = (
+    Option("confirm_delay", float, 0.0, at_least=0),
+    Option("delivery_limit", int, DEFAULT_DELIVERY_LIMIT, at_least=1),
+)
+
+
 def broker_for(url: str) -> MemoryBroker:
     """The shared broker named by a ``memory://NAME`` URL, created on first use."""
-    parts = urlsplit(url)
+    parts = split_url(url)
     name = parts.netloc + parts.path or "default"
-    options = parse_qs(parts.query)
+    options = parse_options(url, OPTIONS)
     with _brokers_lock:
         broker = _brokers.get(name)
         if broker is None:
-            delay = float(options.get("confirm_delay", ["0"])[0])
+            delay = options["confirm_delay"]
             broker = _brokers[name] = MemoryBroker(name, confirm_delay=delay)
         return broker
 
@@ -264,10 +271,8 @@ class MemoryTransport(Transport):
     )
 
     def __init__(self, url: str = "memory://", *, delivery_limit: int | None = None) -> None:
-        options = parse_qs(urlsplit(url).query)
-        if delivery_limit is None:
-            delivery_limit = int(options.get("delivery_limit", [DEFAULT_DELIVERY_LIMIT])[0])
-        super().__init__(url, delivery_limit=delivery_limit)
+        options = parse_options(url, OPTIONS, {"delivery_limit": delivery_limit})
+        super().__init__(url, delivery_limit=options["delivery_limit"])
         self.broker = broker_for(url)
         self._consumers: dict[int, _Consumer] = {}
         self._connected = False

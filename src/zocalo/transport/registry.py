@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -21,6 +21,7 @@ _SCHEMES: dict[str, str] = {
 }
 
 ENVIRONMENT_VARIABLE = "ZOCALO_TRANSPORT"
+_SCHEME_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
 
 
 def default_transport_url() -> str:
@@ -34,13 +35,17 @@ def default_transport_url() -> str:
 
 def transport_class(url: str) -> type[Transport]:
     """The Transport subclass that handles ``url``'s scheme."""
-    scheme = urlsplit(url).scheme
-    if "://" not in url or not scheme:
-        raise InvalidURL(f"transport URL {url!r} has no scheme (expected e.g. memory://)")
-    target = _SCHEMES.get(scheme)
+    scheme, separator, _ = url.partition("://")
+    if not separator or not scheme:
+        raise InvalidURL(
+            f"transport URL {redact_url(url)!r} has no scheme (expected e.g. memory://)"
+        )
+    target = _SCHEMES.get(scheme.lower())
     if target is None:
         known = ", ".join(f"{name}://" for name in sorted(_SCHEMES))
-        raise InvalidURL(f"unknown transport scheme {scheme!r} in {url!r}; known: {known}")
+        raise InvalidURL(
+            f"unknown transport scheme {scheme!r} in {redact_url(url)!r}; known: {known}"
+        )
     module_name, _, class_name = target.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 
@@ -52,8 +57,20 @@ def create_transport(url: str | None = None, **options: object) -> Transport:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` with its password replaced by ``***``: the one way a URL is printed or logged.
+
+    Works on text that is not a valid URL too (a bad port, an unclosed IPv6 bracket,
+    one slash missing): those are exactly the URLs error messages quote. The password
+    is what follows the first ``:`` of the user part, up to the last ``@`` before the
+    query, so an unquoted ``@`` or ``:`` in it is hidden as well.
+    """
+    end = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
+    at = url.rfind("@", 0, end)
+    if at < 0:
         return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    scheme = _SCHEME_PREFIX.match(url)
+    start = scheme.end() if scheme else 0
+    user, colon, _password = url[start:at].partition(":")
+    if not colon or "/" in user:
+        return url  # no password, or an "@" inside a path (sqlite:///dir@x/broker.db)
+    return f"{url[: start + len(user)]}:***{url[at:]}"

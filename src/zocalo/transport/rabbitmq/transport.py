@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pika
 import pika.exceptions
@@ -57,6 +57,7 @@ from zocalo.transport.base import (
     take_all,
     without_broker_headers,
 )
+from zocalo.transport.options import Option, existing_file, parse_options, split_url
 from zocalo.transport.rabbitmq import delay as delays
 from zocalo.transport.rabbitmq.headers import from_amqp, to_amqp
 from zocalo.transport.rabbitmq.probes import mark_probe
@@ -68,47 +69,70 @@ log = logging.getLogger(__name__)
 PLUGIN_DELAY_EXCHANGE = "delayed"
 RECONNECT_FIRST_DELAY = 0.5
 RECONNECT_MAX_DELAY = 30.0
-_OUR_OPTIONS = {
-    "hosts",
-    "delivery_limit",
-    "cafile",
-    "certfile",
-    "keyfile",
-    "connection_name",
-    "heartbeat",
-    "timeout",
-}
+#: The URL options ``amqp://...?...`` understands.
+OPTIONS = (
+    Option("hosts", str, ""),
+    Option("delivery_limit", int, DEFAULT_DELIVERY_LIMIT, at_least=1),
+    Option("cafile", existing_file),
+    Option("certfile", existing_file),
+    Option("keyfile", existing_file),
+    Option("connection_name", str, "zocalo"),
+    Option("heartbeat", int, 30, at_least=0, at_most=65535),
+    Option("timeout", float, 10.0, above=0),
+)
 
 
-def connection_parameters(url: str) -> tuple[list[pika.ConnectionParameters], dict[str, str]]:
+def connection_parameters(url: str) -> tuple[list[pika.ConnectionParameters], dict[str, Any]]:
     """pika parameters for ``url`` (one per cluster node), and our own query options.
 
     ``?hosts=h2:p2,h3:p3`` names further nodes of a cluster, tried in order after
     the URL's own host (python-zocalo's comma-separated ``pika`` hosts map here).
     """
-    parts = urlsplit(url)
-    options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-    unknown = set(options) - _OUR_OPTIONS
-    if unknown:
-        raise InvalidURL(f"unknown option(s) {sorted(unknown)} in {url!r}")
+    parts = split_url(url)
+    options = parse_options(url, OPTIONS)
     tls = parts.scheme == "amqps"
     context = None
     if tls:
-        context = ssl.create_default_context(cafile=options.get("cafile"))
-        if options.get("certfile"):
-            context.load_cert_chain(options["certfile"], options.get("keyfile"))
+        try:
+            context = ssl.create_default_context(cafile=options.get("cafile"))
+            if options.get("certfile"):
+                context.load_cert_chain(options["certfile"], options.get("keyfile"))
+        except (OSError, ssl.SSLError) as error:
+            files = ", ".join(
+                f"{name}={options[name]}"
+                for name in ("cafile", "certfile", "keyfile")
+                if options[name]
+            )
+            raise InvalidURL(
+                f"transport URL {redact_url(url)}: cannot load the TLS files ({files}): {error}"
+            ) from None
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     credentials = pika.PlainCredentials(
         unquote(parts.username or "guest"), unquote(parts.password or "guest")
     )
     default_port = 5671 if tls else 5672
     nodes = [(parts.hostname or "localhost", parts.port or default_port)]
-    for node in filter(None, options.get("hosts", "").split(",")):
-        host, _, port = node.strip().rpartition(":") if ":" in node else (node, "", "")
-        nodes.append((host.strip() or node.strip(), int(port) if port else default_port))
+    for node in filter(None, (node.strip() for node in options["hosts"].split(","))):
+        nodes.append(_cluster_node(url, node, default_port))
     return [
         _node_parameters(host, port, vhost, credentials, context, options) for host, port in nodes
     ], options
+
+
+def _cluster_node(url: str, node: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` of one ``?hosts=`` entry."""
+    try:
+        parts = urlsplit(f"//{node}")
+        host, port = parts.hostname, parts.port
+    except ValueError as error:
+        host, port, why = None, None, str(error)
+    else:
+        why = "no host name"
+    if not host or parts.username is not None or parts.path:
+        raise InvalidURL(
+            f"transport URL {redact_url(url)}: option hosts: {node!r} is not host[:port] ({why})"
+        )
+    return host, port or default_port
 
 
 def _node_parameters(
@@ -140,7 +164,8 @@ class _Batch:
     future: Confirmation
     acks: list[Delivery]
     remaining: int = 0
-    failures: list[str] = field(default_factory=list)
+    #: (destination, why) of each message the broker did not take.
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -174,12 +199,9 @@ class RabbitMQTransport(Transport):
     def __init__(self, url: str, *, delivery_limit: int | None = None) -> None:
         self.nodes, options = connection_parameters(url)
         self.parameters = self.nodes[0]
-        super().__init__(
-            url,
-            delivery_limit=int(
-                delivery_limit or options.get("delivery_limit", DEFAULT_DELIVERY_LIMIT)
-            ),
-        )
+        if delivery_limit is not None:
+            options = parse_options(url, OPTIONS, {"delivery_limit": delivery_limit})
+        super().__init__(url, delivery_limit=options["delivery_limit"])
         self.safe_url = redact_url(url)
         self._connection: pika.SelectConnection | None = None
         self._thread: threading.Thread | None = None
@@ -857,10 +879,15 @@ class RabbitMQTransport(Transport):
     def _on_return(
         self, channel: Channel, method: Basic.Return, properties: BasicProperties, body: bytes
     ) -> None:
-        self._returned[properties.message_id or ""] = (
-            f"returned by the broker: {method.reply_code} {method.reply_text} "
-            f"(exchange {method.exchange!r}, routing key {method.routing_key!r})"
-        )
+        returned = f"returned by the broker: {method.reply_code} {method.reply_text}"
+        if method.reply_code == 312 and not method.exchange:  # NO_ROUTE, default exchange
+            returned = (
+                f"the queue does not exist ({returned}); create it by starting its "
+                "service, or with zocalo.configure_rabbitmq"
+            )
+        else:
+            returned += f" (exchange {method.exchange!r}, routing key {method.routing_key!r})"
+        self._returned[properties.message_id or ""] = returned
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -875,17 +902,17 @@ class RabbitMQTransport(Transport):
             returned = self._returned.pop(message_id, None)
             if refused:
                 batch.failures.append(
-                    f"{destination} refused by the broker (basic.nack: queue full or unavailable)"
+                    (destination, "refused by the broker (basic.nack: queue full or unavailable)")
                 )
             elif returned:
-                batch.failures.append(f"{destination} cannot take it: {returned}")
+                batch.failures.append((destination, returned))
             batch.remaining -= 1
             if batch.remaining == 0:
                 self._complete(batch)
 
     def _complete(self, batch: _Batch) -> None:
         if batch.failures:
-            self._fail_batch(batch, "; ".join(batch.failures))
+            self._fail_batch(batch, _counted(batch.failures))
             return
         # An input whose channel closed meanwhile (its delivery tag belongs to a dead
         # channel, e.g. of a lost connection) cannot be acked any more: the broker
@@ -922,6 +949,16 @@ class RabbitMQTransport(Transport):
                 if delivery.ackable:
                     with contextlib.suppress(TransportError):
                         self.nack(delivery, requeue=True, reason="callback raised")
+
+
+def _counted(failures: list[tuple[str, str]]) -> str:
+    """Each distinct failure once, with how many messages it hit (1000 sends to a
+    missing queue are one sentence, not 1000)."""
+    counts = collections.Counter(failures)
+    return "; ".join(
+        f"{destination} cannot take {f'{count} messages' if count > 1 else 'it'}: {why}"
+        for (destination, why), count in counts.items()
+    )
 
 
 class _Unpublishable(Exception):

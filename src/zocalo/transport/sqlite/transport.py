@@ -13,9 +13,10 @@ through its lease running out (the worker renews leases while it lives).
 Either way the rows return to their queue, marked redelivered, or go to
 ``dlq.<queue>`` past the delivery limit.
 
-URL options: ``synchronous`` (normal|full, see ``store.py``),
-``visibility_timeout`` (lease seconds, default 60), ``reap_interval``
-(seconds between dead-consumer checks, default 0.5), ``delivery_limit``.
+URL options (see :data:`OPTIONS`; anything else is refused): ``synchronous``
+(normal|full, see ``store.py``), ``visibility_timeout`` (lease seconds, default 60,
+at least 1), ``reap_interval`` (seconds between dead-consumer checks, default 0.5),
+``delivery_limit``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 from zocalo.errors import ConnectionFailed, InvalidURL, PublishFailed, TransportError
 from zocalo.transport.base import (
@@ -56,8 +56,10 @@ from zocalo.transport.base import (
     dlq_name,
     take_all,
 )
+from zocalo.transport.options import Option, parse_options, split_url
+from zocalo.transport.registry import redact_url
 from zocalo.transport.sqlite.signals import LivenessLock, WakeSender, WakeSocket, holder_is_dead
-from zocalo.transport.sqlite.store import open_store
+from zocalo.transport.sqlite.store import SYNCHRONOUS_LEVELS, open_store
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +79,24 @@ RETURNING id, body, headers, priority, expires_at, delivery_count
 """
 
 
+#: The URL options ``sqlite:///path?...`` understands. A lease must outlast a round of
+#: renewals (every third of it), or two consumers would hold one message at once.
+OPTIONS = (
+    Option("delivery_limit", int, DEFAULT_DELIVERY_LIMIT, at_least=1),
+    Option("visibility_timeout", float, 60.0, at_least=1),
+    Option("reap_interval", float, 0.5, at_least=0),
+    Option("synchronous", str, "normal", choices=SYNCHRONOUS_LEVELS),
+)
+
+
 def broker_path(url: str) -> Path:
     """The file a ``sqlite://`` URL names (``sqlite:///abs/path`` or ``sqlite://rel/path``)."""
-    parts = urlsplit(url)
+    parts = split_url(url)
     path = parts.netloc + parts.path
     if not path:
-        raise InvalidURL(f"{url!r} names no broker file (expected sqlite:///path/to/broker.db)")
+        raise InvalidURL(
+            f"{redact_url(url)!r} names no broker file (expected sqlite:///path/to/broker.db)"
+        )
     return Path(path).expanduser()
 
 
@@ -172,25 +186,21 @@ class SqliteTransport(Transport):
         reap_interval: float | None = None,
         synchronous: str | None = None,
     ) -> None:
-        options = {key: values[-1] for key, values in parse_qs(urlsplit(url).query).items()}
-        unknown = set(options) - {
-            "delivery_limit",
-            "visibility_timeout",
-            "reap_interval",
-            "synchronous",
-        }
-        if unknown:
-            raise InvalidURL(f"unknown option(s) {sorted(unknown)} in {url!r}")
-        super().__init__(
+        options = parse_options(
             url,
-            delivery_limit=int(
-                delivery_limit or options.get("delivery_limit", DEFAULT_DELIVERY_LIMIT)
-            ),
+            OPTIONS,
+            {
+                "delivery_limit": delivery_limit,
+                "visibility_timeout": visibility_timeout,
+                "reap_interval": reap_interval,
+                "synchronous": synchronous,
+            },
         )
+        super().__init__(url, delivery_limit=options["delivery_limit"])
         self.path = broker_path(url)
-        self.visibility_timeout = float(visibility_timeout or options.get("visibility_timeout", 60))
-        self.reap_interval = float(reap_interval or options.get("reap_interval", 0.5))
-        self.synchronous = (synchronous or options.get("synchronous", "normal")).lower()
+        self.visibility_timeout: float = options["visibility_timeout"]
+        self.reap_interval: float = options["reap_interval"]
+        self.synchronous: str = options["synchronous"]
         self.connection_id = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
         self._consumers: dict[int, _Consumer] = {}
