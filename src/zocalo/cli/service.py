@@ -33,6 +33,13 @@ from zocalo.transport.registry import create_transport, redact_url
     metavar="PORT",
     help="Serve Prometheus metrics on this port (off by default).",
 )
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDRESS",
+    help="Address the metrics port listens on (0.0.0.0 or :: opens it to the network).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @site_config_options
@@ -43,6 +50,7 @@ def command(
     restart: bool,
     stop_timeout: float,
     metrics_port: int | None,
+    metrics_address: str,
     log_format: str,
     verbose: int,
     site_config: SiteConfiguration,
@@ -70,6 +78,7 @@ def command(
         restart=restart,
         stop_timeout=stop_timeout,
         metrics_port=metrics_port,
+        metrics_address=metrics_address,
         logging=plan,
         service_class=service_class_name(name),
     )

@@ -74,6 +74,7 @@ class SupervisorSettings:
         stop_timeout: float = 60.0,
         status_interval: float = STATUS_INTERVAL,
         metrics_port: int | None = None,
+        metrics_address: str = "127.0.0.1",
         max_attempts: int = 3,
         logging: LoggingPlan | None = None,
         service_class: str | None = None,
@@ -86,6 +87,7 @@ class SupervisorSettings:
         self.stop_timeout = stop_timeout
         self.status_interval = status_interval
         self.metrics_port = metrics_port
+        self.metrics_address = metrics_address
         self.max_attempts = max_attempts
         self.logging = logging or LoggingPlan(service_name=service)
 

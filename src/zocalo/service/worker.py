@@ -105,7 +105,7 @@ def run_service(settings: SupervisorSettings, identity: Identity, commands: IO[s
     if settings.metrics_port is not None:  # Prometheus metrics, served from this process
         from zocalo.monitor.metrics import enable_metrics
 
-        enable_metrics(runner, settings.metrics_port)
+        enable_metrics(runner, settings.metrics_port, settings.metrics_address)
 
     def read() -> tuple[Status, dict[str, Any]]:
         if not runner.started.is_set():
