@@ -40,6 +40,13 @@ from zocalo.transport.registry import create_transport, redact_url
     metavar="ADDRESS",
     help="Address the metrics port listens on (0.0.0.0 or :: opens it to the network).",
 )
+@click.option(
+    "--max-memory",
+    type=click.FloatRange(0, min_open=True),
+    metavar="MiB",
+    help="Replace the worker process, between messages, once its resident memory "
+    "grows past this many MiB (off by default).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @site_config_options
@@ -51,6 +58,7 @@ def command(
     stop_timeout: float,
     metrics_port: int | None,
     metrics_address: str,
+    max_memory: float | None,
     log_format: str,
     verbose: int,
     site_config: SiteConfiguration,
@@ -79,6 +87,7 @@ def command(
         stop_timeout=stop_timeout,
         metrics_port=metrics_port,
         metrics_address=metrics_address,
+        max_memory=max_memory,
         logging=plan,
         service_class=service_class_name(name),
     )

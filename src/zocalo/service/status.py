@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ UTILIZATION_WINDOW = 6.0
 CANNOT_LOAD = 2
 #: Stand-in exit status for "a shutdown command came": the supervisor stops.
 SHUTDOWN_COMMANDED = 4
+#: Worker exit status for "replace me" (memory grew past ``--max-memory``): the
+#: supervisor starts a fresh worker at once, and does not count it as a crash.
+RECYCLE = 5
 #: The signals that stop a supervisor and its children (systemd, Slurm, Ctrl-C).
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
@@ -140,8 +143,13 @@ def status_message(
     return message
 
 
-def command_matches(command: Any, host: str, service_class: str | None) -> bool:
-    """Whether a broadcast command targets this service (reference rules, plus ``all``)."""
+def command_matches(command: Any, host: str, names: Collection[str | None]) -> bool:
+    """Whether a broadcast command targets this service (reference rules, plus ``all``).
+
+    ``names`` are what ``zocalo.shutdown -s NAME`` may call the service: its class
+    name (the reference's rule) and the name it was started with (an entry point
+    such as ``demo.FindSpots``, or ``module:Class``).
+    """
     if not isinstance(command, dict):
         return False
     if command.get("all") is True:
@@ -150,7 +158,7 @@ def command_matches(command: Any, host: str, service_class: str | None) -> bool:
         return False
     if "host" in command and command["host"] != host:
         return False
-    return "service" not in command or command["service"] == service_class
+    return "service" not in command or command["service"] in names
 
 
 class Identity(NamedTuple):
@@ -193,11 +201,14 @@ class StatusBroadcaster:
         read: Callable[[], tuple[Status, dict[str, Any]]],
         on_shutdown: Callable[[str], None],
         interval: float = STATUS_INTERVAL,
+        started_as: str | None = None,
     ) -> None:
         self.transport = transport
         self.identity = identity
         self.service = service
         self.service_class = service_class
+        #: Every name a shutdown command may target this service by.
+        self.names = {service_class, started_as or service_class}
         self.read = read
         self.on_shutdown = on_shutdown
         self.interval = interval
@@ -283,7 +294,7 @@ class StatusBroadcaster:
             command = json.loads(delivery.body)
         except ValueError:
             return
-        if not command_matches(command, self.identity.host, self.service_class):
+        if not command_matches(command, self.identity.host, self.names):
             return
         if command.get("command") != "shutdown":
             log.info("ignoring command %s", command)
