@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -140,3 +142,33 @@ def test_a_worker_past_max_memory_is_replaced_between_messages(
     log = errors.read_text()
     assert log.count("more than --max-memory 300 MiB") == 3, log
     assert "restarting in" not in log and "exited with status" not in log
+
+
+def process_gone(pid: int) -> bool:
+    """Ended (a zombie counts: its connections are closed)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_shutdown_broadcast_while_the_worker_restarts_is_obeyed(
+    supervised, on_broker, wait_until
+):
+    url, _, status = on_broker
+    supervisor = supervised("fleet_services:Passthrough", "--restart", "--transport", url)
+    first = status.wait_for(
+        lambda r: r["status"] == Status.IDLE and r.get("worker_pid"), "an idle worker"
+    )
+    # Hold the supervisor still so that no process of it listens while the command
+    # goes out: the worker is dead and its replacement not yet started.
+    os.kill(supervisor.pid, signal.SIGSTOP)
+    try:
+        os.kill(first["worker_pid"], signal.SIGKILL)
+        wait_until(lambda: process_gone(first["worker_pid"]), "the worker to die")
+        result = CliRunner().invoke(shutdown, ["-s", "Passthrough", "--transport", url])
+        assert result.exit_code == 0, result.output
+    finally:
+        os.kill(supervisor.pid, signal.SIGCONT)
+    assert supervisor.wait(30) == 0, "the next worker obeyed the command sent in the gap"

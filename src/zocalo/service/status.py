@@ -28,6 +28,9 @@ log = logging.getLogger("zocalo.service.status")
 
 STATUS_TOPIC = "transient.status"
 COMMAND_TOPIC = "command"
+#: A supervisor's command queue outlives each of its workers by this long, so a command
+#: broadcast while a worker restarts waits for the next one (see ``Identity.commands``).
+COMMANDS_KEPT_FOR = 600.0
 STATUS_INTERVAL = 6.0
 STATUS_EXPIRATION = 15.0
 UTILIZATION_WINDOW = 6.0
@@ -175,6 +178,10 @@ class Identity(NamedTuple):
     restarts: int
     #: For a stand-in: the ``time.monotonic()`` at which the service restarts.
     restart_at: float | None = None
+    #: The supervisor's own queue bound to the ``command`` topic. Each of its children
+    #: consumes it in turn, so what is broadcast between two children (a restart)
+    #: waits there instead of reaching nobody. None: a plain broadcast subscription.
+    commands: str | None = None
 
 
 #: How often the broadcaster looks at the service's state; a change goes out on the next
@@ -217,10 +224,15 @@ class StatusBroadcaster:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._shutdown_requested = False
+        self._bind_again_at = float("inf")
 
     def start(self) -> None:
         """Subscribe to commands and start broadcasting (the transport is connected)."""
-        self.transport.subscribe_broadcast(COMMAND_TOPIC, self._on_command)
+        if self.identity.commands is None:
+            self.transport.subscribe_broadcast(COMMAND_TOPIC, self._on_command)
+        else:
+            self._bind_commands()
+            self.transport.subscribe(self.identity.commands, self._on_command)
         self._thread = threading.Thread(target=self._run, name="zocalo-status", daemon=True)
         self._thread.start()
 
@@ -279,17 +291,38 @@ class StatusBroadcaster:
         self.utilization.record(status)
         return True
 
+    def _bind_commands(self) -> None:
+        """(Re)bind the command queue: binding again keeps it for another while."""
+        assert self.identity.commands is not None
+        self.transport.bind_queue(self.identity.commands, COMMAND_TOPIC, expires=COMMANDS_KEPT_FOR)
+        self._bind_again_at = time.monotonic() + COMMANDS_KEPT_FOR / 4
+
     def _run(self) -> None:
         next_due = 0.0
         while not self._done.is_set():
             status, stats = self.read()
             now = time.monotonic()
+            if now >= self._bind_again_at:
+                try:
+                    self._bind_commands()
+                except Exception as error:  # tried again at the next turn
+                    log.warning("could not renew the command queue: %s", error)
             if self._record(status) or now >= next_due:
                 self.broadcast(stats)
                 next_due = now + self.interval
             self._done.wait(POLL_INTERVAL)
 
     def _on_command(self, delivery: Delivery) -> None:
+        try:
+            self._obey(delivery)
+        finally:  # acknowledged once obeyed: a command is never lost to a dying child
+            if delivery.ackable:
+                try:
+                    self.transport.ack(delivery)
+                except Exception as error:  # it comes again: obeying twice is harmless
+                    log.warning("could not acknowledge %s: %s", delivery.describe(), error)
+
+    def _obey(self, delivery: Delivery) -> None:
         try:
             command = json.loads(delivery.body)
         except ValueError:

@@ -15,6 +15,14 @@ commands on ``command``. After a crash the supervisor waits (``restart=True``,
 growing delays) and, for delays of a second or more, forks a stand-in that
 broadcasts the error status and still obeys shutdown commands meanwhile.
 
+Commands reach the children through a queue of this supervisor's own, bound to
+the ``command`` topic (``Transport.bind_queue``) and kept by the broker between
+children: a command broadcast while no child listens (a crashed worker not yet
+replaced, a short restart delay, a stand-in gone and the next worker still
+starting) waits there for the next child, which obeys it and only then
+acknowledges it. The broker drops the queue ``COMMANDS_KEPT_FOR`` after its
+last consumer, so a supervisor killed outright leaves nothing behind for long.
+
 SIGTERM/SIGINT stop the child cleanly: the message in hand is finished,
 prefetched ones go back to the queue. A shutdown command heard by the child
 takes the same path: the child reports it on a second pipe, and we stop it as
@@ -135,6 +143,8 @@ class Supervisor:
         self.host = host_id()
         self.started_at = time.monotonic()
         self.restarts = 0
+        # Unique to this supervisor's life (a later one may get the same pid).
+        self.commands = f"zocalo.command.{self.host}.{os.urandom(4).hex()}"
         self._stop_reason: str | None = None
         self._stop_announced = False
         self._wake_read = self._wake_write = -1
@@ -234,7 +244,9 @@ class Supervisor:
         The child is told to stop when we stop, or at ``until``; it is killed if it
         has not left ``stop_timeout`` seconds later.
         """
-        identity = Identity(self.host, os.getpid(), self.started_at, self.restarts, until)
+        identity = Identity(
+            self.host, os.getpid(), self.started_at, self.restarts, until, self.commands
+        )
         commands_read, commands_write = os.pipe()
         reports = ChildReports()
         # Stop signals wait until the child has its own handlers (or the parent its fork).
