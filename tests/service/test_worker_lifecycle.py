@@ -172,3 +172,18 @@ def test_a_shutdown_broadcast_while_the_worker_restarts_is_obeyed(
     finally:
         os.kill(supervisor.pid, signal.SIGCONT)
     assert supervisor.wait(30) == 0, "the next worker obeyed the command sent in the gap"
+
+
+def test_a_time_limit_is_a_positive_number_of_seconds():
+    from zocalo.service import Service, handler
+
+    for wrong in (0, -1):
+        with pytest.raises(ValueError, match="time_limit"):
+            handler("q", time_limit=wrong)
+
+    class Limited(Service):
+        @handler("q", time_limit=2.5)
+        def work(self, step, payload):
+            pass
+
+    assert [spec.time_limit for spec in Limited().handlers()] == [2.5]

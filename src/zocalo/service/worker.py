@@ -186,10 +186,9 @@ def _report_time_limits(runner: ServiceRunner, link: SupervisorLink) -> None:
     """Tell the supervisor of each message whose handler has a time limit, and its end.
 
     The supervisor enforces the limit from outside: no thread of ours could stop a
-    handler stuck in C code that holds the GIL.
+    handler stuck in C code that holds the GIL. (Installed for every service: handlers
+    added at run time, in ``initializing``, may have limits too.)
     """
-    if not any(spec.time_limit for spec in runner.service.handlers()):
-        return
     reported = threading.local()
 
     def started(queue: str) -> None:
