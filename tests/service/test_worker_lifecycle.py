@@ -116,6 +116,8 @@ def test_a_handler_past_its_time_limit_costs_the_worker_and_its_message_comes_ag
     assert re.search(
         r"TimeLimited\.work .*more than 1 s on message \S+ from queue 'fleet.limited'", lines[0]
     )
+    recipe_id = json.loads(done.body)["environment"]["ID"]
+    assert f"[{recipe_id}:1]" in lines[0], "the line carries the recipe ID and step"
     assert "restarting in" not in log and "exited with status" not in log
 
 

@@ -294,6 +294,10 @@ class Supervisor:
                         in_hand.get("handler"),
                         in_hand.get("limit"),
                         in_hand.get("message"),
+                        extra={
+                            "recipe_ID": in_hand.get("recipe"),
+                            "recipe_step": in_hand.get("step"),
+                        },
                     )
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)

@@ -52,6 +52,7 @@ from zocalo.transport.registry import create_transport
 
 if TYPE_CHECKING:
     from zocalo.service.supervisor import SupervisorSettings
+    from zocalo.transport.base import Delivery
 
 log = logging.getLogger("zocalo.service.worker")
 
@@ -196,9 +197,12 @@ def _report_time_limits(runner: ServiceRunner, link: SupervisorLink) -> None:
         reported.limited = in_hand is not None and in_hand[1].time_limit is not None
         if in_hand is not None and reported.limited:
             delivery, spec, since = in_hand
+            recipe, step = _recipe_of(delivery)
             link.report(
                 "in_hand",
                 message=delivery.describe(),
+                recipe=recipe,
+                step=step,
                 handler=spec.function.__qualname__,
                 limit=spec.time_limit,
                 started=since,
@@ -211,6 +215,15 @@ def _report_time_limits(runner: ServiceRunner, link: SupervisorLink) -> None:
 
     runner.on_start.append(started)
     runner.listeners.append(finished)
+
+
+def _recipe_of(delivery: Delivery) -> tuple[str | None, Any]:
+    """The recipe ID and step of a recipe message, for the supervisor's log line."""
+    try:
+        body = json.loads(delivery.body)
+        return str(body["environment"]["ID"]), body.get("recipe-pointer")
+    except Exception:  # not a recipe message, or not even JSON: the runner will say
+        return None, None
 
 
 def resident_mib() -> float:
