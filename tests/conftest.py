@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -212,7 +213,8 @@ def wait_until() -> Callable[..., None]:
 def supervised(
     sqlite_broker: str, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """``supervised(service, *options, env=None)``: zocalo.service in its own process group.
+    """``supervised(service, *options, env=None, stderr=None)``: zocalo.service in its own
+    process group (``stderr``: as for ``subprocess.Popen``).
 
     The test's own directory is on the service's PYTHONPATH, so a test can run
     services from a module beside it (``module:Class``). Stopped at teardown.
@@ -220,7 +222,7 @@ def supervised(
     started: list[subprocess.Popen[bytes]] = []
 
     def start(
-        service: str, *options: str, env: dict[str, str] | None = None
+        service: str, *options: str, env: dict[str, str] | None = None, stderr: Any = None
     ) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
             [
@@ -235,6 +237,7 @@ def supervised(
             ],
             env=dict(os.environ, PYTHONPATH=str(request.path.parent), **(env or {})),
             start_new_session=True,
+            stderr=stderr,
         )
         started.append(process)
         return process

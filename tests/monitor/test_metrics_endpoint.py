@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 import urllib.error
@@ -56,6 +58,36 @@ def scrape_until(port: int, expected: dict[tuple[str, frozenset], float], timeou
             last = error
         assert time.monotonic() < deadline, f"metrics never showed {expected}; last: {last}"
         threading.Event().wait(0.1)
+
+
+def listening(port: int) -> set[str]:
+    """The addresses on which some process of this machine listens on TCP ``port``."""
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            for line in list(lines)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                host, _, hex_port = local.partition(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    raw = bytes.fromhex(host)
+                    # /proc prints each 32-bit word in host (little-endian) order
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                    found.add(socket.inet_ntop(family, words))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("options", "address"),
+    [((), "127.0.0.1"), (("--metrics-address", "0.0.0.0"), "0.0.0.0")],
+    ids=["loopback-by-default", "opened"],
+)
+def test_the_metrics_port_listens_on_loopback_unless_opened(
+    supervised, free_port, wait_until, options, address
+):
+    supervised("monitor_services:Echo", "--metrics-port", str(free_port), *options)
+    wait_until(lambda: listening(free_port), "the metrics port to listen", timeout=30)
+    assert listening(free_port) == {address}
 
 
 def key(name: str, **labels: str) -> tuple[str, frozenset]:

@@ -51,6 +51,42 @@ class BrokenConstructor(Service):
         raise AssertionError("never started")
 
 
+class Hang(Service):
+    """Its handler never returns: only a kill ends it."""
+
+    @handler("fleet.hang", prefetch=3)
+    def hang(self, step: RecipeStep, payload: Any) -> None:
+        threading.Event().wait()
+
+
+class TimeLimited(Service):
+    """Has one second per message; hangs on a message's first attempt only.
+
+    Each attempt appends this worker's pid to the file ``$FLEET_MARK``.
+    """
+
+    @handler("fleet.limited", time_limit=1)
+    def work(self, step: RecipeStep, payload: Any) -> None:
+        mark = Path(os.environ["FLEET_MARK"])
+        first = not mark.exists()
+        with mark.open("a") as attempts:
+            attempts.write(f"{os.getpid()}\n")
+        if first:
+            threading.Event().wait()
+        step.send(payload)
+
+
+class Hungry(Service):
+    """Keeps ``payload["mib"]`` MiB for good after every message: a leak."""
+
+    kept: list[bytes] = []
+
+    @handler("fleet.hungry", prefetch=3)
+    def eat(self, step: RecipeStep, payload: dict[str, Any]) -> None:
+        self.kept.append(b"\x01" * (int(payload["mib"]) * 1024 * 1024))
+        step.send({**payload, "pid": os.getpid()})
+
+
 class LeavesAMark(Passthrough):
     """Registers an atexit handler, as library code does, that writes ``$FLEET_MARK``."""
 

@@ -181,13 +181,15 @@ def test_unit_rules():
     assert [backoff(n) for n in range(5)] == [0.0, 0.1, 0.2, 0.4, 0.8]
     assert backoff(50) == 60.0
     me = host_id(7)
-    assert command_matches({"command": "shutdown", "host": me}, me, "X")
-    assert not command_matches({"command": "shutdown", "host": "other.1"}, me, "X")
-    assert command_matches({"command": "shutdown", "service": "X"}, me, "X")
-    assert not command_matches({"command": "shutdown", "service": "Y"}, me, "X")
-    assert not command_matches({"command": "shutdown"}, me, "X"), "no target: ignored"
-    assert command_matches({"command": "shutdown", "all": True}, me, "X")
-    assert not command_matches(["shutdown"], me, "X")
+    names = {"X", "pkg.X"}
+    assert command_matches({"command": "shutdown", "host": me}, me, names)
+    assert not command_matches({"command": "shutdown", "host": "other.1"}, me, names)
+    assert command_matches({"command": "shutdown", "service": "X"}, me, names)
+    assert command_matches({"command": "shutdown", "service": "pkg.X"}, me, names)
+    assert not command_matches({"command": "shutdown", "service": "Y"}, me, names)
+    assert not command_matches({"command": "shutdown"}, me, names), "no target: ignored"
+    assert command_matches({"command": "shutdown", "all": True}, me, names)
+    assert not command_matches(["shutdown"], me, names)
     assert shutdown_commands(("a.b.c.1",), ("none", "Mailer"), False) == [
         {"command": "shutdown", "host": "a.b.c.1"},
         {"command": "shutdown", "service": None},

@@ -390,6 +390,45 @@ def test_broadcast_does_not_reach_queue_consumers(
     assert [delivery.body for delivery in queued.wait_for_count(1)] == [SENTINEL]
 
 
+def test_a_bound_queue_keeps_broadcasts_while_nobody_consumes_it(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    # (topic=True: a unique name not declared as a queue of the usual kind)
+    queue, topic = name("kept", topic=True), name("t", topic=True)
+    publisher, first = connect(), connect()
+    first.bind_queue(queue, topic, expires=60)
+    before = collector(ack_with=first)
+    first.subscribe(queue, before)
+    publisher.broadcast(topic, b"1")
+    before.wait_for_count(1)
+    first.close()  # its consumer gone, as when a worker restarts
+    publisher.broadcast(topic, b"2")
+    publisher.broadcast(topic, b"3")
+    second = connect()
+    second.bind_queue(queue, topic, expires=60)  # again: harmless, nothing lost
+    after = collector(ack_with=second)
+    second.subscribe(queue, after)
+    assert [d.body for d in after.wait_for_count(2)] == [b"2", b"3"]
+    assert all(d.ackable for d in after.deliveries)
+    publisher.broadcast(topic, SENTINEL)
+    assert after.wait_for_body(SENTINEL)[-1].body == SENTINEL
+    assert before.bodies == [b"1"]
+
+
+def test_a_bound_queue_unused_past_its_expiry_is_dropped(
+    connect: Callable[..., Transport], collector: Callable, name: Callable, let_time_pass
+) -> None:
+    # (topic=True: a unique name not declared as a queue of the usual kind)
+    queue, topic = name("kept", topic=True), name("t", topic=True)
+    publisher, listener = connect(), connect()
+    listener.bind_queue(queue, topic, expires=1)
+    publisher.broadcast(topic, b"kept")
+    let_time_pass(2.5)  # an expiry announces itself nowhere
+    publisher.broadcast(topic, b"after the expiry: nowhere to go")
+    listener.declare_queue(queue)  # a new, empty queue of that name
+    assert drain(listener, queue, collector) == [], "the queue went, with what it held"
+
+
 # -- unsubscribe, ack, nack -------------------------------------------------------
 
 

@@ -53,6 +53,20 @@ def _library_logs_quiet(unless: bool) -> Iterator[None]:
     metavar="PORT",
     help="Serve Prometheus metrics on this port (off by default).",
 )
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDRESS",
+    help="Address the metrics port listens on (0.0.0.0 or :: opens it to the network).",
+)
+@click.option(
+    "--max-memory",
+    type=click.FloatRange(0, min_open=True),
+    metavar="MiB",
+    help="Replace the worker process, between messages, once its resident memory "
+    "grows past this many MiB (off by default).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("-v", "--verbose", count=True, help="Debug log lines: -v zocalo's, -vv pika's too.")
 @site_config_options
@@ -63,6 +77,8 @@ def command(
     restart: bool,
     stop_timeout: float,
     metrics_port: int | None,
+    metrics_address: str,
+    max_memory: float | None,
     log_format: str,
     verbose: int,
     site_config: SiteConfiguration,
@@ -90,6 +106,8 @@ def command(
         restart=restart,
         stop_timeout=stop_timeout,
         metrics_port=metrics_port,
+        metrics_address=metrics_address,
+        max_memory=max_memory,
         logging=plan,
         service_class=service_class_name(name),
     )

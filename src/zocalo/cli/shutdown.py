@@ -44,8 +44,9 @@ def shutdown_commands(
     "--service",
     "services",
     multiple=True,
-    metavar="CLASS",
-    help="Stop every instance of this service class (repeatable).",
+    metavar="NAME",
+    help="Stop every instance of this service: the name it was started with "
+    "(e.g. demo.FindSpots) or its class name (repeatable).",
 )
 @click.option("--all", "everyone", is_flag=True, help="Stop every zocalo service on the broker.")
 @transport_option

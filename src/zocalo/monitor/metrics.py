@@ -2,7 +2,9 @@
 
 The counters live where the messages are handled, in the worker: it hangs
 :class:`ServiceMetrics` on the runner's hooks and serves them over HTTP on
-``--metrics-port``. A restarted worker serves fresh counters on the same
+``--metrics-port``, on the loopback address unless ``--metrics-address``
+opens it wider (secure by default: counters and queue names are nobody
+else's business). A restarted worker serves fresh counters on the same
 port, which Prometheus reads as a counter reset, as it should.
 
 - ``zocalo_messages_total{queue,outcome}``: messages finished, by outcome
@@ -21,6 +23,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from zocalo.service.runner import ServiceRunner
 
 log = logging.getLogger("zocalo.monitor.metrics")
+
+#: Where the endpoint listens unless told otherwise: this machine only.
+DEFAULT_ADDRESS = "127.0.0.1"
 
 OUTCOMES = ("handled", "retried", "dead_lettered", "failed")
 
@@ -72,12 +77,14 @@ class ServiceMetrics:
         runner.on_start.append(self.started)
         runner.listeners.append(self.finished)
 
-    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+    def serve(self, port: int, address: str = DEFAULT_ADDRESS) -> None:
         """Serve ``/metrics`` on ``address:port`` from a daemon thread."""
         self.server = start_http_server(port, addr=address, registry=self.registry)
 
 
-def enable_metrics(runner: ServiceRunner, port: int) -> ServiceMetrics | None:
+def enable_metrics(
+    runner: ServiceRunner, port: int, address: str = DEFAULT_ADDRESS
+) -> ServiceMetrics | None:
     """Attach metrics to ``runner`` and serve them; a port in use is logged, not fatal.
 
     The service keeps working without its metrics rather than crash-looping
@@ -86,9 +93,11 @@ def enable_metrics(runner: ServiceRunner, port: int) -> ServiceMetrics | None:
     metrics = ServiceMetrics()
     metrics.attach(runner)
     try:
-        metrics.serve(port)
+        metrics.serve(port, address)
     except OSError as error:
-        log.error("cannot serve metrics on port %d, running without them: %s", port, error)
+        log.error(
+            "cannot serve metrics on %s port %d, running without them: %s", address, port, error
+        )
         return None
-    log.info("serving Prometheus metrics on port %d", port)
+    log.info("serving Prometheus metrics on %s port %d", address, port)
     return metrics

@@ -33,6 +33,9 @@ class HandlerSpec:
     allow_plain: bool = False
     #: Failed attempts before the message goes to the DLQ (None: the runner's default).
     max_attempts: int | None = None
+    #: Seconds one message may take; past it the worker process is replaced and the
+    #: message, never acknowledged, is delivered again (None: no limit).
+    time_limit: float | None = None
 
     def describe(self) -> str:
         kind = "topic" if self.broadcast else "queue"
@@ -49,19 +52,32 @@ def handler(
     prefetch: int = 1,
     allow_plain: bool = False,
     max_attempts: int | None = None,
+    time_limit: float | None = None,
 ) -> Callable[[HandlerFunction], HandlerFunction]:
     """Register a method as the handler of ``queue`` (or broadcast ``topic``).
 
-    The method is called as ``method(step, payload)``.
+    The method is called as ``method(step, payload)``. With ``time_limit``
+    (seconds), a message that takes longer costs the worker process its life:
+    a running handler cannot be interrupted safely, so the supervisor replaces
+    the process, and the message, never acknowledged, is delivered again (to
+    ``dlq.<queue>`` once the broker's delivery limit is reached).
     """
     if (queue is None) == (topic is None):
         raise ValueError("give exactly one of queue= or topic=")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit must be a positive number of seconds, not {time_limit!r}")
     destination = queue if queue is not None else topic
     assert destination is not None
 
     def register(function: HandlerFunction) -> HandlerFunction:
         spec = HandlerSpec(
-            destination, function, topic is not None, prefetch, allow_plain, max_attempts
+            destination,
+            function,
+            topic is not None,
+            prefetch,
+            allow_plain,
+            max_attempts,
+            time_limit,
         )
         specs = [*getattr(function, _SPEC_ATTRIBUTE, []), spec]
         setattr(function, _SPEC_ATTRIBUTE, specs)

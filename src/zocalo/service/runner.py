@@ -131,6 +131,8 @@ class ServiceRunner:
         self.started = threading.Event()
         #: True while a message is in hand (for status reports).
         self.processing = False
+        #: (delivery, handler, time.monotonic() at its start) while a message is in hand.
+        self.message_in_hand: tuple[Delivery, HandlerSpec, float] | None = None
         #: Called as listener(queue, outcome, seconds) after every message; outcome is
         #: handled, retried, dead_lettered or failed. Metrics hang here.
         self.listeners: list[Callable[[str, str, float], None]] = []
@@ -267,6 +269,7 @@ class ServiceRunner:
     def process(self, delivery: Delivery, spec: HandlerSpec) -> None:
         """Decode, call the handler, then settle (publish outputs + ack)."""
         self.stats.add("received")
+        self.message_in_hand = (delivery, spec, time.monotonic())
         for hook in self.on_start:
             hook(spec.destination)
         self.processing = True
@@ -277,6 +280,7 @@ class ServiceRunner:
         finally:
             elapsed = time.perf_counter() - began
             self.processing = False
+            self.message_in_hand = None
             self.stats.add("busy_seconds", elapsed)
             for listener in self.listeners:
                 listener(spec.destination, outcome, elapsed)

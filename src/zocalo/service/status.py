@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -28,6 +28,9 @@ log = logging.getLogger("zocalo.service.status")
 
 STATUS_TOPIC = "transient.status"
 COMMAND_TOPIC = "command"
+#: A supervisor's command queue outlives each of its workers by this long, so a command
+#: broadcast while a worker restarts waits for the next one (see ``Identity.commands``).
+COMMANDS_KEPT_FOR = 600.0
 STATUS_INTERVAL = 6.0
 STATUS_EXPIRATION = 15.0
 UTILIZATION_WINDOW = 6.0
@@ -35,6 +38,9 @@ UTILIZATION_WINDOW = 6.0
 CANNOT_LOAD = 2
 #: Stand-in exit status for "a shutdown command came": the supervisor stops.
 SHUTDOWN_COMMANDED = 4
+#: Worker exit status for "replace me" (memory grew past ``--max-memory``): the
+#: supervisor starts a fresh worker at once, and does not count it as a crash.
+RECYCLE = 5
 #: The signals that stop a supervisor and its children (systemd, Slurm, Ctrl-C).
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
@@ -140,8 +146,13 @@ def status_message(
     return message
 
 
-def command_matches(command: Any, host: str, service_class: str | None) -> bool:
-    """Whether a broadcast command targets this service (reference rules, plus ``all``)."""
+def command_matches(command: Any, host: str, names: Collection[str | None]) -> bool:
+    """Whether a broadcast command targets this service (reference rules, plus ``all``).
+
+    ``names`` are what ``zocalo.shutdown -s NAME`` may call the service: its class
+    name (the reference's rule) and the name it was started with (an entry point
+    such as ``demo.FindSpots``, or ``module:Class``).
+    """
     if not isinstance(command, dict):
         return False
     if command.get("all") is True:
@@ -150,7 +161,7 @@ def command_matches(command: Any, host: str, service_class: str | None) -> bool:
         return False
     if "host" in command and command["host"] != host:
         return False
-    return "service" not in command or command["service"] == service_class
+    return "service" not in command or command["service"] in names
 
 
 class Identity(NamedTuple):
@@ -167,6 +178,10 @@ class Identity(NamedTuple):
     restarts: int
     #: For a stand-in: the ``time.monotonic()`` at which the service restarts.
     restart_at: float | None = None
+    #: The supervisor's own queue bound to the ``command`` topic. Each of its children
+    #: consumes it in turn, so what is broadcast between two children (a restart)
+    #: waits there instead of reaching nobody. None: a plain broadcast subscription.
+    commands: str | None = None
 
 
 #: How often the broadcaster looks at the service's state; a change goes out on the next
@@ -193,11 +208,14 @@ class StatusBroadcaster:
         read: Callable[[], tuple[Status, dict[str, Any]]],
         on_shutdown: Callable[[str], None],
         interval: float = STATUS_INTERVAL,
+        started_as: str | None = None,
     ) -> None:
         self.transport = transport
         self.identity = identity
         self.service = service
         self.service_class = service_class
+        #: Every name a shutdown command may target this service by.
+        self.names = {service_class, started_as or service_class}
         self.read = read
         self.on_shutdown = on_shutdown
         self.interval = interval
@@ -206,10 +224,15 @@ class StatusBroadcaster:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._shutdown_requested = False
+        self._bind_again_at = float("inf")
 
     def start(self) -> None:
         """Subscribe to commands and start broadcasting (the transport is connected)."""
-        self.transport.subscribe_broadcast(COMMAND_TOPIC, self._on_command)
+        if self.identity.commands is None:
+            self.transport.subscribe_broadcast(COMMAND_TOPIC, self._on_command)
+        else:
+            self._bind_commands()
+            self.transport.subscribe(self.identity.commands, self._on_command)
         self._thread = threading.Thread(target=self._run, name="zocalo-status", daemon=True)
         self._thread.start()
 
@@ -268,11 +291,22 @@ class StatusBroadcaster:
         self.utilization.record(status)
         return True
 
+    def _bind_commands(self) -> None:
+        """(Re)bind the command queue: binding again keeps it for another while."""
+        assert self.identity.commands is not None
+        self.transport.bind_queue(self.identity.commands, COMMAND_TOPIC, expires=COMMANDS_KEPT_FOR)
+        self._bind_again_at = time.monotonic() + COMMANDS_KEPT_FOR / 4
+
     def _run(self) -> None:
         next_due = 0.0
         while not self._done.is_set():
             status, stats = self.read()
             now = time.monotonic()
+            if now >= self._bind_again_at:
+                try:
+                    self._bind_commands()
+                except Exception as error:  # tried again at the next turn
+                    log.warning("could not renew the command queue: %s", error)
             if self._record(status) or now >= next_due:
                 self.broadcast(stats)
                 next_due = now + self.interval
@@ -280,10 +314,20 @@ class StatusBroadcaster:
 
     def _on_command(self, delivery: Delivery) -> None:
         try:
+            self._obey(delivery)
+        finally:  # acknowledged once obeyed: a command is never lost to a dying child
+            if delivery.ackable:
+                try:
+                    self.transport.ack(delivery)
+                except Exception as error:  # it comes again: obeying twice is harmless
+                    log.warning("could not acknowledge %s: %s", delivery.describe(), error)
+
+    def _obey(self, delivery: Delivery) -> None:
+        try:
             command = json.loads(delivery.body)
         except ValueError:
             return
-        if not command_matches(command, self.identity.host, self.service_class):
+        if not command_matches(command, self.identity.host, self.names):
             return
         if command.get("command") != "shutdown":
             log.info("ignoring command %s", command)

@@ -15,10 +15,29 @@ commands on ``command``. After a crash the supervisor waits (``restart=True``,
 growing delays) and, for delays of a second or more, forks a stand-in that
 broadcasts the error status and still obeys shutdown commands meanwhile.
 
+Commands reach the children through a queue of this supervisor's own, bound to
+the ``command`` topic (``Transport.bind_queue``) and kept by the broker between
+children: a command broadcast while no child listens (a crashed worker not yet
+replaced, a short restart delay, a stand-in gone and the next worker still
+starting) waits there for the next child, which obeys it and only then
+acknowledges it. The broker drops the queue ``COMMANDS_KEPT_FOR`` after its
+last consumer, so a supervisor killed outright leaves nothing behind for long.
+
 SIGTERM/SIGINT stop the child cleanly: the message in hand is finished,
-prefetched ones go back to the queue. The child reads a pipe from us; if we
-die, however we die, it sees end-of-file and stops, so no orphan keeps
-messages unacknowledged.
+prefetched ones go back to the queue. A shutdown command heard by the child
+takes the same path: the child reports it on a second pipe, and we stop it as
+for SIGTERM (killed after ``stop_timeout`` if its handler hangs, the message in
+hand unacknowledged, so it returns to its queue).
+
+The child reads a pipe from us; if we die, however we die, it sees
+end-of-file and stops, so no orphan keeps messages unacknowledged.
+
+A worker is *replaced*, without counting a crash and with or without
+``--restart``, when it exits ``RECYCLE`` (its memory grew past
+``--max-memory``) or when a handler with a ``time_limit`` overruns it: the
+worker reports each such message as it starts, and we kill the worker at
+the deadline (from outside, since a handler stuck in C code holding the GIL
+would stop any thread of its own).
 """
 
 from __future__ import annotations
@@ -37,6 +56,7 @@ from typing import Any, NoReturn
 from zocalo.logs import LoggingPlan, apply_logging
 from zocalo.service.status import (
     CANNOT_LOAD,
+    RECYCLE,
     SHUTDOWN_COMMANDED,
     STATUS_INTERVAL,
     STOP_SIGNALS,
@@ -74,9 +94,11 @@ class SupervisorSettings:
         stop_timeout: float = 60.0,
         status_interval: float = STATUS_INTERVAL,
         metrics_port: int | None = None,
+        metrics_address: str = "127.0.0.1",
         max_attempts: int = 3,
         logging: LoggingPlan | None = None,
         service_class: str | None = None,
+        max_memory: float | None = None,
     ) -> None:
         self.service = service
         #: The class name, known without importing the service (see ``service_class_name``).
@@ -86,7 +108,10 @@ class SupervisorSettings:
         self.stop_timeout = stop_timeout
         self.status_interval = status_interval
         self.metrics_port = metrics_port
+        self.metrics_address = metrics_address
         self.max_attempts = max_attempts
+        #: MiB of resident memory past which a worker is replaced between messages.
+        self.max_memory = max_memory
         self.logging = logging or LoggingPlan(service_name=service)
 
     def to_json(self) -> str:
@@ -118,6 +143,8 @@ class Supervisor:
         self.host = host_id()
         self.started_at = time.monotonic()
         self.restarts = 0
+        # Unique to this supervisor's life (a later one may get the same pid).
+        self.commands = f"zocalo.command.{self.host}.{os.urandom(4).hex()}"
         self._stop_reason: str | None = None
         self._stop_announced = False
         self._wake_read = self._wake_write = -1
@@ -162,6 +189,9 @@ class Supervisor:
             code = self._run_child("run_service")
             if self.stopping or code == 0:
                 return 0 if self.stopping else code
+            if code == RECYCLE:  # replaced on purpose: no crash, no delay
+                self.restarts += 1
+                continue
             if code == CANNOT_LOAD:
                 log.error(
                     "service %s cannot be loaded (see above); not restarting it",
@@ -214,8 +244,11 @@ class Supervisor:
         The child is told to stop when we stop, or at ``until``; it is killed if it
         has not left ``stop_timeout`` seconds later.
         """
-        identity = Identity(self.host, os.getpid(), self.started_at, self.restarts, until)
+        identity = Identity(
+            self.host, os.getpid(), self.started_at, self.restarts, until, self.commands
+        )
         commands_read, commands_write = os.pipe()
+        reports = ChildReports()
         # Stop signals wait until the child has its own handlers (or the parent its fork).
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         # The collectors of both processes then leave the shared pages alone. (Never
@@ -228,6 +261,7 @@ class Supervisor:
             log.error("service %s: cannot start a process: %s", self.settings.service, error)
             for fd in (commands_read, commands_write):
                 os.close(fd)
+            reports.close()
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             return 1
         if pid == 0:  # the child: never returns
@@ -236,19 +270,39 @@ class Supervisor:
                 self.settings,
                 identity,
                 commands_read,
+                reports.write_fd,
                 blocked,
-                (commands_write, self._wake_read, self._wake_write),
+                (commands_write, reports.read_fd, self._wake_read, self._wake_write),
             )
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(commands_read)
+        reports.forked()
         told_at: float | None = None
         grace = self.settings.stop_timeout if until is None else STAND_IN_STOP
+        in_hand: dict[str, Any] | None = None  # a message whose handler has a time limit
+        replaced = False
         try:
             while True:
                 done, wait_status = os.waitpid(pid, os.WNOHANG)
                 if done:
-                    return exit_status(wait_status)
+                    return RECYCLE if replaced else exit_status(wait_status)
                 now = time.monotonic()
+                if in_hand is not None and told_at is None and now >= in_hand["deadline"]:
+                    log.error(
+                        "time limit: handler %s took more than %g s on %s; replacing the "
+                        "worker, and the message, not acknowledged, returns to its queue",
+                        in_hand.get("handler"),
+                        in_hand.get("limit"),
+                        in_hand.get("message"),
+                        extra={
+                            "recipe_ID": in_hand.get("recipe"),
+                            "recipe_step": in_hand.get("step"),
+                        },
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    replaced = True
+                    told_at = float("inf")  # killed: only wait for it now
                 if told_at is None and (self.stopping or (until is not None and now >= until)):
                     if self.stopping:
                         self._announce_stop()
@@ -265,9 +319,29 @@ class Supervisor:
                         os.kill(pid, signal.SIGKILL)
                     told_at = float("inf")  # killed: only wait for it now
                 pause = 1.0 if until is None or told_at is not None else until - now
-                self._sleep(min(1.0, max(0.0, pause)))
+                if in_hand is not None and told_at is None:
+                    pause = min(pause, in_hand["deadline"] - now)
+                for event in self._sleep(min(1.0, max(0.0, pause)), reports):
+                    in_hand = self._on_report(event, in_hand)
         finally:
             os.close(commands_write)
+            reports.close()
+
+    def _on_report(self, event: dict[str, Any], in_hand: dict[str, Any] | None) -> Any:
+        """Act on one report from the child; returns the time-limited message in hand."""
+        kind = event.get("event")
+        if kind == "shutdown":
+            self.request_stop(str(event.get("reason", "shutdown command")))
+        elif kind == "in_hand":
+            try:
+                deadline = float(event["started"]) + float(event["limit"])
+            except (KeyError, TypeError, ValueError):
+                log.warning("ignoring an unreadable report from the worker: %r", event)
+                return in_hand
+            return {**event, "deadline": deadline}
+        elif kind == "done":
+            return None
+        return in_hand
 
     # -- waiting without threads ---------------------------------------------------
     def _wait(self, until: float) -> None:
@@ -276,13 +350,19 @@ class Supervisor:
         if self.stopping:
             self._announce_stop()
 
-    def _sleep(self, seconds: float) -> None:
-        """Sleep until a signal (SIGCHLD, SIGTERM, ...) arrives or ``seconds`` pass."""
-        readable, _, _ = select.select([self._wake_read], [], [], seconds)
-        if readable:
+    def _sleep(self, seconds: float, reports: ChildReports | None = None) -> list[dict[str, Any]]:
+        """Sleep until a signal (SIGCHLD, SIGTERM, ...) or a report arrives, or ``seconds``
+        pass; returns the child's reports that arrived."""
+        listening = reports is not None and not reports.ended
+        watched = [self._wake_read, reports.read_fd] if listening else [self._wake_read]
+        readable, _, _ = select.select(watched, [], [], seconds)
+        if self._wake_read in readable:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_read, 512):
                     pass
+        if listening and reports.read_fd in readable:
+            return reports.read()
+        return []
 
     def _install_signals(self) -> dict[int, Any]:
         def on_stop_signal(signum: int, frame: Any) -> None:
@@ -301,11 +381,57 @@ class Supervisor:
             signal.signal(signum, handler)
 
 
+class ChildReports:
+    """The pipe on which a child reports to us: one JSON object per line.
+
+    ``{"event": "shutdown", "reason": ...}``: it heard a shutdown command (we stop);
+    ``{"event": "in_hand", "message", "handler", "limit", "started"}`` and
+    ``{"event": "done"}``: a message of a handler with a time limit.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        self._buffer = b""
+        #: The child's end is closed (it exited): nothing more to read.
+        self.ended = False
+
+    def forked(self) -> None:
+        """In the parent, after the fork: the write end is the child's alone."""
+        os.close(self.write_fd)
+        self.write_fd = -1
+        os.set_blocking(self.read_fd, False)
+
+    def read(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.read_fd, 65536):
+                self._buffer += chunk
+            self.ended = True
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            if isinstance(event, dict):
+                events.append(event)
+            else:
+                log.warning("ignoring an unreadable report from the worker: %r", line[:200])
+        return events
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.read_fd = self.write_fd = -1
+
+
 def _child(
     role: str,
     settings: SupervisorSettings,
     identity: Identity,
     commands: int,
+    reports: int,
     signal_mask: set[signal.Signals],
     supervisor_fds: tuple[int, ...],
 ) -> NoReturn:
@@ -324,7 +450,7 @@ def _child(
         signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
         from zocalo.service import worker
 
-        worker.child_main(getattr(worker, role), settings, identity, commands)
+        worker.child_main(getattr(worker, role), settings, identity, commands, reports)
     except BaseException:  # only the lines above can fail: child_main never returns
         log.exception("service %s: its process could not start", settings.service)
         logging.shutdown()

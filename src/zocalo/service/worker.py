@@ -11,10 +11,15 @@ commands. While the supervisor waits to restart a crashed service, a
 The child reads a pipe from the supervisor: a ``{"command": "stop"}`` line asks
 it to stop, and end-of-file means the supervisor died (kill -9, the OOM
 killer): the child then stops too, so its prefetched messages go back to the
-queue instead of being held by an orphan.
+queue instead of being held by an orphan. It writes a second pipe back
+(:class:`SupervisorLink`): a shutdown command it heard (the supervisor then
+stops it as for SIGTERM, killing it after ``stop_timeout`` if a handler
+hangs), and each message of a handler with a time limit (the supervisor
+kills the worker at the deadline).
 
 Exit status: 0 stopped as asked (or by a shutdown command), ``CANNOT_LOAD`` the
-service cannot be loaded, anything else a failure worth a restart.
+service cannot be loaded, ``RECYCLE`` replace me (``--max-memory``), anything
+else a failure worth a restart.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from zocalo.service.discovery import ServiceNotFound, load_service
 from zocalo.service.runner import RunnerSettings, ServiceRunner
 from zocalo.service.status import (
     CANNOT_LOAD,
+    RECYCLE,
     SHUTDOWN_COMMANDED,
     STOP_SIGNALS,
     Identity,
@@ -46,15 +52,34 @@ from zocalo.transport.registry import create_transport
 
 if TYPE_CHECKING:
     from zocalo.service.supervisor import SupervisorSettings
+    from zocalo.transport.base import Delivery
 
 log = logging.getLogger("zocalo.service.worker")
 
+MIB = 1024 * 1024
+
+
+class SupervisorLink:
+    """The child's end of the report pipe: one JSON object per line, each written whole.
+
+    (Lines are far below ``PIPE_BUF``, so writes from different threads never mix.)
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def report(self, event: str, **details: Any) -> None:
+        line = json.dumps({"event": event, **details}, default=str) + "\n"
+        with contextlib.suppress(OSError):  # the supervisor is gone: the pipe says so too
+            os.write(self.fd, line.encode()[:4000])
+
 
 def child_main(
-    role: Callable[[SupervisorSettings, Identity, IO[str]], int],
+    role: Callable[[SupervisorSettings, Identity, IO[str], SupervisorLink], int],
     settings: SupervisorSettings,
     identity: Identity,
     commands_fd: int,
+    reports_fd: int,
 ) -> NoReturn:
     """Entry point of a freshly forked child: run ``role``, then leave through ``os._exit``.
 
@@ -71,7 +96,7 @@ def child_main(
             # Never closed here: a thread blocks reading it, and closing would wait
             # for that thread; os._exit closes it.
             commands = os.fdopen(commands_fd, "r")
-            code = role(settings, identity, commands)
+            code = role(settings, identity, commands, SupervisorLink(reports_fd))
         except BaseException:  # logged while the site's handlers are still attached
             log.exception("service %s: its process failed", settings.service)
         finally:
@@ -86,7 +111,9 @@ def child_main(
         os._exit(code)
 
 
-def run_service(settings: SupervisorSettings, identity: Identity, commands: IO[str]) -> int:
+def run_service(
+    settings: SupervisorSettings, identity: Identity, commands: IO[str], link: SupervisorLink
+) -> int:
     """Run the service until told to stop; the exit status for the supervisor.
 
     Status and commands travel on a connection of their own, so a shutdown
@@ -105,7 +132,7 @@ def run_service(settings: SupervisorSettings, identity: Identity, commands: IO[s
     if settings.metrics_port is not None:  # Prometheus metrics, served from this process
         from zocalo.monitor.metrics import enable_metrics
 
-        enable_metrics(runner, settings.metrics_port)
+        enable_metrics(runner, settings.metrics_port, settings.metrics_address)
 
     def read() -> tuple[Status, dict[str, Any]]:
         if not runner.started.is_set():
@@ -117,7 +144,7 @@ def run_service(settings: SupervisorSettings, identity: Identity, commands: IO[s
         return status, runner.stats.snapshot()
 
     def on_shutdown(reason: str) -> None:
-        log.info("stopping service %s: %s", settings.service, reason)
+        link.report("shutdown", reason=reason)  # the supervisor announces it and sees it done
         runner.request_stop()
 
     control = create_transport(settings.transport)
@@ -129,7 +156,10 @@ def run_service(settings: SupervisorSettings, identity: Identity, commands: IO[s
         read=read,
         on_shutdown=on_shutdown,
         interval=settings.status_interval,
+        started_as=settings.service,
     )
+    _report_time_limits(runner, link)
+    recycling = _recycle_on_memory_growth(runner, settings.max_memory)
     _obey_signals(runner.request_stop)
     _watch_supervisor(commands, runner.request_stop, settings.stop_timeout)
     failed = False
@@ -146,12 +176,103 @@ def run_service(settings: SupervisorSettings, identity: Identity, commands: IO[s
         status.finish(Status.TEARDOWN if runner.stopping else Status.ERROR)
         with contextlib.suppress(ZocaloError):
             control.close()
+    if recycling.is_set():
+        return RECYCLE
     # Told to stop (signal, supervisor, shutdown command): a failure while stopping
     # must not turn into a restart.
     return 1 if failed and not runner.stopping else 0
 
 
-def run_stand_in(settings: SupervisorSettings, identity: Identity, commands: IO[str]) -> int:
+def _report_time_limits(runner: ServiceRunner, link: SupervisorLink) -> None:
+    """Tell the supervisor of each message whose handler has a time limit, and its end.
+
+    The supervisor enforces the limit from outside: no thread of ours could stop a
+    handler stuck in C code that holds the GIL. (Installed for every service: handlers
+    added at run time, in ``initializing``, may have limits too.)
+    """
+    reported = threading.local()
+
+    def started(queue: str) -> None:
+        in_hand = runner.message_in_hand
+        reported.limited = in_hand is not None and in_hand[1].time_limit is not None
+        if in_hand is not None and reported.limited:
+            delivery, spec, since = in_hand
+            recipe, step = _recipe_of(delivery)
+            link.report(
+                "in_hand",
+                message=delivery.describe(),
+                recipe=recipe,
+                step=step,
+                handler=spec.function.__qualname__,
+                limit=spec.time_limit,
+                started=since,
+            )
+
+    def finished(queue: str, outcome: str, seconds: float) -> None:
+        if getattr(reported, "limited", False):
+            link.report("done")
+            reported.limited = False
+
+    runner.on_start.append(started)
+    runner.listeners.append(finished)
+
+
+def _recipe_of(delivery: Delivery) -> tuple[str | None, Any]:
+    """The recipe ID and step of a recipe message, for the supervisor's log line."""
+    try:
+        body = json.loads(delivery.body)
+        return str(body["environment"]["ID"]), body.get("recipe-pointer")
+    except Exception:  # not a recipe message, or not even JSON: the runner will say
+        return None, None
+
+
+def resident_mib() -> float:
+    """This process's resident memory in MiB (``/proc/self/statm``: a cheap read)."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
+def _recycle_on_memory_growth(runner: ServiceRunner, limit: float | None) -> threading.Event:
+    """After each message, stop cleanly if memory grew past ``limit`` MiB.
+
+    The message in hand is finished and acknowledged, prefetched ones go back to
+    the queue, and the worker exits ``RECYCLE`` so the supervisor starts a fresh one.
+    The returned event is set when that happened.
+    """
+    recycling = threading.Event()
+    if limit is None:
+        return recycling
+    at_start = resident_mib()
+    if at_start >= limit:
+        log.error(
+            "--max-memory %g MiB is below what a fresh worker of %s uses (%.0f MiB): "
+            "ignoring it, as every worker would be replaced after one message",
+            limit,
+            runner.service.name,
+            at_start,
+        )
+        return recycling
+
+    def check(queue: str, outcome: str, seconds: float) -> None:
+        if recycling.is_set() or (used := resident_mib()) <= limit:
+            return
+        recycling.set()
+        log.warning(
+            "worker of %s uses %.0f MiB, more than --max-memory %g MiB: finishing and "
+            "handing over to a fresh worker",
+            runner.service.name,
+            used,
+            limit,
+        )
+        runner.request_stop()
+
+    runner.listeners.append(check)
+    return recycling
+
+
+def run_stand_in(
+    settings: SupervisorSettings, identity: Identity, commands: IO[str], link: SupervisorLink
+) -> int:
     """Broadcast the error status during a restart delay; stop on a shutdown command.
 
     Exits ``SHUTDOWN_COMMANDED`` for a shutdown command, 0 when told to stop.
@@ -161,6 +282,7 @@ def run_stand_in(settings: SupervisorSettings, identity: Identity, commands: IO[
     transport = create_transport(settings.transport)
 
     def on_shutdown(reason: str) -> None:
+        link.report("shutdown", reason=reason)
         commanded.set()
         done.set()
 
@@ -172,6 +294,7 @@ def run_stand_in(settings: SupervisorSettings, identity: Identity, commands: IO[
         read=lambda: (Status.ERROR, {}),
         on_shutdown=on_shutdown,
         interval=settings.status_interval,
+        started_as=settings.service,
     )
     _obey_signals(done.set)
     _watch_supervisor(commands, done.set, settings.stop_timeout)

@@ -306,6 +306,18 @@ class Transport(ABC):
     def subscribe_broadcast(self, topic: str, callback: Callback) -> Subscription:
         """Receive copies of messages broadcast to ``topic`` from now on."""
 
+    def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
+        """Make ``queue`` receive a copy of every message broadcast to ``topic``.
+
+        Unlike a broadcast subscription, the queue outlives its consumer: what is
+        broadcast while nobody consumes it waits there for the next consumer (a
+        service's shutdown command sent while its worker restarts). It goes away,
+        with its messages, once it has had no consumer and no new ``bind_queue``
+        for ``expires`` seconds. Consume it with :meth:`subscribe`; binding again
+        is harmless (and keeps it).
+        """
+        raise UnsupportedFeature(f"{type(self).__name__} cannot bind a queue to a topic")
+
     @abstractmethod
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop deliveries; unacknowledged ones stay owed until acked/nacked or closed."""

@@ -76,6 +76,8 @@ class MemoryBroker:
         self.queues: dict[str, _Queue] = {}
         self.topics: dict[str, list[_Consumer]] = {}
         self.consumers: set[_Consumer] = set()
+        #: queue -> (topic, time.monotonic() until which it is kept without a consumer)
+        self.bindings: dict[str, tuple[str, float]] = {}
         self.expired = 0
         self._seq = itertools.count()
         self._ids = itertools.count(1)
@@ -337,6 +339,10 @@ class MemoryTransport(Transport):
             Subscription(self._next_subscription_id(), topic, callback, broadcast=True)
         )
 
+    def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
+        with self.broker.condition:
+            self.broker.bindings[queue] = (topic, time.monotonic() + expires)
+
     def unsubscribe(self, subscription: Subscription) -> None:
         broker = self.broker
         with broker.condition:
@@ -428,9 +434,21 @@ class MemoryTransport(Transport):
                 if message.broadcast:
                     for consumer in broker.topics.get(message.destination, []):
                         consumer.inbox.append(copy_)
+                    for queue in self._bound_queues(message.destination):
+                        broker.enqueue(queue, self._store(message))
                     broker.condition.notify_all()
                 else:
                     broker.enqueue(message.destination, copy_, message.delay)
+
+    def _bound_queues(self, topic: str) -> list[str]:
+        """Queues bound to ``topic`` and still kept (lock held); forgets expired ones."""
+        broker, now = self.broker, time.monotonic()
+        consumed = {c.subscription.destination for c in broker.consumers}
+        for queue, (_, until) in list(broker.bindings.items()):
+            if until < now and queue not in consumed:
+                del broker.bindings[queue]
+                broker.queues.pop(queue, None)
+        return [queue for queue, (bound, _) in broker.bindings.items() if bound == topic]
 
     def _store(self, message: Outgoing) -> _Stored:
         """The broker's copy of ``message`` (lock held)."""

@@ -561,6 +561,17 @@ class RabbitMQTransport(Transport):
                     raise TransportError(f"cannot declare queue {queue!r}: {error}") from None
         self._known_queues.add(queue)
 
+    def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
+        """A classic queue bound to the topic's fanout exchange; RabbitMQ deletes it
+        after ``expires`` seconds without a consumer (``x-expires``)."""
+        self._declare_fanout(topic)
+        arguments = {"x-queue-type": "classic", "x-expires": max(1, round(expires * 1000))}
+        try:
+            self._rpc("queue_declare", queue=queue, durable=True, arguments=arguments)
+            self._rpc("queue_bind", queue=queue, exchange=topic, routing_key="")
+        except pika.exceptions.ChannelClosedByBroker as error:
+            raise TransportError(f"cannot bind queue {queue!r} to {topic!r}: {error}") from None
+
     def _declare_fanout(self, topic: str) -> None:
         if topic in self._known_exchanges:
             return

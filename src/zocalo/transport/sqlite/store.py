@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_ready
     ON messages (queue, priority DESC, id) WHERE owner IS NULL;
 CREATE INDEX IF NOT EXISTS messages_owned ON messages (owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS bindings (
+    queue TEXT PRIMARY KEY,
+    topic TEXT NOT NULL,
+    kept_until REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS consumers (
     id TEXT PRIMARY KEY,
     queue TEXT NOT NULL,

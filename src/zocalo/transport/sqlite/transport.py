@@ -133,6 +133,8 @@ class _Op:
     requeue: bool = True
     reason: str = ""
     future: Confirmation | None = None
+    #: For "bind": (queue, topic, seconds it is kept without a consumer).
+    binding: tuple[str, str, float] | None = None
 
 
 class _Pokes:
@@ -317,6 +319,12 @@ class SqliteTransport(Transport):
         self._submit(_Op("subscribe", consumer=consumer, future=done))
         done.result(30)
         return subscription
+
+    def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
+        self._require_open()
+        done = Confirmation()
+        self._submit(_Op("bind", binding=(queue, topic, expires), future=done))
+        done.result(30)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
@@ -560,6 +568,14 @@ class SqliteTransport(Transport):
             with self._lock:
                 self._consumers[sub.id] = op.consumer
             return None
+        if kind == "bind":
+            assert op.binding is not None
+            queue_name, topic, expires = op.binding
+            db.execute(
+                "INSERT OR REPLACE INTO bindings VALUES (?, ?, ?)",
+                (queue_name, topic, time.time() + expires),
+            )
+            return None
         if kind == "unsubscribe":
             assert op.consumer is not None
             self._unregister(db, op.consumer)
@@ -640,6 +656,7 @@ class SqliteTransport(Transport):
                     (private, message.body, headers, available, expires),
                 )
                 pokes.add(wake, private)
+            self._copy_to_bound_queues(db, message, headers, available, expires, pokes)
             return
         db.execute(
             "INSERT INTO messages (queue, body, headers, priority, available_at, expires_at) "
@@ -647,6 +664,38 @@ class SqliteTransport(Transport):
             (message.destination, message.body, headers, message.priority or 0, available, expires),
         )
         pokes.queue(message.destination)
+
+    def _copy_to_bound_queues(
+        self,
+        db: sqlite3.Connection,
+        message: Outgoing,
+        headers: str,
+        available: float,
+        expires: float | None,
+        pokes: _Pokes,
+    ) -> None:
+        """A broadcast's copies for the queues bound to its topic (see ``bind_queue``).
+
+        A binding is kept while its queue has a consumer or until ``kept_until``;
+        past both it is dropped, with what waited in its queue.
+        """
+        now = time.time()
+        for (queue_name,) in db.execute(
+            "SELECT queue FROM bindings WHERE kept_until < ? AND queue NOT IN "
+            "(SELECT queue FROM consumers WHERE broadcast = 0)",
+            (now,),
+        ).fetchall():
+            db.execute("DELETE FROM bindings WHERE queue = ?", (queue_name,))
+            db.execute("DELETE FROM messages WHERE queue = ?", (queue_name,))
+        for (queue_name,) in db.execute(
+            "SELECT queue FROM bindings WHERE topic = ?", (message.destination,)
+        ).fetchall():
+            db.execute(
+                "INSERT INTO messages (queue, body, headers, priority, available_at, "
+                "expires_at) VALUES (?, ?, ?, 0, ?, ?)",
+                (queue_name, message.body, headers, available, expires),
+            )
+            pokes.queue(queue_name)
 
     def _claim(
         self, db: sqlite3.Connection, consumer: _Consumer
