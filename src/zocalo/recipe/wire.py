@@ -152,6 +152,13 @@ def nesting(value: Any) -> int:
     return deepest
 
 
+def _json_kind(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), "a number")
+
+
 def _step_number(value: Any, field: str, what: str) -> int:
     """A step id sent as a number (or its decimal text, as the reference's ``int()`` takes)."""
     if isinstance(value, str):
@@ -188,9 +195,7 @@ def decode(
 def _decode(body: bytes | str, what: str, max_hops: int | None) -> RecipeMessage:
     data = decode_json(body, what)
     if not isinstance(data, dict):
-        raise InvalidMessage(
-            f"{what}: recipe message body is a {type(data).__name__}, not an object"
-        )
+        raise InvalidMessage(f"{what}: recipe message body is {_json_kind(data)}, not an object")
     missing = [key for key in ("recipe", "recipe-pointer") if key not in data]
     if missing:
         raise InvalidMessage(f"{what}: not a recipe message, missing {', '.join(missing)}")
@@ -229,7 +234,5 @@ def _decode(body: bytes | str, what: str, max_hops: int | None) -> RecipeMessage
         )
     environment = data.get("environment") or {}
     if not isinstance(environment, dict):
-        raise InvalidMessage(
-            f"{what}: environment is a {type(environment).__name__}, not an object"
-        )
+        raise InvalidMessage(f"{what}: environment is {_json_kind(environment)}, not an object")
     return RecipeMessage(recipe, pointer, path, environment, data.get("payload"))
