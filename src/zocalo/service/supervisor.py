@@ -75,6 +75,7 @@ class SupervisorSettings:
         status_interval: float = STATUS_INTERVAL,
         metrics_port: int | None = None,
         max_attempts: int = 3,
+        max_hops: int | None = None,
         logging: LoggingPlan | None = None,
         service_class: str | None = None,
     ) -> None:
@@ -87,6 +88,8 @@ class SupervisorSettings:
         self.status_interval = status_interval
         self.metrics_port = metrics_port
         self.max_attempts = max_attempts
+        #: None: the runner's default (``RunnerSettings.max_hops``).
+        self.max_hops = max_hops
         self.logging = logging or LoggingPlan(service_name=service)
 
     def to_json(self) -> str:
