@@ -13,6 +13,7 @@ from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.logs import apply_logging, logging_plan
 from zocalo.service.discovery import ServiceNotFound, check_service_name, service_class_name
+from zocalo.service.runner import RunnerSettings
 from zocalo.service.supervisor import SupervisorSettings, exec_supervisor
 from zocalo.transport.registry import redact_url
 
@@ -40,6 +41,13 @@ def _library_logs_quiet(unless: bool) -> Iterator[None]:
 @click.option("-s", "--service", "name", metavar="NAME", help="Service to run.")
 @transport_option
 @click.option("-r", "--restart", is_flag=True, help="Restart the service after a crash.")
+@click.option(
+    "--max-hops",
+    type=click.IntRange(min=1),
+    default=RunnerSettings.max_hops,
+    show_default=True,
+    help="Longest recipe-path a message may carry; longer is a runaway loop, dead-lettered.",
+)
 @click.option(
     "--stop-timeout",
     type=float,
@@ -75,6 +83,7 @@ def command(
     name: str | None,
     transport: str | None,
     restart: bool,
+    max_hops: int,
     stop_timeout: float,
     metrics_port: int | None,
     metrics_address: str,
@@ -104,6 +113,7 @@ def command(
         service=name,
         transport=url,
         restart=restart,
+        max_hops=max_hops,
         stop_timeout=stop_timeout,
         metrics_port=metrics_port,
         metrics_address=metrics_address,

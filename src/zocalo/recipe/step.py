@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from zocalo.recipe.model import Recipe
+from zocalo.recipe.validation import link_targets
 from zocalo.recipe.wire import RecipeEncoder, RecipeMessage, dumps, recipe_headers
 from zocalo.transport.base import Outgoing
 
@@ -28,15 +29,6 @@ if TYPE_CHECKING:
     from zocalo.transport.base import Transport
 
 log = logging.getLogger("zocalo.recipe.step")
-
-
-def _link_targets(links: Any) -> list[int]:
-    """Step ids a link value (int, list of ints) points to."""
-    if links is None:
-        return []
-    if isinstance(links, list | tuple):
-        return [int(link) for link in links]
-    return [int(links)]
 
 
 class RecipeStep:
@@ -121,7 +113,7 @@ class RecipeStep:
             # The end of a chain: nothing to send is normal, not a mistake.
             log.debug("step %s has no output; %s sends nothing", self.pointer, self.recipe_id)
             return 0
-        return self._send_to_steps(_link_targets(output), payload, headers, options)
+        return self._send_to_steps(self._targets(output), payload, headers, options)
 
     def send_to(
         self,
@@ -134,9 +126,11 @@ class RecipeStep:
         """Send ``payload`` to the named output ``channel``; returns messages queued."""
         output = self.step.get("output")
         if isinstance(output, dict) and channel in output:
-            return self._send_to_steps(_link_targets(output[channel]), payload, headers, options)
+            return self._send_to_steps(
+                self._targets(output[channel], channel), payload, headers, options
+            )
         if output and not isinstance(output, dict) and channel == self.default_channel:
-            return self._send_to_steps(_link_targets(output), payload, headers, options)
+            return self._send_to_steps(self._targets(output), payload, headers, options)
         known = sorted(output) if isinstance(output, dict) else []
         return self._unrouted(
             f"send_to({channel!r})",
@@ -195,6 +189,11 @@ class RecipeStep:
         self._emit([message], options.get("transaction"))
 
     # -- internals ----------------------------------------------------------
+    def _targets(self, links: Any, channel: str | None = None) -> list[int]:
+        """The step ids ``links`` names (InvalidRecipe for a link that is no step id)."""
+        where = f"step {self.pointer} field 'output'"
+        return link_targets(links, where if channel is None else f"{where} channel {channel!r}")
+
     def _unrouted(self, call: str, why: str) -> int:
         log.warning(
             "%s on step %s of recipe %s (%s) sent nothing: %s",

@@ -76,6 +76,8 @@ class RunnerSettings:
     retry_delay: float = 1.0
     retry_backoff: float = 2.0
     stop_timeout: float = 30.0
+    #: Longest recipe-path a message may carry; beyond it, a runaway loop (dead-lettered).
+    max_hops: int = 1000
 
     def delay_before(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (1-based): grows geometrically."""
@@ -304,7 +306,9 @@ class ServiceRunner:
 
     def _decode(self, delivery: Delivery, spec: HandlerSpec, what: str) -> tuple[RecipeStep, Any]:
         if wire.is_recipe_message(delivery.headers):
-            message = wire.decode(delivery.body, delivery.headers, what)
+            message = wire.decode(
+                delivery.body, delivery.headers, what, max_hops=self.settings.max_hops
+            )
             step = RecipeStep(
                 message,
                 headers=delivery.headers,

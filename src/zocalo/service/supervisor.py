@@ -96,6 +96,7 @@ class SupervisorSettings:
         metrics_port: int | None = None,
         metrics_address: str = "127.0.0.1",
         max_attempts: int = 3,
+        max_hops: int | None = None,
         logging: LoggingPlan | None = None,
         service_class: str | None = None,
         max_memory: float | None = None,
@@ -112,6 +113,8 @@ class SupervisorSettings:
         self.max_attempts = max_attempts
         #: MiB of resident memory past which a worker is replaced between messages.
         self.max_memory = max_memory
+        #: None: the runner's default (``RunnerSettings.max_hops``).
+        self.max_hops = max_hops
         self.logging = logging or LoggingPlan(service_name=service)
 
     def to_json(self) -> str:

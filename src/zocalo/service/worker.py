@@ -127,7 +127,11 @@ def run_service(
     runner = ServiceRunner(
         service_class(),
         create_transport(settings.transport),
-        RunnerSettings(max_attempts=settings.max_attempts, stop_timeout=settings.stop_timeout),
+        RunnerSettings(
+            max_attempts=settings.max_attempts,
+            stop_timeout=settings.stop_timeout,
+            max_hops=settings.max_hops or RunnerSettings.max_hops,
+        ),
     )
     if settings.metrics_port is not None:  # Prometheus metrics, served from this process
         from zocalo.monitor.metrics import enable_metrics
