@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,9 +20,10 @@ PROGRAM = Path(__file__).with_name("processes.py")
 class Process:
     """A child process in its own session whose stdout lines are collected."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, wrapper: Sequence[str] = ()) -> None:
         self.popen = subprocess.Popen(
-            [sys.executable, str(PROGRAM), *args],
+            [*wrapper, sys.executable, str(PROGRAM), *args],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -47,6 +48,12 @@ class Process:
             raise AssertionError(f"{self.popen.args} exited ({self.popen.wait()})")
         return line
 
+    def tell(self, line: str) -> None:
+        """One line on the program's stdin."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
+
     def signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signum)
@@ -55,6 +62,9 @@ class Process:
         if self.popen.poll() is None:
             self.signal_group(signal.SIGKILL)
         self.popen.wait(10)
+        if self.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()
 
 
 @pytest.fixture
@@ -62,8 +72,8 @@ def spawn() -> Iterator[Callable[..., Process]]:
     """``spawn(*args)`` runs processes.py with args; every one is killed at teardown."""
     started: list[Process] = []
 
-    def start(*args: str) -> Process:
-        process = Process(*args)
+    def start(*args: str, wrapper: Sequence[str] = ()) -> Process:
+        process = Process(*args, wrapper=wrapper)
         started.append(process)
         return process
 
