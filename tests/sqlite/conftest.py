@@ -25,12 +25,16 @@ class Process:
             [*wrapper, sys.executable, str(PROGRAM), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
         )
         self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.all_lines: list[str] = []
+        self.errors: list[str] = []
+        self._errors_changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_errors, daemon=True).start()
 
     def _read(self) -> None:
         assert self.popen.stdout is not None
@@ -38,6 +42,21 @@ class Process:
             self.all_lines.append(line.rstrip("\n"))
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
+
+    def _read_errors(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            with self._errors_changed:
+                self.errors.append(line.rstrip("\n"))
+                self._errors_changed.notify_all()
+
+    def wait_for_stderr(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until a line of the program's stderr (its log) contains ``text``."""
+        with self._errors_changed:
+            found = self._errors_changed.wait_for(
+                lambda: any(text in line for line in self.errors), timeout
+            )
+        assert found, f"{text!r} not in the stderr of {self.popen.args}: {self.errors}"
 
     def next_line(self, timeout: float = 10.0) -> str:
         try:

@@ -4,6 +4,9 @@
     python processes.py consume URL QUEUES PREFETCH ack everything, print bodies
                                                     (QUEUES: one or more, comma-separated)
     python processes.py produce URL QUEUE PREFIX N  send N messages, wait for confirms
+    python processes.py open_many DIRECTORY         for each NAME read on stdin, connect to
+                                                    DIRECTORY/NAME/broker.db and close;
+                                                    print "ok" or the error
     python processes.py settle_on_full URL QUEUE N  hold N messages; on "full" on stdin,
                                                     lose the right to write files
                                                     (RLIMIT_FSIZE), ack the first half,
@@ -21,7 +24,7 @@ import signal
 import sys
 import threading
 
-from zocalo.errors import PublishFailed
+from zocalo.errors import PublishFailed, ZocaloError
 from zocalo.transport import Delivery, Outgoing, create_transport
 
 
@@ -67,6 +70,17 @@ def produce(url: str, queue: str, prefix: str, count: str) -> None:
         for confirmation in pending:
             confirmation.result(60)
     print("produced", flush=True)
+
+
+def open_many(directory: str) -> None:
+    for line in sys.stdin:
+        try:
+            with create_transport(f"sqlite:///{directory}/{line.strip()}/broker.db"):
+                pass
+        except ZocaloError as error:
+            print(f"error: {error}", flush=True)
+        else:
+            print("ok", flush=True)
 
 
 class _Spot(logging.Handler):
@@ -126,5 +140,6 @@ if __name__ == "__main__":
         "consume": consume,
         "produce": produce,
         "settle_on_full": settle_on_full,
+        "open_many": open_many,
     }
     programs[sys.argv[1]](*sys.argv[2:])

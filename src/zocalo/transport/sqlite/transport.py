@@ -613,7 +613,7 @@ class SqliteTransport(Transport):
             "broker file %s was %s while this connection used it; reopening %s "
             "(%d unacknowledged messages stay in the old file; new work goes to the new one)",
             self.path,
-            "deleted" if file_identity(self.path) is None else "replaced",
+            "deleted" if file_identity(self.path) is None else "deleted or replaced",
             self.path,
             abandoned,
         )
