@@ -298,6 +298,10 @@ class SqliteTransport(Transport):
 
     def abort(self) -> None:
         """Vanish as a killed process would: no cleanup; others reap what we held."""
+        if self._state == "failed":  # the worker died: still let go of the files
+            self._state = "aborting"
+            self._finish()
+            return
         if self._state != "open":
             return
         self._state = "aborting"
