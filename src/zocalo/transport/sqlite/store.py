@@ -164,6 +164,21 @@ class Permissions:
             raise
         return fd
 
+    def create_file(self, path: Path) -> None:
+        """Create ``path`` empty with the private (or group) mode, unless it exists.
+
+        An existing file is never opened: closing any descriptor of a file SQLite
+        has open in this process would drop that connection's POSIX locks.
+        """
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
+        except FileExistsError:
+            return
+        try:
+            self._restrict(fd, self.file_mode)
+        finally:
+            os.close(fd)
+
     def _restrict(self, target: Path | int, mode: int) -> None:
         """Apply the mode past the umask, and the shared group."""
         if self.group is not None:
@@ -214,7 +229,7 @@ def open_store(
     check_local(path)
     try:
         with write_locked(lock_fd):
-            os.close(permissions.open_file(path))
+            permissions.create_file(path)
             db = sqlite3.connect(
                 path, timeout=timeout, isolation_level=None, check_same_thread=False
             )

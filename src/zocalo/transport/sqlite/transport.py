@@ -574,6 +574,9 @@ class SqliteTransport(Transport):
                 if op.kind == "publish":
                     for delivery in op.acks:
                         self._restore_inflight(delivery)
+                if op.kind == "subscribe" and op.consumer is not None:  # its row is gone
+                    with self._lock:
+                        self._consumers.pop(op.consumer.subscription.id, None)
                 if op.future is not None and not op.future.done():
                     op.future.set_exception(PublishFailed(f"{self.path}: {error}"))
             with self._lock:
@@ -627,6 +630,7 @@ class SqliteTransport(Transport):
         self._liveness.release()
         self.connection_id = self._new_connection_id()
         self._known_queues.clear()
+        self._retry.clear()  # settlements of rows in the old file
         self._open_files()
         db = self._db
         assert db is not None
