@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
 import sqlite3
 import threading
@@ -22,7 +24,7 @@ def test_a_wake_up_dropped_by_a_full_socket_is_not_lost(tmp_path, spawn):
     consumer = spawn("consume", url, "a,b", "50")
     assert consumer.next_line() == "ready"
     with create_transport(url) as producer:
-        consumer.signal_group(signal.SIGSTOP)  # busy: it reads nothing for a while
+        _stop_outside_a_transaction(consumer, tmp_path / "broker.db.write-lock")
         try:
             for number in range(30):  # one transaction, so one poke, each
                 producer.publish([Outgoing("a", f"a{number}".encode())]).result(10)
@@ -104,6 +106,28 @@ def test_close_after_the_worker_thread_died_returns_what_it_held(tmp_path, colle
         other.subscribe("held", rescuer)
         (rescued,) = rescuer.wait_for_count(1, timeout=10)
     assert rescued.body == b"m" and rescued.redelivered
+
+
+def _stop_outside_a_transaction(process, write_lock: Path) -> None:
+    """SIGSTOP ``process`` (busy: it reads nothing for a while), but not holding the write lock.
+
+    Stopped inside a transaction it would stall every publisher on the file.
+    """
+    fd = os.open(write_lock, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            process.signal_group(signal.SIGSTOP)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                process.signal_group(signal.SIGCONT)
+                assert time.monotonic() < deadline, "it never let go of the write lock"
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+    finally:
+        os.close(fd)
 
 
 def _bodies(database: Path) -> set[str]:
