@@ -148,7 +148,7 @@ class Permissions:
             directory = directory.parent
         for created in reversed(missing):
             with contextlib.suppress(FileExistsError):
-                created.mkdir()
+                created.mkdir(mode=self.directory_mode & 0o777)  # never wider, even briefly
                 self._restrict(created, self.directory_mode)
 
     def open_file(self, path: Path) -> int:
