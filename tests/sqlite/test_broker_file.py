@@ -198,3 +198,25 @@ def test_a_broker_file_from_before_unique_ids_is_migrated(tmp_path, collector):
         sink.wait_for_count(2)
     assert old.body == b"old" and old.message_id == "broker.db:7"
     assert sink.deliveries[1].message_id == "broker.db:8"
+
+
+def test_a_second_connection_in_one_process_keeps_the_first_ones_locks(
+    sqlite_url, spawn, collector
+):
+    """SQLite's locks are per process: closing any descriptor of the file drops them all.
+
+    Had opening the second connection done so, the other process, closing last as it
+    would then believe, would checkpoint and delete the WAL under the first.
+    """
+    with create_transport(sqlite_url) as first:
+        sink = collector(ack_with=first)
+        first.subscribe("q", sink)
+        with create_transport(sqlite_url):
+            pass
+        other = spawn("produce", sqlite_url, "q", "other", "1")
+        assert other.next_line() == "produced"
+        assert other.popen.wait(10) == 0
+        assert first.path.with_name("broker.db-wal").exists(), "the WAL was deleted under it"
+        first.send("q", "after")
+        sink.wait_for_body(b"after")
+        sink.wait_for_body(b"other-0")
