@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import threading
@@ -126,7 +127,9 @@ def test_durability_level_is_chosen_in_the_url(tmp_path):
     url = f"sqlite:///{tmp_path}/full.db?synchronous=full"
     with create_transport(url):
         pass
-    db = store.open_store(tmp_path / "full.db", "full")
+    lock = os.open(tmp_path / "full.db.write-lock", os.O_RDWR)
+    db = store.open_store(tmp_path / "full.db", lock, "full")
+    os.close(lock)
     assert db.execute("PRAGMA synchronous").fetchone() == (2,)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     with pytest.raises(InvalidURL, match="synchronous='sometimes'"):

@@ -6,6 +6,14 @@ publisher, after its commit, sends each consumer of the queues it wrote one
 datagram carrying the queue name; the consumer sleeps in ``select()`` until
 one arrives or its next timer (a delayed message, a lease) is due.
 
+Any local user can send to an abstract address, so each datagram carries its
+sender's credentials (``SO_PASSCRED``) and only the broker's own user (or
+its shared group, and root) is heard. A socket holds only
+``net.unix.max_dgram_qlen`` datagrams and a full one drops the rest: a drain
+that found it that full reports that wake-ups may be lost, and the consumer
+then looks at every queue it reads (the reaper's turn does the same now and
+then, for pokes lost in any other way).
+
 Liveness: each connection holds an exclusive ``flock`` on its own lock file.
 The kernel drops it when the process dies however it dies, so a failed
 non-blocking lock means "alive" and a successful one means "dead".
@@ -16,32 +24,80 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
+import pwd
 import socket
+import struct
 from pathlib import Path
+
+from zocalo.transport.sqlite.store import PRIVATE, Permissions
+
+log = logging.getLogger(__name__)
+
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_CREDENTIALS_SPACE = socket.CMSG_SPACE(_CREDENTIALS.size)
+
+
+def _queue_length_limit() -> int:
+    """Datagrams a Unix socket holds before the kernel refuses more."""
+    try:
+        return int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    except (OSError, ValueError):
+        return 10
 
 
 class WakeSocket:
     """The receiving end: one per connection."""
 
-    def __init__(self, broker_path: Path, connection_id: str) -> None:
+    def __init__(
+        self, broker_path: Path, connection_id: str, permissions: Permissions = PRIVATE
+    ) -> None:
         digest = hashlib.sha1(str(broker_path.resolve()).encode()).hexdigest()[:16]
         self.address = f"zocalo/{digest}/{connection_id}"
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.socket.bind("\0" + self.address)
         self.socket.setblocking(False)
+        self._full = _queue_length_limit()
+        self._group = permissions.group
+        self._heard: dict[int, bool] = {os.geteuid(): True, 0: True}
 
     def fileno(self) -> int:
         return self.socket.fileno()
 
-    def drain(self) -> set[str]:
-        """Every queue name poked since the last drain."""
+    def drain(self) -> tuple[set[str], bool]:
+        """Queue names poked since the last drain, and whether some may have been dropped."""
         names: set[str] = set()
+        received = 0
         while True:
             try:
-                names.add(self.socket.recv(4096).decode("utf-8", "replace"))
+                data, ancillary, _, _ = self.socket.recvmsg(4096, _CREDENTIALS_SPACE)
             except (BlockingIOError, InterruptedError):
-                return names
+                return names, received >= self._full
+            received += 1
+            if self._trusted(ancillary):
+                names.add(data.decode("utf-8", "replace"))
+
+    def _trusted(self, ancillary: list[tuple[int, int, bytes]]) -> bool:
+        """True if the sender is this broker's user, its shared group, or root."""
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid, uid, gid = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
+                trusted = self._heard.get(uid)
+                if trusted is None:
+                    trusted = self._heard[uid] = self._group is not None and (
+                        gid == self._group or _in_group(uid, self._group)
+                    )
+                    if not trusted:
+                        log.warning(
+                            "ignoring broker wake-ups from process %d of user %d, who does "
+                            "not share this broker file",
+                            pid,
+                            uid,
+                        )
+                return trusted
+        return False
 
     def close(self) -> None:
         self.socket.close()
@@ -68,13 +124,23 @@ class WakeSender:
         self.socket.close()
 
 
+def _in_group(uid: int, gid: int) -> bool:
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return gid in os.getgrouplist(user.pw_name, user.pw_gid)
+
+
 class LivenessLock:
     """An exclusive flock held for the life of one connection."""
 
-    def __init__(self, directory: Path, connection_id: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self, directory: Path, connection_id: str, permissions: Permissions = PRIVATE
+    ) -> None:
+        permissions.make_directories(directory)
         self.path = directory / f"{connection_id}.lock"
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd: int | None = permissions.open_file(self.path)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def release(self, remove: bool = True) -> None:
@@ -86,12 +152,29 @@ class LivenessLock:
             self._fd = None
 
 
+_unreadable: set[str] = set()
+
+
 def holder_is_dead(lock_path: str) -> bool:
-    """True if nobody holds the flock on ``lock_path`` (its owner has died)."""
+    """True if nobody holds the flock on ``lock_path`` (its owner has died).
+
+    A lock file this process may not open (another user's) cannot be judged:
+    its holder counts as alive, and its leases still run out.
+    """
     try:
-        fd = os.open(lock_path, os.O_RDWR)
+        fd = os.open(lock_path, os.O_RDONLY)
     except FileNotFoundError:
         return True
+    except OSError as error:
+        if lock_path not in _unreadable:
+            _unreadable.add(lock_path)
+            log.warning(
+                "cannot tell whether the connection holding %s is alive (%s); its "
+                "messages return to their queue when its lease runs out",
+                lock_path,
+                error.strerror or error,
+            )
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

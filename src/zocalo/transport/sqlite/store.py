@@ -6,18 +6,33 @@ being killed (SIGKILL, the OOM killer); only an OS crash or power loss can
 lose the last transactions. ``?synchronous=full`` also fsyncs the WAL on
 every commit, for brokers that must survive power loss, at a cost in
 throughput.
+
+Privacy: every message sits in these files, so they are the owner's alone:
+the directories this module creates are 0700 and its files 0600 (SQLite gives
+the ``-wal`` and ``-shm`` files the broker file's mode). ``?group=NAME`` shares
+a broker with the members of one group instead: directories 2770 (new files
+inherit the group), files 0660.
+
+Message IDs: ``AUTOINCREMENT`` keeps a row id from ever being handed out twice
+in the file's lifetime, so ``broker.db:42`` names one message in every log line
+and dead letter. Files made before that are migrated when first opened.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import grp
+import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from zocalo.errors import ConnectionFailed
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+MESSAGES_TABLE = """
+CREATE TABLE {name} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
     body BLOB NOT NULL,
     headers TEXT NOT NULL,
@@ -28,7 +43,10 @@ CREATE TABLE IF NOT EXISTS messages (
     history TEXT,
     owner TEXT,
     lease_until REAL
-);
+)
+"""
+
+SCHEMA = """
 CREATE INDEX IF NOT EXISTS messages_ready
     ON messages (queue, priority DESC, id) WHERE owner IS NULL;
 CREATE INDEX IF NOT EXISTS messages_owned ON messages (owner) WHERE owner IS NOT NULL;
@@ -47,6 +65,7 @@ CREATE TABLE IF NOT EXISTS consumers (
     started REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS consumers_queue ON consumers (queue);
+CREATE TABLE IF NOT EXISTS known_queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
@@ -101,27 +120,161 @@ def check_local(path: Path) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Permissions:
+    """Who may open the broker's files: the owner alone, or one shared group."""
+
+    group: int | None = None
+
+    @classmethod
+    def for_group(cls, name: str | None) -> Permissions:
+        if not name:
+            return cls()
+        try:
+            return cls(int(name) if name.isdigit() else grp.getgrnam(name).gr_gid)
+        except KeyError:
+            raise ConnectionFailed(f"group={name!r}: no such group") from None
+
+    @property
+    def directory_mode(self) -> int:
+        return 0o700 if self.group is None else 0o2770
+
+    @property
+    def file_mode(self) -> int:
+        return 0o600 if self.group is None else 0o660
+
+    def make_directories(self, directory: Path) -> None:
+        """Create ``directory`` and its missing parents with the private (or group) mode."""
+        missing = []
+        while not directory.exists():
+            missing.append(directory)
+            if directory.parent == directory:
+                break
+            directory = directory.parent
+        for created in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                created.mkdir(mode=self.directory_mode & 0o777)  # never wider, even briefly
+                self._restrict(created, self.directory_mode)
+
+    def open_file(self, path: Path) -> int:
+        """A read-write descriptor on ``path``, created with the private (or group) mode."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, self.file_mode)
+        except FileExistsError:
+            return os.open(path, os.O_RDWR)
+        try:
+            self._restrict(fd, self.file_mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def create_file(self, path: Path) -> None:
+        """Create ``path`` empty with the private (or group) mode, unless it exists.
+
+        An existing file is never opened: closing any descriptor of a file SQLite
+        has open in this process would drop that connection's POSIX locks.
+        """
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
+        except FileExistsError:
+            return
+        try:
+            self._restrict(fd, self.file_mode)
+        finally:
+            os.close(fd)
+
+    def _restrict(self, target: Path | int, mode: int) -> None:
+        """Apply the mode past the umask, and the shared group."""
+        if self.group is not None:
+            os.chown(target, -1, self.group)
+        os.chmod(target, mode)
+
+
+#: The default: the owner alone.
+PRIVATE = Permissions()
+
+
+@contextlib.contextmanager
+def write_locked(lock_fd: int):
+    """Hold the broker's write flock: the one lock every writer of the file queues on."""
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, or None if it is gone: tells a replaced file apart."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 def open_store(
-    path: Path, synchronous: str = "normal", timeout: float = 30.0
+    path: Path,
+    lock_fd: int,
+    synchronous: str = "normal",
+    timeout: float = 30.0,
+    permissions: Permissions = PRIVATE,
 ) -> sqlite3.Connection:
-    """A connection to the broker file, creating it and its schema if needed."""
+    """A connection to the broker file, creating it and its schema if needed.
+
+    Creation, the switch to WAL and the schema run under the write flock
+    (``lock_fd``): processes opening a new file at once would otherwise meet
+    SQLite's locks where its busy handler does not wait ("database is locked").
+    """
     if synchronous not in SYNCHRONOUS_LEVELS:
         raise ConnectionFailed(
             f"synchronous={synchronous!r} is not one of {', '.join(SYNCHRONOUS_LEVELS)}"
         )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConnectionFailed(
-            f"cannot create the directory of broker file {path}: {error}"
-        ) from None
     check_local(path)
     try:
-        db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        db.execute("PRAGMA journal_size_limit=67108864")
-        db.executescript(SCHEMA)
-    except sqlite3.Error as error:
+        with write_locked(lock_fd):
+            permissions.create_file(path)
+            db = sqlite3.connect(
+                path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                db.execute("PRAGMA journal_size_limit=67108864")
+                _create_schema(db)
+            except BaseException:
+                db.close()
+                raise
+    except (sqlite3.Error, OSError) as error:
         raise ConnectionFailed(f"cannot open broker file {path}: {error}") from None
     return db
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    """Tables and indexes; a ``messages`` table without AUTOINCREMENT is rebuilt with it."""
+    row = db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+    ).fetchone()
+    existing = row[0] if row else None
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if existing is None:
+            db.execute(MESSAGES_TABLE.format(name="messages"))
+        elif "AUTOINCREMENT" not in existing.upper():
+            db.execute(MESSAGES_TABLE.format(name="messages_unique_ids"))
+            db.execute("INSERT INTO messages_unique_ids SELECT * FROM messages")
+            db.execute("DROP TABLE messages")
+            db.execute("ALTER TABLE messages_unique_ids RENAME TO messages")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(
+            "INSERT OR IGNORE INTO known_queues SELECT DISTINCT queue FROM consumers "
+            "WHERE broadcast = 0"
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise

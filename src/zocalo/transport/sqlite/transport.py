@@ -13,10 +13,19 @@ through its lease running out (the worker renews leases while it lives).
 Either way the rows return to their queue, marked redelivered, or go to
 ``dlq.<queue>`` past the delivery limit.
 
+A failed transaction (disk full, I/O error) fails the publishes in it; its
+acks and nacks are kept and retried until they go through, so no row stays
+leased to a living consumer forever.
+
+The broker file is watched: deleted or replaced under a running connection
+(its inode changed), the connection says so and reopens the file the path now
+names, where new work goes.
+
 URL options (see :data:`OPTIONS`; anything else is refused): ``synchronous``
 (normal|full, see ``store.py``), ``visibility_timeout`` (lease seconds, default 60,
 at least 1), ``reap_interval`` (seconds between dead-consumer checks, default 0.5),
-``delivery_limit``.
+``delivery_limit``, ``group`` (share the broker's files with one group, see
+``store.py``).
 """
 
 from __future__ import annotations
@@ -59,12 +68,20 @@ from zocalo.transport.base import (
 from zocalo.transport.options import Option, parse_options, split_url
 from zocalo.transport.registry import redact_url
 from zocalo.transport.sqlite.signals import LivenessLock, WakeSender, WakeSocket, holder_is_dead
-from zocalo.transport.sqlite.store import SYNCHRONOUS_LEVELS, open_store
+from zocalo.transport.sqlite.store import (
+    SYNCHRONOUS_LEVELS,
+    Permissions,
+    file_identity,
+    open_store,
+    write_locked,
+)
 
 log = logging.getLogger(__name__)
 
 BROADCAST_PREFIX = "zocalo.broadcast."
 CHECKPOINT_INTERVAL = 10.0
+#: Bounds of the wait before acks and nacks of a failed transaction are tried again.
+RETRY_DELAY = (0.05, 2.0)
 WAL_RESET_BYTES = 16 * 1024 * 1024
 _CLAIM_SQL = """
 UPDATE messages SET owner = ?, lease_until = ?, delivery_count = delivery_count + 1
@@ -86,6 +103,7 @@ OPTIONS = (
     Option("visibility_timeout", float, 60.0, at_least=1),
     Option("reap_interval", float, 0.5, at_least=0),
     Option("synchronous", str, "normal", choices=SYNCHRONOUS_LEVELS),
+    Option("group", str, None),
 )
 
 
@@ -187,6 +205,7 @@ class SqliteTransport(Transport):
         visibility_timeout: float | None = None,
         reap_interval: float | None = None,
         synchronous: str | None = None,
+        group: str | None = None,
     ) -> None:
         options = parse_options(
             url,
@@ -196,6 +215,7 @@ class SqliteTransport(Transport):
                 "visibility_timeout": visibility_timeout,
                 "reap_interval": reap_interval,
                 "synchronous": synchronous,
+                "group": group,
             },
         )
         super().__init__(url, delivery_limit=options["delivery_limit"])
@@ -203,13 +223,24 @@ class SqliteTransport(Transport):
         self.visibility_timeout: float = options["visibility_timeout"]
         self.reap_interval: float = options["reap_interval"]
         self.synchronous: str = options["synchronous"]
-        self.connection_id = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+        self.group: str | None = options["group"] or None
+        self.connection_id = self._new_connection_id()
         self._lock = threading.Lock()
         self._consumers: dict[int, _Consumer] = {}
         self._ops: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._callbacks: queue.SimpleQueue[tuple[_Consumer, Delivery] | None] = queue.SimpleQueue()
         self._state = "new"
         self._db: sqlite3.Connection | None = None
+        #: Acks and nacks of failed transactions, tried again at ``_retry_at``.
+        self._retry: list[_Op] = []
+        self._retry_at = 0.0
+        self._retry_delay = 0.0
+        #: Queues known to have had a consumer on this file (or already warned about).
+        self._known_queues: set[str] = set()
+
+    @staticmethod
+    def _new_connection_id() -> str:
+        return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
 
     # -- connection ---------------------------------------------------------
     @property
@@ -225,12 +256,9 @@ class SqliteTransport(Transport):
             return
         if self._state != "new":
             raise ConnectionFailed(f"{self.url}: a closed transport cannot reconnect")
-        self._db = open_store(self.path, self.synchronous)
-        self._write_lock = os.open(
-            self.path.with_name(self.path.name + ".write-lock"), os.O_RDWR | os.O_CREAT, 0o644
-        )
-        self._liveness = LivenessLock(self.locks_directory, self.connection_id)
-        self._wake = WakeSocket(self.path, self.connection_id)
+        self._permissions = Permissions.for_group(self.group)
+        self._open_files()
+        self._wake = WakeSocket(self.path, self.connection_id, self._permissions)
         self._sender = WakeSender()
         self._kick_read, self._kick_write = socket.socketpair()
         self._kick_pending = False
@@ -248,8 +276,36 @@ class SqliteTransport(Transport):
         self._worker.start()
         self._dispatcher.start()
 
+    def _open_files(self) -> None:
+        """The write lock, the broker file and this connection's liveness lock."""
+        try:
+            self._permissions.make_directories(self.path.parent)
+            self._write_lock = self._permissions.open_file(
+                self.path.with_name(self.path.name + ".write-lock")
+            )
+        except OSError as error:
+            raise ConnectionFailed(f"cannot create broker file {self.path}: {error}") from None
+        try:
+            self._db = open_store(
+                self.path, self._write_lock, self.synchronous, permissions=self._permissions
+            )
+            self._identity = file_identity(self.path)
+            self._liveness = LivenessLock(
+                self.locks_directory, self.connection_id, self._permissions
+            )
+        except BaseException:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            os.close(self._write_lock)
+            raise
+
     def close(self) -> None:
         """Unregister, return every unacknowledged delivery, and close the file."""
+        if self._state == "failed":  # the worker died: clean up from here
+            self._finish()
+            self._state = "closed"
+            return
         if self._state != "open":
             self._state = "closed"
             return
@@ -261,6 +317,10 @@ class SqliteTransport(Transport):
 
     def abort(self) -> None:
         """Vanish as a killed process would: no cleanup; others reap what we held."""
+        if self._state == "failed":  # the worker died: still let go of the files
+            self._state = "aborting"
+            self._finish()
+            return
         if self._state != "open":
             return
         self._state = "aborting"
@@ -268,12 +328,15 @@ class SqliteTransport(Transport):
         self._finish()
 
     def _finish(self) -> None:
+        failed = self._state == "failed"
         self._state = "closed"
         self._kick()
         self._callbacks.put(None)
         for thread in (self._worker, self._dispatcher):
             if thread is not threading.current_thread():
                 thread.join(10)
+        if failed and self._db is not None:
+            self._return_everything()
         self._liveness.release()
         for closable in (self._wake, self._sender, self._kick_read, self._kick_write):
             closable.close()
@@ -390,18 +453,49 @@ class SqliteTransport(Transport):
                     self._fail(ops, "transport aborted")
                     return
                 closing = any(op.kind == "close" for op in ops)
+                if self._retry and (closing or time.monotonic() >= self._retry_at):
+                    ops, self._retry = self._retry + ops, []
                 self._turn(ops)
                 if closing:
                     return
         except Exception:
             log.exception("broker worker for %s failed; the connection is closed", self.path)
-            self._state = "closed"
+            self._state = "failed"
             self._fail(self._drain_ops(), "broker worker failed")
+
+    def _return_everything(self) -> None:
+        """After the worker died: unregister and return held rows now, not at lease end."""
+        db = self._db
+        assert db is not None
+        pokes = _Pokes(db)
+        try:
+            with write_locked(self._write_lock):
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._apply(db, _Op("close"), pokes)
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+        except (sqlite3.Error, OSError) as error:
+            log.warning(
+                "could not return the messages %s held in %s (%s); other connections "
+                "will once its lock is released",
+                self.connection_id,
+                self.path,
+                error,
+            )
+            return
+        for address, queue_name in pokes.targets:
+            self._sender.poke(address, queue_name)
 
     def _timeout(self) -> float:
         now = time.monotonic()
         wall = time.time()
         deadlines = [self._next_reap, self._next_renewal, self._next_checkpoint]
+        if self._retry:
+            deadlines.append(self._retry_at)
         with self._lock:
             for consumer in self._consumers.values():
                 if consumer.dirty and consumer.room > 0:
@@ -421,10 +515,10 @@ class SqliteTransport(Transport):
             # submit sends a byte of its own.
             self._kick_pending = False
         if self._wake in readable:
-            poked = self._wake.drain()
+            poked, maybe_lost = self._wake.drain()
             with self._lock:
                 for consumer in self._consumers.values():
-                    if consumer.queue in poked:
+                    if maybe_lost or consumer.queue in poked:
                         consumer.dirty = True
 
     def _drain_ops(self) -> list[_Op]:
@@ -444,13 +538,20 @@ class SqliteTransport(Transport):
         db = self._db
         assert db is not None
         now_monotonic = time.monotonic()
-        reap = now_monotonic >= self._next_reap
+        reap = now_monotonic >= self._next_reap or any(op.kind == "reap" for op in ops)
+        if reap and self._identity != file_identity(self.path):
+            self._reopen()
+            db = self._db
+            assert db is not None
         dead = self._dead_connections() if reap else []
         with self._lock:
+            # The reaper's turn also looks at every queue with room: the fallback
+            # for a wake-up lost on its way (a full socket, a publisher killed
+            # between its commit and its pokes).
             claimers = [
                 c
                 for c in self._consumers.values()
-                if c.room > 0 and (c.dirty or (c.due is not None and c.due <= time.time()))
+                if c.room > 0 and (reap or c.dirty or (c.due is not None and c.due <= time.time()))
             ]
         if not ops and not claimers and not reap and now_monotonic < self._next_renewal:
             self._maybe_checkpoint(now_monotonic)
@@ -482,11 +583,25 @@ class SqliteTransport(Transport):
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             fcntl.flock(self._write_lock, fcntl.LOCK_UN)
-            log.error("broker transaction on %s failed: %s", self.path, error)
+            # Acks and nacks have no future to fail: keep them and try again, or
+            # their rows would stay leased (and renewed) to this connection forever.
+            settles = [op for op in ops if op.kind in ("ack", "nack")]
+            self._retry.extend(settles)
+            self._retry_delay = min(max(self._retry_delay * 2, RETRY_DELAY[0]), RETRY_DELAY[1])
+            self._retry_at = time.monotonic() + self._retry_delay
+            log.error(
+                "broker transaction on %s failed: %s%s",
+                self.path,
+                error,
+                f"; {len(self._retry)} acks/nacks kept to retry" if self._retry else "",
+            )
             for op in ops:
                 if op.kind == "publish":
                     for delivery in op.acks:
                         self._restore_inflight(delivery)
+                if op.kind == "subscribe" and op.consumer is not None:  # its row is gone
+                    with self._lock:
+                        self._consumers.pop(op.consumer.subscription.id, None)
                 if op.future is not None and not op.future.done():
                     op.future.set_exception(PublishFailed(f"{self.path}: {error}"))
             with self._lock:
@@ -500,6 +615,7 @@ class SqliteTransport(Transport):
             fcntl.flock(self._write_lock, fcntl.LOCK_UN)
             raise
         fcntl.flock(self._write_lock, fcntl.LOCK_UN)
+        self._retry_delay = 0.0
         for op, error in results:
             if op.future is not None and not op.future.done():
                 if error is None:
@@ -511,6 +627,52 @@ class SqliteTransport(Transport):
         for item in claimed:
             self._callbacks.put(item)
         self._maybe_checkpoint(now_monotonic)
+
+    def _reopen(self) -> None:
+        """The broker file was deleted or replaced: move this connection to what the path names.
+
+        What it held in the old file stays there; its subscriptions move, under a new
+        connection id so nothing meant for the old file can touch a row of the new one.
+        """
+        assert self._db is not None
+        with self._lock:
+            consumers = list(self._consumers.values())
+            abandoned = sum(len(consumer.inflight) for consumer in consumers)
+            for consumer in consumers:
+                consumer.inflight.clear()
+                consumer.dirty = True
+        log.error(
+            "broker file %s was %s while this connection used it; reopening %s "
+            "(%d unacknowledged messages stay in the old file; new work goes to the new one)",
+            self.path,
+            "deleted" if file_identity(self.path) is None else "deleted or replaced",
+            self.path,
+            abandoned,
+        )
+        self._db.close()
+        self._db = None
+        os.close(self._write_lock)
+        self._liveness.release()
+        self.connection_id = self._new_connection_id()
+        self._known_queues.clear()
+        self._retry.clear()  # settlements of rows in the old file
+        self._open_files()
+        db = self._db
+        assert db is not None
+        pokes = _Pokes(db)
+        with write_locked(self._write_lock):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for consumer in consumers:
+                    consumer.consumer_id = f"{self.connection_id}.{consumer.subscription.id}"
+                    if consumer.subscription.broadcast:
+                        consumer.queue = BROADCAST_PREFIX + consumer.consumer_id
+                    self._apply(db, _Op("subscribe", consumer=consumer), pokes)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
 
     def _maybe_checkpoint(self, now: float) -> None:
         """Fold the WAL back into the file: constant readers starve automatic checkpoints.
@@ -565,6 +727,9 @@ class SqliteTransport(Transport):
                     time.time(),
                 ),
             )
+            if not sub.broadcast:
+                db.execute("INSERT OR IGNORE INTO known_queues VALUES (?)", (sub.destination,))
+                self._known_queues.add(sub.destination)
             with self._lock:
                 self._consumers[sub.id] = op.consumer
             return None
@@ -575,6 +740,8 @@ class SqliteTransport(Transport):
                 "INSERT OR REPLACE INTO bindings VALUES (?, ?, ?)",
                 (queue_name, topic, time.time() + expires),
             )
+            return None
+        if kind == "reap":  # the turn reaps; nothing more to do
             return None
         if kind == "unsubscribe":
             assert op.consumer is not None
@@ -663,6 +830,8 @@ class SqliteTransport(Transport):
             "VALUES (?, ?, ?, ?, ?, ?)",
             (message.destination, message.body, headers, message.priority or 0, available, expires),
         )
+        if message.destination not in self._known_queues:
+            self._check_known(db, message.destination)
         pokes.queue(message.destination)
 
     def _copy_to_bound_queues(
@@ -696,6 +865,20 @@ class SqliteTransport(Transport):
                 (queue_name, message.body, headers, available, expires),
             )
             pokes.queue(queue_name)
+
+    def _check_known(self, db: sqlite3.Connection, queue_name: str) -> None:
+        """Warn once about a queue no consumer ever read on this file (a mistyped path?)."""
+        self._known_queues.add(queue_name)
+        if queue_name.startswith("dlq."):
+            return
+        if db.execute("SELECT 1 FROM known_queues WHERE name = ?", (queue_name,)).fetchone():
+            return
+        log.warning(
+            "no consumer has ever read queue %s on broker file %s; messages wait there "
+            "until one does (is this the broker file your services use?)",
+            queue_name,
+            self.path,
+        )
 
     def _claim(
         self, db: sqlite3.Connection, consumer: _Consumer
@@ -872,17 +1055,28 @@ class SqliteTransport(Transport):
 
     # -- introspection -------------------------------------------------------
     def queue_stats(self) -> list[QueueStats]:
-        """Per queue: ready, delayed, in-flight (for `zocalo queues`)."""
+        """Per queue: ready, delayed, in-flight (for `zocalo queues`).
+
+        Dead consumers are reaped first, so what they held counts as ready again;
+        a queue with consumers and no messages is listed too.
+        """
+        if self._state == "open":
+            reaped = Confirmation()
+            self._submit(_Op("reap", future=reaped))
+            reaped.result(30)
         db = sqlite3.connect(self.path, timeout=30)
         try:
             now = time.time()
             rows = db.execute(
                 "SELECT queue, SUM(owner IS NULL AND available_at <= ?), "
                 "SUM(owner IS NULL AND available_at > ?), SUM(owner IS NOT NULL) "
-                "FROM messages WHERE queue NOT LIKE 'zocalo.broadcast.%' GROUP BY queue "
-                "ORDER BY queue",
+                "FROM messages WHERE queue NOT LIKE 'zocalo.broadcast.%' GROUP BY queue",
                 (now, now),
             ).fetchall()
+            consumed = db.execute("SELECT DISTINCT queue FROM consumers WHERE broadcast = 0")
+            stats = {row[0]: QueueStats(*row) for row in rows}
+            for (name,) in consumed.fetchall():
+                stats.setdefault(name, QueueStats(name))
         finally:
             db.close()
-        return [QueueStats(*row) for row in rows]
+        return [stats[name] for name in sorted(stats)]

@@ -1,0 +1,147 @@
+"""The embedded broker under faults: lost wake-ups, a full disk, a dead worker thread."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from zocalo.transport import Outgoing, create_transport
+
+
+def test_a_wake_up_dropped_by_a_full_socket_is_not_lost(tmp_path, spawn):
+    """30 pokes for ``a`` fill a stopped consumer's socket; the one for ``b`` is dropped.
+
+    The reaper's re-poll is pushed out of reach (reap_interval=3600): the consumer
+    must notice on its own that its socket was full.
+    """
+    url = f"sqlite:///{tmp_path}/broker.db?reap_interval=3600"
+    consumer = spawn("consume", url, "a,b", "50")
+    assert consumer.next_line() == "ready"
+    with create_transport(url) as producer:
+        _stop_outside_a_transaction(consumer, tmp_path / "broker.db.write-lock")
+        try:
+            for number in range(30):  # one transaction, so one poke, each
+                producer.publish([Outgoing("a", f"a{number}".encode())]).result(10)
+            producer.publish([Outgoing("b", b"b0")]).result(10)
+            # A publisher pokes after confirming: one more turn makes sure b's poke is out.
+            producer.publish([Outgoing("elsewhere", b"x")]).result(10)
+        finally:
+            consumer.signal_group(signal.SIGCONT)
+        received = {consumer.next_line(timeout=15) for _ in range(31)}
+    assert received == {f"a{n}" for n in range(30)} | {"b0"}
+
+
+def test_a_message_whose_poke_never_came_is_found_by_the_reapers_turn(tmp_path, collector):
+    """A publisher killed between its commit and its pokes leaves a row nobody was told of."""
+    url = f"sqlite:///{tmp_path}/broker.db"
+    with create_transport(url) as consumer:
+        sink = collector(ack_with=consumer)
+        consumer.subscribe("quiet", sink)
+        db = sqlite3.connect(tmp_path / "broker.db", timeout=30)
+        with db:  # the committed row, as the killed publisher left it
+            db.execute(
+                "INSERT INTO messages (queue, body, headers, available_at) VALUES (?, ?, ?, ?)",
+                ("quiet", b"unannounced", json.dumps({}), time.time()),
+            )
+        db.close()
+        (delivery,) = sink.wait_for_count(1, timeout=10)
+    assert delivery.body == b"unannounced"
+
+
+def test_acks_and_nacks_of_a_transaction_that_failed_on_a_full_disk_are_retried(tmp_path, spawn):
+    """The consumer's writes fail (a file-size limit stands in for a full disk), then recover."""
+    url = f"sqlite:///{tmp_path}/broker.db"
+    database = tmp_path / "broker.db"
+    with create_transport(url) as producer:
+        for number in range(10):
+            producer.send("work", f"m{number}")
+        settler = spawn("settle_on_full", url, "work", "10")
+        assert {settler.next_line() for _ in range(10)} == {f"holding m{n}" for n in range(10)}
+        settler.tell("full")
+        assert settler.next_line(timeout=30) == "failed"
+        assert settler.next_line(timeout=30) == "publish refused"  # a publish fails visibly
+        settler.tell("space")
+        assert settler.next_line() == "space"
+        # The nacked half comes back; the acked half is gone for good.
+        again = {settler.next_line(timeout=15) for _ in range(5)}
+        nacked = {f"m{n}" for n in range(5, 10)}
+        assert again == {f"holding again {body}" for body in nacked}
+        _wait_for(lambda: _bodies(database) == nacked)
+        # Nothing else is waiting: the next message it gets is a sentinel sent now.
+        producer.send("work", "sentinel")
+        assert settler.next_line(timeout=15) == "holding sentinel"
+
+
+def test_close_after_the_worker_thread_died_returns_what_it_held(tmp_path, collector):
+    url = f"sqlite:///{tmp_path}/broker.db"
+    with create_transport(url) as other:
+        broken = create_transport(url)
+        broken.connect()
+        held = collector()  # never acks
+        broken.subscribe("held", held)
+        other.send("held", "m")
+        held.wait_for_count(1)
+
+        def injected_fault() -> list[str]:
+            raise RuntimeError("injected fault in the broker worker")
+
+        broken._dead_connections = injected_fault  # the worker dies at its next reap
+        deadline = time.monotonic() + 10
+        while broken._worker.is_alive():
+            assert time.monotonic() < deadline, "the worker did not die"
+            broken._worker.join(0.1)
+        assert not broken.connected
+        lock_file = broken._liveness.path
+        broken.close()
+        assert not lock_file.exists()
+        assert not broken._dispatcher.is_alive()
+        # Returned at close, not when its 60 s lease runs out.
+        rescuer = collector(ack_with=other)
+        other.subscribe("held", rescuer)
+        (rescued,) = rescuer.wait_for_count(1, timeout=10)
+    assert rescued.body == b"m" and rescued.redelivered
+
+
+def _stop_outside_a_transaction(process, write_lock: Path) -> None:
+    """SIGSTOP ``process`` (busy: it reads nothing for a while), but not holding the write lock.
+
+    Stopped inside a transaction it would stall every publisher on the file.
+    """
+    fd = os.open(write_lock, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            process.signal_group(signal.SIGSTOP)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                process.signal_group(signal.SIGCONT)
+                assert time.monotonic() < deadline, "it never let go of the write lock"
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+    finally:
+        os.close(fd)
+
+
+def _bodies(database: Path) -> set[str]:
+    db = sqlite3.connect(database, timeout=30)
+    try:
+        return {bytes(body).decode() for (body,) in db.execute("SELECT body FROM messages")}
+    finally:
+        db.close()
+
+
+def _wait_for(condition, timeout: float = 10.0) -> None:
+    """Poll state that no event announces (rows in the broker file) until a deadline."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        pause.wait(0.05)
