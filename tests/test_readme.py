@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import stop_group
 from zocalo.transport import create_transport
 
 README = Path(__file__).parent.parent / "README.md"
@@ -50,5 +50,6 @@ def test_the_readme_service_runs_from_the_working_directory_on_the_readme_recipe
             assert started.returncode == 0, started.stderr
             (delivery,) = sink.wait_for_count(1, timeout=30)
         finally:
-            stop_group(service)
+            os.killpg(service.pid, signal.SIGKILL)  # the service and its worker
+            service.wait(10)
     assert json.loads(delivery.body)["payload"] == {"image": "7", "spots": 42}

@@ -100,8 +100,8 @@ def test_a_send_the_broker_does_not_confirm_in_time_is_one_line(tmp_path):
     stopped process would) times out the send: zocalo.go says so at once, in one line,
     and exits 1 once it has let go."""
     url = f"sqlite:///{tmp_path}/broker.db"
-    with create_transport(url):
-        pass  # the broker file exists
+    with create_transport(url) as consumer:
+        consumer.subscribe("stuck", lambda delivery: None)  # a queue the file knows
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"1": {"queue": "stuck"}, "start": [[1, {}]]}))
     timeout = ["--timeout", "0.5"]

@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import grp
 import os
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,12 +252,24 @@ def open_store(
     return db
 
 
+def _schema_names() -> set[str]:
+    """Every table and index :data:`SCHEMA` creates."""
+    return set(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA))
+
+
+def _has_schema(db: sqlite3.Connection) -> bool:
+    present = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    return _schema_names() <= present
+
+
 def _create_schema(db: sqlite3.Connection) -> None:
     """Tables and indexes; a ``messages`` table without AUTOINCREMENT is rebuilt with it."""
     row = db.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
     ).fetchone()
     existing = row[0] if row else None
+    if existing is not None and "AUTOINCREMENT" in existing.upper() and _has_schema(db):
+        return  # opening a current file writes nothing: a busy writer does not stall it
     db.execute("BEGIN IMMEDIATE")
     try:
         if existing is None:
