@@ -366,3 +366,56 @@ def test_stop_returns_unhandled_messages_to_the_queue(broker_url, client, names,
     handled = payloads(out.deliveries)
     returned = payloads(back.deliveries)
     assert sorted(handled + returned) == [0, 1, 2, 3, 4], "nothing lost"
+
+
+def test_a_stop_whose_release_is_slow_returns_prefetched_messages_once(
+    broker_url, client, names, collector, wait_until
+):
+    """Deliveries that reach a stopping runner wait for the unsubscribe, then go back once.
+
+    Nacking them while still subscribed hands them straight back to this consumer:
+    under load (the release thread starved) they looped until the delivery limit
+    sent them to the dead-letter queue with "service stopping".
+    """
+    import threading
+
+    from zocalo.transport import create_transport
+
+    release, entered = threading.Event(), threading.Event()
+    slow = names("slow")
+    client.declare_queue(slow)
+    dead = collector(ack_with=client)
+    client.subscribe(f"dlq.{slow}", dead, prefetch=10)
+
+    class Slow(Service):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_handler(slow, self.work, prefetch=5)
+
+        def work(self, step: RecipeStep, payload: Any) -> None:
+            entered.set()
+            release.wait(10)
+
+    recipe = Recipe({"1": {"queue": slow}, "start": [[1, 0]]})
+    runner = ServiceRunner(Slow(), create_transport(broker_url))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    for number in range(5):
+        client.send(
+            slow, encode(recipe, 1, [], {"ID": "r"}, number), headers={"workflows-recipe": True}
+        )
+    assert entered.wait(5)
+    with runner._release_lock:  # the release thread is starved: nothing unsubscribes yet
+        runner.request_stop()
+        release.set()
+        wait_until(
+            lambda: runner._work.qsize() >= 4 or dead.deliveries,
+            "the prefetched deliveries held back (or looping into the DLQ)",
+        )
+    thread.join(10)
+    assert not thread.is_alive()
+    back = collector(ack_with=client)
+    client.subscribe(slow, back, prefetch=10)
+    back.wait_for_count(4)
+    assert dead.deliveries == [], "nothing dead-lettered by a clean stop"
+    assert sorted(payloads(back.deliveries)) == [1, 2, 3, 4]

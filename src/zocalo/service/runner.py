@@ -166,10 +166,10 @@ class ServiceRunner:
             # message right here and save a thread hand-off per message.
             with self._in_hand:
                 if self._stop.is_set():
-                    if delivery.ackable:
-                        self._quietly(
-                            self.transport.nack, delivery, requeue=True, reason="service stopping"
-                        )
+                    # Returned by _release once unsubscribed: a nack now would hand it
+                    # straight back to this consumer, round after round, until the
+                    # delivery limit dead-letters it.
+                    self._work.put((delivery, spec))
                     return
                 self.process(delivery, spec)
 
