@@ -9,6 +9,7 @@ session) and declared before anything is sent to them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import uuid
@@ -419,3 +420,46 @@ def test_a_stop_whose_release_is_slow_returns_prefetched_messages_once(
     back.wait_for_count(4)
     assert dead.deliveries == [], "nothing dead-lettered by a clean stop"
     assert sorted(payloads(back.deliveries)) == [1, 2, 3, 4]
+
+
+REFUSING = [
+    pytest.param("memory", id="memory"),
+    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+]
+
+
+@pytest.mark.parametrize("broker_url", REFUSING, indirect=True)
+def test_an_input_whose_outputs_are_refused_returns_after_a_growing_pause(
+    broker_url, client, work, names, start_service, wait_until
+):
+    """No hot loop: each return waits longer than the one before (here 0.2, 0.4, 0.8 s).
+
+    A delayed broadcast is what these two transports refuse (sqlite carries it).
+    """
+    import time
+
+    calls: list[float] = []
+
+    class Refused(Service):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_handler(work, self.send_on, prefetch=1)
+
+        def send_on(self, step: RecipeStep, payload: Any) -> None:
+            calls.append(time.monotonic())
+            step.send(payload)
+
+    recipe = Recipe(
+        {
+            "1": {"queue": work, "output": 2},
+            "2": {"topic": names("topic"), "transport-delay": 5},
+            "start": [[1, 0]],
+        }
+    )
+    runner = start_service(Refused(), retry_delay=0.2)
+    client.send(work, encode(recipe, 1, [], ENVIRONMENT, 0), headers={"workflows-recipe": True})
+    wait_until(lambda: len(calls) >= 4, "four deliveries of the refused input", timeout=30)
+    first_four = calls[:4]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(first_four)]
+    assert all(gap >= 0.9 * pause for gap, pause in zip(gaps, (0.2, 0.4, 0.8), strict=True)), gaps
+    assert runner.stats.publish_failed >= 3

@@ -38,6 +38,7 @@ from zocalo.logs import recipe_context
 from zocalo.recipe import wire
 from zocalo.recipe.step import RecipeStep
 from zocalo.service.base import HandlerSpec, Service
+from zocalo.service.held import HeldReturns
 from zocalo.transport.base import (
     DLQ_HISTORY_HEADER,
     DLQ_QUEUE_HEADER,
@@ -60,6 +61,8 @@ STOPPED_MARK = "stopped: "
 ATTEMPT_HEADER = "zocalo-attempt"
 RETRY_REASON_HEADER = "zocalo-retry-reason"
 RECIPE_PATH_HEADER = "zocalo-recipe-path"
+#: The longest pause before an input whose outputs were refused returns to its queue.
+MAX_HOLD_SECONDS = 30.0
 #: How many past failure reasons travel with a retried message.
 _HISTORY_KEPT = 10
 
@@ -127,6 +130,7 @@ class ServiceRunner:
         self._pending_lock = threading.Lock()
         self._all_settled = threading.Condition(self._pending_lock)
         self._stop = threading.Event()
+        self._held = HeldReturns()
         self._release_lock = threading.Lock()
         #: Held while a handler runs on the transport's callback thread.
         self._in_hand = threading.Lock()
@@ -221,6 +225,7 @@ class ServiceRunner:
         with self._in_hand:
             pass  # a message being handled on the transport's thread is finished first
         self._wait_for_confirms(self.settings.stop_timeout)
+        self._held.flush()
         try:
             self.service.stopping()
         finally:
@@ -347,18 +352,30 @@ class ServiceRunner:
         error = done.exception()
         if error is not None:
             self._publish_failed(delivery, what, error)
+        else:
+            self._held.in_a_row = 0
 
     def _publish_failed(self, delivery: Delivery, what: str, error: BaseException) -> None:
+        """Return the input unacknowledged, after a pause that grows while refusals go on."""
         self.stats.add("publish_failed")
+        self._held.in_a_row += 1
+        pause = min(self.settings.delay_before(self._held.in_a_row), MAX_HOLD_SECONDS)
         log.error(
             "outputs of %s were not accepted, so it is not acknowledged and returns "
-            "to its queue: %s",
+            "to its queue in %.1f s: %s",
             what,
+            pause,
             error,
         )
         if delivery.ackable:
-            self._quietly(
-                self.transport.nack, delivery, requeue=True, reason=f"outputs not accepted: {error}"
+            self._held.hold(
+                pause,
+                lambda: self._quietly(
+                    self.transport.nack,
+                    delivery,
+                    requeue=True,
+                    reason=f"outputs not accepted: {error}",
+                ),
             )
 
     # -- failures -----------------------------------------------------------
@@ -455,7 +472,7 @@ class ServiceRunner:
 def _int_header(headers: dict[str, Any], name: str) -> int:
     try:
         return int(headers.get(name) or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # foreign or hostile headers: none
         return 0
 
 
