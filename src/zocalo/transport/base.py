@@ -232,6 +232,8 @@ class Transport(ABC):
         self._transactions: dict[int, _Transaction] = {}
         self._id_lock = threading.Lock()
         self._transaction_lock = threading.Lock()
+        #: Called with a reason when the transport can no longer serve a subscription.
+        self.failure_listeners: list[Callable[[str], None]] = []
 
     # -- connection ---------------------------------------------------------
     @abstractmethod
@@ -249,6 +251,13 @@ class Transport(ABC):
     @property
     @abstractmethod
     def connected(self) -> bool: ...
+
+    def report_failure(self, reason: str) -> None:
+        """Log ``reason`` and tell the listeners: the owner should stop with an error
+        (a supervisor then restarts it) rather than wait for deliveries that never come."""
+        log.error("%s", reason)
+        for listener in list(self.failure_listeners):
+            listener(reason)
 
     def __enter__(self) -> Transport:
         self.connect()

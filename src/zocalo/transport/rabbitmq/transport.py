@@ -153,6 +153,8 @@ class _Consumer:
     channel: Channel | None = None
     tag: str = ""
     unsettled: set[int] = field(default_factory=set)
+    #: The start (or restart) of consuming under way, failed if the channel closes.
+    starting: Confirmation | None = None
 
 
 class RabbitMQTransport(Transport):
@@ -595,33 +597,15 @@ class RabbitMQTransport(Transport):
         def operation(done: Confirmation) -> None:
             def opened(channel: Channel) -> None:
                 consumer.channel = channel
-
-                def start(_: Any = None) -> None:
-                    consumer.tag = channel.basic_consume(
-                        consumer.queue,
-                        lambda ch, method, properties, body: self._on_message(
-                            consumer, ch, method, properties, body
-                        ),
-                        auto_ack=subscription.broadcast,
-                        exclusive=bind_to is not None,
-                        callback=lambda frame: done.set_result(subscription),
-                    )
-
-                def qos(_: Any = None) -> None:
-                    channel.basic_qos(prefetch_count=prefetch, callback=start)
-
-                def bind(frame: Any) -> None:
-                    consumer.queue = frame.method.queue
-                    channel.queue_bind(consumer.queue, bind_to, routing_key="", callback=qos)
-
-                if bind_to is not None:
-                    channel.queue_declare("", exclusive=True, auto_delete=True, callback=bind)
-                else:
-                    qos()
+                channel.add_on_cancel_callback(lambda frame: self._on_cancelled(consumer, frame))
+                channel.basic_qos(
+                    prefetch_count=prefetch, callback=lambda _: self._start(consumer, done)
+                )
 
             def closed(channel: Channel, reason: BaseException) -> None:
-                if not done.done():
-                    done.set_exception(
+                starting = consumer.starting or done
+                if not starting.done():
+                    starting.set_exception(
                         TransportError(f"cannot consume {subscription.describe()}: {reason}")
                     )
 
@@ -641,6 +625,78 @@ class RabbitMQTransport(Transport):
             with self._lock:
                 self._consumers.pop(subscription.id, None)
             raise
+
+    def _start(self, consumer: _Consumer, done: Confirmation) -> None:
+        """On the I/O thread: consume on the consumer's channel (a broadcast first
+        declares its server-named queue and binds it to the topic's exchange)."""
+        channel, subscription = consumer.channel, consumer.subscription
+        assert channel is not None
+        consumer.starting = done
+
+        def start(_: Any = None) -> None:
+            consumer.tag = channel.basic_consume(
+                consumer.queue,
+                lambda ch, method, properties, body: self._on_message(
+                    consumer, ch, method, properties, body
+                ),
+                auto_ack=subscription.broadcast,
+                exclusive=consumer.bind_to is not None,
+                callback=lambda frame: done.set_result(subscription),
+            )
+
+        def bind(frame: Any) -> None:
+            consumer.queue = frame.method.queue
+            channel.queue_bind(consumer.queue, consumer.bind_to, routing_key="", callback=start)
+
+        if consumer.bind_to is not None:
+            channel.queue_declare("", exclusive=True, auto_delete=True, callback=bind)
+        else:
+            start()
+
+    def _on_cancelled(self, consumer: _Consumer, frame: Any) -> None:
+        """The broker cancelled a consumer (its queue was deleted): consume it again.
+
+        Without this the service would sit idle forever on a queue that no longer
+        exists. The queue is declared again and consumed on the same channel, so
+        deliveries in hand can still be settled. If that fails the transport's
+        owner is told (:meth:`Transport.report_failure`): it should stop, with an
+        error, for its supervisor to restart it.
+        """
+        if frame.method.consumer_tag != consumer.tag:
+            return
+        consumer.tag = ""  # nothing of ours to cancel any more
+        if self._closing or not consumer.subscription.active:
+            return
+        log.warning(
+            "RabbitMQ cancelled the consumer of %s (was the queue deleted?); "
+            "declaring it again and resuming",
+            consumer.subscription.describe(),
+        )
+        threading.Thread(
+            target=self._resume, args=(consumer,), name="rabbitmq-resume", daemon=True
+        ).start()
+
+    def _resume(self, consumer: _Consumer) -> None:
+        subscription = consumer.subscription
+        try:
+            if consumer.bind_to is not None:
+                self._known_exchanges.discard(consumer.bind_to)
+                self._declare_fanout(consumer.bind_to)
+            else:
+                # Whatever we knew of it went with it.
+                self._known_queues.discard(consumer.source)
+                self._delay_bound.discard(consumer.source)
+                self.declare_queue(consumer.source)
+            self._call(lambda done: self._start(consumer, done))
+        except (TransportError, TimeoutError, pika.exceptions.AMQPError) as error:
+            if self._closing or not subscription.active:
+                return
+            self.report_failure(
+                f"RabbitMQ cancelled the consumer of {subscription.describe()} and it "
+                f"cannot be consumed again: {error}"
+            )
+            return
+        log.warning("consuming %s again", subscription.describe())
 
     def _on_message(
         self,
@@ -676,7 +732,14 @@ class RabbitMQTransport(Transport):
             raise TransportError(f"{subscription.describe()} is not subscribed")
         subscription.active = False
         channel = consumer.channel
-        self._call(lambda done: channel.basic_cancel(consumer.tag, callback=done.set_result))
+
+        def cancel(done: Confirmation) -> None:
+            if not channel.is_open or consumer.tag not in channel.consumer_tags:
+                done.set_result(None)  # already cancelled (by the broker) or its channel gone
+            else:
+                channel.basic_cancel(consumer.tag, callback=done.set_result)
+
+        self._call(cancel)
         if subscription.broadcast:
             self._soon(channel.close)
             with self._lock:
