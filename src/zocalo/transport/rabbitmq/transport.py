@@ -207,6 +207,7 @@ class RabbitMQTransport(Transport):
         self._closed = threading.Event()
         #: True from a lost connection until its subscriptions are restored.
         self._restoring = False
+        self._reconnector: threading.Thread | None = None
 
     # -- connection ---------------------------------------------------------
     @property
@@ -218,6 +219,7 @@ class RabbitMQTransport(Transport):
         if self._open:
             return
         self._closing = False
+        self._closed.clear()  # else a later reconnect would give up after one attempt
         self._restoring = False
         self._open_connection()
         self._dispatcher = threading.Thread(
@@ -229,6 +231,8 @@ class RabbitMQTransport(Transport):
         """Connect to the first cluster node that answers, or raise ConnectionFailed."""
         failures: list[str] = []
         for node in self.nodes:
+            if self._closing:
+                raise ConnectionFailed(f"{self.safe_url}: closed while connecting")
             self.parameters = node
             try:
                 self._open_node()
@@ -256,7 +260,7 @@ class RabbitMQTransport(Transport):
             on_close_callback=self._on_connection_closed,
         )
         self._thread = threading.Thread(
-            target=self._connection.ioloop.start, name="rabbitmq-io", daemon=True
+            target=self._run_ioloop, args=(self._connection,), name="rabbitmq-io", daemon=True
         )
         self._thread.start()
         try:
@@ -273,6 +277,17 @@ class RabbitMQTransport(Transport):
         self._publisher = self._call(self._open_publisher)
         self._admin = self._call(self._open_channel)
 
+    def _run_ioloop(self, connection: pika.SelectConnection) -> None:
+        try:
+            connection.ioloop.start()
+        except AssertionError:
+            if not self._closing:
+                raise
+            # close() aborted a connection mid-handshake (a reconnect attempt): pika 1.4
+            # then reports the abort with the exception class instead of an instance and
+            # fails an assertion on its I/O thread, after the socket was closed.
+            log.debug("pika's I/O loop ended on an aborted connection attempt", exc_info=True)
+
     def _reconnect(self) -> None:
         """After an unexpected loss: reconnect with growing delays, then resubscribe."""
         delay, attempt = RECONNECT_FIRST_DELAY, 0
@@ -280,6 +295,10 @@ class RabbitMQTransport(Transport):
             attempt += 1
             try:
                 self._open_connection()
+                if self._closing:  # close() came while this attempt was under way
+                    self._open = False
+                    self._shut(self._connection)
+                    return
                 with self._lock:
                     consumers = [c for c in self._consumers.values() if c.subscription.active]
                 for consumer in consumers:
@@ -287,6 +306,10 @@ class RabbitMQTransport(Transport):
                         consumer.subscription, consumer.source, consumer.prefetch, consumer.bind_to
                     )
             except (ConnectionFailed, TransportError, TimeoutError) as error:
+                if self._closing:
+                    self._open = False
+                    self._shut(self._connection)
+                    return
                 log.warning(
                     "reconnecting to %s failed (attempt %d): %s; next try in %.1f s",
                     self.safe_url,
@@ -352,7 +375,10 @@ class RabbitMQTransport(Transport):
         if was_open and not self._closing:
             log.warning("connection to %s lost: %s; reconnecting", self.safe_url, reason)
             self._restoring = True
-            threading.Thread(target=self._reconnect, name="rabbitmq-reconnect", daemon=True).start()
+            self._reconnector = threading.Thread(
+                target=self._reconnect, name="rabbitmq-reconnect", daemon=True
+            )
+            self._reconnector.start()
 
     def _stop_ioloop(self) -> None:
         if self._connection is not None and self._thread is not None:
@@ -362,23 +388,37 @@ class RabbitMQTransport(Transport):
                 self._thread.join(10)
 
     def close(self) -> None:
-        """Close: the broker returns unacknowledged deliveries to their queues."""
+        """Close: the broker returns unacknowledged deliveries to their queues.
+
+        A reconnect under way is stopped (a connection it is opening is aborted) and
+        never reopens what was closed.
+        """
         self._closing = True
         self._closed.set()
-        if not self._open or self._connection is None:
-            self._open = False
-            return
         self._open = False
-        connection = self._connection
+        self._shut(self._connection)
+        reconnector = self._reconnector
+        if reconnector is not None and reconnector is not threading.current_thread():
+            reconnector.join(15)
+        dispatcher = self._dispatcher
+        if dispatcher is not None and dispatcher.is_alive():  # a second close adds no sentinel
+            self._callbacks.put(None)
+            if dispatcher is not threading.current_thread():
+                dispatcher.join(10)
+
+    def _shut(self, connection: pika.SelectConnection | None) -> None:
+        """Close ``connection`` (open, or still opening) and wait for its I/O thread."""
+        if connection is None:
+            return
+        thread = self._thread
         with contextlib.suppress(Exception):
             connection.ioloop.add_callback_threadsafe(
-                lambda: connection.close() if connection.is_open else None
+                lambda: (
+                    None if connection.is_closing or connection.is_closed else connection.close()
+                )
             )
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(15)
-        self._callbacks.put(None)
-        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
-            self._dispatcher.join(10)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(15)
 
     def abort(self) -> None:
         """As a killed process would leave: unacked deliveries go back to the broker.
