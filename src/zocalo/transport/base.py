@@ -128,6 +128,7 @@ class QueueStats:
     ready: int = 0
     delayed: int = 0
     in_flight: int = 0
+    consumers: int = 0
 
 
 class Confirmation(Future):
@@ -487,7 +488,7 @@ class Transport(ABC):
 
     # -- introspection ------------------------------------------------------
     def queue_stats(self) -> list[QueueStats]:
-        """Every queue that holds messages, with counts by state."""
+        """Every queue that holds messages or has consumers, with counts by state."""
         raise UnsupportedFeature(f"{type(self).__name__} cannot report queue depths")
 
     def depth(self, queue: str) -> int:

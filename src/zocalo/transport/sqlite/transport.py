@@ -824,6 +824,15 @@ class SqliteTransport(Transport):
                 "ORDER BY queue",
                 (now, now),
             ).fetchall()
+            consumers = dict(
+                db.execute(
+                    "SELECT queue, COUNT(*) FROM consumers WHERE broadcast = 0 GROUP BY queue"
+                ).fetchall()
+            )
         finally:
             db.close()
-        return [QueueStats(*row) for row in rows]
+        # Queues with consumers but no messages are listed too.
+        stats = {row[0]: QueueStats(*row, consumers=consumers.get(row[0], 0)) for row in rows}
+        for name, count in consumers.items():
+            stats.setdefault(name, QueueStats(name, consumers=count))
+        return [stats[name] for name in sorted(stats)]
