@@ -605,6 +605,7 @@ def test_the_sample_plans_no_deletion_of_what_running_services_use(broker):
         for queue in ("dispatcher", "per_image_analysis", "myservice"):
             service.subscribe(queue, lambda delivery: None)  # the sample's arguments differ
         service.subscribe_broadcast("transient.status", lambda delivery: None)
+        service.subscribe_broadcast("news", lambda delivery: None)  # not in the sample
         service.send("myservice", b"later", delay=600)  # builds the delay topology
         service.declare_queue("stash")
         service.send("stash", b"precious")
@@ -625,16 +626,18 @@ def test_the_sample_plans_no_deletion_of_what_running_services_use(broker):
         assert "= keep queue dlq.myservice" in dry and "= keep queue dlq.stash" in dry
         assert "= keep zocalo's delayed-delivery topology (zocalo.delay.*:" in dry
         assert "33 exchange(s), 32 queue(s)" in dry
+        assert f"= keep exchange news (vhost {vhost}): routes to 1 queue with consumers" in dry
 
         ok(run(SAMPLE, "--skip-missing-plugins", vhost=vhost))
         queues = broker.queues(vhost)
         assert {"dispatcher", "myservice", "dlq.myservice", "stash", "zocalo.delay.wait0"} <= set(
             queues
         )
-        assert "zocalo.delay.delivery" in {e["name"] for e in broker.api.exchanges(vhost)}
+        assert {"zocalo.delay.delivery", "news"} <= {e["name"] for e in broker.api.exchanges(vhost)}
 
         forced = ok(run(SAMPLE, "--skip-missing-plugins", "--dry-run", "--force", vhost=vhost))
         for name in ("dispatcher", "myservice", "dlq.myservice", "stash", "zocalo.delay.wait0"):
             assert f"- delete queue {name} (vhost" in forced
         assert "- delete exchange zocalo.delay.delivery" in forced
+        assert "- delete exchange news" in forced
         assert "= keep" not in forced

@@ -17,7 +17,8 @@ never touched; the API user is never deleted.
 
 Safety: what running services use is left alone unless ``--force``: a queue with
 consumers or messages (not deleted, nor recreated for a changed argument), a dead-letter
-queue of a queue that stays, and the RabbitMQ transport's own delayed-delivery topology
+queue of a queue that stays, an exchange that routes to queues with consumers (a
+subscriber's broadcasts), and the RabbitMQ transport's own delayed-delivery topology
 (``zocalo.delay.*``, see :mod:`zocalo.transport.rabbitmq.delay`). The plan lists them as
 kept. Deleting a vhost, or a queue whose message count the management statistics cannot
 tell yet, needs ``--force``. Queue and exchange properties are immutable in RabbitMQ, so
@@ -455,6 +456,7 @@ class _Planner:
         """Plan exchange changes; return the names of exchanges deleted (or recreated)."""
         current = {e["name"]: e for e in self.api.exchanges(vhost)} if exists else {}
         desired = {e.name: e for e in exchanges if e.vhost == vhost}
+        routing = self.routes_to_consumers(vhost) if exists and not self.force else {}
         removed: set[str] = set()
         for name, spec in desired.items():
 
@@ -480,8 +482,13 @@ class _Planner:
             differences = _differences(have, wanted)
             if not differences:
                 continue
-            removed.add(name)
             reason = "properties are immutable: " + "; ".join(differences)
+            if name in routing:
+                self.plan.kept.append(
+                    f"exchange {name} (vhost {vhost}): {routing[name]}; not recreated ({reason})"
+                )
+                continue
+            removed.add(name)
             self.add(
                 Change(
                     "delete",
@@ -509,6 +516,9 @@ class _Planner:
                 continue
             if self.keep_delay("exchange", name):
                 continue
+            if name in routing:
+                self.plan.kept.append(f"exchange {name} (vhost {vhost}): {routing[name]}")
+                continue
             removed.add(name)
             self.add(
                 Change(
@@ -522,6 +532,28 @@ class _Planner:
                 )
             )
         return removed
+
+    def routes_to_consumers(self, vhost: str) -> dict[str, str]:
+        """Exchanges bound to queues that have consumers (a live subscriber's broadcasts),
+        each with why it is in use."""
+        consumed = {
+            q["name"]: int(q.get("consumers") or 0)
+            for q in self.api.queues(vhost)
+            if q.get("consumers")
+        }
+        queues: dict[str, set[str]] = {}
+        for binding in self.api.bindings(vhost):
+            destination = binding.get("destination", "")
+            if (
+                binding.get("source")
+                and binding.get("destination_type") == "queue"
+                and destination in consumed
+            ):
+                queues.setdefault(binding["source"], set()).add(destination)
+        return {
+            source: f"routes to {len(names)} queue{'s' if len(names) != 1 else ''} with consumers"
+            for source, names in queues.items()
+        }
 
     def message_count(self, vhost: str, queue: dict[str, Any]) -> int | None:
         """The queue's message count per the management statistics, waiting briefly for them.
