@@ -43,7 +43,8 @@ class Broker:
     """Management API access plus a record of what to delete afterwards."""
 
     def __init__(self) -> None:
-        self.api = ManagementAPI(API_URL, "guest", "guest")
+        # Deleting a vhost of quorum queues can take minutes on a loaded machine.
+        self.api = ManagementAPI(API_URL, "guest", "guest", timeout=180)
         self.vhosts: list[str] = []
         self.users: list[str] = []
         self.tag = f"zocalo-cfg-test-{uuid.uuid4().hex}"
