@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner, Result
@@ -42,7 +43,8 @@ class Broker:
     """Management API access plus a record of what to delete afterwards."""
 
     def __init__(self) -> None:
-        self.api = ManagementAPI(API_URL, "guest", "guest")
+        # Deleting a vhost of quorum queues can take minutes on a loaded machine.
+        self.api = ManagementAPI(API_URL, "guest", "guest", timeout=180)
         self.vhosts: list[str] = []
         self.users: list[str] = []
         self.tag = f"zocalo-cfg-test-{uuid.uuid4().hex}"
@@ -261,7 +263,7 @@ groups:
 """
 
 
-def test_immutable_argument_change_is_delete_and_recreate_and_needs_force(broker, tmp_path):
+def test_immutable_argument_change_to_a_queue_in_use_is_kept_without_force(broker, tmp_path):
     vhost = broker.new_vhost()
     before = write(tmp_path, QUORUM.format(names="work", sac="false"), "before.yaml")
     ok(run(before, vhost=vhost))
@@ -270,21 +272,20 @@ def test_immutable_argument_change_is_delete_and_recreate_and_needs_force(broker
 
     after = write(tmp_path, QUORUM.format(names="work", sac="true"), "after.yaml")
     dry = ok(run(after, "--dry-run", vhost=vhost))
-    assert "- delete queue work" in dry
-    assert "+ create queue work" in dry
-    assert "recreate" in dry
+    assert "- delete queue work" not in dry
+    assert "= keep queue work" in dry
+    assert "has 1 message; not recreated" in dry
     assert "x-single-active-consumer false -> true" in dry
-    assert "[needs --force: holds 1 message]" in dry
-    assert dry.index("- delete queue work") < dry.index("+ create queue work")
 
-    refused = run(after, vhost=vhost)
-    assert refused.exit_code == 1
-    assert "refusing" in refused.output
-    assert "--force" in refused.output
+    ok(run(after, vhost=vhost))  # everything else applies; the queue stays as it is
     queue = broker.queue(vhost, "work")
     assert queue["arguments"]["x-single-active-consumer"] is False
     assert queue["messages"] == 1
 
+    forced = ok(run(after, "--force", "--dry-run", vhost=vhost))
+    assert "[needs --force: holds 1 message]" in forced
+    assert forced.index("- delete queue work") < forced.index("+ create queue work")
+    assert "recreate" in forced
     ok(run(after, "--force", vhost=vhost))
     assert broker.queue(vhost, "work")["arguments"]["x-single-active-consumer"] is True
     assert "dlq.work" in broker.queues(vhost)
@@ -308,7 +309,7 @@ def test_immutable_change_to_an_empty_queue_needs_no_force(broker, tmp_path):
     assert broker.queue(vhost, "work")["type"] == "quorum"
 
 
-def test_deleting_a_queue_that_holds_messages_needs_force(broker, tmp_path):
+def test_a_queue_that_holds_messages_and_its_dlq_are_kept_without_force(broker, tmp_path):
     vhost = broker.new_vhost()
     ok(run(write(tmp_path, QUORUM.format(names="keep, full", sac="false"), "a.yaml"), vhost=vhost))
     broker.publish(vhost, "full")
@@ -316,16 +317,17 @@ def test_deleting_a_queue_that_holds_messages_needs_force(broker, tmp_path):
 
     smaller = write(tmp_path, QUORUM.format(names="keep", sac="false"), "b.yaml")
     dry = ok(run(smaller, "--dry-run", vhost=vhost))
-    assert "- delete queue full" in dry
-    assert "[needs --force: holds 1 message]" in dry
-    assert "- delete queue dlq.full" in dry
+    assert "- delete" not in dry
+    assert "= keep queue full (vhost" in dry and "has 1 message" in dry
+    assert "= keep queue dlq.full" in dry and "dead-letter queue of queue full" in dry
 
-    refused = run(smaller, vhost=vhost)
-    assert refused.exit_code == 1
-    assert "refusing" in refused.output
-    # Nothing at all was applied: not even the deletion of the empty dlq.full.
+    ok(run(smaller, vhost=vhost))
     assert {"full", "dlq.full"} <= set(broker.queues(vhost))
 
+    forced = ok(run(smaller, "--force", "--dry-run", vhost=vhost))
+    assert "- delete queue full" in forced
+    assert "[needs --force: holds 1 message]" in forced
+    assert "- delete queue dlq.full" in forced
     ok(run(smaller, "--force", vhost=vhost))
     assert set(broker.queues(vhost)) == {"keep", "dlq.keep"}
 
@@ -587,3 +589,60 @@ def test_exchange_change_is_recreated_with_its_bindings(broker, tmp_path):
         (b["destination"], b["routing_key"]) for b in broker.api.bindings(vhost) if b["source"]
     }
     assert bindings == {("work", "b"), ("subscriber", "live")}
+
+
+# -- a vhost with running services -------------------------------------------------------
+
+
+def test_the_sample_plans_no_deletion_of_what_running_services_use(broker, tmp_path):
+    """The RabbitMQ transport's queues (with consumers or messages), their dead-letter
+    queues and its delay topology are kept; --force still plans their deletion."""
+    from zocalo.transport import create_transport
+
+    vhost = broker.new_vhost()
+    broker.api.put_permission(vhost, "guest", ".*", ".*", ".*")
+    url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+    with create_transport(url) as service:
+        for queue in ("dispatcher", "per_image_analysis", "myservice"):
+            service.subscribe(queue, lambda delivery: None)  # the sample's arguments differ
+        service.subscribe_broadcast("transient.status", lambda delivery: None)
+        service.subscribe_broadcast("news", lambda delivery: None)  # not in the sample
+        service.send("myservice", b"later", delay=600)  # builds the delay topology
+        service.declare_queue("stash")
+        service.send("stash", b"precious")
+        broker.wait_for_messages(vhost, "stash", 1)
+        deadline = time.monotonic() + 30
+        while any(
+            (broker.queue(vhost, name) or {}).get("consumers") != 1
+            for name in ("dispatcher", "per_image_analysis", "myservice")
+        ):  # the management statistics lag a few seconds
+            assert time.monotonic() < deadline, "consumers never showed in the management API"
+            time.sleep(0.25)
+
+        dry = ok(run(SAMPLE, "--skip-missing-plugins", "--dry-run", vhost=vhost))
+        assert "- delete" not in dry
+        for queue in ("dispatcher", "per_image_analysis", "myservice"):
+            assert f"= keep queue {queue} (vhost {vhost}): has 1 consumer" in dry
+        assert f"= keep queue stash (vhost {vhost}): has 1 message" in dry
+        assert "= keep queue dlq.myservice" in dry and "= keep queue dlq.stash" in dry
+        assert "= keep zocalo's delayed-delivery topology (zocalo.delay.*:" in dry
+        assert "33 exchange(s), 32 queue(s)" in dry
+        assert f"= keep exchange news (vhost {vhost}): routes to 1 queue with consumers" in dry
+
+        # Applied for real (a small file: the sample's 60 quorum queues make the vhost
+        # slow to delete on a loaded machine), what is in use stays.
+        small = write(tmp_path, "policies: []\nexchanges: []\ngroups: [{names: [dispatcher]}]\n")
+        applied = ok(run(small, vhost=vhost))
+        assert "- delete" not in applied and "= keep queue per_image_analysis" in applied
+        queues = broker.queues(vhost)
+        assert {"dispatcher", "myservice", "dlq.myservice", "stash", "zocalo.delay.wait0"} <= set(
+            queues
+        )
+        assert {"zocalo.delay.delivery", "news"} <= {e["name"] for e in broker.api.exchanges(vhost)}
+
+        forced = ok(run(SAMPLE, "--skip-missing-plugins", "--dry-run", "--force", vhost=vhost))
+        for name in ("dispatcher", "myservice", "dlq.myservice", "stash", "zocalo.delay.wait0"):
+            assert f"- delete queue {name} (vhost" in forced
+        assert "- delete exchange zocalo.delay.delivery" in forced
+        assert "- delete exchange news" in forced
+        assert "= keep" not in forced

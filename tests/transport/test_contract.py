@@ -980,7 +980,9 @@ def test_queue_stats_count_ready_delayed_and_in_flight(
 
     stats = {entry.queue: entry for entry in observer.queue_stats()}  # broker-wide view
     assert all(isinstance(entry, QueueStats) for entry in stats.values())
-    assert stats[queue] == QueueStats(queue, ready=2, delayed=int(delayed), in_flight=1)
+    assert stats[queue] == QueueStats(
+        queue, ready=2, delayed=int(delayed), in_flight=1, consumers=1
+    )
     assert observer.depth(queue) == 2 + int(delayed)
     assert observer.depth(empty) == 0
 

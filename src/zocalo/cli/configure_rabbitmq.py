@@ -4,8 +4,9 @@ The file format is python-zocalo's (see :mod:`zocalo.rabbitmq_admin.topology`). 
 from python-zocalo's tool, all on the side of safety (see :mod:`zocalo.rabbitmq_admin.plan`):
 only the vhosts the file names are managed (not every vhost on the broker); vhosts and
 users are deleted only if they carry the owner tag the tool puts on what it creates;
-deleting a vhost or a queue that holds messages needs ``--force``; ``--dry-run`` shows the
-changes without making them.
+what running services use (queues with consumers or messages, the dead-letter queues of
+queues that stay, the transport's ``zocalo.delay.*`` topology) is kept unless ``--force``;
+deleting a vhost needs ``--force``; ``--dry-run`` shows the changes without making them.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def _connect(
 @click.option(
     "--force",
     is_flag=True,
-    help="Also delete queues holding messages (including for a delete + recreate) and vhosts.",
+    help="Also delete (or recreate) what is in use: queues with consumers or messages, "
+    "their dead-letter queues, zocalo's delay topology; and vhosts.",
 )
 @click.option(
     "--skip-missing-plugins",
@@ -125,7 +127,11 @@ def main(
     api = _connect(api_url, user, password, plugin)
     try:
         plan = make_plan(
-            api, desired, skip_missing_plugins=skip_missing_plugins, owner_tag=owner_tag
+            api,
+            desired,
+            skip_missing_plugins=skip_missing_plugins,
+            owner_tag=owner_tag,
+            force=force,
         )
         for warning in plan.warnings:
             click.echo(f"Warning: {warning}", err=True)

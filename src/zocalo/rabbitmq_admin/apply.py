@@ -29,21 +29,23 @@ def apply_plan(
     """Apply every change in order; return how many were applied.
 
     Without ``force`` nothing is applied if any change needs it. Just before deleting a
-    queue (without ``force``) its message count is read again, so a queue that received
-    messages since planning stops the run there (:class:`RefusedError`).
+    queue (without ``force``) its message and consumer counts are read again, so a queue
+    that received messages or a consumer since planning stops the run there
+    (:class:`RefusedError`).
     """
     if plan.blocked and not force:
         raise RefusedError(refusal(plan.blocked))
     applied = 0
     for change in plan.changes:
         if change.kind == "queue" and change.action == "delete" and not force:
-            queue = api.get_queue(change.vhost or "/", change.name)
-            count = None if queue is None else queue.get("messages")
-            if queue is not None and count:
+            queue = api.get_queue(change.vhost or "/", change.name) or {}
+            count, consumers = queue.get("messages"), queue.get("consumers")
+            if count or consumers:
                 raise RefusedError(
                     f"refusing to delete queue {change.name} (vhost {change.vhost}): it now "
-                    f"holds {count} message(s). {applied} change(s) were applied before "
-                    "stopping; re-run (with --force to delete it anyway)."
+                    f"holds {count or 0} message(s) and has {consumers or 0} consumer(s). "
+                    f"{applied} change(s) were applied before stopping; re-run (with --force "
+                    "to delete it anyway)."
                 )
         change.operation(api)
         applied += 1

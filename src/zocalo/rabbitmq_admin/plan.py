@@ -15,9 +15,14 @@ a vhost when the file has a non-empty ``vhosts`` list and does not name it, a us
 (``guest``, other applications' users, vhosts made by hand) are never deleted; ``/`` is
 never touched; the API user is never deleted.
 
-Safety: deleting a vhost, or a queue that holds messages (or whose message count the
-management statistics cannot tell yet), needs ``--force``. Queue and exchange properties
-are immutable in RabbitMQ, so a changed argument shows as delete + create.
+Safety: what running services use is left alone unless ``--force``: a queue with
+consumers or messages (not deleted, nor recreated for a changed argument), a dead-letter
+queue of a queue that stays, an exchange that routes to queues with consumers (a
+subscriber's broadcasts), and the RabbitMQ transport's own delayed-delivery topology
+(``zocalo.delay.*``, see :mod:`zocalo.transport.rabbitmq.delay`). The plan lists them as
+kept. Deleting a vhost, or a queue whose message count the management statistics cannot
+tell yet, needs ``--force``. Queue and exchange properties are immutable in RabbitMQ, so
+a changed argument shows as delete + create.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from zocalo.rabbitmq_admin.topology import (
     ExchangeSpec,
     QueueSpec,
 )
+from zocalo.transport.rabbitmq import delay as delays
 
 DEFAULT_OWNER_TAG = "zocalo-managed"
 
@@ -95,12 +101,35 @@ class Plan:
     managed_vhosts: list[str]
     changes: list[Change] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: What the configuration would delete or recreate but is in use: left alone.
+    kept: list[str] = field(default_factory=list)
+    #: Objects of the transport's delay topology left alone, by kind.
+    kept_delay: dict[str, int] = field(default_factory=dict)
 
     @property
     def blocked(self) -> list[Change]:
         return [change for change in self.changes if change.needs_force]
 
     def render(self) -> str:
+        return "\n".join([self._render_changes(), *self._render_kept()])
+
+    def _render_kept(self) -> list[str]:
+        lines = [f"  = keep {what}" for what in self.kept]
+        if self.kept_delay:
+            counts = ", ".join(f"{n} {kind}(s)" for kind, n in sorted(self.kept_delay.items()))
+            lines.append(
+                f"  = keep zocalo's delayed-delivery topology ({delays.PREFIX}.*: {counts}): "
+                "used by the RabbitMQ transport"
+            )
+        if lines:
+            lines.insert(
+                0,
+                "Kept although the configuration does not match (in use; --force "
+                "to delete or recreate them):",
+            )
+        return lines
+
+    def _render_changes(self) -> str:
         scope = ", ".join(self.managed_vhosts) or "(none)"
         if not self.changes:
             return f"No changes: {self.api_url} already matches {self.source} (vhosts: {scope})."
@@ -151,6 +180,22 @@ def _managed_exchange(name: str) -> bool:
     return bool(name) and not name.startswith("amq.")
 
 
+def _delay_topology(name: str) -> bool:
+    """Part of the RabbitMQ transport's own delayed-delivery exchanges and queues."""
+    return name.startswith(f"{delays.PREFIX}.")
+
+
+def _in_use(queue: dict[str, Any], messages: int | None) -> str | None:
+    """Why deleting ``queue`` would hurt a running service (None: it would not)."""
+    reasons = []
+    consumers = int(queue.get("consumers") or 0)
+    if consumers:
+        reasons.append(f"{consumers} consumer{'s' if consumers != 1 else ''}")
+    if messages:
+        reasons.append(f"{messages} message{'s' if messages != 1 else ''}")
+    return "has " + " and ".join(reasons) if reasons else None
+
+
 class _Planner:
     def __init__(
         self,
@@ -160,9 +205,11 @@ class _Planner:
         skip_missing_plugins: bool,
         owner_tag: str,
         stats_wait: float,
+        force: bool = False,
     ) -> None:
         self.api = api
         self.desired = desired
+        self.force = force
         self.skip_missing_plugins = skip_missing_plugins
         self.owner_tag = owner_tag
         self.stats_wait = stats_wait
@@ -171,6 +218,13 @@ class _Planner:
 
     def add(self, change: Change) -> None:
         self.plan.changes.append(change)
+
+    def keep_delay(self, kind: str, name: str) -> bool:
+        """True (and counted as kept) if ``name`` is delay topology to leave alone."""
+        if self.force or not _delay_topology(name):
+            return False
+        self.plan.kept_delay[kind] = self.plan.kept_delay.get(kind, 0) + 1
+        return True
 
     # -- plugins -----------------------------------------------------------------------
 
@@ -402,6 +456,7 @@ class _Planner:
         """Plan exchange changes; return the names of exchanges deleted (or recreated)."""
         current = {e["name"]: e for e in self.api.exchanges(vhost)} if exists else {}
         desired = {e.name: e for e in exchanges if e.vhost == vhost}
+        routing = self.routes_to_consumers(vhost) if exists and not self.force else {}
         removed: set[str] = set()
         for name, spec in desired.items():
 
@@ -427,8 +482,13 @@ class _Planner:
             differences = _differences(have, wanted)
             if not differences:
                 continue
-            removed.add(name)
             reason = "properties are immutable: " + "; ".join(differences)
+            if name in routing:
+                self.plan.kept.append(
+                    f"exchange {name} (vhost {vhost}): {routing[name]}; not recreated ({reason})"
+                )
+                continue
+            removed.add(name)
             self.add(
                 Change(
                     "delete",
@@ -454,6 +514,11 @@ class _Planner:
         for name in current:
             if name in desired or not _managed_exchange(name) or (vhost, name) in skipped:
                 continue
+            if self.keep_delay("exchange", name):
+                continue
+            if name in routing:
+                self.plan.kept.append(f"exchange {name} (vhost {vhost}): {routing[name]}")
+                continue
             removed.add(name)
             self.add(
                 Change(
@@ -467,6 +532,28 @@ class _Planner:
                 )
             )
         return removed
+
+    def routes_to_consumers(self, vhost: str) -> dict[str, str]:
+        """Exchanges bound to queues that have consumers (a live subscriber's broadcasts),
+        each with why it is in use."""
+        consumed = {
+            q["name"]: int(q.get("consumers") or 0)
+            for q in self.api.queues(vhost)
+            if q.get("consumers")
+        }
+        queues: dict[str, set[str]] = {}
+        for binding in self.api.bindings(vhost):
+            destination = binding.get("destination", "")
+            if (
+                binding.get("source")
+                and binding.get("destination_type") == "queue"
+                and destination in consumed
+            ):
+                queues.setdefault(binding["source"], set()).add(destination)
+        return {
+            source: f"routes to {len(names)} queue{'s' if len(names) != 1 else ''} with consumers"
+            for source, names in queues.items()
+        }
 
     def message_count(self, vhost: str, queue: dict[str, Any]) -> int | None:
         """The queue's message count per the management statistics, waiting briefly for them.
@@ -488,13 +575,18 @@ class _Planner:
                 return 0
             queue = refreshed
 
-    def deletion_guard(self, vhost: str, queue: dict[str, Any]) -> str | None:
+    def deletion_guard(self, vhost: str, queue: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(why deleting needs --force, why the queue is in use): either may be None.
+
+        Without ``--force`` a queue in use is kept rather than planned for deletion.
+        """
         count = self.message_count(vhost, queue)
+        busy = _in_use(queue, count)
         if count is None:
-            return "its message count is not known yet (no management statistics)"
+            return "its message count is not known yet (no management statistics)", busy
         if count:
-            return f"holds {count} message{'s' if count != 1 else ''}"
-        return None
+            return f"holds {count} message{'s' if count != 1 else ''}", busy
+        return None, busy
 
     def plan_queues(self, vhost: str, exists: bool, queues: list[QueueSpec]) -> set[str]:
         """Plan queue changes; return the names of queues deleted (or recreated)."""
@@ -524,8 +616,14 @@ class _Planner:
             ]
             if not differences:
                 continue
-            removed.add(name)
             reason = "arguments are immutable: " + "; ".join(differences)
+            needs_force, busy = self.deletion_guard(vhost, now)
+            if busy and not self.force:
+                self.plan.kept.append(
+                    f"queue {name} (vhost {vhost}): {busy}; not recreated ({reason})"
+                )
+                continue
+            removed.add(name)
             self.add(
                 Change(
                     "delete",
@@ -535,7 +633,7 @@ class _Planner:
                     f"to recreate it ({reason})",
                     DELETE_QUEUES,
                     lambda api, name=name: api.delete_queue(vhost, name),
-                    needs_force=self.deletion_guard(vhost, now),
+                    needs_force=needs_force,
                 )
             )
             self.add(
@@ -543,8 +641,24 @@ class _Planner:
                     "create", "queue", name, vhost, f"recreate ({reason})", CREATE_QUEUES, create
                 )
             )
-        for name, now in current.items():
-            if name in desired or _temporary_queue(now):
+        # Dead-letter queues last: whether one is in use depends on the queues that stay.
+        undeclared = sorted(
+            (
+                name
+                for name, now in current.items()
+                if name not in desired and not _temporary_queue(now)
+            ),
+            key=lambda name: name.startswith("dlq."),
+        )
+        for name in undeclared:
+            now = current[name]
+            if self.keep_delay("queue", name):
+                continue
+            needs_force, busy = self.deletion_guard(vhost, now)
+            if busy is None and name.startswith("dlq."):
+                busy = self.dead_letter_target(name, current, removed)
+            if busy and not self.force:
+                self.plan.kept.append(f"queue {name} (vhost {vhost}): {busy}")
                 continue
             removed.add(name)
             self.add(
@@ -556,10 +670,23 @@ class _Planner:
                     "not in the configuration",
                     DELETE_QUEUES,
                     lambda api, name=name: api.delete_queue(vhost, name),
-                    needs_force=self.deletion_guard(vhost, now),
+                    needs_force=needs_force,
                 )
             )
         return removed
+
+    @staticmethod
+    def dead_letter_target(
+        name: str, current: dict[str, dict[str, Any]], removed: set[str]
+    ) -> str | None:
+        """Why dead-letter queue ``name`` is in use: a queue that stays dead-letters to it."""
+        for other, queue in current.items():
+            if other in removed or other == name:
+                continue
+            target = (queue.get("arguments") or {}).get("x-dead-letter-routing-key")
+            if target == name or (target is None and f"dlq.{other}" == name):
+                return f"the dead-letter queue of queue {other}, which stays"
+        return None
 
     def plan_bindings(
         self,
@@ -620,6 +747,8 @@ class _Planner:
             source = binding.get("source", "")
             if not _managed_exchange(source):
                 continue
+            if self.keep_delay("binding", source):
+                continue
             destination_type = binding.get("destination_type", "queue")
             destination = binding.get("destination", "")
             if gone(source, destination_type, destination):
@@ -679,6 +808,7 @@ def make_plan(
     skip_missing_plugins: bool = False,
     owner_tag: str = DEFAULT_OWNER_TAG,
     stats_wait: float = 10.0,
+    force: bool = False,
 ) -> Plan:
     """Read the broker's state in the managed vhosts and list the changes ``desired`` needs.
 
@@ -686,6 +816,7 @@ def make_plan(
     ``skip_missing_plugins``: then a warning, and those exchanges and their bindings are
     left out) and :class:`PlanError` for vhosts that neither exist nor are declared.
     ``stats_wait``: how long to wait for the statistics of a queue to be deleted.
+    ``force``: plan the deletion (or recreation) of what is in use too, instead of keeping it.
     """
     return _Planner(
         api,
@@ -693,4 +824,5 @@ def make_plan(
         skip_missing_plugins=skip_missing_plugins,
         owner_tag=owner_tag,
         stats_wait=stats_wait,
+        force=force,
     ).run()

@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from zocalo.errors import ConnectionFailed, InvalidMessage, ZocaloError
+from zocalo.errors import ConnectionFailed, InvalidMessage, TransportError, ZocaloError
 from zocalo.logs import recipe_context
 from zocalo.recipe import wire
 from zocalo.recipe.step import RecipeStep
@@ -131,6 +131,8 @@ class ServiceRunner:
         self._all_settled = threading.Condition(self._pending_lock)
         self._stop = threading.Event()
         self._held = HeldReturns()
+        #: Why the transport can no longer serve this service (then run() raises it).
+        self._failure: str | None = None
         self._release_lock = threading.Lock()
         #: Held while a handler runs on the transport's callback thread.
         self._in_hand = threading.Lock()
@@ -150,6 +152,7 @@ class ServiceRunner:
         """Connect, run ``initializing`` and subscribe every handler."""
         if not self.transport.connected:
             self.transport.connect()
+        self.transport.failure_listeners.append(self._transport_failed)
         self.service.initializing()
         handlers = self.service.handlers()
         for spec in handlers:
@@ -208,7 +211,7 @@ class ServiceRunner:
         """Start, then handle messages until :meth:`request_stop`; then stop cleanly."""
         self.start()
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and self._failure is None:
                 item = self._work.get()
                 if item is None:
                     continue
@@ -218,6 +221,13 @@ class ServiceRunner:
                 self.process(*item)
         finally:
             self.shutdown()
+        if self._failure is not None:
+            raise TransportError(self._failure)
+
+    def _transport_failed(self, reason: str) -> None:
+        """The transport cannot serve a subscription any more: stop with an error."""
+        self._failure = reason
+        self._work.put(None)
 
     def shutdown(self) -> None:
         """Stop consuming, return unhandled deliveries, wait for confirms, close."""

@@ -160,6 +160,7 @@ class QueueStats:
     ready: int = 0
     delayed: int = 0
     in_flight: int = 0
+    consumers: int = 0
 
 
 class Confirmation(Future):
@@ -264,6 +265,8 @@ class Transport(ABC):
         self._transactions: dict[int, _Transaction] = {}
         self._id_lock = threading.Lock()
         self._transaction_lock = threading.Lock()
+        #: Called with a reason when the transport can no longer serve a subscription.
+        self.failure_listeners: list[Callable[[str], None]] = []
 
     # -- connection ---------------------------------------------------------
     @abstractmethod
@@ -281,6 +284,13 @@ class Transport(ABC):
     @property
     @abstractmethod
     def connected(self) -> bool: ...
+
+    def report_failure(self, reason: str) -> None:
+        """Log ``reason`` and tell the listeners: the owner should stop with an error
+        (a supervisor then restarts it) rather than wait for deliveries that never come."""
+        log.error("%s", reason)
+        for listener in list(self.failure_listeners):
+            listener(reason)
 
     def __enter__(self) -> Transport:
         self.connect()
@@ -522,7 +532,7 @@ class Transport(ABC):
 
     # -- introspection ------------------------------------------------------
     def queue_stats(self) -> list[QueueStats]:
-        """Every queue that holds messages, with counts by state."""
+        """Every queue that holds messages or has consumers, with counts by state."""
         raise UnsupportedFeature(f"{type(self).__name__} cannot report queue depths")
 
     def depth(self, queue: str) -> int:

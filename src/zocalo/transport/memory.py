@@ -474,16 +474,21 @@ class MemoryTransport(Transport):
         broker = self.broker
         with broker.condition:
             in_flight: dict[str, int] = {}
+            consumers: dict[str, int] = {}
             for consumer in broker.consumers:
+                if consumer.subscription.broadcast:
+                    continue
                 name = consumer.subscription.destination
                 in_flight[name] = in_flight.get(name, 0) + len(consumer.unacked)
-            names = sorted(set(broker.queues) | set(in_flight))
+                consumers[name] = consumers.get(name, 0) + 1
+            names = sorted(set(broker.queues) | set(consumers))
             return [
                 QueueStats(
                     name,
                     len(broker.queues[name].ready) if name in broker.queues else 0,
                     len(broker.queues[name].delayed) if name in broker.queues else 0,
                     in_flight.get(name, 0),
+                    consumers.get(name, 0),
                 )
                 for name in names
             ]

@@ -179,6 +179,8 @@ class _Consumer:
     channel: Channel | None = None
     tag: str = ""
     unsettled: set[int] = field(default_factory=set)
+    #: The start (or restart) of consuming under way, failed if the channel closes.
+    starting: Confirmation | None = None
 
 
 class RabbitMQTransport(Transport):
@@ -231,6 +233,7 @@ class RabbitMQTransport(Transport):
         #: Rejected messages whose copy to ``dlq.<queue>`` failed: left to the queue's own
         #: dead-letter policy, which discards them if it has none (each is logged too).
         self.dead_letter_copies_failed = 0
+        self._reconnector: threading.Thread | None = None
 
     # -- connection ---------------------------------------------------------
     @property
@@ -242,6 +245,7 @@ class RabbitMQTransport(Transport):
         if self._open:
             return
         self._closing = False
+        self._closed.clear()  # else a later reconnect would give up after one attempt
         self._restoring = False
         self._open_connection()
         self._dispatcher = threading.Thread(
@@ -253,6 +257,8 @@ class RabbitMQTransport(Transport):
         """Connect to the first cluster node that answers, or raise ConnectionFailed."""
         failures: list[str] = []
         for node in self.nodes:
+            if self._closing:
+                raise ConnectionFailed(f"{self.safe_url}: closed while connecting")
             self.parameters = node
             try:
                 self._open_node()
@@ -280,7 +286,7 @@ class RabbitMQTransport(Transport):
             on_close_callback=self._on_connection_closed,
         )
         self._thread = threading.Thread(
-            target=self._connection.ioloop.start, name="rabbitmq-io", daemon=True
+            target=self._run_ioloop, args=(self._connection,), name="rabbitmq-io", daemon=True
         )
         self._thread.start()
         try:
@@ -297,6 +303,17 @@ class RabbitMQTransport(Transport):
         self._publisher = self._call(self._open_publisher)
         self._admin = self._call(self._open_channel)
 
+    def _run_ioloop(self, connection: pika.SelectConnection) -> None:
+        try:
+            connection.ioloop.start()
+        except AssertionError:
+            if not self._closing:
+                raise
+            # close() aborted a connection mid-handshake (a reconnect attempt): pika 1.4
+            # then reports the abort with the exception class instead of an instance and
+            # fails an assertion on its I/O thread, after the socket was closed.
+            log.debug("pika's I/O loop ended on an aborted connection attempt", exc_info=True)
+
     def _reconnect(self) -> None:
         """After an unexpected loss: reconnect with growing delays, then resubscribe."""
         delay, attempt = RECONNECT_FIRST_DELAY, 0
@@ -304,6 +321,10 @@ class RabbitMQTransport(Transport):
             attempt += 1
             try:
                 self._open_connection()
+                if self._closing:  # close() came while this attempt was under way
+                    self._open = False
+                    self._shut(self._connection)
+                    return
                 with self._lock:
                     consumers = [c for c in self._consumers.values() if c.subscription.active]
                 for consumer in consumers:
@@ -311,6 +332,10 @@ class RabbitMQTransport(Transport):
                         consumer.subscription, consumer.source, consumer.prefetch, consumer.bind_to
                     )
             except (ConnectionFailed, TransportError, TimeoutError) as error:
+                if self._closing:
+                    self._open = False
+                    self._shut(self._connection)
+                    return
                 log.warning(
                     "reconnecting to %s failed (attempt %d): %s; next try in %.1f s",
                     self.safe_url,
@@ -376,7 +401,10 @@ class RabbitMQTransport(Transport):
         if was_open and not self._closing:
             log.warning("connection to %s lost: %s; reconnecting", self.safe_url, reason)
             self._restoring = True
-            threading.Thread(target=self._reconnect, name="rabbitmq-reconnect", daemon=True).start()
+            self._reconnector = threading.Thread(
+                target=self._reconnect, name="rabbitmq-reconnect", daemon=True
+            )
+            self._reconnector.start()
 
     def _stop_ioloop(self) -> None:
         if self._connection is not None and self._thread is not None:
@@ -386,23 +414,37 @@ class RabbitMQTransport(Transport):
                 self._thread.join(10)
 
     def close(self) -> None:
-        """Close: the broker returns unacknowledged deliveries to their queues."""
+        """Close: the broker returns unacknowledged deliveries to their queues.
+
+        A reconnect under way is stopped (a connection it is opening is aborted) and
+        never reopens what was closed.
+        """
         self._closing = True
         self._closed.set()
-        if not self._open or self._connection is None:
-            self._open = False
-            return
         self._open = False
-        connection = self._connection
+        self._shut(self._connection)
+        reconnector = self._reconnector
+        if reconnector is not None and reconnector is not threading.current_thread():
+            reconnector.join(15)
+        dispatcher = self._dispatcher
+        if dispatcher is not None and dispatcher.is_alive():  # a second close adds no sentinel
+            self._callbacks.put(None)
+            if dispatcher is not threading.current_thread():
+                dispatcher.join(10)
+
+    def _shut(self, connection: pika.SelectConnection | None) -> None:
+        """Close ``connection`` (open, or still opening) and wait for its I/O thread."""
+        if connection is None:
+            return
+        thread = self._thread
         with contextlib.suppress(Exception):
             connection.ioloop.add_callback_threadsafe(
-                lambda: connection.close() if connection.is_open else None
+                lambda: (
+                    None if connection.is_closing or connection.is_closed else connection.close()
+                )
             )
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(15)
-        self._callbacks.put(None)
-        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
-            self._dispatcher.join(10)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(15)
 
     def abort(self) -> None:
         """As a killed process would leave: unacked deliveries go back to the broker.
@@ -637,33 +679,15 @@ class RabbitMQTransport(Transport):
         def operation(done: Confirmation) -> None:
             def opened(channel: Channel) -> None:
                 consumer.channel = channel
-
-                def start(_: Any = None) -> None:
-                    consumer.tag = channel.basic_consume(
-                        consumer.queue,
-                        lambda ch, method, properties, body: self._on_message(
-                            consumer, ch, method, properties, body
-                        ),
-                        auto_ack=subscription.broadcast,
-                        exclusive=bind_to is not None,
-                        callback=lambda frame: done.set_result(subscription),
-                    )
-
-                def qos(_: Any = None) -> None:
-                    channel.basic_qos(prefetch_count=prefetch, callback=start)
-
-                def bind(frame: Any) -> None:
-                    consumer.queue = frame.method.queue
-                    channel.queue_bind(consumer.queue, bind_to, routing_key="", callback=qos)
-
-                if bind_to is not None:
-                    channel.queue_declare("", exclusive=True, auto_delete=True, callback=bind)
-                else:
-                    qos()
+                channel.add_on_cancel_callback(lambda frame: self._on_cancelled(consumer, frame))
+                channel.basic_qos(
+                    prefetch_count=prefetch, callback=lambda _: self._start(consumer, done)
+                )
 
             def closed(channel: Channel, reason: BaseException) -> None:
-                if not done.done():
-                    done.set_exception(
+                starting = consumer.starting or done
+                if not starting.done():
+                    starting.set_exception(
                         TransportError(f"cannot consume {subscription.describe()}: {reason}")
                     )
 
@@ -683,6 +707,78 @@ class RabbitMQTransport(Transport):
             with self._lock:
                 self._consumers.pop(subscription.id, None)
             raise
+
+    def _start(self, consumer: _Consumer, done: Confirmation) -> None:
+        """On the I/O thread: consume on the consumer's channel (a broadcast first
+        declares its server-named queue and binds it to the topic's exchange)."""
+        channel, subscription = consumer.channel, consumer.subscription
+        assert channel is not None
+        consumer.starting = done
+
+        def start(_: Any = None) -> None:
+            consumer.tag = channel.basic_consume(
+                consumer.queue,
+                lambda ch, method, properties, body: self._on_message(
+                    consumer, ch, method, properties, body
+                ),
+                auto_ack=subscription.broadcast,
+                exclusive=consumer.bind_to is not None,
+                callback=lambda frame: done.set_result(subscription),
+            )
+
+        def bind(frame: Any) -> None:
+            consumer.queue = frame.method.queue
+            channel.queue_bind(consumer.queue, consumer.bind_to, routing_key="", callback=start)
+
+        if consumer.bind_to is not None:
+            channel.queue_declare("", exclusive=True, auto_delete=True, callback=bind)
+        else:
+            start()
+
+    def _on_cancelled(self, consumer: _Consumer, frame: Any) -> None:
+        """The broker cancelled a consumer (its queue was deleted): consume it again.
+
+        Without this the service would sit idle forever on a queue that no longer
+        exists. The queue is declared again and consumed on the same channel, so
+        deliveries in hand can still be settled. If that fails the transport's
+        owner is told (:meth:`Transport.report_failure`): it should stop, with an
+        error, for its supervisor to restart it.
+        """
+        if frame.method.consumer_tag != consumer.tag:
+            return
+        consumer.tag = ""  # nothing of ours to cancel any more
+        if self._closing or not consumer.subscription.active:
+            return
+        log.warning(
+            "RabbitMQ cancelled the consumer of %s (was the queue deleted?); "
+            "declaring it again and resuming",
+            consumer.subscription.describe(),
+        )
+        threading.Thread(
+            target=self._resume, args=(consumer,), name="rabbitmq-resume", daemon=True
+        ).start()
+
+    def _resume(self, consumer: _Consumer) -> None:
+        subscription = consumer.subscription
+        try:
+            if consumer.bind_to is not None:
+                self._known_exchanges.discard(consumer.bind_to)
+                self._declare_fanout(consumer.bind_to)
+            else:
+                # Whatever we knew of it went with it.
+                self._known_queues.discard(consumer.source)
+                self._delay_bound.discard(consumer.source)
+                self.declare_queue(consumer.source)
+            self._call(lambda done: self._start(consumer, done))
+        except (TransportError, TimeoutError, pika.exceptions.AMQPError) as error:
+            if self._closing or not subscription.active:
+                return
+            self.report_failure(
+                f"RabbitMQ cancelled the consumer of {subscription.describe()} and it "
+                f"cannot be consumed again: {error}"
+            )
+            return
+        log.warning("consuming %s again", subscription.describe())
 
     def _on_message(
         self,
@@ -718,7 +814,14 @@ class RabbitMQTransport(Transport):
             raise TransportError(f"{subscription.describe()} is not subscribed")
         subscription.active = False
         channel = consumer.channel
-        self._call(lambda done: channel.basic_cancel(consumer.tag, callback=done.set_result))
+
+        def cancel(done: Confirmation) -> None:
+            if not channel.is_open or consumer.tag not in channel.consumer_tags:
+                done.set_result(None)  # already cancelled (by the broker) or its channel gone
+            else:
+                channel.basic_cancel(consumer.tag, callback=done.set_result)
+
+        self._call(cancel)
         if subscription.broadcast:
             self._soon(channel.close)
             with self._lock:

@@ -1073,10 +1073,15 @@ class SqliteTransport(Transport):
                 "FROM messages WHERE queue NOT LIKE 'zocalo.broadcast.%' GROUP BY queue",
                 (now, now),
             ).fetchall()
-            consumed = db.execute("SELECT DISTINCT queue FROM consumers WHERE broadcast = 0")
-            stats = {row[0]: QueueStats(*row) for row in rows}
-            for (name,) in consumed.fetchall():
-                stats.setdefault(name, QueueStats(name))
+            consumers = dict(
+                db.execute(
+                    "SELECT queue, COUNT(*) FROM consumers WHERE broadcast = 0 GROUP BY queue"
+                ).fetchall()
+            )
         finally:
             db.close()
+        # Queues with consumers but no messages are listed too.
+        stats = {row[0]: QueueStats(*row, consumers=consumers.get(row[0], 0)) for row in rows}
+        for name, count in consumers.items():
+            stats.setdefault(name, QueueStats(name, consumers=count))
         return [stats[name] for name in sorted(stats)]

@@ -1,0 +1,109 @@
+"""A TCP proxy in front of the machine's RabbitMQ that a test can misdirect.
+
+Modes for new connections: ``forward`` (to the broker), ``refuse`` (closed at
+once) and ``hold`` (accepted, then left unanswered until the mode is
+``forward`` again, when they are forwarded: a connection attempt caught
+mid-handshake). :meth:`drop` cuts every forwarded connection, as a network
+failure would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+
+class Proxy:
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._mode = "forward"
+        self._changed = threading.Condition()
+        self._held: list[socket.socket] = []
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.refused = 0
+        threading.Thread(target=self._accept, name="test-proxy", daemon=True).start()
+
+    # -- what tests call --------------------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        with self._changed:
+            self._mode = mode
+            held, self._held = (self._held, []) if mode == "forward" else ([], self._held)
+        for client in held:
+            self._forward(client)
+
+    def drop(self) -> None:
+        """Cut every forwarded connection."""
+        with self._changed:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for end in pair:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+    def wait(self, condition, timeout: float = 30) -> bool:
+        """Wait until ``condition(proxy)`` holds (re-checked on every change)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: condition(self), timeout)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    @property
+    def forwarded(self) -> int:
+        return len(self._pairs)
+
+    def close(self) -> None:
+        self._listener.close()
+        self.drop()
+        for client in self._held:
+            client.close()
+
+    # -- inside -------------------------------------------------------------------------
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._changed:
+                mode = self._mode
+                if mode == "hold":
+                    self._held.append(client)
+                elif mode == "refuse":
+                    self.refused += 1
+                self._changed.notify_all()
+            if mode == "refuse":
+                client.close()
+            elif mode == "forward":
+                self._forward(client)
+
+    def _forward(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.target)
+        pair = (client, upstream)
+        with self._changed:
+            self._pairs.append(pair)
+            self._changed.notify_all()
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(
+                target=self._pump, args=(source, sink, pair), name="test-proxy-pump", daemon=True
+            ).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, pair) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in pair:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+        with self._changed:
+            if pair in self._pairs:
+                self._pairs.remove(pair)
+            self._changed.notify_all()
