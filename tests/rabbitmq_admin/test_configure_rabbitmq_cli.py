@@ -610,6 +610,8 @@ def test_the_sample_plans_no_deletion_of_what_running_services_use(broker, tmp_p
         service.send("myservice", b"later", delay=600)  # builds the delay topology
         service.declare_queue("stash")
         service.send("stash", b"precious")
+        # A supervisor's command queue while its worker restarts: no consumer, no message.
+        service.bind_queue("zocalo.command.host.1234", "command", expires=600)
         broker.wait_for_messages(vhost, "stash", 1)
         deadline = time.monotonic() + 30
         while any(
@@ -625,6 +627,7 @@ def test_the_sample_plans_no_deletion_of_what_running_services_use(broker, tmp_p
             assert f"= keep queue {queue} (vhost {vhost}): has 1 consumer" in dry
         assert f"= keep queue stash (vhost {vhost}): has 1 message" in dry
         assert "= keep queue dlq.myservice" in dry and "= keep queue dlq.stash" in dry
+        assert "= keep queue zocalo.command.host.1234" in dry
         assert "= keep zocalo's delayed-delivery topology (zocalo.delay.*:" in dry
         assert "33 exchange(s), 32 queue(s)" in dry
         assert f"= keep exchange news (vhost {vhost}): routes to 1 queue with consumers" in dry

@@ -342,9 +342,10 @@ def test_fuzzed_messages_are_each_dead_lettered_once_and_the_service_survives(
     dead_lines = [line for line in lines if "dead-lettering message" in line]
     assert len(dead_lines) == stats["dead_lettered"]
     loud = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b")
+    # Expected besides: outputs to a fuzzed channel that leads nowhere, and the broker's
+    # one warning per queue no consumer ever read on this file (fuzzed queue names).
+    expected = ("dead-lettering message", "sent nothing", "no consumer has ever read queue")
     other = [
-        line
-        for line in lines
-        if loud.search(line) and "dead-lettering message" not in line and "sent nothing" not in line
+        line for line in lines if loud.search(line) and not any(text in line for text in expected)
     ]
     assert other == [], other[:5]

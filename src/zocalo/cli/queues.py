@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import click
 from rich.console import Console
 from rich.table import Table
 
-from zocalo.cli.common import open_broker, resolve_transport, transport_option
+from zocalo.cli.common import broker_errors, open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
-from zocalo.transport import dlq_name
+from zocalo.transport import create_transport, dlq_name
 from zocalo.transport.base import QueueStats
 
 
@@ -68,7 +66,9 @@ def command(
 ) -> None:
     """List queue depths and consumers on the broker."""
     url = resolve_transport(transport, site_config)
-    if urlsplit(url).scheme in ("amqp", "amqps"):
+    if url.partition("://")[0].lower() in ("amqp", "amqps"):
+        with broker_errors():
+            create_transport(url)  # the URL and its options are checked as everywhere
         stats = rabbitmq_queue_stats(url, management_url, site_config)
     else:
         with open_broker(url) as broker:

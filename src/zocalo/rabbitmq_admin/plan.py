@@ -41,6 +41,7 @@ from zocalo.rabbitmq_admin.topology import (
     ExchangeSpec,
     QueueSpec,
 )
+from zocalo.service.status import COMMAND_QUEUE_PREFIX
 from zocalo.transport.rabbitmq import delay as delays
 
 DEFAULT_OWNER_TAG = "zocalo-managed"
@@ -187,6 +188,8 @@ def _delay_topology(name: str) -> bool:
 
 def _in_use(queue: dict[str, Any], messages: int | None) -> str | None:
     """Why deleting ``queue`` would hurt a running service (None: it would not)."""
+    if str(queue.get("name", "")).startswith(COMMAND_QUEUE_PREFIX):
+        return "is a supervisor's command queue (kept while it restarts its worker)"
     reasons = []
     consumers = int(queue.get("consumers") or 0)
     if consumers:
@@ -534,13 +537,13 @@ class _Planner:
         return removed
 
     def routes_to_consumers(self, vhost: str) -> dict[str, str]:
-        """Exchanges bound to queues that have consumers (a live subscriber's broadcasts),
-        each with why it is in use."""
+        """Exchanges bound to queues that have consumers (a live subscriber's broadcasts)
+        or to a supervisor's command queue, each with why it is in use."""
         consumed = {
             q["name"]: int(q.get("consumers") or 0)
             for q in self.api.queues(vhost)
-            if q.get("consumers")
-        }
+            if q.get("consumers") or str(q.get("name", "")).startswith(COMMAND_QUEUE_PREFIX)
+        }  # a command queue waits for its supervisor's next worker
         queues: dict[str, set[str]] = {}
         for binding in self.api.bindings(vhost):
             destination = binding.get("destination", "")
@@ -766,6 +769,15 @@ class _Planner:
                 binding.get("arguments") or {},
             )
             if spec.key() in wanted:
+                continue
+            busy = (
+                _in_use(queues[destination], int(queues[destination].get("messages") or 0))
+                if destination_type == "queue" and not self.force
+                else None
+            )
+            if busy:
+                kept = f"binding {spec.describe()} (vhost {vhost}): its queue {busy}"
+                self.plan.kept.append(kept)
                 continue
             properties_key = binding.get("properties_key", "")
 

@@ -28,6 +28,8 @@ log = logging.getLogger("zocalo.service.status")
 
 STATUS_TOPIC = "transient.status"
 COMMAND_TOPIC = "command"
+#: Each supervisor's queue bound to the command topic, kept between its workers.
+COMMAND_QUEUE_PREFIX = "zocalo.command."
 #: A supervisor's command queue outlives each of its workers by this long, so a command
 #: broadcast while a worker restarts waits for the next one (see ``Identity.commands``).
 COMMANDS_KEPT_FOR = 600.0

@@ -56,6 +56,7 @@ from typing import Any, NoReturn
 from zocalo.logs import LoggingPlan, apply_logging
 from zocalo.service.status import (
     CANNOT_LOAD,
+    COMMAND_QUEUE_PREFIX,
     RECYCLE,
     SHUTDOWN_COMMANDED,
     STATUS_INTERVAL,
@@ -147,7 +148,7 @@ class Supervisor:
         self.started_at = time.monotonic()
         self.restarts = 0
         # Unique to this supervisor's life (a later one may get the same pid).
-        self.commands = f"zocalo.command.{self.host}.{os.urandom(4).hex()}"
+        self.commands = f"{COMMAND_QUEUE_PREFIX}{self.host}.{os.urandom(4).hex()}"
         self._stop_reason: str | None = None
         self._stop_announced = False
         self._wake_read = self._wake_write = -1

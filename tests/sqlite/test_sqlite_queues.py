@@ -35,7 +35,7 @@ def test_queue_stats_list_a_queue_with_consumers_and_no_messages(sqlite_url, col
         transport.subscribe("idle", collector())
         transport.send("busy", "x")
         stats = transport.queue_stats()
-    assert stats == [QueueStats("busy", ready=1), QueueStats("idle")]
+    assert stats == [QueueStats("busy", ready=1), QueueStats("idle", consumers=1)]
 
 
 def test_queue_stats_count_what_a_dead_consumer_held_as_ready(tmp_path, spawn):
@@ -47,7 +47,7 @@ def test_queue_stats_count_what_a_dead_consumer_held_as_ready(tmp_path, spawn):
         holder = spawn("hold", url, "work", "3")
         for _ in range(3):
             holder.next_line()
-        assert monitor.queue_stats() == [QueueStats("work", in_flight=3)]
+        assert monitor.queue_stats() == [QueueStats("work", in_flight=3, consumers=1)]
         holder.signal_group(signal.SIGKILL)
         holder.popen.wait(10)
         assert monitor.queue_stats() == [QueueStats("work", ready=3)]
