@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pytest
 
+from zocalo.errors import TransportError
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import encode
@@ -224,13 +225,22 @@ def test_a_service_that_cannot_declare_its_dlq_stops_with_a_clear_error(
     operator.queue_declare(f"dlq.{queue}", exclusive=True)
     service = AlwaysFailing(queue)
     runner = ServiceRunner(service, create_transport(rabbitmq_vhost_url), RunnerSettings())
-    thread = threading.Thread(target=runner.run, daemon=True)
+    failures: list[TransportError] = []
+
+    def run() -> None:
+        try:
+            runner.run()
+        except TransportError as error:  # the worker exits non-zero: its supervisor restarts it
+            failures.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
         assert runner.started.wait(20)
         amqp.send(queue, b"{}", headers={"workflows-recipe": True})
         thread.join(20)
         assert not thread.is_alive(), "the service goes on failing instead of stopping"
+        assert len(failures) == 1 and f"dlq.{queue}" in str(failures[0]), "an error, not a stop"
     finally:
         runner.request_stop()
         thread.join(20)

@@ -189,3 +189,22 @@ def test_a_time_limit_is_a_positive_number_of_seconds():
             pass
 
     assert [spec.time_limit for spec in Limited().handlers()] == [2.5]
+
+
+def test_a_report_about_a_message_with_a_huge_recipe_id_stays_one_readable_line():
+    """Details come from messages: a 5000-character recipe ID must not cut the line's end
+    off (the supervisor would drop it and the next report with it: a time limit or a
+    shutdown command lost)."""
+    from zocalo.service.supervisor import ChildReports
+    from zocalo.service.worker import SupervisorLink
+
+    reports = ChildReports()
+    try:
+        link = SupervisorLink(reports.write_fd)
+        link.report("in_hand", message="m", recipe="x" * 5000, step=[1] * 3000, limit=1.0)
+        link.report("shutdown", reason="zocalo.shutdown")
+        reports.forked()  # our write end closed, as after a fork: read what was written
+        events = reports.read()
+    finally:
+        reports.close()
+    assert [event["event"] for event in events] == ["in_hand", "shutdown"]

@@ -91,12 +91,15 @@ def test_close_after_the_worker_thread_died_returns_what_it_held(tmp_path, colle
         def injected_fault() -> list[str]:
             raise RuntimeError("injected fault in the broker worker")
 
+        failures: list[str] = []
+        broken.failure_listeners.append(failures.append)  # the runner listens so
         broken._dead_connections = injected_fault  # the worker dies at its next reap
         deadline = time.monotonic() + 10
         while broken._worker.is_alive():
             assert time.monotonic() < deadline, "the worker did not die"
             broken._worker.join(0.1)
         assert not broken.connected
+        assert len(failures) == 1 and "injected fault" in failures[0], "its owner is told"
         lock_file = broken._liveness.path
         broken.close()
         assert not lock_file.exists()
@@ -145,3 +148,13 @@ def _wait_for(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached before the deadline"
         pause.wait(0.05)
+
+
+def test_a_relative_broker_path_stays_put_when_the_service_changes_directory(tmp_path, monkeypatch):
+    """A handler's os.chdir must not move its service to a new, empty broker file."""
+    from zocalo.transport.sqlite.transport import broker_path
+
+    monkeypatch.chdir(tmp_path)
+    path = broker_path("sqlite://data/broker.db")
+    monkeypatch.chdir("/")
+    assert path == tmp_path / "data" / "broker.db"

@@ -54,6 +54,7 @@ def test_every_transport_refuses_an_unknown_option(url: str, tmp_path: Path) -> 
         ("sqlite:///{tmp}/b.db?visibility_timeout=-1", "visibility_timeout='-1' must be at"),
         ("sqlite:///{tmp}/b.db?visibility_timeout=0", "visibility_timeout='0' must be at"),
         ("sqlite:///{tmp}/b.db?reap_interval=-0.5", "reap_interval='-0.5' must be at least"),
+        ("sqlite:///{tmp}/b.db?reap_interval=0", "reap_interval='0' must be at least"),
         ("sqlite:///{tmp}/b.db?delivery_limit=1.5", "delivery_limit='1.5' is not a whole"),
         ("sqlite:///{tmp}/b.db?synchronous=sometimes", "is not one of off, normal, full"),
         ("sqlite:///{tmp}/b.db?visibility_timeout=nan", "must be a finite number"),
@@ -87,12 +88,12 @@ def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
 
 def test_valid_options_arrive_typed(tmp_path: Path) -> None:
     sqlite = create_transport(
-        f"sqlite:///{tmp_path}/b.db?visibility_timeout=2.5&reap_interval=0&synchronous=FULL"
+        f"sqlite:///{tmp_path}/b.db?visibility_timeout=2.5&reap_interval=0.05&synchronous=FULL"
         "&delivery_limit=7"
     )
     assert (sqlite.visibility_timeout, sqlite.reap_interval, sqlite.synchronous) == (
         2.5,
-        0.0,
+        0.05,
         "full",
     )
     assert sqlite.delivery_limit == 7
@@ -136,6 +137,9 @@ def test_keyword_options_win_over_the_url_and_are_checked_too(url: str, tmp_path
         ("amqp://user:secret@host/vhost", "amqp://user:***@host/vhost"),
         ("amqp://user:se@cr:et@host:5672/?hosts=a", "amqp://user:***@host:5672/?hosts=a"),
         ("amqp://user:p%40ss@host/", "amqp://user:***@host/"),
+        ("amqp://user:se?cret@host/vh", "amqp://user:***@host/vh"),
+        ("amqp://user:se#cret@host/vh?heartbeat=1", "amqp://user:***@host/vh?heartbeat=1"),
+        ("sqlite:///data/broker.db?x=a@b", "sqlite:///data/broker.db?x=a@b"),
         ("amqp://user:secret@host:abc/", "amqp://user:***@host:abc/"),
         ("amqp://user:secret@[::1/", "amqp://user:***@[::1/"),
         ("amqp:/user:secret@host", "amqp:/user:***@host"),

@@ -19,10 +19,12 @@ class HeldReturns:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._timers: dict[threading.Timer, Callable[[], None]] = {}
+        self._flushed = False
         #: Refusals in a row: the pause doubles with each, and resets on a success.
         self.in_a_row = 0
 
     def hold(self, pause: float, give_back: Callable[[], None]) -> None:
+        """Call ``give_back`` after ``pause`` seconds; at once after :meth:`flush`."""
         timer: threading.Timer
 
         def fire() -> None:
@@ -34,13 +36,19 @@ class HeldReturns:
         timer = threading.Timer(pause, fire)
         timer.daemon = True
         with self._lock:
-            self._timers[timer] = give_back
+            flushed = self._flushed
+            if not flushed:
+                self._timers[timer] = give_back
+        if flushed:
+            give_back()  # a refusal confirmed while the service stops: no timer outlives it
+            return
         timer.start()
 
     def flush(self) -> None:
         """Give everything back now (the service is stopping)."""
         with self._lock:
             held, self._timers = self._timers, {}
+            self._flushed = True
         for timer, give_back in held.items():
             timer.cancel()
             give_back()

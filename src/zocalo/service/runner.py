@@ -172,7 +172,7 @@ class ServiceRunner:
             # The transport calls every callback on one thread, one at a time: handle the
             # message right here and save a thread hand-off per message.
             with self._in_hand:
-                if self._stop.is_set():
+                if self._stop.is_set() or self._failure is not None:
                     # Returned by _release once unsubscribed: a nack now would hand it
                     # straight back to this consumer, round after round, until the
                     # delivery limit dead-letters it.
@@ -467,7 +467,8 @@ class ServiceRunner:
                 error,
             )
             self._quietly(self.transport.nack, delivery, requeue=True, reason=str(error))
-            self.request_stop()
+            # An error, not a stop: the worker exits non-zero and its supervisor restarts it.
+            self._transport_failed(f"dead-letter queue {target!r} cannot be declared: {error}")
             return False
         return True
 

@@ -68,10 +68,20 @@ class SupervisorLink:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
+    #: Longest text of one detail: details may come from a message (its recipe ID),
+    #: and a whole line must stay below ``PIPE_BUF`` to arrive whole and unmixed.
+    DETAIL_CHARACTERS = 300
+
     def report(self, event: str, **details: Any) -> None:
-        line = json.dumps({"event": event, **details}, default=str) + "\n"
+        shortened = {
+            key: value
+            if value is None or isinstance(value, int | float)
+            else str(value)[: self.DETAIL_CHARACTERS]
+            for key, value in details.items()
+        }
+        line = json.dumps({"event": event, **shortened}, default=str) + "\n"
         with contextlib.suppress(OSError):  # the supervisor is gone: the pipe says so too
-            os.write(self.fd, line.encode()[:4000])
+            os.write(self.fd, line.encode())
 
 
 def child_main(

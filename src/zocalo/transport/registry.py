@@ -65,11 +65,13 @@ def redact_url(url: str) -> str:
     query, so an unquoted ``@`` or ``:`` in it is hidden as well.
     """
     end = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
-    at = url.rfind("@", 0, end)
-    if at < 0:
-        return url
     scheme = _SCHEME_PREFIX.match(url)
     start = scheme.end() if scheme else 0
+    at = url.rfind("@", 0, end)
+    if at < 0:
+        at = url.find("@", start)  # a "?" or "#" inside the password itself
+    if at < 0:
+        return url
     user, colon, _password = url[start:at].partition(":")
     if not colon or "/" in user:
         return url  # no password, or an "@" inside a path (sqlite:///dir@x/broker.db)

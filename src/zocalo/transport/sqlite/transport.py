@@ -101,7 +101,7 @@ RETURNING id, body, headers, priority, expires_at, delivery_count
 OPTIONS = (
     Option("delivery_limit", int, DEFAULT_DELIVERY_LIMIT, at_least=1),
     Option("visibility_timeout", float, 60.0, at_least=1),
-    Option("reap_interval", float, 0.5, at_least=0),
+    Option("reap_interval", float, 0.5, at_least=0.05),  # 0 would re-poll in a hot loop
     Option("synchronous", str, "normal", choices=SYNCHRONOUS_LEVELS),
     Option("group", str, None),
 )
@@ -115,7 +115,8 @@ def broker_path(url: str) -> Path:
         raise InvalidURL(
             f"{redact_url(url)!r} names no broker file (expected sqlite:///path/to/broker.db)"
         )
-    return Path(path).expanduser()
+    # Absolute: a service that changes its working directory keeps its broker file.
+    return Path(path).expanduser().absolute()
 
 
 @dataclass(eq=False)
@@ -458,10 +459,15 @@ class SqliteTransport(Transport):
                 self._turn(ops)
                 if closing:
                     return
-        except Exception:
-            log.exception("broker worker for %s failed; the connection is closed", self.path)
+        except Exception as error:
             self._state = "failed"
             self._fail(self._drain_ops(), "broker worker failed")
+            # One line, and the owner is told: a runner waiting for deliveries would
+            # otherwise sit idle forever on a connection that no longer works.
+            self.report_failure(
+                f"broker file {self.path}: the connection failed and is closed "
+                f"({type(error).__name__}: {error})"
+            )
 
     def _return_everything(self) -> None:
         """After the worker died: unregister and return held rows now, not at lease end."""
