@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 class ZocaloError(Exception):
     """Base of every error Zocalo raises on purpose."""
@@ -33,3 +38,24 @@ class InvalidRecipe(ZocaloError, ValueError):
 
 class InvalidMessage(ZocaloError, ValueError):
     """A received body that is not a usable message (bad JSON, not a recipe, bad pointer)."""
+
+
+class ConfigurationError(ZocaloError):
+    """A site configuration that cannot be used. The message names file, line and key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.key = key
+        self.detail = message
+        prefix = ""
+        if self.file is not None:
+            prefix = self.file + (f", line {line}" if line is not None else "") + ": "
+        super().__init__(prefix + message)

@@ -14,7 +14,8 @@ from zocalo.config import SiteConfiguration
 from zocalo.logs import apply_logging, logging_plan
 from zocalo.service.discovery import ServiceNotFound, check_service_name, service_class_name
 from zocalo.service.runner import RunnerSettings
-from zocalo.service.supervisor import SupervisorSettings, exec_supervisor
+from zocalo.service.supervisor import exec_supervisor
+from zocalo.service.supervisor_settings import RunnerHook, SupervisorSettings
 from zocalo.transport.registry import redact_url
 
 
@@ -109,17 +110,20 @@ def command(
         name = check_service_name(name)
     except ServiceNotFound as error:
         raise click.UsageError(str(error)) from None
+    hooks: list[RunnerHook] = []
+    if metrics_port is not None:  # served by the worker, hung on its runner's hooks
+        metrics = {"port": metrics_port, "address": metrics_address}
+        hooks.append(("zocalo.monitor.metrics:enable_metrics", metrics))
     settings = SupervisorSettings(
         service=name,
         transport=url,
         restart=restart,
         max_hops=max_hops,
         stop_timeout=stop_timeout,
-        metrics_port=metrics_port,
-        metrics_address=metrics_address,
         max_memory=max_memory,
         logging=plan,
         service_class=service_class_name(name),
+        runner_hooks=hooks,
     )
     # A wrong URL, bad credentials or a missing vhost: one clear line and exit 1 here,
     # not a supervisor restarting a service that can never connect.

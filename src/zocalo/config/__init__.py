@@ -13,16 +13,12 @@ See :mod:`zocalo.config.loader` for the format, includes and activation order.
 
 from __future__ import annotations
 
-from typing import Any
-
 from zocalo.config.loader import ConfigurationError, SiteConfiguration, load_configuration
 
 
-def transport_url(config: SiteConfiguration, name: str | None = None) -> Any:
-    """See :func:`zocalo.config.plugins.transport_url` (imported lazily: pydantic is heavy)."""
-    from zocalo.config.plugins import transport_url as from_plugins
-
-    return from_plugins(config, name)
+def transport_url(config: SiteConfiguration, name: str | None = None) -> str | None:
+    """See :func:`zocalo.config.plugins.transport_url`."""
+    return config.transport_url(name)
 
 
 __all__ = ["ConfigurationError", "SiteConfiguration", "load_configuration", "transport_url"]

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zocalo.errors import ZocaloError
+from zocalo.config.lines import _Map, _Seq
+from zocalo.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -49,42 +50,7 @@ RESERVED = frozenset({"version", "environments", "include"})
 PLUGINS_GROUP = "plugins"
 
 
-class ConfigurationError(ZocaloError):
-    """A site configuration that cannot be used. The message names file, line and key."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        file: str | Path | None = None,
-        line: int | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.file = str(file) if file is not None else None
-        self.line = line
-        self.key = key
-        self.detail = message
-        prefix = ""
-        if self.file is not None:
-            prefix = self.file + (f", line {line}" if line is not None else "") + ": "
-        super().__init__(prefix + message)
-
-
 # --------------------------------------------------------------------------- YAML with lines
-
-
-class _Map(dict):
-    """A YAML mapping that remembers the line of itself and of each key (1-based)."""
-
-    line: int = 0
-    key_lines: dict[Any, int]
-
-
-class _Seq(list):
-    """A YAML sequence that remembers the line of itself and of each item."""
-
-    line: int = 0
-    item_lines: list[int]
 
 
 def _parse(text: str, source: str) -> Any:
@@ -260,7 +226,7 @@ class SiteConfiguration:
 
     def transport_url(self, name: str | None = None) -> str | None:
         """See :func:`zocalo.config.plugins.transport_url`."""
-        return _plugins().transport_url(self, name)
+        return _plugins().transport_url(self.plugins, name, active=self.active, path=self.path)
 
     def __repr__(self) -> str:
         return (

@@ -10,7 +10,9 @@ Models can also be read like the dicts python-zocalo hands out: ``smtp["from"]``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from pydantic import (
@@ -23,8 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-if TYPE_CHECKING:
-    from zocalo.config.loader import SiteConfiguration
+from zocalo.errors import ConfigurationError
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -293,16 +294,20 @@ CANONICAL = {"iris": "slurm"}
 from zocalo.config.names import TRANSPORT_NAMES  # noqa: E402  (shared with the CLI)
 
 
-def transport_url(config: SiteConfiguration, name: str | None = None) -> str | None:
-    """The broker URL an activated configuration implies.
+def transport_url(
+    plugins: Mapping[str, Any],
+    name: str | None = None,
+    *,
+    active: Sequence[str] = (),
+    path: Path | None = None,
+) -> str | None:
+    """The broker URL an activated configuration implies (its ``plugins``, the
+    environments it ``active``-ated and its file ``path``, for the error message).
 
     ``name`` is ``PikaTransport`` or ``StompTransport`` (python-zocalo's ``-t`` values), or
     None: then the ``transport`` plugin's ``default`` decides (a class name, or a URL used as
     is), else ``pika`` if configured, else ``stomp``, else None.
     """
-    from zocalo.config.loader import ConfigurationError
-
-    plugins = config.plugins
     if name is None:
         chosen = plugins.get("transport")
         if isinstance(chosen, TransportConfig):
@@ -321,13 +326,13 @@ def transport_url(config: SiteConfiguration, name: str | None = None) -> str | N
         raise ConfigurationError(f"unknown transport {name!r}: expected a URL or one of {known}")
     section = plugins.get(plugin)
     if not isinstance(section, PikaConfig | StompConfig):
-        if config.active:
-            where = "environment " + ", ".join(repr(env) for env in config.active)
+        if active:
+            where = "environment " + ", ".join(repr(env) for env in active)
         else:
             where = "no environment is active"
-        source = f"{config.path}: " if config.path else "no site configuration (ZOCALO_CONFIG): "
+        source = f"{path}: " if path else "no site configuration (ZOCALO_CONFIG): "
         raise ConfigurationError(
             f"{source}transport {name} needs a '{plugin}' section, and {where} "
-            f"{'provides none' if config.active else '(use -e ENV)'}"
+            f"{'provides none' if active else '(use -e ENV)'}"
         )
     return section.url()

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from zocalo.config.loader import ConfigurationError, _Map, _Seq
+from zocalo.config.lines import _Map, _Seq
+from zocalo.errors import ConfigurationError
 
 
 class _LineLoader(yaml.SafeLoader):

@@ -1,7 +1,9 @@
 """Prometheus metrics for one service, served by its worker process.
 
-The counters live where the messages are handled, in the worker: it hangs
-:class:`ServiceMetrics` on the runner's hooks and serves them over HTTP on
+The counters live where the messages are handled, in the worker: the command
+line names :func:`enable_metrics` among the worker's runner hooks (the service
+layer never imports this module), which hangs :class:`ServiceMetrics` on the
+runner's ``on_start`` and ``listeners`` and serves them over HTTP on
 ``--metrics-port``, on the loopback address unless ``--metrics-address``
 opens it wider (secure by default: counters and queue names are nobody
 else's business). A restarted worker serves fresh counters on the same
@@ -16,11 +18,12 @@ port, which Prometheus reads as a counter reset, as it should.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from zocalo.service.runner import ServiceRunner
+if TYPE_CHECKING:
+    from zocalo.service.runner import ServiceRunner
 
 log = logging.getLogger("zocalo.monitor.metrics")
 

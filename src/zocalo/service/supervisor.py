@@ -53,17 +53,17 @@ import sys
 import time
 from typing import Any, NoReturn
 
-from zocalo.logs import LoggingPlan, apply_logging
+from zocalo.logs import apply_logging
 from zocalo.service.status import (
     CANNOT_LOAD,
     COMMAND_QUEUE_PREFIX,
     RECYCLE,
     SHUTDOWN_COMMANDED,
-    STATUS_INTERVAL,
     STOP_SIGNALS,
     Identity,
     host_id,
 )
+from zocalo.service.supervisor_settings import SupervisorSettings
 
 log = logging.getLogger("zocalo.service.supervisor")
 
@@ -78,53 +78,6 @@ STAND_IN_DELAY = 1.0
 STAND_IN_STOP = 5.0
 #: The environment variable that hands the settings to an exec'd supervisor.
 SETTINGS_VARIABLE = "ZOCALO_SUPERVISOR_SETTINGS"
-
-
-class SupervisorSettings:
-    """Everything a supervisor and its children need, as plain JSON-able data.
-
-    (A plain class: ``dataclasses`` would pull ``inspect`` and more into every
-    supervisor.)
-    """
-
-    def __init__(
-        self,
-        service: str,
-        transport: str,
-        restart: bool = False,
-        stop_timeout: float = 60.0,
-        status_interval: float = STATUS_INTERVAL,
-        metrics_port: int | None = None,
-        metrics_address: str = "127.0.0.1",
-        max_attempts: int = 3,
-        max_hops: int | None = None,
-        logging: LoggingPlan | None = None,
-        service_class: str | None = None,
-        max_memory: float | None = None,
-    ) -> None:
-        self.service = service
-        #: The class name, known without importing the service (see ``service_class_name``).
-        self.service_class = service_class
-        self.transport = transport
-        self.restart = restart
-        self.stop_timeout = stop_timeout
-        self.status_interval = status_interval
-        self.metrics_port = metrics_port
-        self.metrics_address = metrics_address
-        self.max_attempts = max_attempts
-        #: MiB of resident memory past which a worker is replaced between messages.
-        self.max_memory = max_memory
-        #: None: the runner's default (``RunnerSettings.max_hops``).
-        self.max_hops = max_hops
-        self.logging = logging or LoggingPlan(service_name=service)
-
-    def to_json(self) -> str:
-        return json.dumps({**vars(self), "logging": self.logging.to_dict()})
-
-    @classmethod
-    def from_json(cls, text: str) -> SupervisorSettings:
-        data = json.loads(text)
-        return cls(**{**data, "logging": LoggingPlan.from_dict(data["logging"])})
 
 
 def backoff(quick_crashes: int) -> float:

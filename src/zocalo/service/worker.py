@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ from zocalo.service.status import (
 from zocalo.transport.registry import create_transport
 
 if TYPE_CHECKING:
-    from zocalo.service.supervisor import SupervisorSettings
+    from zocalo.service.supervisor_settings import RunnerHook, SupervisorSettings
     from zocalo.transport.base import Delivery
 
 log = logging.getLogger("zocalo.service.worker")
@@ -143,10 +144,7 @@ def run_service(
             max_hops=settings.max_hops or RunnerSettings.max_hops,
         ),
     )
-    if settings.metrics_port is not None:  # Prometheus metrics, served from this process
-        from zocalo.monitor.metrics import enable_metrics
-
-        enable_metrics(runner, settings.metrics_port, settings.metrics_address)
+    _attach_hooks(runner, settings.runner_hooks)  # e.g. Prometheus metrics, from this process
 
     def read() -> tuple[Status, dict[str, Any]]:
         if not runner.started.is_set():
@@ -195,6 +193,17 @@ def run_service(
     # Told to stop (signal, supervisor, shutdown command): a failure while stopping
     # must not turn into a restart.
     return 1 if failed and not runner.stopping else 0
+
+
+def _attach_hooks(runner: ServiceRunner, hooks: list[RunnerHook]) -> None:
+    """Call each ``module:function`` named in the settings with the runner.
+
+    The caller names them (the command line, for ``--metrics-port``), so that the
+    service layer never imports what sits above it (``zocalo.monitor``).
+    """
+    for name, options in hooks:
+        module, _, function = name.partition(":")
+        getattr(importlib.import_module(module), function)(runner, **options)
 
 
 def _report_time_limits(runner: ServiceRunner, link: SupervisorLink) -> None:
