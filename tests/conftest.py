@@ -128,12 +128,34 @@ def let_time_pass() -> Callable[[float], None]:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_vhost_url() -> Iterator[str]:
+def rabbitmq_vhost() -> Iterator[Any]:
     """A private vhost on the machine's RabbitMQ for this session, deleted afterwards."""
     from rabbit_broker import PrivateVhost
 
     with PrivateVhost() as vhost:
-        yield vhost.url
+        yield vhost
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost_url(rabbitmq_vhost: Any) -> str:
+    return rabbitmq_vhost.url
+
+
+@pytest.fixture(autouse=True)
+def _rabbitmq_queues_released(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The queues a test made in the session's vhost are deleted when it ends.
+
+    Kept until the session's end, they exhausted the broker's file handles (see
+    ``PrivateVhost.delete_queues``). Queue names are unique per test, so nothing
+    another test needs goes.
+    """
+    if "rabbitmq_vhost_url" not in request.fixturenames:
+        yield
+        return
+    vhost = request.getfixturevalue("rabbitmq_vhost")
+    before = vhost.queue_names()
+    yield
+    vhost.delete_queues(vhost.queue_names() - before)
 
 
 @pytest.fixture(autouse=True)

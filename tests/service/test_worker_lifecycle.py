@@ -208,3 +208,27 @@ def test_a_report_about_a_message_with_a_huge_recipe_id_stays_one_readable_line(
     finally:
         reports.close()
     assert [event["event"] for event in events] == ["in_hand", "shutdown"]
+
+
+def test_a_broker_that_fails_under_a_service_ends_it_with_one_line_and_an_error_exit(
+    supervised, sqlite_broker, tmp_path, wait_until
+):
+    """A transport failure is explained once, where it happens; the worker then stops
+    with an error (a restart helps) and adds one line, no traceback."""
+    import shutil
+    from pathlib import Path
+
+    broker_file = Path(sqlite_broker.removeprefix("sqlite://"))
+    errors = tmp_path / "stderr"
+    with errors.open("wb") as stderr:
+        service = supervised("fleet_services:Passthrough", stderr=stderr)
+        wait_until(lambda: "started:" in errors.read_text(), "the service to start")
+        broker_file.unlink()
+        broker_file.mkdir()  # the path now names something no broker can open
+        try:
+            assert service.wait(30) != 0, "an error exit: the supervisor's --restart would act"
+        finally:
+            shutil.rmtree(broker_file)
+    log = errors.read_text()
+    assert "Traceback" not in log, log
+    assert len([line for line in log.splitlines() if "stops with an error" in line]) == 1, log

@@ -179,9 +179,12 @@ def run_service(
         control.connect()
         status.start()
         runner.run()
-    except Exception:
+    except Exception as error:
         failed = True
-        log.exception("service %s failed", service_class.name)
+        if isinstance(error, ZocaloError):  # explained where it happened: one line here
+            log.error("service %s stops with an error: %s", service_class.name, error)
+        else:
+            log.exception("service %s failed", service_class.name)
         if not runner.started.is_set():  # run() never reached its own shutdown
             runner.transport.abort()
     finally:

@@ -359,6 +359,9 @@ class SqliteTransport(Transport):
             self._kick_write.send(b"k")
 
     def _submit(self, op: _Op) -> None:
+        if self._state == "failed":  # no worker will ever take it: fail it now
+            self._fail([op], "broker worker failed")
+            return
         self._ops.put(op)
         self._kick()
 
