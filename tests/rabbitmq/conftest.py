@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
+import pika
 import pytest
 import trustme
 from tls_node import SecondNode
@@ -53,3 +56,20 @@ def tls_node(tls_files: dict[str, Path]) -> Iterator[SecondNode]:
         yield node
     finally:
         node.destroy()
+
+
+@pytest.fixture
+def operator(rabbitmq_vhost_url: str) -> Iterator[Any]:
+    """A plain pika channel on the test vhost, to declare and inspect queues the way an
+    operator's tooling would (not through our transport)."""
+    parts = urlsplit(rabbitmq_vhost_url)
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            parts.hostname,
+            parts.port,
+            unquote(parts.path[1:]),
+            pika.PlainCredentials("guest", "guest"),
+        )
+    )
+    yield connection.channel()
+    connection.close()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-import pika
 import pytest
 import requests
 
@@ -36,22 +35,6 @@ def amqp(rabbitmq_vhost_url: str):
     """A connected transport on the session's private vhost."""
     with create_transport(rabbitmq_vhost_url) as transport:
         yield transport
-
-
-@pytest.fixture
-def pika_channel(rabbitmq_vhost_url: str):
-    """A plain pika channel, to declare queues the way an operator's tooling would."""
-    parts = urlsplit(rabbitmq_vhost_url)
-    connection = pika.BlockingConnection(
-        pika.ConnectionParameters(
-            parts.hostname,
-            parts.port,
-            unquote(parts.path[1:]),
-            pika.PlainCredentials("guest", "guest"),
-        )
-    )
-    yield connection.channel()
-    connection.close()
 
 
 def unique(label: str) -> str:
@@ -99,12 +82,12 @@ def run_service(rabbitmq_vhost_url: str):
 
 
 def test_a_recipe_goes_ours_theirs_ours_through_a_workflows_frontend(
-    amqp, rabbitmq_vhost_url, run_service, collector, pika_channel
+    amqp, rabbitmq_vhost_url, run_service, collector, operator
 ):
     # The reference expects the topology an operator declares (COMPAT 8): its frontend
     # broadcasts status to the transient.status fanout exchange and fails without it.
     for exchange in ("transient.status", "command"):
-        pika_channel.exchange_declare(exchange, "fanout", durable=True)
+        operator.exchange_declare(exchange, "fanout", durable=True)
     first, theirs, last = unique("ours1"), unique("theirs"), unique("ours2")
     for queue in (first, theirs, last, f"{last}.end"):
         amqp.declare_queue(queue)
@@ -172,13 +155,13 @@ def test_output_to_a_queue_that_does_not_exist_is_not_acked_and_named(
 
 
 def test_output_refused_by_a_full_queue_is_not_acked_and_named(
-    amqp, run_service, pika_channel, collector, caplog
+    amqp, run_service, operator, collector, caplog
 ):
     source, full = unique("src"), unique("full")
-    pika_channel.queue_declare(
+    operator.queue_declare(
         full, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
     )
-    pika_channel.basic_publish("", full, b"occupying the only place")
+    operator.basic_publish("", full, b"occupying the only place")
     runner = run_service(Forward(source))
     recipe = Recipe({"1": {"queue": source, "output": 2}, "2": {"queue": full}, "start": [[1, {}]]})
     start_recipe(amqp, recipe, [{"n": 2}])
@@ -190,9 +173,9 @@ def test_output_refused_by_a_full_queue_is_not_acked_and_named(
     assert any(full in line and "refused" in line for line in errors), errors
 
 
-def test_an_operators_queue_with_other_arguments_is_used_as_it_is(amqp, pika_channel, collector):
+def test_an_operators_queue_with_other_arguments_is_used_as_it_is(amqp, operator, collector):
     queue = unique("operator")
-    pika_channel.queue_declare(
+    operator.queue_declare(
         queue,
         durable=True,
         arguments={

@@ -16,9 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import pika
 import pytest
 
 from zocalo.errors import TransportError
@@ -52,22 +50,6 @@ def connect(rabbitmq_vhost_url: str) -> Iterator[Callable[..., Transport]]:
 @pytest.fixture
 def amqp(connect: Callable[..., Transport]) -> Transport:
     return connect()
-
-
-@pytest.fixture
-def operator(rabbitmq_vhost_url: str) -> Iterator[Any]:
-    """A plain pika channel, to declare queues as an operator's tooling would."""
-    parts = urlsplit(rabbitmq_vhost_url)
-    connection = pika.BlockingConnection(
-        pika.ConnectionParameters(
-            parts.hostname,
-            parts.port,
-            unquote(parts.path[1:]),
-            pika.PlainCredentials("guest", "guest"),
-        )
-    )
-    yield connection.channel()
-    connection.close()
 
 
 def unique(label: str) -> str:

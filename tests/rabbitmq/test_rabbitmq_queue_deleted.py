@@ -14,7 +14,6 @@ import uuid
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import pika
 import pytest
 import requests
 
@@ -35,22 +34,6 @@ class Forward(Service):
 
     def forward(self, step: RecipeStep, payload: Any) -> None:
         step.send(payload)
-
-
-@pytest.fixture
-def operator(rabbitmq_vhost_url: str):
-    """A plain pika channel on the test vhost, as an operator's tooling would use."""
-    parts = urlsplit(rabbitmq_vhost_url)
-    connection = pika.BlockingConnection(
-        pika.ConnectionParameters(
-            parts.hostname,
-            parts.port,
-            unquote(parts.path[1:]),
-            pika.PlainCredentials("guest", "guest"),
-        )
-    )
-    yield connection.channel()
-    connection.close()
 
 
 def started(runner: ServiceRunner) -> tuple[threading.Thread, list[BaseException]]:
