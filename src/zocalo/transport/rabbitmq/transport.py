@@ -469,7 +469,14 @@ class RabbitMQTransport(Transport):
                     done.set_exception(error)
 
         self._connection.ioloop.add_callback_threadsafe(run)
-        return done.result(timeout)
+        try:
+            return done.result(timeout)
+        except TimeoutError:  # builtin on 3.11: not one of ours, so callers would miss it
+            raise TransportError(
+                f"{self.safe_url}: no answer from the broker within {timeout:g} s"
+            ) from None
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionClosed) as error:
+            raise ConnectionFailed(f"{self.safe_url}: the connection was lost ({error})") from None
 
     def _soon(self, operation: Callable[[], None]) -> None:
         """Run ``operation`` on the I/O thread without waiting.
