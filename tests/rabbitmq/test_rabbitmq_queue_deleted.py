@@ -125,3 +125,30 @@ def test_a_deleted_queue_that_cannot_be_declared_again_stops_the_service_with_an
     assert not thread.is_alive(), "the service went on idling on a queue that is gone"
     assert len(raised) == 1 and isinstance(raised[0], TransportError), raised
     assert source in str(raised[0]) and "cannot be consumed again" in str(raised[0])
+
+
+def test_a_deleted_command_queue_is_bound_again_as_it_was(
+    rabbitmq_vhost_url, operator, collector, caplog, wait_until
+):
+    """A supervisor's command queue (bind_queue) comes back as a queue bound to its
+    topic, not as an ordinary work queue: commands broadcast afterwards still arrive."""
+    queue, topic = f"zocalo.command.test.{uuid.uuid4().hex[:8]}", f"t.{uuid.uuid4().hex[:8]}"
+    with (
+        create_transport(rabbitmq_vhost_url) as listener,
+        create_transport(rabbitmq_vhost_url) as sender,
+    ):
+        commands = collector(ack_with=listener)
+        listener.bind_queue(queue, topic, expires=60)
+        listener.subscribe(queue, commands)
+        operator.queue_delete(queue)
+        wait_until(
+            lambda: any(
+                f"consuming queue '{queue}' again" in r.getMessage() for r in caplog.records
+            ),
+            "the command queue to be consumed again",
+        )
+        sender.broadcast(topic, b"stop")
+        assert commands.wait_for_count(1, timeout=20)[0].body == b"stop"
+    vhost = requests.utils.quote(unquote(urlsplit(rabbitmq_vhost_url).path[1:]), safe="")
+    response = requests.get(f"{API}/queues/{vhost}/{queue}", auth=("guest", "guest"), timeout=30)
+    assert response.json()["type"] == "classic" and "x-expires" in response.json()["arguments"]

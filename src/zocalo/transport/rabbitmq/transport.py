@@ -216,6 +216,8 @@ class RabbitMQTransport(Transport):
         self._lock = threading.Lock()
         self._known_queues: set[str] = set()
         self._known_exchanges: set[str] = set()
+        #: Queues made by bind_queue: (topic, expiry), to declare them alike again.
+        self._bound_queues: dict[str, tuple[str, float]] = {}
         self._delay_route: str | None = None  # "plugin" or "levels", once known
         self._delay_bound: set[str] = set()
         self._callbacks: queue.SimpleQueue[tuple[_Consumer, Delivery] | None] = queue.SimpleQueue()
@@ -614,6 +616,7 @@ class RabbitMQTransport(Transport):
         """A classic queue bound to the topic's fanout exchange; RabbitMQ deletes it
         after ``expires`` seconds without a consumer (``x-expires``)."""
         self._declare_fanout(topic)
+        self._bound_queues[queue] = (topic, expires)  # declared the same way if deleted
         arguments = {"x-queue-type": "classic", "x-expires": max(1, round(expires * 1000))}
         try:
             self._rpc("queue_declare", queue=queue, durable=True, arguments=arguments)
@@ -771,12 +774,25 @@ class RabbitMQTransport(Transport):
             if consumer.bind_to is not None:
                 self._known_exchanges.discard(consumer.bind_to)
                 self._declare_fanout(consumer.bind_to)
+            elif consumer.source in self._bound_queues:
+                topic, expires = self._bound_queues[consumer.source]
+                self.bind_queue(consumer.source, topic, expires=expires)
             else:
                 # Whatever we knew of it went with it.
                 self._known_queues.discard(consumer.source)
                 self._delay_bound.discard(consumer.source)
                 self.declare_queue(consumer.source)
-            self._call(lambda done: self._start(consumer, done))
+
+            def restart(done: Confirmation) -> None:
+                # On the I/O thread, where unsubscribe acts too: never revive a
+                # consumer that was unsubscribed while its queue was declared again.
+                if not subscription.active or self._closing:
+                    done.set_result(None)
+                    return
+                self._start(consumer, done)
+
+            if self._call(restart) is None:
+                return
         except (TransportError, TimeoutError, pika.exceptions.AMQPError) as error:
             if self._closing or not subscription.active:
                 return
