@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -42,24 +42,12 @@ def test_probing_for_absent_queues_and_exchanges_logs_nothing(
 
 
 def test_another_channel_closed_by_the_broker_is_still_logged(
-    rabbitmq_vhost_url: str, caplog: pytest.LogCaptureFixture
+    rabbitmq_vhost_url: str, operator: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
     with create_transport(rabbitmq_vhost_url) as transport:
         transport.declare_queue(unique("queue"))  # the probes' filter is in place
-    parts = urlsplit(rabbitmq_vhost_url)
-    connection = pika.BlockingConnection(
-        pika.ConnectionParameters(
-            parts.hostname,
-            parts.port,
-            unquote(parts.path[1:]),
-            pika.PlainCredentials("guest", "guest"),
-        )
-    )
-    try:
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
-            connection.channel().queue_bind(unique("missing"), "amq.direct", "key")
-    finally:
-        connection.close()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        operator.queue_bind(unique("missing"), "amq.direct", "key")
     [line] = channel_closes(caplog)
     assert "Channel.Close (404)" in line and "NOT_FOUND" in line, line
