@@ -12,26 +12,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from two_step_jobs import send_two_step
 from zocalo.monitor.metrics import ServiceMetrics
-from zocalo.recipe import Recipe
-from zocalo.recipe.step import RecipeStep
-
-
-def send(transport, queue: str, payloads: list) -> None:
-    outputs = []
-    for payload in payloads:
-        step = RecipeStep()
-        step.start(
-            Recipe(
-                {
-                    "1": {"queue": queue, "output": 2},
-                    "2": {"queue": f"{queue}.out"},
-                    "start": [[1, payload]],
-                }
-            )
-        )
-        outputs += step.outputs
-    transport.publish(outputs).result(30)
 
 
 def samples(port: int) -> dict[tuple[str, frozenset], float]:
@@ -102,7 +84,7 @@ def test_counters_latency_and_in_flight_by_queue(supervised, broker_client, coll
     # Before any message, the queue's series are there at zero.
     scrape_until(free_port, {key("zocalo_messages_total", queue="monitor.echo",
                                  outcome="handled"): 0})  # fmt: skip
-    send(broker_client, "monitor.echo", [{"n": n} for n in range(5)])
+    send_two_step(broker_client, "monitor.echo", [{"n": n} for n in range(5)])
     out.wait_for_count(5, timeout=30)
     found = scrape_until(
         free_port,
@@ -125,7 +107,7 @@ def test_a_failing_handler_is_counted_retried_then_dead_lettered(
     supervised("monitor_services:Broken", "--metrics-port", str(free_port))
     dead = collector(ack_with=broker_client)
     broker_client.subscribe("dlq.monitor.broken", dead)
-    send(broker_client, "monitor.broken", [{"n": 1}])
+    send_two_step(broker_client, "monitor.broken", [{"n": 1}])
     dead.wait_for_count(1, timeout=30)  # three attempts, 1 s and 2 s apart
     found = scrape_until(
         free_port,
@@ -172,7 +154,7 @@ def test_in_flight_while_a_handler_runs(start_service, client, collector):
     metrics.attach(runner)
     out = collector(ack_with=client)
     client.subscribe("held.out", out)
-    send(client, "held", [{"n": 1}])
+    send_two_step(client, "held", [{"n": 1}])
     assert entered.wait(5)
     value = metrics.registry.get_sample_value
     assert value("zocalo_in_flight", {"queue": "held"}) == 1

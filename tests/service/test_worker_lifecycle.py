@@ -12,30 +12,12 @@ import pytest
 from click.testing import CliRunner
 from fleet_services_helpers import StatusWatch
 
+from two_step_jobs import send_two_step
 from zocalo.cli.shutdown import command as shutdown
-from zocalo.recipe import Recipe
-from zocalo.recipe.step import RecipeStep
 from zocalo.service.status import STATUS_TOPIC, Status
 from zocalo.transport import Transport, create_transport
 
 pytestmark = pytest.mark.slow
-
-
-def send(transport: Transport, queue: str, payloads: list) -> None:
-    outputs = []
-    for payload in payloads:
-        step = RecipeStep()
-        step.start(
-            Recipe(
-                {
-                    "1": {"queue": queue, "output": 2},
-                    "2": {"queue": f"{queue}.out"},
-                    "start": [[1, payload]],
-                }
-            )
-        )
-        outputs += step.outputs
-    transport.publish(outputs).result(30)
 
 
 @pytest.fixture(params=["sqlite", "rabbitmq"])
@@ -61,7 +43,7 @@ def test_a_shutdown_command_stops_a_hanging_handler_after_the_stop_timeout(
     url, client, status = on_broker
     supervisor = supervised("fleet_services:Hang", "--stop-timeout", "2", "--transport", url)
     status.wait_for(lambda r: r["serviceclass"] == "Hang" and r["status"] == Status.IDLE, "idle")
-    send(client, "fleet.hang", [{"n": 1}])
+    send_two_step(client, "fleet.hang", [{"n": 1}])
     status.wait_for(lambda r: r["status"] == Status.PROCESSING, "the handler hanging")
     result = CliRunner().invoke(shutdown, ["-s", "Hang", "--transport", url])
     assert result.exit_code == 0, result.output
@@ -99,7 +81,7 @@ def test_a_handler_past_its_time_limit_costs_the_worker_and_its_message_comes_ag
     )
     out = collector(ack_with=client_url_transport)
     client_url_transport.subscribe("fleet.limited.out", out)
-    send(client_url_transport, "fleet.limited", [{"n": 7}])
+    send_two_step(client_url_transport, "fleet.limited", [{"n": 7}])
     (done,) = out.wait_for_count(1, timeout=30)
     assert json.loads(done.body)["payload"] == {"n": 7}
     attempts = mark.read_text().split()
@@ -132,7 +114,7 @@ def test_a_worker_past_max_memory_is_replaced_between_messages(
     client_url_transport.subscribe("fleet.hungry.out", out)
     # Each message leaves 400 MiB behind: every worker handles one, returns the
     # other two it prefetched, and hands over to a fresh worker.
-    send(client_url_transport, "fleet.hungry", [{"n": n, "mib": 400} for n in range(3)])
+    send_two_step(client_url_transport, "fleet.hungry", [{"n": n, "mib": 400} for n in range(3)])
     done = out.wait_for_count(3, timeout=60)
     payloads = [json.loads(d.body)["payload"] for d in done]
     assert sorted(p["n"] for p in payloads) == [0, 1, 2], "each handled once, nothing lost"

@@ -137,8 +137,6 @@ class ServiceRunner:
         #: Held while a handler runs on the transport's callback thread.
         self._in_hand = threading.Lock()
         self.started = threading.Event()
-        #: True while a message is in hand (for status reports).
-        self.processing = False
         #: (delivery, handler, time.monotonic() at its start) while a message is in hand.
         self.message_in_hand: tuple[Delivery, HandlerSpec, float] | None = None
         #: Called as listener(queue, outcome, seconds) after every message; outcome is
@@ -202,6 +200,11 @@ class ServiceRunner:
         self._stop.set()
         self._work.put(None)
         threading.Thread(target=self._release, name="runner-release", daemon=True).start()
+
+    @property
+    def processing(self) -> bool:
+        """True while a message is in hand (for status reports)."""
+        return self.message_in_hand is not None
 
     @property
     def stopping(self) -> bool:
@@ -289,14 +292,12 @@ class ServiceRunner:
         self.message_in_hand = (delivery, spec, time.monotonic())
         for hook in self.on_start:
             hook(spec.destination)
-        self.processing = True
         began = time.perf_counter()
         outcome = "dead_lettered"
         try:
             outcome = self._process(delivery, spec)
         finally:
             elapsed = time.perf_counter() - began
-            self.processing = False
             self.message_in_hand = None
             self.stats.add("busy_seconds", elapsed)
             for listener in self.listeners:

@@ -40,19 +40,8 @@ DLQ_QUEUE_HEADER = "zocalo-dlq-queue"
 DLQ_HISTORY_HEADER = "zocalo-dlq-history"
 
 #: Headers the broker owns: RabbitMQ writes them when it dead-letters a message
-#: (``x-death``, ``x-first-death-*``, ``x-last-death-*``) or counts deliveries.
-BROKER_HEADERS = frozenset(
-    {
-        "x-death",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-first-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-        "x-last-death-exchange",
-        "x-delivery-count",
-    }
-)
+#: (``x-death`` and every ``x-first-death-*``, ``x-last-death-*``) or counts deliveries.
+BROKER_HEADERS = frozenset({"x-death", "x-delivery-count"})
 _BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
 
 
