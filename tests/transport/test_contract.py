@@ -204,6 +204,23 @@ def test_round_trip_body_and_headers(
     assert all(ids)
 
 
+def test_precise_floats_in_headers_arrive_close_to_their_value(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    """A float AMQP cannot carry exactly (pika encodes a decimal with a 32-bit
+    mantissa) arrives rounded, never refuses the publish: an epoch time in a
+    dead letter's history once made RabbitMQ dead-lettering fail."""
+    queue = name("q")
+    floats = {"pi": 3.141592653589793, "epoch": 1764486000.125, "tiny": -2.5e-7}
+    transport.send(queue, b"x", headers=floats)
+    received = collector(ack_with=transport)
+    transport.subscribe(queue, received)
+    [delivery] = received.wait_for_count(1)
+    assert delivery.headers["pi"] == pytest.approx(floats["pi"], abs=1e-8)
+    assert delivery.headers["epoch"] == pytest.approx(floats["epoch"], abs=1)
+    assert delivery.headers["tiny"] == pytest.approx(floats["tiny"], rel=1e-9)
+
+
 def test_headers_are_not_shared_with_sender_or_between_receivers(
     connect: Callable[..., Transport], collector: Callable, name: Callable
 ) -> None:

@@ -39,16 +39,12 @@ from zocalo.recipe import wire
 from zocalo.recipe.step import RecipeStep
 from zocalo.service.base import HandlerSpec, Service
 from zocalo.service.held import HeldReturns
-from zocalo.transport.base import (
+from zocalo.transport.base import Capability, Delivery, Outgoing, Subscription, Transport
+from zocalo.transport.dead_letters import (
     DLQ_HISTORY_HEADER,
-    DLQ_QUEUE_HEADER,
-    DLQ_REASON_HEADER,
-    Capability,
-    Delivery,
-    Outgoing,
-    Subscription,
-    Transport,
+    dead_letter_headers,
     dlq_name,
+    with_history,
     without_broker_headers,
 )
 
@@ -63,8 +59,6 @@ RETRY_REASON_HEADER = "zocalo-retry-reason"
 RECIPE_PATH_HEADER = "zocalo-recipe-path"
 #: The longest pause before an input whose outputs were refused returns to its queue.
 MAX_HOLD_SECONDS = 30.0
-#: How many past failure reasons travel with a retried message.
-_HISTORY_KEPT = 10
 
 
 @dataclass
@@ -414,7 +408,7 @@ class ServiceRunner:
         headers = without_broker_headers(delivery.headers)
         headers[ATTEMPT_HEADER] = attempt
         headers[RETRY_REASON_HEADER] = reason
-        headers[DLQ_HISTORY_HEADER] = _history(delivery.headers, reason)
+        headers[DLQ_HISTORY_HEADER] = with_history(delivery.headers, reason)
         delay = self.settings.delay_before(attempt)
         if Capability.DELAY not in self.transport.capabilities:
             delay = None
@@ -435,10 +429,12 @@ class ServiceRunner:
             return "dead_lettered"
         if not self._dead_letter_queue_exists(delivery):
             return "failed"
-        headers = without_broker_headers(delivery.headers)
-        headers[DLQ_REASON_HEADER] = reason
-        headers[DLQ_QUEUE_HEADER] = delivery.source
-        headers[DLQ_HISTORY_HEADER] = _history(delivery.headers, reason)
+        headers = dead_letter_headers(
+            delivery.headers,
+            reason=reason,
+            queue=delivery.source,
+            history=with_history(delivery.headers, reason),
+        )
         if path is not None:
             headers[RECIPE_PATH_HEADER] = path
         self.stats.add("dead_lettered")
@@ -486,13 +482,3 @@ def _int_header(headers: dict[str, Any], name: str) -> int:
         return int(headers.get(name) or 0)
     except (TypeError, ValueError, OverflowError):  # foreign or hostile headers: none
         return 0
-
-
-def _history(headers: dict[str, Any], reason: str) -> list[str | dict[str, Any]]:
-    previous = headers.get(DLQ_HISTORY_HEADER)
-    history = (
-        [entry if isinstance(entry, str | dict) else str(entry) for entry in previous]
-        if isinstance(previous, list)
-        else []
-    )
-    return [*history, reason][-_HISTORY_KEPT:]

@@ -28,42 +28,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zocalo.errors import PublishFailed, TransportError, UnsupportedFeature, ZocaloError
+from zocalo.transport.dead_letters import (  # re-exported: part of the transport contract
+    BROKER_HEADERS as BROKER_HEADERS,
+)
+from zocalo.transport.dead_letters import (
+    DLQ_HISTORY_HEADER as DLQ_HISTORY_HEADER,
+)
+from zocalo.transport.dead_letters import (
+    DLQ_QUEUE_HEADER as DLQ_QUEUE_HEADER,
+)
+from zocalo.transport.dead_letters import (
+    DLQ_REASON_HEADER as DLQ_REASON_HEADER,
+)
+from zocalo.transport.dead_letters import (
+    dlq_name as dlq_name,
+)
+from zocalo.transport.dead_letters import (
+    without_broker_headers as without_broker_headers,
+)
 
 log = logging.getLogger(__name__)
 
 #: Deliveries beyond this count move a message to ``dlq.<queue>``.
 DEFAULT_DELIVERY_LIMIT = 5
-
-#: Header names a transport sets when it dead-letters a message.
-DLQ_REASON_HEADER = "zocalo-dlq-reason"
-DLQ_QUEUE_HEADER = "zocalo-dlq-queue"
-DLQ_HISTORY_HEADER = "zocalo-dlq-history"
-
-#: Headers the broker owns: RabbitMQ writes them when it dead-letters a message
-#: (``x-death`` and every ``x-first-death-*``, ``x-last-death-*``) or counts deliveries.
-BROKER_HEADERS = frozenset({"x-death", "x-delivery-count"})
-_BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
-
-
-def without_broker_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``headers`` fit to publish again: without the broker's own.
-
-    RabbitMQ silently drops a message dead-lettered into a queue that its
-    ``x-death`` says it was dead-lettered from before without a rejection
-    between (cycle detection): a retry carrying its first trip's ``x-death``
-    through the TTL wait queues of delays vanishes on the second trip. Our
-    own headers (attempts, reasons, the DLQ history) stay.
-    """
-    return {
-        name: value
-        for name, value in headers.items()
-        if name not in BROKER_HEADERS and not name.startswith(_BROKER_HEADER_PREFIXES)
-    }
-
-
-def dlq_name(queue: str) -> str:
-    """The dead-letter queue of ``queue`` (``dlq.<queue>``, as DLS configures RabbitMQ)."""
-    return queue if queue.startswith("dlq.") else f"dlq.{queue}"
 
 
 class Capability(enum.Enum):
@@ -421,6 +408,23 @@ class Transport(ABC):
         self.publish([message]).result(timeout)
 
     # -- client-side transactions (python-workflows' API) --------------------
+    def hand_over(self, subscription: Subscription, delivery: Delivery) -> None:
+        """Run ``subscription``'s callback on ``delivery``; a callback that raises
+        gets one log line and its message back on the queue (never a dead thread).
+
+        Every transport's callback thread calls this, so what a raising callback
+        means is decided here once.
+        """
+        try:
+            subscription.callback(delivery)
+        except Exception:
+            log.exception("callback for %s raised; returning it", delivery.describe())
+            if delivery.ackable:
+                try:
+                    self.nack(delivery, requeue=True, reason="callback raised")
+                except TransportError as error:
+                    log.warning("cannot return %s: %s", delivery.describe(), error)
+
     def transaction_begin(self, subscription_id: int | Subscription | None = None) -> int:
         """Open a transaction; returns its id (1, 2, ... per connection).
 

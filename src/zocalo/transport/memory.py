@@ -23,9 +23,6 @@ from typing import Any
 from zocalo.errors import ConnectionFailed, PublishFailed, TransportError
 from zocalo.transport.base import (
     DEFAULT_DELIVERY_LIMIT,
-    DLQ_HISTORY_HEADER,
-    DLQ_QUEUE_HEADER,
-    DLQ_REASON_HEADER,
     Acks,
     Callback,
     Capability,
@@ -37,6 +34,11 @@ from zocalo.transport.base import (
     Transport,
     confirmed,
     deliveries_to_ack,
+)
+from zocalo.transport.dead_letters import (
+    dead_letter_headers,
+    delivery_entry,
+    delivery_limit_reason,
     dlq_name,
 )
 from zocalo.transport.options import Option, parse_options, split_url
@@ -116,28 +118,17 @@ class MemoryBroker:
 
     def give_back(self, queue: str, message: _Stored, reason: str, limit: int) -> None:
         """Return a delivered message to its queue, or dead-letter it past ``limit``."""
-        message.history.append(
-            {
-                "queue": queue,
-                "reason": reason,
-                "delivery_count": message.delivery_count,
-                "time": time.time(),
-            }
-        )
+        message.history.append(delivery_entry(queue, reason, message.delivery_count))
         if message.delivery_count >= limit:
-            self.dead_letter(
-                queue,
-                message,
-                f"delivered {message.delivery_count} times (limit {limit}); last: {reason}",
-            )
+            why = delivery_limit_reason(message.delivery_count, limit, reason)
+            self.dead_letter(queue, message, why)
         else:
             self.enqueue(queue, message)
 
     def dead_letter(self, queue: str, message: _Stored, reason: str) -> None:
-        headers = dict(message.headers)
-        headers[DLQ_REASON_HEADER] = reason
-        headers[DLQ_QUEUE_HEADER] = queue
-        headers[DLQ_HISTORY_HEADER] = list(message.history)
+        headers = dead_letter_headers(
+            message.headers, reason=reason, queue=queue, history=list(message.history)
+        )
         dead = _Stored(message.id, message.body, headers, message.priority)
         self.enqueue(dlq_name(queue), dead)
 
@@ -250,12 +241,7 @@ class _Consumer:
     def _run(self) -> None:
         subscription = self.subscription
         while (delivery := self._next()) is not None:
-            try:
-                subscription.callback(delivery)
-            except Exception:
-                log.exception("callback for %s raised; returning it", delivery.describe())
-                if delivery.ackable:
-                    self.transport.nack(delivery, requeue=True, reason="callback raised")
+            self.transport.hand_over(subscription, delivery)
 
 
 class MemoryTransport(Transport):
@@ -392,12 +378,7 @@ class MemoryTransport(Transport):
                 broker.give_back(queue, message, reason or "rejected", self.delivery_limit)
             else:
                 message.history.append(
-                    {
-                        "queue": queue,
-                        "reason": reason or "rejected",
-                        "delivery_count": message.delivery_count,
-                        "time": time.time(),
-                    }
+                    delivery_entry(queue, reason or "rejected", message.delivery_count)
                 )
                 broker.dead_letter(queue, message, reason or "rejected without requeue")
 

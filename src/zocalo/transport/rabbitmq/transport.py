@@ -41,9 +41,6 @@ from pika.spec import Basic, BasicProperties
 from zocalo.errors import ConnectionFailed, InvalidURL, PublishFailed, TransportError
 from zocalo.transport.base import (
     DEFAULT_DELIVERY_LIMIT,
-    DLQ_HISTORY_HEADER,
-    DLQ_QUEUE_HEADER,
-    DLQ_REASON_HEADER,
     Acks,
     Callback,
     Capability,
@@ -56,6 +53,12 @@ from zocalo.transport.base import (
     dlq_name,
     take_all,
     without_broker_headers,
+)
+from zocalo.transport.dead_letters import (
+    dead_letter_headers,
+    dead_letter_marks,
+    delivery_entry,
+    with_history,
 )
 from zocalo.transport.options import Option, existing_file, parse_options, split_url
 from zocalo.transport.rabbitmq import delay as delays
@@ -890,18 +893,14 @@ class RabbitMQTransport(Transport):
             return
         # Dead-letter with our reason: a copy to dlq.<queue>, confirmed, then ack the
         # original; if the copy fails, fall back to the broker's own policy (logged).
-        headers = dict(delivery.headers)
-        headers[DLQ_REASON_HEADER] = reason or "rejected"
-        headers[DLQ_QUEUE_HEADER] = delivery.source
-        previous = headers.get(DLQ_HISTORY_HEADER)
-        headers[DLQ_HISTORY_HEADER] = [
-            *(previous if isinstance(previous, list) else []),
-            {
-                "queue": delivery.source,
-                "reason": reason or "rejected",
-                "delivery_count": delivery.delivery_count,
-            },
-        ]
+        why = reason or "rejected"
+        entry = delivery_entry(delivery.source, why, delivery.delivery_count)
+        headers = dead_letter_headers(
+            delivery.headers,
+            reason=why,
+            queue=delivery.source,
+            history=with_history(delivery.headers, entry),
+        )
         copy = Outgoing(dlq_name(delivery.source), delivery.body, headers)
         batch = _Batch(Confirmation(), [])
 
@@ -1079,13 +1078,7 @@ class RabbitMQTransport(Transport):
     def _dispatch(self) -> None:
         while (item := self._callbacks.get()) is not None:
             consumer, delivery = item
-            try:
-                consumer.subscription.callback(delivery)
-            except Exception:
-                log.exception("callback for %s raised; returning it", delivery.describe())
-                if delivery.ackable:
-                    with contextlib.suppress(TransportError):
-                        self.nack(delivery, requeue=True, reason="callback raised")
+            self.hand_over(consumer.subscription, delivery)
 
 
 def _counted(failures: list[tuple[str, str]]) -> str:
@@ -1137,11 +1130,11 @@ def _translate_dead_letter(headers: dict[str, Any]) -> None:
     )
     if latest is None:
         return
-    headers[DLQ_REASON_HEADER] = f"{latest['reason']} (dead-lettered by RabbitMQ)"
-    headers[DLQ_QUEUE_HEADER] = latest.get("queue")
-    previous = headers.get(DLQ_HISTORY_HEADER)
     # x-death lists the most recent first; our history is oldest first.
-    headers[DLQ_HISTORY_HEADER] = [
-        *(previous if isinstance(previous, list) else []),
-        *reversed(history),
-    ]
+    headers.update(
+        dead_letter_marks(
+            reason=f"{latest['reason']} (dead-lettered by RabbitMQ)",
+            queue=str(latest.get("queue")),
+            history=with_history(headers, *reversed(history)),
+        )
+    )

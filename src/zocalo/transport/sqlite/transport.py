@@ -49,9 +49,6 @@ from pathlib import Path
 from zocalo.errors import ConnectionFailed, InvalidURL, PublishFailed, TransportError
 from zocalo.transport.base import (
     DEFAULT_DELIVERY_LIMIT,
-    DLQ_HISTORY_HEADER,
-    DLQ_QUEUE_HEADER,
-    DLQ_REASON_HEADER,
     Acks,
     Callback,
     Capability,
@@ -62,8 +59,13 @@ from zocalo.transport.base import (
     Subscription,
     Transport,
     deliveries_to_ack,
-    dlq_name,
     take_all,
+)
+from zocalo.transport.dead_letters import (
+    dead_letter_headers,
+    delivery_entry,
+    delivery_limit_reason,
+    dlq_name,
 )
 from zocalo.transport.options import Option, parse_options, split_url
 from zocalo.transport.registry import redact_url
@@ -969,19 +971,16 @@ class SqliteTransport(Transport):
                 continue
             queue_name, headers_json, history_json, count = row
             history = json.loads(history_json) if history_json else []
-            history.append(
-                {"queue": queue_name, "reason": reason, "delivery_count": count, "time": now}
-            )
+            history.append(delivery_entry(queue_name, reason, count))
             if dead_letter or count >= self.delivery_limit:
                 why = (
                     reason
                     if dead_letter
-                    else (f"delivered {count} times (limit {self.delivery_limit}); last: {reason}")
+                    else delivery_limit_reason(count, self.delivery_limit, reason)
                 )
-                headers = json.loads(headers_json)
-                headers[DLQ_REASON_HEADER] = why
-                headers[DLQ_QUEUE_HEADER] = queue_name
-                headers[DLQ_HISTORY_HEADER] = history
+                headers = dead_letter_headers(
+                    json.loads(headers_json), reason=why, queue=queue_name, history=history
+                )
                 target = dlq_name(queue_name)
                 db.execute(
                     "UPDATE messages SET queue = ?, headers = ?, history = ?, owner = NULL, "
@@ -1054,13 +1053,7 @@ class SqliteTransport(Transport):
             consumer, delivery = item
             if self._state != "open":
                 continue
-            try:
-                consumer.subscription.callback(delivery)
-            except Exception:
-                log.exception("callback for %s raised; returning it", delivery.describe())
-                if delivery.ackable:
-                    with contextlib.suppress(TransportError):
-                        self.nack(delivery, requeue=True, reason="callback raised")
+            self.hand_over(consumer.subscription, delivery)
 
     # -- introspection -------------------------------------------------------
     def queue_stats(self) -> list[QueueStats]:
