@@ -98,8 +98,10 @@ class Delivery:
     delivery_count: int = 1
     redelivered: bool = False
     ackable: bool = True
-    #: Opaque per-transport data (delivery tag, row id, ...).
-    token: Any = None
+    #: What the transport that delivered this message needs to settle it (RabbitMQ:
+    #: channel and delivery tag; SQLite: the row id; memory: the consumer). Opaque
+    #: to everyone else, and never compared across transports.
+    receipt: Any = None
 
     @property
     def source(self) -> str:

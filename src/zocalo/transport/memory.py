@@ -235,7 +235,7 @@ class _Consumer:
             delivery_count=message.delivery_count or 1,
             redelivered=message.delivery_count > 1,
             ackable=not self.subscription.broadcast,
-            token=self,
+            receipt=self,
         )
 
     def _run(self) -> None:
@@ -343,7 +343,7 @@ class MemoryTransport(Transport):
 
     def _owned(self, delivery: Delivery) -> tuple[_Consumer, _Stored]:
         """``delivery``'s consumer and message if it awaits settlement (lock held), or raise."""
-        consumer = delivery.token
+        consumer = delivery.receipt
         if not delivery.ackable or not isinstance(consumer, _Consumer):
             raise TransportError(f"{delivery.describe()} cannot be acknowledged")
         message = consumer.unacked.get(delivery.message_id)

@@ -826,7 +826,7 @@ class RabbitMQTransport(Transport):
             delivery_count=count + 1,
             redelivered=bool(method.redelivered) or count > 0,
             ackable=not consumer.subscription.broadcast,
-            token=(channel, tag),
+            receipt=(channel, tag),
         )
         if delivery.ackable:
             with self._lock:
@@ -859,7 +859,7 @@ class RabbitMQTransport(Transport):
             raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
         with self._lock:
             consumer = self._consumers.get(delivery.subscription.id)
-            channel, tag = delivery.token if delivery.ackable else (None, None)
+            channel, tag = delivery.receipt if delivery.ackable else (None, None)
             if (
                 consumer is None
                 or channel is not consumer.channel
@@ -874,7 +874,7 @@ class RabbitMQTransport(Transport):
 
     def _untake(self, delivery: Delivery) -> None:
         """Undo :meth:`_take`: ``delivery`` awaits settlement again, if its channel lives."""
-        channel, tag = delivery.token
+        channel, tag = delivery.receipt
         with self._lock:
             consumer = self._consumers.get(delivery.subscription.id)
             if consumer is not None and consumer.channel is channel and channel.is_open:
@@ -1053,7 +1053,7 @@ class RabbitMQTransport(Transport):
         # An input whose channel closed meanwhile (its delivery tag belongs to a dead
         # channel, e.g. of a lost connection) cannot be acked any more: the broker
         # redelivers it. Then none is acked, as for any other failure of the batch.
-        lost = [delivery for delivery in batch.acks if not delivery.token[0].is_open]
+        lost = [delivery for delivery in batch.acks if not delivery.receipt[0].is_open]
         if lost:
             self._fail_batch(
                 batch,
@@ -1063,7 +1063,7 @@ class RabbitMQTransport(Transport):
             )
             return
         for delivery in batch.acks:
-            channel, tag = delivery.token
+            channel, tag = delivery.receipt
             channel.basic_ack(tag)
         batch.future.set_result(None)
 

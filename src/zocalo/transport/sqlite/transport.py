@@ -413,13 +413,13 @@ class SqliteTransport(Transport):
             if (
                 consumer is None
                 or not delivery.ackable
-                or consumer.inflight.get(delivery.token) is not delivery
+                or consumer.inflight.get(delivery.receipt) is not delivery
             ):
                 raise TransportError(
                     f"{delivery.describe()} is not awaiting acknowledgement "
                     "(already settled, not ackable, or its subscription is gone)"
                 )
-            del consumer.inflight[delivery.token]
+            del consumer.inflight[delivery.receipt]
             if consumer.saturated:
                 consumer.dirty = True
         return consumer
@@ -428,7 +428,7 @@ class SqliteTransport(Transport):
         with self._lock:
             consumer = self._consumers.get(delivery.subscription.id)
             if consumer is not None:
-                consumer.inflight[delivery.token] = delivery
+                consumer.inflight[delivery.receipt] = delivery
 
     def _ack(self, delivery: Delivery) -> None:
         self._take_inflight(delivery)
@@ -617,7 +617,7 @@ class SqliteTransport(Transport):
                     op.future.set_exception(PublishFailed(f"{self.path}: {error}"))
             with self._lock:
                 for consumer, delivery in claimed:
-                    consumer.inflight.pop(delivery.token, None)
+                    consumer.inflight.pop(delivery.receipt, None)
                     consumer.dirty = True
             return
         except BaseException:
@@ -719,7 +719,9 @@ class SqliteTransport(Transport):
             return None
         if kind == "nack":
             assert op.delivery is not None
-            self._return_rows(db, [op.delivery.token], op.reason, pokes, dead_letter=not op.requeue)
+            self._return_rows(
+                db, [op.delivery.receipt], op.reason, pokes, dead_letter=not op.requeue
+            )
             return None
         if kind == "publish":
             return self._publish_op(db, op, pokes)
@@ -812,7 +814,8 @@ class SqliteTransport(Transport):
 
     def _delete_owned(self, db: sqlite3.Connection, delivery: Delivery) -> bool:
         cursor = db.execute(
-            "DELETE FROM messages WHERE id = ? AND owner = ?", (delivery.token, self.connection_id)
+            "DELETE FROM messages WHERE id = ? AND owner = ?",
+            (delivery.receipt, self.connection_id),
         )
         return cursor.rowcount == 1
 
@@ -919,7 +922,7 @@ class SqliteTransport(Transport):
             claimed.extend((consumer, delivery) for delivery in live)
             with self._lock:
                 if not subscription.broadcast:
-                    consumer.inflight.update((d.token, d) for d in live)
+                    consumer.inflight.update((d.receipt, d) for d in live)
                 if len(rows) < room:
                     consumer.saturated = False  # the queue has nothing more ready
                     break
@@ -947,7 +950,7 @@ class SqliteTransport(Transport):
             delivery_count=max(1, count),
             redelivered=count > 1,
             ackable=not subscription.broadcast,
-            token=row_id,
+            receipt=row_id,
         )
 
     # -- returning and reaping ----------------------------------------------
