@@ -18,8 +18,9 @@ transport_option = click.option(
     "--transport",
     "transport",
     metavar="URL",
-    help=f"Broker URL (sqlite:///path, amqp://...); default ${ENVIRONMENT_VARIABLE}, "
-    "else the embedded broker in your data directory.",
+    help=f"Broker URL (sqlite:///path, amqp://...) or PikaTransport/StompTransport; default "
+    f"${ENVIRONMENT_VARIABLE}, else the site configuration's, else the embedded broker in "
+    "your data directory.",
 )
 
 
