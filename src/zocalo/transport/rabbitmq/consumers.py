@@ -303,5 +303,5 @@ class Consumers:
         channel, tag = delivery.receipt
         with self._lock:
             consumer = self._consumers.get(delivery.subscription.id)
-            if consumer is not None and consumer.channel is channel and channel.is_open:
+            if consumer is not None and channel.is_open and consumer.channel is channel:
                 consumer.unsettled.add(tag)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 import pika
 from pika.channel import Channel
@@ -206,7 +207,7 @@ class RabbitMQTransport(Transport):
         copy = Outgoing(dlq_name(delivery.source), delivery.body, headers)
         batch = Batch(Confirmation(), [])
 
-        def settle(done: Confirmation) -> None:
+        def settle(done: Future[None]) -> None:
             if not channel.is_open:
                 return
             if done.exception() is None:
