@@ -25,7 +25,7 @@ from tls_node import SecondNode, free_port
 
 from zocalo.errors import ConnectionFailed, ZocaloError
 from zocalo.transport import Outgoing, Transport, create_transport
-from zocalo.transport.rabbitmq.transport import connection_parameters
+from zocalo.transport.rabbitmq.url import connection_parameters
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
