@@ -311,13 +311,15 @@ class Supervisor:
         """Sleep until a signal (SIGCHLD, SIGTERM, ...) or a report arrives, or ``seconds``
         pass; returns the child's reports that arrived."""
         listening = reports is not None and not reports.ended
-        watched = [self._wake_read, reports.read_fd] if listening else [self._wake_read]
+        watched = [self._wake_read]
+        if reports is not None and listening:
+            watched.append(reports.read_fd)
         readable, _, _ = select.select(watched, [], [], seconds)
         if self._wake_read in readable:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_read, 512):
                     pass
-        if listening and reports.read_fd in readable:
+        if reports is not None and listening and reports.read_fd in readable:
             return reports.read()
         return []
 
@@ -389,7 +391,7 @@ def _child(
     identity: Identity,
     commands: int,
     reports: int,
-    signal_mask: set[signal.Signals],
+    signal_mask: set[int | signal.Signals],
     supervisor_fds: tuple[int, ...],
 ) -> NoReturn:
     """The forked child: drop the supervisor's signals and fds, import, run ``role``.
