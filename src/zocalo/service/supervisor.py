@@ -54,9 +54,9 @@ import time
 from typing import Any, NoReturn
 
 from zocalo.logs import apply_logging
+from zocalo.service.commands import COMMAND_QUEUE_PREFIX
 from zocalo.service.status import (
     CANNOT_LOAD,
-    COMMAND_QUEUE_PREFIX,
     RECYCLE,
     SHUTDOWN_COMMANDED,
     STOP_SIGNALS,
