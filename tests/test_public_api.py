@@ -30,6 +30,7 @@ PUBLIC = {
     "InvalidRecipe": "zocalo.errors",
     "InvalidMessage": "zocalo.errors",
     "ConfigurationError": "zocalo.errors",
+    "AdminError": "zocalo.errors",
 }
 
 

@@ -16,6 +16,7 @@ among them, and that one must stay small (no broker client, no pydantic; see
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING (type checkers read it so), without typing
 if TYPE_CHECKING:
     from zocalo.errors import (
+        AdminError,
         ConfigurationError,
         ConnectionFailed,
         InvalidMessage,
@@ -49,9 +50,11 @@ _HOMES = {
     "InvalidRecipe": "zocalo.errors",
     "InvalidMessage": "zocalo.errors",
     "ConfigurationError": "zocalo.errors",
+    "AdminError": "zocalo.errors",
 }
 
 __all__ = [
+    "AdminError",
     "ConfigurationError",
     "ConnectionFailed",
     "InvalidMessage",
