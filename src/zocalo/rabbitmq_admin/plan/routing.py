@@ -9,6 +9,7 @@ returned, so their bindings (which go with them) are not planned twice.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from zocalo.rabbitmq_admin.api import ManagementAPI
@@ -110,7 +111,7 @@ def plan_policies(planning: Planning, vhost: str, exists: bool) -> None:
                     vhost,
                     "not in the configuration",
                     DELETE_POLICIES,
-                    lambda api, name=name: api.delete_policy(vhost, name),
+                    partial(ManagementAPI.delete_policy, vhost=vhost, name=name),
                 )
             )
 
@@ -162,7 +163,7 @@ def plan_exchanges(
                 vhost,
                 f"to recreate it ({reason}); its bindings go with it",
                 DELETE_EXCHANGES,
-                lambda api, name=name: api.delete_exchange(vhost, name),
+                partial(ManagementAPI.delete_exchange, vhost=vhost, name=name),
             )
         )
         planning.add(
@@ -193,7 +194,7 @@ def plan_exchanges(
                 vhost,
                 "not in the configuration",
                 DELETE_EXCHANGES,
-                lambda api, name=name: api.delete_exchange(vhost, name),
+                partial(ManagementAPI.delete_exchange, vhost=vhost, name=name),
             )
         )
     return removed
@@ -241,7 +242,7 @@ def plan_queues(planning: Planning, vhost: str, exists: bool, queues: list[Queue
                 vhost,
                 f"to recreate it ({reason})",
                 DELETE_QUEUES,
-                lambda api, name=name: api.delete_queue(vhost, name),
+                partial(ManagementAPI.delete_queue, vhost=vhost, name=name),
                 needs_force=needs_force,
             )
         )
@@ -272,7 +273,7 @@ def plan_queues(planning: Planning, vhost: str, exists: bool, queues: list[Queue
                 vhost,
                 "not in the configuration",
                 DELETE_QUEUES,
-                lambda api, name=name: api.delete_queue(vhost, name),
+                partial(ManagementAPI.delete_queue, vhost=vhost, name=name),
                 needs_force=needs_force,
             )
         )
