@@ -51,7 +51,7 @@ from zocalo.transport.base import (
     Transport,
     deliveries_to_ack,
     dlq_name,
-    take_all,
+    reserve_all_or_none,
     without_broker_headers,
 )
 from zocalo.transport.dead_letters import (
@@ -940,7 +940,7 @@ class RabbitMQTransport(Transport):
     def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
         routes = [self._route(message) for message in messages]
         acks = deliveries_to_ack(ack)
-        take_all(acks, self._take, self._untake)
+        reserve_all_or_none(acks, self._take, self._untake)
         batch = _Batch(Confirmation(), acks)
         try:
             self._soon(lambda: self._publish_now(list(messages), batch, routes))
