@@ -76,7 +76,7 @@ class Store:
         visibility_timeout: float,
         delivery_limit: int,
     ) -> None:
-        self.db = db
+        self._db = db
         self.path = path
         self.connection_id = connection_id
         self.wake_address = wake_address
@@ -200,7 +200,7 @@ class Store:
 
     def delete_rows(self, row_ids: list[int]) -> None:
         """Forget rows for good (expired messages)."""
-        self.db.executemany("DELETE FROM messages WHERE id = ?", [(row,) for row in row_ids])
+        self._db.executemany("DELETE FROM messages WHERE id = ?", [(row,) for row in row_ids])
 
     def next_due(self, queue_name: str, now: float) -> float | None:
         """When the next delayed message of ``queue_name`` becomes ready (epoch seconds)."""
@@ -356,6 +356,9 @@ class Store:
         return connections
 
     # -- the file -----------------------------------------------------------
+    def close(self) -> None:
+        self._db.close()
+
     def checkpoint(self, *, restart: bool) -> None:
         """Fold the WAL into the file: PASSIVE never waits; RESTART waits for readers."""
         self._execute(f"PRAGMA wal_checkpoint({'RESTART' if restart else 'PASSIVE'})")

@@ -165,7 +165,7 @@ class Worker:
 
     def _close_files(self) -> None:
         if self._store is not None:
-            self._store.db.close()
+            self._store.close()
             self._store = None
             os.close(self._write_lock)
 
