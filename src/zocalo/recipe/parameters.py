@@ -19,7 +19,7 @@ import string
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from zocalo.errors import InvalidRecipe
+from zocalo.errors import InvalidRecipe, ZocaloError
 
 __all__ = ["substitute"]
 
@@ -29,7 +29,7 @@ _REPLACE_PREFIX = "{$REPLACE"
 _REPLACE_CUT = len("{$REPLACE:")
 
 
-class _Refused(Exception):
+class _Refused(ZocaloError):
     """A field we will not evaluate; turned into InvalidRecipe by the caller."""
 
 
