@@ -385,7 +385,10 @@ def read_queue_stats(path: Path) -> list[QueueStats]:
         )
     finally:
         db.close()
-    stats = {row[0]: QueueStats(*row, consumers=consumers.get(row[0], 0)) for row in rows}
+    stats = {
+        name: QueueStats(name, ready, delayed, in_flight, consumers.get(name, 0))
+        for name, ready, delayed, in_flight in rows
+    }
     for name, count in consumers.items():
         stats.setdefault(name, QueueStats(name, consumers=count))
     return [stats[name] for name in sorted(stats)]

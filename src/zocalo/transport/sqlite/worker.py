@@ -334,7 +334,8 @@ class Worker:
         return max(0.0, min(deadlines) - now)
 
     def _wait(self, timeout: float) -> None:
-        readable, _, _ = select.select([self.wake_socket, self.worker_wake], [], [], timeout)
+        watched: list[WakeSocket | WorkerWake] = [self.wake_socket, self.worker_wake]
+        readable, _, _ = select.select(watched, [], [], timeout)
         if self.worker_wake in readable:
             self.worker_wake.clear()
         if self.wake_socket in readable:
@@ -403,12 +404,12 @@ class Worker:
             raise
         fcntl.flock(self._write_lock, fcntl.LOCK_UN)
         self._retry_delay = 0.0
-        for op, error in results:
+        for op, failure in results:
             if op.future is not None and not op.future.done():
-                if error is None:
+                if failure is None:
                     op.future.set_result(None)
                 else:
-                    op.future.set_exception(error)
+                    op.future.set_exception(failure)
         wake_ups.send(self.wake_sender)
         for item in claimed:
             self._callbacks.put(item)
