@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from zocalo.cli import demo, dlq, go, monitor, queues, service, shutdown
+from zocalo.cli import demo, dlq, go, monitor, pickup, queue_drain, queues, service, shutdown
 
 
 @click.group()
@@ -20,3 +20,5 @@ cli.add_command(queues.command)
 cli.add_command(shutdown.command)
 cli.add_command(monitor.command)
 cli.add_command(dlq.group)
+cli.add_command(queue_drain.command)
+cli.add_command(pickup.command)
