@@ -11,6 +11,7 @@ import click
 from zocalo.cli.common import broker_errors, fail
 from zocalo.config import SiteConfiguration
 from zocalo.dlq.listing import QueueListing, is_rabbitmq, queue_listing
+from zocalo.dlq.record import RECORD_NAME, DeadLetterRecord, default_location
 from zocalo.errors import AdminError
 from zocalo.transport import create_transport
 from zocalo.transport.base import Transport
@@ -65,3 +66,26 @@ def listing_for(
         fail(f"{error}{hint}")
     finally:
         listing.close()
+
+
+def record_location(given: str | None, site_config: SiteConfiguration) -> Path:
+    """Where Schlockmeister keeps dead letters and their record (see ``default_location``)."""
+    return Path(given) if given else default_location(site_config.storage)
+
+
+def open_record(given: str | None, site_config: SiteConfiguration) -> DeadLetterRecord:
+    """The record Schlockmeister keeps, or one line saying there is none."""
+    directory = record_location(given, site_config)
+    if not (directory / RECORD_NAME).exists():
+        fail(
+            f"no dead letters recorded in {directory} (no {RECORD_NAME}: is Schlockmeister "
+            "running, with this location? another with --location)"
+        )
+    return DeadLetterRecord(directory)
+
+
+def group_files(record: DeadLetterRecord, group_id: int) -> list[Path]:
+    """The waiting dead letters of group ``group_id``, or one line if there is no such group."""
+    if record.group(group_id) is None:
+        fail(f"no group {group_id} in {record.path} (zocalo dlq list shows the groups)")
+    return record.waiting_files(group_id)

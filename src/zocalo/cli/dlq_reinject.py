@@ -17,7 +17,13 @@ import click
 
 from zocalo.cli.common import broker_errors, fail, open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
-from zocalo.cli.dlq_common import HELP_OPTIONS, listing_for, management_url_option
+from zocalo.cli.dlq_common import (
+    HELP_OPTIONS,
+    group_files,
+    listing_for,
+    management_url_option,
+    open_record,
+)
 from zocalo.config import SiteConfiguration
 from zocalo.dlq.listing import is_rabbitmq
 from zocalo.dlq.reinject import Reinjection, prepare_files, reinject
@@ -66,6 +72,19 @@ def show(reinjection: Reinjection) -> None:
     help="Restart the message's recipe at step N (its queue, unless -d names another).",
 )
 @click.option(
+    "--group",
+    "group_id",
+    type=int,
+    metavar="ID",
+    help="Reinject the dead letters of this group (zocalo dlq list) not reinjected yet.",
+)
+@click.option(
+    "--location",
+    metavar="DIR",
+    help="With --group: where Schlockmeister keeps dead letters (default: the site "
+    "configuration's zocalo.dlq.purge_location, else DLQ in your data directory).",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=30.0,
@@ -83,14 +102,26 @@ def command(
     destination: str | None,
     wait: float,
     step: int | None,
+    group_id: int | None,
+    location: str | None,
     timeout: float,
     transport: str | None,
     management_url: str | None,
     site_config: SiteConfiguration,
 ) -> None:
-    """Send the dead letters in FILE... (or in zocalo.dlq_purge's output, piped in) back."""
+    """Send the dead letters in FILE... (or in zocalo.dlq_purge's output, piped in, or
+    of a group with --group) back."""
+    record = None
     paths: list[Path | str] = list(files)
-    if not paths and not sys.stdin.isatty():
+    if group_id is not None:
+        if paths:
+            raise click.UsageError("give FILE... or --group, not both")
+        record = open_record(location, site_config)
+        paths = list(group_files(record, group_id))
+        if not paths:
+            click.echo(f"Group {group_id}: no dead letters waiting (all reinjected, or gone)")
+            return
+    elif not paths and not sys.stdin.isatty():
         paths = list(paths_from_purge_output(sys.stdin.read().splitlines()))
         click.echo(f"{len(paths)} filenames read from stdin")
     if not paths:
@@ -110,6 +141,8 @@ def command(
             show(reinjection)
 
     def sent(reinjection: Reinjection) -> None:
+        if record is not None:
+            record.mark_reinjected(reinjection.path)
         gone = " (file removed)" if remove else ""
         click.echo(f"Reinjected {reinjection.path} to {reinjection.describe()}{gone}")
 

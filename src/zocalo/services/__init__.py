@@ -1,0 +1,1 @@
+"""Shipped services, one module each (run them with zocalo.service -s NAME)."""
