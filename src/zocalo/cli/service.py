@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 import click
@@ -11,12 +12,13 @@ import click
 from zocalo.cli.common import open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
+from zocalo.config.loader import CONFIG_VARIABLE, DEFAULT_ENV_VARIABLE
 from zocalo.logs import apply_logging, logging_plan
 from zocalo.service.discovery import ServiceNotFound, check_service_name, service_class_name
 from zocalo.service.runner import RunnerSettings
 from zocalo.service.supervisor import exec_supervisor
 from zocalo.service.supervisor_settings import RunnerHook, SupervisorSettings
-from zocalo.transport.registry import redact_url
+from zocalo.transport.registry import ENVIRONMENT_VARIABLE, redact_url
 
 
 @contextlib.contextmanager
@@ -130,7 +132,20 @@ def command(
     with _library_logs_quiet(unless=verbose >= 2), open_broker(url):
         pass
     logging.getLogger("zocalo.service").info("supervising %s on %s", name, redact_url(url))
+    share_settings(url, site_config)
     exec_supervisor(settings)
+
+
+def share_settings(url: str, site_config: SiteConfiguration) -> None:
+    """Let the service, and whatever it starts, find what this command was given: the
+    broker (a Schlockmeister opens a connection of its own; a service may run zocalo.go)
+    and the site configuration (the Mailer reads its smtp section), through the variables
+    every tool reads."""
+    os.environ[ENVIRONMENT_VARIABLE] = url
+    if site_config.path is not None:
+        os.environ[CONFIG_VARIABLE] = str(site_config.path)
+    if len(site_config.active) == 1:
+        os.environ[DEFAULT_ENV_VARIABLE] = site_config.active[0]
 
 
 def main() -> None:
