@@ -168,8 +168,14 @@ def test_dlq_list_and_reinject_group_send_a_whole_group_back(
         (disk_full,) = [g for g in answer["groups"] if g["exception"] == "OSError"]
         assert (disk_full["count"], disk_full["waiting"]) == (2, 2)
         assert disk_full["recipe_ids"] == ["job-1", "job-2"]
-        table = CliRunner().invoke(dlq_list, ["--location", str(location)], env={"COLUMNS": "300"})
-        assert "OSError: disk full" in table.stdout and "job-1, job-2" in table.stdout
+        text = CliRunner().invoke(dlq_list, ["--location", str(location)]).stdout.splitlines()
+        start = text.index(
+            f"group {disk_full['id']}: 2 dead letters (2 waiting) from {queue}, step 2"
+        )
+        assert text[start + 2 : start + 4] == [
+            "  example: OSError: disk full (after 3 attempts)",
+            "  recipe IDs: job-1, job-2",
+        ]
         back = collector(ack_with=client)
         client.subscribe(queue, back)
         arguments = ["-t", any_broker, "--location", str(location), "--remove"]

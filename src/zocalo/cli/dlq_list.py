@@ -7,15 +7,13 @@ import json
 import time
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from zocalo.cli.config_options import site_config_options
 from zocalo.cli.dlq_common import HELP_OPTIONS, record_location
 from zocalo.config import SiteConfiguration
 from zocalo.dlq.record import RECORD_NAME, DeadLetterRecord, Group
 
-#: Recipe IDs shown per row (``--json`` has up to ten).
+#: Recipe IDs shown per group (``--json`` has up to ten).
 IDS_SHOWN = 3
 
 
@@ -23,34 +21,19 @@ def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
-def group_table(groups: list[Group]) -> Table:
-    table = Table(
-        "group",
-        "count",
-        "waiting",
-        "queue",
-        "step",
-        "first seen",
-        "last seen",
-        "example",
-        "recipe IDs",
-    )
-    for group in groups:
-        ids = ", ".join(group.recipe_ids[:IDS_SHOWN])
-        if len(group.recipe_ids) > IDS_SHOWN:
-            ids += ", ..."
-        table.add_row(
-            str(group.id),
-            str(group.count),
-            str(group.waiting),
-            group.queue,
-            "" if group.step is None else str(group.step),
-            _when(group.first_seen),
-            _when(group.last_seen),
-            group.example,
-            ids,
-        )
-    return table
+def group_lines(group: Group) -> list[str]:
+    """A few lines per group: long reasons and recipe IDs read whole, at any width."""
+    step = "" if group.step is None else f", step {group.step}"
+    ids = ", ".join(group.recipe_ids[:IDS_SHOWN])
+    if len(group.recipe_ids) > IDS_SHOWN:
+        ids += ", ..."
+    return [
+        f"group {group.id}: {group.count} dead letters ({group.waiting} waiting) "
+        f"from {group.queue}{step}",
+        f"  first seen {_when(group.first_seen)}, last seen {_when(group.last_seen)}",
+        f"  example: {group.example}",
+        f"  recipe IDs: {ids or '(none)'}",
+    ]
 
 
 @click.command("list", context_settings=HELP_OPTIONS)
@@ -76,4 +59,6 @@ def command(location: str | None, as_json: bool, site_config: SiteConfiguration)
     elif not groups:
         click.echo(f"No dead letters recorded in {directory}")
     else:
-        Console().print(group_table(groups))
+        for group in groups:
+            for line in group_lines(group):
+                click.echo(line)

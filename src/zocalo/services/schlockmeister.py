@@ -2,9 +2,10 @@
 alert per new way of failing.
 
 Every ``dlq.*`` queue of the broker is consumed (new ones are found by listing the queues
-every ``scan_interval`` seconds), so a message dead-lettered by our runner, by the
-embedded broker or by RabbitMQ after its delivery limit is seen within moments, on every
-transport. For each dead letter Schlockmeister
+every ``scan_interval`` seconds, 5 by default), so a message dead-lettered by our runner,
+by the embedded broker or by RabbitMQ after its delivery limit is seen at once, or within
+``scan_interval`` in a queue that held no dead letter before; on every transport. For
+each dead letter Schlockmeister
 
 1. writes it to a file, exactly as ``zocalo.dlq_purge`` does (same place, same layout:
    ``zocalo.dlq_reinject`` takes it, and an operator can edit it first);
@@ -56,6 +57,9 @@ ALERT_TOPIC = "zocalo.dlq.alerts"
 #: The Mailer's queue, and the storage key listing who is mailed about new groups.
 MAIL_QUEUE = "mailnotification"
 MAIL_TO_KEY = "zocalo.schlockmeister.mail_to"
+#: Seconds between listings of the broker's queues (a new dead-letter queue is watched
+#: from the next one; a queue already watched delivers at once).
+SCAN_INTERVAL = 5.0
 #: Longest pause after a dead letter could not be kept (disk full...), before the next try.
 MAX_BACKOFF = 60.0
 
@@ -70,7 +74,7 @@ class Schlockmeister(Service):
         transport_url: str | None = None,
         *,
         location: Path | str | None = None,
-        scan_interval: float = 30.0,
+        scan_interval: float = SCAN_INTERVAL,
         mail_to: list[str] | str | None = None,
         management_url: str | None = None,
         site_config: SiteConfiguration | None = None,
