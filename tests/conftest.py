@@ -129,16 +129,38 @@ def let_time_pass() -> Callable[[float], None]:
 
 #: Fixtures that reach the machine's RabbitMQ: a test using one is marked ``rabbitmq``.
 RABBITMQ_FIXTURES = frozenset({"rabbitmq_vhost", "rabbitmq_vhost_url"})
+#: Fixtures that run the session's private Slurm cluster: a test using one is marked ``slurm``.
+SLURM_FIXTURES = frozenset({"slurm_cluster"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that asks for a RabbitMQ fixture by name is a ``rabbitmq`` test, marked or not,
     so ``-m "not rabbitmq"`` leaves it out. (One that asks at run time, through
-    ``request.getfixturevalue``, must carry the marker itself: see ``rabbitmq_vhost_url``.)"""
+    ``request.getfixturevalue``, must carry the marker itself: see ``rabbitmq_vhost_url``.)
+    Likewise a test of the Slurm cluster is a ``slurm`` test."""
     for item in items:
-        if RABBITMQ_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = getattr(item, "fixturenames", ())
+        if RABBITMQ_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.rabbitmq)
+        if SLURM_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.slurm)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Any]:
+    """A private single-node Slurm cluster (see ``tests/slurm_cluster.py``), started when
+    the first test that needs it runs and stopped, with every job, at the session's end."""
+    from slurm_cluster import SlurmCluster, missing_packages
+
+    missing = missing_packages()
+    if missing:
+        pytest.fail(
+            f"the Slurm tests need {', '.join(missing)}: run scripts/install-slurm (make test "
+            "does), or leave them out with -m 'not slurm'"
+        )
+    with SlurmCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
