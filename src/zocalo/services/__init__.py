@@ -1,0 +1,1 @@
+"""Shipped services, one module each (registered under the ``zocalo.services`` entry points)."""
