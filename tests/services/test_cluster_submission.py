@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from cluster_recipes import OUTPUT_QUEUES, Outputs, start_recipe, submission_recipe, wait_for
 
+from zocalo.cli.main import cli
 from zocalo.recipe.model import Recipe
 from zocalo.recipe.wire import decode, encode, recipe_headers
 from zocalo.services.cluster_submission import (
@@ -126,9 +128,11 @@ def test_a_job_succeeds_and_its_results_continue_down_the_recipe(
 
 
 def test_on_rabbitmq_the_job_polls_ride_its_delays(
-    start_service, rabbitmq_vhost_url, slurm_environment, collector, tmp_path
+    rabbitmq_vhost_url, start_service, slurm_environment, collector, tmp_path
 ):
-    """The same service and recipe on RabbitMQ: polls are delayed messages there too."""
+    """The same service and recipe on RabbitMQ: polls are delayed messages there too.
+
+    (The vhost fixture comes first: the service stops before the test's queues go.)"""
     broker = create_transport(rabbitmq_vhost_url)
     broker.connect()
     try:
@@ -260,7 +264,7 @@ def test_slurm_stopped_while_a_message_waits_loses_nothing(
     directory = slurm_cluster.job_directory(request.node.name)
     slurm_cluster.stop_controller()
     try:
-        with caplog.at_level(logging.WARNING, logger="zocalo.services.cluster_submission"):
+        with caplog.at_level(logging.WARNING):
             start_recipe(
                 broker,
                 submission_recipe({"cluster": {"commands": "true"}, "workingdir": str(directory)}),
@@ -325,6 +329,42 @@ def test_a_service_killed_while_its_job_runs_reports_the_end_after_a_restart(
     assert completed == {"jobid": submitted["jobid"], "state": "COMPLETED", "exit_code": 0}
 
 
+def test_zocalo_cancel_cancels_the_recipes_jobs_and_drops_its_later_steps(
+    run_service, broker, outputs, slurm_cluster, sqlite_broker, request, caplog
+):
+    service = run_service("rest")
+    directory = slurm_cluster.job_directory(request.node.name)
+    recipe = Recipe(
+        submission_recipe({"cluster": {"commands": "sleep 60"}, "workingdir": str(directory)})
+    )
+    recipe_id = f"cancel-{request.node.name}"
+    broker.send(QUEUE, _body(recipe, recipe_id), headers=recipe_headers())
+    (submitted,) = outputs.wait("job_submitted")
+    job = str(submitted["jobid"])
+    with caplog.at_level(logging.INFO):
+        result = CliRunner().invoke(cli, ["cancel", recipe_id, "-t", sqlite_broker])
+        assert result.exit_code == 0, result.output
+        assert service.jobs is not None
+        wait_for(
+            lambda: [r for r in service.jobs.of_recipe(recipe_id) if r.state == "ended"],
+            "the job's end to be recorded",
+        )
+        state = slurm_cluster.command("squeue", "-h", "-t", "all", "-j", job, "-o", "%T")
+        assert state.strip() == "CANCELLED"
+        # A later step of the cancelled recipe is dropped: no job, one log line.
+        broker.send(QUEUE, _body(recipe, recipe_id), headers=recipe_headers())
+        wait_for(
+            lambda: any("was cancelled: step 1 dropped" in r.getMessage() for r in caplog.records),
+            "the later step to be dropped",
+        )
+    assert outputs.payloads("failure") == outputs.payloads("error") == []
+    assert len(outputs.payloads("job_submitted")) == 1
+    assert any(
+        f"the end of Slurm job {job} (CANCELLED) is not reported" in r.getMessage()
+        for r in caplog.records
+    )
+
+
 def test_a_cryoem_services_recipe_runs_unchanged(
     run_service, broker, tmp_path, slurm_cluster, caplog
 ):
@@ -352,7 +392,7 @@ def test_a_cryoem_services_recipe_runs_unchanged(
             "feedback_queue": "murfey_feedback",
         }
     )
-    with caplog.at_level(logging.INFO, logger="zocalo.services.cluster_submission"):
+    with caplog.at_level(logging.INFO):
         recipe_id = start_recipe(broker, recipe)
         assert service.jobs is not None
         record = wait_for(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from wrapping import RECIPE_ID
 
+from zocalo.recipe.cancel import broadcast_cancel
 from zocalo.wrapper.command import CommandWrapper
 from zocalo.wrapper.wrap import run_wrapper
 
@@ -136,3 +137,26 @@ def _alive(pid: int) -> bool:
     # A zombie still answers kill(0): it has ended all the same.
     status = Path(f"/proc/{pid}/stat")
     return status.exists() and status.read_text().split(") ")[-1][0] != "Z"
+
+
+def test_cancelling_the_recipe_stops_the_program_and_reports_nothing(
+    live_step, outputs, client, tmp_path, wait_until
+):
+    started = tmp_path / "started"
+    step = live_step({"command": ["sh", "-c", f"touch {started}; sleep 60"]})
+    wrapper = CommandWrapper()
+    runner = threading.Thread(
+        target=run_wrapper,
+        args=(wrapper, step.transport),
+        kwargs={"name": "command", "recipe_wrapper": step},
+    )
+    runner.start()
+    wait_until(started.exists, "the command to start")
+    broadcast_cancel(client, "some-other-recipe")
+    broadcast_cancel(client, RECIPE_ID)
+    runner.join(10)
+    assert not runner.is_alive()
+    assert wrapper.result is not None and wrapper.result["stopped"] is True
+    assert outputs.wait("starting") == ["Starting processing"]
+    for channel in ("success", "failure", "completed"):
+        assert outputs.payloads(channel) == []

@@ -14,6 +14,9 @@ commits (fsync), and only then lets the message be acknowledged. Each row:
   delivered again because its publish never happened, reports it again;
 * ``recipe_id``: which recipe's jobs to cancel.
 
+Cancelled recipes are remembered too (``cancelled``): their jobs are cancelled,
+their ends not reported, and their later steps not submitted.
+
 Ended rows are kept for :data:`KEEP_ENDED` seconds, then forgotten (as are
 submissions that never got a job, refused ones).
 """
@@ -46,6 +49,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_recipe ON jobs (recipe_id);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS cancelled (
+    recipe_id TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 """
 
 
@@ -132,8 +139,28 @@ class JobBook:
             cursor = self._db.execute("SELECT * FROM jobs WHERE recipe_id = ?", (recipe_id,))
             return [record for row in cursor.fetchall() if (record := self._row(row))]
 
+    def cancel_recipe(self, recipe_id: str) -> list[JobRecord]:
+        """Remember ``recipe_id`` as cancelled; its jobs that may still run."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO cancelled (recipe_id, at) VALUES (?, ?)",
+                (recipe_id, time.time()),
+            )
+            cursor = self._db.execute(
+                "SELECT * FROM jobs WHERE recipe_id = ? AND state != 'ended'", (recipe_id,)
+            )
+            return [record for row in cursor.fetchall() if (record := self._row(row))]
+
+    def is_cancelled(self, recipe_id: str | None) -> bool:
+        if recipe_id is None:
+            return False
+        with self._lock:
+            cursor = self._db.execute("SELECT 1 FROM cancelled WHERE recipe_id = ?", (recipe_id,))
+            return cursor.fetchone() is not None
+
     def forget_ended(self, older_than: float = KEEP_ENDED) -> int:
         with self._lock:
+            self._db.execute("DELETE FROM cancelled WHERE at < ?", (time.time() - older_than,))
             cursor = self._db.execute(
                 "DELETE FROM jobs WHERE (state = 'ended' AND ended_at < ?) "
                 "OR (state = 'submitting' AND submitted_at < ?)",

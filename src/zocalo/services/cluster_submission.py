@@ -33,6 +33,11 @@ submitted twice. Parameters that describe no job (a relative ``workingdir``...)
 and jobs Slurm refuses raise, so the runner retries them and then moves them to
 ``dlq.cluster.submission`` with the reason.
 
+``zocalo cancel RECIPE_ID`` (a broadcast on ``zocalo.cancel``): the recipe's jobs
+are cancelled (again at each poll, until Slurm takes it), their ends are not
+reported, and the recipe's later ``cluster.submission`` steps are dropped (one log
+line each) for 7 days.
+
 Settings: the site configuration's ``slurm`` section (``url``, ``api_version``,
 ``user``, ``user_token``: :func:`zocalo.wrapper.slurm.backend_for`), and
 ``ZOCALO_CLUSTER_JOBS`` for the job record (default: ``cluster-jobs.db`` in the
@@ -44,7 +49,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import sqlite3
 import time
@@ -56,6 +60,7 @@ from typing import Any
 import platformdirs
 
 from zocalo.errors import ZocaloError
+from zocalo.recipe.cancel import CANCEL_TOPIC
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import RECIPE_HEADER
 from zocalo.service import Service, handler
@@ -78,8 +83,6 @@ _OWN_HEADERS = (JOB_HEADER, POLL_HEADER, POLLS_HEADER, WAITS_HEADER)
 JOBS_VARIABLE = "ZOCALO_CLUSTER_JOBS"
 POLL_VARIABLE = "ZOCALO_CLUSTER_POLL"
 WAIT_VARIABLE = "ZOCALO_CLUSTER_WAIT"
-
-log = logging.getLogger("zocalo.services.cluster_submission")
 
 
 class ClusterSetupError(ZocaloError):
@@ -228,8 +231,33 @@ class ClusterSubmission(Service):
         else:
             self.submit(step)
 
+    @handler(topic=CANCEL_TOPIC, allow_plain=True)
+    def cancel(self, step: RecipeStep, payload: Any) -> None:
+        """``zocalo cancel RECIPE_ID``: cancel the recipe's jobs, submit no more for it."""
+        assert self.jobs is not None and self.backend is not None
+        recipe_id = payload.get("cancel") if isinstance(payload, dict) else None
+        if not isinstance(recipe_id, str) or not recipe_id:
+            self.log.warning("ignoring a cancellation that names no recipe: %r", payload)
+            return
+        records = self.jobs.cancel_recipe(recipe_id)
+        self.log.info("recipe %s cancelled: cancelling %d job(s)", recipe_id, len(records))
+        for record in records:
+            if record.job_id is not None:
+                self._cancel_job(record.job_id, recipe_id)
+
+    def _cancel_job(self, job_id: int, recipe_id: str) -> None:
+        assert self.backend is not None
+        try:
+            self.backend.cancel(job_id)
+            self.log.info("cancelled Slurm job %d of recipe %s", job_id, recipe_id)
+        except SlurmError as error:  # its next poll tries again
+            self.log.warning("could not cancel Slurm job %d yet: %s", job_id, error)
+
     def submit(self, step: RecipeStep) -> None:
         assert self.jobs is not None and self.backend is not None
+        if self.jobs.is_cancelled(step.recipe_id):
+            self.log.info("recipe %s was cancelled: step %s dropped", step.recipe_id, step.pointer)
+            return
         key = message_key(step)
         record = self.jobs.get(key)
         if record is not None and record.state != "submitting":
@@ -329,6 +357,8 @@ class ClusterSubmission(Service):
             self.log.warning("a poll for job record %s, which holds no job: dropped", key)
             return
         if record.state == "ended":
+            if self.jobs.is_cancelled(record.recipe_id):
+                return
             if record.reported_by == poll_id and record.outcome is not None:
                 self._report(step, record.outcome)  # our report was never published
             return  # else another poll reported it (a message delivered twice)
@@ -338,12 +368,23 @@ class ClusterSubmission(Service):
             self.log.warning("Slurm unreachable (%s); polling job %d later", error, record.job_id)
             self._poll_later(step, key, polls + 1)
             return
+        cancelled = self.jobs.is_cancelled(record.recipe_id)
         if state is not None and not state.ended:
+            if cancelled:  # the cancellation found Slurm unreachable, or came too early
+                self._cancel_job(record.job_id, str(record.recipe_id))
             self._poll_later(step, key, polls + 1)
             return
         outcome = outcome_of(record.job_id, state)
         self.jobs.ended(key, outcome, poll_id)
         self._states.pop(record.job_id, None)
+        if cancelled:
+            self.log.info(
+                "recipe %s was cancelled: the end of Slurm job %d (%s) is not reported",
+                record.recipe_id,
+                record.job_id,
+                outcome["state"],
+            )
+            return
         self._report(step, outcome)
 
     def _state_of(self, job_id: int) -> JobState | None:

@@ -7,6 +7,9 @@
    ``failure(<its text>)`` and status ERROR;
 4. ``done(...)``; status END (unless ERROR); the broadcaster stops.
 
+A ``zocalo cancel`` of the wrapper's recipe (:mod:`zocalo.recipe.cancel`) stops
+it (:meth:`~zocalo.wrapper.base.BaseWrapper.stop`), and it reports nothing more.
+
 Wrappers are found by name in the ``zocalo.wrappers`` entry point group (each
 names a :class:`~zocalo.wrapper.base.BaseWrapper` subclass), as in python-zocalo.
 """
@@ -21,8 +24,9 @@ from typing import Any
 
 from zocalo.errors import ZocaloError
 from zocalo.logs import recipe_context
+from zocalo.recipe.cancel import CANCEL_TOPIC, cancelled_recipe
 from zocalo.service.status import Status
-from zocalo.transport.base import Transport
+from zocalo.transport.base import Delivery, Transport
 from zocalo.wrapper.base import BaseWrapper
 from zocalo.wrapper.live_step import LiveRecipeWrapper
 from zocalo.wrapper.status import WRAPPER_STATUS_INTERVAL, WrapperStatus
@@ -96,6 +100,7 @@ def run_wrapper(
     wrapper.status_thread = status
     recipe_id = recipe_wrapper.recipe_id if recipe_wrapper else None
     pointer = recipe_wrapper.recipe_pointer if recipe_wrapper else None
+    cancelled = _stop_when_cancelled(wrapper, transport, recipe_id)
     status.start()
     final = Status.ERROR
     try:
@@ -103,15 +108,38 @@ def run_wrapper(
             wrapper.prepare(STARTING_TEXT)
             status.set_status(Status.PROCESSING)
             log.info("wrapper %s: setup complete, starting processing", name)
-            final = _run(wrapper, name)
-            wrapper.done(_report(wrapper, FINISHED_TEXT))
+            final = _run(wrapper, name, cancelled)
+            if not cancelled.is_set():
+                wrapper.done(_report(wrapper, FINISHED_TEXT))
     finally:
         status.set_status(final)
         status.shutdown()
     return final
 
 
-def _run(wrapper: BaseWrapper, name: str) -> Status:
+def _stop_when_cancelled(
+    wrapper: BaseWrapper, transport: Transport, recipe_id: str | None
+) -> threading.Event:
+    """Stop the wrapper when its recipe is cancelled (``zocalo cancel``); the event says so.
+
+    A cancelled recipe is told nothing more: its wrapper sends no outcome.
+    """
+    cancelled = threading.Event()
+    if recipe_id is None:
+        return cancelled
+
+    def on_cancel(delivery: Delivery) -> None:
+        if cancelled_recipe(delivery.body) != recipe_id or cancelled.is_set():
+            return
+        cancelled.set()
+        log.warning("recipe %s was cancelled: stopping", recipe_id)
+        threading.Thread(target=wrapper.stop, name="zocalo-wrapper-stop", daemon=True).start()
+
+    transport.subscribe_broadcast(CANCEL_TOPIC, on_cancel)
+    return cancelled
+
+
+def _run(wrapper: BaseWrapper, name: str, cancelled: threading.Event) -> Status:
     """``run()`` and its report (success or failure); the status it ends in."""
     try:
         succeeded = wrapper.run()
@@ -120,10 +148,15 @@ def _run(wrapper: BaseWrapper, name: str) -> Status:
         wrapper.failure("Interrupted")
         return Status.END
     except Exception as error:
+        if cancelled.is_set():
+            log.info("wrapper %s stopped (its recipe was cancelled): %s", name, error)
+            return Status.END
         log.error("wrapper %s failed: %s", name, error, exc_info=True)
         wrapper.failure(error)
         return Status.ERROR
-    if succeeded:
+    if cancelled.is_set():
+        log.info("wrapper %s: its recipe was cancelled, so it reports nothing", name)
+    elif succeeded:
         log.info("wrapper %s: processing finished", name)
         wrapper.success(_report(wrapper, FINISHED_TEXT))
     else:
