@@ -81,6 +81,8 @@ POLLS_HEADER = "zocalo-cluster-polls"
 WAITS_HEADER = "zocalo-cluster-waits"
 _OWN_HEADERS = (JOB_HEADER, POLL_HEADER, POLLS_HEADER, WAITS_HEADER)
 JOBS_VARIABLE = "ZOCALO_CLUSTER_JOBS"
+#: Seconds between two clear-outs of long-ended jobs from the record.
+TIDY_INTERVAL = 3600.0
 POLL_VARIABLE = "ZOCALO_CLUSTER_POLL"
 WAIT_VARIABLE = "ZOCALO_CLUSTER_WAIT"
 
@@ -180,6 +182,7 @@ class ClusterSubmission(Service):
         self.settings = settings
         self.jobs: JobBook | None = None
         self._states: dict[int, tuple[float, JobState | None]] = {}
+        self._tidied_at = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------
     def initializing(self) -> None:
@@ -258,6 +261,9 @@ class ClusterSubmission(Service):
         if self.jobs.is_cancelled(step.recipe_id):
             self.log.info("recipe %s was cancelled: step %s dropped", step.recipe_id, step.pointer)
             return
+        if time.monotonic() - self._tidied_at > TIDY_INTERVAL:
+            self._tidied_at = time.monotonic()
+            self.jobs.forget_ended()
         key = message_key(step)
         record = self.jobs.get(key)
         if record is not None and record.state != "submitting":
