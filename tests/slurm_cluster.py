@@ -7,9 +7,9 @@ run in the foreground, each in its own process group, and stop with it:
 ``scontrol shutdown``, then their groups are killed.
 
 * ``munged`` first (a private key and socket), then ``slurmctld -i`` and ``slurmd``;
-* the node claims 32 CPUs and 128 GiB (``config_overrides``), so real recipes'
-  requests (20 tasks, 64 GiB) fit on a small machine; nothing is enforced
-  (``task/none``, no cgroups);
+* the node claims 32 CPUs, 128 GiB and 4 GPUs (``config_overrides``; the GPUs are
+  device files such as ``/dev/null``), so real recipes' requests (20 tasks, 64 GiB,
+  4 GPUs) fit on a small machine; nothing is enforced (``task/none``, no cgroups);
 * ``slurmrestd`` (OpenAPI v0.0.38) refuses to run as root: it runs as
   :data:`REST_USER` behind a Unix socket with ``rest_auth/local``, and jobs
   submitted through it run as that user, in directories from :meth:`job_directory`;
@@ -120,6 +120,11 @@ class SlurmCluster:
         key.chmod(0o400)
         os.chown(self.base / "rest", self.rest_user.pw_uid, self.rest_user.pw_gid)
         self.conf.write_text(self._configuration())
+        # Four pretend GPUs (device files every machine has): jobs asking for GPUs run.
+        devices = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom")
+        (self.base / "gres.conf").write_text(
+            "".join(f"NodeName={self.node} Name=gpu File={device}\n" for device in devices)
+        )
 
     def _configuration(self) -> str:
         base = self.base
@@ -154,7 +159,8 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 KillWait=2
 MessageTimeout=2
-NodeName={self.node} CPUs=32 RealMemory=131072 State=UNKNOWN
+GresTypes=gpu
+NodeName={self.node} CPUs=32 RealMemory=131072 Gres=gpu:4 State=UNKNOWN
 PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """
 

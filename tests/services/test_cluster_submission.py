@@ -36,7 +36,6 @@ from zocalo.wrapper.slurm import backend_for
 
 POLL = 0.3
 ZOCALO_WRAP = Path(sys.executable).parent / "zocalo.wrap"
-CRYOEM_RECIPE = Path(__file__).parent / "recipes" / "clem-tiff-to-stack-wrapper.json"
 
 
 @pytest.fixture
@@ -365,31 +364,62 @@ def test_zocalo_cancel_cancels_the_recipes_jobs_and_drops_its_later_steps(
     )
 
 
-def test_a_cryoem_services_recipe_runs_unchanged(
-    run_service, broker, tmp_path, slurm_cluster, caplog
+@pytest.mark.parametrize(
+    ("recipe_file", "parameters", "expected"),
+    [
+        (
+            "clem-tiff-to-stack-wrapper.json",
+            {"session_dir": "{tmp}", "job_name": "grid1", "tiff_file": "a.tiff"},
+            {
+                "JobName": "tiff-to-stack",
+                "NumTasks": "1",
+                "CPUs/Task": "1",
+                "TimeLimit": "03:00:00",
+                "WorkDir": "{tmp}/processed",
+                "StdOut": "{tmp}/tmp/run.out",
+                "mem": "mem=32G",
+                "gpus": None,
+                "wrapper": "{tmp}/tmp/.recipewrap--clem_tiff_to_stack--grid1",
+                "wrap": "-w CLEMTIFFToStack",
+            },
+        ),
+        (
+            "em-spa-class2d-wrapper.json",
+            {"class2d_dir": "{tmp}/Class2D/job010", "partition_preference": "", "nr_iter": 25},
+            {
+                "JobName": "Class2D-EM",
+                "NumTasks": "1",
+                "CPUs/Task": "8",
+                "TimeLimit": "03:00:00",
+                "WorkDir": "{tmp}/Class2D/job010",
+                "StdOut": "{tmp}/Class2D/job010/run.out",
+                "mem": "mem=96000M",
+                "gpus": "gres:gpu:1",
+                "wrapper": "{tmp}/Class2D/job010/.recipewrap",
+                "wrap": "-w Class2D",
+            },
+        ),
+    ],
+)
+def test_cryoem_services_recipes_run_unchanged(
+    recipe_file, parameters, expected, run_service, broker, tmp_path, slurm_cluster, caplog
 ):
-    """DiamondLightSource/cryoem-services recipes/ispyb/clem-tiff-to-stack-wrapper.json
-    (BSD-3-Clause, Diamond Light Source), as published, with the Dispatcher's parameters.
+    """DiamondLightSource/cryoem-services recipes/ispyb/*-wrapper.json (BSD-3-Clause,
+    Diamond Light Source), as published, with the parameters a Dispatcher would give.
 
-    Its job runs ``cryoemservices.wrap``, which this machine lacks, so the job itself
-    fails (exit status 127): what is checked is all the submission service does.
+    Their jobs run ``cryoemservices.wrap``, which this machine lacks, so each job fails
+    (exit status 127): what is checked is everything the submission service does.
     """
     service = run_service("cli")
-    session = tmp_path / "session"
-    recipe = Recipe(CRYOEM_RECIPE.read_text())
+    expected = {key: v and v.replace("{tmp}", str(tmp_path)) for key, v in expected.items()}
+    recipe = Recipe((Path(__file__).parent / "recipes" / recipe_file).read_text())
     recipe.apply_parameters(
         {
-            "session_dir": str(session),
             "partition": "debug",
             "user": "root",
             "config_file": "/dls_sw/apps/cryoem/config.yaml",
-            "job_name": "grid1",
-            "tiff_list": ["a.tiff"],
-            "tiff_file": "a.tiff",
-            "root_folder": "images",
-            "metadata": "metadata.xlif",
-            "session_id": 17,
             "feedback_queue": "murfey_feedback",
+            **{key: str(v).replace("{tmp}", str(tmp_path)) for key, v in parameters.items()},
         }
     )
     with caplog.at_level(logging.INFO):
@@ -403,23 +433,22 @@ def test_a_cryoem_services_recipe_runs_unchanged(
     job = str(record.job_id)
     shown = slurm_cluster.command("scontrol", "show", "job", "--oneliner", job)
     fields = dict(word.split("=", 1) for word in shown.split() if "=" in word)
-    assert fields["JobName"] == "tiff-to-stack"
-    assert (fields["NumTasks"], fields["CPUs/Task"]) == ("1", "1")
-    assert fields["TimeLimit"] == "03:00:00"
+    for name in ("JobName", "NumTasks", "CPUs/Task", "TimeLimit", "WorkDir", "StdOut"):
+        assert fields[name] == expected[name], name
     assert fields["Partition"] == "debug"
-    assert fields["WorkDir"] == f"{session}/processed"
-    assert fields["StdOut"] == f"{session}/tmp/run.out"
-    assert "mem=32G" in fields["TRES"]
-    wrapper_file = session / "tmp" / ".recipewrap--clem_tiff_to_stack--grid1"
+    assert expected["mem"] in fields["TRES"]
+    assert fields.get("TresPerJob") == expected["gpus"]
+    wrapper_file = Path(expected["wrapper"])
     message = decode(wrapper_file.read_bytes(), recipe_headers(), "recipe-wrapper file")
     assert (message.pointer, message.recipe_id) == (1, recipe_id)
-    assert message.step["parameters"]["cluster"]["job_name"] == "tiff-to-stack"
+    assert message.step["parameters"]["cluster"]["job_name"] == expected["JobName"]
     script = slurm_cluster.command("scontrol", "write", "batch_script", job, "-")
     assert (
-        f'cryoemservices.wrap -w CLEMTIFFToStack -r "{wrapper_file}" '
+        f'cryoemservices.wrap {expected["wrap"]} -r "{wrapper_file}" '
         "-c /dls_sw/apps/cryoem/config.yaml >runinfo 2>&1"
     ) in script
-    assert "cryoemservices.wrap: command not found" in (session / "processed/runinfo").read_text()
+    runinfo = Path(expected["WorkDir"]) / "runinfo"
+    assert "cryoemservices.wrap: command not found" in runinfo.read_text()
     assert any("has no failure or error output" in r.getMessage() for r in caplog.records)
 
 

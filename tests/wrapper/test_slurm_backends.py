@@ -109,6 +109,7 @@ def test_the_request_reaches_slurm_field_by_field(backend, slurm_cluster, reques
             memory_per_node=2048,
             time_limit=90,
             partition="debug",
+            gpus=2,
             comment="fields",
         )
     )
@@ -127,6 +128,8 @@ def test_the_request_reaches_slurm_field_by_field(backend, slurm_cluster, reques
     assert fields["WorkDir"] == str(directory)
     assert fields["StdOut"] == str(directory / "out.txt")
     assert "mem=2G" in fields["TRES"]
+    gpus = fields.get("TresPerJob") or fields.get("TresPerNode")
+    assert gpus == "gres:gpu:2"
 
 
 def test_a_request_slurm_refuses_is_job_refused(backend, slurm_cluster, request):

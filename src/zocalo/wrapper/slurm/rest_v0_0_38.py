@@ -1,8 +1,8 @@
 """Slurm REST API v0.0.38 (Slurm 21.08 and 22.05): tested against a real slurmrestd.
 
 Its spellings: ``environment`` is an object, ``nodes`` a ``[min, max]`` list,
-``memory_per_node`` (MB) and ``time_limit`` (minutes) plain integers, ``gpus`` a
-string; a job's ``job_state`` is a string and ``exit_code`` the wait status (exit
+``memory_per_node`` (MB) and ``time_limit`` (minutes) plain integers, GPUs as
+``gres: "gpu:N"``; a job's ``job_state`` is a string and ``exit_code`` the wait status (exit
 code in the high byte, signal in the low one).
 """
 
@@ -43,7 +43,9 @@ def job_properties(request: JobRequest) -> dict[str, Any]:
         "time_limit": request.time_limit,
         "partition": request.partition,
         "prefer": request.prefer,
-        "gpus": str(request.gpus) if request.gpus else None,
+        # Per node, but jobs here ask for one node; 22.05 misreads "gpus" (a job that
+        # can never run, or no answer at all).
+        "gres": f"gpu:{request.gpus}" if request.gpus else None,
         "comment": request.comment,
     }
     job.update({key: value for key, value in optional.items() if value not in (None, "")})
