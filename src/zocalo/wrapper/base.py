@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from zocalo.wrapper.status import WrapperStatus
 
 
-class _RecipeLogger(logging.LoggerAdapter):
+class _RecipeLogger(logging.LoggerAdapter[logging.Logger]):
     """Puts the recipe ID and step on every line, whatever thread logs it."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:

@@ -177,10 +177,10 @@ class CommandWrapper(BaseWrapper):
             "output_files": files,
         }
         self.result = report
-        reason = self._what_went_wrong(exit_code, timed_out, timeout, files)
-        if reason is not None:
-            self.log.warning("%s", reason)
-            self.failure_reason = reason
+        problem = self._what_went_wrong(exit_code, timed_out, timeout, files)
+        if problem is not None:
+            self.log.warning("%s", problem)
+            self.failure_reason = problem
             return False
         self.log.info("%s finished in %.1f s", arguments[0], elapsed)
         present = [file for file in files if file["exists"]]

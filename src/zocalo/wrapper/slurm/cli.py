@@ -98,7 +98,12 @@ class CommandLineBackend(SlurmBackend):
         return found
 
     def _run(
-        self, tool: str, arguments: Sequence[str], *, stdin: str | None = None, env=None
+        self,
+        tool: str,
+        arguments: Sequence[str],
+        *,
+        stdin: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         command = [self._tool(tool), *arguments]
         try:
