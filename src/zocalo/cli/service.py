@@ -124,6 +124,8 @@ def command(
         logging=plan,
         service_class=service_class_name(name),
         runner_hooks=hooks,
+        site_config=str(site_config.path.resolve()) if site_config.path else None,
+        site_environments=list(site_config.active),
     )
     # A wrong URL, bad credentials or a missing vhost: one clear line and exit 1 here,
     # not a supervisor restarting a service that can never connect.

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
+from zocalo.config import ConfigurationError, load_configuration
 from zocalo.errors import ZocaloError
 from zocalo.logs import apply_logging
 from zocalo.service.discovery import ServiceNotFound, load_service
@@ -135,8 +136,17 @@ def run_service(
     except ServiceNotFound as error:
         log.error("%s", error)
         return CANNOT_LOAD
+    service = service_class()
+    if settings.site_config is not None:
+        try:
+            service.site_config = load_configuration(
+                settings.site_config, environments=settings.site_environments
+            )
+        except ConfigurationError as error:
+            log.error("service %s: %s", service_class.name, error)
+            return CANNOT_LOAD
     runner = ServiceRunner(
-        service_class(),
+        service,
         create_transport(settings.transport),
         RunnerSettings(
             max_attempts=settings.max_attempts,

@@ -1,0 +1,5 @@
+"""Shipped services, one module each: ``zocalo.service -s Dispatcher``, ``-s JSONLines``.
+
+Each is an ordinary :class:`~zocalo.service.Service`, registered under the
+``zocalo.services`` entry point group like a facility's own.
+"""
