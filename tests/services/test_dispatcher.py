@@ -163,6 +163,7 @@ def test_the_logbook_holds_each_request_in_python_zocalos_layout(
     assert json.loads(sections["Incoming message body"])["parameters"]["guid"] == "ab12-logged"
     parsed = json.loads(sections["Parsed message body"])
     assert parsed["recipes"] == ["one-step"]
+    assert parsed["parameters"]["looked_up"] == "sample-of-3", "as the filters left them"
     assert json.loads(sections["Recipe object"])["1"]["parameters"] == {"found": "sample-of-3"}
     assert entry.read_text().endswith("}\n")
 

@@ -262,7 +262,8 @@ class Dispatcher(Service):
     def _build(
         self, recipe_id: str, request: dict[str, Any], parameters: dict[str, Any]
     ) -> tuple[dict[str, Any], Recipe]:
-        """Run the filters, merges and substitution; the filtered request and its recipe."""
+        """Run the filters, merges and substitution; the filtered request (with the
+        parameters they produced) and its recipe."""
         message = copy.deepcopy(request)
         message["recipe"] = Recipe()
         parameters = copy.deepcopy(parameters)
@@ -302,6 +303,7 @@ class Dispatcher(Service):
                 check_routes(recipe.steps, step_id)
         except (InvalidRecipe, _Unusable) as error:
             raise self._refuse(recipe_id, f"the recipe to start is unusable: {error}") from None
+        message["parameters"] = parameters  # what the filters made of them, for the logbook
         return message, recipe
 
     def _merge_named_recipes(

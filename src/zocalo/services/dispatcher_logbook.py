@@ -4,7 +4,8 @@ With the site configuration's ``storage`` key ``zocalo.dispatcher.logbook_locati
 set, every request the Dispatcher starts is written to
 ``<location>/<YYYY-MM>/<ID[:2]>/<ID[2:]>`` (the recipe ID kept to ``[A-Za-z0-9-]``),
 with four sections, each sorted, indented JSON: the incoming headers, the
-incoming request, the request after the filters, and the recipe started. Sites
+incoming request, the request after the filters (with the parameters they
+produced, where the reference keeps the incoming ones), and the recipe started. Sites
 read these files with their own tools, so the layout is the reference's.
 A logbook that cannot be written never stops a request: it is logged and skipped.
 """
