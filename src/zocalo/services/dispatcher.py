@@ -53,7 +53,7 @@ from zocalo.logs import recipe_context
 from zocalo.recipe import Recipe
 from zocalo.recipe.library import RecipeLibrary, UnknownRecipe
 from zocalo.recipe.step import RecipeStep
-from zocalo.recipe.validation import check_routes, short_repr
+from zocalo.recipe.validation import check_every_route, short_repr
 from zocalo.service import Service, handler
 from zocalo.services.dispatcher_logbook import Logbook
 from zocalo.submit import DISPATCHER_QUEUE
@@ -299,8 +299,7 @@ class Dispatcher(Service):
             if recipe.is_empty:
                 raise _Unusable("it names no recipe (no 'recipes', no 'custom_recipe')")
             recipe.validate()
-            for step_id in recipe.steps:
-                check_routes(recipe.steps, step_id)
+            check_every_route(recipe.steps)
         except (InvalidRecipe, _Unusable) as error:
             raise self._refuse(recipe_id, f"the recipe to start is unusable: {error}") from None
         message["parameters"] = parameters  # what the filters made of them, for the logbook
