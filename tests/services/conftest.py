@@ -120,6 +120,18 @@ def service_processes(site: Site) -> Iterator[Callable[..., ServiceProcesses]]:
         services.stop()
 
 
+def rabbitmq_url(request: pytest.FixtureRequest) -> str:
+    """The session's RabbitMQ vhost; the queues this test makes there go when it ends.
+
+    (Asked for by name at run time, the vhost is not seen by the autouse clean-up of
+    ``tests/conftest.py``, which looks at the fixtures a test names.)
+    """
+    vhost = request.getfixturevalue("rabbitmq_vhost")
+    before = vhost.queue_names()
+    request.addfinalizer(lambda: vhost.delete_queues(vhost.queue_names() - before))
+    return vhost.url
+
+
 @pytest.fixture(
     params=[
         pytest.param("memory", id="memory"),
@@ -128,11 +140,25 @@ def service_processes(site: Site) -> Iterator[Callable[..., ServiceProcesses]]:
     ]
 )
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker for services on threads of this process."""
     if request.param == "memory":
         return f"memory://services-{uuid.uuid4().hex}"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/broker.db"
-    return request.getfixturevalue("rabbitmq_vhost_url")
+    return rabbitmq_url(request)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker every process can reach."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    return rabbitmq_url(request)
 
 
 @pytest.fixture

@@ -6,26 +6,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from zocalo.cli.go import command as go
 from zocalo.examples.demo_services import count_spots
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    ]
-)
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A broker every process can reach."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    return request.getfixturevalue("rabbitmq_vhost_url")
 
 
 def test_a_named_recipe_runs_from_zocalo_go_to_a_results_file(

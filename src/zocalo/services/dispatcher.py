@@ -130,6 +130,12 @@ class Dispatcher(Service):
 
     name = "Dispatcher"
 
+    #: Set up by ``initializing``, from the site configuration and the entry points.
+    library: RecipeLibrary | None
+    logbook: Logbook | None
+    filters: list[Plugin]
+    readiness: list[Plugin]
+
     def initializing(self) -> None:
         storage = self.site_config.storage
         self.library = RecipeLibrary.from_storage(storage)
