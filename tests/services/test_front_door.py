@@ -25,7 +25,11 @@ def test_a_named_recipe_runs_from_zocalo_go_to_a_results_file(
     assert result.exit_code == 0, result.output
     recipe_id = result.output.split("submitted recipe ", 1)[1].split()[0]
     results = site.results / f"{recipe_id}.jsonl"
-    wait_until(results.exists, f"{results} written", timeout=30)
+    wait_until(
+        lambda: results.exists() and results.read_text().endswith("\n"),
+        f"a line in {results}",  # the file is created a moment before its line is written
+        timeout=30,
+    )
     assert json.loads(results.read_text()) == {"image": "7", "spots": count_spots(7, 24, 0.985)}
 
     logged = (site.logbook / time.strftime("%Y-%m") / recipe_id[:2] / recipe_id[2:]).read_text()
