@@ -141,7 +141,7 @@ class ServiceThreads:
         return self
 
     @property
-    def stats(self) -> dict[str, dict[str, int]]:
+    def stats(self) -> dict[str, dict[str, float]]:
         return {runner.service.name: runner.stats.snapshot() for runner in self.runners}
 
     def stop(self) -> None:
