@@ -108,8 +108,8 @@ def as_mermaid(recipe: Recipe) -> str:
     if recipe.error:
         lines.append("    error((error))")
     for step_id, step in recipe.steps.items():
-        label = _quoted(f"{_title(step_id, step)}<br/>{_destination(step)}")
-        lines.append(f'    s{step_id}["{label}"]')
+        box = _quoted(f"{_title(step_id, step)}<br/>{_destination(step)}")
+        lines.append(f'    s{step_id}["{box}"]')
     for edge in edges(recipe):
         source, target = _node(edge.source), _node(edge.target)
         label = _quoted(edge.label) if edge.label else None
