@@ -171,6 +171,33 @@ def broker_url() -> str:
     return f"memory://test-{uuid.uuid4().hex}"
 
 
+#: Every transport a service runs on, for tests of the runner. Their callbacks take
+#: two paths through it: memory hands each delivery to the runner's own thread;
+#: sqlite and RabbitMQ (``serial_callbacks``, the production path) have the runner
+#: call the handler right on their callback thread.
+EVERY_TRANSPORT = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+]
+
+
+@pytest.fixture(params=EVERY_TRANSPORT)
+def each_transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker of this test's own on each transport in turn (a fresh memory broker, a
+    fresh SQLite file, the session's RabbitMQ vhost: name queues uniquely there).
+
+    A test that needs a feature only some transports have narrows the list with
+    ``@pytest.mark.parametrize("each_transport_url", [...], indirect=True)`` and
+    says why in its docstring.
+    """
+    if request.param == "memory":
+        return f"memory://test-{uuid.uuid4().hex}"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    return request.getfixturevalue("rabbitmq_vhost_url")
+
+
 @pytest.fixture
 def client(broker_url: str) -> Iterator[Transport]:
     """A connection to ``broker_url`` for sending and collecting."""

@@ -19,6 +19,10 @@ Failures never stop the service:
   :func:`~zocalo.transport.base.without_broker_headers`);
 - outputs the broker refuses leave the input unacked: it is returned to its
   queue, and the broker's own delivery limit stays the safety net.
+
+What is not a handler's ``Exception`` (its ``sys.exit()``), or a hook that
+raises, does stop the service: :meth:`ServiceRunner.run` raises it, whichever
+thread the message was handled on, and the message returns to its queue.
 """
 
 from __future__ import annotations
@@ -127,6 +131,8 @@ class ServiceRunner:
         self._held = HeldReturns()
         #: Why the transport can no longer serve this service (then run() raises it).
         self._failure: str | None = None
+        #: What escaped process() on the transport's thread (then run() raises it).
+        self._escaped: list[BaseException] = []
         self._release_lock = threading.Lock()
         #: Held while a handler runs on the transport's callback thread.
         self._in_hand = threading.Lock()
@@ -164,13 +170,16 @@ class ServiceRunner:
             # The transport calls every callback on one thread, one at a time: handle the
             # message right here and save a thread hand-off per message.
             with self._in_hand:
-                if self._stop.is_set() or self._failure is not None:
+                if self._stop.is_set() or self._failure is not None or self._escaped:
                     # Returned by _release once unsubscribed: a nack now would hand it
                     # straight back to this consumer, round after round, until the
                     # delivery limit dead-letters it.
                     self._work.put((delivery, spec))
                     return
-                self.process(delivery, spec)
+                try:
+                    self.process(delivery, spec)
+                except BaseException as error:
+                    self._escape(error)
 
         callback = handle_here if self.transport.serial_callbacks else enqueue
 
@@ -208,7 +217,7 @@ class ServiceRunner:
         """Start, then handle messages until :meth:`request_stop`; then stop cleanly."""
         self.start()
         try:
-            while not self._stop.is_set() and self._failure is None:
+            while not self._stop.is_set() and self._failure is None and not self._escaped:
                 item = self._work.get()
                 if item is None:
                     continue
@@ -218,12 +227,27 @@ class ServiceRunner:
                 self.process(*item)
         finally:
             self.shutdown()
+        if self._escaped:
+            raise self._escaped[0]
         if self._failure is not None:
             raise TransportError(self._failure)
 
     def _transport_failed(self, reason: str) -> None:
         """The transport cannot serve a subscription any more: stop with an error."""
         self._failure = reason
+        self._work.put(None)
+
+    def _escape(self, error: BaseException) -> None:
+        """Hand what escaped :meth:`process` on the transport's thread to :meth:`run`.
+
+        A handler's ``sys.exit()``, or a hook that raises, then ends the service
+        as it does when messages are handled on run()'s own thread (memory). Left
+        on the transport's thread it ended only that thread, and the service sat
+        alive consuming nothing; or, for an Exception, the transport logged it
+        and went on, so the two paths differed. The message in hand is left
+        unsettled: it returns to its queue when the transport closes.
+        """
+        self._escaped.append(error)
         self._work.put(None)
 
     def shutdown(self) -> None:
