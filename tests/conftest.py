@@ -10,13 +10,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.service.middleware import Middleware, default_middleware
 from zocalo.transport import Delivery, Transport, create_transport
 
 #: How long a test waits for something that should happen promptly. Waits
@@ -209,13 +210,22 @@ def client(broker_url: str) -> Iterator[Transport]:
 
 @pytest.fixture
 def start_service(broker_url: str) -> Iterator[Callable[..., ServiceRunner]]:
-    """``start_service(service, **settings)``: run it on a thread until the test ends."""
+    """``start_service(service, url=None, middleware=(), **settings)``: run it on a thread
+    until the test ends; ``middleware`` is added to the default middleware."""
     running: list[tuple[ServiceRunner, threading.Thread]] = []
 
-    def start(service: Service, url: str | None = None, **settings: object) -> ServiceRunner:
+    def start(
+        service: Service,
+        url: str | None = None,
+        middleware: Sequence[Middleware] = (),
+        **settings: object,
+    ) -> ServiceRunner:
         runner = ServiceRunner(
-            service, create_transport(url or broker_url), RunnerSettings(**settings)
-        )  # type: ignore[arg-type]
+            service,
+            create_transport(url or broker_url),
+            RunnerSettings(**settings),  # type: ignore[arg-type]
+            [*default_middleware(), *middleware],
+        )
         thread = threading.Thread(target=runner.run, name=f"test-{service.name}", daemon=True)
         thread.start()
         assert runner.started.wait(5), f"{service.name} did not start"

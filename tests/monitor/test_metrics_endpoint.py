@@ -161,8 +161,7 @@ def test_in_flight_while_a_handler_runs(each_transport_url, start_service, colle
     with create_transport(each_transport_url) as client:
         for name in (queue, f"{queue}.out"):
             client.declare_queue(name)
-        runner = start_service(Held(), each_transport_url)
-        metrics.attach(runner)
+        start_service(Held(), each_transport_url, middleware=[metrics])
         out = collector(ack_with=client)
         client.subscribe(f"{queue}.out", out)
         send_two_step(client, queue, [{"n": 1}])

@@ -23,7 +23,8 @@ from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import encode
 from zocalo.service import Service, ServiceRunner
-from zocalo.service.runner import ATTEMPT_HEADER, RECIPE_PATH_HEADER
+from zocalo.service.middleware.base import ATTEMPT_HEADER
+from zocalo.service.middleware.dead_letter import RECIPE_PATH_HEADER
 from zocalo.transport import Transport
 from zocalo.transport.base import DLQ_HISTORY_HEADER, DLQ_QUEUE_HEADER, DLQ_REASON_HEADER
 
@@ -501,19 +502,20 @@ def test_a_handler_that_exits_stops_the_service_and_its_message_returns(
     assert payloads(back.wait_for_count(1)) == [{"value": 1}], "the message is not lost"
 
 
-def test_a_raising_listener_stops_the_service_with_its_error(
-    broker_url, client, work, recipe, results
-):
+def test_a_raising_hook_stops_the_service_with_its_error(broker_url, client, work, recipe, results):
     """A hook that raises is a bug, not bad input: the service stops with the error (a
     supervisor restarts it) on every transport alike; the message was settled first."""
+    from zocalo.service import Middleware
+    from zocalo.service.middleware import default_middleware
     from zocalo.transport import create_transport
 
-    runner = ServiceRunner(Multiplier(work), create_transport(broker_url))
+    class Broken(Middleware):
+        def after_message(self, runner, message, outcome, seconds):
+            raise ValueError("a broken hook")
 
-    def broken(queue: str, outcome: str, seconds: float) -> None:
-        raise ValueError("a broken hook")
-
-    runner.listeners.append(broken)
+    runner = ServiceRunner(
+        Multiplier(work), create_transport(broker_url), middleware=[*default_middleware(), Broken()]
+    )
     thread, raised = run_in_thread(runner)
     send_work(client, recipe, 2)
     thread.join(10)
