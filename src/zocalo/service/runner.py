@@ -264,7 +264,8 @@ class ServiceRunner:
         try:
             invalid: InvalidMessage | None = None
             try:
-                message.step, payload = self._decode(delivery, spec)
+                step, payload = self._decode(delivery, spec)
+                message.step = step
             except InvalidMessage as error:
                 invalid = error
             for hook in self._before_message:
@@ -272,7 +273,7 @@ class ServiceRunner:
             outcome = FAILED  # unless settled: something escaped, and the service stops
             try:
                 if invalid is None:
-                    outcome = self._call(message, payload)
+                    outcome = self._call(message, step, payload)
                 else:
                     outcome = self._failed(message, invalid)
             finally:
@@ -283,9 +284,7 @@ class ServiceRunner:
             self.message_in_hand = None
             self.stats.add("busy_seconds", time.perf_counter() - began)
 
-    def _call(self, message: InHand, payload: Any) -> str:
-        step = message.step
-        assert step is not None
+    def _call(self, message: InHand, step: RecipeStep, payload: Any) -> str:
         try:
             message.spec.function(step, payload)
         except Exception as error:

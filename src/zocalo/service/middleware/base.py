@@ -8,7 +8,7 @@ so a hook nobody overrides costs nothing per message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -137,7 +137,9 @@ def overrides(middleware: Middleware, hook: str) -> bool:
     return getattr(type(middleware), hook) is not getattr(Middleware, hook)
 
 
-def hooks(middleware: Sequence[Middleware], hook: str, *, reverse: bool = False) -> list[Any]:
+def hooks(
+    middleware: Sequence[Middleware], hook: str, *, reverse: bool = False
+) -> list[Callable[..., Any]]:
     """The bound ``hook`` methods of the middleware that override it, in call order."""
     ordered = reversed(middleware) if reverse else middleware
     return [getattr(each, hook) for each in ordered if overrides(each, hook)]
