@@ -128,35 +128,48 @@ def let_time_pass() -> Callable[[float], None]:
     return wait
 
 
+#: Fixtures that reach the machine's RabbitMQ: a test using one is marked ``rabbitmq``.
+RABBITMQ_FIXTURES = frozenset({"rabbitmq_vhost", "rabbitmq_vhost_url"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for a RabbitMQ fixture by name is a ``rabbitmq`` test, marked or not,
+    so ``-m "not rabbitmq"`` leaves it out. (One that asks at run time, through
+    ``request.getfixturevalue``, must carry the marker itself: see ``rabbitmq_vhost_url``.)"""
+    for item in items:
+        if RABBITMQ_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.rabbitmq)
+
+
 @pytest.fixture(scope="session")
 def rabbitmq_vhost() -> Iterator[Any]:
-    """A private vhost on the machine's RabbitMQ for this session, deleted afterwards."""
+    """A private vhost on the machine's RabbitMQ, deleted at the end of the session.
+
+    Created when the first test that needs it runs, never before: a session of
+    tests that do not use RabbitMQ never contacts it.
+    """
     from rabbit_broker import PrivateVhost
 
     with PrivateVhost() as vhost:
         yield vhost
 
 
-@pytest.fixture(scope="session")
-def rabbitmq_vhost_url(rabbitmq_vhost: Any) -> str:
-    return rabbitmq_vhost.url
-
-
-@pytest.fixture(autouse=True)
-def _rabbitmq_queues_released(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The queues a test made in the session's vhost are deleted when it ends.
+@pytest.fixture
+def rabbitmq_vhost_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The session's vhost for one test; the queues the test made there go when it ends.
 
     Kept until the session's end, they exhausted the broker's file handles (see
     ``PrivateVhost.delete_queues``). Queue names are unique per test, so nothing
-    another test needs goes.
+    another test needs goes. A test that reaches this without the ``rabbitmq``
+    marker fails: ``-m "not rabbitmq"`` must never need the broker.
     """
-    if "rabbitmq_vhost_url" not in request.fixturenames:
-        yield
-        return
-    vhost = request.getfixturevalue("rabbitmq_vhost")
-    before = vhost.queue_names()
-    yield
-    vhost.delete_queues(vhost.queue_names() - before)
+    if request.node.get_closest_marker("rabbitmq") is None:
+        pytest.fail(f"{request.node.nodeid} uses RabbitMQ: mark it pytest.mark.rabbitmq")
+    rabbitmq_vhost = request.getfixturevalue("rabbitmq_vhost")  # after the check: no contact
+    before = rabbitmq_vhost.queue_names()
+    yield rabbitmq_vhost.url
+    rabbitmq_vhost.delete_queues(rabbitmq_vhost.queue_names() - before)
 
 
 @pytest.fixture(autouse=True)

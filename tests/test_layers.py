@@ -49,8 +49,8 @@ PACKAGE = "zocalo"
 #:   with the recipe context, and the plan is built from the site configuration.
 #: * ``submit`` (building a job request) needs recipes and a transport, and
 #:   nothing of services: it sits with ``recipe``'s users, below ``service``.
-#: * ``examples`` are services, ``fleet`` runs services in threads/processes and
-#:   ``demo`` runs the examples on a fleet: all three sit with ``services``.
+#: * ``examples`` are services, ``launch`` runs services in threads/processes and
+#:   ``demo`` runs the examples so launched: all three sit with ``services``.
 #: * ``zocalo`` itself (its ``__init__`` only: the public face) re-exports names
 #:   of ``service``, ``recipe``, ``transport`` and ``errors``, so it sits above
 #:   them; shipped services and the CLI may import from it.
@@ -71,7 +71,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("zocalo.service",),
     (PACKAGE,),
     ("zocalo.dlq", "zocalo.wrapper"),
-    ("zocalo.services", "zocalo.examples", "zocalo.fleet", "zocalo.demo"),
+    ("zocalo.services", "zocalo.examples", "zocalo.launch", "zocalo.demo"),
     ("zocalo.monitor",),
     ("zocalo.rabbitmq_admin",),
     ("zocalo.cli",),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from zocalo.examples.demo_services import FindSpots, Record, Summary
-from zocalo.fleet import ProcessFleet, ThreadFleet
+from zocalo.launch import ServiceProcesses, ServiceThreads
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.service import RunnerSettings, Service
@@ -115,18 +115,18 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="zocalo-demo-") as workdir:
         if in_process:
             url = f"memory://demo-{uuid.uuid4().hex}"
-            fleet: Any = ThreadFleet(DEMO_SERVICES, url, RunnerSettings(retry_delay=0.2))
+            services: Any = ServiceThreads(DEMO_SERVICES, url, RunnerSettings(retry_delay=0.2))
         else:
             url = f"sqlite:///{workdir}/broker.db"
             log = (Path(workdir) / "services.log").open("w")
-            fleet = ProcessFleet(DEMO_SERVICE_NAMES, url, log=log)
+            services = ServiceProcesses(DEMO_SERVICE_NAMES, url, log=log)
         result.broker = (
             "in-memory, services on threads"
             if in_process
             else "embedded SQLite, one process per service"
         )
         recipe = demo_recipe(images, Path(workdir) / "results.sqlite", done_queue)
-        with create_transport(url) as submitter, fleet:
+        with create_transport(url) as submitter, services:
             collector = _Collector(submitter)
             submitter.subscribe(done_queue, collector, prefetch=50)
             submitted = _submit(submitter, recipe, jobs, rate, collector, progress)
@@ -138,12 +138,12 @@ def run_demo(
                 )
                 finished = dict(collector.finished)
             result.seconds = max(finished.values(), default=started) - started
-            fleet.stop()
+            services.stop()
             result.dead_lettered = sum(
                 submitter.depth(dlq_name(queue)) for queue in (*DEMO_QUEUES, done_queue)
             )
-        result.handled = sum(stats.get("handled", 0) for stats in fleet.stats.values())
-        result.failed = sum(stats.get("failed", 0) for stats in fleet.stats.values())
+        result.handled = sum(stats.get("handled", 0) for stats in services.stats.values())
+        result.failed = sum(stats.get("failed", 0) for stats in services.stats.values())
     result.completed = sum(1 for recipe_id in submitted if recipe_id in finished)
     result.latencies_ms = sorted(
         (finished[rid] - submitted[rid]) * 1000 for rid in submitted if rid in finished

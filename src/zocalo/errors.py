@@ -40,6 +40,11 @@ class InvalidMessage(ZocaloError, ValueError):
     """A received body that is not a usable message (bad JSON, not a recipe, bad pointer)."""
 
 
+class AdminError(ZocaloError):
+    """Administering a broker failed: its management API, a topology file, or a plan
+    that cannot (or may not) be carried out (``zocalo.configure_rabbitmq``, ``zocalo queues``)."""
+
+
 class ConfigurationError(ZocaloError):
     """A site configuration that cannot be used. The message names file, line and key."""
 

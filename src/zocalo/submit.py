@@ -1,13 +1,19 @@
-"""Starting work: Dispatcher requests (what zocalo.go sends) and direct recipe starts."""
+"""Starting work: Dispatcher requests (what zocalo.go sends) and direct recipe starts.
+
+The rules of a processing request (a data collection or reprocessing id, at least one
+recipe) live here, not in the command line, so a Dispatcher, ``--wait`` and the monitor
+read a request the way ``zocalo.go`` builds it.
+"""
 
 from __future__ import annotations
 
 import getpass
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import dumps
@@ -15,6 +21,19 @@ from zocalo.transport.base import Outgoing, Transport
 
 #: The Dispatcher's queue.
 DISPATCHER_QUEUE = "processing_recipe"
+
+
+class InvalidRequest(ZocaloError, ValueError):
+    """A processing request that breaks a rule of python-zocalo's ``zocalo.go``."""
+
+
+class MissingRecipe(InvalidRequest):
+    """A request that names no recipe, and is neither a reprocessing (whose record names
+    its recipes) nor a request without a data collection."""
+
+
+class MissingId(InvalidRequest):
+    """A data collection (or reprocessing) id is required and none above 0 was given."""
 
 
 @dataclass
@@ -51,14 +70,76 @@ def dispatcher_request(
     return Submission(DISPATCHER_QUEUE, headers, body, [outgoing])
 
 
+def request_parameters(
+    parameters: Mapping[str, Any],
+    *,
+    has_recipe: bool,
+    dcid: int | None = None,
+    reprocessing: bool = False,
+    dcid_required: bool = True,
+    autoprocscalingid: int | None = None,
+) -> dict[str, Any]:
+    """``parameters`` plus the ids of a processing request, by ``zocalo.go``'s rules.
+
+    A request names a recipe (``has_recipe``: by name or inline) unless it is a
+    reprocessing, whose record names its recipes, or ``dcid_required`` is False. Unless
+    ``dcid_required`` is False, ``dcid`` (above 0) goes in as ``ispyb_dcid``, or with
+    ``reprocessing`` as ``ispyb_process``. ``autoprocscalingid`` goes in as
+    ``ispyb_autoprocscalingid``. Raises :class:`MissingRecipe` or :class:`MissingId`.
+    """
+    if not (has_recipe or reprocessing or not dcid_required):
+        raise MissingRecipe("a request names no recipe")
+    result = dict(parameters)
+    if dcid_required:
+        if isinstance(dcid, bool) or not isinstance(dcid, int) or dcid <= 0:
+            kind = "reprocessing id (> 0)" if reprocessing else "data collection id (DCID > 0)"
+            raise MissingId(f"a {kind} is required")
+        result["ispyb_process" if reprocessing else "ispyb_dcid"] = dcid
+    if autoprocscalingid is not None:
+        result["ispyb_autoprocscalingid"] = autoprocscalingid
+    return result
+
+
+def processing_request(
+    recipes: Sequence[str] = (),
+    parameters: Mapping[str, Any] | None = None,
+    custom_recipe: Recipe | None = None,
+    *,
+    dcid: int | None = None,
+    reprocessing: bool = False,
+    dcid_required: bool = True,
+    autoprocscalingid: int | None = None,
+) -> Submission:
+    """The Dispatcher request ``zocalo.go`` sends: :func:`request_parameters`' rules, then
+    :func:`dispatcher_request`."""
+    checked = request_parameters(
+        parameters or {},
+        has_recipe=bool(recipes) or custom_recipe is not None,
+        dcid=dcid,
+        reprocessing=reprocessing,
+        dcid_required=dcid_required,
+        autoprocscalingid=autoprocscalingid,
+    )
+    return dispatcher_request(list(recipes), checked, custom_recipe)
+
+
 def direct_start(
     recipe: Recipe,
     parameters: Mapping[str, Any],
     environment: Mapping[str, Any] | None = None,
+    *,
+    dcid: int | None = None,
 ) -> tuple[str, Submission]:
-    """Start ``recipe`` without a Dispatcher: substitute parameters, fresh recipe ID."""
+    """Start ``recipe`` without a Dispatcher: substitute parameters, fresh recipe ID.
+
+    ``dcid``, a data collection id, is offered as the ``ispyb_dcid`` parameter unless
+    ``parameters`` name one.
+    """
+    parameters = dict(parameters)
+    if dcid is not None:
+        parameters.setdefault("ispyb_dcid", dcid)
     recipe = recipe.copy()
-    recipe.apply_parameters(dict(parameters))
+    recipe.apply_parameters(parameters)
     step = RecipeStep()
     recipe_id = step.start(recipe, environment=environment)
     first = step.outputs[0] if step.outputs else None

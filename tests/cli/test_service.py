@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from zocalo.cli.service import command as service
-from zocalo.fleet import ProcessFleet
+from zocalo.launch import ServiceProcesses
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.transport import create_transport
@@ -25,16 +26,16 @@ def test_service_process_handles_messages_and_stops_on_sigterm(tmp_path, collect
     with create_transport(url) as client:
         sink = collector(ack_with=client)
         client.subscribe("spots.out", sink)
-        fleet = ProcessFleet(["demo.FindSpots"], url)
-        with fleet:
+        services = ServiceProcesses(["demo.FindSpots"], url)
+        with services:
             step = RecipeStep()
             step.start(recipe)
             client.publish(step.outputs).result(10)
             deliveries = sink.wait_for_count(3)
-        assert [p.returncode for p in fleet.processes] == [0], "a clean exit on SIGTERM"
+        assert [p.returncode for p in services.processes] == [0], "a clean exit on SIGTERM"
     images = sorted(json.loads(d.body)["payload"]["image"] for d in deliveries)
     assert images == [1, 2, 3]
-    assert fleet.stats["demo.FindSpots"]["handled"] == 3
+    assert services.stats["demo.FindSpots"]["handled"] == 3
 
 
 def test_memory_transport_and_unknown_services_are_refused():
@@ -78,6 +79,7 @@ def test_queues_lists_depths_in_flight_and_dead_letters(tmp_path, collector, wai
     assert rows["gamma"] == ["0", "0", "0", "1"]
 
 
+@pytest.mark.rabbitmq
 def test_broker_errors_are_one_clear_line_and_a_non_zero_exit(rabbitmq_vhost_url):
     from urllib.parse import urlsplit
 

@@ -1,4 +1,5 @@
-"""The click options every command gets, and how -t is resolved against the site config."""
+"""The click options every command gets, and -t resolved against the site config through the
+command line's one call (the rule itself: ``test_broker_url.py``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from zocalo.cli.config_options import resolve_transport_url, site_config_options
-from zocalo.config import SiteConfiguration, load_configuration
+from zocalo.cli.common import resolve_transport
+from zocalo.cli.config_options import site_config_options
+from zocalo.config import SiteConfiguration
 
 SITE = """
 version: 1
@@ -30,7 +32,7 @@ environments:
 def show(transport: str | None, site_config: SiteConfiguration) -> None:
     click.echo(f"active={','.join(site_config.active)}")
     click.echo(f"storage={sorted(site_config.storage)}")
-    click.echo(f"url={resolve_transport_url(transport, site_config)}")
+    click.echo(f"url={resolve_transport(transport, site_config, cross_process=False)}")
 
 
 @pytest.fixture
@@ -81,23 +83,3 @@ def test_missing_section_for_named_transport(site: Path) -> None:
     assert result.exit_code == 2
     assert "needs a 'stomp' section" in result.output
     assert "environment 'default'" in result.output
-
-
-def test_resolve_transport_url_rules(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    live = load_configuration(site, environments=["live"])
-    empty = load_configuration()
-    assert resolve_transport_url("sqlite:///tmp/q.db", live) == "sqlite:///tmp/q.db"
-    assert resolve_transport_url("PikaTransport", live) == "amqp://zoc:p%20w@rabbit:5672/zocalo"
-    assert resolve_transport_url(None, live) == "amqp://zoc:p%20w@rabbit:5672/zocalo"
-    assert resolve_transport_url(None, empty) is None
-    assert resolve_transport_url(None, None) is None
-    with pytest.raises(click.UsageError, match="neither a URL"):
-        resolve_transport_url("rabbit", live)
-    monkeypatch.setenv("ZOCALO_TRANSPORT", "memory://env")
-    assert resolve_transport_url(None, live) == "memory://env"
-    assert resolve_transport_url("memory://flag", live) == "memory://flag"
-    monkeypatch.setenv("ZOCALO_TRANSPORT", "PikaTransport")
-    assert resolve_transport_url(None, live) == "amqp://zoc:p%20w@rabbit:5672/zocalo"
-    monkeypatch.setenv("ZOCALO_TRANSPORT", "nonsense")
-    with pytest.raises(click.UsageError, match=r"\$ZOCALO_TRANSPORT 'nonsense'"):
-        resolve_transport_url(None, live)

@@ -108,7 +108,7 @@ def test_transport_name_without_its_section(write) -> None:
 
 
 def test_pika_url_is_what_the_rabbitmq_transport_reads() -> None:
-    from zocalo.transport.rabbitmq.transport import connection_parameters
+    from zocalo.transport.rabbitmq.url import connection_parameters
 
     pika = PikaConfig(**{**PIKA, "username": "a@b", "password": "p:w/d%", "vhost": "/"})
     (parameters,), _ = connection_parameters(pika.url())
@@ -118,7 +118,7 @@ def test_pika_url_is_what_the_rabbitmq_transport_reads() -> None:
 
 
 def test_a_pika_cluster_becomes_nodes_the_rabbitmq_transport_tries_in_turn() -> None:
-    from zocalo.transport.rabbitmq.transport import connection_parameters
+    from zocalo.transport.rabbitmq.url import connection_parameters
 
     cluster = PikaConfig(**{**PIKA, "host": "r1,r2,r3", "port": "5672,5673,5674"})
     nodes, _ = connection_parameters(cluster.url())

@@ -7,7 +7,7 @@ import json
 import pytest
 from rich.console import Console
 
-from zocalo.monitor.aggregate import Fleet
+from zocalo.monitor.aggregate import FleetStatus
 from zocalo.monitor.view import fleet_table
 from zocalo.service.status import Status, status_message
 
@@ -45,7 +45,7 @@ def workflows_status() -> dict:
     return json.loads(json.dumps(frontend.get_status()))  # as it travels
 
 
-def render(fleet: Fleet) -> str:
+def render(fleet: FleetStatus) -> str:
     console = Console(width=250, record=True, color_system=None)
     console.print(fleet_table(fleet))
     return console.export_text()
@@ -53,7 +53,7 @@ def render(fleet: Fleet) -> str:
 
 def test_a_python_workflows_status_is_shown_without_our_fields(workflows_status):
     assert "messages" not in workflows_status and "restarts" not in workflows_status
-    fleet = Fleet()
+    fleet = FleetStatus()
     entry = fleet.ingest(json.dumps(workflows_status))
     assert entry is not None and entry.host == workflows_status["host"]
     assert (entry.state, entry.service_class) == ("idle", "ReferenceService")
@@ -64,7 +64,7 @@ def test_a_python_workflows_status_is_shown_without_our_fields(workflows_status)
 
 
 def test_ours_and_theirs_side_by_side(workflows_status):
-    fleet = Fleet()
+    fleet = FleetStatus()
     fleet.ingest(workflows_status)
     fleet.ingest(ours(messages=5, restarts=2))
     assert [e.service_class for e in fleet.entries()] == ["Echo", "ReferenceService"]
@@ -76,7 +76,7 @@ def test_ours_and_theirs_side_by_side(workflows_status):
 
 def test_throughput_from_successive_counts():
     clock = Clock()
-    fleet = Fleet(clock=clock)
+    fleet = FleetStatus(clock=clock)
     entry = fleet.ingest(ours(messages=100))
     assert entry.throughput is None, "one sample gives no rate"
     clock.now += 0.2
@@ -97,7 +97,7 @@ def test_throughput_from_successive_counts():
 
 def test_a_restarted_worker_resets_the_rate_not_negative():
     clock = Clock()
-    fleet = Fleet(clock=clock)
+    fleet = FleetStatus(clock=clock)
     entry = fleet.ingest(ours(messages=500))
     clock.now += 6
     fleet.ingest(ours(messages=560))
@@ -112,7 +112,7 @@ def test_a_restarted_worker_resets_the_rate_not_negative():
 
 def test_stale_after_15_s_and_dropped_after_60_s():
     clock = Clock()
-    fleet = Fleet(clock=clock)
+    fleet = FleetStatus(clock=clock)
     fleet.ingest(ours(host="a.1"))
     fleet.ingest(ours(host="b.2"))
     clock.now += 14
@@ -129,7 +129,7 @@ def test_stale_after_15_s_and_dropped_after_60_s():
 
 
 def test_teardown_removes_at_once(workflows_status):
-    fleet = Fleet()
+    fleet = FleetStatus()
     fleet.ingest(ours(host="a.1"))
     fleet.ingest(workflows_status)
     assert fleet.ingest(ours(host="a.1", status=Status.TEARDOWN)) is None
@@ -138,7 +138,7 @@ def test_teardown_removes_at_once(workflows_status):
 
 
 def test_rubbish_is_ignored():
-    fleet = Fleet()
+    fleet = FleetStatus()
     for body in [b"not json", b"[1, 2]", json.dumps({"status": 2}), {"host": 7}]:
         assert fleet.ingest(body) is None
     assert fleet.ignored == 4 and len(fleet) == 0
@@ -150,6 +150,6 @@ def test_rubbish_is_ignored():
 
 
 def test_names_are_not_read_as_markup():
-    fleet = Fleet()
+    fleet = FleetStatus()
     fleet.ingest({**ours(), "service": "[bold]Echo[/bold]"})
     assert "[bold]Echo[/bold]" in render(fleet)

@@ -15,7 +15,7 @@ from rich.cells import cell_len
 from rich.console import Console
 from test_monitor_terminal import Terminal, rows_of
 
-from zocalo.monitor.aggregate import STALE_AFTER, Fleet
+from zocalo.monitor.aggregate import STALE_AFTER, FleetStatus
 from zocalo.monitor.view import fleet_table
 from zocalo.service.status import Status, status_message
 
@@ -38,9 +38,9 @@ SERVICES = [
 ]  # fmt: skip
 
 
-def fleet_of_services() -> Fleet:
+def fleet_of_services() -> FleetStatus:
     clock = Clock()
-    fleet = Fleet(clock=clock)
+    fleet = FleetStatus(clock=clock)
     for host, service, service_class, status, messages, failed, dlq, restarts in SERVICES:
         fleet.ingest(
             status_message(
@@ -73,7 +73,7 @@ def fleet_of_services() -> Fleet:
     return fleet
 
 
-def render(fleet: Fleet, width: int) -> str:
+def render(fleet: FleetStatus, width: int) -> str:
     console = Console(width=width, record=True, color_system=None)
     console.print(fleet_table(fleet, title="zocalo monitor", width=width))
     return console.export_text()

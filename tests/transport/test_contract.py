@@ -96,6 +96,18 @@ def test_url_without_scheme_is_invalid(url: str, monkeypatch: pytest.MonkeyPatch
         create_transport(url)
 
 
+def test_an_unknown_url_option_is_refused_in_one_line(transport_url: str) -> None:
+    """A misspelt option never silently becomes a default: construction refuses it,
+    naming the option and the ones the transport knows, before any broker is touched."""
+    separator = "&" if "?" in transport_url else "?"
+    with pytest.raises(InvalidURL) as caught:
+        create_transport(f"{transport_url}{separator}delivery_limt=3")
+    message = str(caught.value)
+    assert "unknown option 'delivery_limt'" in message
+    assert "known:" in message and "delivery_limit" in message
+    assert "\n" not in message
+
+
 def test_url_defaults_to_environment(transport_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZOCALO_TRANSPORT", transport_url)
     transport = create_transport()

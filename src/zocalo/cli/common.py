@@ -8,48 +8,33 @@ from typing import NoReturn
 
 import click
 
-from zocalo.cli.config_options import resolve_transport_url
 from zocalo.config import SiteConfiguration
-from zocalo.errors import InvalidURL, ZocaloError
-from zocalo.transport.base import Capability, Transport
-from zocalo.transport.registry import (
-    ENVIRONMENT_VARIABLE,
-    create_transport,
-    default_transport_url,
-    redact_url,
-    transport_class,
-)
+from zocalo.errors import ZocaloError
+from zocalo.transport.base import Transport
+from zocalo.transport.registry import ENVIRONMENT_VARIABLE, create_transport, resolve_broker_url
 
 transport_option = click.option(
     "-t",
     "--transport",
     "transport",
     metavar="URL",
-    help=f"Broker URL (sqlite:///path, amqp://...); default ${ENVIRONMENT_VARIABLE}, "
-    "else the embedded broker in your data directory.",
+    help=f"Broker URL (sqlite:///path, amqp://...) or PikaTransport/StompTransport; default "
+    f"${ENVIRONMENT_VARIABLE}, else the site configuration's, else the embedded broker in "
+    "your data directory.",
 )
 
 
 def resolve_transport(
     value: str | None, site_config: SiteConfiguration | None = None, *, cross_process: bool = True
 ) -> str:
-    """The transport URL a tool should use, or a click error saying why there is none.
-
-    An explicit URL wins; ``PikaTransport``/``StompTransport`` come from the site
-    configuration; then ``$ZOCALO_TRANSPORT``, the site configuration, and finally
-    the embedded broker in the user's data directory.
-    """
-    value = resolve_transport_url(value, site_config) or default_transport_url()
+    """The broker URL for ``-t/--transport`` (see :func:`resolve_broker_url` for the rule),
+    or a usage error saying why there is none."""
     try:
-        capabilities = transport_class(value).capabilities
-    except InvalidURL as error:
-        raise click.UsageError(str(error)) from None
-    if cross_process and Capability.CROSS_PROCESS not in capabilities:
-        raise click.UsageError(
-            f"{redact_url(value)} is an in-process broker: another process cannot reach it, "
-            "so what this command sends would vanish. Use a broker other processes share."
+        return resolve_broker_url(
+            value, site_config, given_as="-t/--transport", cross_process=cross_process
         )
-    return value
+    except ZocaloError as error:
+        raise click.UsageError(str(error)) from None
 
 
 def fail(message: str) -> NoReturn:

@@ -12,7 +12,6 @@ deleting a vhost needs ``--force``; ``--dry-run`` shows the changes without maki
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -20,7 +19,6 @@ from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.rabbitmq_admin import (
     DEFAULT_OWNER_TAG,
-    ManagementAPI,
     ManagementAPIError,
     PlanError,
     RefusedError,
@@ -30,37 +28,19 @@ from zocalo.rabbitmq_admin import (
     make_plan,
     parse_topology,
 )
+from zocalo.rabbitmq_admin.endpoints import (
+    ManagementAPIUnconfigured,
+    NoManagementCredentials,
+    NoManagementURL,
+    management_endpoints,
+)
 
-
-def _connect(
-    api_url: str | None, user: str | None, password: str | None, plugin: Any
-) -> ManagementAPI:
-    if api_url:
-        urls = [api_url]
-    elif plugin is not None:
-        urls = list(plugin.base_urls)
-    else:
-        raise click.UsageError(
-            "no management API: pass --api URL, or configure the rabbitmqapi plugin "
-            "in the site configuration (-e ENV / --config)"
-        )
-    if user is None and plugin is not None:
-        user = plugin.username
-    if password is None and plugin is not None:
-        password = plugin.password.get_secret_value()
-    if user is None or password is None:
-        raise click.UsageError("--user and --password are needed with --api")
-    problems = []
-    for url in urls:
-        api = ManagementAPI(url, user, password)
-        try:
-            api.overview()
-        except ManagementAPIError as error:
-            problems.append(str(error))
-            api.close()
-            continue
-        return api
-    raise click.ClickException("; ".join(problems))
+#: What to give on this command line when the management API is not configured.
+_ENDPOINT_HINTS: dict[type[ManagementAPIUnconfigured], str] = {
+    NoManagementURL: "pass --api URL, or configure the rabbitmqapi plugin in the site "
+    "configuration (-e ENV / --config)",
+    NoManagementCredentials: "pass --user and --password with --api",
+}
 
 
 @click.command(
@@ -124,7 +104,13 @@ def main(
             desired.users = load_users(user_config)
     except TopologyError as error:
         raise click.ClickException(str(error)) from None
-    api = _connect(api_url, user, password, plugin)
+    try:
+        api = management_endpoints(api_url, user, password, plugin).connect()
+    except ManagementAPIUnconfigured as error:
+        hint = _ENDPOINT_HINTS.get(type(error))
+        raise click.UsageError(f"{error}: {hint}" if hint else str(error)) from None
+    except ManagementAPIError as error:
+        raise click.ClickException(str(error)) from None
     try:
         plan = make_plan(
             api,

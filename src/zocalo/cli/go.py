@@ -10,10 +10,23 @@ import click
 from zocalo.cli.common import fail, open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
-from zocalo.errors import InvalidRecipe, ZocaloError
+from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
 from zocalo.recipe.validation import check_destinations
-from zocalo.submit import Submission, direct_start, dispatcher_request
+from zocalo.submit import (
+    InvalidRequest,
+    MissingId,
+    MissingRecipe,
+    Submission,
+    direct_start,
+    processing_request,
+)
+
+#: What to give on this command line when a request breaks one of the library's rules.
+_REQUEST_HINTS: dict[type[InvalidRequest], str] = {
+    MissingRecipe: "give at least one of -r, -f, -n, -p",
+    MissingId: "give DCID, or -n",
+}
 
 
 def _parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
@@ -96,33 +109,29 @@ def command(
     site_config: SiteConfiguration,
 ) -> None:
     """Submit a processing request for DCID to the Dispatcher."""
-    parameters: dict[str, object] = _parse_settings(settings)
+    parameters = _parse_settings(settings)
     custom = _load_recipe(recipe_file) if recipe_file else None
-    if direct:
-        if custom is None:
-            raise click.UsageError("--direct starts the recipe given with -f FILE")
-        if dcid is not None:
-            parameters.setdefault("ispyb_dcid", dcid)
-        try:
-            recipe_id, submission = direct_start(custom, parameters)
-        except (InvalidRecipe, ZocaloError) as error:
-            raise click.UsageError(str(error)) from None
-    else:
-        if not (recipes or custom or no_dcid or reprocessing):
-            raise click.UsageError("give at least one of -r, -f, -n, -p")
-        if not no_dcid:
-            if dcid is None or dcid <= 0:
-                raise click.UsageError("a data collection id (DCID > 0) is required, or -n")
-            if reprocessing:
-                parameters["ispyb_process"] = dcid
-            else:
-                if not (recipes or custom):
-                    raise click.UsageError("give a recipe (-r) or a recipe file (-f)")
-                parameters["ispyb_dcid"] = dcid
-        if autoprocscalingid is not None:
-            parameters["ispyb_autoprocscalingid"] = autoprocscalingid
-        recipe_id = None
-        submission = dispatcher_request(list(recipes), parameters, custom)
+    if direct and custom is None:
+        raise click.UsageError("--direct starts the recipe given with -f FILE")
+    try:
+        if custom is not None and direct:
+            recipe_id, submission = direct_start(custom, parameters, dcid=dcid)
+        else:
+            recipe_id = None
+            submission = processing_request(
+                recipes,
+                parameters,
+                custom,
+                dcid=dcid,
+                reprocessing=reprocessing,
+                dcid_required=not no_dcid,
+                autoprocscalingid=autoprocscalingid,
+            )
+    except InvalidRequest as error:
+        hint = _REQUEST_HINTS.get(type(error))
+        raise click.UsageError(f"{error}: {hint}" if hint else str(error)) from None
+    except ZocaloError as error:
+        raise click.UsageError(str(error)) from None
     if dry_run:
         _print(submission)
         return

@@ -2,39 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import socket
-
 import click
 
 from zocalo.cli.common import open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
-from zocalo.service.status import COMMAND_TOPIC
-
-
-def qualify_host(host: str) -> str:
-    """``name.pid`` gets this machine's reversed domain in front, as python-zocalo does."""
-    if host.count(".") != 1:
-        return host
-    domain = socket.getfqdn().split(".")[1:]
-    return ".".join([*reversed(domain), host])
-
-
-def shutdown_commands(
-    hosts: tuple[str, ...], services: tuple[str, ...], everyone: bool
-) -> list[dict[str, object]]:
-    """The command messages to broadcast (one per target)."""
-    commands: list[dict[str, object]] = [
-        {"command": "shutdown", "host": qualify_host(host)} for host in hosts
-    ]
-    commands += [
-        {"command": "shutdown", "service": None if service.lower() == "none" else service}
-        for service in services
-    ]
-    if everyone:
-        commands.append({"command": "shutdown", "all": True})
-    return commands
+from zocalo.service.commands import broadcast_command, shutdown_commands
 
 
 @click.command("shutdown")
@@ -65,8 +38,7 @@ def command(
     url = resolve_transport(transport, site_config)
     with open_broker(url) as broker:
         for message in commands:
-            broker.broadcast(COMMAND_TOPIC, json.dumps(message))
-            click.echo(f"sent {json.dumps(message)}")
+            click.echo(f"sent {broadcast_command(broker, message)}")
 
 
 def main() -> None:

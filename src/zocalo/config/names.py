@@ -1,4 +1,5 @@
-"""Names the command line needs without importing the plugin schemas."""
+"""Names the broker URL rule (``transport.registry.resolve_broker_url``) needs without
+importing the plugin schemas."""
 
 from __future__ import annotations
 

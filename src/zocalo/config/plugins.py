@@ -291,7 +291,7 @@ FREE_FORM = frozenset({"storage"})
 CANONICAL = {"iris": "slurm"}
 
 #: The names python-zocalo's ``-t`` accepts, and the plugin each one reads.
-from zocalo.config.names import TRANSPORT_NAMES  # noqa: E402  (shared with the CLI)
+from zocalo.config.names import TRANSPORT_NAMES  # noqa: E402  (shared with the registry)
 
 
 def transport_url(

@@ -193,7 +193,7 @@ class GELFUDPHandler(GELFHandler, logging.handlers.DatagramHandler):
             payload = data[seq * self.chunk_size : (seq + 1) * self.chunk_size]
             yield CHUNK_MAGIC + message_id + bytes((seq, count)) + payload
 
-    def send(self, s: bytes) -> None:
+    def send(self, s: bytes) -> None:  # type: ignore[override]  # we send bytes only
         for datagram in self.chunks(s):
             logging.handlers.DatagramHandler.send(self, datagram)
 

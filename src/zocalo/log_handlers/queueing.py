@@ -41,7 +41,9 @@ class _Listener(logging.handlers.QueueListener):
         super().handle(record)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._monitor, name="zocalo-log-queue", daemon=True)
+        # QueueListener.start with a named daemon thread (_monitor: its documented-in-source loop)
+        monitor = self._monitor  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=monitor, name="zocalo-log-queue", daemon=True)
         self._thread.start()
 
 
@@ -66,7 +68,8 @@ class NonBlockingHandler(logging.handlers.QueueHandler):
     ) -> None:
         if maxsize <= 0:
             raise ValueError("maxsize must be positive: the queue has to be bounded")
-        super().__init__(queue.Queue(maxsize))
+        self.queue: queue.Queue[logging.LogRecord | None] = queue.Queue(maxsize)
+        super().__init__(self.queue)
         self.targets = targets
         self.maxsize = maxsize
         self.warn_interval = warn_interval
@@ -171,7 +174,7 @@ class NonBlockingHandler(logging.handlers.QueueHandler):
                         abort()
             thread = self._listener._thread
             with contextlib.suppress(queue.Full):
-                self.queue.put(self._listener._sentinel, timeout=self.flush_timeout)
+                self.queue.put(None, timeout=self.flush_timeout)  # the listener's sentinel
             if thread is not None:
                 thread.join(self.flush_timeout)
             if thread is None or not thread.is_alive():

@@ -1,12 +1,13 @@
 """The fleet as the status topic shows it: pure bookkeeping, no broker, no terminal.
 
 Every supervisor (ours, and python-workflows' frontend) broadcasts a status
-dict on ``transient.status`` at least every 6 s. :class:`Fleet` keeps the
+dict on ``transient.status`` at least every 6 s. :class:`FleetStatus` keeps the
 latest one per ``host``, works out throughput from successive ``messages``
 counts (only ours carry them; python-workflows' entries simply show none),
 marks an entry stale when nothing was heard from it for ``stale_after``
 seconds and forgets it after ``drop_after`` seconds or when it announces
-TEARDOWN.
+TEARDOWN. (Not to be confused with :mod:`zocalo.launch`, which starts services
+in processes or threads for the demo and the tests.)
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class Entry:
             self.throughput = (last - first) / (last_at - first_at)
 
 
-class Fleet:
+class FleetStatus:
     """The latest status of every supervisor heard from, keyed by host id. Thread safe."""
 
     def __init__(

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from zocalo.monitor.aggregate import Entry, Fleet
+from zocalo.monitor.aggregate import Entry, FleetStatus
 from zocalo.service.status import STATUS_TOPIC, Status
 from zocalo.transport import Delivery, Transport, create_transport
 from zocalo.transport.registry import redact_url
@@ -120,7 +120,10 @@ def _table(
 
 
 def fleet_table(
-    fleet: Fleet, now: float | None = None, title: str | None = None, width: int | None = None
+    status: FleetStatus,
+    now: float | None = None,
+    title: str | None = None,
+    width: int | None = None,
 ) -> Table:
     """One row per supervisor heard from; stale ones dimmed and marked.
 
@@ -128,11 +131,11 @@ def fleet_table(
     the table fits (:data:`DROPPED_FIRST`), then the columns move closer together,
     so no cell is cut short.
     """
-    now = fleet.clock() if now is None else now
-    entries = fleet.entries(now)
-    stale = sum(fleet.is_stale(entry, now) for entry in entries)
+    now = status.clock() if now is None else now
+    entries = status.entries(now)
+    stale = sum(status.is_stale(entry, now) for entry in entries)
     caption = f"{len(entries)} service(s)" + (f", {stale} stale" if stale else "")
-    rows = [_cells(entry, now, fleet.is_stale(entry, now)) for entry in entries]
+    rows = [_cells(entry, now, status.is_stale(entry, now)) for entry in entries]
     columns = list(COLUMNS)
     table = _table(columns, rows, title, caption)
     if width is None:
@@ -149,11 +152,11 @@ def fleet_table(
 
 
 class Monitor:
-    """Subscribes to the status topic and feeds a :class:`Fleet`."""
+    """Subscribes to the status topic and feeds a :class:`FleetStatus`."""
 
-    def __init__(self, url: str, fleet: Fleet | None = None) -> None:
+    def __init__(self, url: str, status: FleetStatus | None = None) -> None:
         self.url = url
-        self.fleet = fleet or Fleet()
+        self.status = status or FleetStatus()
         self.transport: Transport | None = None
 
     def __enter__(self) -> Monitor:
@@ -167,7 +170,7 @@ class Monitor:
             self.transport.close()
 
     def _on_status(self, delivery: Delivery) -> None:
-        self.fleet.ingest(delivery.body)
+        self.status.ingest(delivery.body)
 
     def title(self) -> str:
         return f"zocalo monitor: {redact_url(self.url)}"
@@ -178,7 +181,7 @@ def show_once(url: str, seconds: float, console: Console | None = None) -> None:
     console = console or Console()
     with Monitor(url) as monitor:
         threading.Event().wait(seconds)
-        console.print(fleet_table(monitor.fleet, title=monitor.title(), width=console.width))
+        console.print(fleet_table(monitor.status, title=monitor.title(), width=console.width))
 
 
 def show_live(url: str, refresh: float = 1.0, console: Console | None = None) -> None:
@@ -194,7 +197,7 @@ def show_live(url: str, refresh: float = 1.0, console: Console | None = None) ->
         with Monitor(url) as monitor:
             # The terminal's width is read at every redraw: a resized window re-lays the table.
             render = lambda: fleet_table(  # noqa: E731
-                monitor.fleet, title=monitor.title(), width=console.width
+                monitor.status, title=monitor.title(), width=console.width
             )
             with Live(render(), console=console, auto_refresh=False) as live:
                 while not stop.is_set():

@@ -1,8 +1,11 @@
 """Declarative RabbitMQ configuration through the management API (``zocalo.configure_rabbitmq``).
 
 * :mod:`~zocalo.rabbitmq_admin.api`: a small management-API client.
-* :mod:`~zocalo.rabbitmq_admin.topology`: python-zocalo's topology file -> desired state.
-* :mod:`~zocalo.rabbitmq_admin.plan`: desired vs current -> ordered changes (and safety checks).
+* :mod:`~zocalo.rabbitmq_admin.topology`: python-zocalo's topology file -> desired state
+  (the file's schema in :mod:`~zocalo.rabbitmq_admin.topology_file`, the state itself in
+  :mod:`~zocalo.rabbitmq_admin.desired_state`).
+* :mod:`~zocalo.rabbitmq_admin.plan`: desired vs current -> ordered changes (and safety
+  checks), one module per concern.
 * :mod:`~zocalo.rabbitmq_admin.apply`: carry a plan out.
 """
 

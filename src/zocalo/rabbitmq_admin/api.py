@@ -15,11 +15,13 @@ from urllib.parse import quote
 
 import requests
 
+from zocalo.errors import AdminError
+
 #: The password hashing RabbitMQ uses by default (and the only one we write).
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 
 
-class ManagementAPIError(Exception):
+class ManagementAPIError(AdminError):
     """A management API call failed (HTTP error or connection problem)."""
 
     def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from zocalo.errors import AdminError
 from zocalo.rabbitmq_admin.api import ManagementAPI
 from zocalo.rabbitmq_admin.plan import Change, Plan
 
 
-class RefusedError(Exception):
+class RefusedError(AdminError):
     """A change needs ``--force``; the message lists what and why."""
 
 

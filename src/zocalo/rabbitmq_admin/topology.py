@@ -1,5 +1,12 @@
 """Parse python-zocalo's RabbitMQ topology file into the desired broker state.
 
+This module reads and expands: a file validated against its schema
+(:mod:`~zocalo.rabbitmq_admin.topology_file`) becomes a
+:class:`~zocalo.rabbitmq_admin.desired_state.DesiredState`, each ``groups`` entry
+expanded into its queues (and their dead-letter queues), broadcast exchanges and
+bindings, every entry without ``vhost`` given the target vhost, and every binding
+checked to connect things the file declares.
+
 The file format is python-zocalo's (``zocalo.configure_rabbitmq``; COMPAT.md section 8.1):
 top-level ``vhosts``, ``permissions``, ``policies``, ``exchanges``, ``groups``, ``bindings``.
 One deliberate difference: an entry without ``vhost`` belongs to the *target vhost*
@@ -15,318 +22,44 @@ section holding ``username``, ``password`` and optional ``tags`` (comma separate
 from __future__ import annotations
 
 import configparser
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-BUILTIN_EXCHANGE_TYPES = frozenset({"direct", "topic", "headers", "fanout"})
+from zocalo.errors import AdminError
+from zocalo.rabbitmq_admin.desired_state import (
+    BindingSpec,
+    DesiredState,
+    ExchangeSpec,
+    PermissionSpec,
+    PolicySpec,
+    QueueSpec,
+    UserSpec,
+    VhostSpec,
+)
+from zocalo.rabbitmq_admin.topology_file import PLUGIN_EXCHANGE_TYPES, TopologyFile
 
-#: Exchange types provided by plugins, and the plugin to enable for each.
-PLUGIN_EXCHANGE_TYPES = {
-    "x-delayed-message": "rabbitmq_delayed_message_exchange",
-    "x-consistent-hash": "rabbitmq_consistent_hash_exchange",
-    "x-random": "rabbitmq_random_exchange",
-    "x-recent-history": "rabbitmq_recent_history_exchange",
-    "x-jms-topic": "rabbitmq_jms_topic_exchange",
-    "x-modulus-hash": "rabbitmq_sharding",
-}
+__all__ = [
+    "PLUGIN_EXCHANGE_TYPES",
+    "BindingSpec",
+    "DesiredState",
+    "ExchangeSpec",
+    "PermissionSpec",
+    "PolicySpec",
+    "QueueSpec",
+    "TopologyError",
+    "TopologyFile",
+    "UserSpec",
+    "VhostSpec",
+    "load_users",
+    "parse_topology",
+]
 
 
-class TopologyError(ValueError):
+class TopologyError(AdminError, ValueError):
     """The topology file (or a user file) is invalid; the message names file and key."""
-
-
-# -- the file, as written -------------------------------------------------------------------
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class VhostEntry(_Model):
-    name: str = Field(min_length=1)
-    description: str = ""
-    tags: list[str] = Field(default_factory=list)
-    tracing: bool = False
-
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _comma_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [tag.strip() for tag in value.split(",") if tag.strip()]
-        return value
-
-    @field_validator("name")
-    @classmethod
-    def _not_default(cls, value: str) -> str:
-        if value == "/":
-            raise ValueError("the default vhost '/' is never managed; remove it from 'vhosts'")
-        return value
-
-
-class PermissionEntry(_Model):
-    vhost: str | None = None
-    user: str = Field(min_length=1)
-    configure: str
-    write: str
-    read: str
-
-
-class PolicyEntry(_Model):
-    name: str = Field(min_length=1)
-    vhost: str | None = None
-    pattern: str = "^amq."
-    definition: dict[str, Any] = Field(default_factory=dict)
-    priority: int = 0
-    apply_to: Literal[
-        "queues", "exchanges", "all", "classic_queues", "quorum_queues", "streams"
-    ] = Field(default="queues", alias="apply-to")
-
-
-class ExchangeEntry(_Model):
-    name: str = Field(min_length=1)
-    vhost: str | None = None
-    type: str = "direct"
-    durable: bool | None = None
-    auto_delete: bool = False
-    internal: bool = False
-    arguments: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _not_reserved(cls, value: str) -> str:
-        if value.startswith("amq."):
-            raise ValueError(f"{value!r}: exchange names starting 'amq.' are reserved")
-        return value
-
-    @field_validator("type")
-    @classmethod
-    def _known_type(cls, value: str) -> str:
-        if value not in BUILTIN_EXCHANGE_TYPES and not value.startswith("x-"):
-            raise ValueError(
-                f"{value!r} is not an exchange type (direct, topic, headers, fanout, "
-                "or a plugin type such as x-delayed-message)"
-            )
-        return value
-
-
-class QueueSettings(_Model):
-    type: Literal["classic", "quorum", "stream"] = "classic"
-    dead_letter_routing_key_pattern: str | None = Field(
-        default=None, alias="dead-letter-routing-key-pattern"
-    )
-    dead_letter_exchange: str = Field(default="", alias="dead-letter-exchange")
-    dead_letter_queue_create: bool = Field(default=True, alias="dead-letter-queue-create")
-
-    @field_validator("dead_letter_routing_key_pattern")
-    @classmethod
-    def _formattable(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                value.format(name="queue")
-            except (KeyError, IndexError, ValueError) as error:
-                raise ValueError(
-                    f"{value!r}: the only placeholder allowed is {{name}} ({error})"
-                ) from None
-        return value
-
-
-class ExchangeSettings(_Model):
-    type: str = "direct"
-
-
-class GroupSettings(_Model):
-    broadcast: bool = False
-    single_active_consumer: bool = False
-    queues: QueueSettings = Field(default_factory=QueueSettings)
-    exchanges: ExchangeSettings = Field(default_factory=ExchangeSettings)
-
-
-class GroupEntry(_Model):
-    names: list[str] = Field(min_length=1)
-    vhost: str | None = None
-    bindings: list[str] = Field(default_factory=lambda: [""])
-    settings: GroupSettings = Field(default_factory=GroupSettings)
-
-    @field_validator("names")
-    @classmethod
-    def _non_empty_names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not name:
-                raise ValueError("names must not be empty strings")
-            if name.startswith("amq."):
-                raise ValueError(f"{name!r}: names starting 'amq.' are reserved")
-        return value
-
-
-class BindingEntry(_Model):
-    source: str
-    destination: str = Field(min_length=1)
-    destination_type: Literal["q", "queue", "e", "exchange"] = "q"
-    routing_key: str | None = None
-    vhost: str | None = None
-    arguments: dict[str, Any] = Field(default_factory=dict)
-
-
-class TopologyFile(_Model):
-    vhosts: list[VhostEntry] = Field(default_factory=list)
-    permissions: list[PermissionEntry] = Field(default_factory=list)
-    policies: list[PolicyEntry]
-    exchanges: list[ExchangeEntry]
-    groups: list[GroupEntry]
-    bindings: list[BindingEntry] = Field(default_factory=list)
-
-
-# -- the desired state ------------------------------------------------------------------------
-
-
-@dataclass
-class VhostSpec:
-    name: str
-    description: str = ""
-    tags: tuple[str, ...] = ()
-    tracing: bool = False
-
-
-@dataclass
-class PermissionSpec:
-    vhost: str
-    user: str
-    configure: str
-    write: str
-    read: str
-
-
-@dataclass
-class PolicySpec:
-    vhost: str
-    name: str
-    pattern: str
-    definition: dict[str, Any]
-    priority: int
-    apply_to: str
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "pattern": self.pattern,
-            "definition": self.definition,
-            "priority": self.priority,
-            "apply-to": self.apply_to,
-        }
-
-
-@dataclass
-class ExchangeSpec:
-    vhost: str
-    name: str
-    type: str
-    durable: bool | None  # None: not sent, the broker's HTTP API default applies
-    auto_delete: bool = False
-    internal: bool = False
-    arguments: dict[str, Any] = field(default_factory=dict)
-
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": self.type,
-            "auto_delete": self.auto_delete,
-            "internal": self.internal,
-            "arguments": self.arguments,
-        }
-        if self.durable is not None:
-            body["durable"] = self.durable
-        return body
-
-
-@dataclass
-class QueueSpec:
-    vhost: str
-    name: str
-    arguments: dict[str, Any]
-    durable: bool = True
-    auto_delete: bool = False
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "durable": self.durable,
-            "auto_delete": self.auto_delete,
-            "arguments": self.arguments,
-        }
-
-
-@dataclass
-class BindingSpec:
-    vhost: str
-    source: str
-    destination_type: str  # "queue" or "exchange", as the API lists them
-    destination: str
-    routing_key: str
-    arguments: dict[str, Any] = field(default_factory=dict)
-
-    def key(self) -> tuple[Any, ...]:
-        return (
-            self.vhost,
-            self.source,
-            self.destination_type,
-            self.destination,
-            self.routing_key,
-            _freeze(self.arguments),
-        )
-
-    def describe(self) -> str:
-        source = self.source or "(default exchange)"
-        text = f"{source} -> {self.destination_type} {self.destination} key {self.routing_key!r}"
-        if self.arguments:
-            text += f" arguments {self.arguments}"
-        return text
-
-
-@dataclass
-class UserSpec:
-    name: str
-    password: str
-    tags: tuple[str, ...]
-    source: Path
-
-
-@dataclass
-class DesiredState:
-    """Everything the file asks for, with defaults filled in."""
-
-    source: Path
-    vhosts: list[VhostSpec]
-    permissions: list[PermissionSpec]
-    policies: list[PolicySpec]
-    exchanges: list[ExchangeSpec]
-    queues: list[QueueSpec]
-    bindings: list[BindingSpec]
-    users: list[UserSpec] | None = None  # None: --user-config not given, users untouched
-
-    @property
-    def managed_vhosts(self) -> list[str]:
-        """Every vhost the file names (explicitly or through the default): the tool's scope."""
-        names: dict[str, None] = {}
-        for collection in (
-            self.vhosts,
-            self.permissions,
-            self.policies,
-            self.exchanges,
-            self.queues,
-            self.bindings,
-        ):
-            for item in collection:
-                names[item.name if isinstance(item, VhostSpec) else item.vhost] = None
-        return list(names)
-
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, dict):
-        return tuple(sorted((key, _freeze(item)) for key, item in value.items()))
-    if isinstance(value, list):
-        return tuple(_freeze(item) for item in value)
-    return value
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -373,17 +106,21 @@ def _desired_state(path: Path, parsed: TopologyFile, default_vhost: str) -> Desi
         return TopologyError(f"{path}: {key}: {message}")
 
     vhosts: dict[str, VhostSpec] = {}
-    for index, entry in enumerate(parsed.vhosts):
-        if entry.name in vhosts:
-            raise fail(f"vhosts[{index}].name", f"vhost {entry.name!r} declared twice")
-        vhosts[entry.name] = VhostSpec(
-            entry.name, entry.description, tuple(entry.tags), entry.tracing
+    for index, vhost_entry in enumerate(parsed.vhosts):
+        if vhost_entry.name in vhosts:
+            raise fail(f"vhosts[{index}].name", f"vhost {vhost_entry.name!r} declared twice")
+        vhosts[vhost_entry.name] = VhostSpec(
+            vhost_entry.name, vhost_entry.description, tuple(vhost_entry.tags), vhost_entry.tracing
         )
 
     permissions: dict[tuple[str, str], PermissionSpec] = {}
-    for index, entry in enumerate(parsed.permissions):
+    for index, permission in enumerate(parsed.permissions):
         spec = PermissionSpec(
-            vhost_of(entry.vhost), entry.user, entry.configure, entry.write, entry.read
+            vhost_of(permission.vhost),
+            permission.user,
+            permission.configure,
+            permission.write,
+            permission.read,
         )
         if (spec.vhost, spec.user) in permissions:
             raise fail(
@@ -393,14 +130,14 @@ def _desired_state(path: Path, parsed: TopologyFile, default_vhost: str) -> Desi
         permissions[spec.vhost, spec.user] = spec
 
     policies: dict[tuple[str, str], PolicySpec] = {}
-    for index, entry in enumerate(parsed.policies):
+    for index, policy_entry in enumerate(parsed.policies):
         policy = PolicySpec(
-            vhost_of(entry.vhost),
-            entry.name,
-            entry.pattern,
-            entry.definition,
-            entry.priority,
-            entry.apply_to,
+            vhost_of(policy_entry.vhost),
+            policy_entry.name,
+            policy_entry.pattern,
+            policy_entry.definition,
+            policy_entry.priority,
+            policy_entry.apply_to,
         )
         if (policy.vhost, policy.name) in policies:
             raise fail(f"policies[{index}].name", f"policy {policy.name!r} declared twice")
@@ -414,17 +151,17 @@ def _desired_state(path: Path, parsed: TopologyFile, default_vhost: str) -> Desi
             raise fail(key, f"exchange {exchange.name!r} declared twice, differently")
         exchanges[identity] = exchange
 
-    for index, entry in enumerate(parsed.exchanges):
+    for index, exchange_entry in enumerate(parsed.exchanges):
         add_exchange(
             f"exchanges[{index}].name",
             ExchangeSpec(
-                vhost_of(entry.vhost),
-                entry.name,
-                entry.type,
-                entry.durable,
-                entry.auto_delete,
-                entry.internal,
-                entry.arguments,
+                vhost_of(exchange_entry.vhost),
+                exchange_entry.name,
+                exchange_entry.type,
+                exchange_entry.durable,
+                exchange_entry.auto_delete,
+                exchange_entry.internal,
+                exchange_entry.arguments,
             ),
         )
 
@@ -470,15 +207,17 @@ def _desired_state(path: Path, parsed: TopologyFile, default_vhost: str) -> Desi
             for source in group.bindings:
                 add_binding(BindingSpec(vhost, source, "queue", name, name))
 
-    for entry in parsed.bindings:
+    for binding_entry in parsed.bindings:
         add_binding(
             BindingSpec(
-                vhost_of(entry.vhost),
-                entry.source,
-                "exchange" if entry.destination_type in ("e", "exchange") else "queue",
-                entry.destination,
-                entry.destination if entry.routing_key is None else entry.routing_key,
-                entry.arguments,
+                vhost_of(binding_entry.vhost),
+                binding_entry.source,
+                "exchange" if binding_entry.destination_type in ("e", "exchange") else "queue",
+                binding_entry.destination,
+                binding_entry.destination
+                if binding_entry.routing_key is None
+                else binding_entry.routing_key,
+                binding_entry.arguments,
             )
         )
 

@@ -306,7 +306,7 @@ class Recipe:
         )
         mine = self.copy()
         steps = {**mine._steps, **moved}
-        start = [*mine._start, *moved_start]
+        start = [*(mine._start or []), *moved_start]
         error = mine._error
         if moved_error is not None:
             error = [*(error or []), *moved_error]

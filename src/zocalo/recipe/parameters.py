@@ -13,13 +13,13 @@ Python internals there (``<built-in method ...>``), which no recipe wants.
 
 from __future__ import annotations
 
-import _string  # the field-name parser string.Formatter itself uses
+import _string  # type: ignore[import-not-found]  # the field-name parser string.Formatter uses
 import copy
 import string
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from zocalo.errors import InvalidRecipe
+from zocalo.errors import InvalidRecipe, ZocaloError
 
 __all__ = ["substitute"]
 
@@ -29,7 +29,7 @@ _REPLACE_PREFIX = "{$REPLACE"
 _REPLACE_CUT = len("{$REPLACE:")
 
 
-class _Refused(Exception):
+class _Refused(ZocaloError):
     """A field we will not evaluate; turned into InvalidRecipe by the caller."""
 
 

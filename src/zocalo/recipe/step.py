@@ -170,7 +170,7 @@ class RecipeStep:
         env = dict(environment or {})
         env.setdefault("ID", str(uuid.uuid4()))
         encoder = RecipeEncoder(recipe)
-        for pointer, payload in recipe.start:
+        for pointer, payload in recipe.start or ():  # validated: a recipe has a start
             self._queue_step(recipe, encoder, int(pointer), [], env, payload, headers, options)
         return env["ID"]
 

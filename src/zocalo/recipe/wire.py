@@ -156,7 +156,8 @@ def _json_kind(value: Any) -> str:
     """What a decoded JSON value is, in JSON's words."""
     if value is None or isinstance(value, bool):
         return json.dumps(value)
-    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), "a number")
+    kinds: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
+    return kinds.get(type(value), "a number")
 
 
 def _step_number(value: Any, field: str, what: str) -> int:

@@ -1,4 +1,11 @@
-"""AMQP application headers <-> the JSON-like header dicts of the transport contract."""
+"""AMQP application headers <-> the JSON-like header dicts of the transport contract.
+
+Values: pika decodes tables into bytes, datetimes and decimals and encodes no
+floats, so both directions are converted here. Meaning: the broker's own
+``x-death`` header is translated into our dead-letter header names on the
+way in (:func:`translate_dead_letter`), so a consumer reads one vocabulary
+whoever dead-lettered a message.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,9 @@ import datetime
 import math
 from decimal import Decimal
 from typing import Any
+
+from zocalo.transport.dead_letters import dead_letter_marks, with_history
+from zocalo.transport.rabbitmq import delay as delays
 
 
 def from_amqp(value: Any) -> Any:
@@ -44,7 +54,7 @@ def _as_decimal(value: float) -> Decimal | int | float:
     if not math.isfinite(value) or abs(value) >= 2**63:
         return value  # pika refuses it: the publish fails with a clear reason
     exact = Decimal(repr(value))
-    places = max(0, -int(exact.as_tuple().exponent))  # type: ignore[arg-type]
+    places = max(0, -int(exact.as_tuple().exponent))
     while places > 0:
         scaled = exact.scaleb(places).to_integral_value()
         if abs(scaled) < _INT32:
@@ -52,3 +62,35 @@ def _as_decimal(value: float) -> Decimal | int | float:
         places -= 1
     whole = round(value)
     return Decimal(whole) if abs(whole) < _INT32 else whole
+
+
+def translate_dead_letter(headers: dict[str, Any]) -> None:
+    """Describe a broker-dead-lettered message (``x-death``) in our DLQ header names.
+
+    We never publish the broker's headers (they are stripped), so an
+    ``x-death`` here tells what happened since we last published the message:
+    its deaths join our own history header, which survives the next publish,
+    and the latest dead-lettering is the reason. The delay topology's wait
+    queues are hops, not history, and are left out.
+    """
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list):
+        return
+    history = [
+        death
+        for death in deaths
+        if isinstance(death, dict) and not str(death.get("queue", "")).startswith(delays.PREFIX)
+    ]
+    latest = next(
+        (d for d in history if d.get("reason") in ("rejected", "delivery_limit", "maxlen")), None
+    )
+    if latest is None:
+        return
+    # x-death lists the most recent first; our history is oldest first.
+    headers.update(
+        dead_letter_marks(
+            reason=f"{latest['reason']} (dead-lettered by RabbitMQ)",
+            queue=str(latest.get("queue")),
+            history=with_history(headers, *reversed(history)),
+        )
+    )

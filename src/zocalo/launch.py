@@ -1,7 +1,9 @@
-"""Run several services at once: as operator-style processes, or as threads.
+"""Launch several services at once on this machine: as operator-style processes, or as threads.
 
-The demo and the benchmarks use this; an operator would run the same
+The demo and the tests use this; an operator would run the same
 ``zocalo.service -s NAME --transport URL`` commands in separate terminals.
+(Not to be confused with :class:`zocalo.monitor.aggregate.FleetStatus`, the
+monitor's view of whatever services are running, wherever they run.)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def service_command(name: str, url: str) -> list[str]:
     return [*program, "-s", name, "--transport", url]
 
 
-class ProcessFleet:
+class ServiceProcesses:
     """Services in child processes, each in its own process group."""
 
     def __init__(self, names: Sequence[str], url: str, log: IO[str] | None = None) -> None:
@@ -42,7 +44,7 @@ class ProcessFleet:
         self.stats: dict[str, dict[str, int]] = {}
         self._forwarders: list[threading.Thread] = []
 
-    def __enter__(self) -> ProcessFleet:
+    def __enter__(self) -> ServiceProcesses:
         try:
             for name in self.names:
                 self.processes.append(
@@ -106,7 +108,7 @@ class ProcessFleet:
         self.stop()
 
 
-class ThreadFleet:
+class ServiceThreads:
     """Services on threads of this process (for the in-memory broker)."""
 
     def __init__(
@@ -118,7 +120,7 @@ class ThreadFleet:
             for r in self.runners
         ]
 
-    def __enter__(self) -> ThreadFleet:
+    def __enter__(self) -> ServiceThreads:
         for thread, runner in zip(self.threads, self.runners, strict=True):
             thread.start()
             if not runner.started.wait(10):
@@ -126,7 +128,7 @@ class ThreadFleet:
         return self
 
     @property
-    def stats(self) -> dict[str, dict[str, int]]:
+    def stats(self) -> dict[str, dict[str, float]]:
         return {runner.service.name: runner.stats.snapshot() for runner in self.runners}
 
     def stop(self) -> None:

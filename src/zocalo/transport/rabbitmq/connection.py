@@ -1,0 +1,352 @@
+"""The broker connection: one pika ``SelectConnection``, its I/O thread, and reconnection.
+
+pika's ``SelectConnection`` is not thread-safe: everything touching it, its
+channels included, must run on the thread that runs its I/O loop. This module
+owns that thread and the two ways other threads hand work to it —
+:meth:`Connection.call` (run and wait for the answer) and
+:meth:`Connection.soon` (run without waiting, batched so a burst of publishes
+and acks wakes the loop once) — so no other module touches a thread or the
+loop.
+
+It also opens the connection on the first cluster node that answers, turns
+pika's opaque failures (TLS, credentials, virtual host) into one sentence,
+and after an unexpected loss reconnects with growing delays. What has to be
+rebuilt on a new connection (channels, subscriptions) and what a lost one
+leaves behind (unconfirmed publishes, unsettled deliveries) belongs to its
+owner, told through three hooks.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.channel import Channel
+
+from zocalo.errors import ConnectionFailed, TransportError
+from zocalo.transport.base import Confirmation
+
+log = logging.getLogger(__name__)
+
+RECONNECT_FIRST_DELAY = 0.5
+RECONNECT_MAX_DELAY = 30.0
+
+
+class Connection:
+    """A connection to the first node of ``nodes`` that answers, kept open until closed.
+
+    The owner's hooks: ``on_open()`` runs on the opening thread once a
+    connection is open (and may :meth:`call`), ``on_lost(reason)`` on the I/O
+    thread when one closes, and ``on_reconnected()`` on the reconnecting thread
+    after a reconnect, returning how many subscriptions it restored. Only
+    :class:`ConnectionFailed`, :class:`TransportError` and ``TimeoutError`` from
+    the hooks count as a failed attempt.
+    """
+
+    def __init__(
+        self,
+        nodes: list[pika.ConnectionParameters],
+        safe_url: str,
+        *,
+        on_open: Callable[[], None],
+        on_lost: Callable[[BaseException], None],
+        on_reconnected: Callable[[], int],
+    ) -> None:
+        self.nodes = nodes
+        #: The node connected to (or being tried).
+        self.parameters = nodes[0]
+        self.safe_url = safe_url
+        self._on_open = on_open
+        self._on_lost = on_lost
+        self._on_reconnected = on_reconnected
+        self._pika: pika.SelectConnection | None = None
+        self._thread: threading.Thread | None = None
+        self.is_open = False
+        self.closing = False
+        #: True from a lost connection until its subscriptions are restored.
+        self.restoring = False
+        self._closed = threading.Event()
+        self._reconnector: threading.Thread | None = None
+        self._soon_queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._soon_scheduled = False
+
+    @property
+    def connected(self) -> bool:
+        """Open, and after a reconnect with every subscription consuming again."""
+        return self.is_open and not self.restoring
+
+    @property
+    def alive(self) -> bool:
+        """Open, as far as both we and pika know (so a channel can be opened on it)."""
+        connection = self._pika
+        return self.is_open and connection is not None and connection.is_open
+
+    def on_io_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def require_open(self) -> None:
+        if not self.is_open:
+            raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
+
+    # -- opening --------------------------------------------------------------
+    def connect(self) -> None:
+        """Open a connection, unless one is open; raise ConnectionFailed if no node answers."""
+        if self.is_open:
+            return
+        self.closing = False
+        self._closed.clear()  # else a later reconnect would give up after one attempt
+        self.restoring = False
+        self._open_any_node()
+
+    def _open_any_node(self) -> None:
+        """Connect to the first cluster node that answers, or raise ConnectionFailed."""
+        failures: list[str] = []
+        for node in self.nodes:
+            if self.closing:
+                raise ConnectionFailed(f"{self.safe_url}: closed while connecting")
+            self.parameters = node
+            try:
+                self._open_node()
+                return
+            except ConnectionFailed as error:
+                failures.append(str(error))
+        raise ConnectionFailed("; ".join(failures))
+
+    def _open_node(self) -> None:
+        """Connect to ``self.parameters``, then let the owner open its channels."""
+        opened: Confirmation = Confirmation()
+
+        def on_open(connection: pika.SelectConnection) -> None:
+            opened.set_result(None)
+
+        def on_open_error(connection: pika.SelectConnection, error: BaseException) -> None:
+            opened.set_exception(
+                error if isinstance(error, BaseException) else RuntimeError(str(error))
+            )
+
+        self._pika = pika.SelectConnection(
+            self.parameters,
+            on_open_callback=on_open,
+            on_open_error_callback=on_open_error,
+            on_close_callback=self._on_closed,
+        )
+        self._thread = threading.Thread(
+            target=self._run_ioloop, args=(self._pika,), name="rabbitmq-io", daemon=True
+        )
+        self._thread.start()
+        try:
+            opened.result(self.parameters.socket_timeout + 5)
+        except Exception as error:
+            self._stop_ioloop()
+            raise ConnectionFailed(self.explain(error)) from None
+        self.is_open = True
+        # A batch of operations scheduled on a lost connection's loop never ran.
+        self._soon_scheduled = False
+        if self._soon_queue:
+            self.soon(lambda: None)
+        self._on_open()
+
+    def _run_ioloop(self, connection: pika.SelectConnection) -> None:
+        try:
+            connection.ioloop.start()
+        except AssertionError:
+            if not self.closing:
+                raise
+            # close() aborted a connection mid-handshake (a reconnect attempt): pika 1.4
+            # then reports the abort with the exception class instead of an instance and
+            # fails an assertion on its I/O thread, after the socket was closed.
+            log.debug("pika's I/O loop ended on an aborted connection attempt", exc_info=True)
+
+    def explain(self, error: BaseException) -> str:
+        """Why connecting failed, in one sentence that says what to check."""
+        where = f"RabbitMQ at {self.safe_url}"
+        if len(self.nodes) > 1:
+            where += f" (node {self.parameters.host}:{self.parameters.port})"
+        error = _cause(error)
+        text = f"{type(error).__name__}: {error}"
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return (
+                f"TLS: {where} presented a certificate this client does not trust "
+                f"({text}); check cafile"
+            )
+        if isinstance(error, ssl.SSLError):
+            return f"TLS handshake with {where} failed ({text})"
+        if isinstance(
+            error, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError
+        ):
+            return f"{where} refused the credentials ({text})"
+        if isinstance(error, pika.exceptions.ProbableAccessDeniedError):
+            return (
+                f"{where}: access to virtual host {self.parameters.virtual_host!r} denied "
+                f"or it does not exist ({text})"
+            )
+        return f"cannot connect to {where} ({text})"
+
+    # -- losing and reconnecting ----------------------------------------------
+    def _on_closed(self, connection: Any, reason: BaseException) -> None:
+        was_open = self.is_open
+        self.is_open = False
+        self._on_lost(reason)
+        connection.ioloop.stop()
+        if was_open and not self.closing:
+            log.warning("connection to %s lost: %s; reconnecting", self.safe_url, reason)
+            self.restoring = True
+            self._reconnector = threading.Thread(
+                target=self._reconnect, name="rabbitmq-reconnect", daemon=True
+            )
+            self._reconnector.start()
+
+    def _reconnect(self) -> None:
+        """After an unexpected loss: reconnect with growing delays, then resubscribe."""
+        delay, attempt = RECONNECT_FIRST_DELAY, 0
+        while not self.closing:
+            attempt += 1
+            try:
+                self._open_any_node()
+                if self.closing:  # close() came while this attempt was under way
+                    self.is_open = False
+                    self._shut()
+                    return
+                restored = self._on_reconnected()
+            except (ConnectionFailed, TransportError, TimeoutError) as error:
+                if self.closing:
+                    self.is_open = False
+                    self._shut()
+                    return
+                log.warning(
+                    "reconnecting to %s failed (attempt %d): %s; next try in %.1f s",
+                    self.safe_url,
+                    attempt,
+                    error,
+                    delay,
+                )
+                self.is_open = False
+                self._stop_ioloop()
+                if self._closed.wait(delay):
+                    return
+                delay = min(RECONNECT_MAX_DELAY, delay * 2)
+                continue
+            self.restoring = False
+            log.warning(
+                "reconnected to %s after %d attempt(s); %d subscription(s) restored",
+                self.safe_url,
+                attempt,
+                restored,
+            )
+            return
+
+    # -- closing --------------------------------------------------------------
+    def _stop_ioloop(self) -> None:
+        if self._pika is not None and self._thread is not None:
+            with contextlib.suppress(Exception):
+                self._pika.ioloop.add_callback_threadsafe(self._pika.ioloop.stop)
+            if self._thread is not threading.current_thread():
+                self._thread.join(10)
+
+    def close(self) -> None:
+        """Close, stopping a reconnect under way (a connection it is opening is aborted)."""
+        self.closing = True
+        self._closed.set()
+        self.is_open = False
+        self._shut()
+        reconnector = self._reconnector
+        if reconnector is not None and reconnector is not threading.current_thread():
+            reconnector.join(15)
+
+    def _shut(self) -> None:
+        """Close the connection (open, or still opening) and wait for its I/O thread."""
+        connection = self._pika
+        if connection is None:
+            return
+        thread = self._thread
+        with contextlib.suppress(Exception):
+            connection.ioloop.add_callback_threadsafe(
+                lambda: (
+                    None if connection.is_closing or connection.is_closed else connection.close()
+                )
+            )
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(15)
+
+    # -- running things on the I/O thread -------------------------------------
+    def call(self, operation: Callable[[Confirmation], None], timeout: float = 30) -> Any:
+        """Run ``operation(future)`` on the I/O thread and wait for its result."""
+        if not self.is_open or self._pika is None:
+            raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
+        done: Confirmation = Confirmation()
+
+        def run() -> None:
+            try:
+                operation(done)
+            except Exception as error:
+                if not done.done():
+                    done.set_exception(error)
+
+        self._pika.ioloop.add_callback_threadsafe(run)
+        try:
+            return done.result(timeout)
+        except TimeoutError:  # builtin on 3.11: not one of ours, so callers would miss it
+            raise TransportError(
+                f"{self.safe_url}: no answer from the broker within {timeout:g} s"
+            ) from None
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionClosed) as error:
+            raise ConnectionFailed(f"{self.safe_url}: the connection was lost ({error})") from None
+
+    def soon(self, operation: Callable[[], None]) -> None:
+        """Run ``operation`` on the I/O thread without waiting.
+
+        Operations queue up and the I/O thread is woken once per batch, not once
+        per publish or ack (each wake-up is a pipe write and a loop turn).
+        """
+        connection = self._pika
+        if not self.is_open or connection is None:
+            raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
+        self._soon_queue.append(operation)
+        if not self._soon_scheduled:
+            self._soon_scheduled = True
+            connection.ioloop.add_callback_threadsafe(self._run_soon)
+
+    def _run_soon(self) -> None:
+        # Cleared before draining: an operation queued after this sees it clear and
+        # schedules another run; one queued before it is drained below.
+        self._soon_scheduled = False
+        while self._soon_queue:
+            operation = self._soon_queue.popleft()
+            try:
+                operation()
+            except Exception:
+                log.exception("operation on the RabbitMQ I/O thread failed")
+
+    def open_channel(self, done: Confirmation, on_close: Callable | None = None) -> None:
+        """On the I/O thread: open a channel; ``done`` gets it once open."""
+        assert self._pika is not None
+
+        def opened(channel: Channel) -> None:
+            channel.add_on_close_callback(on_close or _on_channel_closed)
+            done.set_result(channel)
+
+        self._pika.channel(on_open_callback=opened)
+
+
+def _on_channel_closed(channel: Channel, reason: BaseException) -> None:
+    log.debug("channel %s closed: %s", channel.channel_number, reason)
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The underlying error: pika wraps TLS and socket failures in errors with empty text."""
+    while True:
+        if getattr(error, "exceptions", None):
+            error = error.exceptions[-1]  # type: ignore[attr-defined]
+        elif isinstance(getattr(error, "exception", None), BaseException):
+            error = error.exception  # type: ignore[attr-defined]
+        elif error.args and isinstance(error.args[-1], BaseException):
+            error = error.args[-1]
+        else:
+            return error

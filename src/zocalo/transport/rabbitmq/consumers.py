@@ -1,0 +1,307 @@
+"""Consuming: one channel per subscription, what each holds unsettled, and the callback thread.
+
+Each subscription consumes on a channel of its own, so its prefetch is its
+own and closing it (a broadcast's unsubscribe) touches nobody else's
+deliveries. A delivery tag only means something on the channel that received
+it, so every delivery carries ``(channel, tag)`` as its receipt and its
+consumer keeps the tags not yet settled: an ack or nack first *takes* its
+tag from there (a second settlement, or one after the channel closed, is
+refused in one line, not sent to fail the channel), and a publish that fails
+gives the tags of its inputs back.
+
+Deliveries arrive on the I/O thread and are handed to one callback thread,
+in order, so a slow handler never stalls heartbeats or confirms. When the
+broker cancels a consumer (its queue was deleted), the queue is declared
+again and consumed on the same channel; after a reconnect every active
+subscription consumes again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika.exceptions
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+
+from zocalo.errors import TransportError
+from zocalo.transport.base import Confirmation, Delivery, Subscription
+from zocalo.transport.rabbitmq.connection import Connection
+from zocalo.transport.rabbitmq.headers import from_amqp, translate_dead_letter
+from zocalo.transport.rabbitmq.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Consumer:
+    subscription: Subscription
+    queue: str = ""
+    #: What to consume again after a reconnect.
+    source: str = ""
+    prefetch: int = 0
+    bind_to: str | None = None
+    channel: Channel | None = None
+    tag: str = ""
+    unsettled: set[int] = field(default_factory=set)
+    #: The start (or restart) of consuming under way, failed if the channel closes.
+    starting: Confirmation | None = None
+
+
+class Consumers:
+    """Every subscription's consumer, and the thread that runs their callbacks.
+
+    ``hand_over(subscription, delivery)`` runs a callback; ``report_failure(reason)``
+    tells the owner a subscription can no longer be served.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        topology: Topology,
+        hand_over: Callable[[Subscription, Delivery], None],
+        report_failure: Callable[[str], None],
+    ) -> None:
+        self._connection = connection
+        self._topology = topology
+        self._hand_over = hand_over
+        self._report_failure = report_failure
+        self._consumers: dict[int, Consumer] = {}
+        self._lock = threading.Lock()
+        self._callbacks: queue.SimpleQueue[tuple[Consumer, Delivery] | None] = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
+
+    # -- the callback thread ----------------------------------------------------
+    def start_callbacks(self) -> None:
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="rabbitmq-callbacks", daemon=True
+        )
+        self._dispatcher.start()
+
+    def stop_callbacks(self) -> None:
+        dispatcher = self._dispatcher
+        if dispatcher is not None and dispatcher.is_alive():  # a second close adds no sentinel
+            self._callbacks.put(None)
+            if dispatcher is not threading.current_thread():
+                dispatcher.join(10)
+
+    def _dispatch(self) -> None:
+        while (item := self._callbacks.get()) is not None:
+            consumer, delivery = item
+            self._hand_over(consumer.subscription, delivery)
+
+    # -- starting and stopping consumers ----------------------------------------
+    def consume(
+        self, subscription: Subscription, queue_name: str, prefetch: int, bind_to: str | None = None
+    ) -> Subscription:
+        """Open the subscription's own channel, set its prefetch and start consuming.
+
+        A broadcast gets a server-named exclusive queue bound to the topic's
+        fanout exchange, declared on that same channel.
+        """
+        consumer = Consumer(
+            subscription, queue=queue_name, source=queue_name, prefetch=prefetch, bind_to=bind_to
+        )
+
+        def operation(done: Confirmation) -> None:
+            def opened(channel: Channel) -> None:
+                consumer.channel = channel
+                channel.add_on_cancel_callback(lambda frame: self._on_cancelled(consumer, frame))
+                channel.basic_qos(
+                    prefetch_count=prefetch, callback=lambda _: self._start(consumer, done)
+                )
+
+            def closed(channel: Channel, reason: BaseException) -> None:
+                starting = consumer.starting or done
+                if not starting.done():
+                    starting.set_exception(
+                        TransportError(f"cannot consume {subscription.describe()}: {reason}")
+                    )
+
+            channel_ready: Confirmation = Confirmation()
+            channel_ready.add_done_callback(
+                lambda f: (
+                    opened(f.result()) if not f.exception() else done.set_exception(f.exception())
+                )
+            )
+            self._connection.open_channel(channel_ready, on_close=closed)
+
+        with self._lock:
+            self._consumers[subscription.id] = consumer
+        try:
+            return self._connection.call(operation)
+        except BaseException:
+            with self._lock:
+                self._consumers.pop(subscription.id, None)
+            raise
+
+    def _start(self, consumer: Consumer, done: Confirmation) -> None:
+        """On the I/O thread: consume on the consumer's channel (a broadcast first
+        declares its server-named queue and binds it to the topic's exchange)."""
+        channel, subscription = consumer.channel, consumer.subscription
+        assert channel is not None
+        consumer.starting = done
+
+        def start(_: Any = None) -> None:
+            consumer.tag = channel.basic_consume(
+                consumer.queue,
+                lambda ch, method, properties, body: self._on_message(
+                    consumer, ch, method, properties, body
+                ),
+                auto_ack=subscription.broadcast,
+                exclusive=consumer.bind_to is not None,
+                callback=lambda frame: done.set_result(subscription),
+            )
+
+        def bind(frame: Any) -> None:
+            consumer.queue = frame.method.queue
+            channel.queue_bind(consumer.queue, consumer.bind_to, routing_key="", callback=start)
+
+        if consumer.bind_to is not None:
+            channel.queue_declare("", exclusive=True, auto_delete=True, callback=bind)
+        else:
+            start()
+
+    def restore(self) -> int:
+        """After a reconnect: consume every active subscription again; how many."""
+        with self._lock:
+            consumers = [c for c in self._consumers.values() if c.subscription.active]
+        for consumer in consumers:
+            self.consume(
+                consumer.subscription, consumer.source, consumer.prefetch, consumer.bind_to
+            )
+        return len(consumers)
+
+    def connection_lost(self) -> None:
+        """On the I/O thread: what the lost connection held, the broker returns."""
+        with self._lock:
+            for consumer in self._consumers.values():
+                consumer.unsettled.clear()  # the broker returns them; their acks would fail
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            consumer = self._consumers.get(subscription.id)
+        if consumer is None or not subscription.active or consumer.channel is None:
+            raise TransportError(f"{subscription.describe()} is not subscribed")
+        subscription.active = False
+        channel = consumer.channel
+
+        def cancel(done: Confirmation) -> None:
+            if not channel.is_open or consumer.tag not in channel.consumer_tags:
+                done.set_result(None)  # already cancelled (by the broker) or its channel gone
+            else:
+                channel.basic_cancel(consumer.tag, callback=done.set_result)
+
+        self._connection.call(cancel)
+        if subscription.broadcast:
+            self._connection.soon(channel.close)
+            with self._lock:
+                self._consumers.pop(subscription.id, None)
+
+    # -- a consumer the broker cancelled ------------------------------------------
+    def _on_cancelled(self, consumer: Consumer, frame: Any) -> None:
+        """The broker cancelled a consumer (its queue was deleted): consume it again.
+
+        Without this the service would sit idle forever on a queue that no longer
+        exists. The queue is declared again and consumed on the same channel, so
+        deliveries in hand can still be settled. If that fails the transport's
+        owner is told (``report_failure``): it should stop, with an error, for its
+        supervisor to restart it.
+        """
+        if frame.method.consumer_tag != consumer.tag:
+            return
+        consumer.tag = ""  # nothing of ours to cancel any more
+        if self._connection.closing or not consumer.subscription.active:
+            return
+        log.warning(
+            "RabbitMQ cancelled the consumer of %s (was the queue deleted?); "
+            "declaring it again and resuming",
+            consumer.subscription.describe(),
+        )
+        threading.Thread(
+            target=self._resume, args=(consumer,), name="rabbitmq-resume", daemon=True
+        ).start()
+
+    def _resume(self, consumer: Consumer) -> None:
+        subscription = consumer.subscription
+        try:
+            self._topology.declare_again(consumer.source, consumer.bind_to)
+
+            def restart(done: Confirmation) -> None:
+                # On the I/O thread, where unsubscribe acts too: never revive a
+                # consumer that was unsubscribed while its queue was declared again.
+                if not subscription.active or self._connection.closing:
+                    done.set_result(None)
+                    return
+                self._start(consumer, done)
+
+            if self._connection.call(restart) is None:
+                return
+        except (TransportError, TimeoutError, pika.exceptions.AMQPError) as error:
+            if self._connection.closing or not subscription.active:
+                return
+            self._report_failure(
+                f"RabbitMQ cancelled the consumer of {subscription.describe()} and it "
+                f"cannot be consumed again: {error}"
+            )
+            return
+        log.warning("consuming %s again", subscription.describe())
+
+    # -- deliveries -----------------------------------------------------------------
+    def _on_message(
+        self,
+        consumer: Consumer,
+        channel: Channel,
+        method: Basic.Deliver,
+        properties: BasicProperties,
+        body: bytes,
+    ) -> None:
+        headers = from_amqp(properties.headers or {})
+        count = int(headers.pop("x-delivery-count", 0) or 0)
+        translate_dead_letter(headers)
+        tag = method.delivery_tag
+        delivery = Delivery(
+            subscription=consumer.subscription,
+            message_id=properties.message_id or f"{consumer.subscription.id}:{tag}",
+            body=body,
+            headers=headers,
+            delivery_count=count + 1,
+            redelivered=bool(method.redelivered) or count > 0,
+            ackable=not consumer.subscription.broadcast,
+            receipt=(channel, tag),
+        )
+        if delivery.ackable:
+            with self._lock:
+                consumer.unsettled.add(tag)
+        self._callbacks.put((consumer, delivery))
+
+    def take(self, delivery: Delivery) -> tuple[Channel, int]:
+        """Mark ``delivery`` settled here, or raise if it is not awaiting settlement."""
+        self._connection.require_open()
+        with self._lock:
+            consumer = self._consumers.get(delivery.subscription.id)
+            channel, tag = delivery.receipt if delivery.ackable else (None, None)
+            if (
+                consumer is None
+                or channel is not consumer.channel
+                or (tag not in consumer.unsettled)
+            ):
+                raise TransportError(
+                    f"{delivery.describe()} is not awaiting acknowledgement "
+                    "(already settled, not ackable, or its channel closed)"
+                )
+            consumer.unsettled.discard(tag)
+        return channel, tag
+
+    def untake(self, delivery: Delivery) -> None:
+        """Undo :meth:`take`: ``delivery`` awaits settlement again, if its channel lives."""
+        channel, tag = delivery.receipt
+        with self._lock:
+            consumer = self._consumers.get(delivery.subscription.id)
+            if consumer is not None and channel.is_open and consumer.channel is channel:
+                consumer.unsettled.add(tag)

@@ -1,0 +1,211 @@
+"""What has to exist on the broker before a message can travel: queues, exchanges, bindings.
+
+RabbitMQ drops (or, with ``mandatory``, returns) a message for a queue nobody
+declared, so the transport declares what it uses, once per connection object:
+quorum work queues with their ``dlq.<queue>``, a fanout exchange per broadcast
+topic, queues bound to a topic, and the route of a delayed message (the
+delayed-message plugin's exchange when the broker has it, else the wait-queue
+levels of :mod:`zocalo.transport.rabbitmq.delay`). Anything an operator
+declared already is used as it is: existence is asked first, with a passive
+declare on a short-lived channel (a 404 closes that channel, not ours).
+
+Declarations are synchronous round trips made from the caller's thread,
+never on the I/O thread (they would wait on it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import pika.exceptions
+from pika.channel import Channel
+
+from zocalo.errors import ConnectionFailed, TransportError
+from zocalo.transport.base import Confirmation, Outgoing, dlq_name
+from zocalo.transport.rabbitmq import delay as delays
+from zocalo.transport.rabbitmq.connection import Connection
+from zocalo.transport.rabbitmq.probes import mark_probe
+
+log = logging.getLogger(__name__)
+
+#: The reference's delayed-message exchange (needs the RabbitMQ plugin).
+PLUGIN_DELAY_EXCHANGE = "delayed"
+
+#: Where a message goes: (exchange, routing key, extra headers).
+Route = tuple[str, str, dict[str, Any]]
+
+_DECLARE_METHODS = {
+    "exchange": "exchange_declare",
+    "queue": "queue_declare",
+    "bind_queue": "queue_bind",
+    "bind_exchange": "exchange_bind",
+}
+
+
+class Topology:
+    """The queues, exchanges and bindings one transport has declared, and how to declare more."""
+
+    def __init__(self, connection: Connection, delivery_limit: int) -> None:
+        self._connection = connection
+        self._delivery_limit = delivery_limit
+        self._known_queues: set[str] = set()
+        self._known_exchanges: set[str] = set()
+        #: Queues made by bind_queue: (topic, expiry), to declare them alike again.
+        self._bound_queues: dict[str, tuple[str, float]] = {}
+        self._delay_route: str | None = None  # "plugin" or "levels", once known
+        self._delay_bound: set[str] = set()
+
+    # -- one round trip ---------------------------------------------------------
+    def _rpc(self, method: str, *, probe: bool = False, **arguments: Any) -> Any:
+        """One synchronous channel method on a short-lived channel (failures close it).
+
+        A ``probe`` (a passive declare) expects a 404 close: pika is not to log it.
+        """
+
+        def operation(done: Confirmation) -> None:
+            def closed(channel: Channel, reason: BaseException) -> None:
+                if not done.done():
+                    done.set_exception(reason)
+
+            def opened(channel: Channel) -> None:
+                def finished(frame: Any) -> None:
+                    done.set_result(frame)
+                    channel.close()
+
+                if probe:
+                    mark_probe(channel)
+                getattr(channel, method)(callback=finished, **arguments)
+
+            channel_ready: Confirmation = Confirmation()
+            channel_ready.add_done_callback(lambda f: opened(f.result()))
+            self._connection.open_channel(channel_ready, on_close=closed)
+
+        return self._connection.call(operation)
+
+    def _exists(self, method: str, **arguments: Any) -> bool:
+        try:
+            self._rpc(method, probe=True, passive=True, **arguments)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code == 404:
+                return False
+            raise TransportError(
+                f"{self._connection.safe_url}: {method} {arguments}: {error}"
+            ) from None
+        return True
+
+    # -- queues and exchanges -----------------------------------------------------
+    def declare_queue(self, queue: str) -> None:
+        """Make sure ``queue`` exists; a queue someone else declared is used as it is.
+
+        A queue we create is a quorum queue dead-lettering to ``dlq.<queue>``
+        after ``delivery_limit`` deliveries (which is also created).
+        """
+        if queue in self._known_queues:
+            return
+        if not self._exists("queue_declare", queue=queue):
+            arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+            if not queue.startswith("dlq."):
+                self.declare_queue(dlq_name(queue))
+                arguments.update(
+                    {
+                        "x-dead-letter-exchange": "",
+                        "x-dead-letter-routing-key": dlq_name(queue),
+                        "x-delivery-limit": max(0, self._delivery_limit - 1),
+                        # RabbitMQ's default dead-lettering is at-most-once: a dead letter
+                        # can be lost if the DLQ's leader is unavailable. at-least-once
+                        # (RabbitMQ >= 3.10) needs reject-publish overflow.
+                        "x-dead-letter-strategy": "at-least-once",
+                        "x-overflow": "reject-publish",
+                    }
+                )
+            try:
+                self._rpc("queue_declare", queue=queue, durable=True, arguments=arguments)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                if error.reply_code != 406:  # someone else declared it differently: use theirs
+                    raise TransportError(f"cannot declare queue {queue!r}: {error}") from None
+        self._known_queues.add(queue)
+
+    def declare_dead_letter_queue(self, queue: str) -> None:
+        """Give a rejected message's copy somewhere to go: an operator's queue may have
+        no ``dlq.<queue>``, and a copy the broker cannot route is no dead letter."""
+        if self._connection.on_io_thread():
+            return  # a declaration would wait on this very thread; a failed copy is logged
+        try:
+            self.declare_queue(dlq_name(queue))
+        except ConnectionFailed:
+            raise
+        except TransportError as error:
+            log.warning("cannot declare %r for a dead letter: %s", dlq_name(queue), error)
+
+    def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
+        """A classic queue bound to the topic's fanout exchange; RabbitMQ deletes it
+        after ``expires`` seconds without a consumer (``x-expires``)."""
+        self.declare_fanout(topic)
+        self._bound_queues[queue] = (topic, expires)  # declared the same way if deleted
+        arguments = {"x-queue-type": "classic", "x-expires": max(1, round(expires * 1000))}
+        try:
+            self._rpc("queue_declare", queue=queue, durable=True, arguments=arguments)
+            self._rpc("queue_bind", queue=queue, exchange=topic, routing_key="")
+        except pika.exceptions.ChannelClosedByBroker as error:
+            raise TransportError(f"cannot bind queue {queue!r} to {topic!r}: {error}") from None
+
+    def declare_fanout(self, topic: str) -> None:
+        """The fanout exchange a broadcast to ``topic`` goes to."""
+        if topic in self._known_exchanges:
+            return
+        if not self._exists("exchange_declare", exchange=topic):
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                self._rpc("exchange_declare", exchange=topic, exchange_type="fanout", durable=True)
+        self._known_exchanges.add(topic)
+
+    def declare_again(self, queue: str, bind_to: str | None) -> None:
+        """After the broker deleted what a consumer reads: forget it, declare it again.
+
+        ``bind_to`` names the topic of a broadcast subscription (its queue is the
+        server's to name); a queue made by :meth:`bind_queue` comes back bound to its
+        topic with its expiry, any other as a work queue.
+        """
+        if bind_to is not None:
+            self._known_exchanges.discard(bind_to)
+            self.declare_fanout(bind_to)
+        elif queue in self._bound_queues:
+            topic, expires = self._bound_queues[queue]
+            self.bind_queue(queue, topic, expires=expires)
+        else:
+            # Whatever we knew of it went with it.
+            self._known_queues.discard(queue)
+            self._delay_bound.discard(queue)
+            self.declare_queue(queue)
+
+    # -- routing --------------------------------------------------------------------
+    def route(self, message: Outgoing) -> Route:
+        """Where ``message`` is published, declaring what it needs on the way."""
+        if message.broadcast:
+            self.declare_fanout(message.destination)
+            return message.destination, "", {}
+        if message.delay:
+            return self._delay_target(message.destination, message.delay)
+        return "", message.destination, {}
+
+    def _delay_target(self, queue: str, seconds: float) -> Route:
+        """(exchange, routing key, extra headers) that deliver to ``queue`` after ``seconds``."""
+        if self._delay_route is None:
+            if self._exists("exchange_declare", exchange=PLUGIN_DELAY_EXCHANGE):
+                self._delay_route = "plugin"
+            else:
+                for kind, arguments in delays.topology():
+                    self._rpc(_DECLARE_METHODS[kind], **arguments)
+                self._delay_route = "levels"
+        if self._delay_route == "plugin":
+            return PLUGIN_DELAY_EXCHANGE, queue, {"x-delay": round(seconds * 1000)}
+        if queue not in self._delay_bound:
+            self._rpc(
+                "queue_bind",
+                queue=queue,
+                exchange=delays.DELIVERY_EXCHANGE,
+                routing_key=delays.delivery_binding(queue),
+            )
+            self._delay_bound.add(queue)
+        return delays.first_exchange(), delays.routing_key(seconds, queue), {}

@@ -1,0 +1,87 @@
+"""The rules of a processing request, read from the library as a Dispatcher would."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from zocalo.errors import ZocaloError
+from zocalo.recipe import Recipe
+from zocalo.submit import (
+    DISPATCHER_QUEUE,
+    InvalidRequest,
+    MissingId,
+    MissingRecipe,
+    direct_start,
+    processing_request,
+    request_parameters,
+)
+
+RECIPE = Recipe({"1": {"queue": "submit.first"}, "start": [[1, {"dc": "{ispyb_dcid}"}]]})
+
+
+def test_a_data_collection_request_carries_its_id_and_keeps_the_parameters() -> None:
+    given = {"beamline": "i03"}
+    assert request_parameters(given, has_recipe=True, dcid=1234) == {
+        "beamline": "i03",
+        "ispyb_dcid": 1234,
+    }
+    assert given == {"beamline": "i03"}, "the caller's parameters are not changed"
+
+
+def test_a_reprocessing_needs_no_recipe_and_carries_ispyb_process() -> None:
+    assert request_parameters({}, has_recipe=False, dcid=55, reprocessing=True) == {
+        "ispyb_process": 55
+    }
+
+
+def test_autoprocscalingid_goes_in_with_or_without_a_data_collection() -> None:
+    assert request_parameters({}, has_recipe=False, dcid_required=False, autoprocscalingid=7) == {
+        "ispyb_autoprocscalingid": 7
+    }
+    with_dc = request_parameters({}, has_recipe=True, dcid=1, autoprocscalingid=7)
+    assert with_dc == {"ispyb_dcid": 1, "ispyb_autoprocscalingid": 7}
+
+
+def test_without_a_data_collection_the_id_is_ignored() -> None:
+    assert request_parameters({}, has_recipe=False, dcid=9, dcid_required=False) == {}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"has_recipe": False}, MissingRecipe, "a request names no recipe"),
+        ({"has_recipe": False, "dcid": 5}, MissingRecipe, "a request names no recipe"),
+        ({"has_recipe": True}, MissingId, r"data collection id \(DCID > 0\) is required"),
+        ({"has_recipe": True, "dcid": 0}, MissingId, "data collection id"),
+        ({"has_recipe": True, "dcid": -3}, MissingId, "data collection id"),
+        ({"has_recipe": True, "dcid": True}, MissingId, "data collection id"),
+        ({"has_recipe": False, "reprocessing": True}, MissingId, "reprocessing id"),
+    ],
+)
+def test_broken_rules_are_invalid_requests_in_one_line(arguments, error, message) -> None:
+    with pytest.raises(error, match=message) as caught:
+        request_parameters({}, **arguments)
+    assert isinstance(caught.value, InvalidRequest) and isinstance(caught.value, ZocaloError)
+    assert "\n" not in str(caught.value)
+
+
+def test_processing_request_is_what_the_dispatcher_reads() -> None:
+    submission = processing_request(["per-image"], {"a": "b"}, RECIPE, dcid=1234)
+    assert submission.queue == DISPATCHER_QUEUE
+    (message,) = submission.outputs
+    body = json.loads(message.body)
+    assert body["recipes"] == ["per-image"]
+    assert body["parameters"] == {"a": "b", "ispyb_dcid": 1234}
+    assert body["custom_recipe"]["1"]["queue"] == "submit.first"
+    with pytest.raises(MissingRecipe):
+        processing_request([], {}, None, dcid=1234)
+    assert processing_request([], {}, RECIPE, dcid=1).body["parameters"] == {"ispyb_dcid": 1}
+
+
+def test_a_direct_start_offers_the_dcid_unless_a_parameter_names_one() -> None:
+    _, offered = direct_start(RECIPE, {}, dcid=42)
+    assert json.loads(offered.body)["payload"] == {"dc": "42"}
+    _, kept = direct_start(RECIPE, {"ispyb_dcid": "7"}, dcid=42)
+    assert json.loads(kept.body)["payload"] == {"dc": "7"}
