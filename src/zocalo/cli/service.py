@@ -13,7 +13,7 @@ from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.logs import apply_logging, logging_plan
 from zocalo.service.discovery import ServiceNotFound, check_service_name, service_class_name
-from zocalo.service.runner import RunnerSettings
+from zocalo.service.runner_settings import RunnerSettings
 from zocalo.service.supervisor import exec_supervisor
 from zocalo.service.supervisor_settings import RunnerHook, SupervisorSettings
 from zocalo.transport.registry import redact_url
