@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from zocalo.errors import InvalidMessage
 from zocalo.logs import RecipeContextFilter
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
@@ -87,6 +88,8 @@ class Multiplier(Service):
         if self.failures.get(payload["value"], 0) > 0:
             self.failures[payload["value"]] -= 1
             raise RuntimeError(f"detector offline for {payload['value']}")
+        if payload["value"] == "refuse":
+            raise InvalidMessage("no image for this collection")
         if payload.get("channel"):
             step.send_to(payload["channel"], payload)
             return
@@ -251,6 +254,28 @@ def test_handler_failing_every_time_ends_in_dlq_while_others_flow(
     assert failures, "each failure is logged with its traceback"
     assert "message" in failures[0].getMessage()
     assert runner.stats.snapshot()["dead_lettered"] == 1
+
+
+def test_input_its_handler_refuses_is_dead_lettered_at_once_in_one_line(
+    client, work, recipe, results, dead, start_service, caplog
+):
+    """An InvalidMessage from a handler means the input is unusable: retrying cannot
+    help, and a traceback would bury the one line that says why."""
+    service = Multiplier(work)
+    runner = start_service(service, retry_delay=RETRY_DELAY, max_attempts=3)
+    send_work(client, recipe, "refuse")
+    send_work(client, recipe, 2)
+    (dead_letter,) = dead.wait_for_count(1)
+    assert payloads(results.wait_for_count(1)) == [{"value": 6}]
+    assert [call["value"] for call in service.calls].count("refuse") == 1, "not retried"
+    reason = dead_letter.headers[DLQ_REASON_HEADER]
+    assert "InvalidMessage: no image for this collection" in reason
+    assert "attempts" not in reason
+    assert dead_letter.headers[RECIPE_PATH_HEADER] == [1]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in errors if r.exc_info], "no traceback for a refused input"
+    assert any("refused" in r.getMessage() and "no image" in r.getMessage() for r in errors)
+    assert runner.stats.snapshot()["retried"] == 0
 
 
 def test_retries_and_dead_letters_leave_out_the_brokers_headers(

@@ -287,6 +287,16 @@ class ServiceRunner:
     def _call(self, message: InHand, step: RecipeStep, payload: Any) -> str:
         try:
             message.spec.function(step, payload)
+        except InvalidMessage as error:
+            # The handler says the input itself is unusable: one line, no retries.
+            self.stats.add("failed")
+            log.error(
+                "handler %s refused %s: %s",
+                message.spec.function.__qualname__,
+                message.delivery.describe(),
+                error,
+            )
+            return self._failed(message, error)
         except Exception as error:
             self.stats.add("failed")
             log.error(

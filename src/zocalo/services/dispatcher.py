@@ -151,7 +151,7 @@ class Dispatcher(Service):
             ", ".join(plugin.describe() for plugin in self.readiness) or "none",
         )
 
-    @handler(DISPATCHER_QUEUE, prefetch=10, allow_plain=True, max_attempts=1)
+    @handler(DISPATCHER_QUEUE, prefetch=10, allow_plain=True)
     def dispatch(self, step: RecipeStep, request: Any) -> None:
         """Start the recipe ``request`` asks for, or hold it back until it is ready."""
         began = time.perf_counter()

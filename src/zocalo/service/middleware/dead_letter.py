@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from zocalo.errors import ConnectionFailed, ZocaloError
+from zocalo.errors import ConnectionFailed, InvalidMessage, ZocaloError
 from zocalo.service.middleware.base import DEAD_LETTERED, FAILED, InHand, Middleware, Runner
 from zocalo.transport.base import Delivery, Outgoing
 from zocalo.transport.dead_letters import dead_letter_headers, dlq_name, with_history
@@ -33,7 +33,9 @@ class DeadLetter(Middleware):
         elif not delivery.ackable:
             return None  # a broadcast whose handler failed: nothing to move
         else:
-            reason = f"{message.reason(error)} (after {message.attempt} attempts)"
+            reason = message.reason(error)
+            if not isinstance(error, InvalidMessage):  # refused by its handler: never retried
+                reason += f" (after {message.attempt} attempts)"
             path = [*step.path, step.pointer] if step.pointer is not None else None
         log.error("dead-lettering %s: %s", delivery.describe(), reason)
         if not delivery.ackable:  # an invalid broadcast: nothing to move, counted

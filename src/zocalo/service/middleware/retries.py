@@ -3,14 +3,16 @@
 The message is re-published to its own queue with the attempt count and the
 reason in its headers (and the reason added to its history), after
 ``RunnerSettings.delay_before(attempt)``, and the original acked in the same
-atomic publish. The last attempt (``max_attempts``), invalid input (retrying
-cannot help) and broadcasts (no queue to come back to) are passed on to the
-next hook: by default, dead-lettering. Re-publishing leaves out the broker's
+atomic publish. Passed on to the next hook (by default, dead-lettering): the
+last attempt (``max_attempts``), invalid input (undecodable, or an
+:class:`~zocalo.errors.InvalidMessage` from the handler: retrying cannot help)
+and broadcasts (no queue to come back to). Re-publishing leaves out the broker's
 own headers (see :func:`~zocalo.transport.dead_letters.without_broker_headers`).
 """
 
 from __future__ import annotations
 
+from zocalo.errors import InvalidMessage
 from zocalo.service.middleware.base import ATTEMPT_HEADER, RETRIED, InHand, Middleware, Runner
 from zocalo.transport.base import Capability, Outgoing
 from zocalo.transport.dead_letters import DLQ_HISTORY_HEADER, with_history, without_broker_headers
@@ -27,6 +29,7 @@ class Retries(Middleware):
         attempt = message.attempt
         if (
             message.step is None
+            or isinstance(error, InvalidMessage)
             or not delivery.ackable
             or attempt >= runner.settings.max_attempts_of(message.spec)
         ):
