@@ -24,10 +24,12 @@ rabbitmq-management:
 
 test: $(STAMP) rabbitmq-management
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff format --check src tests bench
 
 clean:
