@@ -29,10 +29,12 @@ slurm:
 
 test: $(STAMP) rabbitmq-management slurm
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff format --check src tests bench
 
 clean:

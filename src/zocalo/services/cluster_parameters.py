@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zocalo.errors import ZocaloError
+from zocalo.errors import InvalidMessage
 from zocalo.wrapper.slurm import JobRequest
 
 RECIPE_WRAPPER_MARK = "$RECIPEWRAP"
@@ -52,8 +52,11 @@ ZOCALO_VARIABLES = ("ZOCALO_CONFIG", "ZOCALO_DEFAULT_ENV", "ZOCALO_TRANSPORT")
 _DURATION = re.compile(r"^(?:(\d+)-)?(?:(?:(\d+):)?(\d+):)?(\d+(?:\.\d+)?)$")
 
 
-class BadSubmission(ZocaloError, ValueError):
-    """Step parameters that do not describe a job; the message names the parameter."""
+class BadSubmission(InvalidMessage):
+    """Step parameters that do not describe a job; the message names the parameter.
+
+    An invalid message: the runner dead-letters it at once (retrying cannot help).
+    """
 
 
 @dataclass(frozen=True)

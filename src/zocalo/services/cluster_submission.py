@@ -30,16 +30,17 @@ Slurm unreachable: a submission goes back to the queue with a delay that
 doubles up to ``ZOCALO_CLUSTER_WAIT`` seconds (300 by default), as often as it
 takes, with a warning each time; a poll just polls later. Nothing is lost or
 submitted twice. Parameters that describe no job (a relative ``workingdir``...)
-and jobs Slurm refuses raise, so the runner retries them and then moves them to
-``dlq.cluster.submission`` with the reason.
+go to ``dlq.cluster.submission`` at once with the reason; a job Slurm refuses is
+tried again by the runner (a user's job limit passes), then goes there too.
 
 ``zocalo cancel RECIPE_ID`` (a broadcast on ``zocalo.cancel``): the recipe's jobs
 are cancelled (again at each poll, until Slurm takes it), their ends are not
 reported, and the recipe's later ``cluster.submission`` steps are dropped (one log
 line each) for 7 days.
 
-Settings: the site configuration's ``slurm`` section (``url``, ``api_version``,
-``user``, ``user_token``: :func:`zocalo.wrapper.slurm.backend_for`), and
+Settings: the ``slurm`` section of the site configuration the service runs
+with (``url``, ``api_version``, ``user``, ``user_token``:
+:func:`zocalo.wrapper.slurm.backend_for`), and
 ``ZOCALO_CLUSTER_JOBS`` for the job record (default: ``cluster-jobs.db`` in the
 data directory). Note that python-zocalo's ClusterSubmission must not share the
 queue while this one has jobs in flight: it would take a poll for a new job.
@@ -64,7 +65,8 @@ from zocalo.recipe.cancel import CANCEL_TOPIC
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import RECIPE_HEADER
 from zocalo.service import Service, handler
-from zocalo.service.runner import ATTEMPT_HEADER, RETRY_REASON_HEADER
+from zocalo.service.middleware.base import ATTEMPT_HEADER
+from zocalo.service.middleware.retries import RETRY_REASON_HEADER
 from zocalo.services.cluster_jobs import JobBook, JobRecord
 from zocalo.services.cluster_parameters import BadSubmission, read_submission
 from zocalo.transport.base import without_broker_headers
@@ -208,11 +210,8 @@ class ClusterSubmission(Service):
         if self.jobs is not None:
             self.jobs.close()
 
-    @staticmethod
-    def _backend_from_site_configuration() -> SlurmBackend:
-        from zocalo.config import load_configuration  # pydantic and YAML: only here
-
-        config = load_configuration()
+    def _backend_from_site_configuration(self) -> SlurmBackend:
+        config = self.site_config
         section = config.plugins.get("slurm")
         if section is None:
             where = config.path or "no site configuration ($ZOCALO_CONFIG)"
