@@ -10,13 +10,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.service.middleware import Middleware, default_middleware
 from zocalo.transport import Delivery, Transport, create_transport
 
 #: How long a test waits for something that should happen promptly. Waits
@@ -129,16 +130,38 @@ def let_time_pass() -> Callable[[float], None]:
 
 #: Fixtures that reach the machine's RabbitMQ: a test using one is marked ``rabbitmq``.
 RABBITMQ_FIXTURES = frozenset({"rabbitmq_vhost", "rabbitmq_vhost_url"})
+#: Fixtures that run the session's private Slurm cluster: a test using one is marked ``slurm``.
+SLURM_FIXTURES = frozenset({"slurm_cluster"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that asks for a RabbitMQ fixture by name is a ``rabbitmq`` test, marked or not,
     so ``-m "not rabbitmq"`` leaves it out. (One that asks at run time, through
-    ``request.getfixturevalue``, must carry the marker itself: see ``rabbitmq_vhost_url``.)"""
+    ``request.getfixturevalue``, must carry the marker itself: see ``rabbitmq_vhost_url``.)
+    Likewise a test of the Slurm cluster is a ``slurm`` test."""
     for item in items:
-        if RABBITMQ_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = getattr(item, "fixturenames", ())
+        if RABBITMQ_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.rabbitmq)
+        if SLURM_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.slurm)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Any]:
+    """A private single-node Slurm cluster (see ``tests/slurm_cluster.py``), started when
+    the first test that needs it runs and stopped, with every job, at the session's end."""
+    from slurm_cluster import SlurmCluster, missing_packages
+
+    missing = missing_packages()
+    if missing:
+        pytest.fail(
+            f"the Slurm tests need {', '.join(missing)}: run scripts/install-slurm (make test "
+            "does), or leave them out with -m 'not slurm'"
+        )
+    with SlurmCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
@@ -184,6 +207,33 @@ def broker_url() -> str:
     return f"memory://test-{uuid.uuid4().hex}"
 
 
+#: Every transport a service runs on, for tests of the runner. Their callbacks take
+#: two paths through it: memory hands each delivery to the runner's own thread;
+#: sqlite and RabbitMQ (``serial_callbacks``, the production path) have the runner
+#: call the handler right on their callback thread.
+EVERY_TRANSPORT = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+]
+
+
+@pytest.fixture(params=EVERY_TRANSPORT)
+def each_transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker of this test's own on each transport in turn (a fresh memory broker, a
+    fresh SQLite file, the session's RabbitMQ vhost: name queues uniquely there).
+
+    A test that needs a feature only some transports have narrows the list with
+    ``@pytest.mark.parametrize("each_transport_url", [...], indirect=True)`` and
+    says why in its docstring.
+    """
+    if request.param == "memory":
+        return f"memory://test-{uuid.uuid4().hex}"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    return request.getfixturevalue("rabbitmq_vhost_url")
+
+
 @pytest.fixture
 def client(broker_url: str) -> Iterator[Transport]:
     """A connection to ``broker_url`` for sending and collecting."""
@@ -195,13 +245,22 @@ def client(broker_url: str) -> Iterator[Transport]:
 
 @pytest.fixture
 def start_service(broker_url: str) -> Iterator[Callable[..., ServiceRunner]]:
-    """``start_service(service, **settings)``: run it on a thread until the test ends."""
+    """``start_service(service, url=None, middleware=(), **settings)``: run it on a thread
+    until the test ends; ``middleware`` is added to the default middleware."""
     running: list[tuple[ServiceRunner, threading.Thread]] = []
 
-    def start(service: Service, url: str | None = None, **settings: object) -> ServiceRunner:
+    def start(
+        service: Service,
+        url: str | None = None,
+        middleware: Sequence[Middleware] = (),
+        **settings: object,
+    ) -> ServiceRunner:
         runner = ServiceRunner(
-            service, create_transport(url or broker_url), RunnerSettings(**settings)
-        )  # type: ignore[arg-type]
+            service,
+            create_transport(url or broker_url),
+            RunnerSettings(**settings),  # type: ignore[arg-type]
+            [*default_middleware(), *middleware],
+        )
         thread = threading.Thread(target=runner.run, name=f"test-{service.name}", daemon=True)
         thread.start()
         assert runner.started.wait(5), f"{service.name} did not start"

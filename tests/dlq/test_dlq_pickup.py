@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from dlq_helpers import one_error_line
 
+from zocalo.cli.go import command as go
 from zocalo.cli.pickup import command as pickup
 from zocalo.dlq.pickup import PROCESSING_QUEUE, only_pickup
 from zocalo.rabbitmq_admin import ManagementAPI
@@ -131,3 +132,26 @@ def test_only_one_pickup_sends_from_a_directory_at_a_time(sqlite_broker, run, tm
     assert result.exit_code == 1
     assert "another zocalo.pickup is sending the requests in" in one_error_line(result.output)
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_what_zocalo_go_stored_while_the_broker_was_away_is_picked_up(broker, run, tmp_path):
+    """zocalo.go --drop (as when the broker cannot be reached) then zocalo.pickup: the
+    Dispatcher's queue gets the request zocalo.go would have sent, headers and all."""
+    drops = tmp_path / "drops"
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        "version: 1\nstorage:\n  plugin: storage\n"
+        f"  zocalo.go.fallback_location: {drops}\nenvironments:\n  default: [storage]\n"
+    )
+    stored = run(go, "--config", str(config), "-r", "spots", "42", "--drop", "-t", broker.url)
+    assert stored.exit_code == 0, stored.output
+    (path,) = list(drops.iterdir())
+    broker.client.declare_queue(PROCESSING_QUEUE)
+    broker.take_all(PROCESSING_QUEUE)  # what earlier tests left there
+    result = run(pickup, "--config", str(config), "-t", broker.url, "-w", "0")
+    assert result.exit_code == 0, result.output
+    assert not path.exists()
+    (request,) = broker.take_all(PROCESSING_QUEUE)
+    body = json.loads(request.body)
+    assert (body["recipes"], body["parameters"]["ispyb_dcid"]) == (["spots"], 42)
+    assert {"zocalo.go.user", "zocalo.go.host"} <= set(request.headers)

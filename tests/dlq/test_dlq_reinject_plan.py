@@ -12,7 +12,8 @@ from zocalo.dlq.errors import CannotReinject, UnreadableFile
 from zocalo.dlq.files import DeadLetterFile
 from zocalo.dlq.reinject import prepare, prepare_files, reinjected_headers
 from zocalo.recipe import Recipe, wire
-from zocalo.service.runner import ATTEMPT_HEADER, RETRY_REASON_HEADER
+from zocalo.service.middleware.base import ATTEMPT_HEADER
+from zocalo.service.middleware.retries import RETRY_REASON_HEADER
 
 RECIPE = Recipe(
     {

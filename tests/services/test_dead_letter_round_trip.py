@@ -42,9 +42,9 @@ def start_job(client, queues: dict[str, str], image: int, poison: bool = False) 
 
 
 def schlockmeister(url: str, location: Path) -> Schlockmeister:
-    return Schlockmeister(
-        url, location=location, scan_interval=0.2, site_config=SiteConfiguration()
-    )
+    service = Schlockmeister(url, location=location, scan_interval=0.2)
+    service.site_config = SiteConfiguration()
+    return service
 
 
 def listed(location: Path) -> list[dict]:

@@ -135,4 +135,6 @@ def test_a_request_that_cannot_be_mailed_is_dead_lettered_saying_why(
 
 def test_without_an_smtp_section_the_mailer_does_not_start():
     with pytest.raises(ConfigurationError, match="smtp section"):
-        Mailer(site_config=SiteConfiguration()).initializing()
+        service = Mailer()
+        service.site_config = SiteConfiguration()
+        service.initializing()

@@ -38,9 +38,9 @@ def dead_letter(client, queue: str, body: bytes, reason: str) -> None:
 
 
 def schlockmeister(url: str, location: Path, **options) -> Schlockmeister:
-    return Schlockmeister(
-        url, location=location, scan_interval=0.2, site_config=SiteConfiguration(), **options
-    )
+    service = Schlockmeister(url, location=location, scan_interval=0.2, **options)
+    service.site_config = SiteConfiguration()
+    return service
 
 
 def groups(location: Path) -> list:

@@ -12,10 +12,9 @@ import click
 from zocalo.cli.common import open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
-from zocalo.config.loader import CONFIG_VARIABLE, DEFAULT_ENV_VARIABLE
 from zocalo.logs import apply_logging, logging_plan
 from zocalo.service.discovery import ServiceNotFound, check_service_name, service_class_name
-from zocalo.service.runner import RunnerSettings
+from zocalo.service.runner_settings import RunnerSettings
 from zocalo.service.supervisor import exec_supervisor
 from zocalo.service.supervisor_settings import RunnerHook, SupervisorSettings
 from zocalo.transport.registry import ENVIRONMENT_VARIABLE, redact_url
@@ -126,26 +125,18 @@ def command(
         logging=plan,
         service_class=service_class_name(name),
         runner_hooks=hooks,
+        site_config=str(site_config.path.resolve()) if site_config.path else None,
+        site_environments=list(site_config.active),
     )
     # A wrong URL, bad credentials or a missing vhost: one clear line and exit 1 here,
     # not a supervisor restarting a service that can never connect.
     with _library_logs_quiet(unless=verbose >= 2), open_broker(url):
         pass
     logging.getLogger("zocalo.service").info("supervising %s on %s", name, redact_url(url))
-    share_settings(url, site_config)
-    exec_supervisor(settings)
-
-
-def share_settings(url: str, site_config: SiteConfiguration) -> None:
-    """Let the service, and whatever it starts, find what this command was given: the
-    broker (a Schlockmeister opens a connection of its own; a service may run zocalo.go)
-    and the site configuration (the Mailer reads its smtp section), through the variables
-    every tool reads."""
+    # The service, and what it starts, reach the same broker: a Schlockmeister opens a
+    # connection of its own, a service may run zocalo.go.
     os.environ[ENVIRONMENT_VARIABLE] = url
-    if site_config.path is not None:
-        os.environ[CONFIG_VARIABLE] = str(site_config.path)
-    if len(site_config.active) == 1:
-        os.environ[DEFAULT_ENV_VARIABLE] = site_config.active[0]
+    exec_supervisor(settings)
 
 
 def main() -> None:

@@ -42,7 +42,9 @@ from zocalo.dlq.errors import CannotReinject
 from zocalo.dlq.files import MESSAGE_ID_HEADER, DeadLetterFile, read_dead_letter
 from zocalo.errors import InvalidMessage, ZocaloError
 from zocalo.recipe import wire
-from zocalo.service.runner import ATTEMPT_HEADER, RECIPE_PATH_HEADER, RETRY_REASON_HEADER
+from zocalo.service.middleware.base import ATTEMPT_HEADER
+from zocalo.service.middleware.dead_letter import RECIPE_PATH_HEADER
+from zocalo.service.middleware.retries import RETRY_REASON_HEADER
 from zocalo.transport.base import Outgoing, Transport
 from zocalo.transport.dead_letters import (
     DLQ_QUEUE_HEADER,

@@ -1,1 +1,6 @@
-"""Shipped services, one module each (run them with zocalo.service -s NAME)."""
+"""Shipped services, one module each: ``zocalo.service -s Dispatcher``, ``-s JSONLines``,
+``-s ClusterSubmission``, ``-s Schlockmeister``, ``-s Mailer``.
+
+Each is an ordinary :class:`~zocalo.service.Service`, registered under the
+``zocalo.services`` entry point group like a facility's own.
+"""

@@ -24,7 +24,6 @@ import smtplib
 from dataclasses import dataclass
 from typing import Any
 
-from zocalo.config import SiteConfiguration, load_configuration
 from zocalo.errors import ConfigurationError, ZocaloError
 from zocalo.recipe.step import RecipeStep
 from zocalo.service import Service, handler
@@ -145,19 +144,17 @@ class Mailer(Service):
         self,
         smtp: SmtpServer | None = None,
         *,
-        site_config: SiteConfiguration | None = None,
         timeout: float = SMTP_TIMEOUT,
     ) -> None:
         super().__init__()
         self._given = smtp
-        self._site_config = site_config
         self.timeout = timeout
         self.server: SmtpServer | None = smtp
 
     def initializing(self) -> None:
         if self._given is not None:
             return
-        section = (self._site_config or load_configuration()).plugins.get("smtp")
+        section = self.site_config.plugins.get("smtp")
         if section is None:
             raise ConfigurationError(
                 "the Mailer needs the site configuration's smtp section (host, port, from), "

@@ -26,8 +26,11 @@ while Schlockmeister runs.
 The runner hands a handler decoded messages and dead-letters what it cannot decode,
 which for a dead letter would mean into its own queue; so Schlockmeister consumes the
 dead-letter queues itself, on a connection of its own to the broker its settings name
-(``transport_url``, else ``$ZOCALO_TRANSPORT``, the site configuration, the embedded
-broker: the rule every tool follows).
+(``transport_url``, else ``$ZOCALO_TRANSPORT``, which ``zocalo.service`` sets to its own
+broker, else the site configuration's, else the embedded broker: the rule every tool
+follows). Its site configuration (:attr:`~zocalo.service.Service.site_config`) names
+where dead letters are kept (``zocalo.dlq.purge_location``) and who is mailed
+(``zocalo.schlockmeister.mail_to``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from zocalo.config import SiteConfiguration, load_configuration
 from zocalo.dlq.files import export
 from zocalo.dlq.fingerprint import DeadLetterFacts, facts
 from zocalo.dlq.listing import QueueListing, queue_listing
@@ -77,7 +79,6 @@ class Schlockmeister(Service):
         scan_interval: float = SCAN_INTERVAL,
         mail_to: list[str] | str | None = None,
         management_url: str | None = None,
-        site_config: SiteConfiguration | None = None,
     ) -> None:
         super().__init__()
         self._url = transport_url
@@ -85,7 +86,6 @@ class Schlockmeister(Service):
         self.scan_interval = scan_interval
         self._mail_to = mail_to
         self._management_url = management_url
-        self._site_config = site_config
         self._arrived: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._watched: set[str] = set()
@@ -99,7 +99,7 @@ class Schlockmeister(Service):
 
     # -- lifecycle ---------------------------------------------------------------------
     def initializing(self) -> None:
-        site = self._site_config or load_configuration()
+        site = self.site_config
         url = resolve_broker_url(self._url, site)
         self.location = self._location or default_location(site.storage)
         mail_to = self._mail_to or site.storage.get(MAIL_TO_KEY) or []

@@ -155,27 +155,14 @@ def plan_exchanges(
             )
             continue
         removed.add(name)
-        planning.add(
-            Change(
-                "delete",
-                "exchange",
-                name,
-                vhost,
-                f"to recreate it ({reason}); its bindings go with it",
-                DELETE_EXCHANGES,
-                partial(ManagementAPI.delete_exchange, vhost=vhost, name=name),
-            )
-        )
-        planning.add(
-            Change(
-                "create",
-                "exchange",
-                name,
-                vhost,
-                f"recreate ({reason})",
-                CREATE_EXCHANGES,
-                create,
-            )
+        planning.recreate(
+            "exchange",
+            name,
+            vhost,
+            reason,
+            (partial(ManagementAPI.delete_exchange, vhost=vhost, name=name), create),
+            (DELETE_EXCHANGES, CREATE_EXCHANGES),
+            consequence="; its bindings go with it",
         )
     for name in current:
         if name in desired or not managed_exchange(name) or (vhost, name) in skipped:
@@ -234,20 +221,14 @@ def plan_queues(planning: Planning, vhost: str, exists: bool, queues: list[Queue
             )
             continue
         removed.add(name)
-        planning.add(
-            Change(
-                "delete",
-                "queue",
-                name,
-                vhost,
-                f"to recreate it ({reason})",
-                DELETE_QUEUES,
-                partial(ManagementAPI.delete_queue, vhost=vhost, name=name),
-                needs_force=needs_force,
-            )
-        )
-        planning.add(
-            Change("create", "queue", name, vhost, f"recreate ({reason})", CREATE_QUEUES, create)
+        planning.recreate(
+            "queue",
+            name,
+            vhost,
+            reason,
+            (partial(ManagementAPI.delete_queue, vhost=vhost, name=name), create),
+            (DELETE_QUEUES, CREATE_QUEUES),
+            needs_force=needs_force,
         )
     # Dead-letter queues last: whether one is in use depends on the queues that stay.
     undeclared = sorted(
