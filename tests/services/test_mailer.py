@@ -120,14 +120,15 @@ def test_a_mail_the_server_never_takes_is_dead_lettered_with_the_reason(
         ({"parameters": {"recipients": "x@y.org", "content": ""}, "content": ""}, "non-empty"),
     ],
 )
-def test_a_request_that_cannot_be_mailed_is_dead_lettered_saying_why(
+def test_a_request_that_cannot_be_mailed_is_dead_lettered_at_once_saying_why(
     any_broker, client, smtp, run_service, collector, request_, why
 ):
     client.send(QUEUE, wire.dumps(request_))
     dead = collector(ack_with=client)
     client.subscribe(dlq_name(QUEUE), dead)
-    run_service(mailer(smtp.port), any_broker, retry_delay=0.01)
+    runner = run_service(mailer(smtp.port), any_broker, retry_delay=0.01)
     (letter,) = dead.wait_for_count(1, timeout=30)
+    assert runner.stats.retried == 0, "dead-lettered at once: retrying cannot help"
     assert letter.headers["zocalo-dlq-reason"].startswith("UnmailableRequest: ")
     assert why in letter.headers["zocalo-dlq-reason"]
     assert smtp.inbox.mails == []

@@ -13,7 +13,7 @@ Unlike python-zocalo's, which acknowledged the message before sending and lost t
 on any SMTP error, the message is acknowledged only once the SMTP server accepted the
 mail: a refused or failed delivery raises, so the runner retries it later and, after its
 last attempt, dead-letters it with the SMTP error as the reason. A request that can never
-be mailed (no recipients, no content) is refused with a reason the same way.
+be mailed (no recipients, no content) is dead-lettered at once, saying why.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import smtplib
 from dataclasses import dataclass
 from typing import Any
 
-from zocalo.errors import ConfigurationError, ZocaloError
+from zocalo.errors import ConfigurationError, InvalidMessage, ZocaloError
 from zocalo.recipe.step import RecipeStep
 from zocalo.service import Service, handler
 
@@ -34,8 +34,9 @@ DEFAULT_SUBJECT = "mail notification via zocalo"
 SMTP_TIMEOUT = 60.0
 
 
-class UnmailableRequest(ZocaloError, ValueError):
-    """A message that can never become a mail (no recipients, no content)."""
+class UnmailableRequest(InvalidMessage):
+    """A message that can never become a mail (no recipients, no content): the runner
+    dead-letters it at once, without retries."""
 
 
 class MailNotSent(ZocaloError):
