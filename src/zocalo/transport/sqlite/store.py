@@ -27,6 +27,7 @@ from zocalo.transport.dead_letters import (
     delivery_entry,
     delivery_limit_reason,
     dlq_name,
+    is_dead_letter_queue,
 )
 from zocalo.transport.messages import Outgoing
 
@@ -246,7 +247,9 @@ class Store:
             queue_name, headers_json, history_json, count = row
             history = json.loads(history_json) if history_json else []
             history.append(delivery_entry(queue_name, reason, count))
-            if dead_letter or count >= self.delivery_limit:
+            # A dead letter is never dead-lettered again: it stays, its reason intact.
+            limited = dead_letter or count >= self.delivery_limit
+            if limited and not is_dead_letter_queue(queue_name):
                 why = (
                     reason
                     if dead_letter
