@@ -13,7 +13,13 @@ from typing import Any
 
 from zocalo.recipe.step import RecipeStep
 from zocalo.service import handler
+from zocalo.services.dbwriter import DatabaseWriter
 from zocalo.services.join import QUEUE, Join
+
+
+class QuickWriter(DatabaseWriter):
+    first_wait = 0.1
+    max_wait = 1.0
 
 
 class QuickJoin(Join):

@@ -1,0 +1,149 @@
+"""The database writer in a service runner on the in-memory broker, into SQLite, PostgreSQL
+and MariaDB."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, Text, create_engine, select
+
+from zocalo.recipe import Recipe
+from zocalo.recipe.step import RecipeStep
+from zocalo.services.dbwriter import QUEUE, DatabaseWriter
+from zocalo.transport import Outgoing, Transport, dlq_name
+from zocalo.transport.base import DLQ_REASON_HEADER
+
+WRITTEN = "written"
+
+
+def results_table() -> Table:
+    return Table(
+        "results",
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("dcid", Integer),
+        Column("image", Integer),
+        Column("spots", Integer),
+        Column("summary", Text),
+    )
+
+
+def create_results_table(url: str) -> None:
+    engine = create_engine(url)
+    results_table().metadata.create_all(engine)
+    engine.dispose()
+
+
+def rows(url: str) -> list[dict[str, Any]]:
+    engine = create_engine(url)
+    table = results_table()
+    with engine.connect() as connection:
+        found = connection.execute(select(table).order_by(table.c.id)).mappings().all()
+    engine.dispose()
+    return [{k: v for k, v in row.items() if k != "id" and v is not None} for row in found]
+
+
+def writes(parameters: dict[str, Any], payloads: list[Any]) -> list[Outgoing]:
+    """One recipe whose step 1 writes, one message per payload."""
+    recipe = {
+        "1": {"service": "DatabaseWriter", "queue": QUEUE, "parameters": parameters, "output": 2},
+        "2": {"queue": WRITTEN},
+        "start": [[1, payload] for payload in payloads],
+    }
+    step = RecipeStep()
+    step.start(Recipe(recipe))
+    return step.outputs
+
+
+def send(transport: Transport, messages: list[Outgoing]) -> None:
+    transport.publish(messages).result(30)
+
+
+@pytest.fixture
+def writer(start_service: Callable[..., Any], database_url: str) -> DatabaseWriter:
+    create_results_table(database_url)
+    service = DatabaseWriter(database=database_url)
+    start_service(service)
+    return service
+
+
+@pytest.fixture
+def written(client, collector):
+    """Messages the writer passed on."""
+    passed_on = collector(ack_with=client)
+    client.subscribe(WRITTEN, passed_on)
+    return passed_on
+
+
+PER_IMAGE = {
+    "table": "results",
+    "columns": {"image": "image", "spots": "result.spots"},
+    "values": {"dcid": 42},
+    "key": "image",
+}
+
+
+def test_rows_are_written_as_the_step_parameters_describe(writer, client, written, database_url):
+    payloads = [{"image": n, "result": {"spots": 10 * n}} for n in range(1, 4)]
+    send(client, writes(PER_IMAGE, payloads))
+    passed_on = written.wait_for_count(3)
+    assert sorted((json.loads(d.body)["payload"] for d in passed_on), key=str) == sorted(
+        payloads, key=str
+    ), "each payload goes on to the next step"
+    assert sorted(rows(database_url), key=str) == sorted(
+        ({"dcid": 42, "image": n, "spots": 10 * n} for n in range(1, 4)), key=str
+    )
+
+
+def test_a_message_delivered_again_writes_no_second_row(writer, client, written, database_url):
+    messages = writes(PER_IMAGE, [{"image": n, "result": {"spots": n}} for n in range(5)])
+    send(client, messages)
+    send(client, messages[1:3])  # the same messages again (a redelivery, an upstream rerun)
+    written.wait_for_count(7)  # every copy goes on: the next step may not have had it
+    assert len(rows(database_url)) == 5
+    assert writer.counts == {"written": 5, "duplicates": 2}
+
+
+def test_the_key_is_the_recipe_the_step_and_the_client_key(writer, client, written, database_url):
+    send(client, writes(PER_IMAGE, [{"image": 1, "result": {"spots": 1}}]))
+    send(client, writes(PER_IMAGE, [{"image": 1, "result": {"spots": 2}}]))  # another recipe
+    without_key = {"table": "results", "columns": {"spots": "spots"}}
+    send(client, writes(without_key, [{"spots": 7}, {"spots": 8}]))  # one row per recipe
+    written.wait_for_count(4)
+    assert sorted(row["spots"] for row in rows(database_url)) == [1, 2, 7]
+
+
+def test_objects_and_lists_are_written_as_json(writer, client, written, database_url):
+    parameters = {"table": "results", "columns": {"summary": "summary"}}
+    send(client, writes(parameters, [{"summary": {"spots": [1, 2], "ok": True}}]))
+    written.wait_for_count(1)
+    (row,) = rows(database_url)
+    assert json.loads(row["summary"]) == {"spots": [1, 2], "ok": True}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("parameters", "payload", "reason"),
+    [
+        ({"columns": {"spots": "spots"}}, {"spots": 1}, "needs the parameter 'table'"),
+        ({"table": "nope", "columns": {"spots": "spots"}}, {"spots": 1}, "no table 'nope'"),
+        ({"table": "results", "columns": {"colour": "spots"}}, {"spots": 1}, "no column 'colour'"),
+        ({"table": "results", "columns": {"spots": "spots"}}, {"image": 1}, "no field 'spots'"),
+    ],
+    ids=["no table named", "no such table", "no such column", "no such field"],
+)
+def test_a_row_it_cannot_write_goes_to_the_dead_letter_queue(
+    start_service, database_url, client, collector, parameters, payload, reason
+):
+    create_results_table(database_url)
+    start_service(DatabaseWriter(database=database_url), max_attempts=1)
+    dead = collector(ack_with=client)
+    client.declare_queue(dlq_name(QUEUE))
+    client.subscribe(dlq_name(QUEUE), dead)
+    send(client, writes(parameters, [payload]))
+    (delivery,) = dead.wait_for_count(1)
+    assert reason in delivery.headers[DLQ_REASON_HEADER]
+    assert rows(database_url) == []
