@@ -189,3 +189,23 @@ def test_parameters_it_cannot_use_send_the_part_to_the_dead_letter_queue(
         "needs one of the parameters 'expected' or 'expected_from'"
         in (delivery.headers[DLQ_REASON_HEADER])
     )
+
+
+def test_two_join_instances_share_one_database(
+    start_service, database_url, client, outputs, wait_until
+):
+    """Parts of one collection handled at once by two instances: the collection row lock
+    (SQLite: one writer at a time) makes each count every part and only one send."""
+    joined, timed_out = outputs
+    runners = [start_service(Join(database=database_url)) for _ in range(2)]
+    messages = []
+    for number in range(10):  # in order: neighbouring parts of one collection, at once
+        recipe = join_recipe({"key": f"dc-{number}", "expected": 20, "index": "i", "keep": 0.2})
+        messages += parts(recipe, [{"i": i} for i in range(20)])
+    send(client, messages)
+    results = [payload_of(d) for d in joined.wait_for_count(10, timeout=60)]
+    assert all(result["parts"] == [{"i": i} for i in range(20)] for result in results)
+    wait_until(lambda: table_rows(database_url, "zocalo_join_collections") == 0, "all forgotten")
+    assert len(joined.deliveries) == 10, "each collection sent once"
+    assert timed_out.deliveries == []
+    assert all(runner.stats.handled > 0 for runner in runners), "both took part"
