@@ -6,31 +6,15 @@ import contextlib
 import os
 import signal
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from join_jobs import JOINED, TIMED_OUT, join_recipe, parts, payload_of, send
 from sqlalchemy import create_engine, text
 
-from zocalo.services.join import QUEUE
-from zocalo.transport import Transport, create_transport
+from zocalo.transport import Transport
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["sqlite", "rabbitmq"])
-def broker(request: pytest.FixtureRequest, sqlite_broker: str) -> str:
-    if request.param == "sqlite":
-        return sqlite_broker
-    return request.getfixturevalue("rabbitmq_vhost_url")
-
-
-@pytest.fixture
-def on_broker(broker: str) -> Iterator[Transport]:
-    with create_transport(broker) as transport:
-        transport.declare_queue(QUEUE)  # parts may go out before the service is up
-        yield transport
 
 
 @pytest.fixture
