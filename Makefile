@@ -22,12 +22,19 @@ rabbitmq-management:
 	rabbitmq-plugins enable rabbitmq_management
 	scripts/wait-for-management http://127.0.0.1:15672/api/overview 60
 
-test: $(STAMP) rabbitmq-management
+.PHONY: slurm
+# The packages of the Slurm tests' private cluster (tests/slurm_cluster.py); idempotent.
+slurm:
+	scripts/install-slurm
+
+test: $(STAMP) rabbitmq-management slurm
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff format --check src tests bench
 
 clean:

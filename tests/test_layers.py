@@ -54,6 +54,10 @@ PACKAGE = "zocalo"
 #: * ``zocalo`` itself (its ``__init__`` only: the public face) re-exports names
 #:   of ``service``, ``recipe``, ``transport`` and ``errors``, so it sits above
 #:   them; shipped services and the CLI may import from it.
+#: * runner middleware (``service.middleware``) sits inside ``service``, not above it:
+#:   the runner builds its default middleware, and middleware knows the runner only
+#:   through the ``Runner`` protocol of ``service.middleware.base`` (no loop). What
+#:   sits higher hooks in the same way (``monitor.metrics``).
 #: * ``rabbitmq_admin`` reads the command-queue prefix from ``service.status``
 #:   and the delay levels from the RabbitMQ transport: it sits above ``monitor``,
 #:   below the ``cli`` that drives it.

@@ -1,19 +1,194 @@
-"""Private database servers (started once per session) and fresh databases on them."""
+"""A site for the shipped services: recipe library, logbook, configuration, plugins; and
+private database servers (started once per session) with fresh databases on them.
+
+The Dispatcher's filter and readiness check come from ``plugins/``: a module and
+the ``*.dist-info`` that registers it under python-zocalo's entry point groups.
+Putting that directory on the path installs them (``importlib.metadata`` reads
+any ``*.dist-info`` on ``sys.path``), for one test or one service process, with
+nothing to install into the virtual environment.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from join_jobs import JOINED, TIMED_OUT
 from private_databases import MariaDBServer, PostgresServer, PrivateServer
 from writer_jobs import WRITTEN
 
+from zocalo.config import load_configuration
+from zocalo.launch import ServiceProcesses
+from zocalo.service import ServiceRunner
 from zocalo.services import dbwriter, join
+from zocalo.services.dispatcher import Dispatcher
 from zocalo.transport import Transport, create_transport, dlq_name
 
-#: Every queue these tests use on a broker shared by the session (RabbitMQ's vhost).
+PLUGINS = Path(__file__).parent / "plugins"
+
+#: Two steps: find spots (the demo's service) -> one JSON line per image.
+SPOTS_RECIPE = {
+    "1": {"service": "Find spots", "queue": "demo.find_spots", "output": 2},
+    "2": {
+        "service": "Results as JSON lines",
+        "queue": "jsonlines",
+        "parameters": {"output_filename": "{results}/{guid}.jsonl"},
+    },
+    "start": [[1, {"image": "{$REPLACE:image}"}]],
+}
+
+#: One step whose queue the request names, so every test has queues of its own.
+ONE_STEP_RECIPE = {
+    "1": {"queue": "{first_queue}", "parameters": {"found": "{looked_up}"}},
+    "start": [[1, {"dc": "{ispyb_dcid}"}]],
+}
+
+#: Fails validation: step 1 links to a step that does not exist.
+BROKEN_RECIPE = {"1": {"queue": "anywhere", "output": 9}, "start": [[1, {}]]}
+
+
+@dataclass
+class Site:
+    """A facility's setup in a temporary directory."""
+
+    root: Path
+    config: Path
+    recipes: Path
+    logbook: Path
+    results: Path
+
+    def add_recipe(self, name: str, recipe: Any) -> None:
+        text = recipe if isinstance(recipe, str) else json.dumps(recipe)
+        (self.recipes / f"{name}.json").write_text(text)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    recipes, logbook, results = (tmp_path / name for name in ("recipes", "logbook", "results"))
+    recipes.mkdir()
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            version: 1
+            site-storage:
+              plugin: storage
+              zocalo.recipe_directory: {recipes}
+              zocalo.dispatcher.logbook_location: {logbook}
+            environments:
+              default: [site-storage]
+            """
+        )
+    )
+    made = Site(tmp_path, config, recipes, logbook, results)
+    made.add_recipe("spots", SPOTS_RECIPE)
+    made.add_recipe("one-step", ONE_STEP_RECIPE)
+    made.add_recipe("broken", BROKEN_RECIPE)
+    return made
+
+
+@pytest.fixture
+def plugins_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test plugins, visible to ``importlib.metadata`` in this process."""
+    monkeypatch.syspath_prepend(str(PLUGINS))
+
+
+def plugins_environment() -> dict[str, str]:
+    """This process's environment, with the test plugins on the path (for a service process)."""
+    path = os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path)
+
+
+@pytest.fixture
+def service_processes(site: Site) -> Iterator[Callable[..., ServiceProcesses]]:
+    """``service_processes(url, *names)``: real ``zocalo.service`` processes on the site's
+    configuration, with the test plugins installed; stopped at teardown."""
+    started: list[ServiceProcesses] = []
+
+    def start(url: str, *names: str) -> ServiceProcesses:
+        services = ServiceProcesses(
+            names, url, options=["--config", str(site.config)], env=plugins_environment()
+        )
+        services.__enter__()
+        started.append(services)
+        return services
+
+    yield start
+    for services in started:
+        services.stop()
+
+
+def rabbitmq_url(request: pytest.FixtureRequest) -> str:
+    """The session's RabbitMQ vhost; the queues this test makes there go when it ends.
+
+    (Asked for by name at run time, the vhost is not seen by the autouse clean-up of
+    ``tests/conftest.py``, which looks at the fixtures a test names.)
+    """
+    vhost = request.getfixturevalue("rabbitmq_vhost")
+    before = vhost.queue_names()
+    request.addfinalizer(lambda: vhost.delete_queues(vhost.queue_names() - before))
+    return vhost.url
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", id="memory"),
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker for services on threads of this process."""
+    if request.param == "memory":
+        return f"memory://services-{uuid.uuid4().hex}"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    return rabbitmq_url(request)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker every process can reach."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    return rabbitmq_url(request)
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[Transport]:
+    with create_transport(url) as transport:
+        yield transport
+
+
+@pytest.fixture
+def dispatcher(
+    url: str, site: Site, plugins_installed: None, start_service: Callable[..., ServiceRunner]
+) -> ServiceRunner:
+    """A Dispatcher on a thread of this process, on the site's configuration."""
+    service = Dispatcher()
+    service.site_config = load_configuration(site.config)
+    return start_service(service, url)
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue name of this test's own (RabbitMQ's vhost lasts the whole session)."""
+    return f"services.{uuid.uuid4().hex[:12]}"
+
+
+#: Every queue the Join and DatabaseWriter tests use (fixed names, unlike ``queue`` below).
 QUEUES = {join.QUEUE, dbwriter.QUEUE, JOINED, TIMED_OUT, WRITTEN}
 
 
@@ -59,12 +234,19 @@ def database_server(request: pytest.FixtureRequest) -> Iterator[PrivateServer]:
     server.start()
 
 
-@pytest.fixture(params=["sqlite", "rabbitmq"])
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
 def broker(request: pytest.FixtureRequest, sqlite_broker: str) -> str:
-    """The URL of each broker that carries messages between processes.
+    """The URL of each broker that carries messages between processes, for the Join and
+    DatabaseWriter process tests.
 
-    On RabbitMQ the queues are the session's: whatever an earlier test left in them
-    (a message a killed service never acknowledged) is deleted first.
+    Those services' queues have fixed names: on RabbitMQ (the session's vhost) whatever
+    an earlier test left in them (a message a killed service never acknowledged) is
+    deleted first.
     """
     if request.param == "sqlite":
         return sqlite_broker
@@ -79,4 +261,11 @@ def on_broker(broker: str) -> Iterator[Transport]:
     with create_transport(broker) as transport:
         transport.declare_queue(join.QUEUE)
         transport.declare_queue(dbwriter.QUEUE)
+        yield transport
+
+
+@pytest.fixture
+def memory_client(broker_url: str) -> Iterator[Transport]:
+    """A connection to the in-memory broker ``start_service`` runs services on by default."""
+    with create_transport(broker_url) as transport:
         yield transport

@@ -168,22 +168,22 @@ def payload_of_body(delivery: Delivery) -> int:
 
 
 def test_join_waits_for_its_database_too(
-    start_service, client, collector, database_server, wait_until
+    start_service, memory_client, collector, database_server, wait_until
 ):
     """Parts that arrive while Join's database is down wait, and complete it when it returns."""
     url = database_server.new_database()
     join = Join(database=url)
     join.first_wait, join.max_wait = 0.05, 0.5
     start_service(join)
-    joined = collector(ack_with=client)
-    client.subscribe(JOINED, joined)
+    joined = collector(ack_with=memory_client)
+    memory_client.subscribe(JOINED, joined)
     messages = parts(
         join_recipe({"key": "dc-outage", "expected": 6, "index": "i"}),
         [{"i": i} for i in range(6)],
     )
-    client.publish(messages[:3]).result(30)
+    memory_client.publish(messages[:3]).result(30)
     database_server.stop()
-    client.publish(messages[3:]).result(30)
+    memory_client.publish(messages[3:]).result(30)
     wait_until(lambda: join.status_note() is not None, "a part finding the database gone")
     assert "waiting for the database" in (join.status_note() or "")
     database_server.start()

@@ -24,16 +24,18 @@ def writer(start_service: Callable[..., Any], database_url: str) -> DatabaseWrit
 
 
 @pytest.fixture
-def written(client, collector):
+def written(memory_client, collector):
     """Messages the writer passed on."""
-    passed_on = collector(ack_with=client)
-    client.subscribe(WRITTEN, passed_on)
+    passed_on = collector(ack_with=memory_client)
+    memory_client.subscribe(WRITTEN, passed_on)
     return passed_on
 
 
-def test_rows_are_written_as_the_step_parameters_describe(writer, client, written, database_url):
+def test_rows_are_written_as_the_step_parameters_describe(
+    writer, memory_client, written, database_url
+):
     payloads = [{"image": n, "result": {"spots": 10 * n}} for n in range(1, 4)]
-    send(client, writes(PER_IMAGE, payloads))
+    send(memory_client, writes(PER_IMAGE, payloads))
     passed_on = written.wait_for_count(3)
     assert sorted((json.loads(d.body)["payload"] for d in passed_on), key=str) == sorted(
         payloads, key=str
@@ -43,27 +45,31 @@ def test_rows_are_written_as_the_step_parameters_describe(writer, client, writte
     )
 
 
-def test_a_message_delivered_again_writes_no_second_row(writer, client, written, database_url):
+def test_a_message_delivered_again_writes_no_second_row(
+    writer, memory_client, written, database_url
+):
     messages = writes(PER_IMAGE, [{"image": n, "result": {"spots": n}} for n in range(5)])
-    send(client, messages)
-    send(client, messages[1:3])  # the same messages again (a redelivery, an upstream rerun)
+    send(memory_client, messages)
+    send(memory_client, messages[1:3])  # the same messages again (a redelivery, an upstream rerun)
     written.wait_for_count(7)  # every copy goes on: the next step may not have had it
     assert len(rows(database_url)) == 5
     assert writer.counts == {"written": 5, "duplicates": 2}
 
 
-def test_the_key_is_the_recipe_the_step_and_the_client_key(writer, client, written, database_url):
-    send(client, writes(PER_IMAGE, [{"image": 1, "result": {"spots": 1}}]))
-    send(client, writes(PER_IMAGE, [{"image": 1, "result": {"spots": 2}}]))  # another recipe
+def test_the_key_is_the_recipe_the_step_and_the_client_key(
+    writer, memory_client, written, database_url
+):
+    send(memory_client, writes(PER_IMAGE, [{"image": 1, "result": {"spots": 1}}]))
+    send(memory_client, writes(PER_IMAGE, [{"image": 1, "result": {"spots": 2}}]))  # another recipe
     without_key = {"table": "results", "columns": {"spots": "spots"}}
-    send(client, writes(without_key, [{"spots": 7}, {"spots": 8}]))  # one row per recipe
+    send(memory_client, writes(without_key, [{"spots": 7}, {"spots": 8}]))  # one row per recipe
     written.wait_for_count(4)
     assert sorted(row["spots"] for row in rows(database_url)) == [1, 2, 7]
 
 
-def test_objects_and_lists_are_written_as_json(writer, client, written, database_url):
+def test_objects_and_lists_are_written_as_json(writer, memory_client, written, database_url):
     parameters = {"table": "results", "columns": {"summary": "summary"}}
-    send(client, writes(parameters, [{"summary": {"spots": [1, 2], "ok": True}}]))
+    send(memory_client, writes(parameters, [{"summary": {"spots": [1, 2], "ok": True}}]))
     written.wait_for_count(1)
     (row,) = rows(database_url)
     assert json.loads(row["summary"]) == {"spots": [1, 2], "ok": True}
@@ -81,14 +87,14 @@ def test_objects_and_lists_are_written_as_json(writer, client, written, database
     ids=["no table named", "no such table", "no such column", "no such field"],
 )
 def test_a_row_it_cannot_write_goes_to_the_dead_letter_queue(
-    start_service, database_url, client, collector, parameters, payload, reason
+    start_service, database_url, memory_client, collector, parameters, payload, reason
 ):
     create_results_table(database_url)
-    start_service(DatabaseWriter(database=database_url), max_attempts=1)
-    dead = collector(ack_with=client)
-    client.declare_queue(dlq_name(QUEUE))
-    client.subscribe(dlq_name(QUEUE), dead)
-    send(client, writes(parameters, [payload]))
+    start_service(DatabaseWriter(database=database_url))
+    dead = collector(ack_with=memory_client)
+    memory_client.declare_queue(dlq_name(QUEUE))
+    memory_client.subscribe(dlq_name(QUEUE), dead)
+    send(memory_client, writes(parameters, [payload]))
     (delivery,) = dead.wait_for_count(1)
     assert reason in delivery.headers[DLQ_REASON_HEADER]
     assert rows(database_url) == []

@@ -13,7 +13,7 @@ from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.logs import apply_logging, logging_plan
 from zocalo.service.discovery import ServiceNotFound, check_service_name, service_class_name
-from zocalo.service.runner import RunnerSettings
+from zocalo.service.runner_settings import RunnerSettings
 from zocalo.service.supervisor import exec_supervisor
 from zocalo.service.supervisor_settings import RunnerHook, SupervisorSettings
 from zocalo.transport.registry import redact_url
@@ -124,6 +124,8 @@ def command(
         logging=plan,
         service_class=service_class_name(name),
         runner_hooks=hooks,
+        site_config=str(site_config.path.resolve()) if site_config.path else None,
+        site_environments=list(site_config.active),
     )
     # A wrong URL, bad credentials or a missing vhost: one clear line and exit 1 here,
     # not a supervisor restarting a service that can never connect.

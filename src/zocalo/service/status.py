@@ -18,8 +18,10 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from zocalo.service.commands import COMMAND_TOPIC, COMMANDS_KEPT_FOR, command_matches
 
 if TYPE_CHECKING:
     from zocalo.transport.base import Delivery, Transport
@@ -27,12 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("zocalo.service.status")
 
 STATUS_TOPIC = "transient.status"
-COMMAND_TOPIC = "command"
-#: Each supervisor's queue bound to the command topic, kept between its workers.
-COMMAND_QUEUE_PREFIX = "zocalo.command."
-#: A supervisor's command queue outlives each of its workers by this long, so a command
-#: broadcast while a worker restarts waits for the next one (see ``Identity.commands``).
-COMMANDS_KEPT_FOR = 600.0
 STATUS_INTERVAL = 6.0
 STATUS_EXPIRATION = 15.0
 UTILIZATION_WINDOW = 6.0
@@ -146,24 +142,6 @@ def status_message(
         if os.environ.get(variable):
             message[field] = os.environ[variable]
     return message
-
-
-def command_matches(command: Any, host: str, names: Collection[str | None]) -> bool:
-    """Whether a broadcast command targets this service (reference rules, plus ``all``).
-
-    ``names`` are what ``zocalo.shutdown -s NAME`` may call the service: its class
-    name (the reference's rule) and the name it was started with (an entry point
-    such as ``demo.FindSpots``, or ``module:Class``).
-    """
-    if not isinstance(command, dict):
-        return False
-    if command.get("all") is True:
-        return True
-    if "host" not in command and "service" not in command:
-        return False
-    if "host" in command and command["host"] != host:
-        return False
-    return "service" not in command or command["service"] in names
 
 
 class Identity(NamedTuple):

@@ -243,7 +243,8 @@ class Outage:
             return f"waiting for the database {self.what} since {since}: {self._last_error}"
 
     def _wait(self, count: int) -> float:
-        return min(self.first_wait * 2 ** min(max(count - 1, 0), 30), self.max_wait)
+        doublings: int = min(max(count - 1, 0), 30)
+        return min(self.first_wait * float(2**doublings), self.max_wait)
 
 
 def _int(value: Any) -> int:

@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zocalo.errors import ZocaloError
+from zocalo.errors import InvalidMessage
 from zocalo.service import Service, handler
 from zocalo.services.database import (
     Outage,
@@ -64,8 +64,9 @@ DATABASE_VARIABLE = "ZOCALO_DBWRITER_DATABASE"
 LEDGER = "zocalo_writes"
 
 
-class WriteError(ZocaloError, ValueError):
-    """A step whose parameters, or a payload, describe no row this database can take."""
+class WriteError(InvalidMessage):
+    """A step whose parameters, or a payload, describe no row this database can take (the
+    message goes to the dead-letter queue at once: retrying cannot help)."""
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zocalo.errors import ZocaloError
+from zocalo.errors import InvalidMessage
 from zocalo.service import Service, handler
 from zocalo.services.database import (
     Outage,
@@ -88,8 +88,9 @@ MAX_NAME = 255
 OPEN, COMPLETE, TIMED_OUT = "open", "complete", "timed out"
 
 
-class JoinError(ZocaloError, ValueError):
-    """A Join step whose parameters, or a part whose payload, cannot be used."""
+class JoinError(InvalidMessage):
+    """A Join step whose parameters, or a part whose payload, cannot be used (the part goes
+    to the dead-letter queue at once: retrying cannot help)."""
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,7 @@ class Join(Service):
             raise JoinError(f"the index of a part of Join {settings.key} is too long: {part[:40]}")
         return part, position
 
-    def _locked(self, db: Connection, key: str) -> Row | None:
+    def _locked(self, db: Connection, key: str) -> Row[Any] | None:
         table = self._collections
         return db.execute(table.select().where(table.c.key == key).with_for_update()).first()
 
@@ -330,7 +331,7 @@ class Join(Service):
 
     def _open(
         self, db: Connection, step: RecipeStep, settings: JoinSettings, identity: str, recipe: str
-    ) -> Row:
+    ) -> Row[Any]:
         now = time.time()
         db.execute(
             self._collections.insert().values(
@@ -349,8 +350,8 @@ class Join(Service):
         return row
 
     def _note_part(
-        self, db: Connection, row: Row, payload: Any, settings: JoinSettings, recipe: str
-    ) -> Row:
+        self, db: Connection, row: Row[Any], payload: Any, settings: JoinSettings, recipe: str
+    ) -> Row[Any]:
         """Remember the part's recipe, and the count it brings when the count is its field."""
         changes: dict[str, Any] = {}
         recipes = json.loads(row.recipes)
@@ -493,7 +494,7 @@ def _with_key(settings: JoinSettings, key: str) -> JoinSettings:
     return replace(settings, key=key)
 
 
-def _order(part: Row) -> tuple[int, Any, float]:
+def _order(part: Row[Any]) -> tuple[int, Any, float]:
     """Numbers in numeric order, then everything else by its JSON text."""
     position = json.loads(part.position) if part.position is not None else None
     if isinstance(position, int | float) and not isinstance(position, bool):
