@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from writer_jobs import PER_IMAGE, WRITTEN, create_results_table, rows, send, writes
 
-from zocalo.services.dbwriter import QUEUE, DatabaseWriter
+from zocalo.config import load_configuration
+from zocalo.services.dbwriter import DATABASE_VARIABLE, QUEUE, DatabaseWriter
 from zocalo.transport import dlq_name
 from zocalo.transport.base import DLQ_REASON_HEADER
 
@@ -98,3 +99,30 @@ def test_a_row_it_cannot_write_goes_to_the_dead_letter_queue(
     (delivery,) = dead.wait_for_count(1)
     assert reason in delivery.headers[DLQ_REASON_HEADER]
     assert rows(database_url) == []
+
+
+def test_the_database_comes_from_the_argument_the_variable_or_the_site_configuration(
+    tmp_path, monkeypatch
+):
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "version: 1\n"
+        "site-storage:\n"
+        "  plugin: storage\n"
+        f"  zocalo.dbwriter.database: sqlite:///{tmp_path}/site.db\n"
+        "environments:\n"
+        "  default: [site-storage]\n"
+    )
+
+    def chosen(**given: str) -> str:
+        writer = DatabaseWriter(**given)
+        writer.site_config = load_configuration(site)
+        writer.initializing()
+        writer.stopping()
+        return writer.url
+
+    monkeypatch.delenv(DATABASE_VARIABLE, raising=False)
+    assert chosen() == f"sqlite:///{tmp_path}/site.db"
+    monkeypatch.setenv(DATABASE_VARIABLE, f"sqlite:///{tmp_path}/variable.db")
+    assert chosen() == f"sqlite:///{tmp_path}/variable.db"
+    assert chosen(database=f"sqlite:///{tmp_path}/given.db") == f"sqlite:///{tmp_path}/given.db"

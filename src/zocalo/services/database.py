@@ -42,13 +42,13 @@ CONNECT_TIMEOUT = 5
 SQLITE_BUSY_TIMEOUT = 30
 
 
-def database_url(given: str | None, variable: str, filename: str) -> str:
-    """The database to use: ``given``, else ``$variable``, else a SQLite file ``filename``
-    in the user's data directory (beside the embedded broker)."""
-    if given:
-        return given
-    if os.environ.get(variable):
-        return os.environ[variable]
+def database_url(given: str | None, variable: str, configured: Any, filename: str) -> str:
+    """The database to use: ``given``, else ``$variable``, else ``configured`` (the site
+    configuration's ``storage`` key of the service), else a SQLite file ``filename`` in
+    the user's data directory (beside the embedded broker)."""
+    for candidate in (given, os.environ.get(variable), configured):
+        if candidate:
+            return str(candidate)
     directory = Path(platformdirs.user_data_dir("zocalo", appauthor=False))
     return f"sqlite:///{directory / filename}"
 

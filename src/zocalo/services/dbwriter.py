@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from zocalo.recipe.step import RecipeStep
 
 QUEUE = "zocalo.dbwriter"
+#: The site configuration's ``storage`` key naming the database (after the variable).
+STORAGE_KEY = "zocalo.dbwriter.database"
 DATABASE_VARIABLE = "ZOCALO_DBWRITER_DATABASE"
 #: The table that records every write by its key.
 LEDGER = "zocalo_writes"
@@ -146,7 +148,8 @@ class DatabaseWriter(Service):
         self, environment: dict[str, Any] | None = None, *, database: str | None = None
     ) -> None:
         super().__init__(environment)
-        self.url = database_url(database, DATABASE_VARIABLE, "results.db")
+        self.given_database = database
+        self.url = ""
         self.engine: Engine | None = None
         self.outage: Outage | None = None
         self.counts: Counter[str] = Counter()
@@ -155,6 +158,8 @@ class DatabaseWriter(Service):
 
     # -- lifecycle -----------------------------------------------------------
     def initializing(self) -> None:
+        configured = self.site_config.storage.get(STORAGE_KEY)
+        self.url = database_url(self.given_database, DATABASE_VARIABLE, configured, "results.db")
         self.engine = create_database_engine(self.url)
         self.outage = Outage(describe(self.engine), self.log, self.first_wait, self.max_wait)
         self.log.info("writing rows to %s", describe(self.engine))

@@ -79,6 +79,8 @@ CONTROL_HEADER = "zocalo-join"
 KEY_HEADER = "zocalo-join-key"
 #: Where a whole collection goes when the step's output has named channels.
 COMPLETE_CHANNEL = "complete"
+#: The site configuration's ``storage`` key naming the database (after the variable).
+STORAGE_KEY = "zocalo.join.database"
 DATABASE_VARIABLE = "ZOCALO_JOIN_DATABASE"
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_KEEP = 86400.0
@@ -196,7 +198,8 @@ class Join(Service):
         self, environment: dict[str, Any] | None = None, *, database: str | None = None
     ) -> None:
         super().__init__(environment)
-        self.url = database_url(database, DATABASE_VARIABLE, "join.db")
+        self.given_database = database
+        self.url = ""
         self.engine: Engine | None = None
         self.outage: Outage | None = None
         self.counts: Counter[str] = Counter()
@@ -205,6 +208,8 @@ class Join(Service):
 
     # -- lifecycle -----------------------------------------------------------
     def initializing(self) -> None:
+        configured = self.site_config.storage.get(STORAGE_KEY)
+        self.url = database_url(self.given_database, DATABASE_VARIABLE, configured, "join.db")
         self.engine = create_database_engine(self.url)
         self.outage = Outage(describe(self.engine), self.log, self.first_wait, self.max_wait)
         self.log.info("collecting parts in %s", describe(self.engine))
