@@ -1,4 +1,5 @@
-"""A site for the shipped services: recipe library, logbook, configuration, plugins.
+"""A site for the shipped services: recipe library, logbook, configuration, plugins; and
+private database servers (started once per session) with fresh databases on them.
 
 The Dispatcher's filter and readiness check come from ``plugins/``: a module and
 the ``*.dist-info`` that registers it under python-zocalo's entry point groups.
@@ -20,12 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from join_jobs import JOINED, TIMED_OUT
+from private_databases import MariaDBServer, PostgresServer, PrivateServer
+from writer_jobs import WRITTEN
 
 from zocalo.config import load_configuration
 from zocalo.launch import ServiceProcesses
 from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.services import dbwriter, join
 from zocalo.services.dispatcher import Dispatcher
-from zocalo.transport import Transport, create_transport
+from zocalo.transport import Transport, create_transport, dlq_name
 
 PLUGINS = Path(__file__).parent / "plugins"
 
@@ -231,3 +236,86 @@ def run_service() -> Iterator[Callable[..., ServiceRunner]]:
         runner.request_stop()
         thread.join(30)
         assert not thread.is_alive(), f"{runner.service.name} did not stop"
+
+
+#: Every queue the Join and DatabaseWriter tests use (fixed names, unlike ``queue`` below).
+QUEUES = {join.QUEUE, dbwriter.QUEUE, JOINED, TIMED_OUT, WRITTEN}
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    server = MariaDBServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+SERVERS = {"postgresql": "postgres_server", "mariadb": "mariadb_server"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: a SQLite file, or one on each private server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/results.db"
+    server: PrivateServer = request.getfixturevalue(SERVERS[request.param])
+    server.start()  # a test before may have stopped it
+    return server.new_database()
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def database_server(request: pytest.FixtureRequest) -> Iterator[PrivateServer]:
+    """Each private server in turn, running; started again afterwards if a test stopped it."""
+    server: PrivateServer = request.getfixturevalue(SERVERS[request.param])
+    server.start()
+    yield server
+    server.start()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
+def broker(request: pytest.FixtureRequest, sqlite_broker: str) -> str:
+    """The URL of each broker that carries messages between processes, for the Join and
+    DatabaseWriter process tests.
+
+    Those services' queues have fixed names: on RabbitMQ (the session's vhost) whatever
+    an earlier test left in them (a message a killed service never acknowledged) is
+    deleted first.
+    """
+    if request.param == "sqlite":
+        return sqlite_broker
+    vhost = request.getfixturevalue("rabbitmq_vhost")
+    vhost.delete_queues(QUEUES | {dlq_name(queue) for queue in QUEUES})
+    return vhost.url
+
+
+@pytest.fixture
+def on_broker(broker: str) -> Iterator[Transport]:
+    """A client connection; the services' queues exist before they start."""
+    with create_transport(broker) as transport:
+        transport.declare_queue(join.QUEUE)
+        transport.declare_queue(dbwriter.QUEUE)
+        yield transport
+
+
+@pytest.fixture
+def memory_client(broker_url: str) -> Iterator[Transport]:
+    """A connection to the in-memory broker ``start_service`` runs services on by default."""
+    with create_transport(broker_url) as transport:
+        yield transport

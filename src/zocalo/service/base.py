@@ -133,6 +133,14 @@ class Service:
     def stopping(self) -> None:
         """Called once after the last message, before the transport closes."""
 
+    def status_note(self) -> str | None:
+        """A few words for the status broadcast when an operator should know something
+        (e.g. that the service waits for its database); None when all is well.
+
+        Called from the status thread while a handler may run: read, never block.
+        """
+        return None
+
     # -- handlers ------------------------------------------------------------
     def add_handler(self, queue: str, function: HandlerFunction, **options: Any) -> None:
         """Register a handler at run time (e.g. from ``initializing``)."""

@@ -205,6 +205,7 @@ class StatusBroadcaster:
         self._thread: threading.Thread | None = None
         self._shutdown_requested = False
         self._bind_again_at = float("inf")
+        self._note: Any = None
 
     def start(self) -> None:
         """Subscribe to commands and start broadcasting (the transport is connected)."""
@@ -243,6 +244,7 @@ class StatusBroadcaster:
                 "pid": self.identity.pid,
                 "worker_pid": os.getpid(),
                 **self._restart_in(),
+                **({"note": str(stats["note"])} if stats.get("note") else {}),
             },
         )
 
@@ -287,7 +289,9 @@ class StatusBroadcaster:
                     self._bind_commands()
                 except Exception as error:  # tried again at the next turn
                     log.warning("could not renew the command queue: %s", error)
-            if self._record(status) or now >= next_due:
+            noted = stats.get("note") != self._note  # a new note goes out at once, too
+            self._note = stats.get("note")
+            if self._record(status) or noted or now >= next_due:
                 self.broadcast(stats)
                 next_due = now + self.interval
             self._done.wait(POLL_INTERVAL)

@@ -167,7 +167,11 @@ def run_service(
             status = Status.SHUTDOWN
         else:
             status = Status.PROCESSING if runner.processing else Status.IDLE
-        return status, runner.stats.snapshot()
+        stats: dict[str, Any] = runner.stats.snapshot()
+        note = runner.service.status_note()
+        if note:
+            stats["note"] = note
+        return status, stats
 
     def on_shutdown(reason: str) -> None:
         link.report("shutdown", reason=reason)  # the supervisor announces it and sees it done
