@@ -458,6 +458,63 @@ def test_a_bound_queue_unused_past_its_expiry_is_dropped(
     assert drain(listener, queue, collector) == [], "the queue went, with what it held"
 
 
+# -- kept broadcasts, replayed to late subscribers -----------------------------------
+
+
+def test_a_replaying_subscriber_hears_what_was_broadcast_before_it_came(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    topic = name("t", topic=True)
+    publisher, listener = connect(), connect()
+    publisher.keep_broadcasts(topic, seconds=60)
+    publisher.keep_broadcasts(topic, seconds=60)  # again: harmless
+    publisher.broadcast(topic, b"1", headers={"n": 1})
+    publisher.broadcast(topic, b"2")
+    late = collector()
+    listener.subscribe_broadcast(topic, late, replay=60)
+    plain = collector()
+    listener.subscribe_broadcast(topic, plain)  # without replay: nothing old
+    publisher.broadcast(topic, SENTINEL)
+    deliveries = late.wait_for_body(SENTINEL)
+    assert [delivery.body for delivery in deliveries] == [b"1", b"2", SENTINEL]  # none twice
+    assert deliveries[0].headers == {"n": 1}
+    assert not any(delivery.ackable for delivery in deliveries)
+    assert {delivery.source for delivery in deliveries} == {topic}
+    assert plain.wait_for_body(SENTINEL) and plain.bodies == [SENTINEL]
+
+
+def test_a_replaying_subscription_keeps_the_topic_for_the_next_one(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    topic = name("t", topic=True)
+    publisher, first, second = connect(), connect(), connect()
+    publisher.broadcast(topic, b"before anyone kept the topic: gone")
+    first.subscribe_broadcast(topic, collector(), replay=60)
+    publisher.broadcast(topic, b"kept")
+    first.close()  # as a service that stops
+    later = collector()
+    second.subscribe_broadcast(topic, later, replay=60)
+    publisher.broadcast(topic, SENTINEL)
+    assert [delivery.body for delivery in later.wait_for_body(SENTINEL)] == [b"kept", SENTINEL]
+
+
+def test_a_replay_reaches_back_only_as_far_as_asked(
+    connect: Callable[..., Transport], collector: Callable, name: Callable, let_time_pass
+) -> None:
+    """(RabbitMQ starts a replay at the chunk holding its start: broadcasts seconds
+    apart are chunks apart.)"""
+    topic = name("t", topic=True)
+    publisher, listener = connect(), connect()
+    publisher.keep_broadcasts(topic, seconds=60)
+    publisher.broadcast(topic, b"old")
+    let_time_pass(2.5)  # what a replay's start leaves out announces itself nowhere
+    publisher.broadcast(topic, b"recent")
+    recent = collector()
+    listener.subscribe_broadcast(topic, recent, replay=1.5)
+    publisher.broadcast(topic, SENTINEL)
+    assert [d.body for d in recent.wait_for_body(SENTINEL)] == [b"recent", SENTINEL]
+
+
 # -- unsubscribe, ack, nack -------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""zocalo cancel: stop a recipe's work (its Slurm jobs, its running wrappers)."""
+"""zocalo cancel: stop a recipe's work (its queued steps, Slurm jobs, running wrappers)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import click
 from zocalo.cli.common import open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
-from zocalo.recipe.cancel import broadcast_cancel
+from zocalo.recipe.cancel import broadcast_cancel, keep_cancellations
 
 
 @click.command("cancel")
@@ -19,11 +19,19 @@ def command(
 ) -> None:
     """Broadcast the cancellation of each RECIPE_ID on the 'zocalo.cancel' topic.
 
-    The cluster submission service cancels the recipe's Slurm jobs and submits no more
-    for it; zocalo.wrap stops a wrapper of the recipe (CommandWrapper: its program's
-    whole process group). Only listeners connected now hear it.
+    Every service acks and drops the recipe's messages still in its queues, one log
+    line each, for a week: the broker keeps the cancellation, so a service that is
+    down now hears it when it starts. The cluster submission service cancels the
+    recipe's Slurm jobs and submits no more for it; zocalo.wrap stops a running
+    wrapper of the recipe (CommandWrapper: its program's whole process group).
     """
     url = resolve_transport(transport, site_config)
     with open_broker(url) as broker:
+        if not keep_cancellations(broker):
+            click.echo(
+                "warning: this broker keeps no broadcasts: only the services running now "
+                "hear the cancellation",
+                err=True,
+            )
         for recipe_id in recipe_ids:
             click.echo(f"sent {broadcast_cancel(broker, recipe_id)}")

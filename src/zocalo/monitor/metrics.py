@@ -10,7 +10,8 @@ else's business). A restarted worker serves fresh counters on the same
 port, which Prometheus reads as a counter reset, as it should.
 
 - ``zocalo_messages_total{queue,outcome}``: messages finished, by outcome
-  (handled, retried, dead_lettered, failed);
+  (handled, retried, dead_lettered, failed, cancelled: dropped as its recipe was
+  cancelled);
 - ``zocalo_handler_seconds{queue}``: time per message (decode, handler, settle);
 - ``zocalo_in_flight{queue}``: messages being processed right now.
 """

@@ -57,6 +57,9 @@ class RecipeStep:
         self.outputs: list[Outgoing] = []
         self.unrouted: list[str] = []
         self.default_channel: str | None = None
+        #: The recipe was cancelled (``zocalo cancel``). Only a handler registered with
+        #: ``sees_cancelled=True`` ever sees it set: others never get such a message.
+        self.cancelled = False
         self._encoder: RecipeEncoder | None = None
 
     # -- where we are -------------------------------------------------------

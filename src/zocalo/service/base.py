@@ -39,6 +39,9 @@ class HandlerSpec:
     #: Seconds one message may take; past it the worker process is replaced and the
     #: message, never acknowledged, is delivered again (None: no limit).
     time_limit: float | None = None
+    #: Messages of a cancelled recipe reach this handler too, with ``step.cancelled``
+    #: set (by default they are acked and dropped before it runs).
+    sees_cancelled: bool = False
 
     def describe(self) -> str:
         kind = "topic" if self.broadcast else "queue"
@@ -56,6 +59,7 @@ def handler(
     allow_plain: bool = False,
     max_attempts: int | None = None,
     time_limit: float | None = None,
+    sees_cancelled: bool = False,
 ) -> Callable[[HandlerFunction], HandlerFunction]:
     """Register a method as the handler of ``queue`` (or broadcast ``topic``).
 
@@ -64,6 +68,10 @@ def handler(
     a running handler cannot be interrupted safely, so the supervisor replaces
     the process, and the message, never acknowledged, is delivered again (to
     ``dlq.<queue>`` once the broker's delivery limit is reached).
+
+    Messages of a recipe cancelled with ``zocalo cancel`` never reach the
+    handler, unless ``sees_cancelled``: a handler that must clean up after a
+    cancelled recipe (its jobs elsewhere) gets them, with ``step.cancelled`` set.
     """
     if (queue is None) == (topic is None):
         raise ValueError("give exactly one of queue= or topic=")
@@ -81,6 +89,7 @@ def handler(
             allow_plain,
             max_attempts,
             time_limit,
+            sees_cancelled,
         )
         specs = [*getattr(function, _SPEC_ATTRIBUTE, []), spec]
         setattr(function, _SPEC_ATTRIBUTE, specs)

@@ -101,6 +101,7 @@ class ServiceRunner:
         self.middleware = middleware
         self._on_start = hooks(middleware, "on_start")
         self._before_message = hooks(middleware, "before_message")
+        self._before_handler = hooks(middleware, "before_handler")
         self._on_failure = hooks(middleware, "on_failure")
         self._after_message = hooks(middleware, "after_message", reverse=True)
         self._on_stop = hooks(middleware, "on_stop", reverse=True)
@@ -272,10 +273,12 @@ class ServiceRunner:
                 hook(self, message)
             outcome = FAILED  # unless settled: something escaped, and the service stops
             try:
-                if invalid is None:
-                    outcome = self._call(message, step, payload)
-                else:
+                if invalid is not None:
                     outcome = self._failed(message, invalid)
+                else:
+                    outcome = self._settled_before_handler(message) or self._call(
+                        message, step, payload
+                    )
             finally:
                 elapsed = time.perf_counter() - began
                 for hook in self._after_message:
@@ -283,6 +286,14 @@ class ServiceRunner:
         finally:
             self.message_in_hand = None
             self.stats.add("busy_seconds", time.perf_counter() - began)
+
+    def _settled_before_handler(self, message: InHand) -> str | None:
+        """The outcome of a ``before_handler`` hook that settled the message, if one did."""
+        for hook in self._before_handler:
+            outcome = hook(self, message)
+            if outcome is not None:
+                return outcome
+        return None
 
     def _call(self, message: InHand, step: RecipeStep, payload: Any) -> str:
         try:

@@ -47,6 +47,8 @@ class RunnerStats:
     failed: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    #: Messages of cancelled recipes, acked and dropped before their handler.
+    cancelled: int = 0
     unrouted: int = 0
     publish_failed: int = 0
     #: Seconds spent inside process() (handler, decoding, settling).

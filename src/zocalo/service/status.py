@@ -241,6 +241,7 @@ class StatusBroadcaster:
                 "messages": int(stats.get("handled", 0)),
                 "failed": int(stats.get("failed", 0)),
                 "dead_lettered": int(stats.get("dead_lettered", 0)),
+                "cancelled": int(stats.get("cancelled", 0)),
                 "pid": self.identity.pid,
                 "worker_pid": os.getpid(),
                 **self._restart_in(),

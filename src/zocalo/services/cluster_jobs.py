@@ -17,8 +17,8 @@ commits (fsync), and only then lets the message be acknowledged. Each row:
 Cancelled recipes are remembered too (``cancelled``): their jobs are cancelled,
 their ends not reported, and their later steps not submitted.
 
-Ended rows are kept for :data:`KEEP_ENDED` seconds, then forgotten (as are
-submissions that never got a job, refused ones).
+Ended rows and cancelled recipes are kept for :data:`KEEP_ENDED` seconds, then
+forgotten (as are submissions that never got a job, refused ones).
 """
 
 from __future__ import annotations
@@ -31,8 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Seconds an ended job's row is kept (a late copy of its message is still recognised).
-KEEP_ENDED = 7 * 86400
+from zocalo.recipe.cancel import CANCEL_WINDOW
+
+#: Seconds an ended job's row (a late copy of its message is still recognised) and a
+#: cancelled recipe are kept: as long as a cancellation holds, both cover queued work.
+KEEP_ENDED = CANCEL_WINDOW
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

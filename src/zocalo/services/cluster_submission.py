@@ -36,7 +36,12 @@ tried again by the runner (a user's job limit passes), then goes there too.
 ``zocalo cancel RECIPE_ID`` (a broadcast on ``zocalo.cancel``): the recipe's jobs
 are cancelled (again at each poll, until Slurm takes it), their ends are not
 reported, and the recipe's later ``cluster.submission`` steps are dropped (one log
-line each) for 7 days.
+line each) for a week (``CANCEL_WINDOW``). The queue's handler sees the messages of
+cancelled recipes (``sees_cancelled``), which every other handler is spared
+(:mod:`zocalo.service.middleware.cancellation`): a poll of a cancelled recipe's job
+must still cancel the job and record its end. A cancellation made while the
+service was down reaches it through ``step.cancelled`` (the runner's replay of
+the kept cancellations), at the next poll of each job.
 
 Settings: the ``slurm`` section of the site configuration the service runs
 with (``url``, ``api_version``, ``user``, ``user_token``:
@@ -66,6 +71,7 @@ from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import RECIPE_HEADER
 from zocalo.service import Service, handler
 from zocalo.service.middleware.base import ATTEMPT_HEADER
+from zocalo.service.middleware.cancellation import REPLAYED_KEY
 from zocalo.service.middleware.retries import RETRY_REASON_HEADER
 from zocalo.services.cluster_jobs import JobBook, JobRecord
 from zocalo.services.cluster_parameters import BadSubmission, read_submission
@@ -225,7 +231,7 @@ class ClusterSubmission(Service):
             raise ClusterSetupError(f"{config.path}: {error}") from None
 
     # -- messages --------------------------------------------------------------
-    @handler(QUEUE)
+    @handler(QUEUE, sees_cancelled=True)
     def receive(self, step: RecipeStep, payload: Any) -> None:
         key = step.headers.get(JOB_HEADER)
         if key:
@@ -239,7 +245,8 @@ class ClusterSubmission(Service):
         assert self.jobs is not None and self.backend is not None
         recipe_id = payload.get("cancel") if isinstance(payload, dict) else None
         if not isinstance(recipe_id, str) or not recipe_id:
-            self.log.warning("ignoring a cancellation that names no recipe: %r", payload)
+            if not (isinstance(payload, dict) and REPLAYED_KEY in payload):  # (a runner's)
+                self.log.warning("ignoring a cancellation that names no recipe: %r", payload)
             return
         records = self.jobs.cancel_recipe(recipe_id)
         self.log.info("recipe %s cancelled: cancelling %d job(s)", recipe_id, len(records))
@@ -257,7 +264,7 @@ class ClusterSubmission(Service):
 
     def submit(self, step: RecipeStep) -> None:
         assert self.jobs is not None and self.backend is not None
-        if self.jobs.is_cancelled(step.recipe_id):
+        if self._cancelled(step, step.recipe_id):
             self.log.info("recipe %s was cancelled: step %s dropped", step.recipe_id, step.pointer)
             return
         if time.monotonic() - self._tidied_at > TIDY_INTERVAL:
@@ -361,8 +368,9 @@ class ClusterSubmission(Service):
         if record is None or record.job_id is None:
             self.log.warning("a poll for job record %s, which holds no job: dropped", key)
             return
+        cancelled = self._cancelled(step, record.recipe_id)
         if record.state == "ended":
-            if self.jobs.is_cancelled(record.recipe_id):
+            if cancelled:
                 return
             if record.reported_by == poll_id and record.outcome is not None:
                 self._report(step, record.outcome)  # our report was never published
@@ -373,7 +381,6 @@ class ClusterSubmission(Service):
             self.log.warning("Slurm unreachable (%s); polling job %d later", error, record.job_id)
             self._poll_later(step, key, polls + 1)
             return
-        cancelled = self.jobs.is_cancelled(record.recipe_id)
         if state is not None and not state.ended:
             if cancelled:  # the cancellation found Slurm unreachable, or came too early
                 self._cancel_job(record.job_id, str(record.recipe_id))
@@ -391,6 +398,18 @@ class ClusterSubmission(Service):
             )
             return
         self._report(step, outcome)
+
+    def _cancelled(self, step: RecipeStep, recipe_id: str | None) -> bool:
+        """Whether ``recipe_id`` (the step's) was cancelled: as this service heard and
+        recorded it, or as the runner knows (``step.cancelled``: a cancellation made
+        while this service was down, which is then recorded)."""
+        assert self.jobs is not None
+        if self.jobs.is_cancelled(recipe_id):
+            return True
+        if step.cancelled and recipe_id is not None:
+            self.jobs.cancel_recipe(recipe_id)
+            return True
+        return False
 
     def _state_of(self, job_id: int) -> JobState | None:
         """The job's state; one request reads every running job's, and serves them a moment."""

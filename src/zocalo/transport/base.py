@@ -178,8 +178,31 @@ class Transport(ABC):
         """Consume ``queue`` with at most ``prefetch`` unacknowledged deliveries."""
 
     @abstractmethod
-    def subscribe_broadcast(self, topic: str, callback: Callback) -> Subscription:
-        """Receive copies of messages broadcast to ``topic`` from now on."""
+    def subscribe_broadcast(
+        self, topic: str, callback: Callback, *, replay: float = 0.0
+    ) -> Subscription:
+        """Receive copies of messages broadcast to ``topic`` from now on.
+
+        With ``replay`` (seconds), first those broadcast in the last ``replay``
+        seconds that the broker kept (see :meth:`keep_broadcasts`; subscribing so
+        keeps the topic for ``replay`` seconds too), oldest first, then the new
+        ones: what was said while the subscriber was not listening (a service
+        restarted, or started later) still reaches it. A broker may hand over a
+        few older ones as well (RabbitMQ's streams start at a chunk's beginning),
+        and after a reconnect the replay starts again: read it as a record to
+        catch up from, whose messages say when they were made if that matters.
+        """
+
+    def keep_broadcasts(self, topic: str, *, seconds: float) -> None:
+        """Have the broker keep each message broadcast to ``topic`` from now on for
+        ``seconds``, for subscribers that ask for the past (``replay``).
+
+        Both sides call it, so that it holds whichever comes first: the first
+        broadcast of a topic nobody has subscribed to yet is kept too. Keeping
+        again is harmless; a topic a broker already keeps for another length
+        keeps its length (RabbitMQ cannot change a stream's ``x-max-age``).
+        """
+        raise UnsupportedFeature(f"{type(self).__name__} cannot keep broadcasts")
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         """Make ``queue`` receive a copy of every message broadcast to ``topic``.

@@ -64,6 +64,29 @@ class _Stored:
 
 
 @dataclass
+class _Kept:
+    """What a kept topic holds: its messages of the last ``seconds``, oldest first."""
+
+    seconds: float
+    messages: deque[tuple[float, _Stored]] = field(default_factory=deque)
+
+    def add(self, message: _Stored) -> None:
+        now = time.time()
+        self.messages.append((now, message))
+        while self.messages and self.messages[0][0] < now - self.seconds:
+            self.messages.popleft()
+
+    def since(self, seconds: float) -> list[_Stored]:
+        """Those of the last ``seconds`` not expired, oldest first."""
+        now = time.time()
+        return [
+            message
+            for at, message in self.messages
+            if at >= now - seconds and (message.expires_at is None or message.expires_at > now)
+        ]
+
+
+@dataclass
 class _Queue:
     ready: list[tuple[int, int, _Stored]] = field(default_factory=list)  # (-priority, seq, msg)
     delayed: list[tuple[float, int, _Stored]] = field(default_factory=list)  # (due, seq, msg)
@@ -81,6 +104,8 @@ class MemoryBroker:
         self.consumers: set[_Consumer] = set()
         #: queue -> (topic, time.monotonic() until which it is kept without a consumer)
         self.bindings: dict[str, tuple[str, float]] = {}
+        #: Topics whose broadcasts are kept (``keep_broadcasts``).
+        self.kept: dict[str, _Kept] = {}
         self.expired = 0
         self._seq = itertools.count()
         self._ids = itertools.count(1)
@@ -116,6 +141,10 @@ class MemoryBroker:
             return message, None
         wait = target.delayed[0][0] - now if target.delayed else None
         return None, wait
+
+    def keep(self, topic: str, seconds: float) -> _Kept:
+        """Keep ``topic``'s broadcasts (a topic kept already keeps its length)."""
+        return self.kept.setdefault(topic, _Kept(seconds))
 
     def give_back(self, queue: str, message: _Stored, reason: str, limit: int) -> None:
         """Return a delivered message to its queue, or dead-letter it past ``limit``."""
@@ -313,6 +342,9 @@ class MemoryTransport(Transport):
             self._consumers[subscription.id] = consumer
             self.broker.consumers.add(consumer)
             if subscription.broadcast:
+                if subscription.replay:  # under the lock: nothing missed, nothing twice
+                    kept = self.broker.keep(subscription.destination, subscription.replay)
+                    consumer.inbox.extend(kept.since(subscription.replay))
                 self.broker.topics.setdefault(subscription.destination, []).append(consumer)
         consumer.thread.start()
         return subscription
@@ -324,10 +356,19 @@ class MemoryTransport(Transport):
             Subscription(self._next_subscription_id(), queue, callback, prefetch=prefetch)
         )
 
-    def subscribe_broadcast(self, topic: str, callback: Callback) -> Subscription:
+    def subscribe_broadcast(
+        self, topic: str, callback: Callback, *, replay: float = 0.0
+    ) -> Subscription:
         return self._start(
-            Subscription(self._next_subscription_id(), topic, callback, broadcast=True)
+            Subscription(
+                self._next_subscription_id(), topic, callback, broadcast=True, replay=replay
+            )
         )
+
+    def keep_broadcasts(self, topic: str, *, seconds: float) -> None:
+        self._require_connected()
+        with self.broker.condition:
+            self.broker.keep(topic, seconds)
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         with self.broker.condition:
@@ -417,6 +458,9 @@ class MemoryTransport(Transport):
                 self._settle(delivery)
             for message, copy_ in stored:
                 if message.broadcast:
+                    kept = broker.kept.get(message.destination)
+                    if kept is not None:
+                        kept.add(copy_)
                     for consumer in broker.topics.get(message.destination, []):
                         consumer.inbox.append(copy_)
                     for queue in self._bound_queues(message.destination):

@@ -74,6 +74,8 @@ class Subscription:
     broadcast: bool = False
     prefetch: int = 1
     active: bool = True
+    #: Seconds of kept broadcasts handed over first (``subscribe_broadcast(replay=)``).
+    replay: float = 0.0
 
     def describe(self) -> str:
         kind = "topic" if self.broadcast else "queue"

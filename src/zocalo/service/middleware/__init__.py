@@ -5,6 +5,8 @@ The runner itself only decodes a delivery, calls its handler and settles it
 (see :class:`Middleware`):
 
 - :mod:`.log_context`: the recipe ID on every log line of a message;
+- :mod:`.cancellation`: the messages of a cancelled recipe (``zocalo cancel``)
+  acked and dropped, one line each;
 - :mod:`.retries`: a failing handler's message again later, with backoff;
 - :mod:`.dead_letter`: what cannot be handled to ``dlq.<queue>``;
 - :mod:`.time_limit`: tells the supervisor of handlers with a time limit;
@@ -19,6 +21,7 @@ Mine()])`` or ``runner.add_middleware(Mine())``.
 from __future__ import annotations
 
 from zocalo.service.middleware.base import (
+    CANCELLED,
     DEAD_LETTERED,
     FAILED,
     HANDLED,
@@ -28,17 +31,20 @@ from zocalo.service.middleware.base import (
     Middleware,
     Runner,
 )
+from zocalo.service.middleware.cancellation import DropCancelled
 from zocalo.service.middleware.dead_letter import DeadLetter
 from zocalo.service.middleware.log_context import LogContext
 from zocalo.service.middleware.retries import Retries
 
 __all__ = [
+    "CANCELLED",
     "DEAD_LETTERED",
     "FAILED",
     "HANDLED",
     "OUTCOMES",
     "RETRIED",
     "DeadLetter",
+    "DropCancelled",
     "InHand",
     "LogContext",
     "Middleware",
@@ -50,5 +56,6 @@ __all__ = [
 
 def default_middleware() -> list[Middleware]:
     """What every runner does unless told otherwise, outermost first: the log context
-    around everything, then retries, then dead-lettering what retries pass on."""
-    return [LogContext(), Retries(), DeadLetter()]
+    around everything, dropping what a cancelled recipe left in the queues, then
+    retries, then dead-lettering what retries pass on."""
+    return [LogContext(), DropCancelled(), Retries(), DeadLetter()]

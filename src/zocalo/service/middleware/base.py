@@ -22,7 +22,9 @@ HANDLED = "handled"
 RETRIED = "retried"
 DEAD_LETTERED = "dead_lettered"
 FAILED = "failed"
-OUTCOMES = (HANDLED, RETRIED, DEAD_LETTERED, FAILED)
+#: Settled before its handler ran: acked and dropped (its recipe was cancelled).
+CANCELLED = "cancelled"
+OUTCOMES = (HANDLED, RETRIED, DEAD_LETTERED, FAILED, CANCELLED)
 
 #: Failed attempts so far, in a message the retries middleware re-published.
 ATTEMPT_HEADER = "zocalo-attempt"
@@ -91,6 +93,11 @@ class Middleware:
     ``before_message(runner, message)``
         for every message, once it is decoded (``message.step`` is None when it
         cannot be: it is then invalid input), just before its handler runs.
+    ``before_handler(runner, message) -> outcome | None``
+        for every valid message, after the ``before_message`` hooks: a hook may
+        settle it instead of its handler (e.g. ack and drop it) and return the
+        outcome; the handler then does not run and the rest are skipped. ``None``
+        passes it on, in list order, to the handler at last.
     ``on_failure(runner, message, error) -> outcome | None``
         the handler raised ``error``, or the message is invalid (``error`` is
         the :class:`~zocalo.errors.InvalidMessage`). Hooks are asked in list
@@ -120,6 +127,11 @@ class Middleware:
 
     def before_message(self, runner: Runner, message: InHand) -> None:
         """Called for every message, decoded, before its handler."""
+
+    def before_handler(self, runner: Runner, message: InHand) -> str | None:
+        """Settle a valid message instead of its handler and return the outcome, or
+        return None to let it run."""
+        return None
 
     def on_failure(self, runner: Runner, message: InHand, error: Exception) -> str | None:
         """Settle a failed or invalid message and return the outcome, or return None."""

@@ -14,13 +14,20 @@ in order, so a slow handler never stalls heartbeats or confirms. When the
 broker cancels a consumer (its queue was deleted), the queue is declared
 again and consumed on the same channel; after a reconnect every active
 subscription consumes again.
+
+A replaying broadcast subscription (``replay=``) reads the topic's stream
+instead, from that many seconds ago (``x-stream-offset``); a stream needs
+acks to hand over more, so each message is acked as it arrives, as a
+broadcast is never the subscriber's to settle.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +43,9 @@ from zocalo.transport.rabbitmq.headers import from_amqp, translate_dead_letter
 from zocalo.transport.rabbitmq.topology import Topology
 
 log = logging.getLogger(__name__)
+
+#: Messages of a stream handed over unacknowledged at a time (a stream needs a limit).
+KEPT_PREFETCH = 100
 
 
 @dataclass(eq=False)
@@ -153,8 +163,9 @@ class Consumers:
                 lambda ch, method, properties, body: self._on_message(
                     consumer, ch, method, properties, body
                 ),
-                auto_ack=subscription.broadcast,
+                auto_ack=subscription.broadcast and not subscription.replay,
                 exclusive=consumer.bind_to is not None,
+                arguments=_replay_from(subscription.replay),
                 callback=lambda frame: done.set_result(subscription),
             )
 
@@ -263,6 +274,9 @@ class Consumers:
     ) -> None:
         headers = from_amqp(properties.headers or {})
         count = int(headers.pop("x-delivery-count", 0) or 0)
+        if consumer.subscription.replay:  # a kept broadcast, read from the topic's stream
+            headers.pop("x-stream-offset", None)
+            channel.basic_ack(method.delivery_tag)
         translate_dead_letter(headers)
         tag = method.delivery_tag
         delivery = Delivery(
@@ -305,3 +319,11 @@ class Consumers:
             consumer = self._consumers.get(delivery.subscription.id)
             if consumer is not None and channel.is_open and consumer.channel is channel:
                 consumer.unsettled.add(tag)
+
+
+def _replay_from(seconds: float) -> dict[str, Any] | None:
+    """Where a replaying subscription starts reading its stream: ``seconds`` ago."""
+    if not seconds:
+        return None
+    since = datetime.datetime.fromtimestamp(time.time() - seconds, tz=datetime.UTC)
+    return {"x-stream-offset": since}

@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 
 #: The reference's delayed-message exchange (needs the RabbitMQ plugin).
 PLUGIN_DELAY_EXCHANGE = "delayed"
+#: The stream keeping a topic's broadcasts (``keep_broadcasts``): this prefix, the topic.
+KEPT_PREFIX = "zocalo.kept."
+
+
+def kept_stream(topic: str) -> str:
+    """The stream that keeps what is broadcast to ``topic``."""
+    return KEPT_PREFIX + topic
 
 #: Where a message goes: (exchange, routing key, extra headers).
 Route = tuple[str, str, dict[str, Any]]
@@ -55,6 +62,8 @@ class Topology:
         self._known_exchanges: set[str] = set()
         #: Queues made by bind_queue: (topic, expiry), to declare them alike again.
         self._bound_queues: dict[str, tuple[str, float]] = {}
+        #: Streams made by keep_broadcasts: (topic, seconds), likewise.
+        self._kept: dict[str, tuple[str, float]] = {}
         self._delay_route: str | None = None  # "plugin" or "levels", once known
         self._delay_bound: set[str] = set()
 
@@ -152,6 +161,27 @@ class Topology:
         except pika.exceptions.ChannelClosedByBroker as error:
             raise TransportError(f"cannot bind queue {queue!r} to {topic!r}: {error}") from None
 
+    def keep_broadcasts(self, topic: str, seconds: float) -> str:
+        """A stream bound to the topic's fanout exchange, whose messages RabbitMQ
+        keeps ``seconds`` (``x-max-age``; it drops whole segments, so some a while
+        longer); its name. One declared already with another age keeps its own."""
+        stream = kept_stream(topic)
+        if stream in self._kept:
+            return stream
+        self.declare_fanout(topic)
+        arguments = {"x-queue-type": "stream", "x-max-age": f"{max(1, round(seconds))}s"}
+        try:
+            try:
+                self._rpc("queue_declare", queue=stream, durable=True, arguments=arguments)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                if error.reply_code != 406:  # someone declared it differently: use theirs
+                    raise
+            self._rpc("queue_bind", queue=stream, exchange=topic, routing_key="")
+        except pika.exceptions.ChannelClosedByBroker as error:
+            raise TransportError(f"cannot keep the broadcasts of {topic!r}: {error}") from None
+        self._kept[stream] = (topic, seconds)
+        return stream
+
     def declare_fanout(self, topic: str) -> None:
         """The fanout exchange a broadcast to ``topic`` goes to."""
         if topic in self._known_exchanges:
@@ -174,6 +204,9 @@ class Topology:
         elif queue in self._bound_queues:
             topic, expires = self._bound_queues[queue]
             self.bind_queue(queue, topic, expires=expires)
+        elif queue in self._kept:
+            topic, seconds = self._kept.pop(queue)
+            self.keep_broadcasts(topic, seconds)
         else:
             # Whatever we knew of it went with it.
             self._known_queues.discard(queue)

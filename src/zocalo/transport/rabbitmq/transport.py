@@ -11,6 +11,8 @@ waits for that: confirms and acks are pipelined.
 On the wire it matches python-workflows' pika transport: default exchange
 with the queue name as routing key, persistent messages, application headers,
 ``expiration`` in ms, broadcasts on a fanout exchange named after the topic.
+A topic whose broadcasts are kept (``keep_broadcasts``) also feeds a stream,
+``zocalo.kept.<topic>``, which a replaying subscriber reads from a point in time.
 
 Queues we declare are quorum queues dead-lettering to ``dlq.<queue>`` with a
 delivery limit (so the broker counts deliveries, ``x-delivery-count``);
@@ -52,7 +54,7 @@ from zocalo.transport.dead_letters import dead_letter_headers, delivery_entry, w
 from zocalo.transport.options import parse_options
 from zocalo.transport.rabbitmq.confirms import Batch, Publisher
 from zocalo.transport.rabbitmq.connection import Connection
-from zocalo.transport.rabbitmq.consumers import Consumers
+from zocalo.transport.rabbitmq.consumers import KEPT_PREFETCH, Consumers
 from zocalo.transport.rabbitmq.topology import Route, Topology
 from zocalo.transport.rabbitmq.url import OPTIONS, connection_parameters
 from zocalo.transport.registry import redact_url
@@ -173,10 +175,23 @@ class RabbitMQTransport(Transport):
         )
         return self._consumers.consume(subscription, queue, prefetch)
 
-    def subscribe_broadcast(self, topic: str, callback: Callback) -> Subscription:
+    def subscribe_broadcast(
+        self, topic: str, callback: Callback, *, replay: float = 0.0
+    ) -> Subscription:
+        subscription = Subscription(
+            self._next_subscription_id(), topic, callback, broadcast=True, replay=replay
+        )
+        if replay:  # read the topic's stream, from ``replay`` seconds ago on
+            stream = self._topology.keep_broadcasts(topic, replay)
+            return self._consumers.consume(subscription, stream, KEPT_PREFETCH)
         self._topology.declare_fanout(topic)
-        subscription = Subscription(self._next_subscription_id(), topic, callback, broadcast=True)
         return self._consumers.consume(subscription, "", 0, bind_to=topic)
+
+    def keep_broadcasts(self, topic: str, *, seconds: float) -> None:
+        """Broadcasts to ``topic`` also go to a stream (``zocalo.kept.<topic>``) that
+        RabbitMQ keeps ``seconds``; a replaying subscriber reads it."""
+        self._connection.require_open()
+        self._topology.keep_broadcasts(topic, seconds)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._consumers.unsubscribe(subscription)

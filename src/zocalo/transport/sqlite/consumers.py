@@ -49,6 +49,9 @@ class Consumer:
         else:
             self.queue = subscription.destination
         store.add_consumer(self.consumer_id, subscription.destination, subscription.broadcast)
+        if subscription.broadcast and subscription.replay:  # one transaction: none missed
+            store.keep(subscription.destination, subscription.replay)
+            store.replay(subscription.destination, self.queue, subscription.replay)
 
 
 Claimed = tuple[Consumer, Delivery]

@@ -160,6 +160,19 @@ class Bind(Operation):
 
 
 @dataclass(slots=True)
+class Keep(Operation):
+    """Keep what is broadcast to ``topic`` (see ``Transport.keep_broadcasts``)."""
+
+    topic: str
+    seconds: float
+    future: Confirmation
+
+    def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
+        store.keep(self.topic, self.seconds)
+        return None
+
+
+@dataclass(slots=True)
 class Reap(Operation):
     """Reap dead connections in this batch (the worker does it for any batch holding one)."""
 

@@ -60,6 +60,19 @@ CREATE TABLE IF NOT EXISTS consumers (
 );
 CREATE INDEX IF NOT EXISTS consumers_queue ON consumers (queue);
 CREATE TABLE IF NOT EXISTS known_queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kept_topics (
+    topic TEXT PRIMARY KEY,
+    seconds REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kept_broadcasts (
+    id INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    body BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    kept_at REAL NOT NULL,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS kept_broadcasts_by_topic ON kept_broadcasts (topic, kept_at);
 """
 
 SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")

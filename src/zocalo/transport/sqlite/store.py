@@ -171,7 +171,25 @@ class Store:
         ]
         for queue_name in bound:
             self._execute(_INSERT, (queue_name, message.body, headers, 0, available, expires))
+        self._keep_broadcast(message.destination, message.body, headers, available, expires)
         return copies, bound
+
+    def _keep_broadcast(
+        self, topic: str, body: bytes, headers: str, available: float, expires: float | None
+    ) -> None:
+        """Keep a broadcast to a kept topic (see :meth:`keep`), forgetting those past it."""
+        row = self._execute("SELECT seconds FROM kept_topics WHERE topic = ?", (topic,)).fetchone()
+        if row is None:
+            return
+        self._execute(
+            "INSERT INTO kept_broadcasts (topic, body, headers, kept_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (topic, body, headers, available, expires),
+        )
+        self._execute(
+            "DELETE FROM kept_broadcasts WHERE topic = ? AND kept_at < ?",
+            (topic, time.time() - row[0]),
+        )
 
     def _check_known(self, queue_name: str) -> None:
         """Warn once about a queue no consumer ever read on this file (a mistyped path?)."""
@@ -335,6 +353,20 @@ class Store:
                 (queue_name,),
             )
         ]
+
+    def keep(self, topic: str, seconds: float) -> None:
+        """Keep broadcasts to ``topic`` for ``seconds`` (a kept topic keeps its length)."""
+        self._execute("INSERT OR IGNORE INTO kept_topics VALUES (?, ?)", (topic, seconds))
+
+    def replay(self, topic: str, queue_name: str, seconds: float) -> None:
+        """Copy the broadcasts kept for ``topic`` of the last ``seconds`` into
+        ``queue_name`` (a new subscriber's), oldest first."""
+        self._execute(
+            "INSERT INTO messages (queue, body, headers, priority, available_at, expires_at) "
+            "SELECT ?, body, headers, 0, kept_at, expires_at FROM kept_broadcasts "
+            "WHERE topic = ? AND kept_at >= ? ORDER BY id",
+            (queue_name, topic, time.time() - seconds),
+        )
 
     def bind(self, queue_name: str, topic: str, keep_for: float) -> None:
         """Copy broadcasts to ``topic`` into ``queue_name``; kept ``keep_for`` s unconsumed."""

@@ -40,6 +40,7 @@ from zocalo.transport.sqlite.files import Permissions, locks_directory
 from zocalo.transport.sqlite.operations import (
     Ack,
     Bind,
+    Keep,
     Nack,
     Publish,
     Reap,
@@ -179,9 +180,19 @@ class SqliteTransport(Transport):
         )
         return self._register(subscription)
 
-    def subscribe_broadcast(self, topic: str, callback: Callback) -> Subscription:
-        subscription = Subscription(self._next_subscription_id(), topic, callback, broadcast=True)
+    def subscribe_broadcast(
+        self, topic: str, callback: Callback, *, replay: float = 0.0
+    ) -> Subscription:
+        subscription = Subscription(
+            self._next_subscription_id(), topic, callback, broadcast=True, replay=replay
+        )
         return self._register(subscription)
+
+    def keep_broadcasts(self, topic: str, *, seconds: float) -> None:
+        worker = self._open_worker()
+        done = Confirmation()
+        worker.submit(Keep(topic, seconds, done))
+        done.result(30)
 
     def _register(self, subscription: Subscription) -> Subscription:
         worker = self._open_worker()
