@@ -6,6 +6,7 @@ It takes seconds to boot, so there is one per session; it is always stopped
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import pika
 import pytest
+import requests
 import trustme
 from tls_node import SecondNode
 
@@ -73,3 +75,28 @@ def operator(rabbitmq_vhost_url: str) -> Iterator[Any]:
     )
     yield connection.channel()
     connection.close()
+
+
+#: The machine's RabbitMQ management API.
+API = "http://127.0.0.1:15672/api"
+
+
+@pytest.fixture
+def restricted_user(rabbitmq_vhost_url: str) -> Iterator[str]:
+    """A user who may read and write in the test vhost but declare nothing: its URL."""
+    vhost = unquote(urlsplit(rabbitmq_vhost_url).path[1:])
+    name = f"zocalo-test-{uuid.uuid4().hex[:12]}"
+    auth = ("guest", "guest")
+    requests.put(
+        f"{API}/users/{name}", json={"password": "pw", "tags": ""}, auth=auth, timeout=10
+    ).raise_for_status()
+    try:
+        requests.put(
+            f"{API}/permissions/{requests.utils.quote(vhost, safe='')}/{name}",
+            json={"configure": "^$", "write": ".*", "read": ".*"},
+            auth=auth,
+            timeout=10,
+        ).raise_for_status()
+        yield rabbitmq_vhost_url.replace("guest:guest@", f"{name}:pw@", 1)
+    finally:
+        requests.delete(f"{API}/users/{name}", auth=auth, timeout=10)

@@ -364,6 +364,56 @@ def test_zocalo_cancel_cancels_the_recipes_jobs_and_drops_its_later_steps(
     )
 
 
+def test_a_cancellation_made_while_the_service_is_down_cancels_the_job_at_its_next_poll(
+    start_service,
+    broker,
+    outputs,
+    slurm_cluster,
+    slurm_environment,
+    sqlite_broker,
+    request,
+    tmp_path,
+    caplog,
+):
+    """The broker kept the cancellation: the restarted service's runner replays it, and
+    the job's next poll (``step.cancelled``) cancels the job and reports nothing of it."""
+    section = {"url": slurm_cluster.rest_url, "api_version": "v0.0.38"}
+
+    def start() -> tuple[ClusterSubmission, Any]:
+        settings = ClusterSettings(jobs=tmp_path / "jobs.db", max_poll=POLL, max_wait=POLL)
+        service = ClusterSubmission(backend=backend_for(section), settings=settings)
+        return service, start_service(service, sqlite_broker, retry_delay=0.05)
+
+    _, runner = start()
+    directory = slurm_cluster.job_directory(request.node.name)
+    recipe = Recipe(
+        submission_recipe({"cluster": {"commands": "sleep 60"}, "workingdir": str(directory)})
+    )
+    recipe_id = f"cancel-{request.node.name}"
+    broker.send(QUEUE, _body(recipe, recipe_id), headers=recipe_headers())
+    (submitted,) = outputs.wait("job_submitted")
+    job = str(submitted["jobid"])
+    runner.request_stop()
+    wait_for(lambda: not runner.transport.connected, "the service to stop")
+    result = CliRunner().invoke(cli, ["cancel", recipe_id, "-t", sqlite_broker])
+    assert result.exit_code == 0, result.output
+    with caplog.at_level(logging.INFO):
+        service, _ = start()
+        assert service.jobs is not None
+        wait_for(
+            lambda: [r for r in service.jobs.of_recipe(recipe_id) if r.state == "ended"],
+            "the job's end to be recorded",
+        )
+    state = slurm_cluster.command("squeue", "-h", "-t", "all", "-j", job, "-o", "%T")
+    assert state.strip() == "CANCELLED"
+    assert service.jobs.is_cancelled(recipe_id)
+    assert outputs.payloads("failure") == outputs.payloads("error") == []
+    assert any(
+        f"the end of Slurm job {job} (CANCELLED) is not reported" in r.getMessage()
+        for r in caplog.records
+    )
+
+
 @pytest.mark.parametrize(
     ("recipe_file", "parameters", "expected"),
     [

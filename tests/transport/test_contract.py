@@ -501,8 +501,6 @@ def test_a_replaying_subscription_keeps_the_topic_for_the_next_one(
 def test_a_replay_reaches_back_only_as_far_as_asked(
     connect: Callable[..., Transport], collector: Callable, name: Callable, let_time_pass
 ) -> None:
-    """(RabbitMQ starts a replay at the chunk holding its start: broadcasts seconds
-    apart are chunks apart.)"""
     topic = name("t", topic=True)
     publisher, listener = connect(), connect()
     publisher.keep_broadcasts(topic, seconds=60)
@@ -513,6 +511,21 @@ def test_a_replay_reaches_back_only_as_far_as_asked(
     listener.subscribe_broadcast(topic, recent, replay=1.5)
     publisher.broadcast(topic, SENTINEL)
     assert [d.body for d in recent.wait_for_body(SENTINEL)] == [b"recent", SENTINEL]
+
+
+def test_an_expired_broadcast_is_not_replayed(
+    connect: Callable[..., Transport], collector: Callable, name: Callable, let_time_pass
+) -> None:
+    topic = name("t", topic=True)
+    publisher, listener = connect(), connect()
+    publisher.keep_broadcasts(topic, seconds=60)
+    publisher.broadcast(topic, b"short-lived", expiration=0.5)
+    publisher.broadcast(topic, b"lasting", expiration=60)
+    let_time_pass(2.5)  # an expiry announces itself nowhere
+    later = collector()
+    listener.subscribe_broadcast(topic, later, replay=60)
+    publisher.broadcast(topic, SENTINEL)
+    assert [d.body for d in later.wait_for_body(SENTINEL)] == [b"lasting", SENTINEL]
 
 
 # -- unsubscribe, ack, nack -------------------------------------------------------

@@ -11,8 +11,9 @@ for (see :mod:`zocalo.service.settlement`).
 
 Everything else is middleware (:mod:`zocalo.service.middleware`), called at
 the hook points of :class:`~zocalo.service.middleware.Middleware`. By default:
-the recipe-ID log context, retries with a growing delay, and dead-lettering
-(invalid input at once, a failing handler's message after ``max_attempts``).
+the recipe-ID log context, dropping the messages of cancelled recipes, retries
+with a growing delay, and dead-lettering (invalid input at once, a failing
+handler's message after ``max_attempts``).
 
 What is not a handler's ``Exception`` (its ``sys.exit()``), or a hook that
 raises, stops the service: :meth:`ServiceRunner.run` raises it, whichever

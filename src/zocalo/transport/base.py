@@ -185,12 +185,13 @@ class Transport(ABC):
 
         With ``replay`` (seconds), first those broadcast in the last ``replay``
         seconds that the broker kept (see :meth:`keep_broadcasts`; subscribing so
-        keeps the topic for ``replay`` seconds too), oldest first, then the new
-        ones: what was said while the subscriber was not listening (a service
-        restarted, or started later) still reaches it. A broker may hand over a
-        few older ones as well (RabbitMQ's streams start at a chunk's beginning),
-        and after a reconnect the replay starts again: read it as a record to
-        catch up from, whose messages say when they were made if that matters.
+        keeps the topic for ``replay`` seconds too) and that have not expired,
+        oldest first, then the new ones: what was said while the subscriber was
+        not listening (a service restarted, or started later) still reaches it.
+        After a reconnect the replay starts again, and RabbitMQ cannot date what
+        other clients broadcast (it may hand over older ones of theirs): read it
+        as a record to catch up from, whose messages say when they were made if
+        that matters.
         """
 
     def keep_broadcasts(self, topic: str, *, seconds: float) -> None:

@@ -30,10 +30,10 @@ import threading
 import time
 import uuid
 
-from zocalo.errors import UnsupportedFeature, ZocaloError
+from zocalo.errors import ZocaloError
 from zocalo.recipe.cancel import CANCEL_TOPIC, CANCEL_WINDOW, read_cancellation
 from zocalo.service.middleware.base import CANCELLED, InHand, Middleware, Runner
-from zocalo.transport.base import Delivery, Subscription
+from zocalo.transport.base import Delivery, Subscription, Transport
 
 log = logging.getLogger("zocalo.service.middleware.cancellation")
 
@@ -59,23 +59,41 @@ class DropCancelled(Middleware):
 
     # -- hearing cancellations -----------------------------------------------
     def on_start(self, runner: Runner) -> None:
-        transport = runner.transport
+        """Listen for cancellations, and read those the broker kept, before the handlers
+        subscribe. A broker that refuses (a user who may declare nothing, and no
+        ``zocalo.kept.zocalo.cancel`` stream declared for it) costs the service its
+        cancellations, said in one line, never its start."""
+        name = runner.service.name
+        try:
+            self._listen(runner.transport, name)
+        except ZocaloError as error:
+            self._replayed.set()
+            log.error(
+                "cannot hear cancellations on %s (%s): %s drops no cancelled recipe's messages",
+                CANCEL_TOPIC,
+                error,
+                name,
+            )
+
+    def _listen(self, transport: Transport, name: str) -> None:
         self._marker = uuid.uuid4().hex
         try:
             self._subscription = transport.subscribe_broadcast(
                 CANCEL_TOPIC, self._hear, replay=self.window
             )
-        except UnsupportedFeature as error:
+        except ZocaloError as error:  # UnsupportedFeature, or the broker refused
             log.warning(
                 "%s: cancellations made while %s is not running are not heard (%s)",
                 CANCEL_TOPIC,
-                runner.service.name,
+                name,
                 error,
             )
             self._replayed.set()  # nothing to replay: each one heard from now on is news
             self._subscription = transport.subscribe_broadcast(CANCEL_TOPIC, self._hear)
             return
-        transport.broadcast(CANCEL_TOPIC, json.dumps({REPLAYED_KEY: self._marker}))
+        # Kept like any broadcast of the topic, but expiring: no later replay reads it.
+        marker = json.dumps({REPLAYED_KEY: self._marker})
+        transport.broadcast(CANCEL_TOPIC, marker, expiration=self.replay_timeout)
         if self._replayed.wait(self.replay_timeout):
             if self.cancelled:
                 log.info(
@@ -83,14 +101,14 @@ class DropCancelled(Middleware):
                     len(self.cancelled),
                     _duration(self.window),
                 )
-        else:
-            self._replayed.set()  # what comes from now on is logged as it comes
-            log.warning(
-                "the cancellations kept by the broker did not arrive within %g s; %s starts "
-                "anyway, dropping the messages of those it hears from now on",
-                self.replay_timeout,
-                runner.service.name,
-            )
+            return
+        self._replayed.set()  # what comes from now on is logged as it comes
+        log.warning(
+            "the cancellations kept by the broker did not arrive within %g s; %s starts "
+            "anyway, dropping the messages of those it hears from now on",
+            self.replay_timeout,
+            name,
+        )
 
     def _hear(self, delivery: Delivery) -> None:
         cancellation = read_cancellation(delivery.body)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,6 +138,8 @@ class Publisher:
                         if message.expiration is not None
                         else None
                     ),
+                    # When it was broadcast: a replay of a kept topic reads it (see consumers).
+                    timestamp=int(time.time()) if message.broadcast else None,
                 )
                 publisher.basic_publish(
                     exchange, routing_key, message.body, properties, mandatory=not message.broadcast

@@ -18,7 +18,9 @@ subscription consumes again.
 A replaying broadcast subscription (``replay=``) reads the topic's stream
 instead, from that many seconds ago (``x-stream-offset``); a stream needs
 acks to hand over more, so each message is acked as it arrives, as a
-broadcast is never the subscriber's to settle.
+broadcast is never the subscriber's to settle. A stream starts at a chunk's
+beginning and keeps no expiration, so what our broadcasts' ``timestamp`` shows
+to be older than asked, or expired, is left out here.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class Consumer:
     unsettled: set[int] = field(default_factory=set)
     #: The start (or restart) of consuming under way, failed if the channel closes.
     starting: Confirmation | None = None
+    #: A replaying subscription: the epoch seconds its replay reaches back to.
+    replay_from: float = 0.0
 
 
 class Consumers:
@@ -156,6 +160,7 @@ class Consumers:
         channel, subscription = consumer.channel, consumer.subscription
         assert channel is not None
         consumer.starting = done
+        consumer.replay_from = time.time() - subscription.replay
 
         def start(_: Any = None) -> None:
             consumer.tag = channel.basic_consume(
@@ -165,7 +170,7 @@ class Consumers:
                 ),
                 auto_ack=subscription.broadcast and not subscription.replay,
                 exclusive=consumer.bind_to is not None,
-                arguments=_replay_from(subscription.replay),
+                arguments=_stream_offset(consumer) if subscription.replay else None,
                 callback=lambda frame: done.set_result(subscription),
             )
 
@@ -277,6 +282,8 @@ class Consumers:
         if consumer.subscription.replay:  # a kept broadcast, read from the topic's stream
             headers.pop("x-stream-offset", None)
             channel.basic_ack(method.delivery_tag)
+            if _left_out(properties, consumer.replay_from):
+                return
         translate_dead_letter(headers)
         tag = method.delivery_tag
         delivery = Delivery(
@@ -321,9 +328,22 @@ class Consumers:
                 consumer.unsettled.add(tag)
 
 
-def _replay_from(seconds: float) -> dict[str, Any] | None:
-    """Where a replaying subscription starts reading its stream: ``seconds`` ago."""
-    if not seconds:
-        return None
-    since = datetime.datetime.fromtimestamp(time.time() - seconds, tz=datetime.UTC)
+def _stream_offset(consumer: Consumer) -> dict[str, Any]:
+    """Where a replaying subscription starts reading its stream."""
+    since = datetime.datetime.fromtimestamp(consumer.replay_from, tz=datetime.UTC)
     return {"x-stream-offset": since}
+
+
+def _left_out(properties: BasicProperties, replay_from: float) -> bool:
+    """Whether a message of a stream is older than the replay asked for, or expired, as
+    far as its ``timestamp`` (whole seconds, rounded down: one second of grace) tells."""
+    if not isinstance(properties.timestamp, int):
+        return False  # not one of our broadcasts: kept, as the stream kept it
+    published = properties.timestamp + 1  # at the latest
+    if published < replay_from:
+        return True
+    try:
+        expiration = float(properties.expiration) / 1000 if properties.expiration else None
+    except ValueError:
+        return False
+    return expiration is not None and published + expiration <= time.time()

@@ -41,6 +41,7 @@ def kept_stream(topic: str) -> str:
     """The stream that keeps what is broadcast to ``topic``."""
     return KEPT_PREFIX + topic
 
+
 #: Where a message goes: (exchange, routing key, extra headers).
 Route = tuple[str, str, dict[str, Any]]
 
@@ -171,11 +172,12 @@ class Topology:
         self.declare_fanout(topic)
         arguments = {"x-queue-type": "stream", "x-max-age": f"{max(1, round(seconds))}s"}
         try:
-            try:
-                self._rpc("queue_declare", queue=stream, durable=True, arguments=arguments)
-            except pika.exceptions.ChannelClosedByBroker as error:
-                if error.reply_code != 406:  # someone declared it differently: use theirs
-                    raise
+            if not self._exists("queue_declare", queue=stream):  # an operator's is used as is
+                try:
+                    self._rpc("queue_declare", queue=stream, durable=True, arguments=arguments)
+                except pika.exceptions.ChannelClosedByBroker as error:
+                    if error.reply_code != 406:  # declared differently meanwhile: theirs
+                        raise
             self._rpc("queue_bind", queue=stream, exchange=topic, routing_key="")
         except pika.exceptions.ChannelClosedByBroker as error:
             raise TransportError(f"cannot keep the broadcasts of {topic!r}: {error}") from None

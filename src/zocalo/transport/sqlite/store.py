@@ -186,9 +186,10 @@ class Store:
             "VALUES (?, ?, ?, ?, ?)",
             (topic, body, headers, available, expires),
         )
+        now = time.time()
         self._execute(
-            "DELETE FROM kept_broadcasts WHERE topic = ? AND kept_at < ?",
-            (topic, time.time() - row[0]),
+            "DELETE FROM kept_broadcasts WHERE topic = ? AND (kept_at < ? OR expires_at <= ?)",
+            (topic, now - row[0], now),
         )
 
     def _check_known(self, queue_name: str) -> None:
@@ -364,8 +365,9 @@ class Store:
         self._execute(
             "INSERT INTO messages (queue, body, headers, priority, available_at, expires_at) "
             "SELECT ?, body, headers, 0, kept_at, expires_at FROM kept_broadcasts "
-            "WHERE topic = ? AND kept_at >= ? ORDER BY id",
-            (queue_name, topic, time.time() - seconds),
+            "WHERE topic = ? AND kept_at >= ? AND (expires_at IS NULL OR expires_at > ?) "
+            "ORDER BY id",
+            (queue_name, topic, time.time() - seconds, time.time()),
         )
 
     def bind(self, queue_name: str, topic: str, keep_for: float) -> None:
