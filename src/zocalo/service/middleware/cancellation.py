@@ -93,7 +93,12 @@ class DropCancelled(Middleware):
             return
         # Kept like any broadcast of the topic, but expiring: no later replay reads it.
         marker = json.dumps({REPLAYED_KEY: self._marker})
-        transport.broadcast(CANCEL_TOPIC, marker, expiration=self.replay_timeout)
+        try:
+            transport.broadcast(CANCEL_TOPIC, marker, expiration=self.replay_timeout)
+        except ZocaloError as error:
+            self._replayed.set()
+            log.warning("%s starts without waiting for the kept cancellations: %s", name, error)
+            return
         if self._replayed.wait(self.replay_timeout):
             if self.cancelled:
                 log.info(
@@ -115,14 +120,17 @@ class DropCancelled(Middleware):
         if cancellation is None:
             self._check_marker(delivery.body)
             return
-        now = time.time()
-        if now - cancellation.at >= self.window or cancellation.recipe_id in self.cancelled:
-            return
+        now, recipe_id = time.time(), cancellation.recipe_id
+        before = self.cancelled.get(recipe_id)
+        if now - cancellation.at >= self.window or (
+            before is not None and before >= cancellation.at
+        ):
+            return  # too old, or heard already (a replay after a reconnect)
         kept = {recipe: at for recipe, at in self.cancelled.items() if now - at < self.window}
-        kept[cancellation.recipe_id] = cancellation.at
+        kept[recipe_id] = cancellation.at  # cancelled again: the window starts again
         self.cancelled = kept
-        if self._replayed.is_set():  # (those replayed at the start are counted in one line)
-            log.info("recipe %s was cancelled: its messages are dropped", cancellation.recipe_id)
+        if before is None and self._replayed.is_set():  # (the replay's: in one line)
+            log.info("recipe %s was cancelled: its messages are dropped", recipe_id)
 
     def _check_marker(self, body: bytes) -> None:
         try:
