@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zocalo.errors import InvalidMessage
+from zocalo.errors import InvalidMessage, ZocaloError
 from zocalo.service import handler
 from zocalo.services.database import (
     DatabaseService,
@@ -127,7 +127,7 @@ def write_key(recipe_id: str | None, step: int | None, client_key: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class _LostRace(Exception):
+class _LostRace(ZocaloError):
     """Another writer recorded the same key first: try the transaction again."""
 
 
