@@ -23,6 +23,7 @@ def settings(tmp_path: Path, transport: str | None, **changes: object) -> DemoSe
         workers=2,
         transport=transport,
         workdir=tmp_path / "facility",
+        join_timeout=changes.pop("join_timeout", 30.0),  # a lost image fails the test sooner
         **changes,  # type: ignore[arg-type]
     )
 

@@ -63,13 +63,17 @@ def _summary(result: DemoResult) -> Table:
         ("spot finders", str(result.workers)),
         ("broker", result.broker),
         ("messages handled", str(result.handled)),
-        ("dead letters", str(result.dead_letters)),
+        ("dead letters", _with_note(str(result.dead_letters), result.dead_letters_note)),
         ("duplicates", str(result.duplicates)),
         ("lost", str(result.lost)),
     ]
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _with_note(value: str, note: str) -> str:
+    return f"{value} ({note})" if note else value
 
 
 def _latencies(result: DemoResult) -> Table:

@@ -35,7 +35,7 @@ class Collection:
 class Detector:
     """Writes data collections under ``root``, ``frame_rate`` images per second at most."""
 
-    def __init__(self, root: Path, frame_rate: float = 200.0) -> None:
+    def __init__(self, root: Path, frame_rate: float = 50.0) -> None:
         if not frame_rate > 0:
             raise ValueError(f"a frame rate must be above 0, not {frame_rate!r}")
         self.root = root

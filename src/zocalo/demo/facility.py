@@ -99,8 +99,10 @@ class Site:
 
     @classmethod
     def create(cls, root: Path) -> Site:
-        """Lay the facility out in ``root`` (created if need be)."""
+        """Lay the facility out in ``root`` (created if need be; not one used before)."""
         site = cls(root)
+        if site.results_db.exists():
+            raise ValueError(f"{root} holds a demo facility already: give a new folder")
         site.images.mkdir(parents=True, exist_ok=True)
         site.recipes.mkdir(exist_ok=True)
         recipe = resources.files("zocalo.examples").joinpath(f"recipes/{RECIPE}.json")

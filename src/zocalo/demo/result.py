@@ -65,13 +65,12 @@ class DemoResult:
     #: Latency samples in milliseconds, by stage name.
     latencies_ms: dict[str, list[float]] = field(default_factory=dict)
     dead_letters: int = 0
-    #: How the dead letters were counted (the broker's queues, or the services' counters).
-    dead_letters_source: str = ""
+    #: Why the broker's dead-letter queues could not be counted ("" when they were).
+    dead_letters_note: str = ""
     #: Replies that came more than once.
     repeated_replies: int = 0
-    #: Messages the services handled, and handler failures (retried or dead-lettered).
+    #: Messages the services handled.
     handled: int = 0
-    failed: int = 0
 
     @property
     def images(self) -> int:
