@@ -109,11 +109,11 @@ def run_demo(settings: DemoSettings | None = None, board: Board | None = None) -
     settings = settings or DemoSettings()
     settings.check()
     began = time.monotonic()
-    root = settings.workdir or Path(tempfile.mkdtemp(prefix="zocalo-demo-"))
-    site = Site.create(root)
+    given = transport_class(settings.transport) if settings.transport else None  # a bad URL
+    in_process = given is not None and Capability.CROSS_PROCESS not in given.capabilities
+    site = Site.create(settings.workdir or Path(tempfile.mkdtemp(prefix="zocalo-demo-")))
     url = settings.transport or site.broker_url
     board = board or Board(settings.dcids, settings.images)
-    in_process = Capability.CROSS_PROCESS not in transport_class(url).capabilities
     with create_transport(url) as client:
         board.set_phase(f"starting {len(settings.service_names)} services")
         with _services(settings, site, url, in_process) as services:
