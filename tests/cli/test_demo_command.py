@@ -34,7 +34,7 @@ def test_the_demo_prints_its_results_and_a_sqlite3_command_that_shows_them():
         "--transport", f"memory://demo-{uuid.uuid4().hex}",
     )  # fmt: skip
     assert row(output, "collections") == "2 / 2 in the database"
-    assert row(output, "images").startswith("6 taken (3 per collection), 6 with spots found")
+    assert row(output, "images") == "6 taken (3 per collection), 6 recorded"
     assert row(output, "spot finders") == "1"
     assert row(output, "broker") == "in-memory, services on threads"
     assert (row(output, "dead letters"), row(output, "duplicates"), row(output, "lost")) == (

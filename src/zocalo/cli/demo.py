@@ -57,7 +57,7 @@ def _summary(result: DemoResult) -> Table:
         (
             "images",
             f"{result.images} taken ({result.images_per_collection} per collection), "
-            f"{result.images_recorded} with spots found and recorded",
+            f"{result.images_recorded} recorded",
         ),
         ("spots found", f"{result.spots_found} (the detector drew {result.spots_drawn})"),
         ("spot finders", str(result.workers)),
