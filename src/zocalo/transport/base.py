@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,20 @@ log = logging.getLogger(__name__)
 
 #: Deliveries beyond this count move a message to ``dlq.<queue>``.
 DEFAULT_DELIVERY_LIMIT = 5
+
+#: How every reply queue's name begins (see :meth:`Transport.declare_reply_queue`).
+REPLY_QUEUE_PREFIX = "zocalo.reply."
+
+
+def reply_queue_name() -> str:
+    """A fresh name for a reply queue: no other queue has it."""
+    return f"{REPLY_QUEUE_PREFIX}{uuid.uuid4().hex}"
+
+
+def report_dropped(what: str, why: str) -> None:
+    """The one log line for a droppable message a transport dropped (see
+    :class:`Outgoing`): ``what`` is its ``describe()``, ``why`` the broker's reason."""
+    log.warning("dropped a reply to %s: %s; nobody waits for it any more", what, why)
 
 
 class Capability(enum.Enum):
@@ -180,6 +195,19 @@ class Transport(ABC):
     @abstractmethod
     def subscribe_broadcast(self, topic: str, callback: Callback) -> Subscription:
         """Receive copies of messages broadcast to ``topic`` from now on."""
+
+    def declare_reply_queue(self, queue: str) -> None:
+        """Create ``queue`` for replies to come back on, private to this connection.
+
+        It goes away, with what it holds, when this connection closes or dies (its
+        caller has gone); a droppable message sent to it after that (see
+        :class:`Outgoing`) is dropped, and the publish that carried it goes through.
+        The name must be new (:func:`reply_queue_name` makes one): a queue that
+        already exists is refused with :class:`~zocalo.errors.TransportError`, as
+        closing this connection would take it away. Declaring this connection's own
+        reply queue again is harmless. Consume it with :meth:`subscribe`.
+        """
+        raise UnsupportedFeature(f"{type(self).__name__} cannot make a reply queue")
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         """Make ``queue`` receive a copy of every message broadcast to ``topic``.
