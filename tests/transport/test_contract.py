@@ -11,7 +11,6 @@ nothing else is in a queue, a sentinel is sent last and read up to (FIFO).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -1357,36 +1356,8 @@ def test_transactions_from_many_threads(
 # -- reply queues, and droppable messages (replies to a caller who may have gone) -------------
 
 
-def drops(caplog: pytest.LogCaptureFixture, queue: str) -> int:
-    """How many droppable messages to ``queue`` a transport has logged as dropped."""
-    return sum(
-        1
-        for record in caplog.records
-        if record.getMessage().startswith(f"dropped a reply to queue {queue!r}")
-    )
-
-
-def wait_until_gone(worker: Transport, queue: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Send droppable probes to ``queue`` until one is dropped: the broker has noticed that
-    the queue's connection went (at once when it closed, once reaped when it died). Nothing
-    announces that, so this polls, with a deadline."""
-    deadline = time.monotonic() + DEADLINE
-    pause = threading.Event()
-    while not drops(caplog, queue):
-        assert time.monotonic() < deadline, f"reply queue {queue!r} outlived its connection"
-        worker.publish([Outgoing(queue, b"probe", droppable=True)]).result(DEADLINE)
-        pause.wait(0.05)
-
-
-@pytest.fixture
-def dropped(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """``caplog``, recording the transports' warnings (a dropped reply is one)."""
-    caplog.set_level(logging.WARNING)
-    return caplog
-
-
 def test_a_reply_queue_takes_replies_while_its_connection_lives(
-    connect: Callable[..., Transport], collector: Callable, dropped: pytest.LogCaptureFixture
+    connect: Callable[..., Transport], collector: Callable, dropped_replies: Any
 ) -> None:
     caller, worker = connect(), connect()
     queue = reply_queue_name()
@@ -1396,7 +1367,7 @@ def test_a_reply_queue_takes_replies_while_its_connection_lives(
     caller.subscribe(queue, replies)
     worker.publish([Outgoing(queue, b"reply", droppable=True)]).result(DEADLINE)
     assert replies.wait_for_body(b"reply")[0].body == b"reply"
-    assert not drops(dropped, queue)
+    assert not dropped_replies.count(queue)
 
 
 def test_a_droppable_message_reaches_a_queue_someone_consumes(
@@ -1415,7 +1386,7 @@ def test_a_droppable_message_to_no_queue_is_dropped_and_its_publish_goes_through
     connect: Callable[..., Transport],
     collector: Callable,
     name: Callable,
-    dropped: pytest.LogCaptureFixture,
+    dropped_replies: Any,
 ) -> None:
     inputs, outputs = name("in"), name("out")
     nowhere = reply_queue_name()  # never declared
@@ -1424,7 +1395,7 @@ def test_a_droppable_message_to_no_queue_is_dropped_and_its_publish_goes_through
     worker.publish(
         [Outgoing(nowhere, b"reply", droppable=True), Outgoing(outputs, b"result")], ack=delivery
     ).result(DEADLINE)
-    assert drops(dropped, nowhere) == 1, "one log line names the queue"
+    assert dropped_replies.count(nowhere) == 1, "one log line names the queue"
     assert drain(observer, outputs, collector) == [b"result"]
     assert returned_after_close(worker, observer, inputs, collector) == [], "the input was acked"
 
@@ -1434,7 +1405,7 @@ def test_a_reply_queue_goes_with_its_connection_and_later_replies_are_dropped(
     connect: Callable[..., Transport],
     collector: Callable,
     name: Callable,
-    dropped: pytest.LogCaptureFixture,
+    dropped_replies: Any,
     leaves: str,
 ) -> None:
     """A caller that closes, or dies (``abort``), takes its reply queue with it: what was
@@ -1446,15 +1417,15 @@ def test_a_reply_queue_goes_with_its_connection_and_later_replies_are_dropped(
     caller.subscribe(queue, collector())  # never acked: returned to the queue as it goes
     worker.publish([Outgoing(queue, b"unread", droppable=True)]).result(DEADLINE)
     getattr(caller, leaves)()
-    wait_until_gone(worker, queue, dropped)
+    dropped_replies.wait_until_gone(worker, queue)
 
     _, [delivery] = take(worker, inputs, 1, collector, [b"input"])
-    before = drops(dropped, queue)
+    before = dropped_replies.count(queue)
     worker.publish(
         [Outgoing(queue, b"late reply", droppable=True), Outgoing(outputs, b"result")],
         ack=delivery,
     ).result(DEADLINE)
-    assert drops(dropped, queue) == before + 1
+    assert dropped_replies.count(queue) == before + 1
     assert drain(observer, outputs, collector) == [b"result"]
     assert returned_after_close(worker, observer, inputs, collector) == [], "the input was acked"
     replacement = connect()

@@ -343,7 +343,9 @@ class MemoryTransport(Transport):
             if queue in self._reply_queues:
                 return
             if queue in self.broker.queues:
-                raise TransportError(f"queue {queue!r} exists already: a reply queue needs a new name")
+                raise TransportError(
+                    f"queue {queue!r} exists already: a reply queue needs a new name"
+                )
             self.broker.queue(queue)
             self._reply_queues.add(queue)
 
@@ -431,9 +433,7 @@ class MemoryTransport(Transport):
             for delivery in acks:  # all or none: check every one before settling any
                 self._owned(delivery)
             stored = [
-                (message, self._store(message))
-                for message in messages
-                if self._routable(message)
+                (message, self._store(message)) for message in messages if self._routable(message)
             ]
             for delivery in acks:
                 self._settle(delivery)
