@@ -118,9 +118,12 @@ class DroppedReplies:
         caplog.set_level(logging.WARNING)
         self.caplog = caplog
 
-    def count(self, queue: str) -> int:
+    def records(self, queue: str) -> list[logging.LogRecord]:
         prefix = f"dropped a reply to queue {queue!r}"
-        return sum(1 for record in self.caplog.records if record.getMessage().startswith(prefix))
+        return [record for record in self.caplog.records if record.getMessage().startswith(prefix)]
+
+    def count(self, queue: str) -> int:
+        return len(self.records(queue))
 
     def wait_until_gone(self, transport: Transport, queue: str, timeout: float = DEADLINE) -> None:
         """Send droppable probes to ``queue`` on ``transport`` until one is dropped: the

@@ -191,7 +191,9 @@ def test_a_reply_goes_to_the_environments_reply_queue_as_a_droppable_output():
     assert (reply.destination, reply.droppable, reply.broadcast) == ("zocalo.reply.x", True, False)
     assert json.loads(reply.body) == {"recipe_id": "abc", "step": 2, "payload": {"spots": 3}}
     assert Reply.decode(reply.body, "reply") == Reply({"spots": 3}, "abc", 2)
-    assert "workflows-recipe" not in reply.headers, "a reply is no recipe message"
+    assert reply.headers == {"zocalo-sender-recipe": "abc", "zocalo-sender-step": 2}, (
+        "who sent it, for the log line if it is dropped; and no recipe message"
+    )
     assert (onward.destination, onward.droppable) == ("five", False)
 
 

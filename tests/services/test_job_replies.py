@@ -82,6 +82,8 @@ def test_a_caller_that_gave_up_holds_nothing_up(
     assert len(done.wait_for_count(3)) == 3
     answer.stop_and_wait()
     assert dropped_replies.count(replies.queue) == before + 3
+    senders = {(r.recipe_ID, r.recipe_step) for r in dropped_replies.records(replies.queue)[-3:]}
+    assert senders == {(replies.recipe_id, 2)}, "each line names the job and step, as they do"
     stats = answer.stats.snapshot()
     assert (stats["handled"], stats["publish_failed"], stats["failed"]) == (3, 0, 0)
 
@@ -185,6 +187,7 @@ def test_zocalo_go_that_times_out_says_so_and_the_job_goes_on_without_it(
     assert len(done.wait_for_count(3, timeout=30)) == 3
     answer.stop()
     dropped = [line for line in log.getvalue().splitlines() if "dropped a reply" in line]
-    assert len(dropped) == 3 and all(repr(reply_queue) in line for line in dropped), dropped
+    assert len(dropped) == 3, dropped
+    assert all(repr(reply_queue) in line and f"[{recipe_id}:2]" in line for line in dropped)
     stats = answer.stats["replying_services:Answer"]
     assert (stats["handled"], stats["publish_failed"], stats["failed"]) == (3, 0, 0)

@@ -35,7 +35,7 @@ from zocalo.recipe.wire import (
     dumps,
     recipe_headers,
 )
-from zocalo.transport.base import Outgoing
+from zocalo.transport.base import SENDER_RECIPE_HEADER, SENDER_STEP_HEADER, Outgoing
 
 if TYPE_CHECKING:
     from zocalo.transport.base import Transport
@@ -216,7 +216,9 @@ class RecipeStep:
                 f"the environment's {REPLY_TO!r} is {short_repr(reply_to)}, not a queue name",
             )
         body = Reply(payload, self.recipe_id, self.pointer).encode()
-        self._emit([Outgoing(reply_to, body, {}, droppable=True)], transaction)
+        sender = {SENDER_RECIPE_HEADER: self.recipe_id, SENDER_STEP_HEADER: self.pointer}
+        sender = {name: value for name, value in sender.items() if value is not None}
+        self._emit([Outgoing(reply_to, body, sender, droppable=True)], transaction)
         return 1
 
     def send_plain(

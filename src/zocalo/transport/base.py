@@ -88,10 +88,26 @@ def reply_queue_name() -> str:
     return f"{REPLY_QUEUE_PREFIX}{uuid.uuid4().hex}"
 
 
-def report_dropped(what: str, why: str) -> None:
+#: Headers by which a droppable message (a reply) names the recipe and step that sent it:
+#: the log line of its drop carries them as ``recipe_ID`` and ``recipe_step``, as the
+#: sender's own lines do (its log context does not reach the transport's threads).
+SENDER_RECIPE_HEADER = "zocalo-sender-recipe"
+SENDER_STEP_HEADER = "zocalo-sender-step"
+
+
+def report_dropped(message: Outgoing, why: str) -> None:
     """The one log line for a droppable message a transport dropped (see
-    :class:`Outgoing`): ``what`` is its ``describe()``, ``why`` the broker's reason."""
-    log.warning("dropped a reply to %s: %s; nobody waits for it any more", what, why)
+    :class:`Outgoing`), ``why`` being the broker's reason."""
+    fields = {"recipe_ID": SENDER_RECIPE_HEADER, "recipe_step": SENDER_STEP_HEADER}
+    sender = {
+        field: message.headers[name] for field, name in fields.items() if name in message.headers
+    }
+    log.warning(
+        "dropped a reply to %s: %s; nobody waits for it any more",
+        message.describe(),
+        why,
+        extra=sender,
+    )
 
 
 class Capability(enum.Enum):

@@ -451,7 +451,7 @@ class MemoryTransport(Transport):
         """False for a droppable message whose queue does not exist (dropped, logged)."""
         if not message.droppable or message.broadcast or message.destination in self.broker.queues:
             return True
-        report_dropped(message.describe(), "the queue does not exist")
+        report_dropped(message, "the queue does not exist")
         return False
 
     def _bound_queues(self, topic: str) -> list[str]:

@@ -65,8 +65,8 @@ class Publisher:
         self._untake = untake
         self.channel: Channel | None = None
         self._sequence = 0
-        #: Confirm number -> (batch, message id, destination described, droppable).
-        self._unconfirmed: dict[int, tuple[Batch, str, str, bool]] = {}
+        #: Confirm number -> (batch, message id, the message).
+        self._unconfirmed: dict[int, tuple[Batch, str, Outgoing]] = {}
         #: Message id -> why the broker returned it, and what to do about it (for a
         #: message that fails its batch; a dropped reply needs no advice).
         self._returned: dict[str, tuple[str, str]] = {}
@@ -106,7 +106,7 @@ class Publisher:
 
     def abandon(self, why: str) -> None:
         """Every unconfirmed batch fails with ``why``: its confirms will never come."""
-        for batch, _, _, _ in list(self._unconfirmed.values()):
+        for batch, _, _ in list(self._unconfirmed.values()):
             if not batch.future.done():
                 batch.future.set_exception(PublishFailed(why))
         self._unconfirmed.clear()
@@ -125,7 +125,7 @@ class Publisher:
         try:
             self._publish_each(publisher, messages, batch, routes)
         except Exception as error:  # e.g. a header value AMQP cannot carry
-            for number, (owner, _, _, _) in list(self._unconfirmed.items()):
+            for number, (owner, _, _) in list(self._unconfirmed.items()):
                 if owner is batch:
                     del self._unconfirmed[number]
             why = error if isinstance(error, _Unpublishable) else f"{type(error).__name__}: {error}"
@@ -159,12 +159,7 @@ class Publisher:
                 ) from error
             # Recorded after the send: its confirm is handled on this same thread, later.
             self._sequence += 1
-            self._unconfirmed[self._sequence] = (
-                batch,
-                message_id,
-                message.describe(),
-                message.droppable,
-            )
+            self._unconfirmed[self._sequence] = (batch, message_id, message)
 
     # -- the broker's answers -----------------------------------------------------
     def _on_return(
@@ -188,14 +183,14 @@ class Publisher:
             entry = self._unconfirmed.pop(number, None)
             if entry is None:
                 continue
-            batch, message_id, destination, droppable = entry
+            batch, message_id, message = entry
             why, advice = self._returned.pop(message_id, ("", ""))
             if refused:
                 why, advice = "refused by the broker (basic.nack: queue full or unavailable)", ""
-            if why and droppable:
-                report_dropped(destination, why)
+            if why and message.droppable:
+                report_dropped(message, why)
             elif why:
-                batch.failures.append((destination, why + advice))
+                batch.failures.append((message.describe(), why + advice))
             batch.remaining -= 1
             if batch.remaining == 0:
                 self._complete(batch)

@@ -106,7 +106,7 @@ class Publish(Operation):
                     for queue_name in bound:
                         wake_ups.consumers_of(queue_name)
                 elif message.droppable and not store.queue_exists(message.destination):
-                    report_dropped(message.describe(), "the queue does not exist")
+                    report_dropped(message, "the queue does not exist")
                 else:
                     store.insert(message)
                     wake_ups.consumers_of(message.destination)
