@@ -336,8 +336,9 @@ class MemoryTransport(Transport):
         )
 
     def declare_reply_queue(self, queue: str) -> None:
-        """A queue exists here once anything sent to or consumed it; a reply queue, from
-        now until this connection closes (a consumer's loop would otherwise make it again)."""
+        """A queue exists here once something was sent to it or consumed it; a reply
+        queue, from now until this connection closes (then it is forgotten, with what
+        it holds, after the consumers' unacknowledged messages were put back in it)."""
         self._require_connected()
         with self.broker.condition:
             if queue in self._reply_queues:
