@@ -8,10 +8,11 @@ import uuid
 
 import pytest
 
-from zocalo.errors import TransportError
+from zocalo.errors import TransportError, UnsupportedFeature
 from zocalo.recipe.wire import Reply
 from zocalo.replies import Replies
-from zocalo.transport import Outgoing, Transport, create_transport
+from zocalo.transport import Capability, Outgoing, Transport, create_transport
+from zocalo.transport.memory import MemoryTransport
 
 
 @pytest.fixture
@@ -59,3 +60,16 @@ def test_a_failed_connection_ends_the_wait_saying_why(url):
 def test_nonsense_limits_are_refused(url, expected, timeout):
     with create_transport(url) as caller, pytest.raises(ValueError):
         Replies(caller, expected=expected, timeout=timeout)
+
+
+def test_a_transport_without_reply_queues_refuses_to_wait_in_one_line(url):
+    """A broker that cannot make a reply queue says so before the job is sent."""
+
+    class NoReplies(MemoryTransport):
+        capabilities = MemoryTransport.capabilities - {Capability.REPLY_QUEUE}
+
+        def declare_reply_queue(self, queue: str) -> None:
+            Transport.declare_reply_queue(self, queue)
+
+    with NoReplies(url) as caller, pytest.raises(UnsupportedFeature, match="cannot make a reply"):
+        Replies(caller)

@@ -120,6 +120,8 @@ class Capability(enum.Enum):
     DEAD_LETTER = "dead-letter"
     CROSS_PROCESS = "cross-process"
     DELAYED_BROADCAST = "delayed-broadcast"
+    #: ``declare_reply_queue``, and droppable messages dropped when their queue is gone.
+    REPLY_QUEUE = "reply-queue"
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,10 @@ class Transport(ABC):
         already exists is refused with :class:`~zocalo.errors.TransportError`, as
         closing this connection would take it away. Declaring this connection's own
         reply queue again is harmless. Consume it with :meth:`subscribe`.
+
+        Transports with :attr:`Capability.REPLY_QUEUE` implement this; the others
+        refuse it (so ``zocalo.go --wait`` says it cannot wait there), and deliver a
+        droppable message as any other.
         """
         raise UnsupportedFeature(f"{type(self).__name__} cannot make a reply queue")
 

@@ -260,6 +260,7 @@ class MemoryTransport(Transport):
             Capability.EXPIRATION,
             Capability.DELIVERY_COUNT,
             Capability.DEAD_LETTER,
+            Capability.REPLY_QUEUE,
         }
     )
 

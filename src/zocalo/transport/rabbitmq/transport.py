@@ -74,6 +74,7 @@ class RabbitMQTransport(Transport):
             Capability.DELIVERY_COUNT,
             Capability.DEAD_LETTER,
             Capability.CROSS_PROCESS,
+            Capability.REPLY_QUEUE,
         }
     )
 

@@ -88,6 +88,7 @@ class SqliteTransport(Transport):
             Capability.DEAD_LETTER,
             Capability.CROSS_PROCESS,
             Capability.DELAYED_BROADCAST,
+            Capability.REPLY_QUEUE,
         }
     )
 
