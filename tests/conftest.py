@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 
 from zocalo.service import RunnerSettings, Service, ServiceRunner
 from zocalo.service.middleware import Middleware, default_middleware
-from zocalo.transport import Delivery, Transport, create_transport
+from zocalo.transport import Delivery, Outgoing, Transport, create_transport
 
 #: How long a test waits for something that should happen promptly. Waits
 #: return as soon as their condition holds, so this only matters on failure.
@@ -107,6 +108,39 @@ class Collector:
 def collector() -> Callable[..., Collector]:
     """``collector()`` or ``collector(ack_with=transport)``: a new :class:`Collector`."""
     return Collector
+
+
+class DroppedReplies:
+    """The replies the transports of this process logged as dropped (see ``Outgoing``:
+    a reply whose queue has gone), by queue, from ``caplog``."""
+
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.WARNING)
+        self.caplog = caplog
+
+    def records(self, queue: str) -> list[logging.LogRecord]:
+        prefix = f"dropped a reply to queue {queue!r}"
+        return [record for record in self.caplog.records if record.getMessage().startswith(prefix)]
+
+    def count(self, queue: str) -> int:
+        return len(self.records(queue))
+
+    def wait_until_gone(self, transport: Transport, queue: str, timeout: float = DEADLINE) -> None:
+        """Send droppable probes to ``queue`` on ``transport`` until one is dropped: the
+        broker has noticed that the queue's connection went (at once when it closed, once
+        reaped when it died). Nothing announces that, so this polls, with a deadline."""
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while not self.count(queue):
+            assert time.monotonic() < deadline, f"reply queue {queue!r} outlived its connection"
+            transport.publish([Outgoing(queue, b"probe", droppable=True)]).result(timeout)
+            pause.wait(0.05)
+
+
+@pytest.fixture
+def dropped_replies(caplog: pytest.LogCaptureFixture) -> DroppedReplies:
+    """Counts the replies dropped in this process; waits until a reply queue has gone."""
+    return DroppedReplies(caplog)
 
 
 @pytest.fixture

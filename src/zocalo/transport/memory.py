@@ -34,6 +34,7 @@ from zocalo.transport.base import (
     Transport,
     confirmed,
     deliveries_to_ack,
+    report_dropped,
 )
 from zocalo.transport.dead_letters import (
     dead_letter_headers,
@@ -259,6 +260,7 @@ class MemoryTransport(Transport):
             Capability.EXPIRATION,
             Capability.DELIVERY_COUNT,
             Capability.DEAD_LETTER,
+            Capability.REPLY_QUEUE,
         }
     )
 
@@ -268,6 +270,8 @@ class MemoryTransport(Transport):
         self.broker = broker_for(url)
         self._consumers: dict[int, _Consumer] = {}
         self._connected = False
+        #: The reply queues this connection declared: they go when it closes.
+        self._reply_queues: set[str] = set()
 
     @property
     def connected(self) -> bool:
@@ -290,6 +294,9 @@ class MemoryTransport(Transport):
                     subscribers = broker.topics.get(consumer.subscription.destination, [])
                     if consumer in subscribers:
                         subscribers.remove(consumer)
+            for queue in self._reply_queues:  # after the returns, which may refill them
+                broker.queues.pop(queue, None)
+            self._reply_queues.clear()
             broker.condition.notify_all()
         for consumer in consumers:
             if consumer.thread is not threading.current_thread():
@@ -328,6 +335,21 @@ class MemoryTransport(Transport):
         return self._start(
             Subscription(self._next_subscription_id(), topic, callback, broadcast=True)
         )
+
+    def declare_reply_queue(self, queue: str) -> None:
+        """A queue exists here once something was sent to it or consumed it; a reply
+        queue, from now until this connection closes (then it is forgotten, with what
+        it holds, after the consumers' unacknowledged messages were put back in it)."""
+        self._require_connected()
+        with self.broker.condition:
+            if queue in self._reply_queues:
+                return
+            if queue in self.broker.queues:
+                raise TransportError(
+                    f"queue {queue!r} exists already: a reply queue needs a new name"
+                )
+            self.broker.queue(queue)
+            self._reply_queues.add(queue)
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         with self.broker.condition:
@@ -412,7 +434,9 @@ class MemoryTransport(Transport):
         with broker.condition:
             for delivery in acks:  # all or none: check every one before settling any
                 self._owned(delivery)
-            stored = [(message, self._store(message)) for message in messages]
+            stored = [
+                (message, self._store(message)) for message in messages if self._routable(message)
+            ]
             for delivery in acks:
                 self._settle(delivery)
             for message, copy_ in stored:
@@ -424,6 +448,13 @@ class MemoryTransport(Transport):
                     broker.condition.notify_all()
                 else:
                     broker.enqueue(message.destination, copy_, message.delay)
+
+    def _routable(self, message: Outgoing) -> bool:
+        """False for a droppable message whose queue does not exist (dropped, logged)."""
+        if not message.droppable or message.broadcast or message.destination in self.broker.queues:
+            return True
+        report_dropped(message, "the queue does not exist")
+        return False
 
     def _bound_queues(self, topic: str) -> list[str]:
         """Queues bound to ``topic`` and still kept (lock held); forgets expired ones."""

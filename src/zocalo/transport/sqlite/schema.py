@@ -7,6 +7,11 @@ lose the last transactions. ``?synchronous=full`` also fsyncs the WAL on
 every commit, for brokers that must survive power loss, at a cost in
 throughput.
 
+Reply queues: ``reply_queues`` names each one and the connection it lives with; it
+goes, with its messages, when that connection closes or is reaped. A queue *exists*
+(for a droppable message, see ``Outgoing``) while it is in ``known_queues``: some
+consumer has read it, or it is a reply queue not yet gone.
+
 Message IDs: ``AUTOINCREMENT`` keeps a row id from ever being handed out twice
 in the file's lifetime, so ``broker.db:42`` names one message in every log line
 and dead letter. Files made before that are migrated when first opened.
@@ -60,6 +65,10 @@ CREATE TABLE IF NOT EXISTS consumers (
 );
 CREATE INDEX IF NOT EXISTS consumers_queue ON consumers (queue);
 CREATE TABLE IF NOT EXISTS known_queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reply_queues (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
