@@ -22,7 +22,12 @@ rabbitmq-management:
 	rabbitmq-plugins enable rabbitmq_management
 	scripts/wait-for-management http://127.0.0.1:15672/api/overview 60
 
-test: $(STAMP) rabbitmq-management
+.PHONY: activemq
+# ActiveMQ Classic for the stomp tests (each session starts a private broker); idempotent.
+activemq:
+	scripts/install-activemq
+
+test: $(STAMP) rabbitmq-management activemq
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -137,6 +137,21 @@ def rabbitmq_vhost() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private ActiveMQ broker for this session (started on first use, seconds), stopped
+    and deleted at the end: ``url(...)``, ``stop()``/``start()`` for a restart."""
+    from activemq_broker import PrivateActiveMQ
+
+    broker = PrivateActiveMQ(tmp_path_factory.mktemp("activemq"))
+    try:
+        seconds = broker.start()
+        print(f"\n[activemq] started in {seconds:.1f}s (stomp {broker.stomp_port})")
+        yield broker
+    finally:
+        broker.destroy()
+
+
+@pytest.fixture(scope="session")
 def rabbitmq_vhost_url(rabbitmq_vhost: Any) -> str:
     return rabbitmq_vhost.url
 

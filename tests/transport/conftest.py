@@ -2,7 +2,9 @@
 
 Every test in ``test_contract.py`` runs once per entry of :data:`TRANSPORTS`.
 Adding a broker is one line there: a ``pytest.param`` wrapping a factory that
-returns a fresh, isolated URL for one test (given the test's ``tmp_path``).
+returns a fresh, isolated URL for one test (given the test's ``request`` and
+``tmp_path``; a broker that takes seconds to start comes from a session fixture
+asked for through ``request``, so it only starts when its tests run).
 
 Timing rule for the whole suite: never sleep to wait for something to happen.
 Consumers run on the transport's own callback thread and feed a ``Collector``
@@ -23,18 +25,23 @@ from zocalo.errors import ZocaloError
 from zocalo.transport import Transport, create_transport
 
 
-def memory_url(tmp_path: Path) -> str:
+def memory_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     # One broker per test: every transport on this NAME shares it.
     return f"memory://contract-{uuid.uuid4().hex}"
 
 
-def sqlite_url(tmp_path: Path) -> str:
+def sqlite_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/broker.db"
 
 
-def rabbitmq_url(tmp_path: Path) -> str:
+def rabbitmq_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     # The session's private vhost; names are unique per test, so tests never meet.
     return RABBITMQ_URL
+
+
+def stomp_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    # The session's private ActiveMQ (started on first use); names are unique per test.
+    return request.getfixturevalue("activemq").url(prefix="contract")
 
 
 #: The transports under contract test. One line per broker.
@@ -42,6 +49,7 @@ TRANSPORTS = [
     pytest.param(memory_url, id="memory"),
     pytest.param(sqlite_url, id="sqlite"),
     pytest.param(rabbitmq_url, id="rabbitmq", marks=pytest.mark.rabbitmq),
+    pytest.param(stomp_url, id="stomp", marks=pytest.mark.stomp),
 ]
 RABBITMQ_URL = ""
 
@@ -55,8 +63,8 @@ def _rabbitmq_vhost(rabbitmq_vhost_url: str) -> None:
 @pytest.fixture(params=TRANSPORTS)
 def transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh URL, isolated from every other test, for the transport under test."""
-    factory: Callable[[Path], str] = request.param
-    return factory(tmp_path)
+    factory: Callable[[pytest.FixtureRequest, Path], str] = request.param
+    return factory(request, tmp_path)
 
 
 @pytest.fixture
