@@ -48,7 +48,7 @@ RECONNECT_MAX_DELAY = 30.0
 #: why not (its ERROR frame's message, or the connection's loss).
 Answer = Callable[[str | None], None]
 #: One frame to write: command, headers (unescaped text), body.
-Outgoing = tuple[str, Mapping[str, str], bytes]
+WireFrame = tuple[str, Mapping[str, str], bytes]
 
 
 class _QuietRefusals(logging.Filter):
@@ -72,7 +72,8 @@ class Link:
     """A connection to the first node of the endpoint that answers, kept open until closed.
 
     Hooks, all on stomp.py's receiver thread except ``on_reconnected``:
-    ``on_message(frame)`` for each MESSAGE frame; ``on_lost(reason)`` when an
+    ``on_message(frame)`` for each MESSAGE frame; ``on_error(text)`` for an ERROR
+    frame that names no receipt; ``on_lost(reason)`` when an
     open connection closes; ``on_reconnected()`` on the reconnecting thread,
     returning how many subscriptions it restored (a :class:`TransportError`
     from it counts as a failed attempt). ``client_id`` names the connection to
@@ -84,6 +85,7 @@ class Link:
         endpoint: Endpoint,
         *,
         on_message: Callable[[Frame], None],
+        on_error: Callable[[str], None] = lambda text: None,
         on_lost: Callable[[str], None] = lambda reason: None,
         on_reconnected: Callable[[], int] = lambda: 0,
         client_id: str | None = None,
@@ -93,6 +95,7 @@ class Link:
         self.safe_url = endpoint.safe_url
         self.client_id = client_id
         self._on_message = on_message
+        self._on_unreceipted_error = on_error
         self._on_lost = on_lost
         self._on_reconnected = on_reconnected
         self._reconnects = reconnect
@@ -181,8 +184,7 @@ class Link:
                     f"{self.endpoint.timeout:g} s (is it a STOMP port?)"
                 )
             raise ConnectionFailed(_explain_refusal(self._where(), listener.refusal or ""))
-        with contextlib.suppress(OSError, AttributeError):
-            connection.transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _no_waiting(connection)
         with self._lock:
             self._stomp = connection
             self.generation += 1
@@ -202,7 +204,7 @@ class Link:
             for receipt in receipts:
                 self._receipts.pop(receipt, None)
 
-    def write(self, frames: Sequence[Outgoing]) -> None:
+    def write(self, frames: Sequence[WireFrame]) -> None:
         """Write ``frames`` in one go; ConnectionFailed if the connection is not open."""
         connection = self._stomp
         if not self.is_open or connection is None:
@@ -268,6 +270,7 @@ class Link:
             self._answered(receipt, message.strip() or "ERROR")
         else:
             log.warning("%s sent an error: %s", self._where(), message.strip())
+            self._on_unreceipted_error(message.strip() or "ERROR")
 
     def _on_disconnected(self, connection: stomp.Connection12) -> None:
         if not self._release(connection) or self.closing or not self._reconnects:
@@ -401,13 +404,49 @@ class _Listener(stomp.ConnectionListener):
         log.warning("%s: no heart-beat from the broker in time", self.link.safe_url)
 
 
-def _drop(connection: stomp.Connection12) -> None:
-    """Close stomp.py's socket and let its threads end, without a goodbye."""
-    transport: Any = connection.transport
-    sock = getattr(transport, "socket", None)
-    if sock is not None:
+#: Linux only: acknowledge received segments at once (re-armed after each read).
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+class _QuickAcks:
+    """stomp.py's socket, acknowledging what it reads at once.
+
+    ActiveMQ writes with Nagle's algorithm on (its connectors' default): a frame
+    written while an earlier one is unacknowledged waits for our TCP
+    acknowledgement, which Linux delays up to 40 ms. A delivery, a receipt and
+    the next delivery would each wait that long.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._socket = sock
+
+    def recv(self, size: int) -> bytes:
+        data = self._socket.recv(size)
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+            self._socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[arg-type]
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._socket, name)
+
+
+def _no_waiting(connection: stomp.Connection12) -> None:
+    """Nagle off for what we write, delayed acknowledgements off for what we read."""
+    transport: Any = connection.transport
+    sock = transport.socket
+    if not isinstance(sock, socket.socket):
+        return  # TLS or already wrapped: leave it as it is
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if _TCP_QUICKACK is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        transport.socket = _QuickAcks(sock)
+
+
+def _drop(connection: stomp.Connection12) -> None:
+    """Close stomp.py's socket (no goodbye) and wait for its receiver thread to end."""
+    transport: Any = connection.transport
     with contextlib.suppress(Exception):
         transport.disconnect_socket()
     thread = getattr(transport, "io_thread", None)

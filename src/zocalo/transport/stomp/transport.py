@@ -106,6 +106,7 @@ class StompTransport(Transport):
         self._link: Link = Link(
             self.endpoint,
             on_message=self._on_message,
+            on_error=lambda text: self._publisher.refused(text),
             on_lost=lambda reason: self._consumers.connection_lost(self._link),
             on_reconnected=lambda: self._consumers.restore(self._link),
         )
