@@ -128,11 +128,10 @@ class Publisher:
     def _committed(self, group: Group, refusal: str | None) -> None:
         """The group's COMMIT was answered: settle its batches, then send the next group."""
         why = refusal or group.error
-        for batch in group.batches:
-            if why is not None:
-                self.fail(batch, _failed(batch, why))
-            else:
-                self._complete(batch)
+        if why is None:
+            self._complete(*group.batches)
+        for batch in group.batches if why is not None else ():
+            self.fail(batch, _failed(batch, why))
         with self._lock:
             if not self._waiting or not self._link.is_open:
                 self._committing = None
@@ -153,40 +152,53 @@ class Publisher:
         if group.batches:
             self._send_group(group)
 
-    def _complete(self, batch: Batch) -> None:
-        receipts: list[Receipt] = [delivery.receipt for delivery in batch.acks]
-        # An input whose connection closed meanwhile cannot be acked any more (the
-        # broker redelivers it): then none is acked, as for any other failure.
-        lost = [
-            delivery
-            for delivery, receipt in zip(batch.acks, receipts, strict=True)
-            if receipt.generation != receipt.consumer.link.generation
-            or not receipt.consumer.link.is_open
-        ]
-        if lost:
-            self.fail(
-                batch,
-                "outputs were published, but the connection of "
-                + ", ".join(delivery.describe() for delivery in lost)
-                + " closed before it could be acknowledged; no input was acknowledged",
-            )
-            return
-        by_link: dict[Link, list[Receipt]] = {}
-        for receipt in receipts:
-            by_link.setdefault(receipt.consumer.link, []).append(receipt)
-        written: list[Receipt] = []
-        try:
-            for link, held in by_link.items():
-                link.write([("ACK", {"id": receipt.ack}, b"") for receipt in held])
-                written.extend(held)
-        except ConnectionFailed as error:
-            self._consumers.settled(written)
-            batch.acks = [d for d in batch.acks if d.receipt not in written]
-            self.fail(batch, f"outputs were published, but acknowledging inputs failed: {error}")
-            return
-        self._consumers.settled(receipts)
-        if not batch.future.done():
-            batch.future.set_result(None)
+    def _complete(self, *batches: Batch) -> None:
+        """Every message of ``batches`` is with the broker: ack their inputs (one write
+        per connection for all of them), then confirm each batch."""
+        ready: list[Batch] = []
+        for batch in batches:
+            # An input whose connection closed meanwhile cannot be acked any more (the
+            # broker redelivers it): then none of its batch is, as for any failure.
+            lost = [
+                delivery
+                for delivery in batch.acks
+                if delivery.receipt.generation != delivery.receipt.consumer.link.generation
+                or not delivery.receipt.consumer.link.is_open
+            ]
+            if lost:
+                self.fail(
+                    batch,
+                    "outputs were published, but the connection of "
+                    + ", ".join(delivery.describe() for delivery in lost)
+                    + " closed before it could be acknowledged; no input was acknowledged",
+                )
+            else:
+                ready.append(batch)
+        by_link: dict[Link, list[Batch]] = {}
+        for batch in ready:
+            for link in dict.fromkeys(d.receipt.consumer.link for d in batch.acks):
+                by_link.setdefault(link, []).append(batch)
+        failed: dict[Batch, str] = {}
+        acked: set[Link] = set()
+        for link, held in by_link.items():
+            receipts: list[Receipt] = [
+                d.receipt for batch in held for d in batch.acks if d.receipt.consumer.link is link
+            ]
+            try:
+                link.write([("ACK", {"id": receipt.ack}, b"") for receipt in receipts])
+            except ConnectionFailed as error:
+                for batch in held:
+                    failed.setdefault(batch, f"outputs were published, but acking failed: {error}")
+                continue
+            acked.add(link)
+            self._consumers.settled(receipts)
+        for batch in ready:
+            if batch in failed:
+                # Inputs on another connection were acked: settled, not given back.
+                batch.acks = [d for d in batch.acks if d.receipt.consumer.link not in acked]
+                self.fail(batch, failed[batch])
+            elif not batch.future.done():
+                batch.future.set_result(None)
 
     def fail(self, batch: Batch, why: str) -> None:
         """``batch`` failed: no input acked, each given back to be settled again."""

@@ -363,11 +363,13 @@ class Link:
         connection = self._stomp
         if connection is None:
             return
+        said_goodbye = False
         if goodbye and self.is_open:
             with contextlib.suppress(TransportError):
                 self.call("DISCONNECT", {}, timeout=min(self.endpoint.timeout, 5.0))
+                said_goodbye = True
         self._release(connection)
-        _drop(connection)
+        _drop(connection, linger=1.0 if said_goodbye else 0.0)
 
 
 class _Listener(stomp.ConnectionListener):
@@ -444,13 +446,21 @@ def _no_waiting(connection: stomp.Connection12) -> None:
         transport.socket = _QuickAcks(sock)
 
 
-def _drop(connection: stomp.Connection12) -> None:
-    """Close stomp.py's socket (no goodbye) and wait for its receiver thread to end."""
+def _drop(connection: stomp.Connection12, linger: float = 0.0) -> None:
+    """Close stomp.py's socket (no goodbye) and wait for its receiver thread to end.
+
+    ``linger``: first give the broker that long to close it (after a DISCONNECT),
+    so stomp.py does not shut down a socket its receiver thread just closed.
+    """
     transport: Any = connection.transport
-    with contextlib.suppress(Exception):
-        transport.disconnect_socket()
     thread = getattr(transport, "io_thread", None)
-    if thread is not None and thread is not threading.current_thread():
+    mine = thread is not None and thread is not threading.current_thread()
+    if linger and mine:
+        thread.join(linger)
+    if transport.socket is not None:
+        with contextlib.suppress(Exception):
+            transport.disconnect_socket()
+    if mine:
         thread.join(5)
 
 
