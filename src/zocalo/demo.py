@@ -4,8 +4,8 @@ Each job is one recipe: its ``start`` list fans out one message per image to
 "find spots"; a per-job summary collects them; "record" writes the job to a
 SQLite results file and tells the submitter. By default each service runs in
 its own process, started with the ``zocalo.service`` command an operator
-uses, on a fresh embedded broker; ``in_process`` runs them on threads on the
-in-memory broker instead.
+uses, on a fresh embedded broker, or on the broker ``url`` names; ``in_process``
+runs them on threads on the in-memory broker instead.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from zocalo.errors import UnsupportedFeature
 from zocalo.examples.demo_services import FindSpots, Record, Summary
 from zocalo.launch import ServiceProcesses, ServiceThreads
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.service import RunnerSettings, Service
 from zocalo.transport.base import Delivery, Transport, dlq_name
-from zocalo.transport.registry import create_transport
+from zocalo.transport.registry import create_transport, redact_url
 
 DEMO_SERVICES: tuple[type[Service], ...] = (FindSpots, Summary, Record)
 #: Their entry point names, as an operator would start them.
@@ -96,39 +97,67 @@ class _Collector:
         self.transport.ack(delivery)
 
 
+class _DeadLetters:
+    """The dead letters of one run, on a broker that cannot count a queue: the demo's
+    dead-letter queues are watched during the run, nothing acknowledged (what was
+    delivered returns to its queue when the watcher's connection closes)."""
+
+    def __init__(self) -> None:
+        self.recipes: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, delivery: Delivery) -> None:
+        try:
+            recipe_id = json.loads(delivery.body)["environment"]["ID"]
+        except (ValueError, KeyError, TypeError):
+            return
+        with self.lock:
+            self.recipes.append(recipe_id)
+
+    def of(self, submitted: dict[str, float]) -> int:
+        with self.lock:
+            return sum(1 for recipe_id in self.recipes if recipe_id in submitted)
+
+
 def run_demo(
     jobs: int = 40,
     images: int = 20,
     *,
     in_process: bool = False,
+    url: str | None = None,
     rate: float = 20.0,
     timeout: float = 25.0,
     progress: Any = None,
 ) -> DemoResult:
-    """Run the pipeline and measure it. ``rate``: jobs submitted per second."""
+    """Run the pipeline and measure it. ``rate``: jobs submitted per second; ``url``: the
+    broker the services run on (default: a fresh embedded one)."""
     if jobs < 1 or images < 1 or not rate > 0:
         raise ValueError(
             f"the demo needs jobs >= 1, images >= 1, rate > 0; not {jobs}, {images}, {rate}"
         )
+    if in_process and url is not None:
+        raise ValueError("the demo runs in-process on its own in-memory broker: no url")
     result = DemoResult(jobs, images, rate=rate)
     done_queue = f"demo.done.{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="zocalo-demo-") as workdir:
         if in_process:
             url = f"memory://demo-{uuid.uuid4().hex}"
             services: Any = ServiceThreads(DEMO_SERVICES, url, RunnerSettings(retry_delay=0.2))
+            result.broker = "in-memory, services on threads"
         else:
-            url = f"sqlite:///{workdir}/broker.db"
+            result.broker = (
+                f"{redact_url(url)}, one process per service"
+                if url
+                else "embedded SQLite, one process per service"
+            )
+            url = url or f"sqlite:///{workdir}/broker.db"
             log = (Path(workdir) / "services.log").open("w")
             services = ServiceProcesses(DEMO_SERVICE_NAMES, url, log=log)
-        result.broker = (
-            "in-memory, services on threads"
-            if in_process
-            else "embedded SQLite, one process per service"
-        )
         recipe = demo_recipe(images, Path(workdir) / "results.sqlite", done_queue)
         with create_transport(url) as submitter, services:
             collector = _Collector(submitter)
             submitter.subscribe(done_queue, collector, prefetch=50)
+            watched = _watch_dead_letters(submitter, (*DEMO_QUEUES, done_queue))
             submitted = _submit(submitter, recipe, jobs, rate, collector, progress)
             started = min(submitted.values())
             result.submit_seconds = max(submitted.values()) - started
@@ -139,9 +168,12 @@ def run_demo(
                 finished = dict(collector.finished)
             result.seconds = max(finished.values(), default=started) - started
             services.stop()
-            result.dead_lettered = sum(
-                submitter.depth(dlq_name(queue)) for queue in (*DEMO_QUEUES, done_queue)
-            )
+            if watched is None:
+                result.dead_lettered = sum(
+                    submitter.depth(dlq_name(queue)) for queue in (*DEMO_QUEUES, done_queue)
+                )
+            else:
+                result.dead_lettered = watched.of(submitted)
         result.handled = sum(stats.get("handled", 0) for stats in services.stats.values())
         result.failed = sum(stats.get("failed", 0) for stats in services.stats.values())
     result.completed = sum(1 for recipe_id in submitted if recipe_id in finished)
@@ -149,6 +181,19 @@ def run_demo(
         (finished[rid] - submitted[rid]) * 1000 for rid in submitted if rid in finished
     )
     return result
+
+
+def _watch_dead_letters(submitter: Transport, queues: tuple[str, ...]) -> _DeadLetters | None:
+    """None if the broker counts queues (the dead-letter queues' depths are read after
+    the run); else a watcher of the dead-letter queues (see :class:`_DeadLetters`)."""
+    try:
+        submitter.queue_stats()
+        return None
+    except UnsupportedFeature:
+        watched = _DeadLetters()
+        for queue in queues:
+            submitter.subscribe(dlq_name(queue), watched, prefetch=1000)
+        return watched
 
 
 def _submit(

@@ -32,7 +32,7 @@ def test_a_broker_crash_mid_stream_loses_nothing(activemq, stomp, run_service, c
     recipe = Recipe(
         {"1": {"queue": source, "output": 2}, "2": {"queue": f"{source}.out"}, "start": [[1, {}]]}
     )
-    total = 1000
+    total = 600
     start_recipe(stomp, recipe, [{"n": n} for n in range(total)])
     out.wait_for_count(100, timeout=30)
     activemq.kill()

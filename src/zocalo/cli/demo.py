@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from zocalo.cli.common import broker_errors, resolve_transport
 from zocalo.demo import DemoResult, run_demo
 
 
@@ -50,17 +51,38 @@ def _summary(result: DemoResult) -> Table:
     help="Run the services on threads on the in-memory broker (default: one process each "
     "on a fresh embedded broker).",
 )
-def command(jobs: int, images: int, rate: float, in_process: bool) -> None:
+@click.option(
+    "-t",
+    "--transport",
+    "transport",
+    metavar="URL",
+    help="Run the services on this broker (a URL other processes reach, e.g. "
+    "stomp://user:pass@host:61613 or amqp://...; default: a fresh embedded broker).",
+)
+def command(jobs: int, images: int, rate: float, in_process: bool, transport: str | None) -> None:
     """Run three example services and push jobs through them."""
+    url = None
+    if transport is not None:
+        if in_process:
+            raise click.UsageError("--in-process runs on its own in-memory broker: no --transport")
+        url = resolve_transport(transport)
     console = Console()
-    with Progress(
-        TextColumn("jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
+    with (
+        broker_errors(),
+        Progress(
+            TextColumn("jobs"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress,
+    ):
         task = progress.add_task("jobs", total=jobs)
         result = run_demo(
             jobs,
             images,
             in_process=in_process,
+            url=url,
             rate=rate,
             progress=lambda done, total: progress.update(task, completed=done),
         )

@@ -176,19 +176,24 @@ class Link:
                 f"cannot connect to {self._where()}: {_unreachable(host, port, self.endpoint)}"
             ) from None
         answered = listener.answered.wait(self.endpoint.timeout)
-        if not answered or listener.refusal is not None:
+        if not listener.connected:
             _drop(connection)
             if not answered:
                 raise ConnectionFailed(
                     f"{self._where()} did not answer the STOMP CONNECT within "
                     f"{self.endpoint.timeout:g} s (is it a STOMP port?)"
                 )
-            raise ConnectionFailed(_explain_refusal(self._where(), listener.refusal or ""))
+            if listener.refusal is None:
+                raise ConnectionFailed(f"{self._where()} closed the connection at once")
+            raise ConnectionFailed(_explain_refusal(self._where(), listener.refusal))
         _no_waiting(connection)
         with self._lock:
             self._stomp = connection
             self.generation += 1
             self.is_open = True
+        if not connection.is_connected():  # lost before it was ours: no one saw it go
+            self._release(connection)
+            raise ConnectionFailed(f"{self._where()} closed the connection at once")
 
     # -- frames and receipts -----------------------------------------------------
     def receipt(self, answer: Answer) -> str:
@@ -379,9 +384,11 @@ class _Listener(stomp.ConnectionListener):
         self.link = link
         self.connection = connection
         self.answered = threading.Event()
+        self.connected = False
         self.refusal: str | None = None
 
     def on_connected(self, frame: Frame) -> None:
+        self.connected = True
         self.answered.set()
 
     def on_error(self, frame: Frame) -> None:
@@ -399,6 +406,7 @@ class _Listener(stomp.ConnectionListener):
         self.link._answered(frame.headers.get("receipt-id", ""), None)
 
     def on_disconnected(self) -> None:
+        self.connected = False
         self.answered.set()
         self.link._on_disconnected(self.connection)
 
