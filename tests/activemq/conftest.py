@@ -27,7 +27,7 @@ def stomp(stomp_url: str) -> Iterator[Transport]:
 
 
 @pytest.fixture
-def theirs(activemq: Any) -> Callable[[], Any]:
+def theirs(activemq: Any) -> Iterator[Callable[[], Any]]:
     """``theirs()``: a connected python-workflows StompTransport on the same broker."""
     from workflows.transport.stomp_transport import StompTransport
 
@@ -48,7 +48,6 @@ def theirs(activemq: Any) -> Callable[[], Any]:
         opened.append(transport)
         return transport
 
-    connect.transport_class = Configured  # type: ignore[attr-defined]
     yield connect
     for transport in opened:
         transport.disconnect()
