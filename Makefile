@@ -27,12 +27,19 @@ rabbitmq-management:
 activemq:
 	scripts/install-activemq
 
-test: $(STAMP) rabbitmq-management activemq
+.PHONY: slurm
+# The packages of the Slurm tests' private cluster (tests/slurm_cluster.py); idempotent.
+slurm:
+	scripts/install-slurm
+
+test: $(STAMP) rabbitmq-management activemq slurm
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff format --check src tests bench
 
 clean:

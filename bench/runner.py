@@ -45,7 +45,7 @@ class PassThrough(Service):
 class WaitingRunner(ServiceRunner):
     """The naive runner: waits a broker round trip for every message."""
 
-    def _settle(self, delivery: Delivery, outputs: Sequence[Outgoing], what: str) -> None:
+    def settle(self, delivery: Delivery, outputs: Sequence[Outgoing]) -> None:
         self.transport.publish(outputs, ack=delivery).result()
 
 

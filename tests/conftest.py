@@ -10,13 +10,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.service.middleware import Middleware, default_middleware
 from zocalo.transport import Delivery, Transport, create_transport
 
 #: How long a test waits for something that should happen promptly. Waits
@@ -127,9 +128,49 @@ def let_time_pass() -> Callable[[float], None]:
     return wait
 
 
+#: Fixtures that reach the machine's RabbitMQ: a test using one is marked ``rabbitmq``.
+RABBITMQ_FIXTURES = frozenset({"rabbitmq_vhost", "rabbitmq_vhost_url"})
+#: Fixtures that run the session's private Slurm cluster: a test using one is marked ``slurm``.
+SLURM_FIXTURES = frozenset({"slurm_cluster"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for a RabbitMQ fixture by name is a ``rabbitmq`` test, marked or not,
+    so ``-m "not rabbitmq"`` leaves it out. (One that asks at run time, through
+    ``request.getfixturevalue``, must carry the marker itself: see ``rabbitmq_vhost_url``.)
+    Likewise a test of the Slurm cluster is a ``slurm`` test."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if RABBITMQ_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.rabbitmq)
+        if SLURM_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.slurm)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Any]:
+    """A private single-node Slurm cluster (see ``tests/slurm_cluster.py``), started when
+    the first test that needs it runs and stopped, with every job, at the session's end."""
+    from slurm_cluster import SlurmCluster, missing_packages
+
+    missing = missing_packages()
+    if missing:
+        pytest.fail(
+            f"the Slurm tests need {', '.join(missing)}: run scripts/install-slurm (make test "
+            "does), or leave them out with -m 'not slurm'"
+        )
+    with SlurmCluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="session")
 def rabbitmq_vhost() -> Iterator[Any]:
-    """A private vhost on the machine's RabbitMQ for this session, deleted afterwards."""
+    """A private vhost on the machine's RabbitMQ, deleted at the end of the session.
+
+    Created when the first test that needs it runs, never before: a session of
+    tests that do not use RabbitMQ never contacts it.
+    """
     from rabbit_broker import PrivateVhost
 
     with PrivateVhost() as vhost:
@@ -151,26 +192,21 @@ def activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         broker.destroy()
 
 
-@pytest.fixture(scope="session")
-def rabbitmq_vhost_url(rabbitmq_vhost: Any) -> str:
-    return rabbitmq_vhost.url
-
-
-@pytest.fixture(autouse=True)
-def _rabbitmq_queues_released(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The queues a test made in the session's vhost are deleted when it ends.
+@pytest.fixture
+def rabbitmq_vhost_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The session's vhost for one test; the queues the test made there go when it ends.
 
     Kept until the session's end, they exhausted the broker's file handles (see
     ``PrivateVhost.delete_queues``). Queue names are unique per test, so nothing
-    another test needs goes.
+    another test needs goes. A test that reaches this without the ``rabbitmq``
+    marker fails: ``-m "not rabbitmq"`` must never need the broker.
     """
-    if "rabbitmq_vhost_url" not in request.fixturenames:
-        yield
-        return
-    vhost = request.getfixturevalue("rabbitmq_vhost")
-    before = vhost.queue_names()
-    yield
-    vhost.delete_queues(vhost.queue_names() - before)
+    if request.node.get_closest_marker("rabbitmq") is None:
+        pytest.fail(f"{request.node.nodeid} uses RabbitMQ: mark it pytest.mark.rabbitmq")
+    rabbitmq_vhost = request.getfixturevalue("rabbitmq_vhost")  # after the check: no contact
+    before = rabbitmq_vhost.queue_names()
+    yield rabbitmq_vhost.url
+    rabbitmq_vhost.delete_queues(rabbitmq_vhost.queue_names() - before)
 
 
 @pytest.fixture(autouse=True)
@@ -186,6 +222,37 @@ def broker_url() -> str:
     return f"memory://test-{uuid.uuid4().hex}"
 
 
+#: Every transport a service runs on, for tests of the runner. Their callbacks take
+#: two paths through it: memory hands each delivery to the runner's own thread;
+#: sqlite, RabbitMQ and ActiveMQ (``serial_callbacks``, the production path) have the
+#: runner call the handler right on their callback thread.
+EVERY_TRANSPORT = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+    pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
+]
+
+
+@pytest.fixture(params=EVERY_TRANSPORT)
+def each_transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker of this test's own on each transport in turn (a fresh memory broker, a
+    fresh SQLite file, the session's RabbitMQ vhost or ActiveMQ broker: name queues
+    uniquely there).
+
+    A test that needs a feature only some transports have narrows the list with
+    ``@pytest.mark.parametrize("each_transport_url", [...], indirect=True)`` and
+    says why in its docstring.
+    """
+    if request.param == "memory":
+        return f"memory://test-{uuid.uuid4().hex}"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    if request.param == "stomp":
+        return str(request.getfixturevalue("activemq").url(prefix="runner"))
+    return request.getfixturevalue("rabbitmq_vhost_url")
+
+
 @pytest.fixture
 def client(broker_url: str) -> Iterator[Transport]:
     """A connection to ``broker_url`` for sending and collecting."""
@@ -197,13 +264,22 @@ def client(broker_url: str) -> Iterator[Transport]:
 
 @pytest.fixture
 def start_service(broker_url: str) -> Iterator[Callable[..., ServiceRunner]]:
-    """``start_service(service, **settings)``: run it on a thread until the test ends."""
+    """``start_service(service, url=None, middleware=(), **settings)``: run it on a thread
+    until the test ends; ``middleware`` is added to the default middleware."""
     running: list[tuple[ServiceRunner, threading.Thread]] = []
 
-    def start(service: Service, url: str | None = None, **settings: object) -> ServiceRunner:
+    def start(
+        service: Service,
+        url: str | None = None,
+        middleware: Sequence[Middleware] = (),
+        **settings: object,
+    ) -> ServiceRunner:
         runner = ServiceRunner(
-            service, create_transport(url or broker_url), RunnerSettings(**settings)
-        )  # type: ignore[arg-type]
+            service,
+            create_transport(url or broker_url),
+            RunnerSettings(**settings),  # type: ignore[arg-type]
+            [*default_middleware(), *middleware],
+        )
         thread = threading.Thread(target=runner.run, name=f"test-{service.name}", daemon=True)
         thread.start()
         assert runner.started.wait(5), f"{service.name} did not start"

@@ -18,12 +18,7 @@ from zocalo.errors import ZocaloError
 
 #: Classes not yet in the hierarchy, by ``module:qualname``, with why they are left
 #: for now. Remove an entry when its class is fixed; keep this empty otherwise.
-NOT_YET: dict[str, str] = {
-    "zocalo.transport.rabbitmq.transport:_Unpublishable": (
-        "a private signal inside the RabbitMQ transport, which is being restructured; "
-        "it should derive from PublishFailed"
-    ),
-}
+NOT_YET: dict[str, str] = {}
 
 
 def all_modules(package: ModuleType = zocalo) -> list[str]:

@@ -54,9 +54,14 @@ PACKAGE = "zocalo"
 #: * ``zocalo`` itself (its ``__init__`` only: the public face) re-exports names
 #:   of ``service``, ``recipe``, ``transport`` and ``errors``, so it sits above
 #:   them; shipped services and the CLI may import from it.
-#: * ``rabbitmq_admin`` reads the command-queue prefix from ``service.status``
-#:   and the delay levels from the RabbitMQ transport: it sits above ``monitor``,
-#:   below the ``cli`` that drives it.
+#: * runner middleware (``service.middleware``) sits inside ``service``, not above it:
+#:   the runner builds its default middleware, and middleware knows the runner only
+#:   through the ``Runner`` protocol of ``service.middleware.base`` (no loop). What
+#:   sits higher hooks in the same way (``monitor.metrics``).
+#: * ``rabbitmq_admin`` (the management API) reads the command-queue prefix from
+#:   ``service.commands`` and the delay levels from the RabbitMQ transport, and
+#:   nothing higher: it sits just above the package root, below ``dlq`` and
+#:   ``services``, which list a RabbitMQ vhost's dead-letter queues through it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("zocalo.errors",),
     ("zocalo.config",),
@@ -66,10 +71,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("zocalo.submit",),
     ("zocalo.service",),
     (PACKAGE,),
+    ("zocalo.rabbitmq_admin",),
     ("zocalo.dlq", "zocalo.wrapper"),
     ("zocalo.services", "zocalo.examples", "zocalo.launch", "zocalo.demo"),
     ("zocalo.monitor",),
-    ("zocalo.rabbitmq_admin",),
     ("zocalo.cli",),
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -16,6 +17,7 @@ from zocalo.submit import (
     direct_start,
     processing_request,
     request_parameters,
+    write_drop_file,
 )
 
 RECIPE = Recipe({"1": {"queue": "submit.first"}, "start": [[1, {"dc": "{ispyb_dcid}"}]]})
@@ -73,11 +75,28 @@ def test_processing_request_is_what_the_dispatcher_reads() -> None:
     (message,) = submission.outputs
     body = json.loads(message.body)
     assert body["recipes"] == ["per-image"]
+    guid = body["parameters"].pop("guid")
     assert body["parameters"] == {"a": "b", "ispyb_dcid": 1234}
     assert body["custom_recipe"]["1"]["queue"] == "submit.first"
     with pytest.raises(MissingRecipe):
         processing_request([], {}, None, dcid=1234)
-    assert processing_request([], {}, RECIPE, dcid=1).body["parameters"] == {"ispyb_dcid": 1}
+    assert processing_request([], {}, RECIPE, dcid=1).body["parameters"]["ispyb_dcid"] == 1
+    assert submission.recipe_id == guid == str(uuid.UUID(guid)), "a fresh uuid4: the recipe ID"
+
+
+def test_a_request_keeps_the_guid_it_is_given_as_its_recipe_id() -> None:
+    submission = processing_request(["x"], {"guid": "mine"}, dcid=5)
+    assert submission.recipe_id == "mine"
+    assert json.loads(submission.outputs[0].body)["parameters"]["guid"] == "mine"
+
+
+def test_a_drop_file_is_what_python_zocalos_pickup_reads(tmp_path) -> None:
+    submission = processing_request(["x"], {"guid": "stored"}, dcid=5)
+    path = write_drop_file(tmp_path / "fallback", submission)
+    assert path.parent == tmp_path / "fallback" and str(uuid.UUID(path.name)) == path.name
+    expected = {"headers": submission.headers, "message": submission.body}
+    assert path.read_text() == json.dumps(expected, indent=2) + "\n"
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "no partial file left"
 
 
 def test_a_direct_start_offers_the_dcid_unless_a_parameter_names_one() -> None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -35,10 +35,22 @@ def service_command(name: str, url: str) -> list[str]:
 class ServiceProcesses:
     """Services in child processes, each in its own process group."""
 
-    def __init__(self, names: Sequence[str], url: str, log: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        url: str,
+        log: IO[str] | None = None,
+        *,
+        options: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.names = list(names)
         self.url = url
         self.log = log
+        #: More ``zocalo.service`` options for every service (e.g. ``--config PATH``).
+        self.options = list(options)
+        #: The services' environment (None: this process's).
+        self.env = dict(env) if env is not None else None
         self.processes: list[subprocess.Popen[str]] = []
         #: Each service's final counters, from its last log line.
         self.stats: dict[str, dict[str, int]] = {}
@@ -49,7 +61,8 @@ class ServiceProcesses:
             for name in self.names:
                 self.processes.append(
                     subprocess.Popen(
-                        service_command(name, self.url),
+                        [*service_command(name, self.url), *self.options],
+                        env=self.env,
                         stderr=subprocess.PIPE,
                         stdout=subprocess.DEVNULL,
                         text=True,
@@ -128,7 +141,7 @@ class ServiceThreads:
         return self
 
     @property
-    def stats(self) -> dict[str, dict[str, int]]:
+    def stats(self) -> dict[str, dict[str, float]]:
         return {runner.service.name: runner.stats.snapshot() for runner in self.runners}
 
     def stop(self) -> None:

@@ -2,15 +2,20 @@
 
 The rules of a processing request (a data collection or reprocessing id, at least one
 recipe) live here, not in the command line, so a Dispatcher, ``--wait`` and the monitor
-read a request the way ``zocalo.go`` builds it.
+read a request the way ``zocalo.go`` builds it. So does the drop file a request is
+stored in when the broker cannot take it (python-zocalo's ``zocalo.go`` fallback, which
+its ``zocalo.pickup`` sends on later).
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import socket
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from zocalo.errors import ZocaloError
@@ -21,6 +26,9 @@ from zocalo.transport.base import Outgoing, Transport
 
 #: The Dispatcher's queue.
 DISPATCHER_QUEUE = "processing_recipe"
+#: The site configuration's ``storage`` key naming where requests are stored when the
+#: broker cannot take them (python-zocalo's).
+FALLBACK_KEY = "zocalo.go.fallback_location"
 
 
 class InvalidRequest(ZocaloError, ValueError):
@@ -44,6 +52,8 @@ class Submission:
     headers: dict[str, Any]
     body: Any
     outputs: list[Outgoing] = field(default_factory=list)
+    #: The recipe ID the job will run under (the request's ``guid``), when known.
+    recipe_id: str | None = None
 
     def send(self, transport: Transport, timeout: float = 30.0) -> None:
         """Publish and wait until the broker has accepted every message."""
@@ -60,14 +70,37 @@ def dispatcher_request(
     parameters: Mapping[str, Any],
     custom_recipe: Recipe | None = None,
 ) -> Submission:
-    """A request for the Dispatcher: named recipes, parameters, optional inline recipe."""
+    """A request for the Dispatcher: named recipes, parameters, optional inline recipe.
+
+    The parameters get a ``guid`` (a fresh uuid4) unless they have one: the Dispatcher
+    makes it the recipe ID, so the caller knows which job to follow in the logs.
+    """
     body: dict[str, Any] = {"recipes": list(recipes), "parameters": dict(parameters)}
+    recipe_id = str(body["parameters"].get("guid") or uuid.uuid4())
+    body["parameters"]["guid"] = recipe_id
     if custom_recipe is not None:
         custom_recipe.validate()
         body["custom_recipe"] = custom_recipe.to_dict()
     headers = submitter_headers()
     outgoing = Outgoing(DISPATCHER_QUEUE, dumps(body).encode("utf-8"), headers)
-    return Submission(DISPATCHER_QUEUE, headers, body, [outgoing])
+    return Submission(DISPATCHER_QUEUE, headers, body, [outgoing], recipe_id)
+
+
+def write_drop_file(directory: str | Path, submission: Submission) -> Path:
+    """Store a request the broker could not take as ``<directory>/<uuid4>``.
+
+    The format is python-zocalo's (its ``zocalo.pickup`` sends such files on): pretty
+    JSON ``{"headers": ..., "message": ...}`` and a newline. The file appears whole
+    (written beside it, then renamed), so a pickup never reads half a request.
+    """
+    folder = Path(directory).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / str(uuid.uuid4())
+    text = json.dumps({"headers": submission.headers, "message": submission.body}, indent=2)
+    partial = folder / f".{path.name}.partial"
+    partial.write_text(text + "\n")
+    partial.replace(path)
+    return path
 
 
 def request_parameters(
@@ -145,4 +178,5 @@ def direct_start(
     first = step.outputs[0] if step.outputs else None
     body = first.body.decode() if first else None
     queue = first.destination if first else ""
-    return recipe_id, Submission(queue, dict(first.headers) if first else {}, body, step.outputs)
+    headers = dict(first.headers) if first else {}
+    return recipe_id, Submission(queue, headers, body, step.outputs, recipe_id)

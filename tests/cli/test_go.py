@@ -1,9 +1,12 @@
-"""zocalo.go: the Dispatcher request, --direct, --dry-run, and refusing memory://."""
+"""zocalo.go: the Dispatcher request and its recipe ID, --direct, --dry-run, the fallback
+drop file, and refusing memory://."""
 
 from __future__ import annotations
 
 import getpass
 import json
+import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -58,6 +61,8 @@ def test_dispatcher_request_as_python_zocalo_builds_it(recipe_file):
     assert "workflows-recipe" not in headers
     body = json.loads(printed["body"])
     assert body["recipes"] == ["per-image", "summary"]
+    guid = body["parameters"].pop("guid")
+    assert str(uuid.UUID(guid)) == guid, "the recipe ID, a fresh uuid4"
     assert body["parameters"] == {"a": "b=c", "beamline": "i03", "ispyb_dcid": 1234}
     assert body["custom_recipe"]["1"]["output"] == [2]
 
@@ -84,6 +89,7 @@ def test_argument_rules(args, message):
 def test_reprocessing_id_and_autoprocscaling(recipe_file):
     result = run("-p", "55", "-a", "7", "--dry-run")
     body = json.loads(dry_run_sections(result.output)["body"])
+    body["parameters"].pop("guid")
     assert body["parameters"] == {"ispyb_process": 55, "ispyb_autoprocscalingid": 7}
 
 
@@ -123,3 +129,87 @@ def test_invalid_recipe_file_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(go, ["-f", str(bad), "--direct", "--dry-run"])
     assert result.exit_code == 2
     assert "step 1" in result.output and "output" in result.output
+
+
+def site_with_fallback(tmp_path: Path) -> tuple[Path, Path]:
+    """A site configuration naming a fallback location; (config file, location)."""
+    fallback = tmp_path / "fallback"
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            version: 1
+            site-storage:
+              plugin: storage
+              zocalo.go.fallback_location: {fallback}
+            environments:
+              default: [site-storage]
+            """
+        )
+    )
+    return config, fallback
+
+
+def test_a_request_goes_to_the_dispatcher_queue_under_the_recipe_id_it_prints(tmp_path, collector):
+    url = f"sqlite:///{tmp_path}/broker.db"
+    result = run("-r", "spots", "-s", "image=7", "1234", "--transport", url)
+    assert result.exit_code == 0, result.output
+    recipe_id = result.output.split("submitted recipe ", 1)[1].split()[0]
+    assert result.output.strip() == f"submitted recipe {recipe_id} to processing_recipe"
+    with create_transport(url) as transport:
+        sink = collector(ack_with=transport)
+        transport.subscribe("processing_recipe", sink)
+        (delivery,) = sink.wait_for_count(1)
+    assert json.loads(delivery.body) == {
+        "recipes": ["spots"],
+        "parameters": {"image": "7", "ispyb_dcid": 1234, "guid": recipe_id},
+    }
+    assert delivery.headers["zocalo.go.user"] == getpass.getuser()
+    assert "workflows-recipe" not in delivery.headers
+
+    mine = run("-r", "spots", "-s", "guid=my-own-id", "-n", "--transport", url)
+    assert mine.output.strip() == "submitted recipe my-own-id to processing_recipe"
+
+
+def test_a_request_the_broker_cannot_take_is_stored_in_the_fallback_location(tmp_path):
+    config, fallback = site_with_fallback(tmp_path)
+    unreachable = "amqp://guest:guest@127.0.0.1:1/"
+    result = CliRunner().invoke(
+        go, ["-r", "spots", "5", "--config", str(config), "--transport", unreachable]
+    )
+    assert result.exit_code == 0, result.output
+    assert "the broker did not take the request: " in result.stderr
+    (stored,) = fallback.iterdir()
+    content = json.loads(stored.read_text())
+    assert stored.read_text() == json.dumps(content, indent=2) + "\n"
+    assert list(content) == ["headers", "message"]
+    assert content["headers"]["zocalo.go.user"] == getpass.getuser()
+    recipe_id = content["message"]["parameters"]["guid"]
+    assert content["message"] == {
+        "recipes": ["spots"],
+        "parameters": {"ispyb_dcid": 5, "guid": recipe_id},
+    }
+    assert f"stored recipe {recipe_id} in {stored}" in result.stdout
+    assert "Traceback" not in result.output
+
+
+def test_drop_stores_without_trying_the_broker_and_dry_run_stores_nothing(tmp_path):
+    config, fallback = site_with_fallback(tmp_path)
+    url = f"sqlite:///{tmp_path}/broker.db"
+    dry = run("-r", "spots", "-n", "--drop", "--dry-run", "--config", str(config))
+    assert "not storing the request in" in dry.output and not fallback.exists()
+    dropped = run("-r", "spots", "-n", "--drop", "--config", str(config), "--transport", url)
+    assert dropped.exit_code == 0, dropped.output
+    assert len(list(fallback.iterdir())) == 1
+    assert not (tmp_path / "broker.db").exists(), "the broker was never opened"
+    refused = CliRunner().invoke(go, ["-r", "spots", "-n", "--drop"])
+    assert refused.exit_code == 2 and "zocalo.go.fallback_location" in refused.output
+
+
+def test_without_a_fallback_an_unreachable_broker_is_one_error_line():
+    result = CliRunner().invoke(
+        go, ["-r", "spots", "5", "--transport", "amqp://guest:guest@127.0.0.1:1/"]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output

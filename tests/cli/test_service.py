@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from zocalo.cli.service import command as service
@@ -78,6 +79,7 @@ def test_queues_lists_depths_in_flight_and_dead_letters(tmp_path, collector, wai
     assert rows["gamma"] == ["0", "0", "0", "1"]
 
 
+@pytest.mark.rabbitmq
 def test_broker_errors_are_one_clear_line_and_a_non_zero_exit(rabbitmq_vhost_url):
     from urllib.parse import urlsplit
 

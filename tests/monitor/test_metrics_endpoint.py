@@ -8,12 +8,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from two_step_jobs import send_two_step
 from zocalo.monitor.metrics import ServiceMetrics
+from zocalo.transport import create_transport
 
 
 def samples(port: int) -> dict[tuple[str, frozenset], float]:
@@ -136,35 +138,44 @@ def test_metrics_without_a_broker():
     ServiceMetrics().declare("q")
 
 
-def test_in_flight_while_a_handler_runs(start_service, client, collector):
-    from zocalo.service import Service, handler
+def test_in_flight_while_a_handler_runs(each_transport_url, start_service, collector, wait_until):
+    """On each transport: the runner's hooks fire on its own thread (memory) and on the
+    transport's callback thread (sqlite, RabbitMQ) alike."""
+    from zocalo.service import Service
 
     release = threading.Event()
     entered = threading.Event()
+    queue = f"metrics.held.{uuid.uuid4().hex[:10]}"
 
     class Held(Service):
-        @handler("held")
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_handler(queue, self.hold)
+
         def hold(self, step, payload):
             entered.set()
             release.wait(10)
             step.send(payload)
 
     metrics = ServiceMetrics()
-    runner = start_service(Held())
-    metrics.attach(runner)
-    out = collector(ack_with=client)
-    client.subscribe("held.out", out)
-    send_two_step(client, "held", [{"n": 1}])
-    assert entered.wait(5)
-    value = metrics.registry.get_sample_value
-    assert value("zocalo_in_flight", {"queue": "held"}) == 1
-    release.set()
-    out.wait_for_count(1)
-    deadline = time.monotonic() + 5
-    while value("zocalo_messages_total", {"queue": "held", "outcome": "handled"}) != 1:
-        assert time.monotonic() < deadline
-        threading.Event().wait(0.01)
-    assert value("zocalo_in_flight", {"queue": "held"}) == 0
+    with create_transport(each_transport_url) as client:
+        for name in (queue, f"{queue}.out"):
+            client.declare_queue(name)
+        start_service(Held(), each_transport_url, middleware=[metrics])
+        out = collector(ack_with=client)
+        client.subscribe(f"{queue}.out", out)
+        send_two_step(client, queue, [{"n": 1}])
+        assert entered.wait(5)
+        value = metrics.registry.get_sample_value
+        assert value("zocalo_in_flight", {"queue": queue}) == 1
+        release.set()
+        out.wait_for_count(1)
+        wait_until(
+            lambda: value("zocalo_messages_total", {"queue": queue, "outcome": "handled"}) == 1,
+            "the message counted as handled",
+            timeout=5,
+        )
+        assert value("zocalo_in_flight", {"queue": queue}) == 0
 
 
 def test_a_port_in_use_leaves_the_service_running_without_metrics(caplog, free_port):

@@ -24,7 +24,8 @@ from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import encode
 from zocalo.service import RunnerSettings, Service, ServiceRunner
-from zocalo.service.runner import ATTEMPT_HEADER
+from zocalo.service.middleware import DEAD_LETTERED, Middleware, default_middleware
+from zocalo.service.middleware.base import ATTEMPT_HEADER
 from zocalo.transport import Transport, create_transport
 from zocalo.transport.base import DLQ_HISTORY_HEADER, DLQ_QUEUE_HEADER, DLQ_REASON_HEADER
 
@@ -122,14 +123,18 @@ def test_a_service_on_an_operators_queue_without_dlq_dead_letters_without_a_hot_
     queue = unique("operator")
     operator.queue_declare(queue, durable=True)  # classic, no dead-letter exchange, no dlq
     service = AlwaysFailing(queue)
+    dead_lettered = threading.Semaphore(0)
+
+    class CountDeadLetters(Middleware):
+        def after_message(self, runner, message, outcome, seconds):
+            if outcome == DEAD_LETTERED:
+                dead_lettered.release()
+
     runner = ServiceRunner(
         service,
         create_transport(rabbitmq_vhost_url),
         RunnerSettings(max_attempts=3, retry_delay=0.03),
-    )
-    dead_lettered = threading.Semaphore(0)
-    runner.listeners.append(
-        lambda _queue, outcome, _seconds: outcome == "dead_lettered" and dead_lettered.release()
+        middleware=[*default_middleware(), CountDeadLetters()],
     )
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()

@@ -3,7 +3,9 @@
 The node is our own (see ``tls_node.py``): its certificate comes from a
 ``trustme`` CA, and the failure tests (untrusted CA, plaintext to the TLS port,
 bad credentials, missing vhost, wrong port) run against it too, so nothing
-here touches the machine's broker. Nothing sleeps to wait for a delivery:
+here touches the machine's broker. A third node (``strict_node``) checks what
+the second lets pass: its certificate names only one of the names it is
+reached by, and it requires a client certificate. Nothing sleeps to wait for a delivery:
 ``collector`` waits on a condition with a deadline.
 """
 
@@ -61,8 +63,12 @@ def refused(url: str) -> ConnectionFailed:
     """The ConnectionFailed that connecting to ``url`` raises (promptly)."""
     transport = create_transport(url)
     began = time.monotonic()
-    with pytest.raises(ConnectionFailed) as failure:
-        transport.connect()
+    try:
+        with pytest.raises(ConnectionFailed) as failure:
+            transport.connect()
+    finally:
+        if transport.connected:  # wrongly accepted: not left reconnecting after the test
+            transport.close()
     assert time.monotonic() - began < FAILS_WITHIN, "a refused connection should fail at once"
     assert not transport.connected
     message = str(failure.value)
@@ -133,21 +139,14 @@ def test_round_trip_over_tls(
     assert [delivery.body for delivery in deliveries] == [b"--sentinel--"]
 
 
-def test_hostname_is_checked_by_name_too(
-    tls_node: SecondNode, connect: Callable[..., Transport], name: Callable[[str], str]
-) -> None:
-    """The certificate names ``localhost`` as well as 127.0.0.1; both verify."""
-    transport = connect(tls_node.url(host="localhost"))
-    transport.declare_queue(name("q"))
-    transport.send(name("q"), b"x")
-
-
 @pytest.fixture(scope="module")
-def localhost_only_node(
+def strict_node(
     tls_ca: trustme.CA, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SecondNode]:
-    """A further TLS node whose own certificate names ``localhost`` only (not 127.0.0.1)."""
-    directory = tmp_path_factory.mktemp("tls-localhost-only")
+    """A further TLS node that checks everything: its own certificate names ``localhost``
+    only (not 127.0.0.1, where it listens too), and it refuses a client that presents no
+    certificate from the tests' CA (see :func:`client_certificate`)."""
+    directory = tmp_path_factory.mktemp("tls-strict")
     certificate = tls_ca.issue_cert("localhost")
     certificate.private_key_pem.write_to_path(directory / "key.pem")
     certificate.cert_chain_pems[0].write_to_path(directory / "cert.pem")
@@ -155,7 +154,8 @@ def localhost_only_node(
         certfile=directory / "cert.pem",
         keyfile=directory / "key.pem",
         cafile=tls_files["ca"],
-        name=f"zocalo-tls-localhost-{os.getpid()}",
+        require_client_certificate=True,
+        name=f"zocalo-tls-strict-{os.getpid()}",
     )
     try:
         node.start()
@@ -164,8 +164,40 @@ def localhost_only_node(
         node.destroy()
 
 
+@pytest.fixture
+def client_certificate(tls_files: dict[str, Path]) -> dict[str, str]:
+    """URL options presenting the client certificate the tests' CA issued."""
+    return {"certfile": str(tls_files["client_cert"]), "keyfile": str(tls_files["client_key"])}
+
+
+def round_trip(transport: Transport, queue: str, collector: Callable) -> None:
+    """Declare ``queue``, send to it and receive what was sent, on ``transport``."""
+    transport.declare_queue(queue)
+    transport.send(queue, b"round trip")
+    received = collector(ack_with=transport)
+    transport.subscribe(queue, received)
+    assert received.wait_for_count(1)[0].body == b"round trip"
+
+
+def test_the_certificate_is_checked_against_the_name_connected_to(
+    strict_node: SecondNode,
+    client_certificate: dict[str, str],
+    connect: Callable[..., Transport],
+    collector: Callable,
+    name: Callable[[str], str],
+) -> None:
+    """One listener, two names for it: under the name its certificate carries
+    (``localhost``) the node is reached; under one it does not (``127.0.0.1``) the
+    client refuses it, for the name and nothing else."""
+    message = str(refused(strict_node.url(host="127.0.0.1", **client_certificate)))
+    assert re.search(r"mismatch|not valid for '127\.0\.0\.1'", message), message
+    transport = connect(strict_node.url(host="localhost", **client_certificate))
+    round_trip(transport, name("q"), collector)
+
+
 def test_each_cluster_node_is_checked_against_its_own_name(
-    localhost_only_node: SecondNode,
+    strict_node: SecondNode,
+    client_certificate: dict[str, str],
     connect: Callable[..., Transport],
     collector: Callable,
     name: Callable[[str], str],
@@ -176,39 +208,44 @@ def test_each_cluster_node_is_checked_against_its_own_name(
     Regression: every node was checked against the first node's name, so a cluster
     with per-node certificates could only ever reach its first node.
     """
-    node = localhost_only_node
+    node = strict_node
     # Its certificate really is its own: under the first node's name it is refused.
-    refused(node.url(host="127.0.0.1"))
+    refused(node.url(host="127.0.0.1", **client_certificate))
     down = free_port()
-    transport = connect(node.url(host="127.0.0.1", port=down, hosts=f"localhost:{node.tls_port}"))
+    transport = connect(
+        node.url(
+            host="127.0.0.1", port=down, hosts=f"localhost:{node.tls_port}", **client_certificate
+        )
+    )
     assert (transport.parameters.host, transport.parameters.port) == ("localhost", node.tls_port)
-    queue = name("q")
-    transport.declare_queue(queue)
-    transport.send(queue, b"via the second node")
-    received = collector(ack_with=transport)
-    transport.subscribe(queue, received)
-    assert received.wait_for_count(1)[0].body == b"via the second node"
+    round_trip(transport, name("q"), collector)
 
 
 def test_client_certificate(
-    tls_node: SecondNode,
-    tls_files: dict[str, Path],
+    strict_node: SecondNode,
+    client_certificate: dict[str, str],
     connect: Callable[..., Transport],
+    collector: Callable,
     name: Callable[[str], str],
 ) -> None:
-    """``certfile``/``keyfile`` present a client certificate the node verifies."""
-    url = tls_node.url(certfile=str(tls_files["client_cert"]), keyfile=str(tls_files["client_key"]))
-    transport = connect(url)
-    transport.declare_queue(name("q"))
+    """``certfile``/``keyfile`` present a client certificate, which a node that
+    requires one accepts (see the next two tests: it does refuse without)."""
+    transport = connect(strict_node.url(host="localhost", **client_certificate))
+    round_trip(transport, name("q"), collector)
+
+
+def test_no_client_certificate_is_refused_where_one_is_required(strict_node: SecondNode) -> None:
+    refused(strict_node.url(host="localhost"))
 
 
 def test_client_certificate_from_a_foreign_ca_is_refused(
-    tls_node: SecondNode, tmp_path: Path
+    strict_node: SecondNode, tmp_path: Path
 ) -> None:
     stranger = trustme.CA().issue_cert("stranger@localhost")
     stranger.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
     stranger.private_key_pem.write_to_path(tmp_path / "key.pem")
-    refused(tls_node.url(certfile=str(tmp_path / "cert.pem"), keyfile=str(tmp_path / "key.pem")))
+    stranger_files = {"certfile": str(tmp_path / "cert.pem"), "keyfile": str(tmp_path / "key.pem")}
+    refused(strict_node.url(host="localhost", **stranger_files))
 
 
 # -- failures are clear ConnectionFailed errors -----------------------------------

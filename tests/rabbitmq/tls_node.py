@@ -52,7 +52,9 @@ class SecondNode:
     """One private RabbitMQ node: ``start()``, ``stop()``, ``start()`` again, ``destroy()``.
 
     ``certfile``/``keyfile``/``cafile`` (PEM paths) give it a TLS listener;
-    without them it only listens for plain AMQP.
+    without them it only listens for plain AMQP. A client certificate is checked
+    against ``cafile`` when offered; ``require_client_certificate`` refuses a
+    TLS client that offers none.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class SecondNode:
         certfile: str | os.PathLike[str] | None = None,
         keyfile: str | os.PathLike[str] | None = None,
         cafile: str | os.PathLike[str] | None = None,
+        require_client_certificate: bool = False,
         name: str | None = None,
     ) -> None:
         self.name = name or f"zocalo-tls-{os.getpid()}"
@@ -82,6 +85,7 @@ class SecondNode:
         self.ca_path = str(cafile) if cafile else None
         self.boot_seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self.require_client_certificate = require_client_certificate
         self._write_files(certfile, keyfile, cafile)
 
     # -- files and environment --------------------------------------------------
@@ -102,9 +106,9 @@ class SecondNode:
                 f"ssl_options.cacertfile = {cafile}",
                 f"ssl_options.certfile = {certfile}",
                 f"ssl_options.keyfile = {keyfile}",
-                # Client certificates are checked when offered, not required.
                 "ssl_options.verify = verify_peer",
-                "ssl_options.fail_if_no_peer_cert = false",
+                "ssl_options.fail_if_no_peer_cert = "
+                + ("true" if self.require_client_certificate else "false"),
             ]
         self.config_file.write_text("\n".join(lines) + "\n")
         self.advanced_config_file.write_text("[].\n")

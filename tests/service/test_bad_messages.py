@@ -14,7 +14,6 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,19 +26,9 @@ from zocalo.transport import Transport, create_transport
 from zocalo.transport.base import DLQ_REASON_HEADER
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", id="memory"),
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    ]
-)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return f"memory://bad-messages-{uuid.uuid4().hex}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    return request.getfixturevalue("rabbitmq_vhost_url")
+@pytest.fixture
+def url(each_transport_url: str) -> str:
+    return each_transport_url
 
 
 @pytest.fixture

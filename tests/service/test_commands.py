@@ -9,8 +9,14 @@ import uuid
 
 import pytest
 
-from zocalo.service.commands import broadcast_command, qualify_host, shutdown_commands
-from zocalo.service.status import COMMAND_TOPIC, command_matches, host_id
+from zocalo.service.commands import (
+    COMMAND_TOPIC,
+    broadcast_command,
+    command_matches,
+    qualify_host,
+    shutdown_commands,
+)
+from zocalo.service.status import host_id
 from zocalo.transport import create_transport
 
 

@@ -1,6 +1,6 @@
 """The runner: handler calls, settling, retries, the DLQ and bad input.
 
-Every test runs on each transport of :data:`TRANSPORTS` (memory, a real
+Every test runs on each transport (``each_transport_url``: memory, a real
 SQLite file, the machine's RabbitMQ): their callbacks take different paths
 through the runner, and RabbitMQ delays retries through dead-lettering wait
 queues. Queue names are unique per test (RabbitMQ's vhost is shared by the
@@ -14,18 +14,19 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from zocalo.errors import InvalidMessage
 from zocalo.logs import RecipeContextFilter
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import encode
 from zocalo.service import Service, ServiceRunner
-from zocalo.service.runner import ATTEMPT_HEADER, RECIPE_PATH_HEADER
-from zocalo.transport import Transport
+from zocalo.service.middleware.base import ATTEMPT_HEADER
+from zocalo.service.middleware.dead_letter import RECIPE_PATH_HEADER
+from zocalo.transport import Transport, dlq_name
 from zocalo.transport.base import DLQ_HISTORY_HEADER, DLQ_QUEUE_HEADER, DLQ_REASON_HEADER
 
 ENVIRONMENT = {"ID": "recipe-0001"}
@@ -35,23 +36,15 @@ SAMPLE = Recipe({"1": {"queue": "work", "output": 2}, "2": {"queue": "out"}, "st
 #: 30 ms then 60 ms share wait queues, as the default 1 s then 2 s do, so a
 #: second trip meets the first one's x-death entries.
 RETRY_DELAY = 0.03
+#: Sent last to a queue to show that nothing else arrived before it.
+SENTINEL = b"--sentinel--"
 module_log = logging.getLogger("tests.science")
 
-TRANSPORTS = [
-    pytest.param("memory", id="memory"),
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-]
 
-
-@pytest.fixture(params=TRANSPORTS)
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """One broker per test, on each transport (overrides the memory-only default)."""
-    if request.param == "memory":
-        return f"memory://runner-{uuid.uuid4().hex}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    return request.getfixturevalue("rabbitmq_vhost_url")
+@pytest.fixture
+def broker_url(each_transport_url: str) -> str:
+    """Every test here runs on each transport (this overrides the memory-only default)."""
+    return each_transport_url
 
 
 @pytest.fixture
@@ -95,6 +88,8 @@ class Multiplier(Service):
         if self.failures.get(payload["value"], 0) > 0:
             self.failures[payload["value"]] -= 1
             raise RuntimeError(f"detector offline for {payload['value']}")
+        if payload["value"] == "refuse":
+            raise InvalidMessage("no image for this collection")
         if payload.get("channel"):
             step.send_to(payload["channel"], payload)
             return
@@ -122,6 +117,18 @@ def dead(client: Transport, collector: Callable[..., Any], work: str) -> Any:
 
 def payloads(deliveries: list[Any]) -> list[Any]:
     return [json.loads(delivery.body)["payload"] for delivery in deliveries]
+
+
+def dead_letters_so_far(client: Transport, dead: Any, queue: str) -> list[bytes]:
+    """What ``dead`` (subscribed to ``dlq.<queue>``) received before now.
+
+    A sentinel sent there now arrives after anything dead-lettered earlier (one
+    queue, one consumer: first in, first out), so waiting for it is waiting long
+    enough: an empty answer means nothing was dead-lettered, not "not yet".
+    """
+    client.send(dlq_name(queue), SENTINEL)
+    arrived = [delivery.body for delivery in dead.wait_for_body(SENTINEL)]
+    return arrived[: arrived.index(SENTINEL)]
 
 
 def test_handler_output_goes_to_the_next_step(client, work, recipe, results, start_service):
@@ -201,7 +208,7 @@ def test_handler_failing_once_is_retried_and_succeeds(
     assert (stats["failed"], stats["retried"], stats["handled"]) == (1, 1, 1)
     send_work(client, recipe, 5)  # sentinel: the retry produced exactly one result
     assert payloads(results.wait_for_count(2)) == [{"value": 12}, {"value": 15}]
-    assert dead.deliveries == []
+    assert dead_letters_so_far(client, dead, work) == []
 
 
 def test_handler_failing_twice_gets_its_third_attempt(
@@ -218,7 +225,7 @@ def test_handler_failing_twice_gets_its_third_attempt(
     assert stats["dead_lettered"] == 0
     send_work(client, recipe, 5)  # sentinel: the retries produced exactly one result
     assert payloads(results.wait_for_count(2)) == [{"value": 12}, {"value": 15}]
-    assert dead.deliveries == []
+    assert dead_letters_so_far(client, dead, work) == []
 
 
 def test_handler_failing_every_time_ends_in_dlq_while_others_flow(
@@ -247,6 +254,28 @@ def test_handler_failing_every_time_ends_in_dlq_while_others_flow(
     assert failures, "each failure is logged with its traceback"
     assert "message" in failures[0].getMessage()
     assert runner.stats.snapshot()["dead_lettered"] == 1
+
+
+def test_input_its_handler_refuses_is_dead_lettered_at_once_in_one_line(
+    client, work, recipe, results, dead, start_service, caplog
+):
+    """An InvalidMessage from a handler means the input is unusable: retrying cannot
+    help, and a traceback would bury the one line that says why."""
+    service = Multiplier(work)
+    runner = start_service(service, retry_delay=RETRY_DELAY, max_attempts=3)
+    send_work(client, recipe, "refuse")
+    send_work(client, recipe, 2)
+    (dead_letter,) = dead.wait_for_count(1)
+    assert payloads(results.wait_for_count(1)) == [{"value": 6}]
+    assert [call["value"] for call in service.calls].count("refuse") == 1, "not retried"
+    reason = dead_letter.headers[DLQ_REASON_HEADER]
+    assert "InvalidMessage: no image for this collection" in reason
+    assert "attempts" not in reason
+    assert dead_letter.headers[RECIPE_PATH_HEADER] == [1]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in errors if r.exc_info], "no traceback for a refused input"
+    assert any("refused" in r.getMessage() and "no image" in r.getMessage() for r in errors)
+    assert runner.stats.snapshot()["retried"] == 0
 
 
 def test_retries_and_dead_letters_leave_out_the_brokers_headers(
@@ -285,7 +314,7 @@ def test_unknown_channel_is_logged_and_counted_not_silent(
     warning = next(r for r in caplog.records if "no-such-channel" in r.getMessage())
     assert warning.levelno == logging.WARNING
     assert "recipe-0001" in warning.getMessage()
-    assert dead.deliveries == [], "an unknown channel is not a failure"
+    assert dead_letters_so_far(client, dead, work) == [], "an unknown channel is not a failure"
 
 
 def test_log_lines_inside_a_handler_carry_recipe_id_and_step(
@@ -418,17 +447,19 @@ def test_a_stop_whose_release_is_slow_returns_prefetched_messages_once(
     back = collector(ack_with=client)
     client.subscribe(slow, back, prefetch=10)
     back.wait_for_count(4)
-    assert dead.deliveries == [], "nothing dead-lettered by a clean stop"
+    assert dead_letters_so_far(client, dead, slow) == [], "nothing dead-lettered by a clean stop"
     assert sorted(payloads(back.deliveries)) == [1, 2, 3, 4]
 
 
+#: Memory and RabbitMQ only: they refuse a delayed broadcast, and SQLite refuses
+#: nothing a handler can send (it honours every feature), so there it never happens.
 REFUSING = [
     pytest.param("memory", id="memory"),
     pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
 ]
 
 
-@pytest.mark.parametrize("broker_url", REFUSING, indirect=True)
+@pytest.mark.parametrize("each_transport_url", REFUSING, indirect=True)
 def test_an_input_whose_outputs_are_refused_returns_after_a_growing_pause(
     broker_url, client, work, names, start_service, wait_until
 ):
@@ -463,3 +494,105 @@ def test_an_input_whose_outputs_are_refused_returns_after_a_growing_pause(
     gaps = [later - earlier for earlier, later in itertools.pairwise(first_four)]
     assert all(gap >= 0.9 * pause for gap, pause in zip(gaps, (0.2, 0.4, 0.8), strict=True)), gaps
     assert runner.stats.publish_failed >= 3
+
+
+def run_in_thread(runner: ServiceRunner) -> tuple[Any, list[BaseException]]:
+    """Start ``runner.run`` on a thread; what it raised lands in the returned list."""
+    import threading
+
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner.run()
+        except BaseException as error:  # what a worker process would die of
+            raised.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert runner.started.wait(10)
+    return thread, raised
+
+
+def test_a_handler_that_exits_stops_the_service_and_its_message_returns(
+    broker_url, client, work, recipe, collector
+):
+    """``sys.exit()`` in a handler ends the service, as it ends any program, on every
+    transport: on SQLite and RabbitMQ it used to end only their callback thread, and
+    the service sat there alive, consuming nothing, for ever."""
+    from zocalo.transport import create_transport
+
+    class Exits(Service):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_handler(work, self.leave, prefetch=1)
+
+        def leave(self, step: RecipeStep, payload: Any) -> None:
+            raise SystemExit(3)
+
+    runner = ServiceRunner(Exits(), create_transport(broker_url))
+    thread, raised = run_in_thread(runner)
+    send_work(client, recipe, 1)
+    thread.join(10)
+    assert not thread.is_alive(), "the service goes on after its handler exited"
+    assert [type(error) for error in raised] == [SystemExit]
+    back = collector(ack_with=client)
+    client.subscribe(work, back)
+    assert payloads(back.wait_for_count(1)) == [{"value": 1}], "the message is not lost"
+
+
+def test_a_raising_hook_stops_the_service_with_its_error(broker_url, client, work, recipe, results):
+    """A hook that raises is a bug, not bad input: the service stops with the error (a
+    supervisor restarts it) on every transport alike; the message was settled first."""
+    from zocalo.service import Middleware
+    from zocalo.service.middleware import default_middleware
+    from zocalo.transport import create_transport
+
+    class Broken(Middleware):
+        def after_message(self, runner, message, outcome, seconds):
+            raise ValueError("a broken hook")
+
+    runner = ServiceRunner(
+        Multiplier(work), create_transport(broker_url), middleware=[*default_middleware(), Broken()]
+    )
+    thread, raised = run_in_thread(runner)
+    send_work(client, recipe, 2)
+    thread.join(10)
+    assert not thread.is_alive(), "the service goes on after a hook raised"
+    assert [str(error) for error in raised] == ["a broken hook"]
+    assert payloads(results.wait_for_count(1)) == [{"value": 6}]
+
+
+def test_a_topic_handler_gets_each_broadcast_and_is_never_retried(
+    client, names, collector, start_service, caplog
+):
+    """Broadcasts have no queue to retry on or dead-letter from: a failure is counted
+    and logged, and the handler goes on to the next broadcast."""
+    topic, out = names("topic"), names("topic.out")
+    client.declare_queue(out)
+    calls: list[Any] = []
+
+    class Listener(Service):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_handler(topic, self.hear, broadcast=True)
+
+        def hear(self, step: RecipeStep, payload: Any) -> None:
+            calls.append(payload)
+            if payload == "fail":
+                raise RuntimeError("cannot hear that")
+            step.send(payload)
+
+    recipe = Recipe({"1": {"topic": topic, "output": 2}, "2": {"queue": out}, "start": [[1, 0]]})
+    runner = start_service(Listener(), retry_delay=RETRY_DELAY)
+    sink = collector(ack_with=client)
+    client.subscribe(out, sink)
+    for payload in ("fail", "heard"):
+        client.broadcast(
+            topic, encode(recipe, 1, [], ENVIRONMENT, payload), headers={"workflows-recipe": True}
+        )
+    assert payloads(sink.wait_for_count(1)) == ["heard"]
+    assert calls == ["fail", "heard"], "a failed broadcast is not retried"
+    stats = runner.stats.snapshot()
+    assert (stats["failed"], stats["retried"], stats["handled"]) == (1, 0, 1)
+    assert "cannot hear that" in caplog.text

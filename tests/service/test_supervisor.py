@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from zocalo.cli.shutdown import command as shutdown
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
-from zocalo.service.commands import shutdown_commands
-from zocalo.service.status import Status, Utilization, command_matches, host_id
+from zocalo.service.commands import command_matches, shutdown_commands
+from zocalo.service.status import Status, Utilization, host_id
 from zocalo.service.supervisor import backoff
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,9 @@ from zocalo.transport import Transport, create_transport
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", "rabbitmq"])
+@pytest.fixture(
+    params=["sqlite", pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq)]
+)
 def any_broker(request: pytest.FixtureRequest, sqlite_broker: str) -> str:
     """The broker URL of each transport that carries commands between processes."""
     if request.param == "sqlite":

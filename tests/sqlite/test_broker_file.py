@@ -36,7 +36,7 @@ def test_every_file_is_private_to_its_owner(tmp_path):
             broker.with_name("broker.db-wal"),
             broker.with_name("broker.db-shm"),
             broker.with_name("broker.db.write-lock"),
-            transport._liveness.path,
+            transport._worker.liveness.path,
         ]
         modes = {path.name: oct(_mode(path)) for path in files}
         directories = {
@@ -52,7 +52,7 @@ def test_a_shared_group_gets_group_read_write(tmp_path):
     broker = tmp_path / "shared" / "broker.db"
     with create_transport(f"sqlite:///{broker}?group={group}") as transport:
         transport.send("q", "shared")
-        files = [broker, broker.with_name("broker.db-wal"), transport._liveness.path]
+        files = [broker, broker.with_name("broker.db-wal"), transport._worker.liveness.path]
         assert {_mode(path) for path in files} == {0o660}
         assert _mode(broker.parent) == 0o2770
         assert _mode(transport.locks_directory) == 0o2770
@@ -109,10 +109,10 @@ def test_wake_ups_from_another_user_are_ignored(tmp_path):
     logger.addHandler(refused)
     try:
         with create_transport(f"sqlite:///{tmp_path}/broker.db") as transport:
-            address = "\0" + transport._wake.address
+            address = "\0" + transport._worker.wake_socket.address
             sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             pid = os.fork()
-            if pid == 0:  # the child: become nobody, poke, vanish
+            if pid == 0:  # the child: become nobody, wake it, vanish
                 try:
                     os.setresgid(NOBODY, NOBODY, NOBODY)
                     os.setresuid(NOBODY, NOBODY, NOBODY)

@@ -13,7 +13,7 @@ import pytest
 
 from zocalo.errors import ConnectionFailed, InvalidURL
 from zocalo.transport import Outgoing, create_transport
-from zocalo.transport.sqlite import store
+from zocalo.transport.sqlite import files, schema
 
 
 def test_consumer_killed_inside_its_handler_gets_all_prefetched_messages_redelivered(
@@ -128,7 +128,7 @@ def test_durability_level_is_chosen_in_the_url(tmp_path):
     with create_transport(url):
         pass
     lock = os.open(tmp_path / "full.db.write-lock", os.O_RDWR)
-    db = store.open_store(tmp_path / "full.db", lock, "full")
+    db = schema.open_database(tmp_path / "full.db", lock, "full")
     os.close(lock)
     assert db.execute("PRAGMA synchronous").fetchone() == (2,)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -138,14 +138,14 @@ def test_durability_level_is_chosen_in_the_url(tmp_path):
 
 def test_a_network_filesystem_is_refused(tmp_path, monkeypatch):
     # No NFS mount exists on a test machine; pretend the directory is one.
-    monkeypatch.setattr(store, "filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(files, "filesystem_type", lambda path: "nfs4")
     with pytest.raises(ConnectionFailed, match="nfs4 network filesystem"):
         create_transport(f"sqlite:///{tmp_path}/b.db").connect()
 
 
 def test_filesystem_type_reads_the_mount_table(tmp_path):
-    assert store.filesystem_type(Path("/proc")) == "proc"
-    assert store.filesystem_type(tmp_path) not in store.NETWORK_FILESYSTEMS
+    assert files.filesystem_type(Path("/proc")) == "proc"
+    assert files.filesystem_type(tmp_path) not in files.NETWORK_FILESYSTEMS
 
 
 def _count(database: Path, sql: str) -> int:

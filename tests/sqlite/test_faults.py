@@ -15,7 +15,7 @@ from zocalo.transport import Outgoing, create_transport
 
 
 def test_a_wake_up_dropped_by_a_full_socket_is_not_lost(tmp_path, spawn):
-    """30 pokes for ``a`` fill a stopped consumer's socket; the one for ``b`` is dropped.
+    """30 wake-ups for ``a`` fill a stopped consumer's socket; the one for ``b`` is dropped.
 
     The reaper's re-poll is pushed out of reach (reap_interval=3600): the consumer
     must notice on its own that its socket was full.
@@ -26,10 +26,10 @@ def test_a_wake_up_dropped_by_a_full_socket_is_not_lost(tmp_path, spawn):
     with create_transport(url) as producer:
         _stop_outside_a_transaction(consumer, tmp_path / "broker.db.write-lock")
         try:
-            for number in range(30):  # one transaction, so one poke, each
+            for number in range(30):  # one transaction, so one wake-up, each
                 producer.publish([Outgoing("a", f"a{number}".encode())]).result(10)
             producer.publish([Outgoing("b", b"b0")]).result(10)
-            # A publisher pokes after confirming: one more turn makes sure b's poke is out.
+            # A publisher wakes after confirming: one more batch makes sure b's wake-up is out.
             producer.publish([Outgoing("elsewhere", b"x")]).result(10)
         finally:
             consumer.signal_group(signal.SIGCONT)
@@ -37,8 +37,8 @@ def test_a_wake_up_dropped_by_a_full_socket_is_not_lost(tmp_path, spawn):
     assert received == {f"a{n}" for n in range(30)} | {"b0"}
 
 
-def test_a_message_whose_poke_never_came_is_found_by_the_reapers_turn(tmp_path, collector):
-    """A publisher killed between its commit and its pokes leaves a row nobody was told of."""
+def test_a_message_whose_wake_up_never_came_is_found_by_the_reapers_batch(tmp_path, collector):
+    """A publisher killed between its commit and its wake-ups leaves a row nobody was told of."""
     url = f"sqlite:///{tmp_path}/broker.db"
     with create_transport(url) as consumer:
         sink = collector(ack_with=consumer)
@@ -93,17 +93,17 @@ def test_close_after_the_worker_thread_died_returns_what_it_held(tmp_path, colle
 
         failures: list[str] = []
         broken.failure_listeners.append(failures.append)  # the runner listens so
-        broken._dead_connections = injected_fault  # the worker dies at its next reap
+        broken._worker._dead_connections = injected_fault  # the worker dies at its next reap
         deadline = time.monotonic() + 10
-        while broken._worker.is_alive():
+        while broken._worker.thread.is_alive():
             assert time.monotonic() < deadline, "the worker did not die"
-            broken._worker.join(0.1)
+            broken._worker.thread.join(0.1)
         assert not broken.connected
         assert len(failures) == 1 and "injected fault" in failures[0], "its owner is told"
-        lock_file = broken._liveness.path
+        lock_file = broken._worker.liveness.path
         broken.close()
         assert not lock_file.exists()
-        assert not broken._dispatcher.is_alive()
+        assert not broken._worker.callback_thread.is_alive()
         # Returned at close, not when its 60 s lease runs out.
         rescuer = collector(ack_with=other)
         other.subscribe("held", rescuer)

@@ -2,9 +2,10 @@
 
 Every test in ``test_contract.py`` runs once per entry of :data:`TRANSPORTS`.
 Adding a broker is one line there: a ``pytest.param`` wrapping a factory that
-returns a fresh, isolated URL for one test (given the test's ``request`` and
-``tmp_path``; a broker that takes seconds to start comes from a session fixture
-asked for through ``request``, so it only starts when its tests run).
+returns a fresh, isolated URL for one test (given the test's fixture request,
+to ask for what the broker needs, e.g. ``tmp_path``). A broker that runs as a
+server carries the marker naming it, and its factory asks for its fixture only
+when called: a test of another transport never contacts it.
 
 Timing rule for the whole suite: never sleep to wait for something to happen.
 Consumers run on the transport's own callback thread and feed a ``Collector``
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,21 +25,21 @@ from zocalo.errors import ZocaloError
 from zocalo.transport import Transport, create_transport
 
 
-def memory_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def memory_url(request: pytest.FixtureRequest) -> str:
     # One broker per test: every transport on this NAME shares it.
     return f"memory://contract-{uuid.uuid4().hex}"
 
 
-def sqlite_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/broker.db"
+def sqlite_url(request: pytest.FixtureRequest) -> str:
+    return f"sqlite:///{request.getfixturevalue('tmp_path')}/broker.db"
 
 
-def rabbitmq_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def rabbitmq_url(request: pytest.FixtureRequest) -> str:
     # The session's private vhost; names are unique per test, so tests never meet.
-    return RABBITMQ_URL
+    return request.getfixturevalue("rabbitmq_vhost_url")
 
 
-def stomp_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def stomp_url(request: pytest.FixtureRequest) -> str:
     # The session's private ActiveMQ (started on first use); names are unique per test.
     return request.getfixturevalue("activemq").url(prefix="contract")
 
@@ -51,20 +51,13 @@ TRANSPORTS = [
     pytest.param(rabbitmq_url, id="rabbitmq", marks=pytest.mark.rabbitmq),
     pytest.param(stomp_url, id="stomp", marks=pytest.mark.stomp),
 ]
-RABBITMQ_URL = ""
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _rabbitmq_vhost(rabbitmq_vhost_url: str) -> None:
-    global RABBITMQ_URL
-    RABBITMQ_URL = rabbitmq_vhost_url
 
 
 @pytest.fixture(params=TRANSPORTS)
-def transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def transport_url(request: pytest.FixtureRequest) -> str:
     """A fresh URL, isolated from every other test, for the transport under test."""
-    factory: Callable[[pytest.FixtureRequest, Path], str] = request.param
-    return factory(request, tmp_path)
+    factory: Callable[[pytest.FixtureRequest], str] = request.param
+    return factory(request)
 
 
 @pytest.fixture

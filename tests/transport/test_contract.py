@@ -596,6 +596,33 @@ def test_nack_without_requeue_dead_letters(
     assert received.bodies == [b"poison", SENTINEL]
 
 
+def test_a_dead_letter_handed_back_stays_with_its_reason(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    """A dead-letter queue has no delivery limit: a tool stopped mid-purge hands its
+    dead letters back as often as it likes, and each keeps why it died."""
+    queue = name("q")
+    transport.send(queue, b"poison")
+    received = collector()
+    transport.subscribe(queue, received)
+    [delivery] = received.wait_for_count(1)
+    dead_letter = {"requeue": False, "reason": "the first reason"}
+    if lacks(transport, Capability.DEAD_LETTER, transport.nack, delivery, **dead_letter):
+        return
+    transport.nack(delivery, **dead_letter)
+    dead = collector()
+    transport.subscribe(dlq_name(queue), dead)
+    handed_back = transport.delivery_limit + 1
+    for count in range(1, handed_back + 1):
+        letter = dead.wait_for_count(count)[-1]
+        transport.nack(letter, requeue=True, reason="purge stopped")
+    last = dead.wait_for_count(handed_back + 1)[-1]
+    assert last.body == b"poison"
+    assert "the first reason" in last.headers[DLQ_REASON_HEADER]
+    assert last.headers[DLQ_QUEUE_HEADER] == queue
+    transport.ack(last)
+
+
 def test_delivery_limit_dead_letters_with_history(
     transport: Transport, collector: Callable, name: Callable
 ) -> None:

@@ -1,26 +1,44 @@
-"""zocalo.go: submit a processing request (or, with --direct, start a recipe)."""
+"""zocalo.go: submit a processing request (or, with --direct, start a recipe).
+
+A request goes to the Dispatcher's queue exactly as python-zocalo's ``zocalo.go`` sends
+it, plus a ``guid`` parameter (the recipe ID, printed so the job can be followed). If
+the broker cannot take it and the site configuration names a fallback location
+(``storage`` key ``zocalo.go.fallback_location``), the request is stored there for
+``zocalo.pickup`` instead (``--drop`` stores it without trying the broker).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import click
 
-from zocalo.cli.common import fail, open_broker, resolve_transport, transport_option
+from zocalo.cli.common import (
+    broker_errors,
+    fail,
+    open_broker,
+    resolve_transport,
+    transport_option,
+)
 from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
 from zocalo.recipe.validation import check_destinations
 from zocalo.submit import (
+    FALLBACK_KEY,
     InvalidRequest,
     MissingId,
     MissingRecipe,
     Submission,
     direct_start,
     processing_request,
+    write_drop_file,
 )
+from zocalo.transport.base import Transport
+from zocalo.transport.registry import create_transport
 
 #: What to give on this command line when a request breaks one of the library's rules.
 _REQUEST_HINTS: dict[type[InvalidRequest], str] = {
@@ -82,6 +100,12 @@ def _print(submission: Submission) -> None:
 @click.option("-a", "--autoprocscalingid", type=int, help="AutoProcScaling id.")
 @click.option("--direct", is_flag=True, help="Start the -f recipe itself, without a Dispatcher.")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
+@click.option(
+    "--drop",
+    is_flag=True,
+    hidden=True,
+    help="Store the request in the fallback location instead of sending it.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Print the message sent.")
 @click.option(
     "--timeout",
@@ -103,6 +127,7 @@ def command(
     autoprocscalingid: int | None,
     direct: bool,
     dry_run: bool,
+    drop: bool,
     verbose: bool,
     timeout: float,
     transport: str | None,
@@ -132,21 +157,78 @@ def command(
         raise click.UsageError(f"{error}: {hint}" if hint else str(error)) from None
     except ZocaloError as error:
         raise click.UsageError(str(error)) from None
+    fallback = _fallback_location(site_config, drop=drop, direct=direct)
     if dry_run:
         _print(submission)
+        if drop:
+            click.echo(f"not storing the request in {fallback} (running with --dry-run)")
         return
-    url = resolve_transport(transport, site_config)
-    with open_broker(url) as broker:
-        try:
-            submission.send(broker, timeout)
-        except TimeoutError:
-            fail(
-                f"the broker did not confirm the {len(submission.outputs)} message(s) to "
-                f"{submission.queue} within {timeout:g} s; they may or may not arrive"
-            )
+    if drop and fallback:
+        _store(submission, fallback)
+        return
+    _deliver(submission, resolve_transport(transport, site_config), timeout, fallback)
     if verbose:
         _print(submission)
-    click.echo(f"started recipe {recipe_id}" if recipe_id else f"submitted to {submission.queue}")
+    if recipe_id:
+        click.echo(f"started recipe {recipe_id}")
+    else:
+        click.echo(f"submitted recipe {submission.recipe_id} to {submission.queue}")
+
+
+def _fallback_location(site_config: SiteConfiguration, *, drop: bool, direct: bool) -> str | None:
+    """Where a request the broker cannot take is stored (None: nowhere, it is an error)."""
+    if direct:
+        if drop:
+            raise click.UsageError(
+                "--drop stores a request for the Dispatcher; --direct makes none"
+            )
+        return None
+    location = site_config.storage.get(FALLBACK_KEY)
+    if drop and not location:
+        raise click.UsageError(
+            f"--drop stores the request in the site configuration's storage {FALLBACK_KEY}, "
+            "and it names none"
+        )
+    return str(location) if location else None
+
+
+def _deliver(submission: Submission, url: str, timeout: float, fallback: str | None) -> None:
+    """Send; if the broker cannot be reached or refuses the request, store it in ``fallback``
+    (and end the command there), or without one end with the error."""
+    if not fallback:
+        with open_broker(url) as broker:
+            _send(submission, broker, timeout)
+        return
+    with broker_errors():  # a URL no broker could have: an error, not a reason to store
+        broker = create_transport(url)
+    try:
+        broker.connect()
+        _send(submission, broker, timeout)
+    except ZocaloError as error:
+        click.echo(f"the broker did not take the request: {error}", err=True)
+        _store(submission, fallback)
+        raise click.exceptions.Exit(0) from None
+    finally:
+        with contextlib.suppress(ZocaloError):
+            broker.close()
+
+
+def _send(submission: Submission, broker: Transport, timeout: float) -> None:
+    try:
+        submission.send(broker, timeout)
+    except TimeoutError:
+        fail(
+            f"the broker did not confirm the {len(submission.outputs)} message(s) to "
+            f"{submission.queue} within {timeout:g} s; they may or may not arrive"
+        )
+
+
+def _store(submission: Submission, fallback: str) -> None:
+    try:
+        path = write_drop_file(fallback, submission)
+    except OSError as error:
+        fail(f"could not store the request in {fallback}: {error}")
+    click.echo(f"stored recipe {submission.recipe_id} in {path}, for zocalo.pickup to send")
 
 
 def main() -> None:

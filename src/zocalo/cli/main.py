@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import click
 
-from zocalo.cli import demo, go, monitor, queues, service, shutdown
+from zocalo.cli import (
+    cancel,
+    demo,
+    dlq,
+    go,
+    monitor,
+    pickup,
+    queue_drain,
+    queues,
+    recipe,
+    service,
+    shutdown,
+    wrap,
+)
 
 
 @click.group()
@@ -19,3 +32,9 @@ cli.add_command(demo.command)
 cli.add_command(queues.command)
 cli.add_command(shutdown.command)
 cli.add_command(monitor.command)
+cli.add_command(recipe.command)
+cli.add_command(wrap.command)
+cli.add_command(cancel.command)
+cli.add_command(dlq.group)
+cli.add_command(queue_drain.command)
+cli.add_command(pickup.command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 import click
@@ -13,10 +14,10 @@ from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.logs import apply_logging, logging_plan
 from zocalo.service.discovery import ServiceNotFound, check_service_name, service_class_name
-from zocalo.service.runner import RunnerSettings
+from zocalo.service.runner_settings import RunnerSettings
 from zocalo.service.supervisor import exec_supervisor
 from zocalo.service.supervisor_settings import RunnerHook, SupervisorSettings
-from zocalo.transport.registry import redact_url
+from zocalo.transport.registry import ENVIRONMENT_VARIABLE, redact_url
 
 
 @contextlib.contextmanager
@@ -124,12 +125,17 @@ def command(
         logging=plan,
         service_class=service_class_name(name),
         runner_hooks=hooks,
+        site_config=str(site_config.path.resolve()) if site_config.path else None,
+        site_environments=list(site_config.active),
     )
     # A wrong URL, bad credentials or a missing vhost: one clear line and exit 1 here,
     # not a supervisor restarting a service that can never connect.
     with _library_logs_quiet(unless=verbose >= 2), open_broker(url):
         pass
     logging.getLogger("zocalo.service").info("supervising %s on %s", name, redact_url(url))
+    # The service, and what it starts, reach the same broker: a Schlockmeister opens a
+    # connection of its own, a service may run zocalo.go.
+    os.environ[ENVIRONMENT_VARIABLE] = url
     exec_supervisor(settings)
 
 

@@ -12,8 +12,7 @@ import sqlite3
 import threading
 from typing import Any
 
-from zocalo.recipe.step import RecipeStep
-from zocalo.service import Service, handler
+from zocalo import RecipeStep, Service, handler
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS image_results (

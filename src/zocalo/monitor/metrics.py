@@ -2,8 +2,8 @@
 
 The counters live where the messages are handled, in the worker: the command
 line names :func:`enable_metrics` among the worker's runner hooks (the service
-layer never imports this module), which hangs :class:`ServiceMetrics` on the
-runner's ``on_start`` and ``listeners`` and serves them over HTTP on
+layer never imports this module), which adds :class:`ServiceMetrics` to the
+runner as a middleware and serves them over HTTP on
 ``--metrics-port``, on the loopback address unless ``--metrics-address``
 opens it wider (secure by default: counters and queue names are nobody
 else's business). A restarted worker serves fresh counters on the same
@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from zocalo.service.middleware.base import OUTCOMES, InHand, Middleware, Runner
+
 if TYPE_CHECKING:
     from zocalo.service.runner import ServiceRunner
 
@@ -30,11 +32,10 @@ log = logging.getLogger("zocalo.monitor.metrics")
 #: Where the endpoint listens unless told otherwise: this machine only.
 DEFAULT_ADDRESS = "127.0.0.1"
 
-OUTCOMES = ("handled", "retried", "dead_lettered", "failed")
 
-
-class ServiceMetrics:
-    """Counters, a latency histogram and an in-flight gauge on a private registry."""
+class ServiceMetrics(Middleware):
+    """Counters, a latency histogram and an in-flight gauge on a private registry,
+    kept by the runner's hooks."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -73,12 +74,22 @@ class ServiceMetrics:
         self.latency.labels(queue=queue).observe(seconds)
         self.in_flight.labels(queue=queue).dec()
 
-    def attach(self, runner: ServiceRunner) -> None:
-        """Count every message ``runner`` processes."""
+    # -- as a runner middleware ------------------------------------------------
+    def on_start(self, runner: Runner) -> None:
+        """Every queue's series at zero from the start (handlers added in
+        ``initializing`` included)."""
         for spec in runner.service.handlers():
             self.declare(spec.destination)
-        runner.on_start.append(self.started)
-        runner.listeners.append(self.finished)
+
+    def before_message(self, runner: Runner, message: InHand) -> None:
+        self.started(message.spec.destination)
+
+    def after_message(self, runner: Runner, message: InHand, outcome: str, seconds: float) -> None:
+        self.finished(message.spec.destination, outcome, seconds)
+
+    def attach(self, runner: ServiceRunner) -> None:
+        """Count every message ``runner`` processes (before it runs)."""
+        runner.add_middleware(self)
 
     def serve(self, port: int, address: str = DEFAULT_ADDRESS) -> None:
         """Serve ``/metrics`` on ``address:port`` from a daemon thread."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from zocalo.errors import ZocaloError
+from zocalo.errors import AdminError
 from zocalo.rabbitmq_admin.api import ManagementAPI, ManagementAPIError
 from zocalo.transport.registry import redact_url
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from zocalo.config.plugins import RabbitMQAPIConfig
 
 
-class ManagementAPIUnconfigured(ZocaloError):
+class ManagementAPIUnconfigured(AdminError):
     """Nothing says where the management API is, or as whom to log in."""
 
 

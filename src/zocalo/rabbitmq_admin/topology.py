@@ -106,17 +106,21 @@ def _desired_state(path: Path, parsed: TopologyFile, default_vhost: str) -> Desi
         return TopologyError(f"{path}: {key}: {message}")
 
     vhosts: dict[str, VhostSpec] = {}
-    for index, entry in enumerate(parsed.vhosts):
-        if entry.name in vhosts:
-            raise fail(f"vhosts[{index}].name", f"vhost {entry.name!r} declared twice")
-        vhosts[entry.name] = VhostSpec(
-            entry.name, entry.description, tuple(entry.tags), entry.tracing
+    for index, vhost_entry in enumerate(parsed.vhosts):
+        if vhost_entry.name in vhosts:
+            raise fail(f"vhosts[{index}].name", f"vhost {vhost_entry.name!r} declared twice")
+        vhosts[vhost_entry.name] = VhostSpec(
+            vhost_entry.name, vhost_entry.description, tuple(vhost_entry.tags), vhost_entry.tracing
         )
 
     permissions: dict[tuple[str, str], PermissionSpec] = {}
-    for index, entry in enumerate(parsed.permissions):
+    for index, permission in enumerate(parsed.permissions):
         spec = PermissionSpec(
-            vhost_of(entry.vhost), entry.user, entry.configure, entry.write, entry.read
+            vhost_of(permission.vhost),
+            permission.user,
+            permission.configure,
+            permission.write,
+            permission.read,
         )
         if (spec.vhost, spec.user) in permissions:
             raise fail(
@@ -126,14 +130,14 @@ def _desired_state(path: Path, parsed: TopologyFile, default_vhost: str) -> Desi
         permissions[spec.vhost, spec.user] = spec
 
     policies: dict[tuple[str, str], PolicySpec] = {}
-    for index, entry in enumerate(parsed.policies):
+    for index, policy_entry in enumerate(parsed.policies):
         policy = PolicySpec(
-            vhost_of(entry.vhost),
-            entry.name,
-            entry.pattern,
-            entry.definition,
-            entry.priority,
-            entry.apply_to,
+            vhost_of(policy_entry.vhost),
+            policy_entry.name,
+            policy_entry.pattern,
+            policy_entry.definition,
+            policy_entry.priority,
+            policy_entry.apply_to,
         )
         if (policy.vhost, policy.name) in policies:
             raise fail(f"policies[{index}].name", f"policy {policy.name!r} declared twice")
@@ -147,17 +151,17 @@ def _desired_state(path: Path, parsed: TopologyFile, default_vhost: str) -> Desi
             raise fail(key, f"exchange {exchange.name!r} declared twice, differently")
         exchanges[identity] = exchange
 
-    for index, entry in enumerate(parsed.exchanges):
+    for index, exchange_entry in enumerate(parsed.exchanges):
         add_exchange(
             f"exchanges[{index}].name",
             ExchangeSpec(
-                vhost_of(entry.vhost),
-                entry.name,
-                entry.type,
-                entry.durable,
-                entry.auto_delete,
-                entry.internal,
-                entry.arguments,
+                vhost_of(exchange_entry.vhost),
+                exchange_entry.name,
+                exchange_entry.type,
+                exchange_entry.durable,
+                exchange_entry.auto_delete,
+                exchange_entry.internal,
+                exchange_entry.arguments,
             ),
         )
 
@@ -203,15 +207,17 @@ def _desired_state(path: Path, parsed: TopologyFile, default_vhost: str) -> Desi
             for source in group.bindings:
                 add_binding(BindingSpec(vhost, source, "queue", name, name))
 
-    for entry in parsed.bindings:
+    for binding_entry in parsed.bindings:
         add_binding(
             BindingSpec(
-                vhost_of(entry.vhost),
-                entry.source,
-                "exchange" if entry.destination_type in ("e", "exchange") else "queue",
-                entry.destination,
-                entry.destination if entry.routing_key is None else entry.routing_key,
-                entry.arguments,
+                vhost_of(binding_entry.vhost),
+                binding_entry.source,
+                "exchange" if binding_entry.destination_type in ("e", "exchange") else "queue",
+                binding_entry.destination,
+                binding_entry.destination
+                if binding_entry.routing_key is None
+                else binding_entry.routing_key,
+                binding_entry.arguments,
             )
         )
 

@@ -13,7 +13,7 @@ Python internals there (``<built-in method ...>``), which no recipe wants.
 
 from __future__ import annotations
 
-import _string  # the field-name parser string.Formatter itself uses
+import _string  # type: ignore[import-not-found]  # the field-name parser string.Formatter uses
 import copy
 import string
 from collections.abc import Hashable, Mapping, Sequence

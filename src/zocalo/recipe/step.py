@@ -137,6 +137,16 @@ class RecipeStep:
             f"the step has no output channel {channel!r} (channels: {known})",
         )
 
+    def send_to_error(
+        self, payload: Any, *, headers: Mapping[str, Any] | None = None, **options: Any
+    ) -> int:
+        """Send ``payload`` to the recipe's error steps (its top-level ``error``)."""
+        recipe = self.recipe
+        if recipe is None or not recipe.error:
+            return self._unrouted("send_to_error()", "the recipe has no error steps")
+        targets = link_targets(recipe.error, "recipe field 'error'")
+        return self._send_to_steps(targets, payload, headers, options)
+
     def checkpoint(
         self,
         payload: Any,

@@ -25,6 +25,7 @@ from zocalo.errors import InvalidRecipe
 
 __all__ = [
     "check_destinations",
+    "check_every_route",
     "check_recipe",
     "check_routes",
     "is_step_id",
@@ -228,3 +229,15 @@ def check_routes(steps: Mapping[int, Mapping[str, Any]], pointer: int) -> list[i
     for step_id in dict.fromkeys([pointer, *targets]):
         _check_destination(step_id, steps[step_id])
     return targets
+
+
+def check_every_route(steps: Mapping[int, Mapping[str, Any]]) -> None:
+    """Raise InvalidRecipe unless every step could route a message (:func:`check_routes`).
+
+    What a recipe about to be started (by the Dispatcher) or checked by ``zocalo recipe
+    validate`` must pass beyond :func:`check_recipe`: a queue that is no name would
+    otherwise be found only when a message is sent there. ``steps`` must have passed
+    :func:`check_recipe`.
+    """
+    for step_id in steps:
+        check_routes(steps, step_id)

@@ -1,4 +1,4 @@
-"""Services: the base class, handler registration, the runner and discovery.
+"""Services: the base class, handler registration, the runner, its middleware and discovery.
 
 Everything loads on first use, so that a supervisor (whose module lives in
 this package) stays small.
@@ -11,18 +11,29 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from zocalo.service.base import HandlerSpec, Service, handler
-    from zocalo.service.runner import RunnerSettings, RunnerStats, ServiceRunner
+    from zocalo.service.middleware import Middleware
+    from zocalo.service.runner import ServiceRunner
+    from zocalo.service.runner_settings import RunnerSettings, RunnerStats
 
 _HOMES = {
     "HandlerSpec": "zocalo.service.base",
     "Service": "zocalo.service.base",
     "handler": "zocalo.service.base",
-    "RunnerSettings": "zocalo.service.runner",
-    "RunnerStats": "zocalo.service.runner",
+    "Middleware": "zocalo.service.middleware",
+    "RunnerSettings": "zocalo.service.runner_settings",
+    "RunnerStats": "zocalo.service.runner_settings",
     "ServiceRunner": "zocalo.service.runner",
 }
 
-__all__ = ["HandlerSpec", "RunnerSettings", "RunnerStats", "Service", "ServiceRunner", "handler"]
+__all__ = [
+    "HandlerSpec",
+    "Middleware",
+    "RunnerSettings",
+    "RunnerStats",
+    "Service",
+    "ServiceRunner",
+    "handler",
+]
 
 
 def __getattr__(name: str) -> Any:

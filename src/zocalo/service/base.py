@@ -16,7 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from zocalo.config import SiteConfiguration
 
 HandlerFunction = Callable[..., Any]
 
@@ -103,12 +106,40 @@ class Service:
         self.log = logging.getLogger(f"zocalo.service.{self.name}")
         self._extra_handlers: list[HandlerSpec] = []
 
+    # -- site configuration --------------------------------------------------
+    @property
+    def site_config(self) -> SiteConfiguration:
+        """The site configuration this service runs with (e.g. its ``storage`` paths).
+
+        Under ``zocalo.service`` it is the one named there (``--config``, ``-e``);
+        elsewhere it is loaded on first use from ``$ZOCALO_CONFIG`` and
+        ``$ZOCALO_DEFAULT_ENV``. Assign to it to give a service another one.
+        """
+        config = self.__dict__.get("_site_config")
+        if config is None:
+            from zocalo.config import load_configuration  # not in every supervisor
+
+            config = self.__dict__["_site_config"] = load_configuration()
+        return config
+
+    @site_config.setter
+    def site_config(self, config: SiteConfiguration) -> None:
+        self.__dict__["_site_config"] = config
+
     # -- lifecycle hooks -----------------------------------------------------
     def initializing(self) -> None:
         """Called once after the transport connects, before any message arrives."""
 
     def stopping(self) -> None:
         """Called once after the last message, before the transport closes."""
+
+    def status_note(self) -> str | None:
+        """A few words for the status broadcast when an operator should know something
+        (e.g. that the service waits for its database); None when all is well.
+
+        Called from the status thread while a handler may run: read, never block.
+        """
+        return None
 
     # -- handlers ------------------------------------------------------------
     def add_handler(self, queue: str, function: HandlerFunction, **options: Any) -> None:

@@ -18,8 +18,10 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from zocalo.service.commands import COMMAND_TOPIC, COMMANDS_KEPT_FOR, command_matches
 
 if TYPE_CHECKING:
     from zocalo.transport.base import Delivery, Transport
@@ -27,12 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("zocalo.service.status")
 
 STATUS_TOPIC = "transient.status"
-COMMAND_TOPIC = "command"
-#: Each supervisor's queue bound to the command topic, kept between its workers.
-COMMAND_QUEUE_PREFIX = "zocalo.command."
-#: A supervisor's command queue outlives each of its workers by this long, so a command
-#: broadcast while a worker restarts waits for the next one (see ``Identity.commands``).
-COMMANDS_KEPT_FOR = 600.0
 STATUS_INTERVAL = 6.0
 STATUS_EXPIRATION = 15.0
 UTILIZATION_WINDOW = 6.0
@@ -148,24 +144,6 @@ def status_message(
     return message
 
 
-def command_matches(command: Any, host: str, names: Collection[str | None]) -> bool:
-    """Whether a broadcast command targets this service (reference rules, plus ``all``).
-
-    ``names`` are what ``zocalo.shutdown -s NAME`` may call the service: its class
-    name (the reference's rule) and the name it was started with (an entry point
-    such as ``demo.FindSpots``, or ``module:Class``).
-    """
-    if not isinstance(command, dict):
-        return False
-    if command.get("all") is True:
-        return True
-    if "host" not in command and "service" not in command:
-        return False
-    if "host" in command and command["host"] != host:
-        return False
-    return "service" not in command or command["service"] in names
-
-
 class Identity(NamedTuple):
     """Who a status broadcast speaks for: the supervisor, which outlives its workers.
 
@@ -227,6 +205,7 @@ class StatusBroadcaster:
         self._thread: threading.Thread | None = None
         self._shutdown_requested = False
         self._bind_again_at = float("inf")
+        self._note: Any = None
 
     def start(self) -> None:
         """Subscribe to commands and start broadcasting (the transport is connected)."""
@@ -265,6 +244,7 @@ class StatusBroadcaster:
                 "pid": self.identity.pid,
                 "worker_pid": os.getpid(),
                 **self._restart_in(),
+                **({"note": str(stats["note"])} if stats.get("note") else {}),
             },
         )
 
@@ -309,7 +289,9 @@ class StatusBroadcaster:
                     self._bind_commands()
                 except Exception as error:  # tried again at the next turn
                     log.warning("could not renew the command queue: %s", error)
-            if self._record(status) or now >= next_due:
+            noted = stats.get("note") != self._note  # a new note goes out at once, too
+            self._note = stats.get("note")
+            if self._record(status) or noted or now >= next_due:
                 self.broadcast(stats)
                 next_due = now + self.interval
             self._done.wait(POLL_INTERVAL)

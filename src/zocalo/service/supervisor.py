@@ -54,9 +54,9 @@ import time
 from typing import Any, NoReturn
 
 from zocalo.logs import apply_logging
+from zocalo.service.commands import COMMAND_QUEUE_PREFIX
 from zocalo.service.status import (
     CANNOT_LOAD,
-    COMMAND_QUEUE_PREFIX,
     RECYCLE,
     SHUTDOWN_COMMANDED,
     STOP_SIGNALS,
@@ -78,6 +78,10 @@ STAND_IN_DELAY = 1.0
 STAND_IN_STOP = 5.0
 #: The environment variable that hands the settings to an exec'd supervisor.
 SETTINGS_VARIABLE = "ZOCALO_SUPERVISOR_SETTINGS"
+#: What an exec'd supervisor imports before it runs ``main()``; later it loads only
+#: the log handlers its logging plan names (the worker imports in its own process).
+#: ``tests/service/test_supervisor_footprint.py`` keeps this small.
+ENTRY_IMPORT = "from zocalo.service.supervisor import main"
 
 
 def backoff(quick_crashes: int) -> float:
@@ -440,7 +444,7 @@ def exec_supervisor(settings: SupervisorSettings) -> NoReturn:
     """
     logging.shutdown()  # flush (and close) this process's handlers, GELF included
     environment = {**os.environ, SETTINGS_VARIABLE: settings.to_json()}
-    code = "from zocalo.service.supervisor import main; main()"
+    code = f"{ENTRY_IMPORT}; main()"
     # -P: no working directory on sys.path (a select.py there must not shadow the
     # standard library); the trailing words only name the service in ps and top.
     argv = [sys.executable, "-P", "-c", code, "zocalo.service", settings.service]

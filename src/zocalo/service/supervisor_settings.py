@@ -37,6 +37,8 @@ class SupervisorSettings:
         service_class: str | None = None,
         max_memory: float | None = None,
         runner_hooks: list[RunnerHook] | None = None,
+        site_config: str | None = None,
+        site_environments: list[str] | None = None,
     ) -> None:
         self.service = service
         #: The class name, known without importing the service (see ``service_class_name``).
@@ -52,10 +54,14 @@ class SupervisorSettings:
         self.max_hops = max_hops
         self.logging = logging or LoggingPlan(service_name=service)
         #: Named by the caller (the command line wires metrics this way), so that code
-        #: above ``zocalo.service`` hangs itself on the runner's hooks (``on_start``,
-        #: ``listeners``) without the service layer importing it. Imported in the worker
-        #: only: the supervisor stays small.
+        #: above ``zocalo.service`` adds its middleware to the runner
+        #: (``runner.add_middleware``) without the service layer importing it. Imported
+        #: in the worker only: the supervisor stays small.
         self.runner_hooks = [(name, dict(options)) for name, options in runner_hooks or ()]
+        #: The site configuration file and environments the command line activated; the
+        #: worker activates the same for the service (``Service.site_config``).
+        self.site_config = site_config
+        self.site_environments = list(site_environments or ())
 
     def to_json(self) -> str:
         return json.dumps({**vars(self), "logging": self.logging.to_dict()})

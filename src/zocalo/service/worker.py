@@ -36,9 +36,12 @@ import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
+from zocalo.config import ConfigurationError, load_configuration
 from zocalo.errors import ZocaloError
 from zocalo.logs import apply_logging
 from zocalo.service.discovery import ServiceNotFound, load_service
+from zocalo.service.middleware.memory_limit import MemoryLimit
+from zocalo.service.middleware.time_limit import TimeLimit
 from zocalo.service.runner import RunnerSettings, ServiceRunner
 from zocalo.service.status import (
     CANNOT_LOAD,
@@ -53,11 +56,8 @@ from zocalo.transport.registry import create_transport
 
 if TYPE_CHECKING:
     from zocalo.service.supervisor_settings import RunnerHook, SupervisorSettings
-    from zocalo.transport.base import Delivery
 
 log = logging.getLogger("zocalo.service.worker")
-
-MIB = 1024 * 1024
 
 
 class SupervisorLink:
@@ -135,8 +135,17 @@ def run_service(
     except ServiceNotFound as error:
         log.error("%s", error)
         return CANNOT_LOAD
+    service = service_class()
+    if settings.site_config is not None:
+        try:
+            service.site_config = load_configuration(
+                settings.site_config, environments=settings.site_environments
+            )
+        except ConfigurationError as error:
+            log.error("service %s: %s", service_class.name, error)
+            return CANNOT_LOAD
     runner = ServiceRunner(
-        service_class(),
+        service,
         create_transport(settings.transport),
         RunnerSettings(
             max_attempts=settings.max_attempts,
@@ -144,6 +153,11 @@ def run_service(
             max_hops=settings.max_hops or RunnerSettings.max_hops,
         ),
     )
+    # The supervisor enforces time limits from outside; it hears of each limited message.
+    runner.add_middleware(TimeLimit(link.report))
+    recycling = MemoryLimit(settings.max_memory) if settings.max_memory is not None else None
+    if recycling is not None:
+        runner.add_middleware(recycling)
     _attach_hooks(runner, settings.runner_hooks)  # e.g. Prometheus metrics, from this process
 
     def read() -> tuple[Status, dict[str, Any]]:
@@ -153,7 +167,11 @@ def run_service(
             status = Status.SHUTDOWN
         else:
             status = Status.PROCESSING if runner.processing else Status.IDLE
-        return status, runner.stats.snapshot()
+        stats: dict[str, Any] = runner.stats.snapshot()
+        note = runner.service.status_note()
+        if note:
+            stats["note"] = note
+        return status, stats
 
     def on_shutdown(reason: str) -> None:
         link.report("shutdown", reason=reason)  # the supervisor announces it and sees it done
@@ -170,8 +188,6 @@ def run_service(
         interval=settings.status_interval,
         started_as=settings.service,
     )
-    _report_time_limits(runner, link)
-    recycling = _recycle_on_memory_growth(runner, settings.max_memory)
     _obey_signals(runner.request_stop)
     _watch_supervisor(commands, runner.request_stop, settings.stop_timeout)
     failed = False
@@ -191,7 +207,7 @@ def run_service(
         status.finish(Status.TEARDOWN if runner.stopping else Status.ERROR)
         with contextlib.suppress(ZocaloError):
             control.close()
-    if recycling.is_set():
+    if recycling is not None and recycling.recycled.is_set():
         return RECYCLE
     # Told to stop (signal, supervisor, shutdown command): a failure while stopping
     # must not turn into a restart.
@@ -199,7 +215,8 @@ def run_service(
 
 
 def _attach_hooks(runner: ServiceRunner, hooks: list[RunnerHook]) -> None:
-    """Call each ``module:function`` named in the settings with the runner.
+    """Call each ``module:function`` named in the settings with the runner (to add
+    its middleware).
 
     The caller names them (the command line, for ``--metrics-port``), so that the
     service layer never imports what sits above it (``zocalo.monitor``).
@@ -207,93 +224,6 @@ def _attach_hooks(runner: ServiceRunner, hooks: list[RunnerHook]) -> None:
     for name, options in hooks:
         module, _, function = name.partition(":")
         getattr(importlib.import_module(module), function)(runner, **options)
-
-
-def _report_time_limits(runner: ServiceRunner, link: SupervisorLink) -> None:
-    """Tell the supervisor of each message whose handler has a time limit, and its end.
-
-    The supervisor enforces the limit from outside: no thread of ours could stop a
-    handler stuck in C code that holds the GIL. (Installed for every service: handlers
-    added at run time, in ``initializing``, may have limits too.)
-    """
-    reported = threading.local()
-
-    def started(queue: str) -> None:
-        in_hand = runner.message_in_hand
-        reported.limited = in_hand is not None and in_hand[1].time_limit is not None
-        if in_hand is not None and reported.limited:
-            delivery, spec, since = in_hand
-            recipe, step = _recipe_of(delivery)
-            link.report(
-                "in_hand",
-                message=delivery.describe(),
-                recipe=recipe,
-                step=step,
-                handler=spec.function.__qualname__,
-                limit=spec.time_limit,
-                started=since,
-            )
-
-    def finished(queue: str, outcome: str, seconds: float) -> None:
-        if getattr(reported, "limited", False):
-            link.report("done")
-            reported.limited = False
-
-    runner.on_start.append(started)
-    runner.listeners.append(finished)
-
-
-def _recipe_of(delivery: Delivery) -> tuple[str | None, Any]:
-    """The recipe ID and step of a recipe message, for the supervisor's log line."""
-    try:
-        body = json.loads(delivery.body)
-        return str(body["environment"]["ID"]), body.get("recipe-pointer")
-    except Exception:  # not a recipe message, or not even JSON: the runner will say
-        return None, None
-
-
-def resident_mib() -> float:
-    """This process's resident memory in MiB (``/proc/self/statm``: a cheap read)."""
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
-
-
-def _recycle_on_memory_growth(runner: ServiceRunner, limit: float | None) -> threading.Event:
-    """After each message, stop cleanly if memory grew past ``limit`` MiB.
-
-    The message in hand is finished and acknowledged, prefetched ones go back to
-    the queue, and the worker exits ``RECYCLE`` so the supervisor starts a fresh one.
-    The returned event is set when that happened.
-    """
-    recycling = threading.Event()
-    if limit is None:
-        return recycling
-    at_start = resident_mib()
-    if at_start >= limit:
-        log.error(
-            "--max-memory %g MiB is below what a fresh worker of %s uses (%.0f MiB): "
-            "ignoring it, as every worker would be replaced after one message",
-            limit,
-            runner.service.name,
-            at_start,
-        )
-        return recycling
-
-    def check(queue: str, outcome: str, seconds: float) -> None:
-        if recycling.is_set() or (used := resident_mib()) <= limit:
-            return
-        recycling.set()
-        log.warning(
-            "worker of %s uses %.0f MiB, more than --max-memory %g MiB: finishing and "
-            "handing over to a fresh worker",
-            runner.service.name,
-            used,
-            limit,
-        )
-        runner.request_stop()
-
-    runner.listeners.append(check)
-    return recycling
 
 
 def run_stand_in(

@@ -9,11 +9,10 @@ outgoing messages and, once the broker has accepted *all* of them, acknowledge
 the input(s) that produced them. It returns a :class:`Confirmation` (a future)
 so the caller can keep working while the broker confirms.
 
-python-workflows' transactions (``transaction_begin`` / ``ack(...,
-transaction=)`` / ``send(..., transaction=)`` / ``transaction_commit``) are
-emulated on the client, once, here: a transaction is a buffer, and its commit
-is one ``publish`` of the buffered messages acking the buffered inputs. No
-broker transaction is involved (see :class:`Transport`).
+The values crossing the contract (:class:`Outgoing`, :class:`Delivery`, ...)
+are defined in :mod:`zocalo.transport.messages`, python-workflows'
+transactions are emulated in :mod:`zocalo.transport.transactions`; both are
+re-exported here, where callers import them.
 """
 
 from __future__ import annotations
@@ -23,11 +22,10 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from zocalo.errors import PublishFailed, TransportError, UnsupportedFeature, ZocaloError
+from zocalo.errors import TransportError, UnsupportedFeature
 from zocalo.transport.dead_letters import (  # re-exported: part of the transport contract
     BROKER_HEADERS as BROKER_HEADERS,
 )
@@ -46,6 +44,34 @@ from zocalo.transport.dead_letters import (
 from zocalo.transport.dead_letters import (
     without_broker_headers as without_broker_headers,
 )
+from zocalo.transport.messages import (  # re-exported: the values of the contract
+    Acks as Acks,
+)
+from zocalo.transport.messages import (
+    Callback as Callback,
+)
+from zocalo.transport.messages import (
+    Confirmation as Confirmation,
+)
+from zocalo.transport.messages import (
+    Delivery as Delivery,
+)
+from zocalo.transport.messages import (
+    Outgoing as Outgoing,
+)
+from zocalo.transport.messages import (
+    Subscription as Subscription,
+)
+from zocalo.transport.messages import (
+    confirmed as confirmed,
+)
+from zocalo.transport.messages import (
+    deliveries_to_ack as deliveries_to_ack,
+)
+from zocalo.transport.messages import (
+    reserve_all_or_none as reserve_all_or_none,
+)
+from zocalo.transport.transactions import OpenTransactions
 
 log = logging.getLogger(__name__)
 
@@ -66,71 +92,6 @@ class Capability(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Outgoing:
-    """One message to publish: to a queue, or broadcast to a topic."""
-
-    destination: str
-    body: bytes
-    headers: Mapping[str, Any] = field(default_factory=dict)
-    broadcast: bool = False
-    delay: float | None = None
-    priority: int | None = None
-    expiration: float | None = None
-
-    def describe(self) -> str:
-        kind = "topic" if self.broadcast else "queue"
-        return f"{kind} {self.destination!r}"
-
-
-@dataclass
-class Delivery:
-    """A message handed to a subscription callback.
-
-    ``delivery_count`` is 1 on the first delivery; ``redelivered`` is true
-    when the broker has handed this message out before. Broadcast deliveries
-    need no ack (``ackable`` is false).
-    """
-
-    subscription: Subscription
-    message_id: str
-    body: bytes
-    headers: dict[str, Any]
-    delivery_count: int = 1
-    redelivered: bool = False
-    ackable: bool = True
-    #: What the transport that delivered this message needs to settle it (RabbitMQ:
-    #: channel and delivery tag; SQLite: the row id; memory: the consumer). Opaque
-    #: to everyone else, and never compared across transports.
-    receipt: Any = None
-
-    @property
-    def source(self) -> str:
-        return self.subscription.destination
-
-    def describe(self) -> str:
-        return f"message {self.message_id} from {self.subscription.describe()}"
-
-
-Callback = Callable[[Delivery], None]
-
-
-@dataclass(eq=False)
-class Subscription:
-    """A live subscription, returned by subscribe calls and used to unsubscribe."""
-
-    id: int
-    destination: str
-    callback: Callback
-    broadcast: bool = False
-    prefetch: int = 1
-    active: bool = True
-
-    def describe(self) -> str:
-        kind = "topic" if self.broadcast else "queue"
-        return f"{kind} {self.destination!r}"
-
-
-@dataclass(frozen=True)
 class QueueStats:
     """How many messages a queue holds, by state."""
 
@@ -141,74 +102,6 @@ class QueueStats:
     consumers: int = 0
 
 
-class Confirmation(Future):
-    """Completes when the broker has accepted a publish (and the ack is sent).
-
-    On failure the exception names the destination that could not take the
-    message; the input was then not acknowledged.
-    """
-
-
-def confirmed() -> Confirmation:
-    """An already successful confirmation, for transports that settle inline."""
-    done = Confirmation()
-    done.set_result(None)
-    return done
-
-
-#: What ``publish(..., ack=)`` takes: one delivery, several, or none.
-Acks = Delivery | Sequence[Delivery] | None
-
-
-def deliveries_to_ack(ack: Acks) -> list[Delivery]:
-    """``publish``'s ``ack`` argument as a list; a delivery listed twice is refused."""
-    if ack is None:
-        return []
-    if isinstance(ack, Delivery):
-        return [ack]
-    deliveries = list(ack)
-    seen: set[int] = set()
-    for delivery in deliveries:
-        if not isinstance(delivery, Delivery):
-            raise TypeError(f"ack= takes deliveries, not {type(delivery).__name__}")
-        if id(delivery) in seen:
-            raise TransportError(f"{delivery.describe()} is listed twice in one publish")
-        seen.add(id(delivery))
-    return deliveries
-
-
-def take_all(
-    deliveries: Sequence[Delivery],
-    take: Callable[[Delivery], Any],
-    give_back: Callable[[Delivery], Any],
-) -> None:
-    """Claim every delivery for one publish, or none: on a refusal, give back those
-    claimed so far (they are still the caller's) and re-raise."""
-    taken: list[Delivery] = []
-    try:
-        for delivery in deliveries:
-            take(delivery)
-            taken.append(delivery)
-    except TransportError:
-        for delivery in taken:
-            give_back(delivery)
-        raise
-
-
-@dataclass(eq=False)
-class _Transaction:
-    """A client-side transaction: what to do, all at once, on commit."""
-
-    id: int
-    messages: list[Outgoing] = field(default_factory=list)
-    acks: list[Delivery] = field(default_factory=list)
-    #: (delivery, requeue, reason), applied once the publish is confirmed.
-    nacks: list[tuple[Delivery, bool, str]] = field(default_factory=list)
-
-    def holds(self, delivery: Delivery) -> bool:
-        return any(d is delivery for d in self.acks) or any(d is delivery for d, _, _ in self.nacks)
-
-
 class Transport(ABC):
     """Abstract broker connection. One subclass per broker in ``zocalo.transport``.
 
@@ -216,15 +109,11 @@ class Transport(ABC):
     and subscription methods); ``ack``/``nack``/``send``/``broadcast`` and the
     transaction methods are built on those here, once for every broker.
 
-    Transactions are python-workflows' API, emulated on the client: a dict of
-    buffers under a lock. ``ack``/``nack``/``send``/``broadcast`` given
-    ``transaction=`` only add to the buffer; ``transaction_commit`` is one
+    Transactions are python-workflows' API, emulated on the client (see
+    :mod:`zocalo.transport.transactions`): ``ack``/``nack``/``send``/``broadcast``
+    given ``transaction=`` only add to a buffer; ``transaction_commit`` is one
     atomic :meth:`publish` of the buffered messages acking every buffered input,
-    and waits for it. Nothing is asked of the broker before the commit, so a
-    transaction costs no round trips of its own (an AMQP ``tx.commit`` is a
-    synchronous round trip, and a channel cannot be in tx and confirm mode at
-    once; we publish with confirms). Unlike an AMQP transaction, a commit
-    whose output the broker cannot route fails, and acks nothing.
+    and waits for it.
     """
 
     #: Features this transport honours; others are refused, never ignored.
@@ -239,10 +128,8 @@ class Transport(ABC):
         self.url = url
         self.delivery_limit = delivery_limit
         self._subscription_ids = 0
-        self._transaction_ids = 0
-        self._transactions: dict[int, _Transaction] = {}
         self._id_lock = threading.Lock()
-        self._transaction_lock = threading.Lock()
+        self._transactions = OpenTransactions()
         #: Called with a reason when the transport can no longer serve a subscription.
         self.failure_listeners: list[Callable[[str], None]] = []
 
@@ -306,6 +193,23 @@ class Transport(ABC):
         """
         raise UnsupportedFeature(f"{type(self).__name__} cannot bind a queue to a topic")
 
+    def hand_over(self, subscription: Subscription, delivery: Delivery) -> None:
+        """Run ``subscription``'s callback on ``delivery``; a callback that raises
+        gets one log line and its message back on the queue (never a dead thread).
+
+        Every transport's callback thread calls this, so what a raising callback
+        means is decided here once.
+        """
+        try:
+            subscription.callback(delivery)
+        except Exception:
+            log.exception("callback for %s raised; returning it", delivery.describe())
+            if delivery.ackable:
+                try:
+                    self.nack(delivery, requeue=True, reason="callback raised")
+                except TransportError as error:
+                    log.warning("cannot return %s: %s", delivery.describe(), error)
+
     @abstractmethod
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop deliveries; unacknowledged ones stay owed until acked/nacked or closed."""
@@ -319,7 +223,7 @@ class Transport(ABC):
         if transaction is None:
             self._ack(delivery)
             return
-        self._hold(transaction, delivery, lambda txn: txn.acks.append(delivery))
+        self._transactions.hold_ack(transaction, delivery)
 
     def nack(
         self,
@@ -338,7 +242,7 @@ class Transport(ABC):
         if transaction is None:
             self._nack(delivery, requeue=requeue, reason=reason)
             return
-        self._hold(transaction, delivery, lambda txn: txn.nacks.append((delivery, requeue, reason)))
+        self._transactions.hold_nack(transaction, delivery, requeue, reason)
 
     @abstractmethod
     def _ack(self, delivery: Delivery) -> None:
@@ -410,23 +314,6 @@ class Transport(ABC):
         self.publish([message]).result(timeout)
 
     # -- client-side transactions (python-workflows' API) --------------------
-    def hand_over(self, subscription: Subscription, delivery: Delivery) -> None:
-        """Run ``subscription``'s callback on ``delivery``; a callback that raises
-        gets one log line and its message back on the queue (never a dead thread).
-
-        Every transport's callback thread calls this, so what a raising callback
-        means is decided here once.
-        """
-        try:
-            subscription.callback(delivery)
-        except Exception:
-            log.exception("callback for %s raised; returning it", delivery.describe())
-            if delivery.ackable:
-                try:
-                    self.nack(delivery, requeue=True, reason="callback raised")
-                except TransportError as error:
-                    log.warning("cannot return %s: %s", delivery.describe(), error)
-
     def transaction_begin(self, subscription_id: int | Subscription | None = None) -> int:
         """Open a transaction; returns its id (1, 2, ... per connection).
 
@@ -437,11 +324,7 @@ class Transport(ABC):
         of any subscription of this connection.
         """
         del subscription_id  # accepted, not needed: see above
-        with self._transaction_lock:
-            self._transaction_ids += 1
-            txn = _Transaction(self._transaction_ids)
-            self._transactions[txn.id] = txn
-        return txn.id
+        return self._transactions.begin()
 
     def transaction_add(self, transaction_id: int, *messages: Outgoing) -> None:
         """Hold ``messages`` in a transaction, to publish on commit.
@@ -450,8 +333,7 @@ class Transport(ABC):
         """
         for message in messages:
             self.check_supported(message)
-        with self._transaction_lock:
-            self._open_transaction(transaction_id).messages.extend(messages)
+        self._transactions.add(transaction_id, messages)
 
     def transaction_commit(self, transaction_id: int, *, timeout: float | None = 30.0) -> None:
         """Publish everything the transaction holds and ack its inputs, atomically.
@@ -462,34 +344,7 @@ class Transport(ABC):
         of the transaction was acked (they are redelivered once this connection
         lets go of them, or can be nacked). The transaction is over either way.
         """
-        with self._transaction_lock:
-            txn = self._open_transaction(transaction_id)
-            del self._transactions[transaction_id]
-        inputs = len(txn.acks)
-        try:
-            self.publish(txn.messages, ack=txn.acks).result(timeout)
-        except TimeoutError:
-            raise PublishFailed(
-                f"transaction {transaction_id}: the broker did not confirm its "
-                f"{len(txn.messages)} message(s) within {timeout} s; its {inputs} input(s) "
-                "are acknowledged only if it still does"
-            ) from None
-        except ZocaloError as error:
-            raise PublishFailed(
-                f"transaction {transaction_id} failed and acknowledged none of its "
-                f"{inputs} input(s): {error}"
-            ) from error
-        for delivery, requeue, reason in txn.nacks:
-            try:
-                self._nack(delivery, requeue=requeue, reason=reason)
-            except ZocaloError as error:
-                # It stays unsettled and comes back: what a requeue asked for anyway.
-                log.warning(
-                    "transaction %d committed, but its nack of %s failed: %s",
-                    transaction_id,
-                    delivery.describe(),
-                    error,
-                )
+        self._transactions.end(transaction_id).commit(self.publish, self._nack, timeout)
 
     def transaction_abort(self, transaction_id: int) -> None:
         """Drop everything the transaction holds: nothing is published, acked or nacked.
@@ -498,32 +353,7 @@ class Transport(ABC):
         ``tx.rollback``: they return to their queue when this connection lets
         go of them (close, crash), or at once if the caller nacks them.
         """
-        with self._transaction_lock:
-            self._open_transaction(transaction_id)
-            del self._transactions[transaction_id]
-
-    def _open_transaction(self, transaction_id: int) -> _Transaction:
-        """The open transaction ``transaction_id``, or a clear error (lock held)."""
-        txn = self._transactions.get(transaction_id)
-        if txn is None:
-            raise TransportError(
-                f"transaction {transaction_id!r} is not open on this connection "
-                f"(unknown, or already committed or aborted)"
-            )
-        return txn
-
-    def _hold(
-        self, transaction_id: int, delivery: Delivery, add: Callable[[_Transaction], None]
-    ) -> None:
-        if not delivery.ackable:
-            raise TransportError(f"{delivery.describe()} cannot be acknowledged")
-        with self._transaction_lock:
-            txn = self._open_transaction(transaction_id)
-            if txn.holds(delivery):
-                raise TransportError(
-                    f"{delivery.describe()} is already settled in transaction {transaction_id}"
-                )
-            add(txn)
+        self._transactions.end(transaction_id)
 
     # -- introspection ------------------------------------------------------
     def queue_stats(self) -> list[QueueStats]:

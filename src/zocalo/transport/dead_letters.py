@@ -32,9 +32,15 @@ _BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
 HistoryEntry = str | dict[str, Any]
 
 
+def is_dead_letter_queue(queue: str) -> bool:
+    """Whether ``queue`` holds dead letters. Such a queue has no delivery limit: a dead
+    letter handed back (a tool stopped mid-purge) stays, its reason intact."""
+    return queue.startswith("dlq.")
+
+
 def dlq_name(queue: str) -> str:
     """The dead-letter queue of ``queue`` (``dlq.<queue>``, as DLS configures RabbitMQ)."""
-    return queue if queue.startswith("dlq.") else f"dlq.{queue}"
+    return queue if is_dead_letter_queue(queue) else f"dlq.{queue}"
 
 
 def without_broker_headers(headers: Mapping[str, Any]) -> dict[str, Any]:

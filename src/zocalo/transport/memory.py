@@ -40,6 +40,7 @@ from zocalo.transport.dead_letters import (
     delivery_entry,
     delivery_limit_reason,
     dlq_name,
+    is_dead_letter_queue,
 )
 from zocalo.transport.options import Option, parse_options, split_url
 
@@ -119,13 +120,16 @@ class MemoryBroker:
     def give_back(self, queue: str, message: _Stored, reason: str, limit: int) -> None:
         """Return a delivered message to its queue, or dead-letter it past ``limit``."""
         message.history.append(delivery_entry(queue, reason, message.delivery_count))
-        if message.delivery_count >= limit:
+        if message.delivery_count >= limit and not is_dead_letter_queue(queue):
             why = delivery_limit_reason(message.delivery_count, limit, reason)
             self.dead_letter(queue, message, why)
         else:
             self.enqueue(queue, message)
 
     def dead_letter(self, queue: str, message: _Stored, reason: str) -> None:
+        if is_dead_letter_queue(queue):  # already a dead letter: it stays, its reason intact
+            self.enqueue(queue, message)
+            return
         headers = dead_letter_headers(
             message.headers, reason=reason, queue=queue, history=list(message.history)
         )

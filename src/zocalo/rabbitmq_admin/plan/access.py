@@ -8,6 +8,8 @@ permissions, nor ``/``); users come from ``--user-config`` files, not the topolo
 
 from __future__ import annotations
 
+from functools import partial
+
 from zocalo.rabbitmq_admin.api import ManagementAPI, hash_password, password_matches
 from zocalo.rabbitmq_admin.plan.changes import (
     DELETE_PERMISSIONS,
@@ -58,7 +60,7 @@ def plan_vhosts(planning: Planning) -> set[str]:
                     None,
                     f"tagged {planning.owner_tag} but not in the configuration",
                     DELETE_VHOSTS,
-                    lambda api, name=name: api.delete_vhost(name),
+                    partial(ManagementAPI.delete_vhost, name=name),
                     needs_force="deleting a vhost deletes everything in it",
                 )
             )
@@ -123,7 +125,7 @@ def plan_users(planning: Planning) -> None:
                 None,
                 f"tagged {planning.owner_tag} but in no --user-config file",
                 DELETE_USERS,
-                lambda api, name=name: api.delete_user(name),
+                partial(ManagementAPI.delete_user, name=name),
             )
         )
 
@@ -166,6 +168,6 @@ def plan_permissions(planning: Planning, vhost: str, exists: bool) -> None:
                 vhost,
                 "not in the configuration",
                 DELETE_PERMISSIONS,
-                lambda api, user=user: api.delete_permission(vhost, user),
+                partial(ManagementAPI.delete_permission, vhost=vhost, user=user),
             )
         )

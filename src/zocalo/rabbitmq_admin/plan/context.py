@@ -10,6 +10,7 @@ worded in a change's reason.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from zocalo.errors import AdminError
@@ -55,6 +56,35 @@ class Planning:
 
     def add(self, change: Change) -> None:
         self.plan.changes.append(change)
+
+    def recreate(
+        self,
+        kind: str,
+        name: str,
+        vhost: str,
+        reason: str,
+        steps: tuple[Callable[[ManagementAPI], None], Callable[[ManagementAPI], None]],
+        stages: tuple[int, int],
+        *,
+        consequence: str = "",
+        needs_force: str | None = None,
+    ) -> None:
+        """Plan deleting ``name`` and creating it anew, both saying why (``reason``)."""
+        delete, create = steps
+        delete_stage, create_stage = stages
+        self.add(
+            Change(
+                "delete",
+                kind,
+                name,
+                vhost,
+                f"to recreate it ({reason}){consequence}",
+                delete_stage,
+                delete,
+                needs_force=needs_force,
+            )
+        )
+        self.add(Change("create", kind, name, vhost, f"recreate ({reason})", create_stage, create))
 
     def keep_delay(self, kind: str, name: str) -> bool:
         """True (and counted as kept) if ``name`` is delay topology to leave alone."""

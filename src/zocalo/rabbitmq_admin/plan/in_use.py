@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from zocalo.service.status import COMMAND_QUEUE_PREFIX
+from zocalo.service.commands import COMMAND_QUEUE_PREFIX
 from zocalo.transport.rabbitmq import delay as delays
 
 if TYPE_CHECKING:

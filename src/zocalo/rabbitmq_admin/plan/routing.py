@@ -9,6 +9,7 @@ returned, so their bindings (which go with them) are not planned twice.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from zocalo.rabbitmq_admin.api import ManagementAPI
@@ -110,7 +111,7 @@ def plan_policies(planning: Planning, vhost: str, exists: bool) -> None:
                     vhost,
                     "not in the configuration",
                     DELETE_POLICIES,
-                    lambda api, name=name: api.delete_policy(vhost, name),
+                    partial(ManagementAPI.delete_policy, vhost=vhost, name=name),
                 )
             )
 
@@ -154,27 +155,14 @@ def plan_exchanges(
             )
             continue
         removed.add(name)
-        planning.add(
-            Change(
-                "delete",
-                "exchange",
-                name,
-                vhost,
-                f"to recreate it ({reason}); its bindings go with it",
-                DELETE_EXCHANGES,
-                lambda api, name=name: api.delete_exchange(vhost, name),
-            )
-        )
-        planning.add(
-            Change(
-                "create",
-                "exchange",
-                name,
-                vhost,
-                f"recreate ({reason})",
-                CREATE_EXCHANGES,
-                create,
-            )
+        planning.recreate(
+            "exchange",
+            name,
+            vhost,
+            reason,
+            (partial(ManagementAPI.delete_exchange, vhost=vhost, name=name), create),
+            (DELETE_EXCHANGES, CREATE_EXCHANGES),
+            consequence="; its bindings go with it",
         )
     for name in current:
         if name in desired or not managed_exchange(name) or (vhost, name) in skipped:
@@ -193,7 +181,7 @@ def plan_exchanges(
                 vhost,
                 "not in the configuration",
                 DELETE_EXCHANGES,
-                lambda api, name=name: api.delete_exchange(vhost, name),
+                partial(ManagementAPI.delete_exchange, vhost=vhost, name=name),
             )
         )
     return removed
@@ -233,20 +221,14 @@ def plan_queues(planning: Planning, vhost: str, exists: bool, queues: list[Queue
             )
             continue
         removed.add(name)
-        planning.add(
-            Change(
-                "delete",
-                "queue",
-                name,
-                vhost,
-                f"to recreate it ({reason})",
-                DELETE_QUEUES,
-                lambda api, name=name: api.delete_queue(vhost, name),
-                needs_force=needs_force,
-            )
-        )
-        planning.add(
-            Change("create", "queue", name, vhost, f"recreate ({reason})", CREATE_QUEUES, create)
+        planning.recreate(
+            "queue",
+            name,
+            vhost,
+            reason,
+            (partial(ManagementAPI.delete_queue, vhost=vhost, name=name), create),
+            (DELETE_QUEUES, CREATE_QUEUES),
+            needs_force=needs_force,
         )
     # Dead-letter queues last: whether one is in use depends on the queues that stay.
     undeclared = sorted(
@@ -272,7 +254,7 @@ def plan_queues(planning: Planning, vhost: str, exists: bool, queues: list[Queue
                 vhost,
                 "not in the configuration",
                 DELETE_QUEUES,
-                lambda api, name=name: api.delete_queue(vhost, name),
+                partial(ManagementAPI.delete_queue, vhost=vhost, name=name),
                 needs_force=needs_force,
             )
         )

@@ -227,5 +227,5 @@ def _counted(failures: list[tuple[str, str]]) -> str:
     )
 
 
-class _Unpublishable(Exception):
+class _Unpublishable(PublishFailed):
     """A message pika cannot encode (text: its destination and why)."""

@@ -54,7 +54,7 @@ def _as_decimal(value: float) -> Decimal | int | float:
     if not math.isfinite(value) or abs(value) >= 2**63:
         return value  # pika refuses it: the publish fails with a clear reason
     exact = Decimal(repr(value))
-    places = max(0, -int(exact.as_tuple().exponent))  # type: ignore[arg-type]
+    places = max(0, -int(exact.as_tuple().exponent))
     while places > 0:
         scaled = exact.scaleb(places).to_integral_value()
         if abs(scaled) < _INT32:

@@ -23,7 +23,8 @@ import pika.exceptions
 from pika.channel import Channel
 
 from zocalo.errors import ConnectionFailed, TransportError
-from zocalo.transport.base import Confirmation, Outgoing, dlq_name
+from zocalo.transport.base import Confirmation, Outgoing
+from zocalo.transport.dead_letters import dlq_name, is_dead_letter_queue
 from zocalo.transport.rabbitmq import delay as delays
 from zocalo.transport.rabbitmq.connection import Connection
 from zocalo.transport.rabbitmq.probes import mark_probe
@@ -106,7 +107,7 @@ class Topology:
             return
         if not self._exists("queue_declare", queue=queue):
             arguments: dict[str, Any] = {"x-queue-type": "quorum"}
-            if not queue.startswith("dlq."):
+            if not is_dead_letter_queue(queue):
                 self.declare_queue(dlq_name(queue))
                 arguments.update(
                     {

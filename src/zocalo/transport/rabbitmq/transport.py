@@ -46,7 +46,7 @@ from zocalo.transport.base import (
     Transport,
     deliveries_to_ack,
     dlq_name,
-    take_all,
+    reserve_all_or_none,
 )
 from zocalo.transport.dead_letters import dead_letter_headers, delivery_entry, with_history
 from zocalo.transport.options import parse_options
@@ -231,7 +231,7 @@ class RabbitMQTransport(Transport):
     def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
         routes = [self._route(message) for message in messages]
         acks = deliveries_to_ack(ack)
-        take_all(acks, self._consumers.take, self._consumers.untake)
+        reserve_all_or_none(acks, self._consumers.take, self._consumers.untake)
         batch = Batch(Confirmation(), acks)
         try:
             self._connection.soon(lambda: self._publisher.publish(list(messages), batch, routes))

@@ -3,16 +3,18 @@
 Wake-ups: each connection binds a Unix datagram socket in the abstract
 namespace (Linux: no file to clean up, gone when the process dies). A
 publisher, after its commit, sends each consumer of the queues it wrote one
-datagram carrying the queue name; the consumer sleeps in ``select()`` until
-one arrives or its next timer (a delayed message, a lease) is due.
+datagram carrying the queue name (:class:`WakeUps` collects them during the
+transaction); the consumer's worker sleeps in ``select()`` until one arrives,
+its own process wakes it (:class:`WorkerWake`: an operation was submitted),
+or its next timer (a delayed message, a lease) is due.
 
 Any local user can send to an abstract address, so each datagram carries its
 sender's credentials (``SO_PASSCRED``) and only the broker's own user (or
 its shared group, and root) is heard. A socket holds only
 ``net.unix.max_dgram_qlen`` datagrams and a full one drops the rest: a drain
 that found it that full reports that wake-ups may be lost, and the consumer
-then looks at every queue it reads (the reaper's turn does the same now and
-then, for pokes lost in any other way).
+then looks at every queue it reads (the reaper's batch does the same now and
+then, for wake-ups lost in any other way).
 
 Liveness: each connection holds an exclusive ``flock`` on its own lock file.
 The kernel drops it when the process dies however it dies, so a failed
@@ -29,9 +31,10 @@ import os
 import pwd
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
-from zocalo.transport.sqlite.store import PRIVATE, Permissions
+from zocalo.transport.sqlite.files import PRIVATE, Permissions
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ class WakeSocket:
         return self.socket.fileno()
 
     def drain(self) -> tuple[set[str], bool]:
-        """Queue names poked since the last drain, and whether some may have been dropped."""
+        """Queue names woken since the last drain, and whether some may have been dropped."""
         names: set[str] = set()
         received = 0
         while True:
@@ -110,7 +113,7 @@ class WakeSender:
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.socket.setblocking(False)
 
-    def poke(self, address: str, queue: str) -> bool:
+    def wake(self, address: str, queue: str) -> bool:
         """Wake ``address`` about ``queue``; False if nobody listens there any more."""
         try:
             self.socket.sendto(queue.encode("utf-8"), "\0" + address)
@@ -122,6 +125,73 @@ class WakeSender:
 
     def close(self) -> None:
         self.socket.close()
+
+
+class WakeUps:
+    """The wake-ups one transaction owes, sent once it has committed.
+
+    ``addresses_of(queue)`` names the sockets of a queue's consumers; it is asked
+    once per queue per transaction, however many messages the queue got.
+    """
+
+    def __init__(self, addresses_of: Callable[[str], list[str]]) -> None:
+        self._addresses_of = addresses_of
+        self._addresses: dict[str, list[str]] = {}
+        self.targets: set[tuple[str, str]] = set()
+
+    def add(self, address: str, queue: str) -> None:
+        """Wake the socket at ``address`` about ``queue``."""
+        self.targets.add((address, queue))
+
+    def consumers_of(self, queue: str) -> None:
+        """Wake every consumer of ``queue``."""
+        addresses = self._addresses.get(queue)
+        if addresses is None:
+            addresses = self._addresses[queue] = self._addresses_of(queue)
+        self.targets.update((address, queue) for address in addresses)
+
+    def send(self, sender: WakeSender) -> None:
+        for address, queue in self.targets:
+            sender.wake(address, queue)
+
+
+class WorkerWake:
+    """Wakes a connection's worker thread from the other threads of its process.
+
+    One pending byte is enough however many operations wait: :meth:`wake` writes
+    only if the worker has not been woken since it last looked.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+        self._pending = False
+
+    def fileno(self) -> int:
+        return self._read.fileno()
+
+    def wake(self) -> None:
+        if self._pending:
+            return
+        self._pending = True
+        with contextlib.suppress(OSError):
+            self._write.send(b"w")
+
+    def clear(self) -> None:
+        """Take the pending byte(s): call before draining the operations.
+
+        A ``wake`` that saw one pending has its operation drained after this; any
+        later ``wake`` sends a byte of its own.
+        """
+        with contextlib.suppress(BlockingIOError):
+            while self._read.recv(4096):
+                pass
+        self._pending = False
+
+    def close(self) -> None:
+        self._read.close()
+        self._write.close()
 
 
 def _in_group(uid: int, gid: int) -> bool:

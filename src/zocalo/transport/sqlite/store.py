@@ -1,293 +1,397 @@
-"""The broker file: schema, connection settings and the filesystem check.
+"""Every SQL statement of the running broker, one method each, named for what it does.
 
-Durability: WAL journal with ``synchronous=NORMAL`` by default. A committed
-transaction is in the WAL before COMMIT returns, so it survives any process
-being killed (SIGKILL, the OOM killer); only an OS crash or power loss can
-lose the last transactions. ``?synchronous=full`` also fsyncs the WAL on
-every commit, for brokers that must survive power loss, at a cost in
-throughput.
+A :class:`Store` is one connection's view of the broker file (see ``schema.py``
+for the tables): it writes rows as that connection (its id owns the rows it
+claims, its wake-up socket and liveness lock are in its consumer rows), and
+only its worker thread calls it, inside the transactions the worker opens.
 
-Privacy: every message sits in these files, so they are the owner's alone:
-the directories this module creates are 0700 and its files 0600 (SQLite gives
-the ``-wal`` and ``-shm`` files the broker file's mode). ``?group=NAME`` shares
-a broker with the members of one group instead: directories 2770 (new files
-inherit the group), files 0660.
-
-Message IDs: ``AUTOINCREMENT`` keeps a row id from ever being handed out twice
-in the file's lifetime, so ``broker.db:42`` names one message in every log line
-and dead letter. Files made before that are migrated when first opened.
+The statements are constant strings: :mod:`sqlite3` keeps each prepared
+statement by its text, so the hot path (insert, claim, delete) never prepares
+one twice. The methods return what the worker needs next (rows, the queues
+written, who to wake); deciding *when* to run them is the worker's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import grp
+import json
+import logging
 import os
-import re
 import sqlite3
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
-from zocalo.errors import ConnectionFailed
-
-MESSAGES_TABLE = """
-CREATE TABLE {name} (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    body BLOB NOT NULL,
-    headers TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    available_at REAL NOT NULL,
-    expires_at REAL,
-    delivery_count INTEGER NOT NULL DEFAULT 0,
-    history TEXT,
-    owner TEXT,
-    lease_until REAL
+from zocalo.transport.base import QueueStats
+from zocalo.transport.dead_letters import (
+    dead_letter_headers,
+    delivery_entry,
+    delivery_limit_reason,
+    dlq_name,
+    is_dead_letter_queue,
 )
+from zocalo.transport.messages import Outgoing
+
+log = logging.getLogger(__name__)
+
+#: A broadcast subscription reads its own queue: this prefix and its consumer id.
+BROADCAST_PREFIX = "zocalo.broadcast."
+#: A broadcast subscription takes at most this many copies per claim.
+BROADCAST_BATCH = 1000
+
+#: A claimed row: (id, body, headers, priority, expires_at, delivery_count).
+Row = tuple[int, bytes, str, int, float | None, int]
+
+_INSERT = (
+    "INSERT INTO messages (queue, body, headers, priority, available_at, expires_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_CLAIM = """
+UPDATE messages SET owner = ?, lease_until = ?, delivery_count = delivery_count + 1
+WHERE id IN (SELECT id FROM messages WHERE queue = ? AND owner IS NULL AND available_at <= ?
+             ORDER BY priority DESC, id LIMIT ?)
+RETURNING id, body, headers, priority, expires_at, delivery_count
+"""
+_TAKE_BROADCAST = f"""
+DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE queue = ? AND owner IS NULL
+                                  AND available_at <= ? ORDER BY id LIMIT {BROADCAST_BATCH})
+RETURNING id, body, headers, priority, expires_at, delivery_count
 """
 
-SCHEMA = """
-CREATE INDEX IF NOT EXISTS messages_ready
-    ON messages (queue, priority DESC, id) WHERE owner IS NULL;
-CREATE INDEX IF NOT EXISTS messages_owned ON messages (owner) WHERE owner IS NOT NULL;
-CREATE TABLE IF NOT EXISTS bindings (
-    queue TEXT PRIMARY KEY,
-    topic TEXT NOT NULL,
-    kept_until REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS consumers (
-    id TEXT PRIMARY KEY,
-    queue TEXT NOT NULL,
-    broadcast INTEGER NOT NULL,
-    wake TEXT NOT NULL,
-    lock_path TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    started REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS consumers_queue ON consumers (queue);
-CREATE TABLE IF NOT EXISTS known_queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
-"""
 
-SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
-
-#: Filesystems whose locking breaks SQLite's WAL (shared memory and POSIX locks).
-NETWORK_FILESYSTEMS = frozenset(
-    {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "gpfs",
-        "lustre",
-        "ceph",
-        "fuse.sshfs",
-        "glusterfs",
-        "fuse.glusterfs",
-        "beegfs",
-        "afs",
-        "9p",
-    }
-)
+def broadcast_queue(consumer_id: str) -> str:
+    """The private queue a broadcast subscription reads its copies from."""
+    return BROADCAST_PREFIX + consumer_id
 
 
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem holding ``path`` (longest matching mount point)."""
-    target = str(path.resolve())
-    best, fstype = "", "unknown"
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return fstype
-    for line in mounts:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        mount_point = fields[1].replace("\\040", " ")
-        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) >= len(best):
-            best, fstype = mount_point, fields[2]
-    return fstype
+class Store:
+    """The broker file as one connection reads and writes it, from its worker thread."""
 
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        path: Path,
+        connection_id: str,
+        *,
+        wake_address: str,
+        lock_path: Path,
+        visibility_timeout: float,
+        delivery_limit: int,
+    ) -> None:
+        self._db = db
+        self.path = path
+        self.connection_id = connection_id
+        self.wake_address = wake_address
+        self.lock_path = lock_path
+        self.visibility_timeout = visibility_timeout
+        self.delivery_limit = delivery_limit
+        self._execute = db.execute
+        #: Queues known to have had a consumer on this file (or already warned about).
+        self._known_queues: set[str] = set()
 
-def check_local(path: Path) -> None:
-    """Refuse a broker file on a network filesystem, where WAL locking is unsafe."""
-    fstype = filesystem_type(path.parent)
-    if fstype in NETWORK_FILESYSTEMS:
-        raise ConnectionFailed(
-            f"broker file {path} is on a {fstype} network filesystem; SQLite's WAL locking "
-            "is not safe there. Put it on a local disk (or use a RabbitMQ broker)."
-        )
+    def consumer_id(self, subscription_id: int) -> str:
+        """The id of this connection's consumer row for one subscription."""
+        return f"{self.connection_id}.{subscription_id}"
 
+    # -- transactions -------------------------------------------------------
+    def begin(self) -> None:
+        """Start a write transaction (the caller holds the write flock)."""
+        self._execute("BEGIN IMMEDIATE")
 
-@dataclass(frozen=True)
-class Permissions:
-    """Who may open the broker's files: the owner alone, or one shared group."""
+    def commit(self) -> None:
+        self._execute("COMMIT")
 
-    group: int | None = None
-
-    @classmethod
-    def for_group(cls, name: str | None) -> Permissions:
-        if not name:
-            return cls()
-        try:
-            return cls(int(name) if name.isdigit() else grp.getgrnam(name).gr_gid)
-        except KeyError:
-            raise ConnectionFailed(f"group={name!r}: no such group") from None
-
-    @property
-    def directory_mode(self) -> int:
-        return 0o700 if self.group is None else 0o2770
-
-    @property
-    def file_mode(self) -> int:
-        return 0o600 if self.group is None else 0o660
-
-    def make_directories(self, directory: Path) -> None:
-        """Create ``directory`` and its missing parents with the private (or group) mode."""
-        missing = []
-        while not directory.exists():
-            missing.append(directory)
-            if directory.parent == directory:
-                break
-            directory = directory.parent
-        for created in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                created.mkdir(mode=self.directory_mode & 0o777)  # never wider, even briefly
-                self._restrict(created, self.directory_mode)
-
-    def open_file(self, path: Path) -> int:
-        """A read-write descriptor on ``path``, created with the private (or group) mode."""
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, self.file_mode)
-        except FileExistsError:
-            return os.open(path, os.O_RDWR)
-        try:
-            self._restrict(fd, self.file_mode)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def create_file(self, path: Path) -> None:
-        """Create ``path`` empty with the private (or group) mode, unless it exists.
-
-        An existing file is never opened: closing any descriptor of a file SQLite
-        has open in this process would drop that connection's POSIX locks.
-        """
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
-        except FileExistsError:
-            return
-        try:
-            self._restrict(fd, self.file_mode)
-        finally:
-            os.close(fd)
-
-    def _restrict(self, target: Path | int, mode: int) -> None:
-        """Apply the mode past the umask, and the shared group."""
-        if self.group is not None:
-            os.chown(target, -1, self.group)
-        os.chmod(target, mode)
-
-
-#: The default: the owner alone.
-PRIVATE = Permissions()
-
-
-@contextlib.contextmanager
-def write_locked(lock_fd: int):
-    """Hold the broker's write flock: the one lock every writer of the file queues on."""
-    fcntl.flock(lock_fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(lock_fd, fcntl.LOCK_UN)
-
-
-def file_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of ``path``, or None if it is gone: tells a replaced file apart."""
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return status.st_dev, status.st_ino
-
-
-def open_store(
-    path: Path,
-    lock_fd: int,
-    synchronous: str = "normal",
-    timeout: float = 30.0,
-    permissions: Permissions = PRIVATE,
-) -> sqlite3.Connection:
-    """A connection to the broker file, creating it and its schema if needed.
-
-    Creation, the switch to WAL and the schema run under the write flock
-    (``lock_fd``): processes opening a new file at once would otherwise meet
-    SQLite's locks where its busy handler does not wait ("database is locked").
-    """
-    if synchronous not in SYNCHRONOUS_LEVELS:
-        raise ConnectionFailed(
-            f"synchronous={synchronous!r} is not one of {', '.join(SYNCHRONOUS_LEVELS)}"
-        )
-    check_local(path)
-    try:
-        with write_locked(lock_fd):
-            permissions.create_file(path)
-            db = sqlite3.connect(
-                path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-                db.execute("PRAGMA journal_size_limit=67108864")
-                _create_schema(db)
-            except BaseException:
-                db.close()
-                raise
-    except (sqlite3.Error, OSError) as error:
-        raise ConnectionFailed(f"cannot open broker file {path}: {error}") from None
-    return db
-
-
-def _schema_names() -> set[str]:
-    """Every table and index :data:`SCHEMA` creates."""
-    return set(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA))
-
-
-def _has_schema(db: sqlite3.Connection) -> bool:
-    present = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-    return _schema_names() <= present
-
-
-def _create_schema(db: sqlite3.Connection) -> None:
-    """Tables and indexes; a ``messages`` table without AUTOINCREMENT is rebuilt with it."""
-    row = db.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
-    ).fetchone()
-    existing = row[0] if row else None
-    if existing is not None and "AUTOINCREMENT" in existing.upper() and _has_schema(db):
-        return  # opening a current file writes nothing: a busy writer does not stall it
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        if existing is None:
-            db.execute(MESSAGES_TABLE.format(name="messages"))
-        elif "AUTOINCREMENT" not in existing.upper():
-            db.execute(MESSAGES_TABLE.format(name="messages_unique_ids"))
-            db.execute("INSERT INTO messages_unique_ids SELECT * FROM messages")
-            db.execute("DROP TABLE messages")
-            db.execute("ALTER TABLE messages_unique_ids RENAME TO messages")
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute(
-            "INSERT OR IGNORE INTO known_queues SELECT DISTINCT queue FROM consumers "
-            "WHERE broadcast = 0"
-        )
-        db.execute("COMMIT")
-    except BaseException:
+    def rollback(self) -> None:
+        """Undo the open transaction; a connection that cannot is left to SQLite."""
         with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
+            self._execute("ROLLBACK")
+
+    def savepoint(self) -> None:
+        """Mark where one publish starts inside the open transaction."""
+        self._execute("SAVEPOINT publish")
+
+    def undo_savepoint(self) -> None:
+        """Undo everything since :meth:`savepoint`; the transaction goes on."""
+        self._execute("ROLLBACK TO publish")
+        self._execute("RELEASE publish")
+
+    def release_savepoint(self) -> None:
+        self._execute("RELEASE publish")
+
+    # -- messages in --------------------------------------------------------
+    def insert(self, message: Outgoing) -> None:
+        """Queue ``message`` (not a broadcast); warn if no consumer ever read its queue."""
+        available = time.time() + (message.delay or 0)
+        expires = available + message.expiration if message.expiration is not None else None
+        self._execute(
+            _INSERT,
+            (
+                message.destination,
+                message.body,
+                json.dumps(dict(message.headers)),
+                message.priority or 0,
+                available,
+                expires,
+            ),
+        )
+        if message.destination not in self._known_queues:
+            self._check_known(message.destination)
+
+    def insert_broadcast(self, message: Outgoing) -> tuple[list[tuple[str, str]], list[str]]:
+        """A copy of ``message`` for every subscriber of its topic and every bound queue.
+
+        Returns whom to wake: (wake address, private queue) of each subscriber, and
+        the bound queues (see :meth:`bind`). A binding is kept while its queue has a
+        consumer or until it is due; past both it is dropped, with what waited in
+        its queue.
+        """
+        available = time.time() + (message.delay or 0)
+        expires = available + message.expiration if message.expiration is not None else None
+        headers = json.dumps(dict(message.headers))
+        subscribers = self._execute(
+            "SELECT id, wake FROM consumers WHERE queue = ? AND broadcast = 1",
+            (message.destination,),
+        ).fetchall()
+        copies: list[tuple[str, str]] = []
+        for consumer_id, wake in subscribers:
+            private = broadcast_queue(consumer_id)
+            self._execute(_INSERT, (private, message.body, headers, 0, available, expires))
+            copies.append((wake, private))
+        for (queue_name,) in self._execute(
+            "SELECT queue FROM bindings WHERE kept_until < ? AND queue NOT IN "
+            "(SELECT queue FROM consumers WHERE broadcast = 0)",
+            (time.time(),),
+        ).fetchall():
+            self._execute("DELETE FROM bindings WHERE queue = ?", (queue_name,))
+            self.drop_queue(queue_name)
+        bound = [
+            queue_name
+            for (queue_name,) in self._execute(
+                "SELECT queue FROM bindings WHERE topic = ?", (message.destination,)
+            ).fetchall()
+        ]
+        for queue_name in bound:
+            self._execute(_INSERT, (queue_name, message.body, headers, 0, available, expires))
+        return copies, bound
+
+    def _check_known(self, queue_name: str) -> None:
+        """Warn once about a queue no consumer ever read on this file (a mistyped path?)."""
+        self._known_queues.add(queue_name)
+        if queue_name.startswith("dlq."):
+            return
+        if self._execute("SELECT 1 FROM known_queues WHERE name = ?", (queue_name,)).fetchone():
+            return
+        log.warning(
+            "no consumer has ever read queue %s on broker file %s; messages wait there "
+            "until one does (is this the broker file your services use?)",
+            queue_name,
+            self.path,
+        )
+
+    # -- messages out -------------------------------------------------------
+    def claim(self, queue_name: str, now: float, limit: int) -> list[Row]:
+        """Lease up to ``limit`` ready rows of ``queue_name`` to this connection."""
+        lease_until = now + self.visibility_timeout
+        return self._execute(
+            _CLAIM, (self.connection_id, lease_until, queue_name, now, limit)
+        ).fetchall()
+
+    def take_broadcast_copies(self, queue_name: str, now: float) -> list[Row]:
+        """Remove and return the ready copies in a broadcast subscriber's queue."""
+        return self._execute(_TAKE_BROADCAST, (queue_name, now)).fetchall()
+
+    def delete_rows(self, row_ids: list[int]) -> None:
+        """Forget rows for good (expired messages)."""
+        self._db.executemany("DELETE FROM messages WHERE id = ?", [(row,) for row in row_ids])
+
+    def next_due(self, queue_name: str, now: float) -> float | None:
+        """When the next delayed message of ``queue_name`` becomes ready (epoch seconds)."""
+        (due,) = self._execute(
+            "SELECT MIN(available_at) FROM messages WHERE queue = ? AND owner IS NULL "
+            "AND available_at > ?",
+            (queue_name, now),
+        ).fetchone()
+        return due
+
+    def delete_owned(self, row_id: int) -> bool:
+        """Acknowledge: delete a row this connection holds; False if it is no longer ours."""
+        cursor = self._execute(
+            "DELETE FROM messages WHERE id = ? AND owner = ?", (row_id, self.connection_id)
+        )
+        return cursor.rowcount == 1
+
+    def renew_leases(self) -> None:
+        """Extend the lease of every row this connection holds (it is alive)."""
+        self._execute(
+            "UPDATE messages SET lease_until = ? WHERE owner = ?",
+            (time.time() + self.visibility_timeout, self.connection_id),
+        )
+
+    # -- returning and dead-lettering ---------------------------------------
+    def return_rows(
+        self, row_ids: list[int], reason: str, *, dead_letter: bool = False
+    ) -> list[str]:
+        """Give rows back to their queues, or dead-letter them (limit or ``dead_letter``).
+
+        Each row's history records this delivery and ``reason``. Returns the queue
+        each row went to (for wake-ups); rows already gone are skipped.
+        """
+        now = time.time()
+        targets: list[str] = []
+        for row_id in row_ids:
+            row = self._execute(
+                "SELECT queue, headers, history, delivery_count FROM messages WHERE id = ?",
+                (row_id,),
+            ).fetchone()
+            if row is None:
+                continue
+            queue_name, headers_json, history_json, count = row
+            history = json.loads(history_json) if history_json else []
+            history.append(delivery_entry(queue_name, reason, count))
+            # A dead letter is never dead-lettered again: it stays, its reason intact.
+            limited = dead_letter or count >= self.delivery_limit
+            if limited and not is_dead_letter_queue(queue_name):
+                why = (
+                    reason
+                    if dead_letter
+                    else delivery_limit_reason(count, self.delivery_limit, reason)
+                )
+                headers = dead_letter_headers(
+                    json.loads(headers_json), reason=why, queue=queue_name, history=history
+                )
+                target = dlq_name(queue_name)
+                self._execute(
+                    "UPDATE messages SET queue = ?, headers = ?, history = ?, owner = NULL, "
+                    "lease_until = NULL, delivery_count = 0, available_at = ? WHERE id = ?",
+                    (target, json.dumps(headers), json.dumps(history), now, row_id),
+                )
+            else:
+                target = queue_name
+                self._execute(
+                    "UPDATE messages SET history = ?, owner = NULL, lease_until = NULL, "
+                    "available_at = ? WHERE id = ?",
+                    (json.dumps(history), now, row_id),
+                )
+            targets.append(target)
+        return targets
+
+    def rows_owned_by(self, connection_id: str) -> list[int]:
+        return [
+            row
+            for (row,) in self._execute("SELECT id FROM messages WHERE owner = ?", (connection_id,))
+        ]
+
+    def expired_leases(self) -> list[int]:
+        """Rows other connections hold past their lease (hung consumers)."""
+        return [
+            row
+            for (row,) in self._execute(
+                "SELECT id FROM messages "
+                "WHERE owner IS NOT NULL AND owner != ? AND lease_until < ?",
+                (self.connection_id, time.time()),
+            )
+        ]
+
+    # -- consumers, bindings and queues -------------------------------------
+    def add_consumer(self, consumer_id: str, destination: str, broadcast: bool) -> None:
+        """Register a consumer of this connection: publishers wake it, reapers judge it."""
+        self._execute(
+            "INSERT INTO consumers VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                consumer_id,
+                destination,
+                int(broadcast),
+                self.wake_address,
+                str(self.lock_path),
+                os.getpid(),
+                time.time(),
+            ),
+        )
+        if not broadcast:
+            self._execute("INSERT OR IGNORE INTO known_queues VALUES (?)", (destination,))
+            self._known_queues.add(destination)
+
+    def remove_consumer(self, consumer_id: str) -> None:
+        self._execute("DELETE FROM consumers WHERE id = ?", (consumer_id,))
+
+    def remove_consumers_of(self, connection_id: str) -> None:
+        """Drop every consumer row of a dead connection, and its broadcast copies."""
+        pattern = connection_id.replace("_", "\\_").replace("%", "\\%") + ".%"
+        for (consumer_id,) in self._execute(
+            "SELECT id FROM consumers WHERE id LIKE ? ESCAPE '\\'", (pattern,)
+        ).fetchall():
+            self.remove_consumer(consumer_id)
+            self.drop_queue(broadcast_queue(consumer_id))
+
+    def drop_queue(self, queue_name: str) -> None:
+        """Delete every message of ``queue_name``."""
+        self._execute("DELETE FROM messages WHERE queue = ?", (queue_name,))
+
+    def wake_addresses(self, queue_name: str) -> list[str]:
+        """The wake-up sockets of the connections consuming ``queue_name``."""
+        return [
+            wake
+            for (wake,) in self._execute(
+                "SELECT DISTINCT wake FROM consumers WHERE queue = ? AND broadcast = 0",
+                (queue_name,),
+            )
+        ]
+
+    def bind(self, queue_name: str, topic: str, keep_for: float) -> None:
+        """Copy broadcasts to ``topic`` into ``queue_name``; kept ``keep_for`` s unconsumed."""
+        self._execute(
+            "INSERT OR REPLACE INTO bindings VALUES (?, ?, ?)",
+            (queue_name, topic, time.time() + keep_for),
+        )
+
+    def other_connections(self) -> set[str]:
+        """Every other connection that holds rows or has consumers on this file."""
+        prefix = f"{self.connection_id}."
+        connections = {
+            owner
+            for (owner,) in self._execute(
+                "SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL"
+            )
+        }
+        for (consumer_id,) in self._execute("SELECT id FROM consumers"):
+            if not consumer_id.startswith(prefix):
+                connections.add(consumer_id.rsplit(".", 1)[0])
+        connections.discard(self.connection_id)
+        return connections
+
+    # -- the file -----------------------------------------------------------
+    def close(self) -> None:
+        self._db.close()
+
+    def checkpoint(self, *, restart: bool) -> None:
+        """Fold the WAL into the file: PASSIVE never waits; RESTART waits for readers."""
+        self._execute(f"PRAGMA wal_checkpoint({'RESTART' if restart else 'PASSIVE'})")
+
+
+def read_queue_stats(path: Path) -> list[QueueStats]:
+    """Per queue: ready, delayed, in flight and consumers, read on a connection of its own.
+
+    A queue with consumers and no messages is listed too; broadcast copies are not.
+    """
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        now = time.time()
+        rows = db.execute(
+            "SELECT queue, SUM(owner IS NULL AND available_at <= ?), "
+            "SUM(owner IS NULL AND available_at > ?), SUM(owner IS NOT NULL) "
+            "FROM messages WHERE queue NOT LIKE 'zocalo.broadcast.%' GROUP BY queue",
+            (now, now),
+        ).fetchall()
+        consumers = dict(
+            db.execute(
+                "SELECT queue, COUNT(*) FROM consumers WHERE broadcast = 0 GROUP BY queue"
+            ).fetchall()
+        )
+    finally:
+        db.close()
+    stats = {
+        name: QueueStats(name, ready, delayed, in_flight, consumers.get(name, 0))
+        for name, ready, delayed, in_flight in rows
+    }
+    for name, count in consumers.items():
+        stats.setdefault(name, QueueStats(name, consumers=count))
+    return [stats[name] for name in sorted(stats)]

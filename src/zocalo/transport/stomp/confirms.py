@@ -130,8 +130,9 @@ class Publisher:
         why = refusal or group.error
         if why is None:
             self._complete(*group.batches)
-        for batch in group.batches if why is not None else ():
-            self.fail(batch, _failed(batch, why))
+        else:
+            for batch in group.batches:
+                self.fail(batch, _failed(batch, why))
         with self._lock:
             if not self._waiting or not self._link.is_open:
                 self._committing = None

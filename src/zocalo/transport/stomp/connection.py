@@ -461,14 +461,15 @@ def _drop(connection: stomp.Connection12, linger: float = 0.0) -> None:
     so stomp.py does not shut down a socket its receiver thread just closed.
     """
     transport: Any = connection.transport
-    thread = getattr(transport, "io_thread", None)
-    mine = thread is not None and thread is not threading.current_thread()
-    if linger and mine:
+    thread: threading.Thread | None = getattr(transport, "io_thread", None)
+    if thread is threading.current_thread():
+        thread = None
+    if linger and thread is not None:
         thread.join(linger)
     if transport.socket is not None:
         with contextlib.suppress(Exception):
             transport.disconnect_socket()
-    if mine:
+    if thread is not None:
         thread.join(5)
 
 

@@ -16,6 +16,9 @@ as a new copy that carries how often it was delivered
 (:data:`~zocalo.transport.stomp.headers.DELIVERIES_HEADER`): past the limit it
 is dead-lettered on arrival.
 
+A dead-letter queue has no delivery limit (no selector, no reaper): a tool that
+hands its dead letters back may do so as often as it likes.
+
 Unsubscribing at the broker returns every unacknowledged message, so a
 subscription that still has deliveries out keeps consuming at the broker (what
 arrives meanwhile is not handed out, and returns) until the last of them is
@@ -286,7 +289,7 @@ class Consumers:
         dead = None
         if consumer.reaper:
             dead = f"delivered more than {self._limit} times (its consumers never settled it)"
-        elif ackable and count > self._limit:
+        elif ackable and "selector" in consumer.headers and count > self._limit:
             dead = f"delivered {count} times or more (limit {self._limit})"
         self._callbacks.put((consumer, delivery, dead))
 

@@ -24,6 +24,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from zocalo.errors import TransportError
 from zocalo.transport.dead_letters import (
     DLQ_REASON_HEADER,
     dead_letter_marks,
@@ -70,7 +71,7 @@ _PROTOCOL_PREFIXES = ("AMQ_SCHEDULED_", "JMS", "activemq.")
 _ESCAPES = {"\\": "\\\\", "\r": "\\r", "\n": "\\n", ":": "\\c"}
 
 
-class Uncarriable(ValueError):
+class Uncarriable(TransportError):
     """A header STOMP cannot carry (text: the header and why)."""
 
 

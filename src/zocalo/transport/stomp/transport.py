@@ -48,7 +48,7 @@ from zocalo.transport.base import (
     Transport,
     deliveries_to_ack,
     dlq_name,
-    take_all,
+    reserve_all_or_none,
 )
 from zocalo.transport.dead_letters import (
     dead_letter_headers,
@@ -203,7 +203,8 @@ class StompTransport(Transport):
         is receipted."""
         receipt = self._consumers.take(delivery)
         why = reason or ("returned" if requeue else "rejected")
-        if requeue and delivery.delivery_count < self.delivery_limit:
+        limited = delivery.source != dlq_name(delivery.source)  # a DLQ has no limit
+        if requeue and (not limited or delivery.delivery_count < self.delivery_limit):
             copy = self._returned_copy(delivery, receipt)
             self._settle_with(copy, delivery, on_failure=None)
             return
@@ -285,7 +286,7 @@ class StompTransport(Transport):
     def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
         prepared = [self._prepare(message) for message in messages]
         acks = deliveries_to_ack(ack)
-        take_all(acks, self._consumers.take, self._consumers.untake)
+        reserve_all_or_none(acks, self._consumers.take, self._consumers.untake)
         batch = Batch(Confirmation(), acks)
         self._publisher.publish(prepared, batch)
         return batch.future

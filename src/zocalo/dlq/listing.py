@@ -1,0 +1,144 @@
+"""Which queues a broker has and how many messages each holds, whatever the broker.
+
+The embedded broker (and the in-memory one) answer through the transport contract
+(:meth:`~zocalo.transport.base.Transport.queue_stats`); AMQP cannot list queues, so a
+RabbitMQ vhost is listed through the management API (:mod:`zocalo.rabbitmq_admin`).
+The tools ask a :class:`QueueListing` and never which broker it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from zocalo.dlq.errors import NoSuchQueue
+from zocalo.transport.base import QueueStats, Transport
+from zocalo.transport.dead_letters import dlq_name
+from zocalo.transport.registry import redact_url
+
+if TYPE_CHECKING:
+    from zocalo.rabbitmq_admin.api import ManagementAPI
+
+QueueLister = Callable[[], list[QueueStats]]
+DLQ_PREFIX = "dlq."
+_RABBITMQ_SCHEMES = ("amqp", "amqps")
+
+
+@dataclass
+class QueueListing:
+    """The queues of one broker (a RabbitMQ vhost, an embedded broker file).
+
+    ``lists_empty``: whether a queue that exists but holds nothing is listed (RabbitMQ);
+    the embedded broker lists only queues that hold messages or have consumers, as its
+    queues exist only through them.
+    """
+
+    broker: str
+    list_queues: QueueLister
+    lists_empty: bool = False
+    #: Only queues whose name (after ``dlq.``) starts with ``<namespace>.``; None: all.
+    namespace: str | None = None
+    #: ``exchange_type(name)``: the type of a RabbitMQ exchange (None: unknown, or a
+    #: broker without exchanges).
+    exchange_type: Callable[[str], str | None] = field(default=lambda name: None, repr=False)
+    _close: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def queues(self) -> dict[str, QueueStats]:
+        """Every queue, by name."""
+        return {stats.queue: stats for stats in self.list_queues() if self._wanted(stats.queue)}
+
+    def _wanted(self, name: str) -> bool:
+        if self.namespace is None:
+            return True
+        return name.removeprefix(DLQ_PREFIX).startswith(f"{self.namespace}.")
+
+    def dead_letter_queues(self) -> dict[str, int]:
+        """Every ``dlq.*`` queue and the messages it holds (ready, delayed or in flight)."""
+        return {
+            name: stats.ready + stats.delayed + stats.in_flight
+            for name, stats in sorted(self.queues().items())
+            if name.startswith(DLQ_PREFIX)
+        }
+
+    def require(self, names: Iterable[str]) -> None:
+        """Raise :class:`NoSuchQueue` naming every one of ``names`` the broker lacks."""
+        present = self.queues()
+        missing = [name for name in names if name not in present]
+        if not missing:
+            return
+        why = "" if self.lists_empty else " (it holds no messages and has no consumers)"
+        listed = ", ".join(missing)
+        raise NoSuchQueue(f"no queue {listed} on {self.broker}{why}")
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> QueueListing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def dead_letter_queue_names(names: Iterable[str]) -> list[str]:
+    """Queue names as the dead-letter tools take them: ``x`` and ``dlq.x`` both mean ``dlq.x``."""
+    return list(dict.fromkeys(dlq_name(name) for name in names))
+
+
+def is_rabbitmq(url: str) -> bool:
+    return url.partition("://")[0].lower() in _RABBITMQ_SCHEMES
+
+
+def queue_listing(
+    url: str,
+    transport: Transport | None = None,
+    *,
+    management_url: str | None = None,
+    rabbitmq_api: Any = None,
+    namespace: str | None = None,
+) -> QueueListing:
+    """The listing of the broker at ``url``.
+
+    RabbitMQ: the management API (``management_url``, else the site configuration's
+    ``rabbitmqapi`` section given as ``rabbitmq_api``, else the AMQP host's port 15672),
+    for the URL's vhost, or the vhost ``namespace`` (as python-zocalo's ``-n``). Any
+    other broker answers itself through ``transport`` (connected), ``namespace`` then
+    being a queue name prefix (as for python-zocalo on ActiveMQ).
+    """
+    if is_rabbitmq(url):
+        from zocalo.rabbitmq_admin.queues import management_target
+
+        target = management_target(url, management_url, rabbitmq_api)
+        vhost = namespace or target.vhost
+        api = target.connect()
+        return QueueListing(
+            f"vhost {vhost!r} (management API {target.base_url})",
+            lambda: _vhost_queues(api, vhost),
+            lists_empty=True,
+            exchange_type=_exchange_types(api, vhost),
+            _close=api.close,
+        )
+    if transport is None:
+        raise ValueError(f"listing the queues of {redact_url(url)} needs a connected transport")
+    return QueueListing(redact_url(url), transport.queue_stats, namespace=namespace)
+
+
+def _vhost_queues(api: ManagementAPI, vhost: str) -> list[QueueStats]:
+    from zocalo.rabbitmq_admin.queues import queue_stats
+
+    return queue_stats(api, vhost)
+
+
+def _exchange_types(api: ManagementAPI, vhost: str) -> Callable[[str], str | None]:
+    """``exchange_type(name)`` for ``vhost``, asking the API once, on first use."""
+    known: dict[str, str] = {}
+
+    def exchange_type(name: str) -> str | None:
+        if not known:
+            known.update(
+                {str(entry.get("name")): str(entry.get("type")) for entry in api.exchanges(vhost)}
+            )
+        return known.get(name)
+
+    return exchange_type

@@ -1,0 +1,229 @@
+"""``zocalo.dlq_reinject``: send dead letters from files back where they came from.
+
+Where to (the first that applies):
+
+1. ``destination`` (``-d``): that queue (``/queue/NAME`` and ``/topic/NAME``, as
+   python-zocalo's STOMP files name them, are understood too);
+2. ``step`` (``--step N``, ours): the queue (and/or topic) of step N of the message's
+   own recipe, the message restarting there (see :func:`restart_at`);
+3. RabbitMQ's ``x-death`` (the broker dead-lettered it): through the exchange it
+   originally came through. A fanout exchange (a broadcast) gets it again; any other
+   exchange routed it by its routing key to the queue it died in (the default
+   exchange, python-workflows' ``delayed`` exchange, a direct or topic exchange), so it
+   goes to that queue. python-zocalo's tool looked the exchange up among the *queues*
+   and so resent nothing that came through a named exchange;
+4. our ``zocalo-dlq-queue`` (the runner or the embedded broker dead-lettered it);
+5. ActiveMQ's ``original-destination`` / ``destination``.
+
+Headers: python-zocalo's tool drops the transport's own fields (message id, routing
+key, redelivered flag, ...) and adds ``dlq-reinjected: "True"``; so do we. We also
+drop the broker's ``x-death`` family (RabbitMQ would take a message carrying its old
+``x-death`` for a dead-letter cycle and drop it) and the dead-letter marks and attempt
+count our runner added: a reinjected message starts with fresh attempts, keeping its
+``zocalo-dlq-history``. Header values keep their JSON types (python-zocalo turned
+every value into a string, ``x-death`` included).
+
+Every file is read and checked before anything is sent: one that cannot be parsed, or
+whose destination cannot be worked out, stops the run with an error naming it, and
+nothing is sent. A file is deleted (``remove``) only once the broker confirmed its
+message.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zocalo.dlq.drain import STOMP_FIELDS
+from zocalo.dlq.errors import CannotReinject
+from zocalo.dlq.files import MESSAGE_ID_HEADER, DeadLetterFile, read_dead_letter
+from zocalo.errors import InvalidMessage, ZocaloError
+from zocalo.recipe import wire
+from zocalo.service.middleware.base import ATTEMPT_HEADER
+from zocalo.service.middleware.dead_letter import RECIPE_PATH_HEADER
+from zocalo.service.middleware.retries import RETRY_REASON_HEADER
+from zocalo.transport.base import Outgoing, Transport
+from zocalo.transport.dead_letters import (
+    DLQ_QUEUE_HEADER,
+    DLQ_REASON_HEADER,
+    without_broker_headers,
+)
+
+#: The header python-zocalo adds to a reinjected message, with its value.
+REINJECTED_HEADER = "dlq-reinjected"
+REINJECTED_VALUE = "True"
+#: What python-zocalo's tool drops: the pika transport's fields, and the STOMP ones.
+PIKA_FIELDS = frozenset(
+    {"message-id", "routing_key", "redelivered", "exchange", "consumer_tag", "delivery_mode"}
+)
+#: Ours: a reinjected message is no longer a dead letter, and its attempts start again.
+RUNNER_FIELDS = frozenset(
+    {DLQ_REASON_HEADER, DLQ_QUEUE_HEADER, ATTEMPT_HEADER, RETRY_REASON_HEADER, RECIPE_PATH_HEADER}
+)
+DROPPED_HEADERS = PIKA_FIELDS | STOMP_FIELDS | RUNNER_FIELDS | {MESSAGE_ID_HEADER}
+
+#: ``exchange_type(name)``: the type of a RabbitMQ exchange (``fanout``, ``direct``...),
+#: or None when unknown.
+ExchangeType = Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class Reinjection:
+    """One file's message(s), ready to send."""
+
+    path: Path
+    messages: list[Outgoing]
+
+    def describe(self) -> str:
+        return " and ".join(message.describe() for message in self.messages)
+
+
+def reinjected_headers(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers a reinjected message carries (see the module docstring)."""
+    kept = {name: value for name, value in header.items() if name not in DROPPED_HEADERS}
+    kept = without_broker_headers(kept)
+    kept[REINJECTED_HEADER] = REINJECTED_VALUE
+    return kept
+
+
+def prepare(
+    letter: DeadLetterFile,
+    *,
+    destination: str | None = None,
+    step: int | None = None,
+    exchange_type: ExchangeType | None = None,
+) -> Reinjection:
+    """What to send for ``letter``; :class:`CannotReinject` naming the file if nothing."""
+    headers = reinjected_headers(letter.header)
+    body = letter.body()
+    routes: list[tuple[str, bool]] = []
+    if step is not None:
+        body, routes = restart_at(letter, step)
+    if destination is not None:
+        routes = [_named(destination)]
+    elif not routes:
+        routes = [origin(letter, exchange_type)]
+    messages = [Outgoing(name, body, dict(headers), broadcast) for name, broadcast in routes]
+    return Reinjection(letter.path, messages)
+
+
+def _named(destination: str) -> tuple[str, bool]:
+    """``-d NAME``: a queue, or ``/queue/NAME`` / ``/topic/NAME`` as STOMP names them."""
+    kind, _, name = destination.removeprefix("/").partition("/")
+    if destination.startswith("/") and kind in ("queue", "topic") and name:
+        return name, kind == "topic"
+    return destination, False
+
+
+def origin(letter: DeadLetterFile, exchange_type: ExchangeType | None = None) -> tuple[str, bool]:
+    """Where ``letter`` came from: (queue or topic, whether it is a topic)."""
+    header = letter.header
+    deaths = header.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        death = deaths[0]
+        queue, exchange = death.get("queue"), death.get("exchange")
+        if isinstance(exchange, str) and exchange and _is_fanout(exchange, exchange_type):
+            return exchange, True
+        if isinstance(queue, str) and queue:
+            return queue, False
+    queue = header.get(DLQ_QUEUE_HEADER)
+    if isinstance(queue, str) and queue:
+        return queue, False
+    stomp = header.get("original-destination") or header.get("destination")
+    if isinstance(stomp, str):
+        kind, _, name = stomp.removeprefix("/").partition("/")
+        if kind in ("queue", "topic") and name:
+            return name, kind == "topic"
+    raise CannotReinject(
+        f"{letter.path}: cannot tell where it came from (no x-death, {DLQ_QUEUE_HEADER} or "
+        "destination header); give a destination"
+    )
+
+
+def _is_fanout(exchange: str, exchange_type: ExchangeType | None) -> bool:
+    return exchange_type is not None and exchange_type(exchange) == "fanout"
+
+
+def restart_at(letter: DeadLetterFile, step: int) -> tuple[bytes, list[tuple[str, bool]]]:
+    """``letter``'s recipe message pointed at ``step`` instead: (body, routes).
+
+    The message carries its whole recipe, so it can restart at any step. Its
+    ``recipe-path`` is cut back to before that step's first visit, so that going on
+    from there is not taken for a loop.
+    """
+    what = str(letter.path)
+    if letter.encoding is not None or not wire.is_recipe_message(letter.header):
+        raise CannotReinject(f"{what}: not a recipe message, so it has no step {step}")
+    try:
+        message = wire.decode(json.dumps(letter.message), letter.header, what)
+    except InvalidMessage as error:
+        raise CannotReinject(str(error)) from None
+    steps = message.recipe.steps
+    if step not in steps:
+        raise CannotReinject(f"{what}: its recipe has no step {step} (steps: {sorted(steps)})")
+    path = message.path[: message.path.index(step)] if step in message.path else message.path
+    body = wire.encode(message.recipe, step, path, message.environment, message.payload)
+    try:
+        wire.decode(body, letter.header, what)
+    except InvalidMessage as error:
+        raise CannotReinject(f"cannot restart at step {step}: {error}") from None
+    routes = [
+        (steps[step][key], key == "topic") for key in ("queue", "topic") if steps[step].get(key)
+    ]
+    if not routes:
+        raise CannotReinject(f"{what}: step {step} of its recipe has neither queue nor topic")
+    return body, routes
+
+
+def prepare_files(
+    paths: Sequence[Path | str],
+    *,
+    destination: str | None = None,
+    step: int | None = None,
+    exchange_type: ExchangeType | None = None,
+) -> list[Reinjection]:
+    """Read and check every file first: the first bad one raises, naming it."""
+    return [
+        prepare(
+            read_dead_letter(path), destination=destination, step=step, exchange_type=exchange_type
+        )
+        for path in paths
+    ]
+
+
+def reinject(
+    transport: Transport,
+    reinjections: Sequence[Reinjection],
+    *,
+    remove: bool = False,
+    wait: float = 0.0,
+    timeout: float = 30.0,
+    on_sent: Callable[[Reinjection], None] | None = None,
+) -> int:
+    """Send each, waiting for the broker's confirmation (and ``wait`` s between files);
+    with ``remove``, delete each file once its message is confirmed. Returns how many
+    were sent. A refused message raises (naming its file); those before it were sent."""
+    pause = threading.Event()
+    for number, reinjection in enumerate(reinjections):
+        if number and wait > 0:
+            pause.wait(wait)
+        try:
+            transport.publish(reinjection.messages).result(timeout)
+        except TimeoutError:
+            raise CannotReinject(
+                f"{reinjection.path}: the broker did not confirm {reinjection.describe()} "
+                f"within {timeout:g} s; the file is kept (it may or may not have arrived)"
+            ) from None
+        except ZocaloError as error:
+            raise CannotReinject(
+                f"{reinjection.path}: not reinjected (the file is kept): {error}"
+            ) from None
+        if remove:
+            reinjection.path.unlink(missing_ok=True)
+        if on_sent is not None:
+            on_sent(reinjection)
+    return len(reinjections)

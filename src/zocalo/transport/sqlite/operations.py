@@ -1,0 +1,189 @@
+"""What the caller's threads ask of the worker: one small class per kind of request.
+
+The transport queues operations; the worker applies every one queued since
+its last batch inside one transaction (group commit), each through
+:meth:`Operation.apply`. An operation that needs an answer carries a
+:class:`Confirmation`, completed once the transaction has committed (or
+failed). If the transaction rolls back, :meth:`Operation.rolled_back` undoes
+what the operation did outside the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from zocalo.errors import PublishFailed
+from zocalo.transport.messages import Confirmation, Delivery, Outgoing
+from zocalo.transport.sqlite.consumers import Consumer, Consumers
+from zocalo.transport.sqlite.signals import WakeUps
+from zocalo.transport.sqlite.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Operation:
+    """One request for the worker, applied inside its next transaction."""
+
+    __slots__ = ()
+
+    #: Completed once the transaction commits (None: nobody waits for this one).
+    future: Confirmation | None = None
+
+    def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
+        """Do it in the open transaction; the error to fail its future with, if any."""
+        return None
+
+    def rolled_back(self, consumers: Consumers) -> None:
+        """The transaction failed: undo what :meth:`apply` changed outside the file."""
+
+
+class Settle(Operation):
+    """An ack or nack: nobody waits for it, so a failed transaction keeps it to retry
+    (or its row would stay leased, and renewed, to this connection forever)."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class Ack(Settle):
+    delivery: Delivery
+
+    def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
+        if not store.delete_owned(self.delivery.receipt):
+            log.warning(
+                "ack of %s came too late: it was already returned to its queue",
+                self.delivery.describe(),
+            )
+        return None
+
+
+@dataclass(slots=True)
+class Nack(Settle):
+    delivery: Delivery
+    requeue: bool
+    reason: str
+
+    def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
+        returned = store.return_rows(
+            [self.delivery.receipt], self.reason, dead_letter=not self.requeue
+        )
+        for queue_name in returned:
+            wake_ups.consumers_of(queue_name)
+        return None
+
+
+@dataclass(slots=True)
+class Publish(Operation):
+    """Acks and inserts of one publish, all or none (a savepoint in the transaction)."""
+
+    messages: Sequence[Outgoing]
+    acks: Sequence[Delivery]
+    future: Confirmation
+
+    def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
+        store.savepoint()
+        for delivery in self.acks:
+            if not store.delete_owned(delivery.receipt):
+                store.undo_savepoint()
+                for other in self.acks:  # still ours: the caller may settle them
+                    if other is not delivery:
+                        consumers.restore_inflight(other)
+                return PublishFailed(
+                    f"{delivery.describe()} was returned to its queue before this "
+                    "publish (lease expired or connection reaped); nothing was published "
+                    "and no input acknowledged"
+                )
+        message: Outgoing | None = None
+        try:
+            for message in self.messages:
+                if message.broadcast:
+                    copies, bound = store.insert_broadcast(message)
+                    for address, queue_name in copies:
+                        wake_ups.add(address, queue_name)
+                    for queue_name in bound:
+                        wake_ups.consumers_of(queue_name)
+                else:
+                    store.insert(message)
+                    wake_ups.consumers_of(message.destination)
+        except (TypeError, ValueError) as error:
+            store.undo_savepoint()
+            for delivery in self.acks:
+                consumers.restore_inflight(delivery)
+            where = f" to {message.describe()}" if message is not None else ""
+            return PublishFailed(f"cannot publish{where}: {error}")
+        store.release_savepoint()
+        return None
+
+    def rolled_back(self, consumers: Consumers) -> None:
+        for delivery in self.acks:
+            consumers.restore_inflight(delivery)
+
+
+@dataclass(slots=True)
+class Subscribe(Operation):
+    consumer: Consumer
+    future: Confirmation
+
+    def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
+        self.consumer.register(store)
+        consumers.add(self.consumer)
+        return None
+
+    def rolled_back(self, consumers: Consumers) -> None:
+        consumers.remove(self.consumer)  # its row is gone
+
+
+@dataclass(slots=True)
+class Unsubscribe(Operation):
+    consumer: Consumer
+    future: Confirmation
+
+    def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
+        _unregister(store, consumers, self.consumer)
+        return None
+
+
+@dataclass(slots=True)
+class Bind(Operation):
+    """Copy every broadcast to ``topic`` into ``queue`` (see ``Transport.bind_queue``)."""
+
+    queue: str
+    topic: str
+    keep_for: float
+    future: Confirmation
+
+    def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
+        store.bind(self.queue, self.topic, self.keep_for)
+        return None
+
+
+@dataclass(slots=True)
+class Reap(Operation):
+    """Reap dead connections in this batch (the worker does it for any batch holding one)."""
+
+    future: Confirmation
+
+
+@dataclass(slots=True)
+class Close(Operation):
+    """Unregister every consumer and return every row this connection holds."""
+
+    future: Confirmation | None = None
+
+    def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
+        for consumer in consumers.all():
+            consumer.subscription.active = False
+            _unregister(store, consumers, consumer)
+        owned = store.rows_owned_by(store.connection_id)
+        for queue_name in store.return_rows(owned, "connection closed"):
+            wake_ups.consumers_of(queue_name)
+        return None
+
+
+def _unregister(store: Store, consumers: Consumers, consumer: Consumer) -> None:
+    store.remove_consumer(consumer.consumer_id)
+    if consumer.subscription.broadcast:
+        store.drop_queue(consumer.queue)
+        consumers.remove(consumer)
