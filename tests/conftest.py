@@ -211,6 +211,21 @@ def rabbitmq_vhost() -> Iterator[Any]:
         yield vhost
 
 
+@pytest.fixture(scope="session")
+def activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private ActiveMQ broker for this session (started on first use, seconds), stopped
+    and deleted at the end: ``url(...)``, ``stop()``/``start()`` for a restart."""
+    from activemq_broker import PrivateActiveMQ
+
+    broker = PrivateActiveMQ(tmp_path_factory.mktemp("activemq"))
+    try:
+        seconds = broker.start()
+        print(f"\n[activemq] started in {seconds:.1f}s (stomp {broker.stomp_port})")
+        yield broker
+    finally:
+        broker.destroy()
+
+
 @pytest.fixture
 def rabbitmq_vhost_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """The session's vhost for one test; the queues the test made there go when it ends.
@@ -243,19 +258,21 @@ def broker_url() -> str:
 
 #: Every transport a service runs on, for tests of the runner. Their callbacks take
 #: two paths through it: memory hands each delivery to the runner's own thread;
-#: sqlite and RabbitMQ (``serial_callbacks``, the production path) have the runner
-#: call the handler right on their callback thread.
+#: sqlite, RabbitMQ and ActiveMQ (``serial_callbacks``, the production path) have the
+#: runner call the handler right on their callback thread.
 EVERY_TRANSPORT = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
     pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+    pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
 ]
 
 
 @pytest.fixture(params=EVERY_TRANSPORT)
 def each_transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A broker of this test's own on each transport in turn (a fresh memory broker, a
-    fresh SQLite file, the session's RabbitMQ vhost: name queues uniquely there).
+    fresh SQLite file, the session's RabbitMQ vhost or ActiveMQ broker: name queues
+    uniquely there).
 
     A test that needs a feature only some transports have narrows the list with
     ``@pytest.mark.parametrize("each_transport_url", [...], indirect=True)`` and
@@ -265,6 +282,8 @@ def each_transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"memory://test-{uuid.uuid4().hex}"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/broker.db"
+    if request.param == "stomp":
+        return str(request.getfixturevalue("activemq").url(prefix="runner"))
     return request.getfixturevalue("rabbitmq_vhost_url")
 
 
