@@ -1,4 +1,4 @@
-"""``zocalo demo --transport stomp://...``: the mini-facility, one process per service, on ActiveMQ."""
+"""``zocalo demo --transport stomp://...``: the mini-facility on ActiveMQ."""
 
 from __future__ import annotations
 
