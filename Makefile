@@ -22,12 +22,17 @@ rabbitmq-management:
 	rabbitmq-plugins enable rabbitmq_management
 	scripts/wait-for-management http://127.0.0.1:15672/api/overview 60
 
+.PHONY: activemq
+# ActiveMQ Classic for the stomp tests (each session starts a private broker); idempotent.
+activemq:
+	scripts/install-activemq
+
 .PHONY: slurm
 # The packages of the Slurm tests' private cluster (tests/slurm_cluster.py); idempotent.
 slurm:
 	scripts/install-slurm
 
-test: $(STAMP) rabbitmq-management slurm
+test: $(STAMP) rabbitmq-management activemq slurm
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)

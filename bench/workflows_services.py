@@ -1,6 +1,8 @@
-"""python-workflows side of ``bench/rabbitmq.py``: the two steps under the reference Frontend.
+"""python-workflows side of ``bench/rabbitmq.py`` and ``bench/activemq.py``: the two steps
+under the reference Frontend.
 
     python workflows_services.py Step1|Step2|Step1NoTx|Step2NoTx VHOST [HOST [PORT]]
+    python workflows_services.py Step1|Step2 --stomp HOST PORT USER PASSWORD PREFIX
 
 Each step is a ``CommonService`` that ``wrap_subscribe``s its queue with manual
 acknowledgement and ``$ZOCALO_BENCH_PREFETCH`` (default 100) and forwards the
@@ -11,8 +13,11 @@ variants send, then ack (no transaction).
 
 The service runs under ``workflows.frontend.Frontend`` with ``PikaTransport``,
 pointed at the vhost through ``PikaTransport.defaults`` (what
-``--rabbit-vhost`` / ``load_configuration_file`` would set). The Frontend
-forks the service; SIGTERM to the process group stops both.
+``--rabbit-vhost`` / ``load_configuration_file`` would set), or with
+``StompTransport`` (``--stomp``: its ``--stomp-*`` defaults; the reference passes
+no prefetch on STOMP, so ActiveMQ's default applies, and its transactions are
+STOMP transactions). The Frontend forks the service; SIGTERM to the process
+group stops both.
 """
 
 from __future__ import annotations
@@ -81,6 +86,9 @@ SERVICES = {cls.__name__: cls for cls in (Step1, Step2, Step1NoTx, Step2NoTx)}
 
 
 def main(argv: list[str]) -> None:
+    if len(argv) > 1 and argv[1] == "--stomp":
+        main_stomp(argv[0], *argv[2:7])
+        return
     name, vhost = argv[0], argv[1]
     host = argv[2] if len(argv) > 2 else "127.0.0.1"
     port = argv[3] if len(argv) > 3 else "5672"
@@ -89,6 +97,21 @@ def main(argv: list[str]) -> None:
     )
     # zocalo.service passes the site configuration here; the steps need none.
     Frontend(service=SERVICES[name], transport="PikaTransport", environment={"config": None}).run()
+
+
+def main_stomp(name: str, host: str, port: str, user: str, password: str, prefix: str) -> None:
+    from workflows.transport.stomp_transport import StompTransport
+
+    StompTransport.defaults.update(
+        {
+            "--stomp-host": host,
+            "--stomp-port": int(port),
+            "--stomp-user": user,
+            "--stomp-pass": password,
+            "--stomp-prfx": prefix,
+        }
+    )
+    Frontend(service=SERVICES[name], transport="StompTransport", environment={"config": None}).run()
 
 
 if __name__ == "__main__":

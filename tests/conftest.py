@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 
 from zocalo.service import RunnerSettings, Service, ServiceRunner
 from zocalo.service.middleware import Middleware, default_middleware
-from zocalo.transport import Delivery, Transport, create_transport
+from zocalo.transport import Delivery, Outgoing, Transport, create_transport
 
 #: How long a test waits for something that should happen promptly. Waits
 #: return as soon as their condition holds, so this only matters on failure.
@@ -109,6 +110,39 @@ def collector() -> Callable[..., Collector]:
     return Collector
 
 
+class DroppedReplies:
+    """The replies the transports of this process logged as dropped (see ``Outgoing``:
+    a reply whose queue has gone), by queue, from ``caplog``."""
+
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.WARNING)
+        self.caplog = caplog
+
+    def records(self, queue: str) -> list[logging.LogRecord]:
+        prefix = f"dropped a reply to queue {queue!r}"
+        return [record for record in self.caplog.records if record.getMessage().startswith(prefix)]
+
+    def count(self, queue: str) -> int:
+        return len(self.records(queue))
+
+    def wait_until_gone(self, transport: Transport, queue: str, timeout: float = DEADLINE) -> None:
+        """Send droppable probes to ``queue`` on ``transport`` until one is dropped: the
+        broker has noticed that the queue's connection went (at once when it closed, once
+        reaped when it died). Nothing announces that, so this polls, with a deadline."""
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while not self.count(queue):
+            assert time.monotonic() < deadline, f"reply queue {queue!r} outlived its connection"
+            transport.publish([Outgoing(queue, b"probe", droppable=True)]).result(timeout)
+            pause.wait(0.05)
+
+
+@pytest.fixture
+def dropped_replies(caplog: pytest.LogCaptureFixture) -> DroppedReplies:
+    """Counts the replies dropped in this process; waits until a reply queue has gone."""
+    return DroppedReplies(caplog)
+
+
 @pytest.fixture
 def let_time_pass() -> Callable[[float], None]:
     """Let wall-clock time pass when nothing observable marks the moment.
@@ -177,6 +211,21 @@ def rabbitmq_vhost() -> Iterator[Any]:
         yield vhost
 
 
+@pytest.fixture(scope="session")
+def activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private ActiveMQ broker for this session (started on first use, seconds), stopped
+    and deleted at the end: ``url(...)``, ``stop()``/``start()`` for a restart."""
+    from activemq_broker import PrivateActiveMQ
+
+    broker = PrivateActiveMQ(tmp_path_factory.mktemp("activemq"))
+    try:
+        seconds = broker.start()
+        print(f"\n[activemq] started in {seconds:.1f}s (stomp {broker.stomp_port})")
+        yield broker
+    finally:
+        broker.destroy()
+
+
 @pytest.fixture
 def rabbitmq_vhost_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """The session's vhost for one test; the queues the test made there go when it ends.
@@ -209,19 +258,21 @@ def broker_url() -> str:
 
 #: Every transport a service runs on, for tests of the runner. Their callbacks take
 #: two paths through it: memory hands each delivery to the runner's own thread;
-#: sqlite and RabbitMQ (``serial_callbacks``, the production path) have the runner
-#: call the handler right on their callback thread.
+#: sqlite, RabbitMQ and ActiveMQ (``serial_callbacks``, the production path) have the
+#: runner call the handler right on their callback thread.
 EVERY_TRANSPORT = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
     pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+    pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
 ]
 
 
 @pytest.fixture(params=EVERY_TRANSPORT)
 def each_transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A broker of this test's own on each transport in turn (a fresh memory broker, a
-    fresh SQLite file, the session's RabbitMQ vhost: name queues uniquely there).
+    fresh SQLite file, the session's RabbitMQ vhost or ActiveMQ broker: name queues
+    uniquely there).
 
     A test that needs a feature only some transports have narrows the list with
     ``@pytest.mark.parametrize("each_transport_url", [...], indirect=True)`` and
@@ -231,6 +282,8 @@ def each_transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"memory://test-{uuid.uuid4().hex}"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/broker.db"
+    if request.param == "stomp":
+        return str(request.getfixturevalue("activemq").url(prefix="runner"))
     return request.getfixturevalue("rabbitmq_vhost_url")
 
 

@@ -1,16 +1,105 @@
-"""The demo finishes with every job recorded and nothing dead-lettered."""
+"""The mini-facility demo: each data collection goes from the detector to one row of the
+results database, on every broker; a stage that loses or repeats work fails the run."""
 
 from __future__ import annotations
 
+import sqlite3
+import uuid
+from pathlib import Path
+
 import pytest
 
-from zocalo.demo import run_demo
+from zocalo.demo import DemoResult, DemoSettings, run_demo
+from zocalo.demo.facility import RESULTS_QUERY
+
+COLLECTIONS, IMAGES = 3, 6
+DCIDS = [1001, 1002, 1003]
 
 
-@pytest.mark.parametrize("in_process", [True, False], ids=["threads-memory", "processes-sqlite"])
-def test_demo_completes_every_job(in_process):
-    result = run_demo(jobs=6, images=5, in_process=in_process, rate=50)
-    assert (result.completed, result.lost, result.dead_lettered) == (6, 0, 0)
-    assert result.handled == 6 * (2 * 5 + 1), "find spots + summary per image, record per job"
-    assert len(result.latencies_ms) == 6
+def settings(tmp_path: Path, transport: str | None, **changes: object) -> DemoSettings:
+    return DemoSettings(
+        collections=COLLECTIONS,
+        images=IMAGES,
+        workers=2,
+        transport=transport,
+        workdir=tmp_path / "facility",
+        join_timeout=changes.pop("join_timeout", 30.0),  # a lost image fails the test sooner
+        **changes,  # type: ignore[arg-type]
+    )
+
+
+def memory() -> str:
+    return f"memory://demo-{uuid.uuid4().hex}"
+
+
+def database_rows(result: DemoResult) -> list[tuple[int, int, int]]:
+    """(dcid, images, complete) of every row the README's sqlite3 command shows."""
+    with sqlite3.connect(result.site / "results.db") as db:
+        rows = db.execute(RESULTS_QUERY).fetchall()
+    return sorted((dcid, images, complete) for dcid, _, images, _, complete in rows)
+
+
+def assert_every_image_once(result: DemoResult) -> None:
+    assert (result.lost, result.duplicates, result.dead_letters) == (0, 0, 0)
+    assert result.completed == COLLECTIONS
+    assert (result.images, result.images_recorded) == (COLLECTIONS * IMAGES,) * 2
+    assert result.spots_found == result.spots_drawn > 0, "each image's spots, counted once"
+    assert database_rows(result) == [(dcid, IMAGES, 1) for dcid in DCIDS]
+    assert len(list((result.site / "images").rglob("image_*.pgm"))) == COLLECTIONS * IMAGES
+    # Each collection: the Dispatcher, the fan-out, Join and each image once, a summary and
+    # a row: a stage that did anything twice (or not at all) changes the count.
+    assert result.handled == COLLECTIONS * (1 + 1 + IMAGES + IMAGES + 1 + 1)
+    samples = {stage: len(times) for stage, times in result.latencies_ms.items()}
+    per_image = COLLECTIONS * IMAGES
+    assert samples == {
+        "dispatch": COLLECTIONS,
+        "spot finding": per_image,
+        "join": COLLECTIONS,
+        "database": COLLECTIONS,
+        "reply": COLLECTIONS,
+        "end to end": COLLECTIONS,
+    }
     assert result.ok
+
+
+@pytest.mark.parametrize("broker", ["memory", "sqlite"], ids=["threads-memory", "processes-sqlite"])
+def test_every_collection_reaches_the_database_once(tmp_path, broker):
+    transport = memory() if broker == "memory" else None  # None: a fresh embedded broker
+    result = run_demo(settings(tmp_path, transport))
+    assert_every_image_once(result)
+    expected = "in-memory" if broker == "memory" else "embedded SQLite broker, one process"
+    assert expected in result.broker
+    if broker == "sqlite":
+        log = (result.site / "services.log").read_text()
+        assert log.count("service FindSpots started:") == 2, "one process per worker"
+
+
+def test_the_same_demo_runs_on_rabbitmq(tmp_path, rabbitmq_vhost_url):
+    result = run_demo(settings(tmp_path, rabbitmq_vhost_url))
+    assert_every_image_once(result)
+    assert "amqp://" in result.broker
+
+
+def test_a_lost_image_is_reported_and_fails_the_run(tmp_path):
+    lossy = {"demo.FindSpots": "demo_faults:LosesImageTwo"}
+    result = run_demo(settings(tmp_path, memory(), join_timeout=1.0, replace=lossy))
+    assert result.lost == COLLECTIONS, "image 2 of each collection"
+    assert result.completed == 0
+    assert database_rows(result) == [(dcid, IMAGES - 1, 0) for dcid in DCIDS]
+    assert not result.ok
+
+
+def test_work_done_twice_is_reported_and_fails_the_run(tmp_path):
+    twice = {"demo.Summary": "demo_faults:SummarisesTwice"}
+    result = run_demo(settings(tmp_path, memory(), replace=twice))
+    assert result.duplicates == COLLECTIONS, "each reply came twice"
+    assert database_rows(result) == [(dcid, IMAGES, 1) for dcid in DCIDS], "one row each"
+    assert result.lost == 0
+    assert not result.ok
+
+
+def test_settings_that_cannot_run_are_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match="at least 1 collection"):
+        run_demo(DemoSettings(collections=0, workdir=tmp_path))
+    with pytest.raises(ValueError, match=r"no demo service demo\.Nothing"):
+        run_demo(DemoSettings(replace={"demo.Nothing": "x:Y"}, workdir=tmp_path))

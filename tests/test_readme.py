@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 from zocalo.transport import create_transport
@@ -53,3 +54,9 @@ def test_the_readme_service_runs_from_the_working_directory_on_the_readme_recipe
             os.killpg(service.pid, signal.SIGKILL)  # the service and its worker
             service.wait(10)
     assert json.loads(delivery.body)["payload"] == {"image": "7", "spots": 42}
+
+
+def test_from_detector_to_database_walks_through_the_recipe_the_demo_runs():
+    shown = fenced_block("json", '{\n  "1": {\n    "service": "Images of the data collection"')
+    shipped = resources.files("zocalo.examples").joinpath("recipes/mini-facility.json")
+    assert json.loads(shown) == json.loads(shipped.read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from unittest.mock import ANY
 
 import pytest
 
@@ -19,6 +20,7 @@ from zocalo.submit import (
     request_parameters,
     write_drop_file,
 )
+from zocalo.transport import create_transport
 
 RECIPE = Recipe({"1": {"queue": "submit.first"}, "start": [[1, {"dc": "{ispyb_dcid}"}]]})
 
@@ -104,3 +106,19 @@ def test_a_direct_start_offers_the_dcid_unless_a_parameter_names_one() -> None:
     assert json.loads(offered.body)["payload"] == {"dc": "42"}
     _, kept = direct_start(RECIPE, {"ispyb_dcid": "7"}, dcid=42)
     assert json.loads(kept.body)["payload"] == {"dc": "7"}
+
+
+def test_a_job_whose_caller_waits_names_its_reply_queue_where_the_recipe_finds_it() -> None:
+    request = processing_request(["x"], {"guid": "r"}, dcid=5, reply_to="zocalo.reply.q")
+    assert request.reply_to == "zocalo.reply.q"
+    assert json.loads(request.outputs[0].body)["parameters"]["zocalo_reply_to"] == "zocalo.reply.q"
+    _, direct = direct_start(RECIPE, {}, {"beamline": "i03"}, dcid=1, reply_to="zocalo.reply.q")
+    assert direct.reply_to == "zocalo.reply.q"
+    environment = json.loads(direct.body)["environment"]
+    assert environment == {"beamline": "i03", "zocalo_reply_to": "zocalo.reply.q", "ID": ANY}
+    assert processing_request(["x"], {}, dcid=5).reply_to is None
+
+
+def test_only_a_job_with_a_reply_queue_can_be_waited_for() -> None:
+    with pytest.raises(ValueError, match="names no reply queue"):
+        processing_request(["x"], {}, dcid=5).send_for_replies(create_transport("memory://"))

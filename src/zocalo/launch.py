@@ -52,8 +52,10 @@ class ServiceProcesses:
         #: The services' environment (None: this process's).
         self.env = dict(env) if env is not None else None
         self.processes: list[subprocess.Popen[str]] = []
-        #: Each service's final counters, from its last log line.
-        self.stats: dict[str, dict[str, int]] = {}
+        #: Each service's final counters, from its last log line (added up over the
+        #: processes of a service started more than once).
+        self.stats: dict[str, dict[str, float]] = {}
+        self._stats_lock = threading.Lock()
         self._forwarders: list[threading.Thread] = []
 
     def __enter__(self) -> ServiceProcesses:
@@ -89,8 +91,9 @@ class ServiceProcesses:
                 if STARTED_MARK in line:
                     found.set()
                 if STOPPED_MARK in line:
-                    with contextlib.suppress(ValueError):
-                        self.stats[name] = json.loads(line.split(STOPPED_MARK, 1)[1])
+                    with contextlib.suppress(ValueError), self._stats_lock:
+                        counters = json.loads(line.split(STOPPED_MARK, 1)[1])
+                        add_counters(self.stats, name, counters)
                 if self.log is not None:
                     self.log.write(line)
             found.set()
@@ -121,13 +124,24 @@ class ServiceProcesses:
         self.stop()
 
 
+def add_counters(
+    stats: dict[str, dict[str, float]], name: str, counters: Mapping[str, float]
+) -> None:
+    """Add one process's (or thread's) final counters to those of service ``name``."""
+    total = stats.setdefault(name, {})
+    for counter, value in counters.items():
+        total[counter] = total.get(counter, 0) + value
+
+
 class ServiceThreads:
-    """Services on threads of this process (for the in-memory broker)."""
+    """Services on threads of this process (for the in-memory broker), one runner each."""
 
     def __init__(
-        self, services: Sequence[type[Service]], url: str, settings: RunnerSettings | None = None
+        self, services: Sequence[Service], url: str, settings: RunnerSettings | None = None
     ) -> None:
-        self.runners = [ServiceRunner(cls(), create_transport(url), settings) for cls in services]
+        self.runners = [
+            ServiceRunner(service, create_transport(url), settings) for service in services
+        ]
         self.threads = [
             threading.Thread(target=r.run, name=f"service-{r.service.name}", daemon=True)
             for r in self.runners
@@ -142,7 +156,11 @@ class ServiceThreads:
 
     @property
     def stats(self) -> dict[str, dict[str, float]]:
-        return {runner.service.name: runner.stats.snapshot() for runner in self.runners}
+        """Each service's counters (added up over its runners)."""
+        totals: dict[str, dict[str, float]] = {}
+        for runner in self.runners:
+            add_counters(totals, runner.service.name, runner.stats.snapshot())
+        return totals
 
     def stop(self) -> None:
         for runner in self.runners:

@@ -5,6 +5,11 @@ recipe) live here, not in the command line, so a Dispatcher, ``--wait`` and the 
 read a request the way ``zocalo.go`` builds it. So does the drop file a request is
 stored in when the broker cannot take it (python-zocalo's ``zocalo.go`` fallback, which
 its ``zocalo.pickup`` sends on later).
+
+A job whose caller waits for its results carries a reply queue (``reply_to``): in the
+request's parameters for the Dispatcher, in the recipe environment when started
+directly, under the one name :data:`~zocalo.recipe.wire.REPLY_TO`. :func:`submit` is
+the whole round trip from Python: start a job, iterate over its replies.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from typing import Any
 from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
-from zocalo.recipe.wire import dumps
-from zocalo.transport.base import Outgoing, Transport
+from zocalo.recipe.wire import REPLY_TO, dumps
+from zocalo.replies import DEFAULT_WAIT, Replies
+from zocalo.transport.base import Outgoing, Transport, reply_queue_name
+from zocalo.transport.registry import create_transport
 
 #: The Dispatcher's queue.
 DISPATCHER_QUEUE = "processing_recipe"
@@ -54,10 +61,42 @@ class Submission:
     outputs: list[Outgoing] = field(default_factory=list)
     #: The recipe ID the job will run under (the request's ``guid``), when known.
     recipe_id: str | None = None
+    #: The queue the job's replies go to, when its caller waits for them.
+    reply_to: str | None = None
 
     def send(self, transport: Transport, timeout: float = 30.0) -> None:
         """Publish and wait until the broker has accepted every message."""
         transport.publish(self.outputs).result(timeout)
+
+    def send_for_replies(
+        self,
+        transport: Transport,
+        *,
+        results: int = 1,
+        timeout: float = DEFAULT_WAIT,
+        send_timeout: float = 30.0,
+        owns_transport: bool = False,
+    ) -> Replies:
+        """Send, and return the job's replies as they come (``results`` of them, within
+        ``timeout`` seconds). The reply queue is made and consumed first, so no reply
+        comes before anyone listens; built without ``reply_to``, there is none to wait on.
+        """
+        if self.reply_to is None:
+            raise ValueError("this job names no reply queue: build it with reply_to=")
+        replies = Replies(
+            transport,
+            self.reply_to,
+            expected=results,
+            timeout=timeout,
+            owns_transport=owns_transport,
+        )
+        replies.recipe_id = self.recipe_id
+        try:
+            self.send(transport, send_timeout)
+        except BaseException:
+            replies.close()
+            raise
+        return replies
 
 
 def submitter_headers() -> dict[str, str]:
@@ -69,21 +108,27 @@ def dispatcher_request(
     recipes: list[str],
     parameters: Mapping[str, Any],
     custom_recipe: Recipe | None = None,
+    *,
+    reply_to: str | None = None,
 ) -> Submission:
     """A request for the Dispatcher: named recipes, parameters, optional inline recipe.
 
     The parameters get a ``guid`` (a fresh uuid4) unless they have one: the Dispatcher
-    makes it the recipe ID, so the caller knows which job to follow in the logs.
+    makes it the recipe ID, so the caller knows which job to follow in the logs. With
+    ``reply_to`` they name the queue the job's replies go to (our Dispatcher puts it in
+    the recipe environment; python-zocalo's ignores it, and nothing replies).
     """
     body: dict[str, Any] = {"recipes": list(recipes), "parameters": dict(parameters)}
     recipe_id = str(body["parameters"].get("guid") or uuid.uuid4())
     body["parameters"]["guid"] = recipe_id
+    if reply_to is not None:
+        body["parameters"][REPLY_TO] = reply_to
     if custom_recipe is not None:
         custom_recipe.validate()
         body["custom_recipe"] = custom_recipe.to_dict()
     headers = submitter_headers()
     outgoing = Outgoing(DISPATCHER_QUEUE, dumps(body).encode("utf-8"), headers)
-    return Submission(DISPATCHER_QUEUE, headers, body, [outgoing], recipe_id)
+    return Submission(DISPATCHER_QUEUE, headers, body, [outgoing], recipe_id, reply_to)
 
 
 def write_drop_file(directory: str | Path, submission: Submission) -> Path:
@@ -142,6 +187,7 @@ def processing_request(
     reprocessing: bool = False,
     dcid_required: bool = True,
     autoprocscalingid: int | None = None,
+    reply_to: str | None = None,
 ) -> Submission:
     """The Dispatcher request ``zocalo.go`` sends: :func:`request_parameters`' rules, then
     :func:`dispatcher_request`."""
@@ -153,7 +199,7 @@ def processing_request(
         dcid_required=dcid_required,
         autoprocscalingid=autoprocscalingid,
     )
-    return dispatcher_request(list(recipes), checked, custom_recipe)
+    return dispatcher_request(list(recipes), checked, custom_recipe, reply_to=reply_to)
 
 
 def direct_start(
@@ -162,21 +208,82 @@ def direct_start(
     environment: Mapping[str, Any] | None = None,
     *,
     dcid: int | None = None,
+    reply_to: str | None = None,
 ) -> tuple[str, Submission]:
     """Start ``recipe`` without a Dispatcher: substitute parameters, fresh recipe ID.
 
     ``dcid``, a data collection id, is offered as the ``ispyb_dcid`` parameter unless
-    ``parameters`` name one.
+    ``parameters`` name one. ``reply_to`` goes into the environment: the queue the
+    job's replies go to.
     """
     parameters = dict(parameters)
     if dcid is not None:
         parameters.setdefault("ispyb_dcid", dcid)
     recipe = recipe.copy()
     recipe.apply_parameters(parameters)
+    environment = dict(environment or {})
+    if reply_to is not None:
+        environment[REPLY_TO] = reply_to
     step = RecipeStep()
     recipe_id = step.start(recipe, environment=environment)
     first = step.outputs[0] if step.outputs else None
     body = first.body.decode() if first else None
     queue = first.destination if first else ""
     headers = dict(first.headers) if first else {}
-    return recipe_id, Submission(queue, headers, body, step.outputs, recipe_id)
+    return recipe_id, Submission(queue, headers, body, step.outputs, recipe_id, reply_to)
+
+
+def submit(
+    transport: Transport | str,
+    recipes: Sequence[str] = (),
+    parameters: Mapping[str, Any] | None = None,
+    recipe: Recipe | Mapping[str, Any] | None = None,
+    *,
+    direct: bool = False,
+    dcid: int | None = None,
+    reprocessing: bool = False,
+    dcid_required: bool = True,
+    autoprocscalingid: int | None = None,
+    results: int = 1,
+    timeout: float = DEFAULT_WAIT,
+) -> Replies:
+    """Start a job and iterate over its replies, as ``zocalo.go --wait`` does::
+
+        for reply in submit("sqlite:///...", ["spots"], {"image": 7}, dcid=1234, results=3):
+            print(reply.step, reply.payload)
+
+    A request to the Dispatcher (the recipes named, ``recipe`` merged in, the rules of
+    :func:`processing_request`), or with ``direct`` the ``recipe`` itself. The replies
+    come as :class:`~zocalo.recipe.wire.Reply` values: ``results`` of them end the
+    iteration, and :class:`~zocalo.replies.ReplyTimeout` says if they did not all come
+    within ``timeout`` seconds. ``transport`` is a connected :class:`Transport`, or a
+    broker URL to open a connection of the job's own (closed when the replies end).
+    """
+    reply_to = reply_queue_name()
+    custom = recipe if recipe is None or isinstance(recipe, Recipe) else Recipe(recipe)
+    if direct:
+        if custom is None:
+            raise ValueError("direct=True starts the recipe given as recipe=")
+        _, submission = direct_start(custom, parameters or {}, dcid=dcid, reply_to=reply_to)
+    else:
+        submission = processing_request(
+            recipes,
+            parameters,
+            custom,
+            dcid=dcid,
+            reprocessing=reprocessing,
+            dcid_required=dcid_required,
+            autoprocscalingid=autoprocscalingid,
+            reply_to=reply_to,
+        )
+    if not isinstance(transport, str):
+        return submission.send_for_replies(transport, results=results, timeout=timeout)
+    connection = create_transport(transport)
+    try:
+        connection.connect()
+    except BaseException:
+        connection.close()
+        raise
+    return submission.send_for_replies(
+        connection, results=results, timeout=timeout, owns_transport=True
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from click.testing import CliRunner
 
 from zocalo.cli.main import cli
@@ -36,6 +37,18 @@ def test_the_broker_keeps_the_cancellation_for_a_service_that_starts_later(
         later.subscribe_broadcast(CANCEL_TOPIC, heard, replay=CANCEL_WINDOW)
         [delivery] = heard.wait_for_count(1)
         assert cancelled_recipe(delivery.body) == "recipe-1"
+
+
+@pytest.mark.stomp
+def test_on_a_broker_that_keeps_no_broadcasts_it_says_who_hears_it(activemq, collector):
+    url = activemq.url(prefix="cancel")
+    with create_transport(url) as listener:
+        heard = collector()
+        listener.subscribe_broadcast(CANCEL_TOPIC, heard)
+        result = CliRunner().invoke(cli, ["cancel", "recipe-1", "-t", url])
+        assert result.exit_code == 0, result.output
+        assert "only the services running now hear the cancellation" in result.output
+        assert cancelled_recipe(heard.wait_for_count(1)[0].body) == "recipe-1"
 
 
 def test_a_recipe_id_is_required():

@@ -136,12 +136,12 @@ def test_a_send_the_broker_does_not_confirm_in_time_is_one_line(tmp_path):
     assert rest == [], "one line, no traceback"
 
 
-def test_demo_refuses_zero_jobs_in_one_line():
+def test_demo_refuses_zero_collections_in_one_line():
     from zocalo.cli.demo import command as demo
 
-    result = CliRunner().invoke(demo, ["--jobs", "0"], catch_exceptions=False)
+    result = CliRunner().invoke(demo, ["--collections", "0"], catch_exceptions=False)
     assert result.exit_code == 2
-    assert "--jobs" in one_error_line(result.output)
+    assert "--collections" in one_error_line(result.output)
 
 
 def test_a_recipe_step_without_queue_is_refused_and_nothing_is_sent(tmp_path: Path):

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from zocalo import Service, handler
 from zocalo.cli.go import command as go
+from zocalo.launch import ServiceThreads
 from zocalo.transport import create_transport
 
 RECIPE = {
@@ -213,3 +215,45 @@ def test_without_a_fallback_an_unreachable_broker_is_one_error_line():
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.output
+
+
+class Squares(Service):
+    """Replies with the square of each frame, twice over: two replies per message."""
+
+    @handler("go.first")
+    def square(self, step, payload):
+        for copy in range(2):
+            step.reply({"copy": copy, "square": int(payload["frame"]) ** 2})  # -s: a string
+
+
+def test_wait_prints_each_reply_as_a_json_line_and_nothing_else_on_stdout(recipe_file, tmp_path):
+    url = f"sqlite:///{tmp_path}/broker.db"
+    with ServiceThreads([Squares], url):
+        result = run(
+            "-f", str(recipe_file), "--direct", "-s", "frames=3", "--results", "2", "--wait=30",
+            "--transport", url,
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"copy": 0, "square": 9},
+        {"copy": 1, "square": 9},
+    ]
+    (said,) = result.stderr.splitlines()
+    assert said.endswith("sent to go.first; waiting up to 30 s for 2 replies")
+
+
+def test_a_wait_that_times_out_is_one_error_line_and_exit_1(recipe_file, tmp_path):
+    url = f"sqlite:///{tmp_path}/broker.db"
+    result = run("-f", str(recipe_file), "--direct", "--results", "2", "--wait", "0.5", "-t", url)
+    assert result.exit_code == 1
+    started, error = result.stderr.splitlines()
+    recipe_id = started.split()[1]
+    assert error == f"Error: timed out: 0 of 2 replies for recipe {recipe_id} arrived within 0.5 s"
+    assert result.stdout == "" and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("other", ["--dry-run", "--drop"])
+def test_wait_refuses_what_sends_nothing_now(recipe_file, other):
+    result = CliRunner().invoke(go, ["-r", "spots", "-n", "--wait", other])
+    assert result.exit_code == 2
+    assert f"{other} sends nothing now: there are no replies to --wait for" in result.output

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from tcp_proxy import Proxy
 
-from zocalo.transport import create_transport
+from zocalo.transport import Outgoing, create_transport, reply_queue_name
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -70,3 +70,28 @@ def test_connect_after_close_reconnects_as_often_as_it_takes(
         received.wait_for_body(b"after the reconnect", timeout=20)
     finally:
         transport.close()
+
+
+def test_a_reply_queue_comes_back_after_a_reconnect(
+    rabbitmq_vhost_url, proxied_url, proxy, collector, wait_until, caplog
+):
+    """RabbitMQ deletes an exclusive queue with its connection: after a reconnect the
+    caller's reply queue is declared again, empty, and consumed, and replies reach it."""
+    caller = create_transport(proxied_url)
+    caller.connect()
+    try:
+        queue = reply_queue_name()
+        caller.declare_reply_queue(queue)
+        received = collector(ack_with=caller)
+        caller.subscribe(queue, received)
+        proxy.drop()
+        wait_until(
+            lambda: any("reconnected to" in r.getMessage() for r in caplog.records),
+            "the reconnect",
+            30,
+        )
+        with create_transport(rabbitmq_vhost_url) as worker:
+            worker.publish([Outgoing(queue, b"after", droppable=True)]).result(10)
+        assert received.wait_for_body(b"after", timeout=20)[-1].body == b"after"
+    finally:
+        caller.close()

@@ -11,7 +11,7 @@ import pytest
 from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
-from zocalo.recipe.wire import RecipeMessage
+from zocalo.recipe.wire import RecipeMessage, Reply
 from zocalo.transport import create_transport
 
 RECIPE = Recipe(
@@ -176,3 +176,56 @@ def test_sends_in_a_transaction_go_out_on_commit_not_with_the_outputs(collector)
         )
         assert json.loads(second.body) == {"plain": True}
         assert transport.depth("five") == 0  # nothing from the aborted transaction
+
+
+def replying_step(environment: dict) -> RecipeStep:
+    message = RecipeMessage(RECIPE, 2, [1], environment, None)
+    return RecipeStep(message, message_id="m-2")
+
+
+def test_a_reply_goes_to_the_environments_reply_queue_as_a_droppable_output():
+    step = replying_step({"ID": "abc", "zocalo_reply_to": "zocalo.reply.x"})
+    assert step.reply({"spots": 3}) == 1
+    step.send({"on": True})
+    (reply, onward) = step.outputs
+    assert (reply.destination, reply.droppable, reply.broadcast) == ("zocalo.reply.x", True, False)
+    assert json.loads(reply.body) == {"recipe_id": "abc", "step": 2, "payload": {"spots": 3}}
+    assert Reply.decode(reply.body, "reply") == Reply({"spots": 3}, "abc", 2)
+    assert reply.headers == {"zocalo-sender-recipe": "abc", "zocalo-sender-step": 2}, (
+        "who sent it, for the log line if it is dropped; and no recipe message"
+    )
+    assert (onward.destination, onward.droppable) == ("five", False)
+
+
+def test_a_reply_nobody_waits_for_sends_nothing_and_is_no_mistake():
+    step = replying_step({"ID": "abc"})
+    assert step.reply({"spots": 3}) == 0
+    assert step.outputs == [] and step.unrouted == []
+    plain = RecipeStep(None, message_id="m-3")
+    assert plain.reply("x") == 0 and plain.outputs == []
+
+
+@pytest.mark.parametrize("reply_to", ["", 7, ["zocalo.reply.x"]])
+def test_a_reply_queue_that_is_no_queue_name_is_logged_and_recorded(reply_to, caplog):
+    step = replying_step({"ID": "abc", "zocalo_reply_to": reply_to})
+    with caplog.at_level(logging.WARNING, logger="zocalo.recipe.step"):
+        assert step.reply("x") == 0
+    assert step.outputs == []
+    (unrouted,) = step.unrouted
+    assert "zocalo_reply_to" in unrouted and "not a queue name" in unrouted
+    assert "sent nothing" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1]",
+        b'{"no": "payload"}',
+        b'{"payload": 1, "step": true}',
+        b'{"payload": 1, "recipe_id": 5}',
+    ],
+)
+def test_what_is_not_a_reply_is_refused_in_one_line(body):
+    with pytest.raises(ZocaloError, match="not a reply") as caught:
+        Reply.decode(body, "message 9")
+    assert "message 9" in str(caught.value) and "\n" not in str(caught.value)

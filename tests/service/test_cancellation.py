@@ -1,10 +1,11 @@
 """Cancelled recipes: what they left in the queues is acked and dropped, in every service.
 
-Each test runs on each transport. A cancellation reaches a running service at
-once and one that starts later through the broker's kept broadcasts; what a
-service dropped is counted, logged once per message, and acknowledged (nothing
-of it comes back once the service stops). Recipe IDs are unique per test: the
-RabbitMQ vhost lasts the session.
+A cancellation reaches a running service at once, on every transport, and one
+that starts later through the broker's kept broadcasts, where the broker keeps
+them (memory, SQLite, RabbitMQ; ActiveMQ refuses, and its services say so at
+start). What a service dropped is counted, logged once per message, and
+acknowledged (nothing of it comes back once the service stops). Recipe IDs are
+unique per test: the RabbitMQ vhost and the ActiveMQ broker last the session.
 """
 
 from __future__ import annotations
@@ -29,13 +30,22 @@ from zocalo.recipe.cancel import CANCEL_TOPIC, CANCEL_WINDOW, broadcast_cancel, 
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import encode
 from zocalo.service import Middleware, Service, ServiceRunner
-from zocalo.service.middleware import CANCELLED, DropCancelled, default_middleware
+from zocalo.service.middleware import CANCELLED, DropCancelled
 from zocalo.service.runner import STOPPED_MARK
 from zocalo.transport import Outgoing, Transport, create_transport
+from zocalo.transport.base import Capability
 
 #: Seconds the messages of the running-service test wait in their queue (delayed),
 #: while the service hears the cancellation; a handful of milliseconds is enough.
 QUEUED_FOR = 2.0
+
+#: The transports whose brokers keep broadcasts (``Capability.KEPT_BROADCASTS``): a
+#: service that starts after a cancellation hears it there only.
+KEEPING = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+]
 
 
 @pytest.fixture
@@ -139,6 +149,16 @@ def test_a_running_service_drops_what_a_cancelled_recipe_left_in_its_queue(
     assert len(out.deliveries) == 2
 
 
+def cancel_while_running(client: Transport, runner: ServiceRunner, recipe_id: str) -> None:
+    """Cancel ``recipe_id`` and wait until the running service has heard it."""
+    broadcast_cancel(client, recipe_id)
+    deadline = time.monotonic() + 10
+    while recipe_id not in dropper(runner).cancelled:
+        assert time.monotonic() < deadline, "the service never heard the cancellation"
+        threading.Event().wait(0.01)
+
+
+@pytest.mark.parametrize("each_transport_url", KEEPING, indirect=True)
 def test_a_service_started_after_the_cancellation_still_drops_the_recipes_messages(
     broker_url, client, work, collector, start_service, recipe_ids
 ):
@@ -163,6 +183,7 @@ def test_a_service_started_after_the_cancellation_still_drops_the_recipes_messag
     assert set(dropper(runner).cancelled) == {cancelled, recipe_ids("another")}
 
 
+@pytest.mark.parametrize("each_transport_url", KEEPING, indirect=True)
 def test_a_long_record_of_cancellations_is_read_before_the_first_message(
     client, work, collector, start_service, recipe_ids
 ):
@@ -180,6 +201,7 @@ def test_a_long_record_of_cancellations_is_read_before_the_first_message(
     assert runner.stats.snapshot()["cancelled"] == 1
 
 
+@pytest.mark.parametrize("each_transport_url", KEEPING, indirect=True)
 def test_a_cancellation_older_than_the_window_is_forgotten(
     client, work, collector, start_service, recipe_ids
 ):
@@ -200,22 +222,22 @@ def test_a_handler_that_sees_cancelled_recipes_is_told(
     client, work, collector, start_service, recipe_ids
 ):
     cancelled, other = recipe_ids("cancelled"), recipe_ids("other")
-    broadcast_cancel(client, cancelled)
-    send(client, work, cancelled, "cleans up")
-    send(client, work, other, "as usual")
     out = sink(client, f"{work}.out", collector)
     service = Forward(work, sees_cancelled=True)
     runner = start_service(service)
+    cancel_while_running(client, runner, cancelled)
+    send(client, work, cancelled, "cleans up")
+    send(client, work, other, "as usual")
     out.wait_for_count(2)
     assert service.seen == [("cleans up", True), ("as usual", False)]
     assert runner.stats.snapshot()["cancelled"] == 0
 
 
 def test_the_outcome_is_cancelled_for_every_after_message_hook(
-    broker_url, client, work, collector, recipe_ids
+    client, work, collector, start_service, recipe_ids
 ):
     """Metrics and other ``after_message`` hooks count a dropped message as ``cancelled``;
-    the handler never ran, and a plain message (no recipe) is not judged."""
+    the handler never ran."""
     cancelled = recipe_ids("cancelled")
     outcomes: list[str] = []
 
@@ -223,21 +245,32 @@ def test_the_outcome_is_cancelled_for_every_after_message_hook(
         def after_message(self, runner, message, outcome, seconds):
             outcomes.append(outcome)
 
-    broadcast_cancel(client, cancelled)
+    out = sink(client, f"{work}.out", collector)
+    runner = start_service(Forward(work), middleware=[Outcomes()])
+    cancel_while_running(client, runner, cancelled)
     send(client, work, cancelled, "dropped")
     send(client, work, recipe_ids("other"), "handled")
-    out = sink(client, f"{work}.out", collector)
-    runner = ServiceRunner(
-        Forward(work), create_transport(broker_url), None, [*default_middleware(), Outcomes()]
-    )
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    try:
-        out.wait_for_count(1)
-    finally:
-        runner.request_stop()
-        thread.join(10)
+    out.wait_for_count(1)
     assert outcomes == [CANCELLED, "handled"]
+
+
+def test_a_broker_that_keeps_no_broadcasts_costs_only_what_was_said_before_the_start(
+    broker_url, client, work, collector, start_service, recipe_ids, caplog
+):
+    """Where the transport refuses to keep broadcasts (ActiveMQ), the service says so
+    at start, in one line, and drops what is cancelled while it runs."""
+    cancelled = recipe_ids("cancelled")
+    out = sink(client, f"{work}.out", collector)
+    with caplog.at_level(logging.WARNING, logger="zocalo.service.middleware.cancellation"):
+        runner = start_service(Forward(work))
+    kept = Capability.KEPT_BROADCASTS in client.capabilities
+    warnings = [r.getMessage() for r in caplog.records if "are not heard" in r.getMessage()]
+    assert len(warnings) == (0 if kept else 1), warnings
+    cancel_while_running(client, runner, cancelled)
+    send(client, work, cancelled, "dropped")
+    send(client, work, recipe_ids("other"), "flows")
+    assert payloads(out.wait_for_count(1)) == ["flows"]
+    assert runner.stats.snapshot()["cancelled"] == 1
 
 
 # -- zocalo cancel and zocalo.service, as an operator runs them -------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import workflows.recipe
 
-from zocalo.recipe import Recipe
+from zocalo.recipe import Recipe, wire
 from zocalo.recipe.step import RecipeStep
 from zocalo.services.dispatcher import RECHECK_DELAY, Dispatcher, PluginError
 from zocalo.submit import DISPATCHER_QUEUE
@@ -143,6 +143,37 @@ def test_a_recipe_step_on_processing_recipe_starts_a_sub_recipe(
     assert body["payload"] == {"dc": "8"}
 
 
+def test_a_requests_reply_queue_goes_into_the_environment_of_its_recipe(
+    dispatcher, client, collector, queue
+):
+    started = collector(ack_with=client)
+    client.subscribe(queue, started)
+    submit(client, one_step(queue, guid="waited-for", zocalo_reply_to="zocalo.reply.caller"))
+    (delivery,) = started.wait_for_count(1)
+    environment = json.loads(delivery.body)["environment"]
+    assert environment == {"ID": "waited-for", "zocalo_reply_to": "zocalo.reply.caller"}
+    assert RecipeStep(wire.decode(delivery.body, delivery.headers, "started")).reply(1) == 1
+
+
+@pytest.mark.parametrize(
+    ("own", "expected"), [(None, "zocalo.reply.parent"), ("zocalo.reply.own", "zocalo.reply.own")]
+)
+def test_a_sub_recipe_replies_where_its_parent_does_unless_its_request_says(
+    own, expected, dispatcher, client, collector, queue
+):
+    started = collector(ack_with=client)
+    client.subscribe(queue, started)
+    request = one_step(queue, **({"zocalo_reply_to": own} if own else {}))
+    parent = RecipeStep()
+    parent.start(
+        Recipe({"1": {"queue": DISPATCHER_QUEUE}, "start": [[1, request]]}),
+        environment={"ID": "parent-recipe", "zocalo_reply_to": "zocalo.reply.parent"},
+    )
+    client.publish(parent.outputs).result(10)
+    (delivery,) = started.wait_for_count(1)
+    assert json.loads(delivery.body)["environment"]["zocalo_reply_to"] == expected
+
+
 def test_the_logbook_holds_each_request_in_python_zocalos_layout(
     dispatcher, client, collector, queue, site
 ):
@@ -202,6 +233,10 @@ BAD_REQUESTS = {
         ["cannot substitute parameters", "{x:>5}", "step 1"],
     ),
     "no recipe at all": ({"parameters": {}}, ["names no recipe"]),
+    "a reply queue that is no queue name": (
+        {"recipes": ["one-step"], "parameters": {"zocalo_reply_to": ["x"]}},
+        ["'zocalo_reply_to' must be a queue name, not ['x']"],
+    ),
 }
 
 

@@ -39,11 +39,17 @@ def rabbitmq_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("rabbitmq_vhost_url")
 
 
+def stomp_url(request: pytest.FixtureRequest) -> str:
+    # The session's private ActiveMQ (started on first use); names are unique per test.
+    return request.getfixturevalue("activemq").url(prefix="contract")
+
+
 #: The transports under contract test. One line per broker.
 TRANSPORTS = [
     pytest.param(memory_url, id="memory"),
     pytest.param(sqlite_url, id="sqlite"),
     pytest.param(rabbitmq_url, id="rabbitmq", marks=pytest.mark.rabbitmq),
+    pytest.param(stomp_url, id="stomp", marks=pytest.mark.stomp),
 ]
 
 

@@ -29,6 +29,7 @@ from zocalo.transport import (
     Transport,
     create_transport,
     dlq_name,
+    reply_queue_name,
 )
 from zocalo.transport.base import (  # not (yet) re-exported by zocalo.transport
     DLQ_HISTORY_HEADER,
@@ -461,11 +462,25 @@ def test_a_bound_queue_unused_past_its_expiry_is_dropped(
 # -- kept broadcasts, replayed to late subscribers -----------------------------------
 
 
+def lacks_kept_broadcasts(transport: Transport, topic: str) -> bool:
+    """False if ``transport`` keeps broadcasts; else check it refuses both to keep and
+    to replay them, and return True."""
+    if not lacks(
+        transport, Capability.KEPT_BROADCASTS, transport.keep_broadcasts, topic, seconds=60
+    ):
+        return False
+    with pytest.raises(UnsupportedFeature):
+        transport.subscribe_broadcast(topic, lambda delivery: None, replay=60)
+    return True
+
+
 def test_a_replaying_subscriber_hears_what_was_broadcast_before_it_came(
     connect: Callable[..., Transport], collector: Callable, name: Callable
 ) -> None:
     topic = name("t", topic=True)
     publisher, listener = connect(), connect()
+    if lacks_kept_broadcasts(publisher, topic):
+        return
     publisher.keep_broadcasts(topic, seconds=60)
     publisher.keep_broadcasts(topic, seconds=60)  # again: harmless
     publisher.broadcast(topic, b"1", headers={"n": 1})
@@ -488,6 +503,8 @@ def test_a_replaying_subscription_keeps_the_topic_for_the_next_one(
 ) -> None:
     topic = name("t", topic=True)
     publisher, first, second = connect(), connect(), connect()
+    if lacks_kept_broadcasts(publisher, topic):
+        return
     publisher.broadcast(topic, b"before anyone kept the topic: gone")
     first.subscribe_broadcast(topic, collector(), replay=60)
     publisher.broadcast(topic, b"kept")
@@ -503,6 +520,8 @@ def test_a_replay_reaches_back_only_as_far_as_asked(
 ) -> None:
     topic = name("t", topic=True)
     publisher, listener = connect(), connect()
+    if lacks_kept_broadcasts(publisher, topic):
+        return
     publisher.keep_broadcasts(topic, seconds=60)
     publisher.broadcast(topic, b"old")
     let_time_pass(2.5)  # what a replay's start leaves out announces itself nowhere
@@ -518,6 +537,8 @@ def test_an_expired_broadcast_is_not_replayed(
 ) -> None:
     topic = name("t", topic=True)
     publisher, listener = connect(), connect()
+    if lacks_kept_broadcasts(publisher, topic):
+        return
     publisher.keep_broadcasts(topic, seconds=60)
     publisher.broadcast(topic, b"short-lived", expiration=0.5)
     publisher.broadcast(topic, b"lasting", expiration=60)
@@ -1420,3 +1441,116 @@ def test_transactions_from_many_threads(
     for n in range(threads):  # each thread's transactions in its order, a before b
         mine = [body for body in received if body.startswith(f"{n}-".encode())]
         assert mine == [f"{n}-{i}-{x}".encode() for i in range(per_thread) for x in "ab"]
+
+
+# -- reply queues, and droppable messages (replies to a caller who may have gone) -------------
+
+
+def lacks_reply_queues(transport: Transport) -> bool:
+    """False if ``transport`` makes reply queues; else check it refuses to, and return True."""
+    return lacks(transport, Capability.REPLY_QUEUE, transport.declare_reply_queue, "zocalo.reply.x")
+
+
+def test_a_reply_queue_takes_replies_while_its_connection_lives(
+    connect: Callable[..., Transport], collector: Callable, dropped_replies: Any
+) -> None:
+    caller, worker = connect(), connect()
+    if lacks_reply_queues(caller):
+        return
+    queue = reply_queue_name()
+    caller.declare_reply_queue(queue)
+    caller.declare_reply_queue(queue)  # its own, again: harmless
+    replies = collector(ack_with=caller)
+    caller.subscribe(queue, replies)
+    worker.publish([Outgoing(queue, b"reply", droppable=True)]).result(DEADLINE)
+    assert replies.wait_for_body(b"reply")[0].body == b"reply"
+    assert not dropped_replies.count(queue)
+
+
+def test_a_droppable_message_reaches_a_queue_someone_consumes(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    """Droppable only means *may be dropped when its queue does not exist*."""
+    queue = name("q")
+    consumer, worker = connect(), connect()
+    received = collector(ack_with=consumer)
+    consumer.subscribe(queue, received)
+    worker.publish([Outgoing(queue, b"kept", droppable=True)]).result(DEADLINE)
+    assert received.wait_for_body(b"kept")[0].body == b"kept"
+
+
+def test_a_droppable_message_to_no_queue_is_dropped_and_its_publish_goes_through(
+    connect: Callable[..., Transport],
+    collector: Callable,
+    name: Callable,
+    dropped_replies: Any,
+) -> None:
+    inputs, outputs = name("in"), name("out")
+    nowhere = reply_queue_name()  # never declared
+    worker, observer = connect(), connect()
+    if lacks_reply_queues(worker):  # then a droppable message is delivered as any other
+        return
+    _, [delivery] = take(worker, inputs, 1, collector, [b"input"])
+    worker.publish(
+        [Outgoing(nowhere, b"reply", droppable=True), Outgoing(outputs, b"result")], ack=delivery
+    ).result(DEADLINE)
+    assert dropped_replies.count(nowhere) == 1, "one log line names the queue"
+    assert drain(observer, outputs, collector) == [b"result"]
+    assert returned_after_close(worker, observer, inputs, collector) == [], "the input was acked"
+
+
+@pytest.mark.parametrize("leaves", ["close", "abort"])
+def test_a_reply_queue_goes_with_its_connection_and_later_replies_are_dropped(
+    connect: Callable[..., Transport],
+    collector: Callable,
+    name: Callable,
+    dropped_replies: Any,
+    leaves: str,
+) -> None:
+    """A caller that closes, or dies (``abort``), takes its reply queue with it: what was
+    waiting there goes too, and a reply sent later neither blocks nor fails its publish."""
+    inputs, outputs = name("in"), name("out")
+    caller, worker, observer = connect(), connect(), connect()
+    if lacks_reply_queues(caller):
+        return
+    queue = reply_queue_name()
+    caller.declare_reply_queue(queue)
+    caller.subscribe(queue, collector())  # never acked: returned to the queue as it goes
+    worker.publish([Outgoing(queue, b"unread", droppable=True)]).result(DEADLINE)
+    getattr(caller, leaves)()
+    dropped_replies.wait_until_gone(worker, queue)
+
+    _, [delivery] = take(worker, inputs, 1, collector, [b"input"])
+    before = dropped_replies.count(queue)
+    worker.publish(
+        [Outgoing(queue, b"late reply", droppable=True), Outgoing(outputs, b"result")],
+        ack=delivery,
+    ).result(DEADLINE)
+    assert dropped_replies.count(queue) == before + 1
+    assert drain(observer, outputs, collector) == [b"result"]
+    assert returned_after_close(worker, observer, inputs, collector) == [], "the input was acked"
+    replacement = connect()
+    replacement.declare_reply_queue(queue)  # the name is free again: nothing else has it
+    received = collector(ack_with=replacement)
+    replacement.subscribe(queue, received)
+    replacement.publish([Outgoing(queue, SENTINEL, droppable=True)]).result(DEADLINE)
+    assert [d.body for d in received.wait_for_body(SENTINEL)] == [SENTINEL], "nothing left over"
+
+
+def test_a_reply_queue_needs_a_name_no_queue_has(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    """Closing would take the queue away: a work queue, or another caller's, is refused."""
+    work = name("work")
+    first, second = connect(), connect()
+    if lacks_reply_queues(first):
+        return
+    first.send(work, b"waiting")
+    with pytest.raises(ZocaloError, match="exists already"):
+        second.declare_reply_queue(work)
+    theirs = reply_queue_name()
+    first.declare_reply_queue(theirs)
+    with pytest.raises(ZocaloError):
+        second.declare_reply_queue(theirs)
+    second.close()
+    assert drain(first, work, collector) == [b"waiting"], "the work queue kept its message"

@@ -34,8 +34,9 @@ def refusal(url: str, **keywords: object) -> str:
         "memory://options?confrim_delay=1",
         "sqlite:///{tmp}/broker.db?visibility_timeuot=5",
         amqp("hearbeat=10"),
+        f"stomp://zocalo:{SECRET}@127.0.0.1:61613?prefx=zocalo",
     ],
-    ids=["memory", "sqlite", "rabbitmq"],
+    ids=["memory", "sqlite", "rabbitmq", "stomp"],
 )
 def test_every_transport_refuses_an_unknown_option(url: str, tmp_path: Path) -> None:
     message = refusal(url.format(tmp=tmp_path))
@@ -69,6 +70,10 @@ def test_every_transport_refuses_an_unknown_option(url: str, tmp_path: Path) -> 
         (amqp(netloc="127.0.0.1:abc"), "is malformed"),
         (amqp(netloc="127.0.0.1:99999"), "is malformed"),
         (amqp(netloc="[::1"), "is malformed: Invalid IPv6 URL"),
+        (f"stomp://u:{SECRET}@h?heartbeat=-1", "heartbeat='-1' must be at least 0"),
+        (f"stomp://u:{SECRET}@h?delivery_limit=0", "delivery_limit='0' must be at least 1"),
+        (f"stomp://u:{SECRET}@h?hosts=h:x", "'h:x' is not host[:port]"),
+        (f"stomp://u:{SECRET}@h/vhost", "a STOMP URL has no path"),
     ],
 )
 def test_invalid_values_are_refused_in_one_line(url: str, expected: str, tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from wrapping import RECIPE_ID
 
 from zocalo.errors import InvalidMessage
 from zocalo.recipe.model import Recipe
-from zocalo.recipe.wire import encode
+from zocalo.recipe.wire import Reply, encode
+from zocalo.replies import Replies
 from zocalo.service.status import STATUS_TOPIC, Status
 from zocalo.wrapper.base import BaseWrapper
 from zocalo.wrapper.live_step import LiveRecipeWrapper
@@ -193,3 +194,14 @@ def test_status_repeats_while_a_wrapper_runs(live_step, client, collector):
             return True
 
     run_wrapper(Waiting(), step.transport, name="w", recipe_wrapper=step, status_interval=0.05)
+
+
+def test_a_wrapper_replies_to_the_caller_at_once(client, collector):
+    caller = Replies(client)
+    recipe = Recipe({"1": {"queue": "wrapped"}, "start": [[1, {}]]})
+    environment = {"ID": RECIPE_ID, "zocalo_reply_to": caller.queue}
+    step = LiveRecipeWrapper.from_body(encode(recipe, 1, [], environment, {}), client)
+    assert step.reply({"resolution": 1.8}) == 1
+    assert next(caller) == Reply({"resolution": 1.8}, RECIPE_ID, 1)
+    nobody = LiveRecipeWrapper.from_body(encode(recipe, 1, [], {"ID": RECIPE_ID}, {}), client)
+    assert nobody.reply("unheard") == 0

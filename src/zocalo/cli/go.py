@@ -5,6 +5,12 @@ it, plus a ``guid`` parameter (the recipe ID, printed so the job can be followed
 the broker cannot take it and the site configuration names a fallback location
 (``storage`` key ``zocalo.go.fallback_location``), the request is stored there for
 ``zocalo.pickup`` instead (``--drop`` stores it without trying the broker).
+
+``--wait [SECONDS]`` (and ``--results N``) give the job a private reply queue first and
+print each reply a step sends (``step.reply``) as a JSON line on stdout as it arrives,
+everything else on stderr; the command ends after N replies, or with an error once
+SECONDS have passed. A job that waits is never stored in the fallback location: its
+caller needs the broker to hear back anyway.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from zocalo.config import SiteConfiguration
 from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
 from zocalo.recipe.validation import check_destinations
+from zocalo.replies import DEFAULT_WAIT, ReplyTimeout
 from zocalo.submit import (
     FALLBACK_KEY,
     InvalidRequest,
@@ -37,7 +44,7 @@ from zocalo.submit import (
     processing_request,
     write_drop_file,
 )
-from zocalo.transport.base import Transport
+from zocalo.transport.base import Transport, reply_queue_name
 from zocalo.transport.registry import create_transport
 
 #: What to give on this command line when a request breaks one of the library's rules.
@@ -67,12 +74,12 @@ def _load_recipe(path: Path) -> Recipe:
     return recipe
 
 
-def _print(submission: Submission) -> None:
+def _print(submission: Submission, *, err: bool = False) -> None:
     for message in submission.outputs:
         kind = "topic" if message.broadcast else "queue"
-        click.echo(f"destination: {kind} {message.destination}")
-        click.echo(f"headers: {json.dumps(message.headers, sort_keys=True)}")
-        click.echo(f"body: {message.body.decode()}")
+        click.echo(f"destination: {kind} {message.destination}", err=err)
+        click.echo(f"headers: {json.dumps(message.headers, sort_keys=True)}", err=err)
+        click.echo(f"body: {message.body.decode()}", err=err)
 
 
 @click.command("go")
@@ -108,6 +115,23 @@ def _print(submission: Submission) -> None:
 )
 @click.option("-v", "--verbose", is_flag=True, help="Print the message sent.")
 @click.option(
+    "--wait",
+    type=click.FloatRange(min=0, min_open=True),
+    is_flag=False,
+    flag_value=DEFAULT_WAIT,
+    default=None,
+    metavar="[SECONDS]",
+    help=f"Print each reply of the job (step.reply) as a JSON line as it arrives; give up "
+    f"after SECONDS (default {DEFAULT_WAIT:g}). Put DCID before it, or write --wait=SECONDS.",
+)
+@click.option(
+    "--results",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="How many replies to wait for (default 1); implies --wait.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=30.0,
@@ -129,6 +153,8 @@ def command(
     dry_run: bool,
     drop: bool,
     verbose: bool,
+    wait: float | None,
+    results: int | None,
     timeout: float,
     transport: str | None,
     site_config: SiteConfiguration,
@@ -138,9 +164,16 @@ def command(
     custom = _load_recipe(recipe_file) if recipe_file else None
     if direct and custom is None:
         raise click.UsageError("--direct starts the recipe given with -f FILE")
+    waiting = wait is not None or results is not None
+    if waiting and (dry_run or drop):
+        raise click.UsageError(
+            f"{'--dry-run' if dry_run else '--drop'} sends nothing now: there are no "
+            "replies to --wait for"
+        )
+    reply_to = reply_queue_name() if waiting else None
     try:
         if custom is not None and direct:
-            recipe_id, submission = direct_start(custom, parameters, dcid=dcid)
+            recipe_id, submission = direct_start(custom, parameters, dcid=dcid, reply_to=reply_to)
         else:
             recipe_id = None
             submission = processing_request(
@@ -151,12 +184,17 @@ def command(
                 reprocessing=reprocessing,
                 dcid_required=not no_dcid,
                 autoprocscalingid=autoprocscalingid,
+                reply_to=reply_to,
             )
     except InvalidRequest as error:
         hint = _REQUEST_HINTS.get(type(error))
         raise click.UsageError(f"{error}: {hint}" if hint else str(error)) from None
     except ZocaloError as error:
         raise click.UsageError(str(error)) from None
+    if waiting:
+        url = resolve_transport(transport, site_config)
+        _wait_for_replies(submission, url, wait or DEFAULT_WAIT, results or 1, timeout, verbose)
+        return
     fallback = _fallback_location(site_config, drop=drop, direct=direct)
     if dry_run:
         _print(submission)
@@ -221,6 +259,41 @@ def _send(submission: Submission, broker: Transport, timeout: float) -> None:
             f"the broker did not confirm the {len(submission.outputs)} message(s) to "
             f"{submission.queue} within {timeout:g} s; they may or may not arrive"
         )
+
+
+def _wait_for_replies(
+    submission: Submission,
+    url: str,
+    seconds: float,
+    results: int,
+    send_timeout: float,
+    verbose: bool,
+) -> None:
+    """Send, then print each reply's payload as a JSON line on stdout as it arrives (all
+    else on stderr, so stdout can be piped); exit 1 saying how many came if too few do."""
+    expected = f"{results} {'reply' if results == 1 else 'replies'}"
+    with open_broker(url) as broker:
+        try:
+            replies = submission.send_for_replies(
+                broker, results=results, timeout=seconds, send_timeout=send_timeout
+            )
+        except TimeoutError:
+            fail(
+                f"the broker did not confirm the {len(submission.outputs)} message(s) to "
+                f"{submission.queue} within {send_timeout:g} s; they may or may not arrive"
+            )
+        if verbose:
+            _print(submission, err=True)
+        click.echo(
+            f"recipe {submission.recipe_id} sent to {submission.queue}; waiting up to "
+            f"{seconds:g} s for {expected}",
+            err=True,
+        )
+        try:
+            for reply in replies:
+                click.echo(json.dumps(reply.payload))
+        except ReplyTimeout as error:
+            fail(str(error))
 
 
 def _store(submission: Submission, fallback: str) -> None:

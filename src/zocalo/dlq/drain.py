@@ -23,8 +23,9 @@ from zocalo.transport.base import Delivery, Outgoing, Transport, without_broker_
 
 #: ``DEST`` meaning "the queue of the recipe step the message points to".
 OWN_STEP = "."
-#: What python-zocalo's drain leaves out of the headers it sends on (STOMP's own fields).
-DROPPED_HEADERS = frozenset(
+#: What python-zocalo's drain and reinject leave out of the headers they send on: the
+#: fields a STOMP broker sets on a message it delivers.
+STOMP_FIELDS = frozenset(
     {
         "content-length",
         "destination",
@@ -64,7 +65,7 @@ class DrainResult:
 
 def forwarded_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     """The headers a moved message keeps."""
-    kept = {name: value for name, value in headers.items() if name not in DROPPED_HEADERS}
+    kept = {name: value for name, value in headers.items() if name not in STOMP_FIELDS}
     return without_broker_headers(kept)
 
 

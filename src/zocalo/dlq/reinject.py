@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zocalo.dlq.drain import STOMP_FIELDS
 from zocalo.dlq.errors import CannotReinject
 from zocalo.dlq.files import MESSAGE_ID_HEADER, DeadLetterFile, read_dead_letter
 from zocalo.errors import InvalidMessage, ZocaloError
@@ -58,19 +59,6 @@ REINJECTED_VALUE = "True"
 #: What python-zocalo's tool drops: the pika transport's fields, and the STOMP ones.
 PIKA_FIELDS = frozenset(
     {"message-id", "routing_key", "redelivered", "exchange", "consumer_tag", "delivery_mode"}
-)
-STOMP_FIELDS = frozenset(
-    {
-        "content-length",
-        "destination",
-        "expires",
-        "message-id",
-        "original-destination",
-        "originalExpiration",
-        "subscription",
-        "timestamp",
-        "redelivered",
-    }
 )
 #: Ours: a reinjected message is no longer a dead letter, and its attempts start again.
 RUNNER_FIELDS = frozenset(

@@ -1,103 +1,123 @@
-"""Three small services that make up the demo pipeline.
+"""The demo facility's own services: fan a data collection out into images, find the
+spots on each image, sum a collection up.
 
-find spots (per image) -> per-job summary -> record. Results go to a SQLite
-results file. Every write is an idempotent upsert, so a redelivered message
-(at-least-once delivery) never double counts.
+The rest of the demo's recipe is shipped services (Dispatcher, Join, DatabaseWriter);
+see ``recipes/mini-facility.json``. Each service here does one short thing and
+raises :class:`~zocalo.errors.InvalidMessage` for a message it can never handle (the
+runner dead-letters it at once, in one log line).
 """
 
 from __future__ import annotations
 
-import random
-import sqlite3
-import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from zocalo import RecipeStep, Service, handler
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS image_results (
-    recipe_id TEXT NOT NULL, image INTEGER NOT NULL, spots INTEGER NOT NULL,
-    PRIMARY KEY (recipe_id, image));
-CREATE TABLE IF NOT EXISTS jobs (
-    recipe_id TEXT PRIMARY KEY, images INTEGER NOT NULL, total_spots INTEGER NOT NULL,
-    mean_spots REAL NOT NULL);
-"""
+from zocalo.errors import InvalidMessage
+from zocalo.examples.diffraction import NotAnImage, draw, find_spots, image_path, read_pgm
 
 
-class ResultsFile:
-    """The demo's results database: one connection per service thread."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._local = threading.local()
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "db", None)
-        if connection is None:
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.executescript(_SCHEMA)
-            self._local.db = connection
-        return connection
+def count_spots(image: int | str) -> int:
+    """The spots :class:`FindSpots` finds on synthetic image number ``image`` (one it
+    draws in memory when the message names no file)."""
+    return find_spots(draw(str(image))[0])
 
 
-def count_spots(image: int, size: int, threshold: float) -> int:
-    """Make a synthetic image (seeded by its number) and count bright pixels."""
-    pixels = random.Random(image)
-    return sum(pixels.random() > threshold for _ in range(size * size))
+def _number(parameters: dict[str, Any], name: str) -> int:
+    try:
+        return int(parameters[name])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidMessage(
+            f"step parameter {name!r} must be a whole number: {parameters.get(name)!r}"
+        ) from None
+
+
+class Images(Service):
+    """Per data collection: one message per image, for the spot finders to share.
+
+    The step's parameters say where the images are (as the Dispatcher's lookup found
+    them): ``directory``, ``template`` (``image_#####.pgm``), ``first`` and ``last``.
+    Each message is ``{"image": number, "file": path, "dispatched_at": time}``.
+    """
+
+    @handler("demo.images", prefetch=5)
+    def split(self, step: RecipeStep, payload: Any) -> None:
+        parameters = step.parameters
+        first, last = _number(parameters, "first"), _number(parameters, "last")
+        directory, template = parameters.get("directory"), parameters.get("template")
+        if not isinstance(directory, str) or not isinstance(template, str):
+            raise InvalidMessage(f"no image 'directory' and 'template': {parameters!r}")
+        now = time.time()
+        for number in range(first, last + 1):
+            try:
+                path = image_path(directory, template, number)
+            except ValueError as error:
+                raise InvalidMessage(str(error)) from None
+            step.send({"image": number, "file": str(path), "dispatched_at": now})
+        self.log.info("%d images of %s sent for spot finding", last - first + 1, directory)
 
 
 class FindSpots(Service):
-    """Per image: count the spots in a synthetic diffraction image."""
+    """Per image: count its spots. The result is the message with ``"spots"`` added.
 
-    @handler("demo.find_spots", prefetch=20)
-    def find_spots(self, step: RecipeStep, payload: dict[str, Any]) -> None:
-        size = int(step.parameters.get("size", 24))
-        threshold = float(step.parameters.get("threshold", 0.985))
-        spots = count_spots(int(payload["image"]), size, threshold)
+    The image is the PGM file the message names (``"file"``), else synthetic image
+    number ``"image"``, drawn in memory. With the step parameter ``timestamp``, the
+    result also carries the time the spots were found in that field.
+    """
+
+    @handler("demo.find_spots", prefetch=4)
+    def find_spots(self, step: RecipeStep, payload: Any) -> None:
+        if not isinstance(payload, dict) or "image" not in payload:
+            raise InvalidMessage(f"a message to find spots names no image: {payload!r}")
+        if "file" in payload:
+            try:
+                image = read_pgm(Path(payload["file"]))
+            except NotAnImage as error:
+                raise InvalidMessage(str(error)) from None
+        else:
+            image = draw(str(payload["image"]))[0]
+        spots = find_spots(image)
         self.log.debug("image %s: %d spots", payload["image"], spots)
-        step.send({"image": payload["image"], "spots": spots})
+        result = {**payload, "spots": spots}
+        stamp = step.parameters.get("timestamp")
+        if isinstance(stamp, str) and stamp:
+            result[stamp] = time.time()
+        step.send(result)
 
 
 class Summary(Service):
-    """Per job: collect every image's result; when all are in, send the summary on."""
+    """Per data collection: the images Join gathered, summed up for the database.
 
-    _files: dict[str, ResultsFile] = {}
+    Sends ``{"complete", "expected", "images", "spots", "spots_per_image", "times"}``;
+    ``times`` holds when the collection was dispatched, when each image's spots were
+    found, and when it was summed up (the demo's per-stage latencies).
+    """
 
-    @handler("demo.summary", prefetch=20)
-    def summarise(self, step: RecipeStep, payload: dict[str, Any]) -> None:
-        results = self._files.setdefault(
-            step.parameters["results"], ResultsFile(step.parameters["results"])
+    @handler("demo.summary", prefetch=10)
+    def summarise(self, step: RecipeStep, payload: Any) -> None:
+        parts = payload.get("parts") if isinstance(payload, dict) else None
+        if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
+            raise InvalidMessage(f"a summary needs Join's parts: {payload!r}")
+        spots = [int(part.get("spots", 0)) for part in parts]
+        dispatched = [part["dispatched_at"] for part in parts if "dispatched_at" in part]
+        summary = {
+            "complete": bool(payload.get("complete")),
+            "expected": payload.get("expected"),
+            "images": len(parts),
+            "spots": sum(spots),
+            "spots_per_image": spots,
+            "times": {
+                "dispatched_at": min(dispatched, default=None),
+                "found_at": [part["found_at"] for part in parts if "found_at" in part],
+                "summarised_at": time.time(),
+            },
+        }
+        self.log.info(
+            "%s: %d of %s images, %d spots",
+            payload.get("key"),
+            len(parts),
+            payload.get("expected"),
+            sum(spots),
         )
-        expected = int(step.parameters["images"])
-        with results.db as db:
-            db.execute(
-                "INSERT OR REPLACE INTO image_results VALUES (?, ?, ?)",
-                (step.recipe_id, int(payload["image"]), int(payload["spots"])),
-            )
-            done, total = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(spots), 0) FROM image_results WHERE recipe_id = ?",
-                (step.recipe_id,),
-            ).fetchone()
-        if done == expected:
-            self.log.info("job complete: %d images, %d spots", done, total)
-            step.send({"images": done, "total_spots": total, "mean_spots": total / done})
-
-
-class Record(Service):
-    """Per job: write the summary row, then tell whoever waits for the job."""
-
-    _files: dict[str, ResultsFile] = {}
-
-    @handler("demo.record", prefetch=5)
-    def record(self, step: RecipeStep, payload: dict[str, Any]) -> None:
-        results = self._files.setdefault(
-            step.parameters["results"], ResultsFile(step.parameters["results"])
-        )
-        with results.db as db:
-            db.execute(
-                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)",
-                (step.recipe_id, payload["images"], payload["total_spots"], payload["mean_spots"]),
-            )
-        step.send({"recipe_id": step.recipe_id, **payload})
+        step.send(summary)

@@ -11,6 +11,11 @@ the input's ack already is one. A send given python-workflows' explicit
 of ``step.outputs`` (published when the caller commits it, dropped if it
 aborts); a step without a transport refuses it. ``transaction=None`` is the
 same as leaving it out.
+
+``step.reply(payload)`` sends a result back to whoever started the job and waits
+for it (``zocalo.go --wait``): to the queue the environment's ``zocalo_reply_to``
+names, as a droppable output (see ``Outgoing``), so a caller that has gone never
+holds up, fails or repeats the step.
 """
 
 from __future__ import annotations
@@ -21,9 +26,16 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from zocalo.recipe.model import Recipe
-from zocalo.recipe.validation import link_targets
-from zocalo.recipe.wire import RecipeEncoder, RecipeMessage, dumps, recipe_headers
-from zocalo.transport.base import Outgoing
+from zocalo.recipe.validation import link_targets, short_repr
+from zocalo.recipe.wire import (
+    REPLY_TO,
+    RecipeEncoder,
+    RecipeMessage,
+    Reply,
+    dumps,
+    recipe_headers,
+)
+from zocalo.transport.base import SENDER_RECIPE_HEADER, SENDER_STEP_HEADER, Outgoing
 
 if TYPE_CHECKING:
     from zocalo.transport.base import Transport
@@ -186,6 +198,31 @@ class RecipeStep:
         for pointer, payload in recipe.start or ():  # validated: a recipe has a start
             self._queue_step(recipe, encoder, int(pointer), [], env, payload, headers, options)
         return env["ID"]
+
+    def reply(self, payload: Any, *, transaction: int | None = None) -> int:
+        """Send ``payload`` back to the caller waiting for this job's results; returns
+        the messages queued (1, or 0 when nobody waits).
+
+        The reply is published with the step's other outputs, as they are. A job that
+        nobody waits for has no reply queue, and sends nothing (a debug line: a recipe
+        may reply whether or not anyone listens). A caller that has gone since is no
+        failure either: the broker drops the reply with a log line, and the step's
+        other outputs and the acknowledgement of its input go through.
+        """
+        reply_to = self.environment.get(REPLY_TO)
+        if reply_to is None:
+            log.debug("recipe %s: nobody waits for replies; reply() sends nothing", self.recipe_id)
+            return 0
+        if not isinstance(reply_to, str) or not reply_to:
+            return self._unrouted(
+                "reply()",
+                f"the environment's {REPLY_TO!r} is {short_repr(reply_to)}, not a queue name",
+            )
+        body = Reply(payload, self.recipe_id, self.pointer).encode()
+        sender = {SENDER_RECIPE_HEADER: self.recipe_id, SENDER_STEP_HEADER: self.pointer}
+        sender = {name: value for name, value in sender.items() if value is not None}
+        self._emit([Outgoing(reply_to, body, sender, droppable=True)], transaction)
+        return 1
 
     def send_plain(
         self,

@@ -3,6 +3,9 @@
 Body: a JSON object with the keys ``recipe``, ``recipe-pointer``,
 ``recipe-path``, ``environment`` and ``payload`` (in that order); header
 ``workflows-recipe: true``. Plain ``json.dumps`` output, never pickle.
+
+A job's replies to its caller (ours alone: python-workflows has none) are plain
+messages to the queue the environment's :data:`REPLY_TO` names, each a :class:`Reply`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from zocalo.recipe.model import Recipe
 from zocalo.recipe.validation import check_routes, is_step_id, short_repr
 
 RECIPE_HEADER = "workflows-recipe"
+#: The recipe environment key naming the queue a job's replies go to (``step.reply``);
+#: a Dispatcher request carries it as a parameter of the same name (``zocalo.go --wait``).
+REPLY_TO = "zocalo_reply_to"
 #: Header values receivers accept as "this is a recipe message" (STOMP sends strings).
 _TRUE_FLAGS = (True, "True", "true", 1)
 #: Deepest nesting of lists and objects a received body may have. Far beyond any
@@ -88,6 +94,36 @@ class RecipeMessage:
     @property
     def step(self) -> dict[str, Any]:
         return self.recipe[self.pointer]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One reply of a job to its caller: what a step gave ``step.reply``, and which
+    step of which recipe it came from. On the wire, a JSON object of those three."""
+
+    payload: Any
+    recipe_id: str | None = None
+    step: int | None = None
+
+    def encode(self) -> bytes:
+        return dumps(
+            {"recipe_id": self.recipe_id, "step": self.step, "payload": self.payload}
+        ).encode("utf-8")
+
+    @classmethod
+    def decode(cls, body: bytes | str, what: str) -> Reply:
+        """The reply in ``body``, or InvalidMessage naming ``what`` and what is wrong."""
+        data = decode_json(body, what)
+        if not isinstance(data, dict) or "payload" not in data:
+            raise InvalidMessage(f"{what}: not a reply (a JSON object with a 'payload')")
+        recipe_id, step = data.get("recipe_id"), data.get("step")
+        if not (recipe_id is None or isinstance(recipe_id, str)) or not (
+            step is None or is_step_id(step)
+        ):
+            raise InvalidMessage(
+                f"{what}: not a reply (recipe_id {short_repr(recipe_id)}, step {short_repr(step)})"
+            )
+        return cls(data["payload"], recipe_id, step)
 
 
 @dataclass

@@ -18,12 +18,14 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import platformdirs
 
 from zocalo.errors import ConfigurationError
+from zocalo.service import Service
 from zocalo.transport.dead_letters import without_broker_headers
 
 if TYPE_CHECKING:
@@ -252,3 +254,47 @@ def _int(value: Any) -> int:
         return max(int(value or 0), 0)
     except (TypeError, ValueError, OverflowError):
         return 0
+
+
+class DatabaseService(Service):
+    """A service whose work lives in one SQL database, and waits out its outages.
+
+    A subclass names where its database is configured (``storage_key``, the
+    environment ``database_variable``, a ``default_file`` beside the broker) and
+    what it does there (``purpose``, for the start line); this class opens the
+    engine, reports the outage in the service's status and closes the engine.
+    """
+
+    storage_key: ClassVar[str]
+    database_variable: ClassVar[str]
+    default_file: ClassVar[str]
+    purpose: ClassVar[str]
+    #: Seconds a message waits while the database is unreachable: at first, at most.
+    first_wait = 1.0
+    max_wait = 30.0
+
+    def __init__(
+        self, environment: dict[str, Any] | None = None, *, database: str | None = None
+    ) -> None:
+        super().__init__(environment)
+        self.given_database = database
+        self.url = ""
+        self.engine: Engine | None = None
+        self.outage: Outage | None = None
+        self.counts: Counter[str] = Counter()
+
+    def initializing(self) -> None:
+        configured = self.site_config.storage.get(self.storage_key)
+        self.url = database_url(
+            self.given_database, self.database_variable, configured, self.default_file
+        )
+        self.engine = create_database_engine(self.url)
+        self.outage = Outage(describe(self.engine), self.log, self.first_wait, self.max_wait)
+        self.log.info("%s %s", self.purpose, describe(self.engine))
+
+    def stopping(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def status_note(self) -> str | None:
+        return self.outage.note() if self.outage is not None else None

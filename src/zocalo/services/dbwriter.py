@@ -37,24 +37,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zocalo.errors import InvalidMessage
-from zocalo.service import Service, handler
+from zocalo.errors import InvalidMessage, ZocaloError
+from zocalo.service import handler
 from zocalo.services.database import (
-    Outage,
-    create_database_engine,
-    database_url,
+    DatabaseService,
     describe,
     is_unreachable,
 )
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Table
-    from sqlalchemy.engine import Engine
 
     from zocalo.recipe.step import RecipeStep
 
@@ -131,45 +127,26 @@ def write_key(recipe_id: str | None, step: int | None, client_key: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class _LostRace(Exception):
+class _LostRace(ZocaloError):
     """Another writer recorded the same key first: try the transaction again."""
 
 
-class DatabaseWriter(Service):
+class DatabaseWriter(DatabaseService):
     """Writes one row per message through SQLAlchemy; each row once."""
 
-    #: Seconds a message waits while the database is unreachable: at first, at most.
-    first_wait = 1.0
-    max_wait = 30.0
+    storage_key = STORAGE_KEY
+    database_variable = DATABASE_VARIABLE
+    default_file = "results.db"
+    purpose = "writing rows to"
     #: Attempts at one write that lost a race with another writer for the same key.
     attempts = 3
 
     def __init__(
         self, environment: dict[str, Any] | None = None, *, database: str | None = None
     ) -> None:
-        super().__init__(environment)
-        self.given_database = database
-        self.url = ""
-        self.engine: Engine | None = None
-        self.outage: Outage | None = None
-        self.counts: Counter[str] = Counter()
+        super().__init__(environment, database=database)
         self._tables: dict[str, Table] = {}
         self._ledger: Table | None = None
-
-    # -- lifecycle -----------------------------------------------------------
-    def initializing(self) -> None:
-        configured = self.site_config.storage.get(STORAGE_KEY)
-        self.url = database_url(self.given_database, DATABASE_VARIABLE, configured, "results.db")
-        self.engine = create_database_engine(self.url)
-        self.outage = Outage(describe(self.engine), self.log, self.first_wait, self.max_wait)
-        self.log.info("writing rows to %s", describe(self.engine))
-
-    def stopping(self) -> None:
-        if self.engine is not None:
-            self.engine.dispose()
-
-    def status_note(self) -> str | None:
-        return self.outage.note() if self.outage is not None else None
 
     # -- the handler -----------------------------------------------------------
     @handler(QUEUE, prefetch=20)

@@ -22,7 +22,10 @@ For each request:
    ``zocalo.recipe_directory``), then the parameters are substituted;
 4. the recipe starts with the environment ``{"ID": recipe ID}``: its first messages
    and the acknowledgement of the request are one publish, so a Dispatcher that dies
-   half-way starts nothing and the request comes back;
+   half-way starts nothing and the request comes back. A request whose parameters
+   name a reply queue (``zocalo_reply_to``, from ``zocalo.go --wait``) puts it in the
+   environment too, where ``step.reply`` finds it; a sub-recipe (below) keeps the
+   reply queue of the recipe that started it unless its request names another;
 5. with ``zocalo.dispatcher.logbook_location`` set, the request is written to the
    logbook (:mod:`zocalo.services.dispatcher_logbook`).
 
@@ -54,6 +57,7 @@ from zocalo.recipe import Recipe
 from zocalo.recipe.library import RecipeLibrary, UnknownRecipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.validation import check_every_route, short_repr
+from zocalo.recipe.wire import REPLY_TO
 from zocalo.service import Service, handler
 from zocalo.services.dispatcher_logbook import Logbook
 from zocalo.submit import DISPATCHER_QUEUE
@@ -167,13 +171,14 @@ class Dispatcher(Service):
         if step.recipe_id is not None:
             self.log.info("request from step %s starts recipe %s", step.pointer, recipe_id)
         with recipe_context(recipe_id, None):
+            environment = self._environment(recipe_id, parameters, step)
             original = copy.deepcopy(request) if self.logbook else None
             waiting_on = self._not_ready(recipe_id, request, parameters)
             if waiting_on is not None:
                 self._hold_back(step, recipe_id, request, parameters, waiting_on)
                 return
             message, recipe = self._build(recipe_id, request, parameters)
-            step.start(recipe, environment={"ID": recipe_id})
+            step.start(recipe, environment=environment)
             if self.logbook is not None:
                 parsed = {**message, "recipe": recipe.to_dict()}
                 self.logbook.record(recipe_id, step.headers, original, parsed, recipe.to_dict())
@@ -192,6 +197,21 @@ class Dispatcher(Service):
             text = f"recipe {recipe_id}: {text}"
         self.log.error("%s", text)
         return BadRequest(text)
+
+    def _environment(
+        self, recipe_id: str, parameters: dict[str, Any], step: RecipeStep
+    ) -> dict[str, Any]:
+        """The new recipe's environment: its ID, and the queue its replies go to, if any
+        (the request's, else that of the recipe whose step sent the request)."""
+        environment: dict[str, Any] = {"ID": recipe_id}
+        reply_to = parameters.get(REPLY_TO, step.environment.get(REPLY_TO))
+        if reply_to is not None:
+            if not isinstance(reply_to, str) or not reply_to:
+                raise self._refuse(
+                    recipe_id, f"{REPLY_TO!r} must be a queue name, not {short_repr(reply_to)}"
+                )
+            environment[REPLY_TO] = reply_to
+        return environment
 
     # -- readiness ----------------------------------------------------------
     def _not_ready(

@@ -50,17 +50,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from zocalo.errors import InvalidMessage
-from zocalo.service import Service, handler
+from zocalo.service import handler
 from zocalo.services.database import (
-    Outage,
-    create_database_engine,
-    database_url,
-    describe,
+    DatabaseService,
     is_unreachable,
     long_text,
     message_identity,
@@ -68,7 +64,6 @@ from zocalo.services.database import (
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Row
-    from sqlalchemy.engine import Engine
 
     from zocalo.recipe.step import RecipeStep
 
@@ -185,41 +180,22 @@ def _tables() -> tuple[Any, Any, Any]:
     return metadata, collections, parts
 
 
-class Join(Service):
+class Join(DatabaseService):
     """Collects the parts of each collection in a SQL database; sends each collection once."""
 
-    #: Seconds a message waits while the database is unreachable: at first, at most.
-    first_wait = 1.0
-    max_wait = 30.0
+    storage_key = STORAGE_KEY
+    database_variable = DATABASE_VARIABLE
+    default_file = "join.db"
+    purpose = "collecting parts in"
     #: Attempts at one transaction that lost a race with another Join instance.
     attempts = 5
 
     def __init__(
         self, environment: dict[str, Any] | None = None, *, database: str | None = None
     ) -> None:
-        super().__init__(environment)
-        self.given_database = database
-        self.url = ""
-        self.engine: Engine | None = None
-        self.outage: Outage | None = None
-        self.counts: Counter[str] = Counter()
+        super().__init__(environment, database=database)
         self._schema_ready = False
         self._metadata, self._collections, self._parts = _tables()
-
-    # -- lifecycle -----------------------------------------------------------
-    def initializing(self) -> None:
-        configured = self.site_config.storage.get(STORAGE_KEY)
-        self.url = database_url(self.given_database, DATABASE_VARIABLE, configured, "join.db")
-        self.engine = create_database_engine(self.url)
-        self.outage = Outage(describe(self.engine), self.log, self.first_wait, self.max_wait)
-        self.log.info("collecting parts in %s", describe(self.engine))
-
-    def stopping(self) -> None:
-        if self.engine is not None:
-            self.engine.dispose()
-
-    def status_note(self) -> str | None:
-        return self.outage.note() if self.outage is not None else None
 
     # -- the handler -----------------------------------------------------------
     @handler(QUEUE, prefetch=20)

@@ -12,6 +12,7 @@ from zocalo.transport.base import (
     Subscription,
     Transport,
     dlq_name,
+    reply_queue_name,
 )
 from zocalo.transport.registry import create_transport, transport_class
 
@@ -26,5 +27,6 @@ __all__ = [
     "Transport",
     "create_transport",
     "dlq_name",
+    "reply_queue_name",
     "transport_class",
 ]

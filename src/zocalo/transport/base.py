@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,36 @@ log = logging.getLogger(__name__)
 #: Deliveries beyond this count move a message to ``dlq.<queue>``.
 DEFAULT_DELIVERY_LIMIT = 5
 
+#: How every reply queue's name begins (see :meth:`Transport.declare_reply_queue`).
+REPLY_QUEUE_PREFIX = "zocalo.reply."
+
+
+def reply_queue_name() -> str:
+    """A fresh name for a reply queue: no other queue has it."""
+    return f"{REPLY_QUEUE_PREFIX}{uuid.uuid4().hex}"
+
+
+#: Headers by which a droppable message (a reply) names the recipe and step that sent it:
+#: the log line of its drop carries them as ``recipe_ID`` and ``recipe_step``, as the
+#: sender's own lines do (its log context does not reach the transport's threads).
+SENDER_RECIPE_HEADER = "zocalo-sender-recipe"
+SENDER_STEP_HEADER = "zocalo-sender-step"
+
+
+def report_dropped(message: Outgoing, why: str) -> None:
+    """The one log line for a droppable message a transport dropped (see
+    :class:`Outgoing`), ``why`` being the broker's reason."""
+    fields = {"recipe_ID": SENDER_RECIPE_HEADER, "recipe_step": SENDER_STEP_HEADER}
+    sender = {
+        field: message.headers[name] for field, name in fields.items() if name in message.headers
+    }
+    log.warning(
+        "dropped a reply to %s: %s; nobody waits for it any more",
+        message.describe(),
+        why,
+        extra=sender,
+    )
+
 
 class Capability(enum.Enum):
     """Optional features. A transport refuses what it lacks with UnsupportedFeature."""
@@ -89,6 +120,10 @@ class Capability(enum.Enum):
     DEAD_LETTER = "dead-letter"
     CROSS_PROCESS = "cross-process"
     DELAYED_BROADCAST = "delayed-broadcast"
+    #: ``declare_reply_queue``, and droppable messages dropped when their queue is gone.
+    REPLY_QUEUE = "reply-queue"
+    #: ``keep_broadcasts`` and ``subscribe_broadcast(..., replay=)``.
+    KEPT_BROADCASTS = "kept-broadcasts"
 
 
 @dataclass(frozen=True)
@@ -202,8 +237,27 @@ class Transport(ABC):
         broadcast of a topic nobody has subscribed to yet is kept too. Keeping
         again is harmless; a topic a broker already keeps for another length
         keeps its length (RabbitMQ cannot change a stream's ``x-max-age``).
+        Transports with :attr:`Capability.KEPT_BROADCASTS` implement this and
+        ``replay``; the others refuse both.
         """
         raise UnsupportedFeature(f"{type(self).__name__} cannot keep broadcasts")
+
+    def declare_reply_queue(self, queue: str) -> None:
+        """Create ``queue`` for replies to come back on, private to this connection.
+
+        It goes away, with what it holds, when this connection closes or dies (its
+        caller has gone); a droppable message sent to it after that (see
+        :class:`Outgoing`) is dropped, and the publish that carried it goes through.
+        The name must be new (:func:`reply_queue_name` makes one): a queue that
+        already exists is refused with :class:`~zocalo.errors.TransportError`, as
+        closing this connection would take it away. Declaring this connection's own
+        reply queue again is harmless. Consume it with :meth:`subscribe`.
+
+        Transports with :attr:`Capability.REPLY_QUEUE` implement this; the others
+        refuse it (so ``zocalo.go --wait`` says it cannot wait there), and deliver a
+        droppable message as any other.
+        """
+        raise UnsupportedFeature(f"{type(self).__name__} cannot make a reply queue")
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         """Make ``queue`` receive a copy of every message broadcast to ``topic``.

@@ -34,6 +34,7 @@ from zocalo.transport.base import (
     Transport,
     confirmed,
     deliveries_to_ack,
+    report_dropped,
 )
 from zocalo.transport.dead_letters import (
     dead_letter_headers,
@@ -288,6 +289,8 @@ class MemoryTransport(Transport):
             Capability.EXPIRATION,
             Capability.DELIVERY_COUNT,
             Capability.DEAD_LETTER,
+            Capability.REPLY_QUEUE,
+            Capability.KEPT_BROADCASTS,
         }
     )
 
@@ -297,6 +300,8 @@ class MemoryTransport(Transport):
         self.broker = broker_for(url)
         self._consumers: dict[int, _Consumer] = {}
         self._connected = False
+        #: The reply queues this connection declared: they go when it closes.
+        self._reply_queues: set[str] = set()
 
     @property
     def connected(self) -> bool:
@@ -319,6 +324,9 @@ class MemoryTransport(Transport):
                     subscribers = broker.topics.get(consumer.subscription.destination, [])
                     if consumer in subscribers:
                         subscribers.remove(consumer)
+            for queue in self._reply_queues:  # after the returns, which may refill them
+                broker.queues.pop(queue, None)
+            self._reply_queues.clear()
             broker.condition.notify_all()
         for consumer in consumers:
             if consumer.thread is not threading.current_thread():
@@ -369,6 +377,21 @@ class MemoryTransport(Transport):
         self._require_connected()
         with self.broker.condition:
             self.broker.keep(topic, seconds)
+
+    def declare_reply_queue(self, queue: str) -> None:
+        """A queue exists here once something was sent to it or consumed it; a reply
+        queue, from now until this connection closes (then it is forgotten, with what
+        it holds, after the consumers' unacknowledged messages were put back in it)."""
+        self._require_connected()
+        with self.broker.condition:
+            if queue in self._reply_queues:
+                return
+            if queue in self.broker.queues:
+                raise TransportError(
+                    f"queue {queue!r} exists already: a reply queue needs a new name"
+                )
+            self.broker.queue(queue)
+            self._reply_queues.add(queue)
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         with self.broker.condition:
@@ -453,7 +476,9 @@ class MemoryTransport(Transport):
         with broker.condition:
             for delivery in acks:  # all or none: check every one before settling any
                 self._owned(delivery)
-            stored = [(message, self._store(message)) for message in messages]
+            stored = [
+                (message, self._store(message)) for message in messages if self._routable(message)
+            ]
             for delivery in acks:
                 self._settle(delivery)
             for message, copy_ in stored:
@@ -468,6 +493,13 @@ class MemoryTransport(Transport):
                     broker.condition.notify_all()
                 else:
                     broker.enqueue(message.destination, copy_, message.delay)
+
+    def _routable(self, message: Outgoing) -> bool:
+        """False for a droppable message whose queue does not exist (dropped, logged)."""
+        if not message.droppable or message.broadcast or message.destination in self.broker.queues:
+            return True
+        report_dropped(message, "the queue does not exist")
+        return False
 
     def _bound_queues(self, topic: str) -> list[str]:
         """Queues bound to ``topic`` and still kept (lock held); forgets expired ones."""

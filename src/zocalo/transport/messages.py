@@ -17,7 +17,15 @@ from zocalo.errors import TransportError
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One message to publish: to a queue, or broadcast to a topic."""
+    """One message to publish: to a queue, or broadcast to a topic.
+
+    ``droppable`` marks a message that may go only to a queue that exists now (a
+    reply to a caller who may have gone: ``RecipeStep.reply``). If its queue does
+    not exist, or the broker refuses it, the transport drops it with one log line
+    and the rest of the publish, and the acks it carries, go through as if it had
+    been delivered: a reply never blocks, fails or repeats the step that sent it.
+    (A broadcast is never refused for want of listeners: the flag changes nothing there.)
+    """
 
     destination: str
     body: bytes
@@ -26,6 +34,7 @@ class Outgoing:
     delay: float | None = None
     priority: int | None = None
     expiration: float | None = None
+    droppable: bool = False
 
     def describe(self) -> str:
         kind = "topic" if self.broadcast else "queue"

@@ -22,6 +22,7 @@ _SCHEMES: dict[str, str] = {
     "sqlite": "zocalo.transport.sqlite:SqliteTransport",
     "amqp": "zocalo.transport.rabbitmq:RabbitMQTransport",
     "amqps": "zocalo.transport.rabbitmq:RabbitMQTransport",
+    "stomp": "zocalo.transport.stomp:StompTransport",
 }
 
 ENVIRONMENT_VARIABLE = "ZOCALO_TRANSPORT"

@@ -121,6 +121,11 @@ class LiveRecipeWrapper:
         """Send ``payload`` back to this same step now."""
         return self._publish(lambda step: step.checkpoint(payload, headers=header, **options))
 
+    def reply(self, payload: Any) -> int:
+        """Send ``payload`` now to the caller waiting for this job's results (``zocalo.go
+        --wait``); 0 when nobody waits (see :meth:`RecipeStep.reply`)."""
+        return self._publish(lambda step: step.reply(payload))
+
     def _publish(self, sends: Any) -> int:
         step = RecipeStep(self.message, transport=self.transport)
         if self.default_channel is not None:

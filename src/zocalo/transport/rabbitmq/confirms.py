@@ -7,7 +7,8 @@ broker answers each number with an ack or a nack (``multiple`` covers every
 number up to it) and, before the ack, returns a message it could not route.
 When the last message of a batch is answered the batch completes: every
 input it carries is acked, or, if any message was refused or returned, none
-is and the confirmation fails with each reason once, counted.
+is and the confirmation fails with each reason once, counted. A droppable
+message (a reply) refused or returned is only logged: it does not fail its batch.
 
 Everything here runs on the connection's I/O thread, except :meth:`Publisher.open`,
 which the opening thread calls; nothing here waits.
@@ -28,7 +29,13 @@ from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from zocalo.errors import PublishFailed
-from zocalo.transport.base import Confirmation, Delivery, Outgoing, without_broker_headers
+from zocalo.transport.base import (
+    Confirmation,
+    Delivery,
+    Outgoing,
+    report_dropped,
+    without_broker_headers,
+)
 from zocalo.transport.rabbitmq.connection import Connection
 from zocalo.transport.rabbitmq.headers import to_amqp
 from zocalo.transport.rabbitmq.topology import Route
@@ -59,8 +66,11 @@ class Publisher:
         self._untake = untake
         self.channel: Channel | None = None
         self._sequence = 0
-        self._unconfirmed: dict[int, tuple[Batch, str, str]] = {}
-        self._returned: dict[str, str] = {}
+        #: Confirm number -> (batch, message id, the message).
+        self._unconfirmed: dict[int, tuple[Batch, str, Outgoing]] = {}
+        #: Message id -> why the broker returned it, and what to do about it (for a
+        #: message that fails its batch; a dropped reply needs no advice).
+        self._returned: dict[str, tuple[str, str]] = {}
         #: Message ids: unique per connection object, cheaper than a uuid4 each.
         self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
         self._ids = itertools.count(1)
@@ -152,21 +162,20 @@ class Publisher:
                 ) from error
             # Recorded after the send: its confirm is handled on this same thread, later.
             self._sequence += 1
-            self._unconfirmed[self._sequence] = (batch, message_id, message.describe())
+            self._unconfirmed[self._sequence] = (batch, message_id, message)
 
     # -- the broker's answers -----------------------------------------------------
     def _on_return(
         self, channel: Channel, method: Basic.Return, properties: BasicProperties, body: bytes
     ) -> None:
         returned = f"returned by the broker: {method.reply_code} {method.reply_text}"
+        advice = ""
         if method.reply_code == 312 and not method.exchange:  # NO_ROUTE, default exchange
-            returned = (
-                f"the queue does not exist ({returned}); create it by starting its "
-                "service, or with zocalo.configure_rabbitmq"
-            )
+            returned = f"the queue does not exist ({returned})"
+            advice = "; create it by starting its service, or with zocalo.configure_rabbitmq"
         else:
             returned += f" (exchange {method.exchange!r}, routing key {method.routing_key!r})"
-        self._returned[properties.message_id or ""] = returned
+        self._returned[properties.message_id or ""] = (returned, advice)
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -177,14 +186,14 @@ class Publisher:
             entry = self._unconfirmed.pop(number, None)
             if entry is None:
                 continue
-            batch, message_id, destination = entry
-            returned = self._returned.pop(message_id, None)
+            batch, message_id, message = entry
+            why, advice = self._returned.pop(message_id, ("", ""))
             if refused:
-                batch.failures.append(
-                    (destination, "refused by the broker (basic.nack: queue full or unavailable)")
-                )
-            elif returned:
-                batch.failures.append((destination, returned))
+                why, advice = "refused by the broker (basic.nack: queue full or unavailable)", ""
+            if why and message.droppable:
+                report_dropped(message, why)
+            elif why:
+                batch.failures.append((message.describe(), why + advice))
             batch.remaining -= 1
             if batch.remaining == 0:
                 self._complete(batch)

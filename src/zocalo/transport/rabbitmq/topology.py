@@ -65,6 +65,8 @@ class Topology:
         self._bound_queues: dict[str, tuple[str, float]] = {}
         #: Streams made by keep_broadcasts: (topic, seconds), likewise.
         self._kept: dict[str, tuple[str, float]] = {}
+        #: Reply queues of this connection object, to declare again after a reconnect.
+        self._reply_queues: set[str] = set()
         self._delay_route: str | None = None  # "plugin" or "levels", once known
         self._delay_bound: set[str] = set()
 
@@ -184,6 +186,29 @@ class Topology:
         self._kept[stream] = (topic, seconds)
         return stream
 
+    def declare_reply_queue(self, queue: str) -> None:
+        """An exclusive classic queue: RabbitMQ deletes it, with its messages, when this
+        connection closes or is lost. One that exists already (and is not ours) is refused."""
+        if queue not in self._reply_queues and self._exists("queue_declare", queue=queue):
+            raise TransportError(f"queue {queue!r} exists already: a reply queue needs a new name")
+        try:
+            self._rpc(
+                "queue_declare",
+                queue=queue,
+                durable=False,
+                exclusive=True,
+                arguments={"x-queue-type": "classic"},
+            )
+        except pika.exceptions.ChannelClosedByBroker as error:
+            raise TransportError(f"cannot make reply queue {queue!r}: {error}") from None
+        self._reply_queues.add(queue)
+
+    def declare_reply_queues_again(self) -> None:
+        """After a reconnect: the lost connection took its reply queues (and whatever
+        replies they held) with it; new ones of the same names take later replies."""
+        for queue in sorted(self._reply_queues):
+            self.declare_reply_queue(queue)
+
     def declare_fanout(self, topic: str) -> None:
         """The fanout exchange a broadcast to ``topic`` goes to."""
         if topic in self._known_exchanges:
@@ -197,12 +222,14 @@ class Topology:
         """After the broker deleted what a consumer reads: forget it, declare it again.
 
         ``bind_to`` names the topic of a broadcast subscription (its queue is the
-        server's to name); a queue made by :meth:`bind_queue` comes back bound to its
-        topic with its expiry, any other as a work queue.
+        server's to name); a reply queue comes back as one, a queue made by
+        :meth:`bind_queue` bound to its topic with its expiry, any other as a work queue.
         """
         if bind_to is not None:
             self._known_exchanges.discard(bind_to)
             self.declare_fanout(bind_to)
+        elif queue in self._reply_queues:
+            self.declare_reply_queue(queue)
         elif queue in self._bound_queues:
             topic, expires = self._bound_queues[queue]
             self.bind_queue(queue, topic, expires=expires)

@@ -76,6 +76,8 @@ class RabbitMQTransport(Transport):
             Capability.DELIVERY_COUNT,
             Capability.DEAD_LETTER,
             Capability.CROSS_PROCESS,
+            Capability.REPLY_QUEUE,
+            Capability.KEPT_BROADCASTS,
         }
     )
 
@@ -126,6 +128,7 @@ class RabbitMQTransport(Transport):
         """A connection opened (first, or after a loss): the channels it needs."""
         self._publisher.open()
         self._admin = self._connection.call(self._connection.open_channel)
+        self._topology.declare_reply_queues_again()  # (none on the first open)
 
     def _on_lost(self, reason: BaseException) -> None:
         """On the I/O thread: what a lost connection leaves behind cannot complete."""
@@ -159,6 +162,12 @@ class RabbitMQTransport(Transport):
         after ``delivery_limit`` deliveries (which is also created).
         """
         self._topology.declare_queue(queue)
+
+    def declare_reply_queue(self, queue: str) -> None:
+        """An exclusive queue: RabbitMQ deletes it when this connection closes or is lost
+        (after a reconnect it is declared again, empty)."""
+        self._connection.require_open()
+        self._topology.declare_reply_queue(queue)
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         """A classic queue bound to the topic's fanout exchange; RabbitMQ deletes it

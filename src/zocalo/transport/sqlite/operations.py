@@ -14,7 +14,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from zocalo.errors import PublishFailed
+from zocalo.errors import PublishFailed, TransportError
+from zocalo.transport.base import report_dropped
 from zocalo.transport.messages import Confirmation, Delivery, Outgoing
 from zocalo.transport.sqlite.consumers import Consumer, Consumers
 from zocalo.transport.sqlite.signals import WakeUps
@@ -104,6 +105,8 @@ class Publish(Operation):
                         wake_ups.add(address, queue_name)
                     for queue_name in bound:
                         wake_ups.consumers_of(queue_name)
+                elif message.droppable and not store.queue_exists(message.destination):
+                    report_dropped(message, "the queue does not exist")
                 else:
                     store.insert(message)
                     wake_ups.consumers_of(message.destination)
@@ -173,6 +176,18 @@ class Keep(Operation):
 
 
 @dataclass(slots=True)
+class DeclareReplyQueue(Operation):
+    """Make ``queue`` a reply queue of this connection (see ``Transport.declare_reply_queue``)."""
+
+    queue: str
+    future: Confirmation
+
+    def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
+        why = store.add_reply_queue(self.queue)
+        return None if why is None else TransportError(why)
+
+
+@dataclass(slots=True)
 class Reap(Operation):
     """Reap dead connections in this batch (the worker does it for any batch holding one)."""
 
@@ -192,6 +207,7 @@ class Close(Operation):
         owned = store.rows_owned_by(store.connection_id)
         for queue_name in store.return_rows(owned, "connection closed"):
             wake_ups.consumers_of(queue_name)
+        store.drop_reply_queues_of(store.connection_id)  # after the returns that refill them
         return None
 
 

@@ -7,6 +7,11 @@ lose the last transactions. ``?synchronous=full`` also fsyncs the WAL on
 every commit, for brokers that must survive power loss, at a cost in
 throughput.
 
+Reply queues: ``reply_queues`` names each one and the connection it lives with; it
+goes, with its messages, when that connection closes or is reaped. A queue *exists*
+(for a droppable message, see ``Outgoing``) while it is in ``known_queues``: some
+consumer has read it, or it is a reply queue not yet gone.
+
 Message IDs: ``AUTOINCREMENT`` keeps a row id from ever being handed out twice
 in the file's lifetime, so ``broker.db:42`` names one message in every log line
 and dead letter. Files made before that are migrated when first opened.
@@ -73,6 +78,10 @@ CREATE TABLE IF NOT EXISTS kept_broadcasts (
     expires_at REAL
 );
 CREATE INDEX IF NOT EXISTS kept_broadcasts_by_topic ON kept_broadcasts (topic, kept_at);
+CREATE TABLE IF NOT EXISTS reply_queues (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")

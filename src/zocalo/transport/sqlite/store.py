@@ -370,6 +370,37 @@ class Store:
             (queue_name, topic, time.time() - seconds, time.time()),
         )
 
+    def queue_exists(self, queue_name: str) -> bool:
+        """Whether a droppable message may go to ``queue_name``: a consumer has read it,
+        or it is a reply queue not yet gone (see ``schema.py``)."""
+        found = self._execute("SELECT 1 FROM known_queues WHERE name = ?", (queue_name,))
+        return found.fetchone() is not None
+
+    def add_reply_queue(self, queue_name: str) -> str | None:
+        """Make ``queue_name`` a reply queue of this connection; why not, if it cannot be."""
+        owner = self._execute(
+            "SELECT owner FROM reply_queues WHERE name = ?", (queue_name,)
+        ).fetchone()
+        if owner is not None and owner[0] == self.connection_id:
+            return None  # ours already
+        waiting = self._execute(
+            "SELECT 1 FROM messages WHERE queue = ? AND owner IS NULL LIMIT 1", (queue_name,)
+        ).fetchone()
+        if owner is not None or waiting is not None or self.queue_exists(queue_name):
+            return f"queue {queue_name!r} exists already: a reply queue needs a new name"
+        self._execute("INSERT INTO reply_queues VALUES (?, ?)", (queue_name, self.connection_id))
+        self._execute("INSERT INTO known_queues VALUES (?)", (queue_name,))
+        return None
+
+    def drop_reply_queues_of(self, connection_id: str) -> None:
+        """Drop the reply queues of a connection that closed or died, with their messages."""
+        for (queue_name,) in self._execute(
+            "DELETE FROM reply_queues WHERE owner = ? RETURNING name", (connection_id,)
+        ).fetchall():
+            self._execute("DELETE FROM known_queues WHERE name = ?", (queue_name,))
+            self._known_queues.discard(queue_name)
+            self.drop_queue(queue_name)
+
     def bind(self, queue_name: str, topic: str, keep_for: float) -> None:
         """Copy broadcasts to ``topic`` into ``queue_name``; kept ``keep_for`` s unconsumed."""
         self._execute(
@@ -389,6 +420,9 @@ class Store:
         for (consumer_id,) in self._execute("SELECT id FROM consumers"):
             if not consumer_id.startswith(prefix):
                 connections.add(consumer_id.rsplit(".", 1)[0])
+        connections.update(
+            owner for (owner,) in self._execute("SELECT DISTINCT owner FROM reply_queues")
+        )
         connections.discard(self.connection_id)
         return connections
 

@@ -40,6 +40,7 @@ from zocalo.transport.sqlite.files import Permissions, locks_directory
 from zocalo.transport.sqlite.operations import (
     Ack,
     Bind,
+    DeclareReplyQueue,
     Keep,
     Nack,
     Publish,
@@ -88,6 +89,8 @@ class SqliteTransport(Transport):
             Capability.DEAD_LETTER,
             Capability.CROSS_PROCESS,
             Capability.DELAYED_BROADCAST,
+            Capability.REPLY_QUEUE,
+            Capability.KEPT_BROADCASTS,
         }
     )
 
@@ -200,6 +203,14 @@ class SqliteTransport(Transport):
         worker.submit(Subscribe(Consumer(subscription), done))
         done.result(30)
         return subscription
+
+    def declare_reply_queue(self, queue: str) -> None:
+        """Recorded with this connection's id: closing drops it, and so does whichever
+        connection reaps this one if it dies."""
+        worker = self._open_worker()
+        done = Confirmation()
+        worker.submit(DeclareReplyQueue(queue, done))
+        done.result(30)
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         worker = self._open_worker()

@@ -449,7 +449,8 @@ class Worker:
         return [c for c in connections if holder_is_dead(str(directory / f"{c}.lock"))]
 
     def _reap(self, store: Store, dead: list[str], wake_ups: WakeUps) -> None:
-        """Return what dead connections held and drop their consumers; then expired leases."""
+        """Return what dead connections held, drop their consumers and reply queues; then
+        expired leases."""
         for connection in dead:
             owned = store.rows_owned_by(connection)
             if owned:
@@ -459,6 +460,7 @@ class Worker:
             for queue_name in store.return_rows(owned, f"consumer {connection} died"):
                 wake_ups.consumers_of(queue_name)
             store.remove_consumers_of(connection)
+            store.drop_reply_queues_of(connection)
         expired = store.expired_leases()
         if expired:
             log.warning("%d leases expired (hung consumers?); returning them", len(expired))

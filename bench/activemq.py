@@ -1,0 +1,279 @@
+"""ActiveMQ end to end: Zocalo's STOMP transport and services against python-workflows 3.3.
+
+The two-step pipeline of ``bench/rabbitmq.py`` (step 1 -> step 2 -> collector)
+on a private ActiveMQ Classic broker this script starts (the tests' own, from
+``tests/activemq_broker.py``: Debian package ``activemq``, KahaDB, scheduler on),
+two systems (the broker warmed up first with 5000 messages, so neither is measured
+against a JVM still compiling):
+
+- ``zocalo-stomp``: step 1 and step 2 each a real ``zocalo.service`` process
+  (``embedded_services:Step1``/``Step2``; supervisor + worker) on ``stomp://``.
+- ``workflows-stomp``: each step a ``CommonService`` under the reference
+  ``workflows.frontend.Frontend`` with ``StompTransport`` (``workflows_services.py
+  --stomp``), acking and forwarding inside a STOMP transaction per message, the
+  at-least-once pattern of the reference's own services.
+
+(Not ``bench/stomp.py``: a file of that name in a directory on ``sys.path`` would
+shadow the stomp.py library, for this script and for every process that puts
+``bench/`` on its path, such as ``bench/rabbitmq.py``'s python-workflows services,
+whose transport lookup imports ``stomp``.)
+
+Our steps prefetch ``--prefetch`` (default 100); the reference passes no prefetch on
+STOMP, so ActiveMQ's default (1000) applies to it. This process is the producer and
+the collector of both systems, on *our* transport (the wire is the same: recipe
+messages on ``/queue/<prefix>.bench.*``), so the systems differ only in the two
+service processes. Every run gets its own destination prefix, so nothing a run
+leaves behind reaches the next.
+
+Modes: ``burst`` (5000 at once), ``paced`` (50 msgs/s for 10 s) and ``stream`` (560
+msgs/s for 30 s, the detector stream; reports ``received_by_end``, ``backlog_end``,
+``backlog_max`` and ``backlog_grew``); ``--quick`` runs 1000, 3 s and 5 s. Systems
+are interleaved per mode and repeat; each line is the median of ``--repeats``
+(default 3; 1 with ``--quick``). ``cpu_s`` is utime+stime of the service process
+groups plus this process; ``broker_cpu_s`` that of the broker's JVM over the same
+window. ``idle_pss_mib`` (burst lines): PSS of step 1's processes, idle after the
+warm-up.
+
+    .venv/bin/python bench/activemq.py [--quick] [--repeats 3] [--prefetch 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(1, str(BENCH_DIR.parent / "tests"))  # the tests' private broker
+
+from embedded import (  # noqa: E402
+    Collector,
+    ZocaloSystem,
+    backlog_summary,
+    choose,
+    cpu_seconds,
+    group_cpu,
+    group_pids,
+    median_result,
+    run_summary,
+    self_cpu,
+    spawn,
+    stop_all,
+)
+
+from activemq_broker import USER, PrivateActiveMQ  # noqa: E402
+from rabbitmq import Mode, pss_mib  # noqa: E402
+from zocalo.transport.base import Delivery, Outgoing  # noqa: E402
+from zocalo.transport.registry import create_transport  # noqa: E402
+
+SYSTEMS = ("zocalo-stomp", "workflows-stomp")
+#: The broker's JVM: the tests' options, but with the optimising compiler (C2).
+JVM_OPTIONS = ("-Xms128m", "-Xmx512m", "-XX:+UseSerialGC")
+MODES = ("burst", "paced", "stream")
+WARMUP = 20
+#: The issue's targets, printed next to the results (never asserted).
+TARGETS = (
+    "burst: zocalo-stomp >= 2x workflows-stomp msgs/s; "
+    "paced: zocalo-stomp p50 <= 0.5x workflows-stomp; stream: kept up, p99 < 50 ms"
+)
+
+
+def modes(quick: bool) -> list[Mode]:
+    if quick:
+        return [Mode("burst", 0, 1000), Mode("paced", 50, 50 * 3), Mode("stream", 560, 560 * 5)]
+    return [Mode("burst", 0, 5000), Mode("paced", 50, 50 * 10), Mode("stream", 560, 560 * 30)]
+
+
+class StompSystem(ZocaloSystem):
+    """Producer + collector here on our transport; the two steps are processes."""
+
+    broker: PrivateActiveMQ
+    prefetch = 100
+    prefix = ""
+
+    def commands(self) -> dict[str, list[str]]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        self.url = self.broker.url(prefix=self.prefix)
+        super().start()
+        # No PYTHONPATH: zocalo.service finds embedded_services in its working
+        # directory (bench/), after the installed packages.
+        env = {"ZOCALO_BENCH_PREFETCH": str(self.prefetch)}
+        services = {
+            name: spawn(argv, self.workdir / f"{name}.log", env)
+            for name, argv in self.commands().items()
+        }
+        self.children = list(services.values())
+        for name, child in services.items():
+            if child.poll() is not None:
+                log = (self.workdir / f"{name}.log").read_text()
+                raise RuntimeError(f"{self.name}: service {name} exited early:\n{log}")
+
+
+class ZocaloStomp(StompSystem):
+    name = "zocalo-stomp"
+
+    def commands(self) -> dict[str, list[str]]:
+        launcher = str(Path(sys.executable).with_name("zocalo.service"))
+        return {
+            step: [launcher, "-s", f"embedded_services:{step}", "--transport", self.url]
+            for step in ("Step1", "Step2")
+        }
+
+
+class WorkflowsStomp(StompSystem):
+    name = "workflows-stomp"
+
+    def commands(self) -> dict[str, list[str]]:
+        script = str(BENCH_DIR / "workflows_services.py")
+        broker = self.broker
+        connection = ["127.0.0.1", str(broker.stomp_port), USER, broker.password, self.prefix]
+        return {
+            step: [sys.executable, script, step, "--stomp", *connection]
+            for step in ("Step1", "Step2")
+        }
+
+
+SYSTEM_CLASSES: dict[str, type[StompSystem]] = {
+    cls.name: cls for cls in (ZocaloStomp, WorkflowsStomp)
+}
+
+
+def warm_up(broker: PrivateActiveMQ, count: int = 5000) -> None:
+    """Push ``count`` messages through the fresh broker first, so neither system is
+    measured against a JVM still compiling its hot paths."""
+    done = threading.Event()
+    seen = [0]
+    with create_transport(broker.url(prefix="warm-up")) as client:
+
+        def consume(delivery: Delivery) -> None:
+            client.ack(delivery)
+            seen[0] += 1
+            if seen[0] >= count:
+                done.set()
+
+        client.subscribe("warm-up", consume, prefetch=100)
+        for start in range(0, count, 100):
+            client.publish([Outgoing("warm-up", b"{}") for _ in range(start, start + 100)])
+        if not done.wait(120):
+            raise RuntimeError("the broker's warm-up messages did not come through")
+
+
+def run_once(
+    system_name: str, mode: Mode, workdir: Path, broker: PrivateActiveMQ, prefetch: int
+) -> dict[str, Any]:
+    collector = Collector(WARMUP, mode.count)
+    system = SYSTEM_CLASSES[system_name](workdir, collector, mode)  # type: ignore[arg-type]
+    system.broker, system.prefetch = broker, prefetch
+    broker_pid = broker.pid
+    try:
+        system.start()
+        for number in range(-WARMUP, 0):
+            system.send({"n": number, "t": time.time()})
+        system.flush()
+        if not collector.warmed.wait(90):
+            raise RuntimeError(f"{system_name}: warm-up messages did not come through")
+        leaders = [child.pid for child in system.children]
+        memory: dict[str, Any] = {}
+        if mode.name == "burst":  # step 1's processes, idle after the warm-up
+            time.sleep(1.0)
+            step1 = group_pids(leaders[0])
+            memory = {"idle_pss_mib": pss_mib(step1), "idle_pss_processes": len(step1)}
+        cpu_before = sum(group_cpu(leaders).values()) + self_cpu()
+        broker_before = cpu_seconds(broker_pid)
+        samples: list[int] = []
+        started = time.time()
+        wall_started = time.monotonic()
+        for number in range(mode.count):
+            if mode.rate:
+                delay = wall_started + number / mode.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                if number % int(mode.rate) == 0:
+                    samples.append(number - collector.count())
+            system.send({"n": number, "t": time.time()})
+        system.flush()
+        if mode.rate:  # the end of the schedule, not of the sending loop
+            time.sleep(max(0.0, wall_started + mode.count / mode.rate - time.monotonic()))
+        received_at_end = collector.count()
+        sent_for = time.monotonic() - wall_started
+        collector.done.wait(180 if not mode.rate else 60)
+        cpu_after = sum(group_cpu(leaders).values()) + self_cpu()
+        broker_after = cpu_seconds(broker_pid)
+        window = time.monotonic() - wall_started
+    finally:
+        system.close()
+    result = run_summary(system_name, mode, collector, started, cpu_after - cpu_before)
+    result.update(
+        {
+            "cpu_pct": round(100 * (cpu_after - cpu_before) / window, 1),
+            "broker_cpu_s": round(broker_after - broker_before, 2),
+            "prefetch": prefetch if system_name == "zocalo-stomp" else "broker default",
+            **memory,
+        }
+    )
+    if mode.rate:
+        result["sent_for_s"] = round(sent_for, 2)
+    if mode.name == "stream":
+        result.update(backlog_summary(mode, received_at_end, samples))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=None, help="default 3, or 1 with --quick")
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--prefetch", type=int, default=100, help="prefetch of our steps")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
+    args = parser.parse_args()
+    repeats = args.repeats or (1 if args.quick else 3)
+    systems, chosen = choose(parser, args, SYSTEMS, modes(args.quick))
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="zocalo-activemq-") as tmp,
+            PrivateActiveMQ(Path(tmp) / "broker", jvm_options=JVM_OPTIONS) as broker,
+        ):
+            print(f"# ActiveMQ started in {broker.boot_seconds:.1f} s", file=sys.stderr)
+            warm_up(broker)
+            for repeat in range(repeats):
+                for mode in chosen:
+                    for name in systems:  # interleaved: A, B per mode and repeat
+                        workdir = Path(tmp) / f"{repeat}-{mode.name}-{name}"
+                        workdir.mkdir()
+                        result = run_once(name, mode, workdir, broker, args.prefetch)
+                        runs.setdefault((mode.name, name), []).append(result)
+                        if repeats > 1:
+                            print(json.dumps(result), file=sys.stderr, flush=True)
+    finally:
+        stop_all()
+    for key, results in runs.items():
+        merged[key] = median_result(results) if repeats > 1 else results[0]
+        print(json.dumps(merged[key]), flush=True)
+    for mode_name, field, label in (
+        ("burst", "msgs_per_s", "zocalo/workflows"),
+        ("paced", "p50_ms", "zocalo/workflows"),
+        ("stream", "p99_ms", "zocalo/workflows"),
+    ):
+        ours = merged.get((mode_name, "zocalo-stomp"))
+        theirs = merged.get((mode_name, "workflows-stomp"))
+        if ours and theirs and ours.get(field) is not None and theirs.get(field):
+            value = round(ours[field] / theirs[field], 2)
+            line = {"bench": "two-step", "ratio": label, "mode": mode_name, "field": field}
+            print(json.dumps({**line, "value": value}), flush=True)
+    print(f"# targets: {TARGETS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

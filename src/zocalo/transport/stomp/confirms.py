@@ -1,0 +1,219 @@
+"""Publishing: batches grouped into STOMP transactions, and the acks they release.
+
+ActiveMQ stores a persistent message before it receipts it, one disk sync per
+message, so a receipt per SEND caps a connection at a few hundred messages a
+second. A transaction is stored as one: its COMMIT is receipted once every
+message in it is stored. So publishes are *grouped*: while one transaction's
+COMMIT is on its way, the publishes that come meanwhile wait, and then go
+together as the next transaction (at most :data:`GROUP_LIMIT` messages). An
+idle connection sends a publish at once; a busy one amortises the sync over
+the whole group.
+
+Only the COMMIT asks for a receipt: a receipt per SEND would make the broker
+write two answers per transaction, and ActiveMQ writes with Nagle's algorithm
+on, so the second would wait for our delayed TCP acknowledgement (~40 ms). A
+SEND the broker refuses is answered with an ERROR frame naming no receipt:
+any such error while a transaction is under way fails every publish of that
+transaction (their inputs are not acked; outputs that were taken may arrive
+twice after the redelivery). When the COMMIT is receipted, each publish of the
+group completes: its inputs are acked (ACK frames, outside the transaction, on
+each input's own connection) and its confirmation succeeds. Nothing waits:
+answers arrive on stomp.py's receiver thread, which completes the group and
+writes the next one.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from zocalo.errors import ConnectionFailed, PublishFailed
+from zocalo.transport.base import Confirmation, Delivery
+from zocalo.transport.stomp.connection import Link, WireFrame
+from zocalo.transport.stomp.consumers import Consumers, Receipt
+
+log = logging.getLogger(__name__)
+
+#: Messages in one transaction at most (a publish is never split).
+GROUP_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One message as it goes on the wire: STOMP destination, frame headers, body."""
+
+    destination: str
+    headers: dict[str, str]
+    body: bytes
+    #: How errors name it (``queue 'x'``, ``topic 'y'``).
+    describe: str
+
+
+@dataclass(eq=False)
+class Batch:
+    """One publish call: its messages, the inputs to ack, and its confirmation."""
+
+    future: Confirmation
+    acks: list[Delivery]
+    messages: list[Prepared] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Group:
+    """The batches of one transaction, and the broker's error while it was under way."""
+
+    batches: list[Batch]
+    error: str | None = None
+
+
+class Publisher:
+    """Writes batches on ``link`` as grouped transactions and settles them on the COMMIT's
+    receipt; ``consumers`` are told which inputs' ACK frames were written."""
+
+    def __init__(self, link: Link, consumers: Consumers) -> None:
+        self._link = link
+        self._consumers = consumers
+        self._lock = threading.Lock()
+        self._committing: Group | None = None
+        self._waiting: collections.deque[Batch] = collections.deque()
+        self._ids = itertools.count(1)
+
+    def publish(self, messages: list[Prepared], batch: Batch) -> None:
+        """Send ``batch`` now, or with the next group if a COMMIT is under way; raise
+        ConnectionFailed (the batch failed, its inputs given back) if not connected."""
+        if not messages:
+            self._complete(batch)
+            return
+        batch.messages = messages
+        with self._lock:
+            if self._committing is not None:
+                self._waiting.append(batch)
+                return
+            group = self._committing = Group([batch])
+        self._send_group(group, raise_lost=True)
+
+    def _send_group(self, group: Group, *, raise_lost: bool = False) -> None:
+        transaction = f"zocalo-{self._link.generation}-{next(self._ids)}"
+        frames: list[WireFrame] = [("BEGIN", {"transaction": transaction}, b"")]
+        for batch in group.batches:
+            for message in batch.messages:
+                headers = {
+                    **message.headers,
+                    "destination": message.destination,
+                    "content-length": str(len(message.body)),
+                    "transaction": transaction,
+                }
+                frames.append(("SEND", headers, message.body))
+        commit = self._link.receipt(lambda refusal: self._committed(group, refusal))
+        frames.append(("COMMIT", {"transaction": transaction, "receipt": commit}, b""))
+        try:
+            self._link.write(frames)
+        except ConnectionFailed as error:
+            self._link.forget([commit])
+            self._committed(group, str(error))
+            if raise_lost:
+                raise
+
+    def refused(self, error: str) -> None:
+        """On the receiver thread: the broker sent an ERROR naming no receipt. A SEND
+        of the transaction under way may have been refused: it fails as a whole."""
+        with self._lock:
+            group = self._committing
+            if group is not None and group.error is None:
+                group.error = error
+
+    def _committed(self, group: Group, refusal: str | None) -> None:
+        """The group's COMMIT was answered: settle its batches, then send the next group."""
+        why = refusal or group.error
+        if why is None:
+            self._complete(*group.batches)
+        else:
+            for batch in group.batches:
+                self.fail(batch, _failed(batch, why))
+        with self._lock:
+            if not self._waiting or not self._link.is_open:
+                self._committing = None
+                lost = list(self._waiting)
+                self._waiting.clear()
+                group = Group([])
+            else:
+                lost, size = [], 0
+                group = self._committing = Group([])
+                while self._waiting and (
+                    not group.batches or size + len(self._waiting[0].messages) <= GROUP_LIMIT
+                ):
+                    batch = self._waiting.popleft()
+                    group.batches.append(batch)
+                    size += len(batch.messages)
+        for batch in lost:
+            self.fail(batch, f"{self._link.safe_url}: the connection was lost before it was sent")
+        if group.batches:
+            self._send_group(group)
+
+    def _complete(self, *batches: Batch) -> None:
+        """Every message of ``batches`` is with the broker: ack their inputs (one write
+        per connection for all of them), then confirm each batch."""
+        ready: list[Batch] = []
+        for batch in batches:
+            # An input whose connection closed meanwhile cannot be acked any more (the
+            # broker redelivers it): then none of its batch is, as for any failure.
+            lost = [
+                delivery
+                for delivery in batch.acks
+                if delivery.receipt.generation != delivery.receipt.consumer.link.generation
+                or not delivery.receipt.consumer.link.is_open
+            ]
+            if lost:
+                self.fail(
+                    batch,
+                    "outputs were published, but the connection of "
+                    + ", ".join(delivery.describe() for delivery in lost)
+                    + " closed before it could be acknowledged; no input was acknowledged",
+                )
+            else:
+                ready.append(batch)
+        by_link: dict[Link, list[Batch]] = {}
+        for batch in ready:
+            for link in dict.fromkeys(d.receipt.consumer.link for d in batch.acks):
+                by_link.setdefault(link, []).append(batch)
+        failed: dict[Batch, str] = {}
+        acked: set[Link] = set()
+        for link, held in by_link.items():
+            receipts: list[Receipt] = [
+                d.receipt for batch in held for d in batch.acks if d.receipt.consumer.link is link
+            ]
+            try:
+                link.write([("ACK", {"id": receipt.ack}, b"") for receipt in receipts])
+            except ConnectionFailed as error:
+                for batch in held:
+                    failed.setdefault(batch, f"outputs were published, but acking failed: {error}")
+                continue
+            acked.add(link)
+            self._consumers.settled(receipts)
+        for batch in ready:
+            if batch in failed:
+                # Inputs on another connection were acked: settled, not given back.
+                batch.acks = [d for d in batch.acks if d.receipt.consumer.link not in acked]
+                self.fail(batch, failed[batch])
+            elif not batch.future.done():
+                batch.future.set_result(None)
+
+    def fail(self, batch: Batch, why: str) -> None:
+        """``batch`` failed: no input acked, each given back to be settled again."""
+        for delivery in batch.acks:
+            self._consumers.untake(delivery)
+        if not batch.future.done():
+            batch.future.set_exception(PublishFailed(why))
+
+
+def _failed(batch: Batch, why: str) -> str:
+    """Why ``batch`` failed, naming each destination once, with how many messages."""
+    counts = collections.Counter(message.describe for message in batch.messages)
+    destinations = ", ".join(
+        f"{destination} ({count} messages)" if count > 1 else destination
+        for destination, count in counts.items()
+    )
+    return f"{destinations}: not published: {why}"

@@ -1,0 +1,317 @@
+"""ActiveMQ over STOMP: ``stomp://user:pass@host:61613?prefix=zocalo``.
+
+One STOMP connection (stomp.py) per transport object. Every SEND asks for a
+receipt, and the inputs of a publish are acked only once every one of its
+messages is receipted: publish and ack are pipelined, nothing waits a round
+trip per message. Callbacks run on one thread of their own, in order.
+
+On the wire it matches python-workflows' ``StompTransport``: destinations
+``/queue/<prefix>.<name>`` and ``/topic/<prefix>.<name>``, persistent queue
+messages, string headers (other values as JSON, see :mod:`.headers`),
+``AMQ_SCHEDULED_DELAY`` for delays, absolute ``expires``, JMS priorities,
+status on ``/topic/<prefix>.transient.status`` and commands on
+``/topic/<prefix>.command``.
+
+ActiveMQ turns a STOMP NACK into a dead letter, so returning a message to its
+queue is a copy: the copy (carrying the message id and how often it was
+delivered) is published, receipted, and only then the original acked. A copy
+goes to the back of its queue. Dead letters go to ``DLQ.<prefix>.<queue>``
+(our ``dlq.<queue>``), with our reason headers; if that copy fails, the
+original is NACKed, for the broker's own dead-letter policy.
+
+This class is the contract's face and the wiring; each concern has a module
+beside it: :mod:`.url` (URL -> endpoint), :mod:`.connection` (the
+connection, frames, receipts, reconnect), :mod:`.topology` (destinations
+and routing headers), :mod:`.headers` (header values and names),
+:mod:`.consumers` (subscriptions, unsettled deliveries, the delivery limit,
+the callback thread) and :mod:`.confirms` (receipted batches and their acks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Future
+
+from stomp.utils import Frame
+
+from zocalo.errors import ConnectionFailed, PublishFailed, TransportError, UnsupportedFeature
+from zocalo.transport.base import (
+    Acks,
+    Callback,
+    Capability,
+    Confirmation,
+    Delivery,
+    Outgoing,
+    Subscription,
+    Transport,
+    deliveries_to_ack,
+    dlq_name,
+    reserve_all_or_none,
+)
+from zocalo.transport.dead_letters import (
+    dead_letter_headers,
+    delivery_entry,
+    delivery_limit_reason,
+    with_history,
+)
+from zocalo.transport.stomp.bound import BoundQueues
+from zocalo.transport.stomp.confirms import Batch, Prepared, Publisher
+from zocalo.transport.stomp.connection import Link
+from zocalo.transport.stomp.consumers import Consumers, Receipt
+from zocalo.transport.stomp.headers import (
+    DELIVERIES_HEADER,
+    MESSAGE_ID_HEADER,
+    Uncarriable,
+    copied,
+    received,
+    to_stomp,
+)
+from zocalo.transport.stomp.topology import Destinations, routing_headers
+from zocalo.transport.stomp.url import endpoint
+
+__all__ = ["StompTransport"]
+
+log = logging.getLogger(__name__)
+
+
+class StompTransport(Transport):
+    """A connection to an ActiveMQ Classic broker over STOMP 1.2."""
+
+    schemes = ("stomp",)
+    serial_callbacks = True
+    capabilities = frozenset(
+        {
+            Capability.DELAY,
+            Capability.DELAYED_BROADCAST,
+            Capability.PRIORITY,
+            Capability.EXPIRATION,
+            Capability.DEAD_LETTER,
+            Capability.CROSS_PROCESS,
+        }
+    )
+
+    def __init__(self, url: str, *, delivery_limit: int | None = None) -> None:
+        self.endpoint, options = endpoint(url, {"delivery_limit": delivery_limit})
+        super().__init__(url, delivery_limit=options["delivery_limit"])
+        self.safe_url = self.endpoint.safe_url
+        self.destinations = Destinations(self.endpoint.prefix)
+        self._consumers = Consumers(
+            self.destinations,
+            self.delivery_limit,
+            hand_over=lambda subscription, delivery: self.hand_over(subscription, delivery),
+            dead_letter=lambda delivery, reason: self._dead_letter(delivery, reason),
+        )
+        self._link: Link = Link(
+            self.endpoint,
+            on_message=self._on_message,
+            on_error=lambda text: self._publisher.refused(text),
+            on_lost=lambda reason: self._consumers.connection_lost(self._link),
+            on_reconnected=lambda: self._consumers.restore(self._link),
+        )
+        self._publisher = Publisher(self._link, self._consumers)
+        self._bound = BoundQueues(self.endpoint, self.destinations, self._consumers)
+        #: Rejected messages whose copy to the dead-letter queue failed: NACKed instead,
+        #: for the broker's own dead-letter policy (each is logged too).
+        self.dead_letter_copies_failed = 0
+
+    def _on_message(self, frame: Frame) -> None:
+        self._consumers.on_message(frame, self._link)
+
+    # -- connection ---------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Open, and after a reconnect with every subscription consuming again."""
+        return self._link.connected
+
+    def connect(self) -> None:
+        if self._link.is_open:
+            return
+        self._link.connect()
+        self._consumers.start_callbacks()
+
+    def close(self) -> None:
+        """Close: what is being confirmed is finished first (its acks go out), then the
+        broker returns unacknowledged deliveries to their queues."""
+        self._bound.close()
+        self._link.close(drain=self.endpoint.timeout)
+        self._consumers.forget(self._link)
+        self._consumers.stop_callbacks()
+
+    def abort(self) -> None:
+        """As a killed process would leave: the socket closes, nothing more is said."""
+        self._bound.close(abort=True)
+        self._link.abort()
+        self._consumers.forget(self._link)
+        self._consumers.stop_callbacks()
+
+    # -- consuming ----------------------------------------------------------
+    def declare_queue(self, queue: str) -> None:
+        """ActiveMQ creates a queue on first use: only the name is checked."""
+        self.destinations.queue(queue)
+
+    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, not {prefetch}")
+        destination = self.destinations.queue(queue)
+        self._link.require_open()
+        subscription = Subscription(
+            self._next_subscription_id(), queue, callback, prefetch=prefetch
+        )
+        if queue == dlq_name(queue):  # a dead-letter queue has no limit of its own
+            headers = {"ack": "client-individual", "activemq.prefetchSize": str(prefetch)}
+        else:
+            headers = self._consumers.queue_headers(prefetch)
+        self._consumers.consume(subscription, destination, headers, self._link)
+        binding = self._bound.bound(queue)
+        if binding is not None:
+            try:
+                self._bound.consume(binding, subscription)
+            except BaseException:
+                self._consumers.unsubscribe(subscription)
+                raise
+        return subscription
+
+    def subscribe_broadcast(
+        self, topic: str, callback: Callback, *, replay: float = 0.0
+    ) -> Subscription:
+        if replay:
+            raise UnsupportedFeature(self._NOTHING_KEPT)
+        destination = self.destinations.topic(topic)
+        self._link.require_open()
+        subscription = Subscription(self._next_subscription_id(), topic, callback, broadcast=True)
+        return self._consumers.consume(subscription, destination, {"ack": "auto"}, self._link)
+
+    #: Why broadcasts are not kept here (``keep_broadcasts``, ``replay``).
+    _NOTHING_KEPT = (
+        "ActiveMQ keeps no broadcasts to replay over STOMP (its retroactive consumers "
+        "recover a few from memory, as the broker is configured, and none after a restart)"
+    )
+
+    def keep_broadcasts(self, topic: str, *, seconds: float) -> None:
+        raise UnsupportedFeature(self._NOTHING_KEPT)
+
+    def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
+        """A durable subscription to the topic, named after the queue (see :mod:`.bound`):
+        subscribing to ``queue`` on this transport then consumes it."""
+        self._link.require_open()
+        self._bound.bind(queue, topic, expires)
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._consumers.unsubscribe(subscription)
+
+    def _ack(self, delivery: Delivery) -> None:
+        receipt = self._consumers.take(delivery)
+        try:
+            receipt.consumer.link.write([("ACK", {"id": receipt.ack}, b"")])
+        except ConnectionFailed:
+            self._consumers.untake(delivery)
+            raise
+        self._consumers.settled([receipt])
+
+    def _nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
+        """Return ``delivery`` to its queue as a copy (past the delivery limit: to its
+        dead-letter queue), or dead-letter it; the original is acked once the copy
+        is receipted."""
+        receipt = self._consumers.take(delivery)
+        why = reason or ("returned" if requeue else "rejected")
+        limited = delivery.source != dlq_name(delivery.source)  # a DLQ has no limit
+        if requeue and (not limited or delivery.delivery_count < self.delivery_limit):
+            copy = self._returned_copy(delivery, receipt)
+            self._settle_with(copy, delivery, on_failure=None)
+            return
+        if requeue:
+            why = delivery_limit_reason(delivery.delivery_count, self.delivery_limit, why)
+        self._settle_with(self._dead_letter_copy(delivery, receipt, why), delivery, on_failure=why)
+
+    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """On the callback thread: a delivery past the delivery limit goes to its DLQ."""
+        log.error("dead-lettering %s: %s", delivery.describe(), reason)
+        try:
+            receipt = self._consumers.take(delivery)
+            copy = self._dead_letter_copy(delivery, receipt, reason)
+            self._settle_with(copy, delivery, on_failure=reason)
+        except TransportError as error:
+            log.warning("cannot dead-letter %s: %s", delivery.describe(), error)
+
+    def _returned_copy(self, delivery: Delivery, receipt: Receipt) -> Prepared:
+        headers = copied(receipt.frame)
+        headers[MESSAGE_ID_HEADER] = delivery.message_id
+        headers[DELIVERIES_HEADER] = str(delivery.delivery_count)
+        headers["persistent"] = "true"
+        return Prepared(
+            self.destinations.queue(delivery.source),
+            headers,
+            delivery.body,
+            f"queue {delivery.source!r}",
+        )
+
+    def _dead_letter_copy(self, delivery: Delivery, receipt: Receipt, why: str) -> Prepared:
+        entry = delivery_entry(delivery.source, why, delivery.delivery_count)
+        # The headers as they arrived, not as a callback may have left them.
+        arrived = received(receipt.frame, self.destinations.queue_name)
+        headers = to_stomp(
+            dead_letter_headers(
+                arrived, reason=why, queue=delivery.source, history=with_history(arrived, entry)
+            )
+        )
+        headers[MESSAGE_ID_HEADER] = delivery.message_id
+        headers["persistent"] = "true"
+        target = dlq_name(delivery.source)
+        destination = self.destinations.queue(target)
+        return Prepared(destination, headers, delivery.body, f"queue {target!r}")
+
+    def _settle_with(self, copy: Prepared, delivery: Delivery, *, on_failure: str | None) -> None:
+        """Publish ``copy``, then ack the (taken) ``delivery``. If the copy fails, a
+        dead letter (``on_failure``: its reason) is NACKed for the broker's own policy;
+        a returned one stays unsettled, to return when this connection goes."""
+        batch = Batch(Confirmation(), [delivery])
+
+        def failed(done: Future[None]) -> None:
+            error = done.exception()
+            if error is None:
+                return
+            if on_failure is None:
+                log.warning("could not return %s to its queue: %s", delivery.describe(), error)
+                return
+            self.dead_letter_copies_failed += 1
+            log.error(
+                "%s could not be copied to %s (%s); NACKed it instead: ActiveMQ applies its own "
+                "dead-letter policy",
+                delivery.describe(),
+                copy.describe,
+                error,
+            )
+            try:
+                receipt = self._consumers.take(delivery)
+                receipt.consumer.link.write([("NACK", {"id": receipt.ack}, b"")])
+                self._consumers.settled([receipt])
+            except TransportError as nack_error:
+                log.warning("cannot NACK %s either: %s", delivery.describe(), nack_error)
+
+        batch.future.add_done_callback(failed)
+        # On a lost connection the batch failed (see failed()); the broker returns it.
+        with contextlib.suppress(ConnectionFailed):
+            self._publisher.publish([copy], batch)
+
+    # -- publishing ---------------------------------------------------------
+    def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
+        prepared = [self._prepare(message) for message in messages]
+        acks = deliveries_to_ack(ack)
+        reserve_all_or_none(acks, self._consumers.take, self._consumers.untake)
+        batch = Batch(Confirmation(), acks)
+        self._publisher.publish(prepared, batch)
+        return batch.future
+
+    def _prepare(self, message: Outgoing) -> Prepared:
+        """``message`` as it goes on the wire; refused (nothing sent) if it cannot go."""
+        self.check_supported(message)
+        self._link.require_open()
+        destination = self.destinations.of(message)
+        try:
+            headers = to_stomp(message.headers)
+        except Uncarriable as error:
+            raise PublishFailed(f"cannot publish to {message.describe()}: {error}") from None
+        headers.update(routing_headers(message))
+        return Prepared(destination, headers, message.body, message.describe())

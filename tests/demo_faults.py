@@ -1,0 +1,29 @@
+"""Demo stages that go wrong, to show that ``zocalo demo`` notices: one loses an image of
+every data collection, one sends its summary twice. Run as ``demo_faults:NAME`` stand-ins
+(``DemoSettings.replace``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zocalo.examples.demo_services import FindSpots, Summary
+from zocalo.recipe.step import RecipeStep
+from zocalo.service import handler
+
+
+class LosesImageTwo(FindSpots):
+    """Acknowledges image 2 and sends nothing on: the image is gone."""
+
+    @handler("demo.find_spots", prefetch=4)
+    def find_spots(self, step: RecipeStep, payload: Any) -> None:
+        if payload.get("image") != 2:
+            super().find_spots(step, payload)
+
+
+class SummarisesTwice(Summary):
+    """Sends each collection's summary on twice."""
+
+    @handler("demo.summary", prefetch=10)
+    def summarise(self, step: RecipeStep, payload: Any) -> None:
+        super().summarise(step, payload)
+        super().summarise(step, payload)

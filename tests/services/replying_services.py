@@ -1,0 +1,35 @@
+"""A job that fans out and replies to its caller: ``Fanout`` splits it into parts, ``Answer``
+replies once per part and sends the part on. Run on threads by the tests, and as
+``zocalo.service -s replying_services:NAME`` (this directory on the services' PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zocalo import Service, handler
+from zocalo.recipe.step import RecipeStep
+
+FANOUT, ANSWER, DONE = "replies.fanout", "replies.answer", "replies.done"
+
+#: Fanout -> Answer (one message per part; each replies) -> DONE, which nobody consumes.
+RECIPE = {
+    "1": {"service": "Fan out", "queue": FANOUT, "output": 2},
+    "2": {"service": "Answer", "queue": ANSWER, "output": 3},
+    "3": {"service": "Done", "queue": DONE},
+    "start": [[1, {"parts": "{$REPLACE:parts}"}]],
+}
+
+
+class Fanout(Service):
+    @handler(FANOUT)
+    def split(self, step: RecipeStep, payload: Any) -> None:
+        for part in range(int(payload["parts"])):
+            step.send({"part": part})
+
+
+class Answer(Service):
+    @handler(ANSWER, prefetch=5)
+    def answer(self, step: RecipeStep, payload: Any) -> None:
+        step.reply({"part": payload["part"], "squared": payload["part"] ** 2})
+        step.send(payload)
