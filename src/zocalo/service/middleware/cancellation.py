@@ -13,9 +13,10 @@ broadcasts for the window and the subscription replays them
 (``subscribe_broadcast(..., replay=)``). Before its handlers subscribe, the
 runner waits until the replay is through, by broadcasting a marker of its own
 and waiting for it to come back after the kept ones, so the first messages of
-a backlog are judged with every cancellation known. On a transport that keeps
-no broadcasts, only cancellations made while the service runs are heard (said
-once, as a warning, at start).
+a backlog are judged with every cancellation known (the marker expires, so no
+later replay reads it; RabbitMQ's stream still holds it for the week, and each
+start reads it past). On a transport that keeps no broadcasts (ActiveMQ), only
+cancellations made while the service runs are heard (said in one line at start).
 
 A handler registered with ``sees_cancelled=True`` gets a cancelled recipe's
 messages anyway, with ``step.cancelled`` set, to clean up what the recipe
@@ -30,7 +31,7 @@ import threading
 import time
 import uuid
 
-from zocalo.errors import ZocaloError
+from zocalo.errors import UnsupportedFeature, ZocaloError
 from zocalo.recipe.cancel import CANCEL_TOPIC, CANCEL_WINDOW, read_cancellation
 from zocalo.service.middleware.base import CANCELLED, InHand, Middleware, Runner
 from zocalo.transport.base import Delivery, Subscription, Transport
@@ -81,8 +82,11 @@ class DropCancelled(Middleware):
             self._subscription = transport.subscribe_broadcast(
                 CANCEL_TOPIC, self._hear, replay=self.window
             )
-        except ZocaloError as error:  # UnsupportedFeature, or the broker refused
-            log.warning(
+        except ZocaloError as error:
+            # A broker that keeps nothing (ActiveMQ) says so at every start: that is how
+            # it is. One that refuses (permissions) is worth a warning.
+            log.log(
+                logging.INFO if isinstance(error, UnsupportedFeature) else logging.WARNING,
                 "%s: cancellations made while %s is not running are not heard (%s)",
                 CANCEL_TOPIC,
                 name,
