@@ -2,7 +2,8 @@
 
 A transport is one connection to a broker. It moves opaque byte bodies with
 headers; it knows nothing of recipes. Callbacks run on a thread the transport
-owns, so they must be quick (the service runner only enqueues deliveries).
+owns, one at a time (``serial_callbacks``: the service runner calls handlers right
+there), never on the thread that talks to the broker.
 
 The central primitive is :meth:`Transport.publish`: publish a batch of
 outgoing messages and, once the broker has accepted *all* of them, acknowledge
@@ -245,7 +246,8 @@ class Transport(ABC):
 
     def hand_over(self, subscription: Subscription, delivery: Delivery) -> None:
         """Run ``subscription``'s callback on ``delivery``; a callback that raises
-        gets one log line and its message back on the queue (never a dead thread).
+        is logged with its traceback (it is a bug: the runner's own callback never
+        raises) and its message goes back on the queue (never a dead thread).
 
         Every transport's callback thread calls this, so what a raising callback
         means is decided here once.
