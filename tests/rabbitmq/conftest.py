@@ -6,6 +6,7 @@ It takes seconds to boot, so there is one per session; it is always stopped
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,11 @@ from urllib.parse import unquote, urlsplit
 
 import pika
 import pytest
+import requests
 import trustme
 from tls_node import SecondNode
+
+from rabbit_broker import CREDENTIALS, MANAGEMENT
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +77,26 @@ def operator(rabbitmq_vhost_url: str) -> Iterator[Any]:
     )
     yield connection.channel()
     connection.close()
+
+
+@pytest.fixture
+def restricted_user(rabbitmq_vhost_url: str) -> Iterator[str]:
+    """The URL of a user who may read and write in the test vhost but declare nothing."""
+    vhost = requests.utils.quote(unquote(urlsplit(rabbitmq_vhost_url).path[1:]), safe="")
+    name = f"zocalo-test-{uuid.uuid4().hex[:12]}"
+    requests.put(
+        f"{MANAGEMENT}/users/{name}",
+        json={"password": "pw", "tags": ""},
+        auth=CREDENTIALS,
+        timeout=10,
+    ).raise_for_status()
+    try:
+        requests.put(
+            f"{MANAGEMENT}/permissions/{vhost}/{name}",
+            json={"configure": "^$", "write": ".*", "read": ".*"},
+            auth=CREDENTIALS,
+            timeout=10,
+        ).raise_for_status()
+        yield rabbitmq_vhost_url.replace("guest:guest@", f"{name}:pw@", 1)
+    finally:
+        requests.delete(f"{MANAGEMENT}/users/{name}", auth=CREDENTIALS, timeout=10)

@@ -92,27 +92,6 @@ def test_a_deleted_queue_is_declared_again_and_consumed(
         assert not raised
 
 
-@pytest.fixture
-def restricted_user(rabbitmq_vhost_url: str):
-    """A user who may read and write in the test vhost but declare nothing."""
-    vhost = unquote(urlsplit(rabbitmq_vhost_url).path[1:])
-    name = f"zocalo-test-{uuid.uuid4().hex[:12]}"
-    auth = ("guest", "guest")
-    requests.put(
-        f"{API}/users/{name}", json={"password": "pw", "tags": ""}, auth=auth, timeout=10
-    ).raise_for_status()
-    try:
-        requests.put(
-            f"{API}/permissions/{requests.utils.quote(vhost, safe='')}/{name}",
-            json={"configure": "^$", "write": ".*", "read": ".*"},
-            auth=auth,
-            timeout=10,
-        ).raise_for_status()
-        yield rabbitmq_vhost_url.replace("guest:guest@", f"{name}:pw@", 1)
-    finally:
-        requests.delete(f"{API}/users/{name}", auth=auth, timeout=10)
-
-
 def test_a_deleted_queue_that_cannot_be_declared_again_stops_the_service_with_an_error(
     restricted_user, operator, caplog
 ):
