@@ -68,8 +68,16 @@ class Nack(Settle):
 
     def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
         returned = store.return_rows(
-            [self.delivery.receipt], self.reason, dead_letter=not self.requeue
+            [self.delivery.receipt],
+            self.reason,
+            holder=store.connection_id,
+            dead_letter=not self.requeue,
         )
+        if not returned:
+            log.warning(
+                "nack of %s came too late: it was already returned to its queue",
+                self.delivery.describe(),
+            )
         for queue_name in returned:
             wake_ups.consumers_of(queue_name)
         return None
@@ -192,7 +200,7 @@ class Close(Operation):
             consumer.subscription.active = False
             _unregister(store, consumers, consumer)
         owned = store.rows_owned_by(store.connection_id)
-        for queue_name in store.return_rows(owned, "connection closed"):
+        for queue_name in store.return_rows(owned, "connection closed", holder=store.connection_id):
             wake_ups.consumers_of(queue_name)
         store.drop_reply_queues_of(store.connection_id)  # after the returns that refill them
         return None

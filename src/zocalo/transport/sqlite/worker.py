@@ -457,14 +457,16 @@ class Worker:
                 log.warning(
                     "connection %s died holding %d messages; returning them", connection, len(owned)
                 )
-            for queue_name in store.return_rows(owned, f"consumer {connection} died"):
+            for queue_name in store.return_rows(
+                owned, f"consumer {connection} died", holder=connection
+            ):
                 wake_ups.consumers_of(queue_name)
             store.remove_consumers_of(connection)
             store.drop_reply_queues_of(connection)
         expired = store.expired_leases()
         if expired:
             log.warning("%d leases expired (hung consumers?); returning them", len(expired))
-            for queue_name in store.return_rows(expired, "lease expired"):
+            for queue_name in store.return_rows(expired, "lease expired", holder=None):
                 wake_ups.consumers_of(queue_name)
 
     # -- the callback thread ------------------------------------------------
