@@ -11,6 +11,7 @@ what the operation did outside the file.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -118,7 +119,9 @@ class Publish(Operation):
                 else:
                     store.insert(message)
                     wake_ups.consumers_of(message.destination)
-        except (TypeError, ValueError) as error:
+        except sqlite3.Error:
+            raise  # the file's trouble, not this message's: the batch rolls back and retries
+        except Exception as error:  # this message cannot be stored: fail this publish only
             store.undo_savepoint()
             for delivery in self.acks:
                 consumers.restore_inflight(delivery)

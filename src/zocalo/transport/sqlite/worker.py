@@ -275,6 +275,7 @@ class Worker:
 
     # -- the worker thread --------------------------------------------------
     def _work(self) -> None:
+        operations: list[Operation] = []
         try:
             while self.state == "open":
                 self._wait(self._timeout())
@@ -290,7 +291,8 @@ class Worker:
                     return
         except Exception as error:
             self.state = "failed"
-            self._fail(self._drain_operations(), "broker worker failed")
+            # The batch in hand too: nothing else would ever complete its confirmations.
+            self._fail(operations + self._drain_operations(), "broker worker failed")
             # One line, and the owner is told: a runner waiting for deliveries would
             # otherwise sit idle forever on a connection that no longer works.
             self._report_failure(
