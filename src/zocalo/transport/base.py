@@ -111,10 +111,16 @@ def report_dropped(message: Outgoing, why: str) -> None:
     )
 
 
+#: The priorities every transport that orders by priority accepts (see Capability.PRIORITY).
+LOWEST_PRIORITY, HIGHEST_PRIORITY = 0, 255
+
+
 class Capability(enum.Enum):
     """Optional features. A transport refuses what it lacks with UnsupportedFeature."""
 
     DELAY = "delay"
+    #: Higher first; a whole number from LOWEST_PRIORITY to HIGHEST_PRIORITY (AMQP's
+    #: octet), unset counting as the lowest. A broker may allow fewer (ActiveMQ: 0-9).
     PRIORITY = "priority"
     EXPIRATION = "expiration"
     DELIVERY_COUNT = "delivery-count"
@@ -432,6 +438,16 @@ class Transport(ABC):
                     f"{type(self).__name__} cannot honour {capability.value}={value!r} "
                     f"for {message.describe()}"
                 )
+        priority = message.priority
+        if priority is not None and (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or not LOWEST_PRIORITY <= priority <= HIGHEST_PRIORITY
+        ):
+            raise UnsupportedFeature(
+                f"priority must be a whole number from {LOWEST_PRIORITY} to "
+                f"{HIGHEST_PRIORITY}, not {priority!r}, for {message.describe()}"
+            )
 
     def _next_subscription_id(self) -> int:
         with self._id_lock:
