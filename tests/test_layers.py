@@ -64,7 +64,7 @@ PACKAGE = "zocalo"
 #:   nothing higher: it sits just above the package root, below ``dlq`` and
 #:   ``services``, which list a RabbitMQ vhost's dead-letter queues through it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("zocalo.errors",),
+    ("zocalo.errors", "zocalo.private_files"),
     ("zocalo.config",),
     ("zocalo.logs", "zocalo.log_handlers"),
     ("zocalo.transport",),

@@ -99,6 +99,8 @@ def test_a_drop_file_is_what_python_zocalos_pickup_reads(tmp_path) -> None:
     expected = {"headers": submission.headers, "message": submission.body}
     assert path.read_text() == json.dumps(expected, indent=2) + "\n"
     assert [p.name for p in path.parent.iterdir()] == [path.name], "no partial file left"
+    assert path.stat().st_mode & 0o777 == 0o600, "a stored request is private"
+    assert path.parent.stat().st_mode & 0o777 == 0o700
 
 
 def test_a_direct_start_offers_the_dcid_unless_a_parameter_names_one() -> None:

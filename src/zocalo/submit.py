@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from zocalo.errors import ZocaloError
+from zocalo.private_files import write_private
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import REPLY_TO, dumps
@@ -135,17 +136,13 @@ def write_drop_file(directory: str | Path, submission: Submission) -> Path:
     """Store a request the broker could not take as ``<directory>/<uuid4>``.
 
     The format is python-zocalo's (its ``zocalo.pickup`` sends such files on): pretty
-    JSON ``{"headers": ..., "message": ...}`` and a newline. The file appears whole
-    (written beside it, then renamed), so a pickup never reads half a request.
+    JSON ``{"headers": ..., "message": ...}`` and a newline. The file is private and
+    durable before this returns, and appears whole, so a pickup never reads half a
+    request (see :func:`~zocalo.private_files.write_private`).
     """
     folder = Path(directory).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / str(uuid.uuid4())
     text = json.dumps({"headers": submission.headers, "message": submission.body}, indent=2)
-    partial = folder / f".{path.name}.partial"
-    partial.write_text(text + "\n")
-    partial.replace(path)
-    return path
+    return write_private(folder / str(uuid.uuid4()), (text + "\n").encode("utf-8"))
 
 
 def request_parameters(

@@ -228,7 +228,7 @@ class Squares(Service):
 
 def test_wait_prints_each_reply_as_a_json_line_and_nothing_else_on_stdout(recipe_file, tmp_path):
     url = f"sqlite:///{tmp_path}/broker.db"
-    with ServiceThreads([Squares], url):
+    with ServiceThreads([Squares()], url):
         result = run(
             "-f", str(recipe_file), "--direct", "-s", "frames=3", "--results", "2", "--wait=30",
             "--transport", url,

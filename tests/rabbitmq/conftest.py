@@ -18,6 +18,8 @@ import requests
 import trustme
 from tls_node import SecondNode
 
+from rabbit_broker import CREDENTIALS, MANAGEMENT
+
 
 @pytest.fixture(scope="session")
 def tls_ca() -> trustme.CA:
@@ -77,26 +79,24 @@ def operator(rabbitmq_vhost_url: str) -> Iterator[Any]:
     connection.close()
 
 
-#: The machine's RabbitMQ management API.
-API = "http://127.0.0.1:15672/api"
-
-
 @pytest.fixture
 def restricted_user(rabbitmq_vhost_url: str) -> Iterator[str]:
-    """A user who may read and write in the test vhost but declare nothing: its URL."""
-    vhost = unquote(urlsplit(rabbitmq_vhost_url).path[1:])
+    """The URL of a user who may read and write in the test vhost but declare nothing."""
+    vhost = requests.utils.quote(unquote(urlsplit(rabbitmq_vhost_url).path[1:]), safe="")
     name = f"zocalo-test-{uuid.uuid4().hex[:12]}"
-    auth = ("guest", "guest")
     requests.put(
-        f"{API}/users/{name}", json={"password": "pw", "tags": ""}, auth=auth, timeout=10
+        f"{MANAGEMENT}/users/{name}",
+        json={"password": "pw", "tags": ""},
+        auth=CREDENTIALS,
+        timeout=10,
     ).raise_for_status()
     try:
         requests.put(
-            f"{API}/permissions/{requests.utils.quote(vhost, safe='')}/{name}",
+            f"{MANAGEMENT}/permissions/{vhost}/{name}",
             json={"configure": "^$", "write": ".*", "read": ".*"},
-            auth=auth,
+            auth=CREDENTIALS,
             timeout=10,
         ).raise_for_status()
         yield rabbitmq_vhost_url.replace("guest:guest@", f"{name}:pw@", 1)
     finally:
-        requests.delete(f"{API}/users/{name}", auth=auth, timeout=10)
+        requests.delete(f"{MANAGEMENT}/users/{name}", auth=CREDENTIALS, timeout=10)

@@ -303,6 +303,45 @@ def test_retry_delay_grows():
     assert [settings.delay_before(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
 
 
+def test_the_pause_after_thousands_of_refusals_in_a_row_is_still_a_number():
+    """``2.0 ** 1025`` overflows: the growth stops long before, and the hold is capped."""
+    from zocalo.service import RunnerSettings
+    from zocalo.service.settlement import MAX_HOLD_SECONDS
+
+    settings = RunnerSettings(retry_delay=1.0, retry_backoff=2.0)
+    assert settings.delay_before(5000) == settings.delay_before(33) == 2.0**32
+    assert min(settings.delay_before(5000), MAX_HOLD_SECONDS) == MAX_HOLD_SECONDS
+
+
+def test_an_input_whose_refusal_cannot_be_held_back_still_returns(collector):
+    """Whatever goes wrong in the confirm callback (a transport's thread, whose executor
+    swallows errors), the refused input goes back to its queue at once, never stranded."""
+    import threading
+
+    from zocalo.service import RunnerSettings
+    from zocalo.service.runner_settings import RunnerStats
+    from zocalo.service.settlement import Settlement
+    from zocalo.transport import Outgoing, create_transport
+
+    class BrokenPause(RunnerSettings):
+        def delay_before(self, attempt: int) -> float:
+            raise RuntimeError("no pause today")
+
+    queue = f"runner.{uuid.uuid4().hex[:10]}.work"
+    # A delayed confirm: the refusal arrives through the confirmation's callback.
+    with create_transport(f"memory://held-{uuid.uuid4().hex}?confirm_delay=0.01") as transport:
+        transport.send(queue, b"input")
+        received = collector()
+        transport.subscribe(queue, received, prefetch=1)
+        [delivery] = received.wait_for_count(1)
+        settlement = Settlement(transport, BrokenPause(), RunnerStats())
+        uncopyable = Outgoing(f"{queue}.out", b"output", {"lock": threading.Lock()})
+        settlement.settle(delivery, [uncopyable])
+        again = received.wait_for_count(2)[1]
+        assert again.body == b"input" and again.redelivered
+        assert settlement.stats.snapshot()["publish_failed"] == 1
+
+
 def test_unknown_channel_is_logged_and_counted_not_silent(
     client, work, recipe, results, dead, start_service, caplog
 ):

@@ -194,3 +194,38 @@ def test_a_hung_consumer_loses_its_lease_and_a_live_one_keeps_it(
             assert owner == 1
         finally:
             hung.signal_group(signal.SIGCONT)
+
+
+@pytest.mark.parametrize("requeue", [True, False], ids=["requeue", "dead-letter"])
+def test_a_stale_holders_nack_leaves_the_row_to_its_new_owner(tmp_path, collector, caplog, requeue):
+    """A consumer frozen past its lease loses the row to another; its late nack must
+    neither requeue nor dead-letter what the other consumer now holds (as a late ack
+    deletes nothing)."""
+    url = f"sqlite:///{tmp_path}/broker.db?reap_interval=3600"
+    database = tmp_path / "broker.db"
+    with create_transport(url) as stale, create_transport(url) as new_owner:
+        stale.send("work", "m")
+        received = collector()
+        stale.subscribe("work", received, prefetch=1)
+        [delivery] = received.wait_for_count(1)
+        # Behind the stale holder's back: its lease was reaped, the other claimed the row.
+        claimer = new_owner._worker.connection_id  # type: ignore[attr-defined]
+        db = sqlite3.connect(database, timeout=30)
+        try:
+            with db:
+                db.execute(
+                    "UPDATE messages SET owner = ?, delivery_count = 2 WHERE queue = 'work'",
+                    (claimer,),
+                )
+        finally:
+            db.close()
+
+        stale.nack(delivery, requeue=requeue, reason="handler failed")
+        stale.publish([Outgoing("elsewhere", b"after the nack")]).result(10)  # applied
+
+        held = f"SELECT COUNT(*) FROM messages WHERE queue = 'work' AND owner = '{claimer}' "
+        assert _count(database, held + "AND delivery_count = 2 AND history IS NULL") == 1
+        assert _count(database, "SELECT COUNT(*) FROM messages WHERE queue LIKE '%dlq%'") == 0
+    assert any(
+        "nack of" in r.getMessage() and "came too late" in r.getMessage() for r in caplog.records
+    )

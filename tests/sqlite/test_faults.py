@@ -11,6 +11,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from zocalo.errors import ConnectionFailed, PublishFailed
 from zocalo.transport import Outgoing, create_transport
 
 
@@ -109,6 +112,37 @@ def test_close_after_the_worker_thread_died_returns_what_it_held(tmp_path, colle
         other.subscribe("held", rescuer)
         (rescued,) = rescuer.wait_for_count(1, timeout=10)
     assert rescued.body == b"m" and rescued.redelivered
+
+
+def test_a_publish_the_file_cannot_store_fails_alone_and_the_worker_goes_on(tmp_path, collector):
+    """Not only TypeError and ValueError: whatever storing one message raises (here an
+    OverflowError) fails that publish, naming it, and nothing else."""
+    with create_transport(f"sqlite:///{tmp_path}/broker.db") as transport:
+        transport.send("in", "input")
+        received = collector()
+        transport.subscribe("in", received)
+        [delivery] = received.wait_for_count(1)
+        unstorable = transport.publish([Outgoing("later", b"x", delay=10**400)], ack=delivery)
+        fine = transport.publish([Outgoing("out", b"fine")])
+        with pytest.raises(PublishFailed, match=r"queue 'later'.*too large") as failed:
+            unstorable.result(10)
+        assert "\n" not in str(failed.value)
+        fine.result(10)
+        transport.ack(delivery)  # still ours: the failed publish did not ack it
+        out = collector(ack_with=transport)
+        transport.subscribe("out", out)
+        assert [d.body for d in out.wait_for_count(1)] == [b"fine"]
+        assert transport.connected
+
+
+def test_the_batch_in_hand_when_the_worker_dies_is_failed_not_stranded(tmp_path):
+    """Its confirmations fail at once; nobody waits out their timeout."""
+    with create_transport(f"sqlite:///{tmp_path}/broker.db") as transport:
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed, match="broker worker failed"):
+            transport.bind_queue("kept", "news", expires=10**400)  # kills the worker
+        assert time.monotonic() - started < 10
+        assert not transport.connected
 
 
 def _stop_outside_a_transaction(process, write_lock: Path) -> None:

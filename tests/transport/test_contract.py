@@ -939,6 +939,25 @@ def test_publish_with_settled_input_fails_and_publishes_nothing(
     assert news.bodies == [SENTINEL]
 
 
+@pytest.mark.parametrize("priority", [2**70, -1, 256, 1.5, True], ids=repr)
+def test_a_priority_out_of_range_is_refused_in_one_line_and_the_transport_goes_on(
+    transport: Transport, collector: Callable, name: Callable, priority: Any
+) -> None:
+    """No transport stores what it cannot order by (SQLite once lost its worker to
+    ``priority=2**70``, and every confirmation of that batch with it)."""
+    queue, inputs = name("q"), name("in")
+    transport.send(inputs, b"input")
+    received = collector()
+    transport.subscribe(inputs, received)
+    [delivery] = received.wait_for_count(1)
+    with pytest.raises(UnsupportedFeature, match="priority") as refused:
+        transport.publish([Outgoing(queue, b"x", priority=priority)], ack=delivery).result(DEADLINE)
+    assert "\n" not in str(refused.value)
+    transport.ack(delivery)  # still ours: the refused publish did not ack it
+    transport.publish([Outgoing(queue, b"after")]).result(DEADLINE)
+    assert drain(transport, queue, collector) == [b"after"]
+
+
 @pytest.mark.parametrize(
     ("capability", "outgoing", "named"),
     [

@@ -28,13 +28,27 @@ import json
 import os
 import re
 import time
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zocalo.dlq.errors import UnreadableFile
+from zocalo.private_files import (  # re-exported: the dlq tools' files
+    SameContent as SameContent,
+)
+from zocalo.private_files import (
+    fsync_directory as fsync_directory,
+)
+from zocalo.private_files import (
+    make_private_directories as make_private_directories,
+)
+from zocalo.private_files import (
+    read_bytes_or_empty,
+)
+from zocalo.private_files import (
+    write_private as write_private,
+)
 from zocalo.transport.dead_letters import DLQ_HISTORY_HEADER
 
 #: The key naming how a body that is not JSON was kept.
@@ -44,7 +58,6 @@ ENCODINGS = ("text", "base64")
 MESSAGE_ID_HEADER = "message-id"
 _UNSAFE = re.compile(r"[^a-zA-Z0-9._-]+")
 #: ``same(existing, new)``: whether an existing file already holds what is being written.
-SameContent = Callable[[bytes, bytes], bool]
 
 
 @dataclass(frozen=True)
@@ -207,7 +220,7 @@ def _earlier_export(
             base, _, number = rest.rpartition("-")
             if rest != suffix and not (base == suffix and number.isdigit()):
                 continue
-            if _same_message(_read_bytes(directory / name), data):
+            if _same_message(read_bytes_or_empty(directory / name), data):
                 return directory / name
     return None
 
@@ -222,80 +235,6 @@ def _same_message(existing: bytes, new: bytes) -> bool:
         return False
     keys = ("header", "message", ENCODING_KEY)
     return all(old.get(key) == fresh.get(key) for key in keys)
-
-
-def write_private(path: Path, data: bytes, *, same: SameContent | None = None) -> Path:
-    """Create ``path`` (``0600``, its new directories ``0700``) holding ``data``, durably.
-
-    Never overwrites: if ``path`` exists and ``same(existing, data)`` says it holds the
-    same thing, it is returned as it is; otherwise ``-2``, ``-3``, ... is added to the
-    name. The data is written to a temporary file that is fsynced and then linked to
-    its name, so a reader never sees a partial file, and the directory is fsynced.
-    """
-    directory = path.parent
-    make_private_directories(directory)
-    temporary = directory / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            os.fchmod(descriptor, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view) :]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        final = _link_unused(temporary, path, data, same)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fsync_directory(directory)
-    return final
-
-
-def _link_unused(temporary: Path, path: Path, data: bytes, same: SameContent | None) -> Path:
-    candidate, number = path, 1
-    while True:
-        try:
-            os.link(temporary, candidate)
-            return candidate
-        except FileExistsError:
-            if same is not None and same(_read_bytes(candidate), data):
-                return candidate
-            number += 1
-            candidate = path.with_name(f"{path.name}-{number}")
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
-
-
-def make_private_directories(directory: Path) -> None:
-    """Create ``directory`` and its missing parents ``0700``; existing ones stay as they are."""
-    missing: list[Path] = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    for new in reversed(missing):
-        try:
-            os.mkdir(new, 0o700)
-        except FileExistsError:
-            continue
-        os.chmod(new, 0o700)  # the umask may have taken bits away; never adds any
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the names in ``directory`` survive a crash."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def read_dead_letter(path: Path | str) -> DeadLetterFile:

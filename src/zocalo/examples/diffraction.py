@@ -18,6 +18,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from zocalo.errors import InvalidMessage
+
 #: Width and height of the demo's images, in pixels.
 SIZE = 64
 #: A pixel belongs to a spot when it is this many noise deviations above the background.
@@ -28,7 +30,7 @@ MIN_PIXELS = 2
 SPOTS_PER_IMAGE = (3, 24)
 
 
-class NotAnImage(ValueError):
+class NotAnImage(InvalidMessage):  # an InvalidMessage is a ValueError too
     """A file that is not an 8-bit binary PGM image."""
 
 

@@ -21,6 +21,8 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any
 
+from zocalo.errors import InvalidMessage
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
@@ -33,7 +35,7 @@ _QUERY = (
 )
 
 
-class UnknownCollection(LookupError):
+class UnknownCollection(InvalidMessage, LookupError):
     """The request's data collection is not in the facility database."""
 
 

@@ -20,8 +20,20 @@ class HeldReturns:
         self._lock = threading.Lock()
         self._timers: dict[threading.Timer, Callable[[], None]] = {}
         self._flushed = False
-        #: Refusals in a row: the pause doubles with each, and resets on a success.
-        self.in_a_row = 0
+        # Refusals in a row: the pause doubles with each, and resets on a success.
+        # Counted from the runner thread and the transport's confirm threads alike.
+        self._in_a_row = 0
+
+    def refused(self) -> int:
+        """Count one more refusal in a row; how many there are now."""
+        with self._lock:
+            self._in_a_row += 1
+            return self._in_a_row
+
+    def accepted(self) -> None:
+        """A publish went through: the next refusal starts the pauses over."""
+        with self._lock:
+            self._in_a_row = 0
 
     def hold(self, pause: float, give_back: Callable[[], None]) -> None:
         """Call ``give_back`` after ``pause`` seconds; at once after :meth:`flush`."""

@@ -1,7 +1,7 @@
 """The runner: turns deliveries into handler calls, and handler results into acks.
 
 Deliveries arrive on transport threads. On a transport that calls every
-callback on one thread (``serial_callbacks``: SQLite, RabbitMQ) the handler
+callback on one thread (``serial_callbacks``: SQLite, RabbitMQ, STOMP) the handler
 runs right there; otherwise deliveries are queued for the caller of
 :meth:`ServiceRunner.run`. Either way one message is handled at a time, so
 user code is plain and single-threaded. After a handler returns, its outputs

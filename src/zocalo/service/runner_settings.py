@@ -13,6 +13,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from zocalo.service.base import HandlerSpec
 
+#: Growth stops after this many doublings: far past any useful delay (2**32 s is
+#: over a century), and the power stays a float long after a run of refusals
+#: (``2.0 ** 1025`` overflows).
+MAX_BACKOFF_STEPS = 32
+
 
 @dataclass
 class RunnerSettings:
@@ -30,8 +35,10 @@ class RunnerSettings:
     max_hops: int = 1000
 
     def delay_before(self, attempt: int) -> float:
-        """Delay before retry number ``attempt`` (1-based): grows geometrically."""
-        return self.retry_delay * self.retry_backoff ** (attempt - 1)
+        """Delay before retry number ``attempt`` (1-based): grows geometrically,
+        for at most :data:`MAX_BACKOFF_STEPS` steps."""
+        steps = min(max(attempt - 1, 0), MAX_BACKOFF_STEPS)
+        return self.retry_delay * self.retry_backoff**steps
 
     def max_attempts_of(self, spec: HandlerSpec) -> int:
         """How many times a message of ``spec``'s handler may fail: its own limit, or ours."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-from zocalo.errors import ZocaloError
+from zocalo.errors import PublishFailed, ZocaloError
 from zocalo.service.held import HeldReturns
 from zocalo.service.runner_settings import RunnerSettings, RunnerStats
 from zocalo.transport.base import Delivery, Outgoing, Transport
@@ -83,20 +83,38 @@ class Settlement:
         return True
 
     def _confirmed(self, done: Future, delivery: Delivery) -> None:
+        """The broker answered (on a transport's thread, whose executor would swallow
+        anything raised here): an input not acked is always held or given back."""
         with self._all_settled:
             self._pending.discard(done)
             self._all_settled.notify_all()
+        if done.cancelled():
+            self._refused(delivery, PublishFailed("the publish was cancelled"))
+            return
         error = done.exception()
         if error is not None:
             self._refused(delivery, error)
         else:
-            self._held.in_a_row = 0
+            self._held.accepted()
 
     def _refused(self, delivery: Delivery, error: BaseException) -> None:
-        """Return the input unacknowledged, after a pause that grows while refusals go on."""
+        """Return the input unacknowledged, after a pause that grows while refusals go on;
+        at once if even that goes wrong, so that it is never stranded."""
         self.stats.add("publish_failed")
-        self._held.in_a_row += 1
-        pause = min(self.settings.delay_before(self._held.in_a_row), MAX_HOLD_SECONDS)
+        try:
+            self._hold_back(delivery, error)
+        except Exception as bug:
+            log.error(
+                "could not hold back %s (%s: %s); it returns to its queue now",
+                delivery.describe(),
+                type(bug).__name__,
+                bug,
+            )
+            if delivery.ackable:
+                self.give_back(delivery, f"outputs not accepted: {error}")
+
+    def _hold_back(self, delivery: Delivery, error: BaseException) -> None:
+        pause = min(self.settings.delay_before(self._held.refused()), MAX_HOLD_SECONDS)
         log.error(
             "outputs of %s were not accepted, so it is not acknowledged and returns "
             "to its queue in %.1f s: %s",

@@ -17,7 +17,9 @@ A recipe step on queue ``zocalo.join``; only its ``parameters`` say what to do::
     a payload field that numbers the parts: they are sent in its order, and two
     parts with the same index are one part (a redelivery, or an upstream service
     that ran twice). Without it, each message is a part and a redelivered
-    message is recognised by its message id.
+    message is recognised by its message id (give ``index`` when the senders set
+    no message id: python-workflows does not, and a broker's stand-in id is not
+    stable across deliveries on every transport).
 ``timeout``
     seconds from the first part (default 3600). Then what has arrived goes to the
     ``timeout`` output channel, else the ``error`` channel, else the recipe's

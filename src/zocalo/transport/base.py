@@ -2,7 +2,8 @@
 
 A transport is one connection to a broker. It moves opaque byte bodies with
 headers; it knows nothing of recipes. Callbacks run on a thread the transport
-owns, so they must be quick (the service runner only enqueues deliveries).
+owns, one at a time (``serial_callbacks``: the service runner calls handlers right
+there), never on the thread that talks to the broker.
 
 The central primitive is :meth:`Transport.publish`: publish a batch of
 outgoing messages and, once the broker has accepted *all* of them, acknowledge
@@ -110,10 +111,16 @@ def report_dropped(message: Outgoing, why: str) -> None:
     )
 
 
+#: The priorities every transport that orders by priority accepts (see Capability.PRIORITY).
+LOWEST_PRIORITY, HIGHEST_PRIORITY = 0, 255
+
+
 class Capability(enum.Enum):
     """Optional features. A transport refuses what it lacks with UnsupportedFeature."""
 
     DELAY = "delay"
+    #: Higher first; a whole number from LOWEST_PRIORITY to HIGHEST_PRIORITY (AMQP's
+    #: octet), unset counting as the lowest. A broker may allow fewer (ActiveMQ: 0-9).
     PRIORITY = "priority"
     EXPIRATION = "expiration"
     DELIVERY_COUNT = "delivery-count"
@@ -273,7 +280,8 @@ class Transport(ABC):
 
     def hand_over(self, subscription: Subscription, delivery: Delivery) -> None:
         """Run ``subscription``'s callback on ``delivery``; a callback that raises
-        gets one log line and its message back on the queue (never a dead thread).
+        is logged with its traceback (it is a bug: the runner's own callback never
+        raises) and its message goes back on the queue (never a dead thread).
 
         Every transport's callback thread calls this, so what a raising callback
         means is decided here once.
@@ -458,6 +466,16 @@ class Transport(ABC):
                     f"{type(self).__name__} cannot honour {capability.value}={value!r} "
                     f"for {message.describe()}"
                 )
+        priority = message.priority
+        if priority is not None and (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or not LOWEST_PRIORITY <= priority <= HIGHEST_PRIORITY
+        ):
+            raise UnsupportedFeature(
+                f"priority must be a whole number from {LOWEST_PRIORITY} to "
+                f"{HIGHEST_PRIORITY}, not {priority!r}, for {message.describe()}"
+            )
 
     def _next_subscription_id(self) -> int:
         with self._id_lock:

@@ -2,11 +2,12 @@
 
 A message moves to ``dlq.<queue>`` either from the broker (delivered too often,
 rejected) or from the service runner (failed its last attempt, malformed). Either
-way it carries the same three headers, so the dead-letter tools read one format:
-why (``zocalo-dlq-reason``), from where (``zocalo-dlq-queue``) and what happened
-before (``zocalo-dlq-history``, oldest first). The broker's own headers are
-dropped: RabbitMQ silently discards a message whose ``x-death`` says it has
-travelled that dead-letter path before.
+way it carries the same three headers, so the dead-letter tools read one set of
+names: why (``zocalo-dlq-reason``), from where (``zocalo-dlq-queue``) and what
+happened before (``zocalo-dlq-history``, oldest first: the runner's failure reasons
+as text, a broker's returned deliveries as objects with queue, reason, count, time).
+The broker's own headers are dropped: RabbitMQ silently discards a message whose
+``x-death`` says it has travelled that dead-letter path before.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 A :meth:`~zocalo.transport.base.Transport.publish` call is one batch: its
 messages go out on the publishing channel in confirm mode with
-``mandatory`` set, each numbered by the channel's confirm sequence. The
-broker answers each number with an ack or a nack (``multiple`` covers every
+``mandatory`` set (where :func:`~zocalo.transport.rabbitmq.topology.mandatory`
+says), each numbered by the channel's confirm sequence. The broker
+answers each number with an ack or a nack (``multiple`` covers every
 number up to it) and, before the ack, returns a message it could not route.
 When the last message of a batch is answered the batch completes: every
 input it carries is acked, or, if any message was refused or returned, none
@@ -38,7 +39,7 @@ from zocalo.transport.base import (
 )
 from zocalo.transport.rabbitmq.connection import Connection
 from zocalo.transport.rabbitmq.headers import to_amqp
-from zocalo.transport.rabbitmq.topology import Route
+from zocalo.transport.rabbitmq.topology import Route, mandatory
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,17 @@ class Publisher:
             self._open_channel(reopened)
 
     def abandon(self, why: str) -> None:
-        """Every unconfirmed batch fails with ``why``: its confirms will never come."""
-        for batch, _, _ in list(self._unconfirmed.values()):
-            if not batch.future.done():
-                batch.future.set_exception(PublishFailed(why))
+        """Every unconfirmed batch fails with ``why``: its confirms will never come.
+
+        Each fails as any other failed batch does, its inputs given back: left
+        taken, they could never be settled again, and the consumer's prefetch
+        would fill with them until it received nothing more.
+        """
+        batches = {id(batch): batch for batch, _, _ in self._unconfirmed.values()}
         self._unconfirmed.clear()
+        self._returned.clear()
+        for batch in batches.values():
+            self.fail(batch, why)
 
     # -- publishing -------------------------------------------------------------
     def publish(self, messages: list[Outgoing], batch: Batch, routes: list[Route]) -> None:
@@ -135,7 +142,8 @@ class Publisher:
     def _publish_each(
         self, publisher: Channel, messages: list[Outgoing], batch: Batch, routes: list[Route]
     ) -> None:
-        for message, (exchange, routing_key, extra) in zip(messages, routes, strict=True):
+        for message, route in zip(messages, routes, strict=True):
+            exchange, routing_key, extra = route
             message_id = f"{self._id_prefix}{next(self._ids)}"
             try:
                 properties = BasicProperties(
@@ -152,7 +160,11 @@ class Publisher:
                     timestamp=int(time.time()) if message.broadcast else None,
                 )
                 publisher.basic_publish(
-                    exchange, routing_key, message.body, properties, mandatory=not message.broadcast
+                    exchange,
+                    routing_key,
+                    message.body,
+                    properties,
+                    mandatory=mandatory(message, route),
                 )
             except Exception as error:
                 # pika encodes the whole frame before sending any of it: nothing of this

@@ -26,6 +26,8 @@ to be older than asked, or expired, is left out here.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import logging
 import queue
 import threading
@@ -40,6 +42,7 @@ from pika.spec import Basic, BasicProperties
 
 from zocalo.errors import TransportError
 from zocalo.transport.base import Confirmation, Delivery, Subscription
+from zocalo.transport.dead_letters import without_broker_headers
 from zocalo.transport.rabbitmq.connection import Connection
 from zocalo.transport.rabbitmq.headers import from_amqp, translate_dead_letter
 from zocalo.transport.rabbitmq.topology import Topology
@@ -107,6 +110,11 @@ class Consumers:
     def _dispatch(self) -> None:
         while (item := self._callbacks.get()) is not None:
             consumer, delivery = item
+            if delivery.ackable and not delivery.receipt[0].is_open:
+                # The broker returns what a closed channel held and redelivers it,
+                # maybe to another consumer: handling this copy too would duplicate it.
+                log.debug("dropped %s: its channel closed before its turn", delivery.describe())
+                continue
             self._hand_over(consumer.subscription, delivery)
 
     # -- starting and stopping consumers ----------------------------------------
@@ -277,7 +285,8 @@ class Consumers:
         properties: BasicProperties,
         body: bytes,
     ) -> None:
-        headers = from_amqp(properties.headers or {})
+        raw_headers = from_amqp(properties.headers or {})
+        headers = dict(raw_headers)
         count = int(headers.pop("x-delivery-count", 0) or 0)
         if consumer.subscription.replay:  # a kept broadcast, read from the topic's stream
             headers.pop("x-stream-offset", None)
@@ -288,7 +297,8 @@ class Consumers:
         tag = method.delivery_tag
         delivery = Delivery(
             subscription=consumer.subscription,
-            message_id=properties.message_id or f"{consumer.subscription.id}:{tag}",
+            message_id=properties.message_id
+            or content_id(consumer.subscription.destination, body, raw_headers),
             body=body,
             headers=headers,
             delivery_count=count + 1,
@@ -347,3 +357,22 @@ def _left_out(properties: BasicProperties, replay_from: float) -> bool:
     except ValueError:
         return False
     return expiration is not None and published + expiration <= time.time()
+
+
+def content_id(source: str, body: bytes, headers: dict[str, Any]) -> str:
+    """A message id for a message published without one (python-workflows sends none).
+
+    Services keep message ids as durable identities (a join's parts, the first
+    id a database step saw), so the id must be the same on every delivery of
+    the message, on any channel, after any restart: it is derived from what
+    the message is, never from how it was delivered. The broker's own headers
+    change as it travels (``x-delivery-count``, ``x-death``) and are left out.
+    """
+    digest = hashlib.sha256()
+    digest.update(source.encode())
+    digest.update(b"\0")
+    digest.update(body)
+    digest.update(b"\0")
+    stable = without_broker_headers(headers)
+    digest.update(json.dumps(stable, sort_keys=True, default=str).encode())
+    return f"sha256:{digest.hexdigest()[:32]}"

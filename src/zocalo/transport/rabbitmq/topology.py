@@ -15,7 +15,6 @@ never on the I/O thread (they would wait on it).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
@@ -51,6 +50,18 @@ _DECLARE_METHODS = {
     "bind_queue": "queue_bind",
     "bind_exchange": "exchange_bind",
 }
+
+
+def mandatory(message: Outgoing, route: Route) -> bool:
+    """Whether the broker is to return ``message`` when it cannot route it.
+
+    A broadcast reaches whoever listens, maybe nobody. The delayed-message
+    plugin's exchange stores a message to route it later and answers
+    ``mandatory`` with a 312 NO_ROUTE return although it keeps the message:
+    the batch would fail for a message that is delivered.
+    """
+    exchange = route[0]
+    return not message.broadcast and exchange != PLUGIN_DELAY_EXCHANGE
 
 
 class Topology:
@@ -214,8 +225,12 @@ class Topology:
         if topic in self._known_exchanges:
             return
         if not self._exists("exchange_declare", exchange=topic):
-            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+            try:
                 self._rpc("exchange_declare", exchange=topic, exchange_type="fanout", durable=True)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                # Not cached: a publish to an exchange that does not exist closes the
+                # publishing channel, failing every batch still awaiting confirms.
+                raise TransportError(f"cannot declare exchange {topic!r}: {error}") from None
         self._known_exchanges.add(topic)
 
     def declare_again(self, queue: str, bind_to: str | None) -> None:

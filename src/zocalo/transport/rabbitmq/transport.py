@@ -29,6 +29,7 @@ connection, its I/O thread, hand-off to it, reconnect), :mod:`.topology`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -247,7 +248,13 @@ class RabbitMQTransport(Transport):
             )
             channel.basic_reject(tag, requeue=False)
 
-        batch.future.add_done_callback(lambda done: self._connection.soon(lambda: settle(done)))
+        def settle_soon(done: Future[None]) -> None:
+            # Without a connection the original cannot be settled, and need not be:
+            # the broker returns it with the rest of what the connection held.
+            with contextlib.suppress(ConnectionFailed):
+                self._connection.soon(lambda: settle(done))
+
+        batch.future.add_done_callback(settle_soon)
         route: Route = ("", copy.destination, {})
         self._connection.soon(lambda: self._publisher.publish([copy], batch, [route]))
 

@@ -11,6 +11,7 @@ what the operation did outside the file.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,8 +69,16 @@ class Nack(Settle):
 
     def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
         returned = store.return_rows(
-            [self.delivery.receipt], self.reason, dead_letter=not self.requeue
+            [self.delivery.receipt],
+            self.reason,
+            holder=store.connection_id,
+            dead_letter=not self.requeue,
         )
+        if not returned:
+            log.warning(
+                "nack of %s came too late: it was already returned to its queue",
+                self.delivery.describe(),
+            )
         for queue_name in returned:
             wake_ups.consumers_of(queue_name)
         return None
@@ -110,7 +119,9 @@ class Publish(Operation):
                 else:
                     store.insert(message)
                     wake_ups.consumers_of(message.destination)
-        except (TypeError, ValueError) as error:
+        except sqlite3.Error:
+            raise  # the file's trouble, not this message's: the batch rolls back and retries
+        except Exception as error:  # this message cannot be stored: fail this publish only
             store.undo_savepoint()
             for delivery in self.acks:
                 consumers.restore_inflight(delivery)
@@ -205,7 +216,7 @@ class Close(Operation):
             consumer.subscription.active = False
             _unregister(store, consumers, consumer)
         owned = store.rows_owned_by(store.connection_id)
-        for queue_name in store.return_rows(owned, "connection closed"):
+        for queue_name in store.return_rows(owned, "connection closed", holder=store.connection_id):
             wake_ups.consumers_of(queue_name)
         store.drop_reply_queues_of(store.connection_id)  # after the returns that refill them
         return None

@@ -247,19 +247,27 @@ class Store:
 
     # -- returning and dead-lettering ---------------------------------------
     def return_rows(
-        self, row_ids: list[int], reason: str, *, dead_letter: bool = False
+        self, row_ids: list[int], reason: str, *, holder: str | None, dead_letter: bool = False
     ) -> list[str]:
         """Give rows back to their queues, or dead-letter them (limit or ``dead_letter``).
 
+        Only rows ``holder`` (a connection id) still holds are touched, as an ack
+        deletes only its own: a holder whose lease was reaped while it stood still
+        must not return a row another consumer has claimed since. ``None`` is for
+        the reaper's expired leases, found in this same transaction.
+
         Each row's history records this delivery and ``reason``. Returns the queue
-        each row went to (for wake-ups); rows already gone are skipped.
+        each row went to (for wake-ups); rows already gone, or no longer
+        ``holder``'s, are skipped.
         """
         now = time.time()
         targets: list[str] = []
+        select = "SELECT queue, headers, history, delivery_count FROM messages WHERE id = ?"
+        if holder is not None:
+            select += " AND owner = ?"
         for row_id in row_ids:
             row = self._execute(
-                "SELECT queue, headers, history, delivery_count FROM messages WHERE id = ?",
-                (row_id,),
+                select, (row_id,) if holder is None else (row_id, holder)
             ).fetchone()
             if row is None:
                 continue

@@ -275,6 +275,7 @@ class Worker:
 
     # -- the worker thread --------------------------------------------------
     def _work(self) -> None:
+        operations: list[Operation] = []
         try:
             while self.state == "open":
                 self._wait(self._timeout())
@@ -290,7 +291,8 @@ class Worker:
                     return
         except Exception as error:
             self.state = "failed"
-            self._fail(self._drain_operations(), "broker worker failed")
+            # The batch in hand too: nothing else would ever complete its confirmations.
+            self._fail(operations + self._drain_operations(), "broker worker failed")
             # One line, and the owner is told: a runner waiting for deliveries would
             # otherwise sit idle forever on a connection that no longer works.
             self._report_failure(
@@ -457,14 +459,16 @@ class Worker:
                 log.warning(
                     "connection %s died holding %d messages; returning them", connection, len(owned)
                 )
-            for queue_name in store.return_rows(owned, f"consumer {connection} died"):
+            for queue_name in store.return_rows(
+                owned, f"consumer {connection} died", holder=connection
+            ):
                 wake_ups.consumers_of(queue_name)
             store.remove_consumers_of(connection)
             store.drop_reply_queues_of(connection)
         expired = store.expired_leases()
         if expired:
             log.warning("%d leases expired (hung consumers?); returning them", len(expired))
-            for queue_name in store.return_rows(expired, "lease expired"):
+            for queue_name in store.return_rows(expired, "lease expired", holder=None):
                 wake_ups.consumers_of(queue_name)
 
     # -- the callback thread ------------------------------------------------

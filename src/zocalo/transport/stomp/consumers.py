@@ -137,7 +137,7 @@ class Consumers:
             consumer, delivery, dead = item
             if dead is not None:
                 self._dead_letter(delivery, dead)
-            elif consumer.subscription.active:
+            else:  # also after an unsubscribe, as every transport: the callback settles it
                 self._hand_over(consumer.subscription, delivery)
 
     # -- subscribing ---------------------------------------------------------------
