@@ -44,7 +44,6 @@ import json
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -56,20 +55,14 @@ sys.path.insert(1, str(BENCH_DIR.parent / "tests"))  # the tests' private broker
 from embedded import (  # noqa: E402
     Collector,
     ZocaloSystem,
-    backlog_summary,
     choose,
     cpu_seconds,
-    group_cpu,
-    group_pids,
-    median_result,
-    run_summary,
-    self_cpu,
     spawn,
     stop_all,
 )
 
 from activemq_broker import USER, PrivateActiveMQ  # noqa: E402
-from rabbitmq import Mode, pss_mib  # noqa: E402
+from rabbitmq import Mode, measure, print_results  # noqa: E402
 from zocalo.transport.base import Delivery, Outgoing  # noqa: E402
 from zocalo.transport.registry import create_transport  # noqa: E402
 
@@ -174,58 +167,16 @@ def run_once(
     collector = Collector(WARMUP, mode.count)
     system = SYSTEM_CLASSES[system_name](workdir, collector, mode)  # type: ignore[arg-type]
     system.broker, system.prefetch = broker, prefetch
-    broker_pid = broker.pid
-    try:
-        system.start()
-        for number in range(-WARMUP, 0):
-            system.send({"n": number, "t": time.time()})
-        system.flush()
-        if not collector.warmed.wait(90):
-            raise RuntimeError(f"{system_name}: warm-up messages did not come through")
-        leaders = [child.pid for child in system.children]
-        memory: dict[str, Any] = {}
-        if mode.name == "burst":  # step 1's processes, idle after the warm-up
-            time.sleep(1.0)
-            step1 = group_pids(leaders[0])
-            memory = {"idle_pss_mib": pss_mib(step1), "idle_pss_processes": len(step1)}
-        cpu_before = sum(group_cpu(leaders).values()) + self_cpu()
-        broker_before = cpu_seconds(broker_pid)
-        samples: list[int] = []
-        started = time.time()
-        wall_started = time.monotonic()
-        for number in range(mode.count):
-            if mode.rate:
-                delay = wall_started + number / mode.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                if number % int(mode.rate) == 0:
-                    samples.append(number - collector.count())
-            system.send({"n": number, "t": time.time()})
-        system.flush()
-        if mode.rate:  # the end of the schedule, not of the sending loop
-            time.sleep(max(0.0, wall_started + mode.count / mode.rate - time.monotonic()))
-        received_at_end = collector.count()
-        sent_for = time.monotonic() - wall_started
-        collector.done.wait(180 if not mode.rate else 60)
-        cpu_after = sum(group_cpu(leaders).values()) + self_cpu()
-        broker_after = cpu_seconds(broker_pid)
-        window = time.monotonic() - wall_started
-    finally:
-        system.close()
-    result = run_summary(system_name, mode, collector, started, cpu_after - cpu_before)
-    result.update(
-        {
-            "cpu_pct": round(100 * (cpu_after - cpu_before) / window, 1),
-            "broker_cpu_s": round(broker_after - broker_before, 2),
-            "prefetch": prefetch if system_name == "zocalo-stomp" else "broker default",
-            **memory,
-        }
+    labels = {"prefetch": prefetch if system_name == "zocalo-stomp" else "broker default"}
+    return measure(
+        system,
+        collector,
+        mode,
+        lambda: cpu_seconds(broker.pid),
+        labels,
+        warm_up_wait=90,
+        done_wait=180,
     )
-    if mode.rate:
-        result["sent_for_s"] = round(sent_for, 2)
-    if mode.name == "stream":
-        result.update(backlog_summary(mode, received_at_end, samples))
-    return result
 
 
 def main() -> None:
@@ -239,7 +190,6 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     systems, chosen = choose(parser, args, SYSTEMS, modes(args.quick))
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
     try:
         with (
             tempfile.TemporaryDirectory(prefix="zocalo-activemq-") as tmp,
@@ -258,20 +208,16 @@ def main() -> None:
                             print(json.dumps(result), file=sys.stderr, flush=True)
     finally:
         stop_all()
-    for key, results in runs.items():
-        merged[key] = median_result(results) if repeats > 1 else results[0]
-        print(json.dumps(merged[key]), flush=True)
-    for mode_name, field, label in (
-        ("burst", "msgs_per_s", "zocalo/workflows"),
-        ("paced", "p50_ms", "zocalo/workflows"),
-        ("stream", "p99_ms", "zocalo/workflows"),
-    ):
-        ours = merged.get((mode_name, "zocalo-stomp"))
-        theirs = merged.get((mode_name, "workflows-stomp"))
-        if ours and theirs and ours.get(field) is not None and theirs.get(field):
-            value = round(ours[field] / theirs[field], 2)
-            line = {"bench": "two-step", "ratio": label, "mode": mode_name, "field": field}
-            print(json.dumps({**line, "value": value}), flush=True)
+    print_results(
+        runs,
+        repeats,
+        "zocalo-stomp",
+        [
+            ("burst", "msgs_per_s", "workflows-stomp", "zocalo/workflows"),
+            ("paced", "p50_ms", "workflows-stomp", "zocalo/workflows"),
+            ("stream", "p99_ms", "workflows-stomp", "zocalo/workflows"),
+        ],
+    )
     print(f"# targets: {TARGETS}", file=sys.stderr)
 
 

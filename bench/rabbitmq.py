@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,19 +300,28 @@ SYSTEM_CLASSES: dict[str, type[RabbitSystem]] = {
 }
 
 
-def run_once(
-    system_name: str, mode: Mode, workdir: Path, broker: Broker, prefetch: int
+def measure(
+    system: ZocaloSystem,
+    collector: Collector,
+    mode: Mode,
+    broker_cpu: Callable[[], float],
+    labels: dict[str, Any],
+    *,
+    warm_up_wait: float,
+    done_wait: float,
 ) -> dict[str, Any]:
-    collector = Collector(WARMUP, mode.count)
-    system = SYSTEM_CLASSES[system_name](workdir, collector, mode)  # type: ignore[arg-type]
-    system.broker, system.prefetch = broker, prefetch
+    """Start ``system``, warm it up, send ``mode``'s messages on schedule and return one
+    result line (``labels`` go after the CPU figures); the system is closed after.
+
+    Every broker benchmark measures the same way, so their lines compare.
+    """
     try:
         system.start()
         for number in range(-WARMUP, 0):
             system.send({"n": number, "t": time.time()})
         system.flush()
-        if not collector.warmed.wait(60):
-            raise RuntimeError(f"{system_name}: warm-up messages did not come through")
+        if not collector.warmed.wait(warm_up_wait):
+            raise RuntimeError(f"{system.name}: warm-up messages did not come through")
         leaders = [child.pid for child in system.children]
         memory: dict[str, Any] = {}
         if mode.name == "burst":  # step 1's processes, idle after the warm-up
@@ -319,7 +329,7 @@ def run_once(
             step1 = group_pids(leaders[0])
             memory = {"idle_pss_mib": pss_mib(step1), "idle_pss_processes": len(step1)}
         cpu_before = sum(group_cpu(leaders).values()) + self_cpu()
-        broker_before = broker.cpu()
+        broker_before = broker_cpu()
         samples: list[int] = []
         started = time.time()
         wall_started = time.monotonic()
@@ -336,19 +346,18 @@ def run_once(
             time.sleep(max(0.0, wall_started + mode.count / mode.rate - time.monotonic()))
         received_at_end = collector.count()
         sent_for = time.monotonic() - wall_started
-        collector.done.wait(120 if not mode.rate else 60)
+        collector.done.wait(done_wait if not mode.rate else 60)
         cpu_after = sum(group_cpu(leaders).values()) + self_cpu()
-        broker_after = broker.cpu()
+        broker_after = broker_cpu()
         window = time.monotonic() - wall_started
     finally:
         system.close()
-    result = run_summary(system_name, mode, collector, started, cpu_after - cpu_before)
+    result = run_summary(system.name, mode, collector, started, cpu_after - cpu_before)
     result.update(
         {
             "cpu_pct": round(100 * (cpu_after - cpu_before) / window, 1),
             "broker_cpu_s": round(broker_after - broker_before, 2),
-            "prefetch": prefetch,
-            "queues": "quorum",
+            **labels,
             **memory,
         }
     )
@@ -357,6 +366,37 @@ def run_once(
     if mode.name == "stream":
         result.update(backlog_summary(mode, received_at_end, samples))
     return result
+
+
+def print_results(
+    runs: dict[tuple[str, str], list[dict[str, Any]]],
+    repeats: int,
+    ours: str,
+    ratios: list[tuple[str, str, str, str]],
+) -> None:
+    """One line per system and mode (the median of the repeats), then each ratio
+    ``(mode, field, reference system, label)`` of ours to a reference."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, results in runs.items():
+        merged[key] = median_result(results) if repeats > 1 else results[0]
+        print(json.dumps(merged[key]), flush=True)
+    for mode_name, field, reference, label in ratios:
+        mine = merged.get((mode_name, ours))
+        theirs = merged.get((mode_name, reference))
+        if mine and theirs and mine.get(field) is not None and theirs.get(field):
+            value = round(mine[field] / theirs[field], 2)
+            line = {"bench": "two-step", "ratio": label, "mode": mode_name, "field": field}
+            print(json.dumps({**line, "value": value}), flush=True)
+
+
+def run_once(
+    system_name: str, mode: Mode, workdir: Path, broker: Broker, prefetch: int
+) -> dict[str, Any]:
+    collector = Collector(WARMUP, mode.count)
+    system = SYSTEM_CLASSES[system_name](workdir, collector, mode)  # type: ignore[arg-type]
+    system.broker, system.prefetch = broker, prefetch
+    labels = {"prefetch": prefetch, "queues": "quorum"}
+    return measure(system, collector, mode, broker.cpu, labels, warm_up_wait=60, done_wait=120)
 
 
 def main() -> None:
@@ -370,7 +410,6 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     systems, chosen = choose(parser, args, SYSTEMS, modes(args.quick))
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="zocalo-rabbitmq-") as tmp, Broker() as broker:
             for repeat in range(repeats):
@@ -384,22 +423,18 @@ def main() -> None:
                             print(json.dumps(result), file=sys.stderr, flush=True)
     finally:
         stop_all()
-    for key, results in runs.items():
-        merged[key] = median_result(results) if repeats > 1 else results[0]
-        print(json.dumps(merged[key]), flush=True)
-    for mode_name, field, reference, label in (
-        ("burst", "msgs_per_s", "workflows-rabbitmq", "zocalo/workflows"),
-        ("burst", "msgs_per_s", "workflows-rabbitmq-notx", "zocalo/workflows-notx"),
-        ("burst", "msgs_per_s", "aiopika-ceiling", "zocalo/aiopika-ceiling"),
-        ("burst", "msgs_per_s", "pika-ceiling", "zocalo/pika-ceiling"),
-        ("paced", "p50_ms", "workflows-rabbitmq", "zocalo/workflows"),
-    ):
-        ours = merged.get((mode_name, "zocalo-rabbitmq"))
-        theirs = merged.get((mode_name, reference))
-        if ours and theirs and ours.get(field) is not None and theirs.get(field):
-            value = round(ours[field] / theirs[field], 2)
-            line = {"bench": "two-step", "ratio": label, "mode": mode_name, "field": field}
-            print(json.dumps({**line, "value": value}), flush=True)
+    print_results(
+        runs,
+        repeats,
+        "zocalo-rabbitmq",
+        [
+            ("burst", "msgs_per_s", "workflows-rabbitmq", "zocalo/workflows"),
+            ("burst", "msgs_per_s", "workflows-rabbitmq-notx", "zocalo/workflows-notx"),
+            ("burst", "msgs_per_s", "aiopika-ceiling", "zocalo/aiopika-ceiling"),
+            ("burst", "msgs_per_s", "pika-ceiling", "zocalo/pika-ceiling"),
+            ("paced", "p50_ms", "workflows-rabbitmq", "zocalo/workflows"),
+        ],
+    )
     print(f"# target: {TARGET}", file=sys.stderr)
 
 
