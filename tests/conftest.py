@@ -226,6 +226,22 @@ def activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         broker.destroy()
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_stomp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private RabbitMQ node with the STOMP plugin for this session (started on first
+    use, ~10 s), stopped and deleted at the end: ``url(...)``. The machine's RabbitMQ is
+    left as it is (see ``tests/rabbitmq_stomp_broker.py``)."""
+    from rabbitmq_stomp_broker import PrivateRabbitMQStomp
+
+    broker = PrivateRabbitMQStomp(tmp_path_factory.mktemp("rabbitmq-stomp"))
+    try:
+        seconds = broker.start()
+        print(f"\n[rabbitmq-stomp] started in {seconds:.1f}s (stomp {broker.stomp_port})")
+        yield broker
+    finally:
+        broker.destroy()
+
+
 @pytest.fixture
 def rabbitmq_vhost_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """The session's vhost for one test; the queues the test made there go when it ends.

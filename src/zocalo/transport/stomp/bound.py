@@ -24,6 +24,7 @@ exists.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -33,6 +34,7 @@ from zocalo.errors import ConnectionFailed, TransportError
 from zocalo.transport.base import Subscription
 from zocalo.transport.stomp.connection import Link
 from zocalo.transport.stomp.consumers import Consumers
+from zocalo.transport.stomp.flavour import Flavour
 from zocalo.transport.stomp.topology import Destinations
 from zocalo.transport.stomp.url import Endpoint
 
@@ -178,11 +180,11 @@ class BoundQueues:
             self._consumers.forget(link)
             link.close()
         try:
-            self._remove(binding.queue)
+            self._remove(binding.queue, binding.topic)
         except TransportError as error:
             log.warning("could not remove the expired bound queue %r: %s", binding.queue, error)
 
-    def _remove(self, queue: str) -> None:
+    def _remove(self, queue: str, topic: str) -> None:
         """Remove the durable subscription (with what it kept)."""
         link = Link(self._endpoint, on_message=lambda frame: None, client_id=self.client_id(queue))
         try:
@@ -213,3 +215,51 @@ class BoundQueues:
                     binding.link.abort()
                 else:
                     binding.link.close(drain=self._endpoint.timeout)
+
+
+class TopicQueues(BoundQueues):
+    """Bound queues on RabbitMQ: a queue of the work queues' kind, bound to the topic.
+
+    A SUBSCRIBE to ``/topic/<prefix>.t`` naming a queue (``x-queue-name``), durable
+    and never auto-deleted, declares ``<prefix>.q`` with the arguments every other
+    frame naming that queue carries (see :mod:`.flavour`) and binds it to the topic;
+    unsubscribing leaves it. So ``q`` is consumed, sent to and returned to as any
+    queue. RabbitMQ would expire it (``x-expires``) only if its arguments said so,
+    and then they would differ from a work queue's: the transport that bound it
+    removes it instead (unsubscribing durably, which deletes it), once it has had no
+    consumer here and no new bind for ``expires`` seconds. A process killed outright
+    removes nothing: the queue stays until someone deletes it.
+    """
+
+    def __init__(
+        self, link: Link, destinations: Destinations, consumers: Consumers, flavour: Flavour
+    ) -> None:
+        super().__init__(link.endpoint, destinations, consumers)
+        self._link = link
+        self._flavour = flavour
+        self._ids = itertools.count(1)
+
+    def _headers(self, queue: str, topic: str) -> dict[str, str]:
+        return {
+            "id": f"bind-{next(self._ids)}",
+            "destination": self._destinations.topic(topic),
+            "x-queue-name": self.name(queue),
+            "ack": "client-individual",
+            **self._flavour.prefetch(1),
+            **self._flavour.queue_arguments(self._destinations.queue(queue)),
+        }
+
+    def _ensure(self, queue: str, topic: str) -> None:
+        headers = self._headers(queue, topic)
+        self._link.call("SUBSCRIBE", headers)
+        self._link.call("UNSUBSCRIBE", {"id": headers["id"]})
+
+    def consume(self, binding: Binding, subscription: Subscription) -> None:
+        """The queue's own subscription consumes it: only counted here, for its expiry."""
+        binding.subscriptions.append(subscription)
+
+    def _remove(self, queue: str, topic: str) -> None:
+        headers = self._headers(queue, topic)
+        self._link.call("SUBSCRIBE", headers)
+        durably = {key: headers[key] for key in ("durable", "auto-delete", "x-queue-name")}
+        self._link.call("UNSUBSCRIBE", {"id": headers["id"], "persistent": "true", **durably})

@@ -28,12 +28,14 @@ import collections
 import itertools
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zocalo.errors import ConnectionFailed, PublishFailed
 from zocalo.transport.base import Confirmation, Delivery
 from zocalo.transport.stomp.connection import Link, WireFrame
 from zocalo.transport.stomp.consumers import Consumers, Receipt
+from zocalo.transport.stomp.flavour import ActiveMQ, Flavour
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +75,14 @@ class Publisher:
     """Writes batches on ``link`` as grouped transactions and settles them on the COMMIT's
     receipt; ``consumers`` are told which inputs' ACK frames were written."""
 
-    def __init__(self, link: Link, consumers: Consumers) -> None:
+    def __init__(
+        self, link: Link, consumers: Consumers, flavour: Callable[[], Flavour] = ActiveMQ
+    ) -> None:
         self._link = link
         self._consumers = consumers
+        #: The broker's flavour (known once connected): the headers every frame naming
+        #: a destination carries, and whether a COMMIT's receipt confirms its SENDs.
+        self._flavour = flavour
         self._lock = threading.Lock()
         self._committing: Group | None = None
         self._waiting: collections.deque[Batch] = collections.deque()
@@ -96,26 +103,68 @@ class Publisher:
         self._send_group(group, raise_lost=True)
 
     def _send_group(self, group: Group, *, raise_lost: bool = False) -> None:
-        transaction = f"zocalo-{self._link.generation}-{next(self._ids)}"
-        frames: list[WireFrame] = [("BEGIN", {"transaction": transaction}, b"")]
-        for batch in group.batches:
-            for message in batch.messages:
-                headers = {
+        flavour = self._flavour()
+        sends: list[WireFrame] = [
+            (
+                "SEND",
+                {
                     **message.headers,
+                    **flavour.queue_arguments(message.destination),
                     "destination": message.destination,
                     "content-length": str(len(message.body)),
-                    "transaction": transaction,
-                }
-                frames.append(("SEND", headers, message.body))
-        commit = self._link.receipt(lambda refusal: self._committed(group, refusal))
-        frames.append(("COMMIT", {"transaction": transaction, "receipt": commit}, b""))
+                },
+                message.body,
+            )
+            for batch in group.batches
+            for message in batch.messages
+        ]
+        if flavour.receipted_commits:
+            frames, receipts = self._transaction(group, sends)
+        else:
+            frames, receipts = self._receipted(group, sends)
         try:
             self._link.write(frames)
         except ConnectionFailed as error:
-            self._link.forget([commit])
+            self._link.forget(receipts)
             self._committed(group, str(error))
             if raise_lost:
                 raise
+
+    def _transaction(
+        self, group: Group, sends: list[WireFrame]
+    ) -> tuple[list[WireFrame], list[str]]:
+        """``sends`` as one transaction whose COMMIT's receipt settles ``group``."""
+        transaction = f"zocalo-{self._link.generation}-{next(self._ids)}"
+        commit = self._link.receipt(lambda refusal: self._committed(group, refusal))
+        return [
+            ("BEGIN", {"transaction": transaction}, b""),
+            *(
+                (command, {**headers, "transaction": transaction}, body)
+                for command, headers, body in sends
+            ),
+            ("COMMIT", {"transaction": transaction, "receipt": commit}, b""),
+        ], [commit]
+
+    def _receipted(self, group: Group, sends: list[WireFrame]) -> tuple[list[WireFrame], list[str]]:
+        """``sends`` each with a receipt: the last answer settles ``group`` (with the
+        first refusal, if any)."""
+        lock, left, refusals = threading.Lock(), [len(sends)], []
+
+        def answered(refusal: str | None) -> None:
+            with lock:
+                if refusal is not None:
+                    refusals.append(refusal)
+                left[0] -= 1
+                if left[0]:
+                    return
+            self._committed(group, refusals[0] if refusals else None)
+
+        receipts = [self._link.receipt(answered) for _ in sends]
+        frames: list[WireFrame] = [
+            (command, {**headers, "receipt": receipt}, body)
+            for (command, headers, body), receipt in zip(sends, receipts, strict=True)
+        ]
+        return frames, receipts
 
     def refused(self, error: str) -> None:
         """On the receiver thread: the broker sent an ERROR naming no receipt. A SEND

@@ -102,6 +102,8 @@ class Link:
         self._stomp: stomp.Connection12 | None = None
         #: The node connected to (or being tried).
         self.node = endpoint.nodes[0]
+        #: The CONNECTED frame's ``server`` header ("" until connected, or if it has none).
+        self.server = ""
         self.is_open = False
         self.closing = False
         #: True from a lost connection until its subscriptions are restored.
@@ -163,6 +165,7 @@ class Link:
             auto_decode=False,
             prefer_localhost=False,
             try_loopback_connect=False,
+            vhost=self.endpoint.vhost or None,
         )
         listener = _Listener(self, connection)
         connection.set_listener("zocalo", listener)
@@ -388,6 +391,7 @@ class _Listener(stomp.ConnectionListener):
         self.refusal: str | None = None
 
     def on_connected(self, frame: Frame) -> None:
+        self.link.server = frame.headers.get("server", "")
         self.connected = True
         self.answered.set()
 

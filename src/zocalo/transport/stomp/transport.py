@@ -56,10 +56,11 @@ from zocalo.transport.dead_letters import (
     delivery_limit_reason,
     with_history,
 )
-from zocalo.transport.stomp.bound import BoundQueues
+from zocalo.transport.stomp.bound import BoundQueues, TopicQueues
 from zocalo.transport.stomp.confirms import Batch, Prepared, Publisher
 from zocalo.transport.stomp.connection import Link
 from zocalo.transport.stomp.consumers import Consumers, Receipt
+from zocalo.transport.stomp.flavour import DEAD_LETTER_NACK, ActiveMQ, Flavour, flavour_of
 from zocalo.transport.stomp.headers import (
     DELIVERIES_HEADER,
     MESSAGE_ID_HEADER,
@@ -68,7 +69,7 @@ from zocalo.transport.stomp.headers import (
     received,
     to_stomp,
 )
-from zocalo.transport.stomp.topology import Destinations, routing_headers
+from zocalo.transport.stomp.topology import DEAD_LETTER_QUEUES, Destinations, routing_headers
 from zocalo.transport.stomp.url import endpoint
 
 __all__ = ["StompTransport"]
@@ -110,7 +111,9 @@ class StompTransport(Transport):
             on_lost=lambda reason: self._consumers.connection_lost(self._link),
             on_reconnected=lambda: self._consumers.restore(self._link),
         )
-        self._publisher = Publisher(self._link, self._consumers)
+        #: The broker's flavour (:mod:`.flavour`): ActiveMQ's until connected.
+        self.flavour: Flavour = ActiveMQ()
+        self._publisher = Publisher(self._link, self._consumers, lambda: self.flavour)
         self._bound = BoundQueues(self.endpoint, self.destinations, self._consumers)
         #: Rejected messages whose copy to the dead-letter queue failed: NACKed instead,
         #: for the broker's own dead-letter policy (each is logged too).
@@ -129,6 +132,12 @@ class StompTransport(Transport):
         if self._link.is_open:
             return
         self._link.connect()
+        self.flavour = flavour_of(self._link.server, DEAD_LETTER_QUEUES)
+        self._consumers.flavour = self.flavour
+        #: What this broker honours (see :mod:`.flavour`): known once connected.
+        self.capabilities = self.flavour.capabilities
+        if not self.flavour.durable_subscriptions:
+            self._bound = TopicQueues(self._link, self.destinations, self._consumers, self.flavour)
         self._consumers.start_callbacks()
 
     def close(self) -> None:
@@ -159,11 +168,9 @@ class StompTransport(Transport):
         subscription = Subscription(
             self._next_subscription_id(), queue, callback, prefetch=prefetch
         )
-        if queue == dlq_name(queue):  # a dead-letter queue has no limit of its own
-            headers = {"ack": "client-individual", "activemq.prefetchSize": str(prefetch)}
-        else:
-            headers = self._consumers.queue_headers(prefetch)
-        self._consumers.consume(subscription, destination, headers, self._link)
+        limited = queue != dlq_name(queue)  # a dead-letter queue has no limit of its own
+        headers = self._consumers.queue_headers(destination, prefetch, limited=limited)
+        self._consumers.consume(subscription, destination, headers, self._link, limited=limited)
         binding = self._bound.bound(queue)
         if binding is not None:
             try:
@@ -193,8 +200,9 @@ class StompTransport(Transport):
         raise UnsupportedFeature(self._NOTHING_KEPT)
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
-        """A durable subscription to the topic, named after the queue (see :mod:`.bound`):
-        subscribing to ``queue`` on this transport then consumes it."""
+        """A durable subscription to the topic, named after the queue (see :mod:`.bound`;
+        on RabbitMQ a queue bound to the topic): subscribing to ``queue`` on this
+        transport then consumes it."""
         self._link.require_open()
         self._bound.bind(queue, topic, expires)
 
@@ -285,7 +293,9 @@ class StompTransport(Transport):
             )
             try:
                 receipt = self._consumers.take(delivery)
-                receipt.consumer.link.write([("NACK", {"id": receipt.ack}, b"")])
+                receipt.consumer.link.write(
+                    [("NACK", {"id": receipt.ack, **DEAD_LETTER_NACK}, b"")]
+                )
                 self._consumers.settled([receipt])
             except TransportError as nack_error:
                 log.warning("cannot NACK %s either: %s", delivery.describe(), nack_error)
@@ -313,5 +323,5 @@ class StompTransport(Transport):
             headers = to_stomp(message.headers)
         except Uncarriable as error:
             raise PublishFailed(f"cannot publish to {message.describe()}: {error}") from None
-        headers.update(routing_headers(message))
+        headers.update(routing_headers(message, self.flavour))
         return Prepared(destination, headers, message.body, message.describe())
