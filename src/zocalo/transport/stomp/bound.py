@@ -24,7 +24,6 @@ exists.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -33,8 +32,7 @@ from dataclasses import dataclass, field
 from zocalo.errors import ConnectionFailed, TransportError
 from zocalo.transport.base import Subscription
 from zocalo.transport.stomp.connection import Link
-from zocalo.transport.stomp.consumers import Consumers
-from zocalo.transport.stomp.flavour import Flavour
+from zocalo.transport.stomp.consumers import Consumers, declare
 from zocalo.transport.stomp.topology import Destinations
 from zocalo.transport.stomp.url import Endpoint
 
@@ -231,35 +229,29 @@ class TopicQueues(BoundQueues):
     removes nothing: the queue stays until someone deletes it.
     """
 
-    def __init__(
-        self, link: Link, destinations: Destinations, consumers: Consumers, flavour: Flavour
-    ) -> None:
-        super().__init__(link.endpoint, destinations, consumers)
-        self._link = link
-        self._flavour = flavour
-        self._ids = itertools.count(1)
-
-    def _headers(self, queue: str, topic: str) -> dict[str, str]:
+    def _queue(self, queue: str) -> dict[str, str]:
+        """The headers that name the bound queue (and declare it as a work queue)."""
         return {
-            "id": f"bind-{next(self._ids)}",
-            "destination": self._destinations.topic(topic),
             "x-queue-name": self.name(queue),
-            "ack": "client-individual",
-            **self._flavour.prefetch(1),
-            **self._flavour.queue_arguments(self._destinations.queue(queue)),
+            **self._consumers.flavour.queue_arguments(self._destinations.queue(queue)),
         }
 
     def _ensure(self, queue: str, topic: str) -> None:
-        headers = self._headers(queue, topic)
-        self._link.call("SUBSCRIBE", headers)
-        self._link.call("UNSUBSCRIBE", {"id": headers["id"]})
+        flavour = self._consumers.flavour
+        declare(self._endpoint, flavour, self._destinations.topic(topic), self._queue(queue))
 
     def consume(self, binding: Binding, subscription: Subscription) -> None:
         """The queue's own subscription consumes it: only counted here, for its expiry."""
         binding.subscriptions.append(subscription)
 
     def _remove(self, queue: str, topic: str) -> None:
-        headers = self._headers(queue, topic)
-        self._link.call("SUBSCRIBE", headers)
-        durably = {key: headers[key] for key in ("durable", "auto-delete", "x-queue-name")}
-        self._link.call("UNSUBSCRIBE", {"id": headers["id"], "persistent": "true", **durably})
+        """Unsubscribing durably (as RabbitMQ 3.10 wants it said) deletes the queue."""
+        named = self._queue(queue)
+        durably = {key: named[key] for key in ("durable", "auto-delete", "x-queue-name")}
+        declare(
+            self._endpoint,
+            self._consumers.flavour,
+            self._destinations.topic(topic),
+            named,
+            leaving={"persistent": "true", **durably},
+        )

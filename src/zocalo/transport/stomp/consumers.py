@@ -49,6 +49,7 @@ from zocalo.transport.stomp.headers import (
     received,
 )
 from zocalo.transport.stomp.topology import Destinations
+from zocalo.transport.stomp.url import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,12 @@ class Consumers:
             consumer = self._consumers.get(raw.get("subscription", ""))
             if consumer is None or consumer.leaving or consumer.link is not link:
                 unwanted = raw.get("ack")  # none for a broadcast (acked by the broker)
-                if unwanted is not None and not self.flavour.unsubscribe_returns:
+                if (
+                    unwanted is not None
+                    and consumer is not None  # still subscribed: RabbitMQ takes a NACK
+                    and consumer.link is link
+                    and not self.flavour.unsubscribe_returns
+                ):
                     self._give_back(unwanted, link)
                 return  # not handed out: returned to its queue when it is unsubscribed
             ackable = not consumer.subscription.broadcast
@@ -373,3 +379,33 @@ class Consumers:
                     leaving.append(consumer)
         for consumer in leaving:
             self._leave(consumer)
+
+
+def declare(
+    endpoint: Endpoint,
+    flavour: Flavour,
+    destination: str,
+    headers: dict[str, str] | None = None,
+    leaving: dict[str, str] | None = None,
+) -> None:
+    """Have RabbitMQ declare what a SUBSCRIBE to ``destination`` names (with
+    ``headers``), on a connection of its own: closing it returns whatever it was sent.
+    With ``leaving``, it UNSUBSCRIBEs first, with those headers."""
+    link = Link(endpoint, on_message=lambda frame: None, reconnect=False)
+    link.connect()
+    try:
+        link.call(
+            "SUBSCRIBE",
+            {
+                "id": "declare",
+                "destination": destination,
+                "ack": "client-individual",
+                **flavour.prefetch(1),
+                **flavour.queue_arguments(destination),
+                **(headers or {}),
+            },
+        )
+        if leaving is not None:
+            link.call("UNSUBSCRIBE", {"id": "declare", **leaving})
+    finally:
+        link.close()

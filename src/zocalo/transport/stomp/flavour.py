@@ -79,6 +79,8 @@ class ActiveMQ:
     selects_by_delivery_count = True
     #: A bound queue is a durable topic subscription (else a queue bound to the topic).
     durable_subscriptions = True
+    #: Nothing to declare: a queue is made by its first use (else declare_queue does).
+    declares_on_first_use = True
     #: Unsubscribing returns what the broker sent the subscription and it did not take
     #: (else a NACK returns each: RabbitMQ keeps it with the connection until it closes).
     unsubscribe_returns = True
@@ -114,6 +116,7 @@ class RabbitMQ(ActiveMQ):
     #: for the queue's confirm.
     receipted_commits = False
     durable_subscriptions = False
+    declares_on_first_use = False
     unsubscribe_returns = False
 
     def __init__(self, dead_letter_queue: str) -> None:

@@ -59,7 +59,7 @@ from zocalo.transport.dead_letters import (
 from zocalo.transport.stomp.bound import BoundQueues, TopicQueues
 from zocalo.transport.stomp.confirms import Batch, Prepared, Publisher
 from zocalo.transport.stomp.connection import Link
-from zocalo.transport.stomp.consumers import Consumers, Receipt
+from zocalo.transport.stomp.consumers import Consumers, Receipt, declare
 from zocalo.transport.stomp.flavour import DEAD_LETTER_NACK, ActiveMQ, Flavour, flavour_of
 from zocalo.transport.stomp.headers import (
     DELIVERIES_HEADER,
@@ -118,6 +118,8 @@ class StompTransport(Transport):
         #: Rejected messages whose copy to the dead-letter queue failed: NACKed instead,
         #: for the broker's own dead-letter policy (each is logged too).
         self.dead_letter_copies_failed = 0
+        #: The queues declared (on RabbitMQ, see :meth:`declare_queue`).
+        self._declared: set[str] = set()
 
     def _on_message(self, frame: Frame) -> None:
         self._consumers.on_message(frame, self._link)
@@ -137,7 +139,7 @@ class StompTransport(Transport):
         #: What this broker honours (see :mod:`.flavour`): known once connected.
         self.capabilities = self.flavour.capabilities
         if not self.flavour.durable_subscriptions:
-            self._bound = TopicQueues(self._link, self.destinations, self._consumers, self.flavour)
+            self._bound = TopicQueues(self.endpoint, self.destinations, self._consumers)
         self._consumers.start_callbacks()
 
     def close(self) -> None:
@@ -157,8 +159,16 @@ class StompTransport(Transport):
 
     # -- consuming ----------------------------------------------------------
     def declare_queue(self, queue: str) -> None:
-        """ActiveMQ creates a queue on first use: only the name is checked."""
-        self.destinations.queue(queue)
+        """ActiveMQ creates a queue on first use: only the name is checked. RabbitMQ's
+        SENDs and SUBSCRIBEs declare it too, but a queue another connection uses while
+        one creates it can close that connection (RabbitMQ 3.10, quorum queues): so it
+        is declared here, once per transport, and usable on return."""
+        destination = self.destinations.queue(queue)
+        if self.flavour.declares_on_first_use or destination in self._declared:
+            return
+        self._link.require_open()
+        declare(self.endpoint, self.flavour, destination)
+        self._declared.add(destination)
 
     def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
         if prefetch < 1:
