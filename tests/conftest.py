@@ -231,8 +231,13 @@ def rabbitmq_stomp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A private RabbitMQ node with the STOMP plugin for this session (started on first
     use, ~10 s), stopped and deleted at the end: ``url(...)``. The machine's RabbitMQ is
     left as it is (see ``tests/rabbitmq_stomp_broker.py``)."""
-    from rabbitmq_stomp_broker import PrivateRabbitMQStomp
+    from rabbitmq_stomp_broker import SERVER, PrivateRabbitMQStomp
 
+    if not SERVER.exists():
+        pytest.fail(
+            f"the RabbitMQ STOMP tests need {SERVER} (Debian package rabbitmq-server), "
+            "or leave them out with -m 'not stomp'"
+        )
     broker = PrivateRabbitMQStomp(tmp_path_factory.mktemp("rabbitmq-stomp"))
     try:
         seconds = broker.start()

@@ -216,7 +216,8 @@ class BoundQueues:
 
 
 class TopicQueues(BoundQueues):
-    """Bound queues on RabbitMQ: a queue of the work queues' kind, bound to the topic.
+    """Bound queues on RabbitMQ: a queue of the work queues' kind, bound to the topic
+    (declared and removed on a connection of their own: see :func:`.consumers.declare`).
 
     A SUBSCRIBE to ``/topic/<prefix>.t`` naming a queue (``x-queue-name``), durable
     and never auto-deleted, declares ``<prefix>.q`` with the arguments every other

@@ -20,6 +20,11 @@ group completes: its inputs are acked (ACK frames, outside the transaction, on
 each input's own connection) and its confirmation succeeds. Nothing waits:
 answers arrive on stomp.py's receiver thread, which completes the group and
 writes the next one.
+
+RabbitMQ's plugin receipts a COMMIT before the SENDs it holds reach their queues,
+so there (:attr:`~.flavour.ActiveMQ.receipted_commits`) a group goes as SENDs
+with a receipt each, which RabbitMQ sends once the queue confirmed the message;
+the group is settled by the last answer.
 """
 
 from __future__ import annotations

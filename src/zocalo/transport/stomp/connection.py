@@ -150,7 +150,8 @@ class Link:
         raise ConnectionFailed("; ".join(failures))
 
     def _where(self) -> str:
-        where = f"ActiveMQ at {self.safe_url}"
+        broker = self.server.split("/")[0] or "ActiveMQ"  # unknown until it answers
+        where = f"{broker} at {self.safe_url}"
         if len(self.endpoint.nodes) > 1:
             where += f" (node {self.node[0]}:{self.node[1]})"
         return where

@@ -16,6 +16,12 @@ as a new copy that carries how often it was delivered
 (:data:`~zocalo.transport.stomp.headers.DELIVERIES_HEADER`): past the limit it
 is dead-lettered on arrival.
 
+RabbitMQ's quorum queues count deliveries themselves (``x-delivery-count``, a
+crashed consumer's included): there a queue subscription has no selector and no
+reaper, and a delivery past the limit is dead-lettered on arrival. RabbitMQ keeps
+what it sent a subscription until the connection closes, even once unsubscribed:
+what a leaving consumer is sent is NACKed back at once (see :mod:`.flavour`).
+
 A dead-letter queue has no delivery limit (no selector, no reaper): a tool that
 hands its dead letters back may do so as often as it likes.
 

@@ -1,5 +1,8 @@
 """ActiveMQ over STOMP: ``stomp://user:pass@host:61613?prefix=zocalo``.
 
+RabbitMQ's STOMP plugin works too (``?vhost=/``), with fewer capabilities: the
+CONNECTED frame names the broker, and :mod:`.flavour` holds every difference.
+
 One STOMP connection (stomp.py) per transport object. Every SEND asks for a
 receipt, and the inputs of a publish are acked only once every one of its
 messages is receipted: publish and ack are pipelined, nothing waits a round
@@ -20,7 +23,8 @@ goes to the back of its queue. Dead letters go to ``DLQ.<prefix>.<queue>``
 original is NACKed, for the broker's own dead-letter policy.
 
 This class is the contract's face and the wiring; each concern has a module
-beside it: :mod:`.url` (URL -> endpoint), :mod:`.connection` (the
+beside it: :mod:`.flavour` (which broker, what it honours), :mod:`.url` (URL ->
+endpoint), :mod:`.connection` (the
 connection, frames, receipts, reconnect), :mod:`.topology` (destinations
 and routing headers), :mod:`.headers` (header values and names),
 :mod:`.consumers` (subscriptions, unsettled deliveries, the delivery limit,
