@@ -55,7 +55,8 @@ def free_port() -> int:
 
 
 class PrivateRabbitMQStomp:
-    """One private node: ``start()``, ``stop()``, ``destroy()``."""
+    """One private node: ``start()``, ``stop()``, ``start()`` again (a restart: the data
+    stays), ``destroy()``."""
 
     def __init__(self, base: Path | None = None) -> None:
         self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix="zocalo-rabbit-stomp-"))
