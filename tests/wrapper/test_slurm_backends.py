@@ -17,7 +17,7 @@ from zocalo.wrapper.slurm import (
     JobRefused,
     JobRequest,
     JobState,
-    SlurmBackend,
+    JobBackend,
     SlurmError,
     SlurmUnreachable,
     backend_for,
@@ -30,7 +30,7 @@ JOB_DEADLINE = 30.0
 
 
 @pytest.fixture(params=["rest-v0.0.38", "cli"])
-def backend(request, slurm_cluster, monkeypatch) -> SlurmBackend:
+def backend(request, slurm_cluster, monkeypatch) -> JobBackend:
     if request.param == "cli":
         for name, value in slurm_cluster.environment.items():
             monkeypatch.setenv(name, value)
@@ -50,7 +50,7 @@ def job(directory: Path, script: str, **fields) -> JobRequest:
     )
 
 
-def wait_for_end(backend: SlurmBackend, job_ids: list[int]) -> dict[int, JobState | None]:
+def wait_for_end(backend: JobBackend, job_ids: list[int]) -> dict[int, JobState | None]:
     deadline = time.monotonic() + JOB_DEADLINE
     pause = threading.Event()
     while True:

@@ -16,14 +16,8 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 
-from zocalo.wrapper.slurm.backend import (
-    JobRefused,
-    JobRequest,
-    JobState,
-    SlurmBackend,
-    SlurmError,
-    SlurmUnreachable,
-)
+from zocalo.wrapper.backends.base import JobBackend, JobRefused, JobRequest, JobState
+from zocalo.wrapper.slurm.errors import SlurmError, SlurmUnreachable
 
 #: Seconds one command may take.
 COMMAND_TIMEOUT = 60.0
@@ -83,7 +77,7 @@ def parse_show_job(text: str) -> list[JobState]:
     return states
 
 
-class CommandLineBackend(SlurmBackend):
+class CommandLineBackend(JobBackend):
     """Jobs through ``sbatch`` and friends on this host."""
 
     def __init__(self, bin_directory: str | None = None) -> None:
