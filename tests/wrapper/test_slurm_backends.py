@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from zocalo.wrapper.slurm import (
+    JobBackend,
     JobRefused,
     JobRequest,
     JobState,
-    JobBackend,
     SlurmError,
     SlurmUnreachable,
     backend_for,

@@ -50,7 +50,9 @@ the site configuration's ``slurm`` section says (``url``, ``api_version``, ``use
 restarts) when there is no ``slurm`` section, or a ``cluster`` section says
 ``backend: local``. ``ZOCALO_CLUSTER_JOBS`` names the job record (default:
 ``cluster-jobs.db`` in the data directory); local jobs' folders go beside it
-(``cluster-jobs.local/``) unless the ``cluster`` section's ``jobs`` says where. Note that python-zocalo's ClusterSubmission must not share the
+(``cluster-jobs.local/``) unless the ``cluster`` section's ``jobs`` says where.
+
+Note that python-zocalo's ClusterSubmission must not share the
 queue while this one has jobs in flight: it would take a poll for a new job.
 """
 
@@ -76,10 +78,10 @@ from zocalo.service import Service, handler
 from zocalo.service.middleware.base import ATTEMPT_HEADER
 from zocalo.service.middleware.cancellation import REPLAYED_KEY
 from zocalo.service.middleware.retries import RETRY_REASON_HEADER
+from zocalo.services.cluster_backend import backend_for_site
 from zocalo.services.cluster_jobs import JobBook, JobRecord
 from zocalo.services.cluster_parameters import BadSubmission, read_submission
 from zocalo.transport.base import without_broker_headers
-from zocalo.services.cluster_backend import backend_for_site
 from zocalo.wrapper.backends.base import BackendError, BackendUnreachable, JobBackend, JobState
 
 QUEUE = "cluster.submission"

@@ -49,7 +49,7 @@ class _Stop:
 def _open_output(path: str) -> Any:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return open(target, "wb")  # noqa: SIM115 (handed to the script, closed after)
+    return open(target, "wb")
 
 
 def run(folder: Path) -> dict[str, Any]:

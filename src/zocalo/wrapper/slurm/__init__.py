@@ -30,10 +30,10 @@ COMMAND_LINE = "cli"
 __all__ = [
     "COMMAND_LINE",
     "ENDED",
+    "JobBackend",
     "JobRefused",
     "JobRequest",
     "JobState",
-    "JobBackend",
     "SlurmError",
     "SlurmUnreachable",
     "backend_for",
