@@ -149,6 +149,12 @@ class ClusterSettings:
         return min(longest, 2.0 ** min(count, 30))
 
 
+def local_jobs_folder(record: Path) -> Path:
+    """Where local jobs' folders go by default: beside the job record ``record``
+    (``cluster-jobs.db`` -> ``cluster-jobs.local/``)."""
+    return record.with_name(f"{record.stem}.local")
+
+
 def message_key(step: RecipeStep) -> str:
     """The identity of the message asking for a job: the same message gives the same key."""
     identity = {
@@ -225,9 +231,8 @@ class ClusterSubmission(Service):
     def _backend_from_site_configuration(self) -> JobBackend:
         assert self.settings is not None
         config = self.site_config
-        local_jobs = self.settings.jobs.with_name(f"{self.settings.jobs.stem}.local")
         try:
-            return backend_for_site(config.plugins, local_jobs)
+            return backend_for_site(config.plugins, local_jobs_folder(self.settings.jobs))
         except BackendError as error:
             where = config.path or "no site configuration ($ZOCALO_CONFIG)"
             raise ClusterSetupError(f"{where}: {error}") from None
