@@ -71,12 +71,11 @@ from typing import Any
 import platformdirs
 
 from zocalo.errors import ZocaloError
-from zocalo.recipe.cancel import CANCEL_TOPIC
+from zocalo.recipe.cancel import CANCEL_TOPIC, REPLAYED_KEY
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import RECIPE_HEADER
 from zocalo.service import Service, handler
 from zocalo.service.middleware.base import ATTEMPT_HEADER
-from zocalo.service.middleware.cancellation import REPLAYED_KEY
 from zocalo.service.middleware.retries import RETRY_REASON_HEADER
 from zocalo.services.cluster_backend import backend_for_site
 from zocalo.services.cluster_jobs import JobBook, JobRecord
