@@ -373,7 +373,7 @@ class ClusterSubmission(Service):
         )
 
     def poll(self, step: RecipeStep, key: str) -> None:
-        assert self.jobs is not None
+        assert self.jobs is not None and self.backend is not None
         poll_id = str(step.headers.get(POLL_HEADER, ""))
         polls = _count(step.headers, POLLS_HEADER)
         record = self.jobs.get(key)

@@ -16,7 +16,13 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 
-from zocalo.wrapper.backends.base import JobBackend, JobRefused, JobRequest, JobState
+from zocalo.wrapper.backends.base import (
+    BackendError,
+    JobBackend,
+    JobRefused,
+    JobRequest,
+    JobState,
+)
 from zocalo.wrapper.slurm.errors import SlurmError, SlurmUnreachable
 
 #: Seconds one command may take.
@@ -119,7 +125,7 @@ class CommandLineBackend(JobBackend):
         text = (done.stderr or done.stdout).strip().replace("\n", "; ")
         return f"{tool} failed (exit status {done.returncode}): {text or 'no message'}"
 
-    def _unreachable_or(self, tool: str, done: subprocess.CompletedProcess[str]) -> SlurmError:
+    def _unreachable_or(self, tool: str, done: subprocess.CompletedProcess[str]) -> BackendError:
         complaint = self._complaint(tool, done)
         if _UNREACHABLE.search(done.stderr or ""):
             return SlurmUnreachable(complaint)
