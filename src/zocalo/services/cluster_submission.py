@@ -21,7 +21,9 @@ seconds, 30 by default). When the job has ended:
 * COMPLETED with exit code 0: ``job_completed`` gets ``{"jobid", "state", "exit_code"}``;
 * anything else (FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY...) or a job
   Slurm no longer knows: the failure branch gets the same with a ``message``: the
-  step's ``failure`` output, else its ``error`` output.
+  step's ``failure`` output, else its ``error`` output. (A job Slurm forgot, ended
+  ``MinJobAge`` ago while the service was away, is "disappeared" unless the backend
+  still learns its end: the ``sbatch`` backend reads the job completion log.)
 
 Polls are messages, so tracking survives a restart of the service (or its
 machine) as any message does, and the record says what was already decided.
