@@ -23,7 +23,7 @@ def _live_view(board: Board) -> Table:
     table = Table(title=f"zocalo demo: the mini-facility ({board.phase})", title_justify="left")
     for column, justify in (("DC", "left"), ("taken", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    table.add_column("spots found on images", width=26)
+    table.add_column("spots found on images", width=22)
     table.add_column("spots", justify="right")
     table.add_column("intensity", justify="right")
     table.add_column("state")
