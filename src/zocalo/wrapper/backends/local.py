@@ -13,7 +13,7 @@ A job runs under its own small runner process (:mod:`.local_job`), in a session
 of its own, so it outlives the service that submitted it (a restart, a kill -9):
 the runner waits for the script, enforces the time limit and writes ``end.json``,
 and any service reading the folder later learns the end, as it would from Slurm.
-States are Slurm's: PENDING (runner not started yet), RUNNING, COMPLETED, FAILED,
+States are Slurm's: PENDING (the script not started yet), RUNNING, COMPLETED, FAILED,
 CANCELLED, TIMEOUT. A runner that vanished without writing the end (killed with
 SIGKILL, the host rebooted) makes the job NODE_FAIL, as Slurm says of a lost node.
 
@@ -161,7 +161,7 @@ class LocalBackend(JobBackend):
             if time.time() - float(job.get("submitted_at", 0)) < START_GRACE:
                 return JobState(job_id, "PENDING")
         elif process_start(int(runner["pid"])) == runner.get("start"):
-            return JobState(job_id, "RUNNING")
+            return JobState(job_id, "RUNNING" if "script_pid" in runner else "PENDING")
         end = read_json(folder / END_FILE)  # (it may have ended since the first look)
         if end is not None:
             return _ended(job_id, end)
