@@ -188,6 +188,8 @@ def test_zocalo_cancel_stops_a_local_job_and_reports_nothing_of_it(
     broker.send(QUEUE, encode(recipe, 1, [], {"ID": recipe_id}, {}), headers=recipe_headers())
     (submitted,) = outputs.wait("job_submitted")
     wait_for((work / "running").exists, "the job to run")
+    assert service.backend is not None
+    wait_for(lambda: service.backend.state(submitted["jobid"]).state == "RUNNING", "RUNNING")
     script = json.loads((jobs_folder / str(submitted["jobid"]) / "runner.json").read_text())
     with caplog.at_level(logging.INFO):
         result = CliRunner().invoke(cli, ["cancel", recipe_id, "-t", sqlite_broker])

@@ -142,7 +142,7 @@ class LocalBackend(JobBackend):
     def _reap(self) -> None:
         for job_id, child in list(self._children.items()):
             if child.poll() is not None:
-                del self._children[job_id]
+                self._children.pop(job_id, None)
 
     def states(self, job_ids: Iterable[int]) -> dict[int, JobState | None]:
         self._reap()
