@@ -959,6 +959,51 @@ def test_a_priority_out_of_range_is_refused_in_one_line_and_the_transport_goes_o
 
 
 @pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("delay", float("inf")),
+        ("delay", -5),
+        ("delay", 10**400),
+        ("expiration", 1e300),
+        ("expiration", -1.0),
+        ("expiration", float("nan")),
+    ],
+    ids=lambda value: str(value)[:12],
+)
+def test_a_duration_out_of_range_is_refused_in_one_line_and_the_transport_goes_on(
+    transport: Transport, collector: Callable, name: Callable, field: str, value: Any
+) -> None:
+    """Delays and expirations are checked as priorities are: SQLite once lost its
+    worker to an infinite number, which no broker can hold."""
+    queue, inputs = name("q"), name("in")
+    transport.send(inputs, b"input")
+    received = collector()
+    transport.subscribe(inputs, received)
+    [delivery] = received.wait_for_count(1)
+    with pytest.raises(UnsupportedFeature, match=field) as refused:
+        transport.publish([Outgoing(queue, b"x", **{field: value})], ack=delivery).result(DEADLINE)
+    assert "\n" not in str(refused.value)
+    transport.ack(delivery)  # still ours: the refused publish did not ack it
+    transport.publish([Outgoing(queue, b"after")]).result(DEADLINE)
+    assert drain(transport, queue, collector) == [b"after"]
+
+
+@pytest.mark.parametrize("expires", [10**400, float("inf"), 0, -1], ids=lambda v: str(v)[:12])
+def test_a_bound_queue_lifetime_out_of_range_is_refused_and_the_transport_goes_on(
+    transport: Transport, collector: Callable, name: Callable, expires: Any
+) -> None:
+    # (topic=True: a unique name not declared as a queue of the usual kind)
+    queue, topic = name("kept", topic=True), name("t", topic=True)
+    with pytest.raises(UnsupportedFeature, match="expires"):
+        transport.bind_queue(queue, topic, expires=expires)
+    transport.bind_queue(queue, topic, expires=60)  # the transport goes on
+    received = collector(ack_with=transport)
+    transport.subscribe(queue, received)
+    transport.broadcast(topic, b"news")
+    assert [d.body for d in received.wait_for_count(1)] == [b"news"]
+
+
+@pytest.mark.parametrize(
     ("capability", "outgoing", "named"),
     [
         pytest.param(Capability.DELAY, dict(delay=0.5), "delay", id="delay"),

@@ -114,6 +114,30 @@ def report_dropped(message: Outgoing, why: str) -> None:
 #: The priorities every transport that orders by priority accepts (see Capability.PRIORITY).
 LOWEST_PRIORITY, HIGHEST_PRIORITY = 0, 255
 
+#: The longest delay, expiration or queue lifetime (seconds) any transport accepts:
+#: 2**32 - 1 ms, about 49.7 days, the most a RabbitMQ delay carries. One limit for all,
+#: so that a value one broker takes is not refused only after a move to another.
+MAX_DURATION = (2**32 - 1) / 1000
+
+
+def checked_duration(name: str, value: object, what: str, *, positive: bool = False) -> float:
+    """``value`` as seconds, or UnsupportedFeature naming ``name`` and ``what`` it was for.
+
+    A duration must be a real number (not a bool), finite, at least 0 (above 0 when
+    ``positive``) and at most :data:`MAX_DURATION`: an infinite or huge number used
+    to reach the broker code and fail there (one killed the SQLite broker's worker),
+    and a negative one meant nothing anywhere.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problem = "is not a number"
+    elif not (value > 0 if positive else value >= 0) or value > MAX_DURATION:
+        lowest = "above 0" if positive else "from 0"
+        problem = f"is out of range ({lowest} to {MAX_DURATION:.0f} s, 49.7 days)"
+    else:
+        return float(value)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise UnsupportedFeature(f"{name}={shown} {problem}, for {what}")
+
 
 class Capability(enum.Enum):
     """Optional features. A transport refuses what it lacks with UnsupportedFeature."""
@@ -466,6 +490,10 @@ class Transport(ABC):
                     f"{type(self).__name__} cannot honour {capability.value}={value!r} "
                     f"for {message.describe()}"
                 )
+        if message.delay is not None:
+            checked_duration("delay", message.delay, message.describe())
+        if message.expiration is not None:
+            checked_duration("expiration", message.expiration, message.describe())
         priority = message.priority
         if priority is not None and (
             isinstance(priority, bool)

@@ -32,6 +32,7 @@ from zocalo.transport.base import (
     QueueStats,
     Subscription,
     Transport,
+    checked_duration,
     confirmed,
     deliveries_to_ack,
     report_dropped,
@@ -394,6 +395,7 @@ class MemoryTransport(Transport):
             self._reply_queues.add(queue)
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
+        expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)
         with self.broker.condition:
             self.broker.bindings[queue] = (topic, time.monotonic() + expires)
 

@@ -47,6 +47,7 @@ from zocalo.transport.base import (
     Outgoing,
     Subscription,
     Transport,
+    checked_duration,
     deliveries_to_ack,
     dlq_name,
     reserve_all_or_none,
@@ -173,6 +174,7 @@ class RabbitMQTransport(Transport):
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         """A classic queue bound to the topic's fanout exchange; RabbitMQ deletes it
         after ``expires`` seconds without a consumer (``x-expires``)."""
+        expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)
         self._topology.bind_queue(queue, topic, expires=expires)
 
     # -- consuming ----------------------------------------------------------

@@ -30,6 +30,7 @@ from zocalo.transport.base import (
     QueueStats,
     Subscription,
     Transport,
+    checked_duration,
     deliveries_to_ack,
     reserve_all_or_none,
 )
@@ -213,6 +214,7 @@ class SqliteTransport(Transport):
         done.result(30)
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
+        expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)
         worker = self._open_worker()
         done = Confirmation()
         worker.submit(Bind(queue, topic, expires, done))

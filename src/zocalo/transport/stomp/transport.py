@@ -46,6 +46,7 @@ from zocalo.transport.base import (
     Outgoing,
     Subscription,
     Transport,
+    checked_duration,
     deliveries_to_ack,
     dlq_name,
     reserve_all_or_none,
@@ -195,6 +196,7 @@ class StompTransport(Transport):
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         """A durable subscription to the topic, named after the queue (see :mod:`.bound`):
         subscribing to ``queue`` on this transport then consumes it."""
+        expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)
         self._link.require_open()
         self._bound.bind(queue, topic, expires)
 
