@@ -1007,6 +1007,36 @@ def test_optional_feature_is_accepted_or_refused_outright(
     transport.ack(delivery)  # still ours: the refused publish did not ack it
 
 
+def test_a_named_exchange_is_gone_through_or_refused_and_the_default_is_a_plain_send(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    """``Outgoing.exchange``: RabbitMQ routes the message by its routing key through the
+    exchange; the other transports refuse it. The default exchange (``""``) is a send."""
+    queue, topic, inputs = name("q"), name("t", topic=True), name("in")
+    transport.publish([Outgoing(queue, b"default", exchange="")]).result(DEADLINE)
+    assert drain(transport, queue, collector) == [b"default"]
+    transport.send(inputs, b"input")
+    received = collector()
+    transport.subscribe(inputs, received)
+    [delivery] = received.wait_for_count(1)
+    through = Outgoing("any.key", b"routed", exchange=topic)
+    if Capability.EXCHANGE not in transport.capabilities:
+        with pytest.raises(UnsupportedFeature, match="exchange"):
+            transport.publish([Outgoing(queue, b"plain"), through], ack=delivery)
+        assert drain(transport, queue, collector) == [], "refused whole"
+        transport.ack(delivery)  # still ours: the refused publish did not ack it
+        return
+    # An exchange that does not exist: refused in one line, naming it; nothing acked.
+    with pytest.raises(ZocaloError, match=f"exchange '{topic}' does not exist"):
+        transport.publish([through], ack=delivery).result(DEADLINE)
+    bound = name("bound", topic=True)  # not a work queue: bind_queue makes its own kind
+    transport.bind_queue(bound, topic, expires=60)  # to a fanout exchange named topic
+    transport.publish([through], ack=delivery).result(DEADLINE)
+    assert drain(transport, bound, collector) == [b"routed"]
+    with pytest.raises(UnsupportedFeature, match="named one"):
+        transport.publish([Outgoing("k", b"x", exchange=topic, delay=1)])
+
+
 # -- delay and expiration ------------------------------------------------------------------
 
 

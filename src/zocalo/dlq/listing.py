@@ -39,9 +39,6 @@ class QueueListing:
     lists_empty: bool = False
     #: Only queues whose name (after ``dlq.``) starts with ``<namespace>.``; None: all.
     namespace: str | None = None
-    #: ``exchange_type(name)``: the type of a RabbitMQ exchange (None: unknown, or a
-    #: broker without exchanges).
-    exchange_type: Callable[[str], str | None] = field(default=lambda name: None, repr=False)
     _close: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def queues(self) -> dict[str, QueueStats]:
@@ -116,7 +113,6 @@ def queue_listing(
             f"vhost {vhost!r} (management API {target.base_url})",
             lambda: _vhost_queues(api, vhost),
             lists_empty=True,
-            exchange_type=_exchange_types(api, vhost),
             _close=api.close,
         )
     if transport is None:
@@ -128,17 +124,3 @@ def _vhost_queues(api: ManagementAPI, vhost: str) -> list[QueueStats]:
     from zocalo.rabbitmq_admin.queues import queue_stats
 
     return queue_stats(api, vhost)
-
-
-def _exchange_types(api: ManagementAPI, vhost: str) -> Callable[[str], str | None]:
-    """``exchange_type(name)`` for ``vhost``, asking the API once, on first use."""
-    known: dict[str, str] = {}
-
-    def exchange_type(name: str) -> str | None:
-        if not known:
-            known.update(
-                {str(entry.get("name")): str(entry.get("type")) for entry in api.exchanges(vhost)}
-            )
-        return known.get(name)
-
-    return exchange_type
