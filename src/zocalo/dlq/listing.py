@@ -18,7 +18,7 @@ from zocalo.transport.dead_letters import dlq_name
 from zocalo.transport.registry import redact_url
 
 if TYPE_CHECKING:
-    from zocalo.rabbitmq_admin.api import ManagementAPI
+    from zocalo.rabbitmq_admin.endpoints import ManagementTarget
 
 QueueLister = Callable[[], list[QueueStats]]
 DLQ_PREFIX = "dlq."
@@ -104,23 +104,28 @@ def queue_listing(
     being a queue name prefix (as for python-zocalo on ActiveMQ).
     """
     if is_rabbitmq(url):
-        from zocalo.rabbitmq_admin.queues import management_target
+        from zocalo.rabbitmq_admin.endpoints import management_target
 
         target = management_target(url, management_url, rabbitmq_api)
         vhost = namespace or target.vhost
-        api = target.connect()
+        tried = ", ".join(redact_url(base) for base in target.base_urls)
         return QueueListing(
-            f"vhost {vhost!r} (management API {target.base_url})",
-            lambda: _vhost_queues(api, vhost),
+            f"vhost {vhost!r} (management API {tried})",
+            lambda: _vhost_queues(target, vhost),
             lists_empty=True,
-            _close=api.close,
         )
     if transport is None:
         raise ValueError(f"listing the queues of {redact_url(url)} needs a connected transport")
     return QueueListing(redact_url(url), transport.queue_stats, namespace=namespace)
 
 
-def _vhost_queues(api: ManagementAPI, vhost: str) -> list[QueueStats]:
+def _vhost_queues(target: ManagementTarget, vhost: str) -> list[QueueStats]:
+    """The queues of ``vhost`` from the first of ``target``'s APIs that answers now: a
+    long-lived listing (Schlockmeister's) fails over each time, and holds no connection."""
     from zocalo.rabbitmq_admin.queues import queue_stats
 
-    return queue_stats(api, vhost)
+    api = target.connect()
+    try:
+        return queue_stats(api, vhost)
+    finally:
+        api.close()
