@@ -37,6 +37,7 @@ from zocalo.transport.base import (  # not (yet) re-exported by zocalo.transport
     DLQ_REASON_HEADER,
     QueueStats,
 )
+from zocalo.transport.dead_letters import entry_seconds
 
 SENTINEL = b"--sentinel--"
 
@@ -662,6 +663,7 @@ def test_nack_without_requeue_dead_letters(
     transport: Transport, collector: Callable, name: Callable
 ) -> None:
     queue = name("q")
+    started = time.time()
     transport.send(queue, b"poison", headers={"k": "v", "nested": {"a": [1]}})
     received = collector()
     transport.subscribe(queue, received)
@@ -680,6 +682,7 @@ def test_nack_without_requeue_dead_letters(
     assert reason in letter.headers[DLQ_REASON_HEADER]
     assert letter.headers[DLQ_QUEUE_HEADER] == queue
     assert len(letter.headers[DLQ_HISTORY_HEADER]) == 1
+    assert_dated(letter.headers[DLQ_HISTORY_HEADER], started)
     assert letter.source == dlq_name(queue) == f"dlq.{queue}"
 
     transport.send(queue, SENTINEL)  # and it is gone from its own queue
@@ -719,6 +722,7 @@ def test_delivery_limit_dead_letters_with_history(
 ) -> None:
     queue, limit = name("q"), transport.delivery_limit
     assert limit >= 1
+    started = time.time()
     transport.send(queue, b"poison")
     received = collector()
     transport.subscribe(queue, received)
@@ -747,6 +751,17 @@ def test_delivery_limit_dead_letters_with_history(
     # Embedded brokers record every return; RabbitMQ records the dead-lettering
     # itself (x-death), with x-delivery-count having counted the returns.
     assert 1 <= len(letter.headers[DLQ_HISTORY_HEADER]) <= limit
+    assert_dated(letter.headers[DLQ_HISTORY_HEADER], started)
+
+
+def assert_dated(history: list[Any], since: float) -> None:
+    """Every history entry says when it happened, as ISO-8601 UTC text, in order."""
+    stamps = [entry["at"] for entry in history]
+    assert all(isinstance(stamp, str) and stamp.endswith("Z") for stamp in stamps), history
+    seconds = [entry_seconds(entry) for entry in history]
+    # (RabbitMQ dates its dead-lettering to the whole second)
+    assert all(since - 1 <= when <= time.time() + 1 for when in seconds), history
+    assert seconds == sorted(seconds)
 
 
 def test_consumers_crashing_on_a_poison_message_dead_letter_it(
@@ -1050,6 +1065,36 @@ def test_optional_feature_is_accepted_or_refused_outright(
     news.wait_for_body(SENTINEL)
     assert news.bodies == [SENTINEL]
     transport.ack(delivery)  # still ours: the refused publish did not ack it
+
+
+def test_a_named_exchange_is_gone_through_or_refused_and_the_default_is_a_plain_send(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    """``Outgoing.exchange``: RabbitMQ routes the message by its routing key through the
+    exchange; the other transports refuse it. The default exchange (``""``) is a send."""
+    queue, topic, inputs = name("q"), name("t", topic=True), name("in")
+    transport.publish([Outgoing(queue, b"default", exchange="")]).result(DEADLINE)
+    assert drain(transport, queue, collector) == [b"default"]
+    transport.send(inputs, b"input")
+    received = collector()
+    transport.subscribe(inputs, received)
+    [delivery] = received.wait_for_count(1)
+    through = Outgoing("any.key", b"routed", exchange=topic)
+    if Capability.EXCHANGE not in transport.capabilities:
+        with pytest.raises(UnsupportedFeature, match="exchange"):
+            transport.publish([Outgoing(queue, b"plain"), through], ack=delivery)
+        assert drain(transport, queue, collector) == [], "refused whole"
+        transport.ack(delivery)  # still ours: the refused publish did not ack it
+        return
+    # An exchange that does not exist: refused in one line, naming it; nothing acked.
+    with pytest.raises(ZocaloError, match=f"exchange '{topic}' does not exist"):
+        transport.publish([through], ack=delivery).result(DEADLINE)
+    bound = name("bound", topic=True)  # not a work queue: bind_queue makes its own kind
+    transport.bind_queue(bound, topic, expires=60)  # to a fanout exchange named topic
+    transport.publish([through], ack=delivery).result(DEADLINE)
+    assert drain(transport, bound, collector) == [b"routed"]
+    with pytest.raises(UnsupportedFeature, match="named one"):
+        transport.publish([Outgoing("k", b"x", exchange=topic, delay=1)])
 
 
 # -- delay and expiration ------------------------------------------------------------------

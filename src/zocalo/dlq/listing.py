@@ -18,7 +18,7 @@ from zocalo.transport.dead_letters import dlq_name
 from zocalo.transport.registry import redact_url
 
 if TYPE_CHECKING:
-    from zocalo.rabbitmq_admin.api import ManagementAPI
+    from zocalo.rabbitmq_admin.endpoints import ManagementTarget
 
 QueueLister = Callable[[], list[QueueStats]]
 DLQ_PREFIX = "dlq."
@@ -39,9 +39,6 @@ class QueueListing:
     lists_empty: bool = False
     #: Only queues whose name (after ``dlq.``) starts with ``<namespace>.``; None: all.
     namespace: str | None = None
-    #: ``exchange_type(name)``: the type of a RabbitMQ exchange (None: unknown, or a
-    #: broker without exchanges).
-    exchange_type: Callable[[str], str | None] = field(default=lambda name: None, repr=False)
     _close: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def queues(self) -> dict[str, QueueStats]:
@@ -107,38 +104,28 @@ def queue_listing(
     being a queue name prefix (as for python-zocalo on ActiveMQ).
     """
     if is_rabbitmq(url):
-        from zocalo.rabbitmq_admin.queues import management_target
+        from zocalo.rabbitmq_admin.endpoints import management_target
 
         target = management_target(url, management_url, rabbitmq_api)
         vhost = namespace or target.vhost
-        api = target.connect()
+        tried = ", ".join(redact_url(base) for base in target.base_urls)
         return QueueListing(
-            f"vhost {vhost!r} (management API {target.base_url})",
-            lambda: _vhost_queues(api, vhost),
+            f"vhost {vhost!r} (management API {tried})",
+            lambda: _vhost_queues(target, vhost),
             lists_empty=True,
-            exchange_type=_exchange_types(api, vhost),
-            _close=api.close,
         )
     if transport is None:
         raise ValueError(f"listing the queues of {redact_url(url)} needs a connected transport")
     return QueueListing(redact_url(url), transport.queue_stats, namespace=namespace)
 
 
-def _vhost_queues(api: ManagementAPI, vhost: str) -> list[QueueStats]:
+def _vhost_queues(target: ManagementTarget, vhost: str) -> list[QueueStats]:
+    """The queues of ``vhost`` from the first of ``target``'s APIs that answers now: a
+    long-lived listing (Schlockmeister's) fails over each time, and holds no connection."""
     from zocalo.rabbitmq_admin.queues import queue_stats
 
-    return queue_stats(api, vhost)
-
-
-def _exchange_types(api: ManagementAPI, vhost: str) -> Callable[[str], str | None]:
-    """``exchange_type(name)`` for ``vhost``, asking the API once, on first use."""
-    known: dict[str, str] = {}
-
-    def exchange_type(name: str) -> str | None:
-        if not known:
-            known.update(
-                {str(entry.get("name")): str(entry.get("type")) for entry in api.exchanges(vhost)}
-            )
-        return known.get(name)
-
-    return exchange_type
+    api = target.connect()
+    try:
+        return queue_stats(api, vhost)
+    finally:
+        api.close()

@@ -155,6 +155,8 @@ class Capability(enum.Enum):
     REPLY_QUEUE = "reply-queue"
     #: ``keep_broadcasts`` and ``subscribe_broadcast(..., replay=)``.
     KEPT_BROADCASTS = "kept-broadcasts"
+    #: ``Outgoing.exchange``: publish through a named (RabbitMQ) exchange.
+    EXCHANGE = "exchange"
 
 
 @dataclass(frozen=True)
@@ -481,6 +483,7 @@ class Transport(ABC):
             Capability.DELAY: message.delay,
             Capability.PRIORITY: message.priority,
             Capability.EXPIRATION: message.expiration,
+            Capability.EXCHANGE: message.exchange or None,
         }
         if message.broadcast and message.delay is not None:
             wanted[Capability.DELAYED_BROADCAST] = message.delay
@@ -494,6 +497,11 @@ class Transport(ABC):
             checked_duration("delay", message.delay, message.describe())
         if message.expiration is not None:
             checked_duration("expiration", message.expiration, message.describe())
+        if message.exchange and (message.broadcast or message.delay is not None):
+            raise UnsupportedFeature(
+                f"{message.describe()}: a broadcast or a delayed message goes through its "
+                "own exchange, not a named one"
+            )
         priority = message.priority
         if priority is not None and (
             isinstance(priority, bool)

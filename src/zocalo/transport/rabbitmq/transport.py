@@ -80,6 +80,7 @@ class RabbitMQTransport(Transport):
             Capability.CROSS_PROCESS,
             Capability.REPLY_QUEUE,
             Capability.KEPT_BROADCASTS,
+            Capability.EXCHANGE,
         }
     )
 
