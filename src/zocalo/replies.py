@@ -1,6 +1,6 @@
 """The caller's side of a job's replies: a private reply queue, and the replies on it.
 
-``zocalo.go --wait`` and :func:`zocalo.submit.submit` open :class:`Replies` before
+``zocalo.go --wait`` and :func:`zocalo.submit` open :class:`Replies` before
 they send the job, so no reply can come before anyone listens. It declares a reply
 queue on the caller's connection (private to it: the broker drops the queue, and any
 reply sent to it later, once that connection is gone) and consumes it. Iterating
@@ -21,7 +21,7 @@ from zocalo.transport.base import Delivery, Subscription, Transport, reply_queue
 
 log = logging.getLogger(__name__)
 
-#: Seconds ``zocalo.go --wait`` (and :func:`zocalo.submit.submit`) wait unless told.
+#: Seconds ``zocalo.go --wait`` (and :func:`zocalo.submit`) wait unless told.
 DEFAULT_WAIT = 300.0
 #: Replies the broker may hand over before the caller has read the earlier ones.
 PREFETCH = 100

@@ -1,5 +1,5 @@
 """Results back to the caller: a job that fans out to three replies, from Python
-(``zocalo.submit.submit``) with services on threads on every transport, and from
+(``zocalo.submit``) with services on threads on every transport, and from
 ``zocalo.go --wait`` with every service a real ``zocalo.service`` process; a caller that
 gives up before its replies come holds nothing up, and they are dropped, one line each."""
 
@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 from replying_services import ANSWER, DONE, FANOUT, RECIPE, Answer, Fanout
 
+import zocalo
 from zocalo.cli.go import command as go
 from zocalo.launch import ServiceProcesses
 from zocalo.replies import ReplyTimeout
-from zocalo.submit import submit
 from zocalo.transport import create_transport
 
 HERE = Path(__file__).parent
@@ -41,7 +41,7 @@ def test_submit_yields_each_reply_of_a_job_that_fans_out(
     run_service(Answer(), url)
     done = collector(ack_with=client)
     client.subscribe(DONE, done)
-    replies = submit(url, recipe=RECIPE, parameters={"parts": 3}, direct=True, results=3)
+    replies = zocalo.submit(url, recipe=RECIPE, parameters={"parts": 3}, direct=True, results=3)
     received = list(replies)
     assert sorted(reply.payload["part"] for reply in received) == [0, 1, 2]
     assert all(reply.payload["squared"] == reply.payload["part"] ** 2 for reply in received)
@@ -55,7 +55,9 @@ def test_submit_through_the_dispatcher_on_the_callers_own_connection(
     site.add_recipe("fanout", RECIPE)
     run_service(Fanout(), url)
     run_service(Answer(), url)
-    replies = submit(client, ["fanout"], {"parts": 3}, dcid_required=False, results=3, timeout=30)
+    replies = zocalo.submit(
+        client, ["fanout"], {"parts": 3}, dcid_required=False, results=3, timeout=30
+    )
     assert sorted(reply.payload["part"] for reply in replies) == [0, 1, 2]
     assert client.connected, "a connection the caller gave stays the caller's"
 
@@ -67,7 +69,9 @@ def test_a_caller_that_gave_up_holds_nothing_up(
     each reply is dropped with a log line, and the step's other outputs and its
     acknowledgement go through as if the caller were there."""
     run_service(Fanout(), url)
-    replies = submit(url, recipe=RECIPE, parameters={"parts": 3}, direct=True, results=3, timeout=1)
+    replies = zocalo.submit(
+        url, recipe=RECIPE, parameters={"parts": 3}, direct=True, results=3, timeout=1
+    )
     with pytest.raises(ReplyTimeout) as gave_up:
         next(replies)
     assert str(gave_up.value) == (

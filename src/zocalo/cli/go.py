@@ -34,7 +34,7 @@ from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
 from zocalo.recipe.validation import check_destinations
 from zocalo.replies import DEFAULT_WAIT, ReplyTimeout
-from zocalo.submit import (
+from zocalo.submission import (
     FALLBACK_KEY,
     InvalidRequest,
     MissingId,

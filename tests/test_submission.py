@@ -10,7 +10,7 @@ import pytest
 
 from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
-from zocalo.submit import (
+from zocalo.submission import (
     DISPATCHER_QUEUE,
     InvalidRequest,
     MissingId,
