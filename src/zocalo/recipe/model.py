@@ -79,16 +79,12 @@ def _load_error(value: Any, problems: list[InvalidRecipe]) -> list[Any] | None:
     return None
 
 
-class _NotAStep(Exception):
-    """A top-level key that is neither 'start', 'error' nor a number."""
-
-
 def _step_id(key: Any) -> int | None:
     """The integer id for a non-int top-level key, or None for a key kept as it is."""
     try:
         number = int(key)
     except (TypeError, ValueError):
-        raise _NotAStep from None
+        raise invalid(f"top-level key {key!r} is not 'start', 'error' or a step id") from None
     # As in the reference, "0" (or 2.0 from Python) stays a key and fails validate().
     return number if number and key != number else None
 
@@ -182,10 +178,8 @@ class Recipe:
             else:
                 try:
                     number = _step_id(key)
-                except _NotAStep:
-                    problems.append(
-                        invalid(f"top-level key {key!r} is not 'start', 'error' or a step id")
-                    )
+                except InvalidRecipe as problem:
+                    problems.append(problem)
                     continue
                 if number is None:
                     self._stray[key] = _normalise_step(value)
