@@ -50,12 +50,14 @@ def remote_destination(name: str) -> str | None:
 
 
 def names_temporary(frames: Sequence[tuple[str, Mapping[str, str], bytes]]) -> bool:
-    """Whether a frame of ``frames`` names a temporary queue of its connection."""
-    return any(
-        headers.get(key, "").startswith(TEMP_QUEUE)
-        for _command, headers, _body in frames
-        for key in _DESTINATION_HEADERS
-    )
+    """Whether a frame of ``frames`` names a temporary queue of its connection (on the
+    path of every write: one look at each frame's destination, and at a reply-to)."""
+    for _command, headers, _body in frames:
+        if headers.get("destination", "").startswith(TEMP_QUEUE):
+            return True
+        if "reply-to" in headers and headers["reply-to"].startswith(TEMP_QUEUE):
+            return True
+    return False
 
 
 class Numbering:
