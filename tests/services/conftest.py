@@ -138,6 +138,19 @@ def rabbitmq_url(request: pytest.FixtureRequest) -> str:
     return vhost.url
 
 
+def broker_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker of ``kind`` for this test: a fresh memory broker or SQLite file, the
+    session's RabbitMQ vhost, or a prefix of its own on the session's ActiveMQ."""
+    if kind == "memory":
+        return f"memory://services-{uuid.uuid4().hex}"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    if kind == "stomp":
+        prefix = f"services{uuid.uuid4().hex[:8]}"
+        return str(request.getfixturevalue("activemq").url(prefix=prefix))
+    return rabbitmq_url(request)
+
+
 @pytest.fixture(
     params=[
         pytest.param("memory", id="memory"),
@@ -146,12 +159,9 @@ def rabbitmq_url(request: pytest.FixtureRequest) -> str:
     ]
 )
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A broker for services on threads of this process."""
-    if request.param == "memory":
-        return f"memory://services-{uuid.uuid4().hex}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    return rabbitmq_url(request)
+    """A broker for services on threads of this process (a module may add ``"stomp"``,
+    parametrizing ``url`` with ``indirect=True``)."""
+    return broker_url(request.param, request, tmp_path)
 
 
 @pytest.fixture(
@@ -162,9 +172,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 )
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A broker every process can reach."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    return rabbitmq_url(request)
+    return broker_url(request.param, request, tmp_path)
 
 
 @pytest.fixture

@@ -1567,13 +1567,13 @@ def test_a_reply_queue_takes_replies_while_its_connection_lives(
     if lacks_reply_queues(caller):
         return
     queue = reply_queue_name()
-    caller.declare_reply_queue(queue)
-    caller.declare_reply_queue(queue)  # its own, again: harmless
+    address = caller.declare_reply_queue(queue)
+    assert caller.declare_reply_queue(queue) == address  # its own, again: harmless
     replies = collector(ack_with=caller)
     caller.subscribe(queue, replies)
-    worker.publish([Outgoing(queue, b"reply", droppable=True)]).result(DEADLINE)
+    worker.publish([Outgoing(address, b"reply", droppable=True)]).result(DEADLINE)
     assert replies.wait_for_body(b"reply")[0].body == b"reply"
-    assert not dropped_replies.count(queue)
+    assert not dropped_replies.count(address)
 
 
 def test_a_droppable_message_reaches_a_queue_someone_consumes(
@@ -1623,42 +1623,50 @@ def test_a_reply_queue_goes_with_its_connection_and_later_replies_are_dropped(
     if lacks_reply_queues(caller):
         return
     queue = reply_queue_name()
-    caller.declare_reply_queue(queue)
+    address = caller.declare_reply_queue(queue)
     caller.subscribe(queue, collector())  # never acked: returned to the queue as it goes
-    worker.publish([Outgoing(queue, b"unread", droppable=True)]).result(DEADLINE)
+    worker.publish([Outgoing(address, b"unread", droppable=True)]).result(DEADLINE)
     getattr(caller, leaves)()
-    dropped_replies.wait_until_gone(worker, queue)
+    dropped_replies.wait_until_gone(worker, address)
 
     _, [delivery] = take(worker, inputs, 1, collector, [b"input"])
-    before = dropped_replies.count(queue)
+    before = dropped_replies.count(address)
     worker.publish(
-        [Outgoing(queue, b"late reply", droppable=True), Outgoing(outputs, b"result")],
+        [Outgoing(address, b"late reply", droppable=True), Outgoing(outputs, b"result")],
         ack=delivery,
     ).result(DEADLINE)
-    assert dropped_replies.count(queue) == before + 1
+    assert dropped_replies.count(address) == before + 1
     assert drain(observer, outputs, collector) == [b"result"]
     assert returned_after_close(worker, observer, inputs, collector) == [], "the input was acked"
     replacement = connect()
-    replacement.declare_reply_queue(queue)  # the name is free again: nothing else has it
+    renewed = replacement.declare_reply_queue(queue)  # the name is free again
     received = collector(ack_with=replacement)
     replacement.subscribe(queue, received)
-    replacement.publish([Outgoing(queue, SENTINEL, droppable=True)]).result(DEADLINE)
+    replacement.publish([Outgoing(renewed, SENTINEL, droppable=True)]).result(DEADLINE)
     assert [d.body for d in received.wait_for_body(SENTINEL)] == [SENTINEL], "nothing left over"
 
 
 def test_a_reply_queue_needs_a_name_no_queue_has(
     connect: Callable[..., Transport], collector: Callable, name: Callable
 ) -> None:
-    """Closing would take the queue away: a work queue, or another caller's, is refused."""
+    """Closing would take the queue away: a work queue, or another caller's, is refused
+    where the caller names the queue; where the broker names it (ActiveMQ), two callers'
+    reply queues never meet, and a work queue of the name is left alone."""
     work = name("work")
     first, second = connect(), connect()
     if lacks_reply_queues(first):
         return
     first.send(work, b"waiting")
+    theirs = reply_queue_name()
+    address = first.declare_reply_queue(theirs)
+    if address != theirs:  # named by the broker
+        assert second.declare_reply_queue(theirs) != address
+        second.declare_reply_queue(work)
+        second.close()
+        assert drain(first, work, collector) == [b"waiting"], "the work queue kept its message"
+        return
     with pytest.raises(ZocaloError, match="exists already"):
         second.declare_reply_queue(work)
-    theirs = reply_queue_name()
-    first.declare_reply_queue(theirs)
     with pytest.raises(ZocaloError):
         second.declare_reply_queue(theirs)
     second.close()

@@ -275,16 +275,21 @@ class Transport(ABC):
         """
         raise UnsupportedFeature(f"{type(self).__name__} cannot keep broadcasts")
 
-    def declare_reply_queue(self, queue: str) -> None:
-        """Create ``queue`` for replies to come back on, private to this connection.
+    def declare_reply_queue(self, queue: str) -> str:
+        """Create ``queue`` for replies to come back on, private to this connection, and
+        return its *address*: the name replies are sent to (put that in the job).
 
         It goes away, with what it holds, when this connection closes or dies (its
         caller has gone); a droppable message sent to it after that (see
         :class:`Outgoing`) is dropped, and the publish that carried it goes through.
-        The name must be new (:func:`reply_queue_name` makes one): a queue that
-        already exists is refused with :class:`~zocalo.errors.TransportError`, as
-        closing this connection would take it away. Declaring this connection's own
-        reply queue again is harmless. Consume it with :meth:`subscribe`.
+        Consume it with :meth:`subscribe` under ``queue``. Declaring this connection's
+        own reply queue again is harmless (the same address).
+
+        Most brokers take the caller's name: the address is ``queue``, which must be
+        new (:func:`reply_queue_name` makes one): a queue that already exists is
+        refused with :class:`~zocalo.errors.TransportError`, as closing this connection
+        would take it away. ActiveMQ names its temporary queues itself: there the
+        address differs, every connection's are its own, and no name is refused.
 
         Transports with :attr:`Capability.REPLY_QUEUE` implement this; the others
         refuse it (so ``zocalo.go --wait`` says it cannot wait there), and deliver a

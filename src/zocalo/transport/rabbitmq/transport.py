@@ -166,11 +166,12 @@ class RabbitMQTransport(Transport):
         """
         self._topology.declare_queue(queue)
 
-    def declare_reply_queue(self, queue: str) -> None:
+    def declare_reply_queue(self, queue: str) -> str:
         """An exclusive queue: RabbitMQ deletes it when this connection closes or is lost
         (after a reconnect it is declared again, empty)."""
         self._connection.require_open()
         self._topology.declare_reply_queue(queue)
+        return queue
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         """A classic queue bound to the topic's fanout exchange; RabbitMQ deletes it

@@ -90,6 +90,7 @@ class StompTransport(Transport):
             Capability.EXPIRATION,
             Capability.DEAD_LETTER,
             Capability.CROSS_PROCESS,
+            Capability.REPLY_QUEUE,
         }
     )
 
@@ -108,7 +109,7 @@ class StompTransport(Transport):
             self.endpoint,
             on_message=self._on_message,
             on_error=lambda text: self._publisher.refused(text),
-            on_lost=lambda reason: self._consumers.connection_lost(self._link),
+            on_lost=lambda reason: self._lost(),
             on_reconnected=lambda: self._consumers.restore(self._link),
         )
         self._publisher = Publisher(self._link, self._consumers)
@@ -116,6 +117,20 @@ class StompTransport(Transport):
         #: Rejected messages whose copy to the dead-letter queue failed: NACKed instead,
         #: for the broker's own dead-letter policy (each is logged too).
         self.dead_letter_copies_failed = 0
+        #: This connection's reply queues: our name -> its temporary queue.
+        self._reply_queues: dict[str, str] = {}
+
+    def _lost(self) -> None:
+        """The connection was lost: the broker takes back what it held, and deleted its
+        reply queues; whoever waits on one is told (replies now go nowhere)."""
+        self._consumers.connection_lost(self._link)
+        names = ", ".join(sorted(self._reply_queues))
+        self._reply_queues.clear()
+        if names and not self._link.closing:
+            self.report_failure(
+                f"{self.safe_url}: the connection was lost, and ActiveMQ deleted its reply "
+                f"queue(s) {names} with it: replies sent to them are dropped"
+            )
 
     def _on_message(self, frame: Frame) -> None:
         self._consumers.on_message(frame, self._link)
@@ -155,12 +170,14 @@ class StompTransport(Transport):
     def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
-        destination = self.destinations.queue(queue)
+        temporary = self._reply_queues.get(queue)
+        destination = temporary or self.destinations.queue(queue)
         self._link.require_open()
         subscription = Subscription(
             self._next_subscription_id(), queue, callback, prefetch=prefetch
         )
-        if queue == dlq_name(queue):  # a dead-letter queue has no limit of its own
+        # A dead-letter queue has no limit of its own; a reply queue dead-letters nothing.
+        if temporary or queue == dlq_name(queue):
             headers = {"ack": "client-individual", "activemq.prefetchSize": str(prefetch)}
         else:
             headers = self._consumers.queue_headers(prefetch)
@@ -173,6 +190,30 @@ class StompTransport(Transport):
                 self._consumers.unsubscribe(subscription)
                 raise
         return subscription
+
+    def declare_reply_queue(self, queue: str) -> str:
+        """A temporary queue of this connection (see :mod:`.temporary`): private to it,
+        deleted by the broker when it closes or dies. Returns its address, the name
+        others send replies to (``zocalo.reply.<ActiveMQ's id>``); ``queue`` is the
+        caller's name for consuming it. Each connection's are its own: no name clashes.
+        """
+        destination = self.destinations.temporary(queue)
+        self._link.require_open()
+        address = self._link.temporary.address(destination)
+        if address is None:  # made by the first frame naming it: a consumer that takes nothing
+            stomp_id = f"reply-queue-{queue}"
+            headers = {"ack": "client-individual", "activemq.prefetchSize": "0"}
+            self._link.call("SUBSCRIBE", {"id": stomp_id, "destination": destination, **headers})
+            self._link.call("UNSUBSCRIBE", {"id": stomp_id})
+            address = self._link.temporary.address(destination)
+        if address is None:
+            raise UnsupportedFeature(
+                f"{self.safe_url}: the broker gave the connection no id (the CONNECTED "
+                "frame's session header), so its temporary queues cannot be named: "
+                "reply queues need ActiveMQ Classic"
+            )
+        self._reply_queues[queue] = destination
+        return address
 
     def subscribe_broadcast(
         self, topic: str, callback: Callback, *, replay: float = 0.0
@@ -316,4 +357,5 @@ class StompTransport(Transport):
         except Uncarriable as error:
             raise PublishFailed(f"cannot publish to {message.describe()}: {error}") from None
         headers.update(routing_headers(message))
-        return Prepared(destination, headers, message.body, message.describe())
+        droppable = message if message.droppable else None
+        return Prepared(destination, headers, message.body, message.describe(), droppable)
