@@ -53,6 +53,13 @@ class Destinations:
         name = message.destination
         return self.topic(name) if message.broadcast else self.queue(name)
 
+    def every_queue(self) -> list[str]:
+        """Wildcard destinations matching every queue under the prefix and every
+        dead-letter queue of one (all queues without a prefix)."""
+        if not self._namespace:
+            return ["/queue/>"]
+        return [f"/queue/{self._namespace}>", f"/queue/{BROKER_DLQ_PREFIX}{self._namespace}>"]
+
     def queue_name(self, destination: str) -> str | None:
         """Our name of the queue ``/queue/...`` (None: not a queue under our prefix)."""
         if not destination.startswith("/queue/"):

@@ -44,6 +44,7 @@ from zocalo.transport.base import (
     Confirmation,
     Delivery,
     Outgoing,
+    QueueStats,
     Subscription,
     Transport,
     deliveries_to_ack,
@@ -57,6 +58,7 @@ from zocalo.transport.dead_letters import (
     with_history,
 )
 from zocalo.transport.stomp.bound import BoundQueues
+from zocalo.transport.stomp.browse import Browsers
 from zocalo.transport.stomp.confirms import Batch, Prepared, Publisher
 from zocalo.transport.stomp.connection import Link
 from zocalo.transport.stomp.consumers import Consumers, Receipt
@@ -112,12 +114,14 @@ class StompTransport(Transport):
         )
         self._publisher = Publisher(self._link, self._consumers)
         self._bound = BoundQueues(self.endpoint, self.destinations, self._consumers)
+        self._browsers = Browsers()
         #: Rejected messages whose copy to the dead-letter queue failed: NACKed instead,
         #: for the broker's own dead-letter policy (each is logged too).
         self.dead_letter_copies_failed = 0
 
     def _on_message(self, frame: Frame) -> None:
-        self._consumers.on_message(frame, self._link)
+        if not self._browsers.on_message(frame):
+            self._consumers.on_message(frame, self._link)
 
     # -- connection ---------------------------------------------------------
     @property
@@ -294,6 +298,22 @@ class StompTransport(Transport):
         # On a lost connection the batch failed (see failed()); the broker returns it.
         with contextlib.suppress(ConnectionFailed):
             self._publisher.publish([copy], batch)
+
+    # -- introspection ------------------------------------------------------
+    def queue_stats(self) -> list[QueueStats]:
+        """The queues of our prefix (and their dead-letter queues) that hold messages,
+        browsed (see :mod:`.browse`: no plugin needed; every message counts as ready,
+        delivered or not; up to the broker's browse page per queue; delayed ones unseen)."""
+        self._link.require_open()
+        counts = self._browsers.count(
+            self._link, self.destinations.every_queue(), self.endpoint.timeout
+        )
+        stats = [
+            QueueStats(name, ready=count)
+            for destination, count in counts.items()
+            if (name := self.destinations.queue_name(destination)) is not None
+        ]
+        return sorted(stats, key=lambda entry: entry.queue)
 
     # -- publishing ---------------------------------------------------------
     def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:

@@ -1,0 +1,40 @@
+"""Queue depths over STOMP: every queue of our prefix and its dead-letter queue, browsed,
+nothing consumed (the dead-letter tools and ``zocalo queues`` read them)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from zocalo.transport import Outgoing, create_transport
+from zocalo.transport.base import QueueStats
+
+pytestmark = pytest.mark.stomp
+
+
+def test_queue_stats_count_each_queue_and_dead_letter_queue_of_the_prefix(activemq, collector):
+    prefix, other = f"qs{uuid.uuid4().hex[:8]}", f"qs{uuid.uuid4().hex[:8]}"
+    with (
+        create_transport(activemq.url(prefix=prefix)) as ours,
+        create_transport(activemq.url(prefix=other)) as theirs,
+        create_transport(activemq.url(prefix=prefix)) as holder,
+    ):
+        assert ours.queue_stats() == []
+        messages = [Outgoing("a", b"1"), Outgoing("a", b"2"), Outgoing("a", b"3")]
+        messages += [Outgoing("dlq.a", b"dead"), Outgoing("b", b"x"), Outgoing("b", b"y")]
+        ours.publish(messages).result(30)
+        theirs.publish([Outgoing("a", b"elsewhere")]).result(30)
+        held = collector()  # never settled: in flight while the stats are read
+        holder.subscribe("b", held, prefetch=1)
+        held.wait_for_count(1)
+
+        stats = ours.queue_stats()
+
+        assert stats == [QueueStats("a", ready=3), QueueStats("b", ready=2), QueueStats("dlq.a", 1)]
+        assert ours.depth("a") == 3
+        assert theirs.queue_stats() == [QueueStats("a", ready=1)]
+        taken = collector(ack_with=ours)
+        ours.subscribe("a", taken, prefetch=10)
+        deliveries = taken.wait_for_count(3)
+        assert [d.delivery_count for d in deliveries] == [1, 1, 1]  # browsing delivered nothing
