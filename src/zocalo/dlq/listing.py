@@ -1,7 +1,8 @@
 """Which queues a broker has and how many messages each holds, whatever the broker.
 
 The embedded broker (and the in-memory one) answer through the transport contract
-(:meth:`~zocalo.transport.base.Transport.queue_stats`); AMQP cannot list queues, so a
+(:meth:`~zocalo.transport.base.Transport.queue_stats`), and so does ActiveMQ (browsing
+its queues over STOMP: queues that hold messages); AMQP cannot list queues, so a
 RabbitMQ vhost is listed through the management API (:mod:`zocalo.rabbitmq_admin`).
 The tools ask a :class:`QueueListing` and never which broker it is.
 """
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 QueueLister = Callable[[], list[QueueStats]]
 DLQ_PREFIX = "dlq."
 _RABBITMQ_SCHEMES = ("amqp", "amqps")
+_ACTIVEMQ_SCHEMES = ("stomp",)
 
 
 @dataclass
@@ -37,6 +39,8 @@ class QueueListing:
     broker: str
     list_queues: QueueLister
     lists_empty: bool = False
+    #: Why a queue the broker may have is not listed (said when one is required).
+    unlisted: str = "it holds no messages and has no consumers"
     #: Only queues whose name (after ``dlq.``) starts with ``<namespace>.``; None: all.
     namespace: str | None = None
     #: ``exchange_type(name)``: the type of a RabbitMQ exchange (None: unknown, or a
@@ -67,7 +71,7 @@ class QueueListing:
         missing = [name for name in names if name not in present]
         if not missing:
             return
-        why = "" if self.lists_empty else " (it holds no messages and has no consumers)"
+        why = "" if self.lists_empty else f" ({self.unlisted})"
         listed = ", ".join(missing)
         raise NoSuchQueue(f"no queue {listed} on {self.broker}{why}")
 
@@ -121,7 +125,10 @@ def queue_listing(
         )
     if transport is None:
         raise ValueError(f"listing the queues of {redact_url(url)} needs a connected transport")
-    return QueueListing(redact_url(url), transport.queue_stats, namespace=namespace)
+    listing = QueueListing(redact_url(url), transport.queue_stats, namespace=namespace)
+    if url.partition("://")[0].lower() in _ACTIVEMQ_SCHEMES:
+        listing.unlisted = "it holds no messages: ActiveMQ's queues are listed by browsing them"
+    return listing
 
 
 def _vhost_queues(api: ManagementAPI, vhost: str) -> list[QueueStats]:
