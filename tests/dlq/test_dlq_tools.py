@@ -180,6 +180,39 @@ def test_reinject_with_step_restarts_the_recipe_at_that_step(broker, run, tmp_pa
     assert path.exists(), "kept without --remove"
 
 
+def test_a_dead_letter_file_python_zocalo_wrote_on_activemq_goes_back(broker, run, tmp_path):
+    """Its headers are the STOMP frame's (python-zocalo's purge keeps them all), its queue
+    named with the broker's prefix; on ActiveMQ that prefix is ours, elsewhere none."""
+    queue = broker.queue("theirs")
+    broker.client.declare_queue(queue)
+    named = f"{broker.stomp_prefix}.{queue}" if broker.stomp_prefix else queue
+    header = {
+        "content-length": "9",
+        "destination": f"/queue/DLQ.{named}",
+        "dlqDeliveryFailureCause": "java.lang.Throwable: poison ack",
+        "expires": "0",
+        "message-id": "ID:host-40000-1634000000000-4:1:1:1:1",
+        "original-destination": f"/queue/{named}",
+        "persistent": "true",
+        "priority": "4",
+        "subscription": "1",
+        "timestamp": "1634000000123",
+        "workflows-recipe": "True",
+    }
+    path = tmp_path / "msg-20211012-015320-123-ID_host"
+    path.write_text(json.dumps({"exported": {}, "header": header, "message": {"n": 1}}))
+    result = run(dlq_reinject, "-t", broker.url, "--remove", str(path))
+    assert result.exit_code == 0, result.output
+    assert f"to queue '{queue}' (file removed)" in result.stdout
+    (delivery,) = broker.take_all(queue)
+    assert json.loads(delivery.body) == {"n": 1}
+    assert (delivery.headers["workflows-recipe"], delivery.headers["dlq-reinjected"]) == (
+        "True",
+        "True",
+    )
+    assert not {"persistent", "priority", "dlqDeliveryFailureCause"} & set(delivery.headers)
+
+
 def test_reinject_refuses_a_bad_file_and_sends_nothing(broker, run, tmp_path):
     queue = broker.queue("target")
     broker.client.declare_queue(queue)

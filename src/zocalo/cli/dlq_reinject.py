@@ -25,8 +25,8 @@ from zocalo.cli.dlq_common import (
     open_record,
 )
 from zocalo.config import SiteConfiguration
-from zocalo.dlq.listing import is_rabbitmq
-from zocalo.dlq.reinject import Reinjection, prepare_files, reinject
+from zocalo.dlq.listing import is_activemq, is_rabbitmq
+from zocalo.dlq.reinject import Reinjection, activemq_names, prepare_files, reinject
 
 
 def paths_from_purge_output(lines: list[str]) -> list[str]:
@@ -133,8 +133,13 @@ def command(
             listing = stack.enter_context(listing_for(url, None, management_url, site_config))
             exchange_type = listing.exchange_type
         with broker_errors():
+            stomp_name = activemq_names(url) if is_activemq(url) else None
             reinjections = prepare_files(
-                paths, destination=destination, step=step, exchange_type=exchange_type
+                paths,
+                destination=destination,
+                step=step,
+                exchange_type=exchange_type,
+                stomp_name=stomp_name,
             )
     if verbose:
         for reinjection in reinjections:

@@ -94,6 +94,10 @@ def is_rabbitmq(url: str) -> bool:
     return url.partition("://")[0].lower() in _RABBITMQ_SCHEMES
 
 
+def is_activemq(url: str) -> bool:
+    return url.partition("://")[0].lower() in _ACTIVEMQ_SCHEMES
+
+
 def queue_listing(
     url: str,
     transport: Transport | None = None,
@@ -126,7 +130,7 @@ def queue_listing(
     if transport is None:
         raise ValueError(f"listing the queues of {redact_url(url)} needs a connected transport")
     listing = QueueListing(redact_url(url), transport.queue_stats, namespace=namespace)
-    if url.partition("://")[0].lower() in _ACTIVEMQ_SCHEMES:
+    if is_activemq(url):
         listing.unlisted = "it holds no messages: ActiveMQ's queues are listed by browsing them"
     return listing
 

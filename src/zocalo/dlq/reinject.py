@@ -13,10 +13,14 @@ Where to (the first that applies):
    goes to that queue. python-zocalo's tool looked the exchange up among the *queues*
    and so resent nothing that came through a named exchange;
 4. our ``zocalo-dlq-queue`` (the runner or the embedded broker dead-lettered it);
-5. ActiveMQ's ``original-destination`` / ``destination``.
+5. ActiveMQ's ``original-destination`` / ``destination`` (python-zocalo's files from
+   ActiveMQ): the queue or topic named there, less the broker's prefix when reinjecting
+   into ActiveMQ (:func:`activemq_names`), in full elsewhere.
 
 Headers: python-zocalo's tool drops the transport's own fields (message id, routing
-key, redelivered flag, ...) and adds ``dlq-reinjected: "True"``; so do we. We also
+key, redelivered flag, ...) and adds ``dlq-reinjected: "True"``; so do we, and every
+other STOMP or ActiveMQ header (``persistent``, ``priority``, ``JMS...``: a file from
+ActiveMQ has them; the transport sets its own). We also
 drop the broker's ``x-death`` family (RabbitMQ would take a message carrying its old
 ``x-death`` for a dead-letter cycle and drop it) and the dead-letter marks and attempt
 count our runner added: a reinjected message starts with fresh attempts, keeping its
@@ -52,6 +56,7 @@ from zocalo.transport.dead_letters import (
     DLQ_REASON_HEADER,
     without_broker_headers,
 )
+from zocalo.transport.stomp.headers import is_protocol_header
 
 #: The header python-zocalo adds to a reinjected message, with its value.
 REINJECTED_HEADER = "dlq-reinjected"
@@ -69,6 +74,26 @@ DROPPED_HEADERS = PIKA_FIELDS | STOMP_FIELDS | RUNNER_FIELDS | {MESSAGE_ID_HEADE
 #: ``exchange_type(name)``: the type of a RabbitMQ exchange (``fanout``, ``direct``...),
 #: or None when unknown.
 ExchangeType = Callable[[str], str | None]
+#: ``stomp_name(destination)``: our name of a STOMP destination (``/queue/...``,
+#: ``/topic/...``) and whether it is a topic; None when it is not one.
+StompName = Callable[[str], tuple[str, bool] | None]
+
+
+def _full_stomp_name(destination: str) -> tuple[str, bool] | None:
+    """The name in a STOMP destination, whole (python-zocalo added no prefix)."""
+    kind, _, name = destination.removeprefix("/").partition("/")
+    if destination.startswith("/") and kind in ("queue", "topic") and name:
+        return name, kind == "topic"
+    return None
+
+
+def activemq_names(url: str) -> StompName:
+    """How the ActiveMQ broker at ``url`` names our queues and topics (its prefix left
+    out); ZocaloError for a URL the STOMP transport refuses."""
+    from zocalo.transport.stomp.topology import Destinations
+    from zocalo.transport.stomp.url import endpoint
+
+    return Destinations(endpoint(url)[0].prefix).name_of
 
 
 @dataclass(frozen=True)
@@ -84,7 +109,11 @@ class Reinjection:
 
 def reinjected_headers(header: Mapping[str, Any]) -> dict[str, Any]:
     """The headers a reinjected message carries (see the module docstring)."""
-    kept = {name: value for name, value in header.items() if name not in DROPPED_HEADERS}
+    kept = {
+        name: value
+        for name, value in header.items()
+        if name not in DROPPED_HEADERS and not is_protocol_header(name)
+    }
     kept = without_broker_headers(kept)
     kept[REINJECTED_HEADER] = REINJECTED_VALUE
     return kept
@@ -96,6 +125,7 @@ def prepare(
     destination: str | None = None,
     step: int | None = None,
     exchange_type: ExchangeType | None = None,
+    stomp_name: StompName | None = None,
 ) -> Reinjection:
     """What to send for ``letter``; :class:`CannotReinject` naming the file if nothing."""
     headers = reinjected_headers(letter.header)
@@ -106,20 +136,21 @@ def prepare(
     if destination is not None:
         routes = [_named(destination)]
     elif not routes:
-        routes = [origin(letter, exchange_type)]
+        routes = [origin(letter, exchange_type, stomp_name)]
     messages = [Outgoing(name, body, dict(headers), broadcast) for name, broadcast in routes]
     return Reinjection(letter.path, messages)
 
 
 def _named(destination: str) -> tuple[str, bool]:
     """``-d NAME``: a queue, or ``/queue/NAME`` / ``/topic/NAME`` as STOMP names them."""
-    kind, _, name = destination.removeprefix("/").partition("/")
-    if destination.startswith("/") and kind in ("queue", "topic") and name:
-        return name, kind == "topic"
-    return destination, False
+    return _full_stomp_name(destination) or (destination, False)
 
 
-def origin(letter: DeadLetterFile, exchange_type: ExchangeType | None = None) -> tuple[str, bool]:
+def origin(
+    letter: DeadLetterFile,
+    exchange_type: ExchangeType | None = None,
+    stomp_name: StompName | None = None,
+) -> tuple[str, bool]:
     """Where ``letter`` came from: (queue or topic, whether it is a topic)."""
     header = letter.header
     deaths = header.get("x-death")
@@ -135,9 +166,9 @@ def origin(letter: DeadLetterFile, exchange_type: ExchangeType | None = None) ->
         return queue, False
     stomp = header.get("original-destination") or header.get("destination")
     if isinstance(stomp, str):
-        kind, _, name = stomp.removeprefix("/").partition("/")
-        if kind in ("queue", "topic") and name:
-            return name, kind == "topic"
+        route = (stomp_name or _full_stomp_name)(stomp)
+        if route is not None:
+            return route
     raise CannotReinject(
         f"{letter.path}: cannot tell where it came from (no x-death, {DLQ_QUEUE_HEADER} or "
         "destination header); give a destination"
@@ -185,11 +216,16 @@ def prepare_files(
     destination: str | None = None,
     step: int | None = None,
     exchange_type: ExchangeType | None = None,
+    stomp_name: StompName | None = None,
 ) -> list[Reinjection]:
     """Read and check every file first: the first bad one raises, naming it."""
     return [
         prepare(
-            read_dead_letter(path), destination=destination, step=step, exchange_type=exchange_type
+            read_dead_letter(path),
+            destination=destination,
+            step=step,
+            exchange_type=exchange_type,
+            stomp_name=stomp_name,
         )
         for path in paths
     ]
