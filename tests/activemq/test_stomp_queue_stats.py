@@ -38,3 +38,9 @@ def test_queue_stats_count_each_queue_and_dead_letter_queue_of_the_prefix(active
         ours.subscribe("a", taken, prefetch=10)
         deliveries = taken.wait_for_count(3)
         assert [d.delivery_count for d in deliveries] == [1, 1, 1]  # browsing delivered nothing
+
+
+def test_dead_letter_queue_stats_browse_the_dead_letter_queues_alone(activemq):
+    with create_transport(activemq.url(prefix=f"qs{uuid.uuid4().hex[:8]}")) as transport:
+        transport.publish([Outgoing("a", b"1"), Outgoing("dlq.a", b"2")]).result(30)
+        assert transport.dead_letter_queue_stats() == [QueueStats("dlq.a", ready=1)]

@@ -17,6 +17,7 @@ from zocalo.dlq.errors import NoSuchQueue
 from zocalo.transport.base import QueueStats, Transport
 from zocalo.transport.dead_letters import dlq_name
 from zocalo.transport.registry import redact_url
+from zocalo.transport.stomp import StompTransport
 
 if TYPE_CHECKING:
     from zocalo.rabbitmq_admin.api import ManagementAPI
@@ -41,6 +42,9 @@ class QueueListing:
     lists_empty: bool = False
     #: Why a queue the broker may have is not listed (said when one is required).
     unlisted: str = "it holds no messages and has no consumers"
+    #: The ``dlq.*`` queues alone, where that costs the broker less than every queue
+    #: (ActiveMQ, whose queues are browsed); None: taken from ``list_queues``.
+    list_dead_letter_queues: QueueLister | None = field(default=None, repr=False)
     #: Only queues whose name (after ``dlq.``) starts with ``<namespace>.``; None: all.
     namespace: str | None = None
     #: ``exchange_type(name)``: the type of a RabbitMQ exchange (None: unknown, or a
@@ -48,9 +52,12 @@ class QueueListing:
     exchange_type: Callable[[str], str | None] = field(default=lambda name: None, repr=False)
     _close: Callable[[], None] = field(default=lambda: None, repr=False)
 
-    def queues(self) -> dict[str, QueueStats]:
-        """Every queue, by name."""
-        return {stats.queue: stats for stats in self.list_queues() if self._wanted(stats.queue)}
+    def queues(self, *, dead_letters_only: bool = False) -> dict[str, QueueStats]:
+        """Every queue (or at least every ``dlq.*`` one), by name."""
+        lister = self.list_queues
+        if dead_letters_only and self.list_dead_letter_queues is not None:
+            lister = self.list_dead_letter_queues
+        return {stats.queue: stats for stats in lister() if self._wanted(stats.queue)}
 
     def _wanted(self, name: str) -> bool:
         if self.namespace is None:
@@ -61,13 +68,14 @@ class QueueListing:
         """Every ``dlq.*`` queue and the messages it holds (ready, delayed or in flight)."""
         return {
             name: stats.ready + stats.delayed + stats.in_flight
-            for name, stats in sorted(self.queues().items())
+            for name, stats in sorted(self.queues(dead_letters_only=True).items())
             if name.startswith(DLQ_PREFIX)
         }
 
     def require(self, names: Iterable[str]) -> None:
         """Raise :class:`NoSuchQueue` naming every one of ``names`` the broker lacks."""
-        present = self.queues()
+        names = list(names)
+        present = self.queues(dead_letters_only=all(n.startswith(DLQ_PREFIX) for n in names))
         missing = [name for name in names if name not in present]
         if not missing:
             return
@@ -130,8 +138,9 @@ def queue_listing(
     if transport is None:
         raise ValueError(f"listing the queues of {redact_url(url)} needs a connected transport")
     listing = QueueListing(redact_url(url), transport.queue_stats, namespace=namespace)
-    if is_activemq(url):
+    if isinstance(transport, StompTransport):
         listing.unlisted = "it holds no messages: ActiveMQ's queues are listed by browsing them"
+        listing.list_dead_letter_queues = transport.dead_letter_queue_stats
     return listing
 
 

@@ -58,7 +58,12 @@ class Destinations:
         dead-letter queue of one (all queues without a prefix)."""
         if not self._namespace:
             return ["/queue/>"]
-        return [f"/queue/{self._namespace}>", f"/queue/{BROKER_DLQ_PREFIX}{self._namespace}>"]
+        return [f"/queue/{self._namespace}>", *self.every_dead_letter_queue()]
+
+    def every_dead_letter_queue(self) -> list[str]:
+        """A wildcard destination matching the dead-letter queue of every queue under
+        the prefix."""
+        return [f"/queue/{BROKER_DLQ_PREFIX}{self._namespace}>"]
 
     def name_of(self, destination: str) -> tuple[str, bool] | None:
         """Our name of the queue or topic ``destination``, and whether it is a topic

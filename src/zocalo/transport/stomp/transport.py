@@ -304,10 +304,16 @@ class StompTransport(Transport):
         """The queues of our prefix (and their dead-letter queues) that hold messages,
         browsed (see :mod:`.browse`: no plugin needed; every message counts as ready,
         delivered or not; up to the broker's browse page per queue; delayed ones unseen)."""
+        return self._browsed(self.destinations.every_queue())
+
+    def dead_letter_queue_stats(self) -> list[QueueStats]:
+        """:meth:`queue_stats` of the dead-letter queues alone (what Schlockmeister and the
+        dead-letter tools look for, without a copy of every other queue's messages)."""
+        return self._browsed(self.destinations.every_dead_letter_queue())
+
+    def _browsed(self, destinations: list[str]) -> list[QueueStats]:
         self._link.require_open()
-        counts = self._browsers.count(
-            self._link, self.destinations.every_queue(), self.endpoint.timeout
-        )
+        counts = self._browsers.count(self._link, destinations, self.endpoint.timeout)
         stats = [
             QueueStats(name, ready=count)
             for destination, count in counts.items()
