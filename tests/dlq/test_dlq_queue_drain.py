@@ -1,5 +1,6 @@
 """zocalo.queue_drain SOURCE DEST: every message moved with one atomic publish-and-ack, on
-the embedded broker, on RabbitMQ and on ActiveMQ; nothing lost when it stops, fails or is killed."""
+the embedded broker, on RabbitMQ and on ActiveMQ; nothing lost when it stops, fails or is
+killed."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """zocalo.dlq_check, zocalo.dlq_purge and zocalo.dlq_reinject on the embedded broker, on
-RabbitMQ and on ActiveMQ: python-zocalo's output and files, and a round trip that loses nothing."""
+RabbitMQ and on ActiveMQ: python-zocalo's output and files, and a round trip that loses
+nothing."""
 
 from __future__ import annotations
 
