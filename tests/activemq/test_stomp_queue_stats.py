@@ -1,5 +1,6 @@
-"""Queue depths over STOMP: every queue of our prefix and its dead-letter queue, browsed,
-nothing consumed (the dead-letter tools and ``zocalo queues`` read them)."""
+"""What ActiveMQ's queues hold, over STOMP: every queue of our prefix and its dead-letter
+queue, browsed, nothing consumed (the dead-letter tools and Schlockmeister read them).
+Depths by state (``queue_stats``) are refused: STOMP cannot tell them."""
 
 from __future__ import annotations
 
@@ -7,20 +8,21 @@ import uuid
 
 import pytest
 
+from zocalo.errors import UnsupportedFeature
 from zocalo.transport import Outgoing, create_transport
 from zocalo.transport.base import QueueStats
 
 pytestmark = pytest.mark.stomp
 
 
-def test_queue_stats_count_each_queue_and_dead_letter_queue_of_the_prefix(activemq, collector):
+def test_browsing_counts_each_queue_and_dead_letter_queue_of_the_prefix(activemq, collector):
     prefix, other = f"qs{uuid.uuid4().hex[:8]}", f"qs{uuid.uuid4().hex[:8]}"
     with (
         create_transport(activemq.url(prefix=prefix)) as ours,
         create_transport(activemq.url(prefix=other)) as theirs,
         create_transport(activemq.url(prefix=prefix)) as holder,
     ):
-        assert ours.queue_stats() == []
+        assert ours.browsed_queue_stats() == []
         messages = [Outgoing("a", b"1"), Outgoing("a", b"2"), Outgoing("a", b"3")]
         messages += [Outgoing("dlq.a", b"dead"), Outgoing("b", b"x"), Outgoing("b", b"y")]
         ours.publish(messages).result(30)
@@ -29,18 +31,23 @@ def test_queue_stats_count_each_queue_and_dead_letter_queue_of_the_prefix(active
         holder.subscribe("b", held, prefetch=1)
         held.wait_for_count(1)
 
-        stats = ours.queue_stats()
+        stats = ours.browsed_queue_stats()
 
         assert stats == [QueueStats("a", ready=3), QueueStats("b", ready=2), QueueStats("dlq.a", 1)]
-        assert ours.depth("a") == 3
-        assert theirs.queue_stats() == [QueueStats("a", ready=1)]
+        assert theirs.browsed_queue_stats() == [QueueStats("a", ready=1)]
         taken = collector(ack_with=ours)
         ours.subscribe("a", taken, prefetch=10)
         deliveries = taken.wait_for_count(3)
         assert [d.delivery_count for d in deliveries] == [1, 1, 1]  # browsing delivered nothing
 
 
-def test_dead_letter_queue_stats_browse_the_dead_letter_queues_alone(activemq):
+def test_the_dead_letter_queues_are_browsed_alone(activemq):
     with create_transport(activemq.url(prefix=f"qs{uuid.uuid4().hex[:8]}")) as transport:
         transport.publish([Outgoing("a", b"1"), Outgoing("dlq.a", b"2")]).result(30)
-        assert transport.dead_letter_queue_stats() == [QueueStats("dlq.a", ready=1)]
+        dead = transport.browsed_queue_stats(dead_letters_only=True)
+        assert dead == [QueueStats("dlq.a", ready=1)]
+
+
+def test_depths_by_state_are_refused_saying_why(stomp):
+    with pytest.raises(UnsupportedFeature, match="no queue depths by state"):
+        stomp.queue_stats()

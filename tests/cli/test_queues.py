@@ -123,16 +123,3 @@ def test_memory_lists_a_queue_with_consumers_and_no_messages(client, collector):
     stats = {entry.queue: entry for entry in client.queue_stats()}
     assert stats["idle"].consumers == 1 and stats["idle"].ready == 0
     assert "news" not in stats
-
-
-@pytest.mark.stomp
-def test_activemq_lists_what_each_queue_of_the_prefix_and_its_dead_letter_queue_hold(activemq):
-    """Browsed (see zocalo.transport.stomp.browse): what waits counts as ready."""
-    url = activemq.url(prefix=f"queues{uuid.uuid4().hex[:8]}")
-    with create_transport(url) as client:
-        client.send("full", b"1")
-        client.send("full", b"2")
-        client.send("dlq.full", b"dead")
-        client.send("other", b"3")
-        rows = queues_command(url)
-    assert rows == {"full": ["2", "0", "0", "1", "0"], "other": ["1", "0", "0", "0", "0"]}

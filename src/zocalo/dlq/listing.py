@@ -1,8 +1,9 @@
 """Which queues a broker has and how many messages each holds, whatever the broker.
 
 The embedded broker (and the in-memory one) answer through the transport contract
-(:meth:`~zocalo.transport.base.Transport.queue_stats`), and so does ActiveMQ (browsing
-its queues over STOMP: queues that hold messages); AMQP cannot list queues, so a
+(:meth:`~zocalo.transport.base.Transport.queue_stats`); ActiveMQ, which tells a STOMP
+client no depths by state, has its queues browsed (those that hold messages: see
+:mod:`zocalo.transport.stomp.browse`); AMQP cannot list queues, so a
 RabbitMQ vhost is listed through the management API (:mod:`zocalo.rabbitmq_admin`).
 The tools ask a :class:`QueueListing` and never which broker it is.
 """
@@ -137,11 +138,15 @@ def queue_listing(
         )
     if transport is None:
         raise ValueError(f"listing the queues of {redact_url(url)} needs a connected transport")
-    listing = QueueListing(redact_url(url), transport.queue_stats, namespace=namespace)
     if isinstance(transport, StompTransport):
-        listing.unlisted = "it holds no messages: ActiveMQ's queues are listed by browsing them"
-        listing.list_dead_letter_queues = transport.dead_letter_queue_stats
-    return listing
+        return QueueListing(
+            redact_url(url),
+            transport.browsed_queue_stats,
+            namespace=namespace,
+            unlisted="it holds no messages: ActiveMQ's queues are listed by browsing them",
+            list_dead_letter_queues=lambda: transport.browsed_queue_stats(dead_letters_only=True),
+        )
+    return QueueListing(redact_url(url), transport.queue_stats, namespace=namespace)
 
 
 def _vhost_queues(api: ManagementAPI, vhost: str) -> list[QueueStats]:

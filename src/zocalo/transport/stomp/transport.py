@@ -301,15 +301,19 @@ class StompTransport(Transport):
 
     # -- introspection ------------------------------------------------------
     def queue_stats(self) -> list[QueueStats]:
-        """The queues of our prefix (and their dead-letter queues) that hold messages,
-        browsed (see :mod:`.browse`: no plugin needed; every message counts as ready,
-        delivered or not; up to the broker's browse page per queue; delayed ones unseen)."""
-        return self._browsed(self.destinations.every_queue())
+        raise UnsupportedFeature(
+            "ActiveMQ tells a STOMP client no queue depths by state (in flight, delayed, "
+            "consumers); browsed_queue_stats() counts what its queues hold"
+        )
 
-    def dead_letter_queue_stats(self) -> list[QueueStats]:
-        """:meth:`queue_stats` of the dead-letter queues alone (what Schlockmeister and the
-        dead-letter tools look for, without a copy of every other queue's messages)."""
-        return self._browsed(self.destinations.every_dead_letter_queue())
+    def browsed_queue_stats(self, *, dead_letters_only: bool = False) -> list[QueueStats]:
+        """The queues of our prefix and their dead-letter queues (or those alone) that
+        hold messages, browsed (see :mod:`.browse`: no plugin needed, nothing consumed).
+        Each message counts as ready, delivered or not; delayed ones are not seen, nor
+        consumers; a queue shows at most about the broker's browse page."""
+        if dead_letters_only:
+            return self._browsed(self.destinations.every_dead_letter_queue())
+        return self._browsed(self.destinations.every_queue())
 
     def _browsed(self, destinations: list[str]) -> list[QueueStats]:
         self._link.require_open()
