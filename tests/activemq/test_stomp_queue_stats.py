@@ -51,3 +51,23 @@ def test_the_dead_letter_queues_are_browsed_alone(activemq):
 def test_depths_by_state_are_refused_saying_why(stomp):
     with pytest.raises(UnsupportedFeature, match="no queue depths by state"):
         stomp.queue_stats()
+
+
+def test_queues_beyond_what_one_browser_sees_are_all_found_and_counted(activemq):
+    """A browser sees about 400 messages (ActiveMQ's maxBrowsePageSize), and a wildcard
+    browser that many in all: two deep dead-letter queues and three shallow ones."""
+    with create_transport(activemq.url(prefix=f"qs{uuid.uuid4().hex[:8]}")) as transport:
+        deep = [Outgoing(f"dlq.deep{n}", b"x" * 100) for n in range(2) for _ in range(450)]
+        shallow = [Outgoing(f"dlq.shallow{n}", b"y") for n in range(3) for _ in range(n + 1)]
+        transport.publish(deep + shallow).result(60)
+
+        stats = {s.queue: s.ready for s in transport.browsed_queue_stats(dead_letters_only=True)}
+
+        assert {
+            name: stats.get(name) for name in ("dlq.shallow0", "dlq.shallow1", "dlq.shallow2")
+        } == {
+            "dlq.shallow0": 1,
+            "dlq.shallow1": 2,
+            "dlq.shallow2": 3,
+        }
+        assert all(300 <= stats.get(f"dlq.deep{n}", 0) <= 450 for n in range(2)), stats

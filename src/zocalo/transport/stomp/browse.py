@@ -1,22 +1,27 @@
-"""Queue depths over STOMP: browsing every queue of our prefix at once.
+"""What ActiveMQ's queues hold, over STOMP: browsing them.
 
 STOMP cannot ask ActiveMQ which queues it has. The broker's answers elsewhere
 need something a facility's broker may not have: JMX over HTTP (Jolokia, in the
 web console python-zocalo's tools read), or the statistics broker plugin, whose
 replies are map messages that ActiveMQ hands a STOMP client only through its
 XStream translators (not shipped by every packaging of the broker: Debian's has
-none, and a STOMP client asking for one loses its connection). A *browser*
-needs nothing: a subscription with ``browser: true`` on the wildcard
-``/queue/<prefix>.>`` is sent a copy of every message of every matching queue,
-each naming its queue in ``destination``, then one frame with ``browser: end``;
-nothing is consumed or redelivered.
+none, and the broker then drops the connection the reply was for). A *browser*
+needs nothing: a subscription with ``browser: true`` is sent a copy of every
+message of the queue, then one frame with ``browser: end``; nothing is consumed
+or redelivered.
 
-What it cannot see: a queue that holds no message (empty queues are not
-listed, whatever their consumers), messages ActiveMQ's scheduler still holds
-(delayed), and more than the broker pages into memory for a browser per queue
-(the destination policy's ``maxBrowsePageSize``, 400 by default: a deeper queue
-is reported with about that many). Messages delivered and not yet acknowledged
-are seen, and counted as waiting.
+A browser sees at most the destination policy's ``maxBrowsePageSize`` messages
+(400 by default), and a wildcard browser that many in all, from whichever queues
+come first. So the queues are found in rounds: a wildcard browser over
+``/queue/<prefix>.>`` names some (each frame names its queue in
+``destination``), the next excludes those by selector (``JMSDestination NOT
+IN (...)``), until one finds no other; then each queue is counted by a browser
+of its own, all at once.
+
+What it cannot see: a queue that holds no message (whatever its consumers),
+messages ActiveMQ's scheduler still holds (delayed), and beyond the browse page
+of a queue (a deeper queue is reported with about that many). Messages
+delivered and not yet acknowledged are seen, and counted.
 """
 
 from __future__ import annotations
@@ -63,25 +68,41 @@ class Browsers:
             browse.counts[frame.headers.get("destination", "")] += 1
         return True
 
-    def count(self, link: Link, destinations: Sequence[str], timeout: float) -> Counter[str]:
-        """Messages per queue (by STOMP destination) in the queues ``destinations`` match
-        (wildcards allowed), browsed at once; TransportError if the broker does not finish
-        within ``timeout`` seconds."""
-        browses = {f"browse-{next(self._ids)}": _Browse() for _ in destinations}
+    def depths(self, link: Link, wildcard: str, timeout: float) -> Counter[str]:
+        """Messages per queue (by STOMP destination) in every queue ``wildcard`` matches
+        that holds any (see the module docstring); TransportError if the broker does
+        not finish within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        found: set[str] = set()
+        while True:
+            seen = self.count(link, [(wildcard, _excluding(found))], deadline)
+            new = set(seen) - found
+            if not new:
+                break
+            found |= new
+        return self.count(link, [(destination, None) for destination in sorted(found)], deadline)
+
+    def count(
+        self, link: Link, browsers: Sequence[tuple[str, str | None]], deadline: float
+    ) -> Counter[str]:
+        """Messages per queue seen by ``browsers`` (destination, selector), all at once;
+        TransportError if they do not finish by ``deadline`` (``time.monotonic()``)."""
+        browses = {f"browse-{next(self._ids)}": _Browse() for _ in browsers}
         with self._lock:
             self._open.update(browses)
         try:
-            for (stomp_id, _), destination in zip(browses.items(), destinations, strict=True):
+            for stomp_id, (destination, selector) in zip(browses, browsers, strict=True):
                 headers = {"id": stomp_id, "destination": destination, "ack": "auto"}
-                link.call("SUBSCRIBE", {**headers, "browser": "true"}, timeout)
-            deadline = time.monotonic() + timeout
+                if selector is not None:
+                    headers["selector"] = selector
+                link.call("SUBSCRIBE", {**headers, "browser": "true"}, _left(deadline))
             for browse in browses.values():
                 while not browse.ended.wait(_TICK):
                     link.require_open()
                     if time.monotonic() > deadline:
+                        names = ", ".join(destination for destination, _ in browsers)
                         raise TransportError(
-                            f"{link.safe_url}: browsing {', '.join(destinations)} did not "
-                            f"finish within {timeout:g} s"
+                            f"{link.safe_url}: browsing {names} did not finish in time"
                         )
             total: Counter[str] = Counter()
             for browse in browses.values():
@@ -96,3 +117,18 @@ class Browsers:
                     link.write([("UNSUBSCRIBE", {"id": stomp_id}, b"")])
                 except ConnectionFailed:
                     break
+
+
+def _excluding(destinations: set[str]) -> str | None:
+    """A selector leaving out the messages of the queues ``destinations`` (``/queue/X``)."""
+    if not destinations:
+        return None
+    names = ", ".join(
+        "'queue://{}'".format(destination.removeprefix("/queue/").replace("'", "''"))
+        for destination in sorted(destinations)
+    )
+    return f"JMSDestination NOT IN ({names})"
+
+
+def _left(deadline: float) -> float:
+    return max(0.1, deadline - time.monotonic())

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future
 
@@ -311,13 +312,13 @@ class StompTransport(Transport):
         hold messages, browsed (see :mod:`.browse`: no plugin needed, nothing consumed).
         Each message counts as ready, delivered or not; delayed ones are not seen, nor
         consumers; a queue shows at most about the broker's browse page."""
-        if dead_letters_only:
-            return self._browsed(self.destinations.every_dead_letter_queue())
-        return self._browsed(self.destinations.every_queue())
-
-    def _browsed(self, destinations: list[str]) -> list[QueueStats]:
         self._link.require_open()
-        counts = self._browsers.count(self._link, destinations, self.endpoint.timeout)
+        counts: Counter[str] = Counter()
+        wildcards = self.destinations.every_queue()
+        if dead_letters_only:
+            wildcards = self.destinations.every_dead_letter_queue()
+        for wildcard in wildcards:
+            counts.update(self._browsers.depths(self._link, wildcard, self.endpoint.timeout))
         stats = [
             QueueStats(name, ready=count)
             for destination, count in counts.items()
