@@ -76,6 +76,7 @@ class QueueListing:
     def require(self, names: Iterable[str]) -> None:
         """Raise :class:`NoSuchQueue` naming every one of ``names`` the broker lacks."""
         names = list(names)
+        # Never browsed by name: on ActiveMQ a browser would create a missing queue.
         present = self.queues(dead_letters_only=all(n.startswith(DLQ_PREFIX) for n in names))
         missing = [name for name in names if name not in present]
         if not missing:

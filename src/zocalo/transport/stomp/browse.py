@@ -40,6 +40,9 @@ from zocalo.transport.stomp.connection import Link
 
 #: How often a browse waiting for its end looks at the connection.
 _TICK = 0.1
+#: The longest selector sent: ActiveMQ refuses a STOMP header over 10 KiB by default
+#: (the connector's ``maxHeaderLength``).
+MAX_SELECTOR = 10_000
 
 
 @dataclass(eq=False)
@@ -75,7 +78,13 @@ class Browsers:
         deadline = time.monotonic() + timeout
         found: set[str] = set()
         while True:
-            seen = self.count(link, [(wildcard, _excluding(found))], deadline)
+            selector = _excluding(found)
+            if selector is not None and len(selector) > MAX_SELECTOR:
+                raise TransportError(
+                    f"{link.safe_url}: more queues hold messages under {wildcard} than one "
+                    f"browse can tell apart ({len(found)} found so far)"
+                )
+            seen = self.count(link, [(wildcard, selector)], deadline)
             new = set(seen) - found
             if not new:
                 break

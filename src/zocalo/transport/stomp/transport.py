@@ -309,9 +309,9 @@ class StompTransport(Transport):
 
     def browsed_queue_stats(self, *, dead_letters_only: bool = False) -> list[QueueStats]:
         """The queues of our prefix and their dead-letter queues (or those alone) that
-        hold messages, browsed (see :mod:`.browse`: no plugin needed, nothing consumed).
-        Each message counts as ready, delivered or not; delayed ones are not seen, nor
-        consumers; a queue shows at most about the broker's browse page."""
+        hold messages, browsed (see :mod:`.browse`: no plugin needed, nothing consumed,
+        no queue created). Each message counts as ready, delivered or not; delayed ones
+        are not seen, nor consumers; a queue shows at most the broker's browse page."""
         self._link.require_open()
         counts: Counter[str] = Counter()
         wildcards = self.destinations.every_queue()
