@@ -304,7 +304,7 @@ class StompTransport(Transport):
     def queue_stats(self) -> list[QueueStats]:
         raise UnsupportedFeature(
             "ActiveMQ tells a STOMP client no queue depths by state (in flight, delayed, "
-            "consumers); browsed_queue_stats() counts what its queues hold"
+            "consumers); zocalo.dlq_check counts what its dead-letter queues hold"
         )
 
     def browsed_queue_stats(self, *, dead_letters_only: bool = False) -> list[QueueStats]:
