@@ -140,3 +140,10 @@ def test_memory_lists_a_queue_with_consumers_and_no_messages(client, collector):
     stats = {entry.queue: entry for entry in client.queue_stats()}
     assert stats["idle"].consumers == 1 and stats["idle"].ready == 0
     assert "news" not in stats
+
+
+@pytest.mark.stomp
+def test_activemq_says_in_one_line_that_it_has_no_depths_by_state(activemq):
+    result = CliRunner().invoke(cli, ["queues", "--transport", activemq.url(prefix="queues")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "ActiveMQ tells a STOMP client no queue depths by state" in result.output

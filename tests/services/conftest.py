@@ -200,22 +200,31 @@ def queue() -> str:
 # -- brokers, and a runner to stop, for Schlockmeister and the Mailer ------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+_RABBITMQ = pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)
+_STOMP = pytest.param("stomp", marks=pytest.mark.stomp)
+
+
+@pytest.fixture(params=["memory", "sqlite", _RABBITMQ, _STOMP])
 def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A broker URL of each kind: in-process, embedded (a fresh file), RabbitMQ."""
+    """A broker URL of each kind: in-process, embedded (a fresh file), RabbitMQ, ActiveMQ
+    (under a prefix of this test's own)."""
     if request.param == "memory":
         return f"memory://services-{uuid.uuid4().hex}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    return request.getfixturevalue("rabbitmq_vhost_url")
+    return cross_process_url(request, tmp_path)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(params=["sqlite", _RABBITMQ, _STOMP])
 def cross_process_broker(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A broker URL that other processes reach too: embedded, RabbitMQ."""
+    """A broker URL that other processes reach too: embedded, RabbitMQ, ActiveMQ."""
+    return cross_process_url(request, tmp_path)
+
+
+def cross_process_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/broker.db"
-    return request.getfixturevalue("rabbitmq_vhost_url")
+    if request.param == "stomp":
+        return str(request.getfixturevalue("activemq").url(prefix=f"svc{uuid.uuid4().hex[:8]}"))
+    return str(request.getfixturevalue("rabbitmq_vhost_url"))
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""The whole round trip on the embedded broker and on RabbitMQ: a poison job dead-letters
-(after the runner's retries, or after the broker's delivery limit when it kills its
+"""The whole round trip on the embedded broker, on RabbitMQ and on ActiveMQ: a poison job
+dead-letters (after the runner's retries, or after the broker's delivery limit when it kills its
 worker) while good jobs keep flowing; Schlockmeister shows one group; its files are
 edited and reinjected (also at another step) and the jobs succeed."""
 

@@ -18,8 +18,8 @@ from zocalo.cli.common import broker_errors, fail, open_broker, resolve_transpor
 from zocalo.cli.config_options import site_config_options
 from zocalo.cli.dlq_common import HELP_OPTIONS, group_files, open_record
 from zocalo.config import SiteConfiguration
-from zocalo.dlq.listing import is_rabbitmq
-from zocalo.dlq.reinject import Reinjection, prepare_files, reinject
+from zocalo.dlq.listing import is_activemq, is_rabbitmq
+from zocalo.dlq.reinject import Reinjection, activemq_names, prepare_files, reinject
 
 
 def paths_from_purge_output(lines: list[str]) -> list[str]:
@@ -119,8 +119,13 @@ def command(
         raise click.UsageError("No DLQ message files given.")
     url = resolve_transport(transport, site_config)
     with broker_errors():
+        stomp_name = activemq_names(url) if is_activemq(url) else None
         reinjections = prepare_files(
-            paths, destination=destination, step=step, through_exchanges=is_rabbitmq(url)
+            paths,
+            destination=destination,
+            step=step,
+            through_exchanges=is_rabbitmq(url),
+            stomp_name=stomp_name,
         )
     if verbose:
         for reinjection in reinjections:

@@ -1,7 +1,9 @@
 """Which queues a broker has and how many messages each holds, whatever the broker.
 
 The embedded broker (and the in-memory one) answer through the transport contract
-(:meth:`~zocalo.transport.base.Transport.queue_stats`); AMQP cannot list queues, so a
+(:meth:`~zocalo.transport.base.Transport.queue_stats`); ActiveMQ, which tells a STOMP
+client no depths by state, has its queues browsed (those that hold messages: see
+:mod:`zocalo.transport.stomp.browse`); AMQP cannot list queues, so a
 RabbitMQ vhost is listed through the management API (:mod:`zocalo.rabbitmq_admin`).
 The tools ask a :class:`QueueListing` and never which broker it is.
 """
@@ -16,6 +18,7 @@ from zocalo.dlq.errors import NoSuchQueue
 from zocalo.transport.base import QueueStats, Transport
 from zocalo.transport.dead_letters import dlq_name
 from zocalo.transport.registry import redact_url
+from zocalo.transport.stomp import StompTransport
 
 if TYPE_CHECKING:
     from zocalo.rabbitmq_admin.endpoints import ManagementTarget
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
 QueueLister = Callable[[], list[QueueStats]]
 DLQ_PREFIX = "dlq."
 _RABBITMQ_SCHEMES = ("amqp", "amqps")
+_ACTIVEMQ_SCHEMES = ("stomp",)
 
 
 @dataclass
@@ -37,13 +41,21 @@ class QueueListing:
     broker: str
     list_queues: QueueLister
     lists_empty: bool = False
+    #: Why a queue the broker may have is not listed (said when one is required).
+    unlisted: str = "it holds no messages and has no consumers"
+    #: The ``dlq.*`` queues alone, where that costs the broker less than every queue
+    #: (ActiveMQ, whose queues are browsed); None: taken from ``list_queues``.
+    list_dead_letter_queues: QueueLister | None = field(default=None, repr=False)
     #: Only queues whose name (after ``dlq.``) starts with ``<namespace>.``; None: all.
     namespace: str | None = None
     _close: Callable[[], None] = field(default=lambda: None, repr=False)
 
-    def queues(self) -> dict[str, QueueStats]:
-        """Every queue, by name."""
-        return {stats.queue: stats for stats in self.list_queues() if self._wanted(stats.queue)}
+    def queues(self, *, dead_letters_only: bool = False) -> dict[str, QueueStats]:
+        """Every queue (or at least every ``dlq.*`` one), by name."""
+        lister = self.list_queues
+        if dead_letters_only and self.list_dead_letter_queues is not None:
+            lister = self.list_dead_letter_queues
+        return {stats.queue: stats for stats in lister() if self._wanted(stats.queue)}
 
     def _wanted(self, name: str) -> bool:
         if self.namespace is None:
@@ -54,17 +66,19 @@ class QueueListing:
         """Every ``dlq.*`` queue and the messages it holds (ready, delayed or in flight)."""
         return {
             name: stats.ready + stats.delayed + stats.in_flight
-            for name, stats in sorted(self.queues().items())
+            for name, stats in sorted(self.queues(dead_letters_only=True).items())
             if name.startswith(DLQ_PREFIX)
         }
 
     def require(self, names: Iterable[str]) -> None:
         """Raise :class:`NoSuchQueue` naming every one of ``names`` the broker lacks."""
-        present = self.queues()
+        names = list(names)
+        # Never browsed by name: on ActiveMQ a browser would create a missing queue.
+        present = self.queues(dead_letters_only=all(n.startswith(DLQ_PREFIX) for n in names))
         missing = [name for name in names if name not in present]
         if not missing:
             return
-        why = "" if self.lists_empty else " (it holds no messages and has no consumers)"
+        why = "" if self.lists_empty else f" ({self.unlisted})"
         listed = ", ".join(missing)
         raise NoSuchQueue(f"no queue {listed} on {self.broker}{why}")
 
@@ -85,6 +99,10 @@ def dead_letter_queue_names(names: Iterable[str]) -> list[str]:
 
 def is_rabbitmq(url: str) -> bool:
     return url.partition("://")[0].lower() in _RABBITMQ_SCHEMES
+
+
+def is_activemq(url: str) -> bool:
+    return url.partition("://")[0].lower() in _ACTIVEMQ_SCHEMES
 
 
 def queue_listing(
@@ -116,6 +134,14 @@ def queue_listing(
         )
     if transport is None:
         raise ValueError(f"listing the queues of {redact_url(url)} needs a connected transport")
+    if isinstance(transport, StompTransport):
+        return QueueListing(
+            redact_url(url),
+            transport.browsed_queue_stats,
+            namespace=namespace,
+            unlisted="it holds no messages: ActiveMQ's queues are listed by browsing them",
+            list_dead_letter_queues=lambda: transport.browsed_queue_stats(dead_letters_only=True),
+        )
     return QueueListing(redact_url(url), transport.queue_stats, namespace=namespace)
 
 

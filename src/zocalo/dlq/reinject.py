@@ -18,10 +18,14 @@ Where to (the first that applies):
    exchange. Only RabbitMQ has exchanges: for another broker (``through_exchanges``
    false) it goes to the queue it died in;
 4. our ``zocalo-dlq-queue`` (the runner or the embedded broker dead-lettered it);
-5. ActiveMQ's ``original-destination`` / ``destination``.
+5. ActiveMQ's ``original-destination`` / ``destination`` (python-zocalo's files from
+   ActiveMQ): the queue or topic named there, less the broker's prefix when reinjecting
+   into ActiveMQ (:func:`activemq_names`), in full elsewhere.
 
 Headers: python-zocalo's tool drops the transport's own fields (message id, routing
-key, redelivered flag, ...) and adds ``dlq-reinjected: "True"``; so do we. We also
+key, redelivered flag, ...) and adds ``dlq-reinjected: "True"``; so do we, and every
+other STOMP or ActiveMQ header (``persistent``, ``priority``, ``JMS...``: a file from
+ActiveMQ has them; the transport sets its own). We also
 drop the broker's ``x-death`` family (RabbitMQ would take a message carrying its old
 ``x-death`` for a dead-letter cycle and drop it) and the dead-letter marks and attempt
 count our runner added: a reinjected message starts with fresh attempts, keeping its
@@ -58,6 +62,7 @@ from zocalo.transport.dead_letters import (
     without_broker_headers,
 )
 from zocalo.transport.rabbitmq.delay import only_delays
+from zocalo.transport.stomp.headers import is_protocol_header
 
 #: The header python-zocalo adds to a reinjected message, with its value.
 REINJECTED_HEADER = "dlq-reinjected"
@@ -90,6 +95,28 @@ class Route:
         )
 
 
+#: ``stomp_name(destination)``: our name of a STOMP destination (``/queue/...``,
+#: ``/topic/...``) and whether it is a topic; None when it is not one.
+StompName = Callable[[str], tuple[str, bool] | None]
+
+
+def _full_stomp_name(destination: str) -> tuple[str, bool] | None:
+    """The name in a STOMP destination, whole (python-zocalo added no prefix)."""
+    kind, _, name = destination.removeprefix("/").partition("/")
+    if destination.startswith("/") and kind in ("queue", "topic") and name:
+        return name, kind == "topic"
+    return None
+
+
+def activemq_names(url: str) -> StompName:
+    """How the ActiveMQ broker at ``url`` names our queues and topics (its prefix left
+    out); ZocaloError for a URL the STOMP transport refuses."""
+    from zocalo.transport.stomp.topology import Destinations
+    from zocalo.transport.stomp.url import endpoint
+
+    return Destinations(endpoint(url)[0].prefix).name_of
+
+
 @dataclass(frozen=True)
 class Reinjection:
     """One file's message(s), ready to send."""
@@ -103,7 +130,11 @@ class Reinjection:
 
 def reinjected_headers(header: Mapping[str, Any]) -> dict[str, Any]:
     """The headers a reinjected message carries (see the module docstring)."""
-    kept = {name: value for name, value in header.items() if name not in DROPPED_HEADERS}
+    kept = {
+        name: value
+        for name, value in header.items()
+        if name not in DROPPED_HEADERS and not is_protocol_header(name)
+    }
     kept = without_broker_headers(kept)
     kept[REINJECTED_HEADER] = REINJECTED_VALUE
     return kept
@@ -115,6 +146,7 @@ def prepare(
     destination: str | None = None,
     step: int | None = None,
     through_exchanges: bool = True,
+    stomp_name: StompName | None = None,
 ) -> Reinjection:
     """What to send for ``letter``; :class:`CannotReinject` naming the file if nothing."""
     headers = reinjected_headers(letter.header)
@@ -125,20 +157,22 @@ def prepare(
     if destination is not None:
         routes = [_named(destination)]
     elif not routes:
-        routes = [origin(letter, through_exchanges)]
+        routes = [origin(letter, through_exchanges, stomp_name)]
     messages = [route.outgoing(body, headers) for route in routes]
     return Reinjection(letter.path, messages)
 
 
 def _named(destination: str) -> Route:
     """``-d NAME``: a queue, or ``/queue/NAME`` / ``/topic/NAME`` as STOMP names them."""
-    kind, _, name = destination.removeprefix("/").partition("/")
-    if destination.startswith("/") and kind in ("queue", "topic") and name:
-        return Route(name, kind == "topic")
-    return Route(destination)
+    name = _full_stomp_name(destination)
+    return Route(*name) if name is not None else Route(destination)
 
 
-def origin(letter: DeadLetterFile, through_exchanges: bool = True) -> Route:
+def origin(
+    letter: DeadLetterFile,
+    through_exchanges: bool = True,
+    stomp_name: StompName | None = None,
+) -> Route:
     """Where ``letter`` came from (see the module docstring)."""
     header = letter.header
     deaths = header.get("x-death")
@@ -151,9 +185,9 @@ def origin(letter: DeadLetterFile, through_exchanges: bool = True) -> Route:
         return Route(queue)
     stomp = header.get("original-destination") or header.get("destination")
     if isinstance(stomp, str):
-        kind, _, name = stomp.removeprefix("/").partition("/")
-        if kind in ("queue", "topic") and name:
-            return Route(name, kind == "topic")
+        name = (stomp_name or _full_stomp_name)(stomp)
+        if name is not None:
+            return Route(*name)
     raise CannotReinject(
         f"{letter.path}: cannot tell where it came from (no x-death, {DLQ_QUEUE_HEADER} or "
         "destination header); give a destination"
@@ -216,6 +250,7 @@ def prepare_files(
     destination: str | None = None,
     step: int | None = None,
     through_exchanges: bool = True,
+    stomp_name: StompName | None = None,
 ) -> list[Reinjection]:
     """Read and check every file first: the first bad one raises, naming it."""
     return [
@@ -224,6 +259,7 @@ def prepare_files(
             destination=destination,
             step=step,
             through_exchanges=through_exchanges,
+            stomp_name=stomp_name,
         )
         for path in paths
     ]

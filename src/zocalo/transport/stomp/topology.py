@@ -65,6 +65,29 @@ class Destinations:
         name = message.destination
         return self.topic(name) if message.broadcast else self.queue(name)
 
+    def every_queue(self) -> list[str]:
+        """Wildcard destinations matching every queue under the prefix and every
+        dead-letter queue of one (all queues without a prefix)."""
+        if not self._namespace:
+            return ["/queue/>"]
+        return [f"/queue/{self._namespace}>", *self.every_dead_letter_queue()]
+
+    def every_dead_letter_queue(self) -> list[str]:
+        """A wildcard destination matching the dead-letter queue of every queue under
+        the prefix."""
+        return [f"/queue/{BROKER_DLQ_PREFIX}{self._namespace}>"]
+
+    def name_of(self, destination: str) -> tuple[str, bool] | None:
+        """Our name of the queue or topic ``destination``, and whether it is a topic
+        (None: not one under our prefix)."""
+        if destination.startswith("/topic/"):
+            name = destination[len("/topic/") :]
+            if name.startswith(self._namespace) and len(name) > len(self._namespace):
+                return name[len(self._namespace) :], True
+            return None
+        queue = self.queue_name(destination)
+        return (queue, False) if queue else None
+
     def queue_name(self, destination: str) -> str | None:
         """Our name of the queue ``/queue/...`` (None: not a queue under our prefix)."""
         if not destination.startswith("/queue/"):

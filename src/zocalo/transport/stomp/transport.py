@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future
 
@@ -44,6 +45,7 @@ from zocalo.transport.base import (
     Confirmation,
     Delivery,
     Outgoing,
+    QueueStats,
     Subscription,
     Transport,
     checked_duration,
@@ -58,6 +60,7 @@ from zocalo.transport.dead_letters import (
     with_history,
 )
 from zocalo.transport.stomp.bound import BoundQueues
+from zocalo.transport.stomp.browse import Browsers
 from zocalo.transport.stomp.confirms import Batch, Prepared, Publisher
 from zocalo.transport.stomp.connection import Link
 from zocalo.transport.stomp.consumers import Consumers, Receipt
@@ -114,6 +117,7 @@ class StompTransport(Transport):
         )
         self._publisher = Publisher(self._link, self._consumers)
         self._bound = BoundQueues(self.endpoint, self.destinations, self._consumers)
+        self._browsers = Browsers()
         #: Rejected messages whose copy to the dead-letter queue failed: NACKed instead,
         #: for the broker's own dead-letter policy (each is logged too).
         self.dead_letter_copies_failed = 0
@@ -133,7 +137,8 @@ class StompTransport(Transport):
             )
 
     def _on_message(self, frame: Frame) -> None:
-        self._consumers.on_message(frame, self._link)
+        if not self._browsers.on_message(frame):
+            self._consumers.on_message(frame, self._link)
 
     # -- connection ---------------------------------------------------------
     @property
@@ -337,6 +342,32 @@ class StompTransport(Transport):
         # On a lost connection the batch failed (see failed()); the broker returns it.
         with contextlib.suppress(ConnectionFailed):
             self._publisher.publish([copy], batch)
+
+    # -- introspection ------------------------------------------------------
+    def queue_stats(self) -> list[QueueStats]:
+        raise UnsupportedFeature(
+            "ActiveMQ tells a STOMP client no queue depths by state (in flight, delayed, "
+            "consumers); zocalo.dlq_check counts what its dead-letter queues hold"
+        )
+
+    def browsed_queue_stats(self, *, dead_letters_only: bool = False) -> list[QueueStats]:
+        """The queues of our prefix and their dead-letter queues (or those alone) that
+        hold messages, browsed (see :mod:`.browse`: no plugin needed, nothing consumed,
+        no queue created). Each message counts as ready, delivered or not; delayed ones
+        are not seen, nor consumers; a queue shows at most the broker's browse page."""
+        self._link.require_open()
+        counts: Counter[str] = Counter()
+        wildcards = self.destinations.every_queue()
+        if dead_letters_only:
+            wildcards = self.destinations.every_dead_letter_queue()
+        for wildcard in wildcards:
+            counts.update(self._browsers.depths(self._link, wildcard, self.endpoint.timeout))
+        stats = [
+            QueueStats(name, ready=count)
+            for destination, count in counts.items()
+            if (name := self.destinations.queue_name(destination)) is not None
+        ]
+        return sorted(stats, key=lambda entry: entry.queue)
 
     # -- publishing ---------------------------------------------------------
     def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
