@@ -40,7 +40,7 @@ from zocalo.launch import ServiceProcesses, ServiceThreads
 from zocalo.service import RunnerSettings
 from zocalo.service.discovery import load_service
 from zocalo.services import cluster_submission, dbwriter, join
-from zocalo.submit import DISPATCHER_QUEUE, processing_request
+from zocalo.submission import DISPATCHER_QUEUE, processing_request
 from zocalo.transport.base import Capability, Transport
 from zocalo.transport.dead_letters import dlq_name
 from zocalo.transport.registry import create_transport, redact_url, transport_class

@@ -20,20 +20,30 @@ group completes: its inputs are acked (ACK frames, outside the transaction, on
 each input's own connection) and its confirmation succeeds. Nothing waits:
 answers arrive on stomp.py's receiver thread, which completes the group and
 writes the next one.
+
+Droppable messages (replies, see ``Outgoing``) go outside the transaction, each with a
+receipt of its own: ActiveMQ refuses a message to a temporary queue that has gone, and
+inside a transaction that refusal would fail its COMMIT (see :mod:`.temporary`). A
+refused one is dropped, with the one log line, and its publish goes on; a group
+completes once its COMMIT and every such receipt are answered, so the drop is logged
+before the publish is confirmed. A droppable message is thus sent even if its
+transaction then fails (the redelivered input may reply again).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
 
 from zocalo.errors import ConnectionFailed, PublishFailed
-from zocalo.transport.base import Confirmation, Delivery
+from zocalo.transport.base import Confirmation, Delivery, Outgoing, report_dropped
 from zocalo.transport.stomp.connection import Link, WireFrame
 from zocalo.transport.stomp.consumers import Consumers, Receipt
+from zocalo.transport.stomp.temporary import REFUSED_TEMP_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,9 @@ class Prepared:
     body: bytes
     #: How errors name it (``queue 'x'``, ``topic 'y'``).
     describe: str
+    #: The message, when it is droppable: sent outside the transaction, and dropped
+    #: (this is what the log line names) if the broker refuses it.
+    droppable: Outgoing | None = None
 
 
 @dataclass(eq=False)
@@ -67,6 +80,10 @@ class Group:
 
     batches: list[Batch]
     error: str | None = None
+    #: The COMMIT's refusal (None: committed, or not answered yet).
+    refusal: str | None = None
+    #: Answers still to come: the COMMIT's and each droppable message's receipt.
+    unanswered: int = 1
 
 
 class Publisher:
@@ -97,25 +114,53 @@ class Publisher:
 
     def _send_group(self, group: Group, *, raise_lost: bool = False) -> None:
         transaction = f"zocalo-{self._link.generation}-{next(self._ids)}"
+        loose: list[WireFrame] = []
         frames: list[WireFrame] = [("BEGIN", {"transaction": transaction}, b"")]
+        receipts: list[str] = []
         for batch in group.batches:
             for message in batch.messages:
                 headers = {
                     **message.headers,
                     "destination": message.destination,
                     "content-length": str(len(message.body)),
-                    "transaction": transaction,
                 }
-                frames.append(("SEND", headers, message.body))
-        commit = self._link.receipt(lambda refusal: self._committed(group, refusal))
+                if message.droppable is None:
+                    frames.append(("SEND", {**headers, "transaction": transaction}, message.body))
+                    continue
+                answer = functools.partial(self._sent_or_dropped, group, message.droppable)
+                receipts.append(self._link.receipt(answer))
+                loose.append(("SEND", {**headers, "receipt": receipts[-1]}, message.body))
+        group.unanswered = 1 + len(loose)
+        commit = self._link.receipt(lambda refusal: self._answered(group, refusal, commit=True))
         frames.append(("COMMIT", {"transaction": transaction, "receipt": commit}, b""))
         try:
-            self._link.write(frames)
+            self._link.write(loose + frames)
         except ConnectionFailed as error:
-            self._link.forget([commit])
+            self._link.forget([commit, *receipts])
             self._committed(group, str(error))
             if raise_lost:
                 raise
+
+    def _sent_or_dropped(self, group: Group, message: Outgoing, refusal: str | None) -> None:
+        """A droppable message's receipt: refused while connected means its queue is gone."""
+        if refusal is not None and self._link.is_open:
+            why = (
+                "the queue does not exist"
+                if refusal.startswith(REFUSED_TEMP_QUEUE)  # all ActiveMQ says of it
+                else f"ActiveMQ refused it: {refusal}"
+            )
+            report_dropped(message, why)
+        self._answered(group, None)
+
+    def _answered(self, group: Group, refusal: str | None, *, commit: bool = False) -> None:
+        """One answer of the group's: once the last is in, the group is settled."""
+        with self._lock:
+            if commit:
+                group.refusal = refusal
+            group.unanswered -= 1
+            last = group.unanswered == 0
+        if last:
+            self._committed(group, group.refusal)
 
     def refused(self, error: str) -> None:
         """On the receiver thread: the broker sent an ERROR naming no receipt. A SEND
