@@ -73,6 +73,7 @@ from typing import Any
 import platformdirs
 
 from zocalo.errors import ZocaloError
+from zocalo.private_files import replace_private
 from zocalo.recipe.cancel import CANCEL_TOPIC, REPLAYED_KEY
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import RECIPE_HEADER
@@ -336,8 +337,8 @@ class ClusterSubmission(Service):
             "payload": step.message.payload,
         }
         try:
-            submission.recipe_wrapper.parent.mkdir(parents=True, exist_ok=True)
-            submission.recipe_wrapper.write_text(json.dumps(body, indent=2))
+            # It carries the whole message: private, as every file holding one is.
+            replace_private(submission.recipe_wrapper, json.dumps(body, indent=2).encode())
         except OSError as error:
             raise BadSubmission(
                 f"cannot write the recipe-wrapper file {submission.recipe_wrapper}: "
