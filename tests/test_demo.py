@@ -1,8 +1,11 @@
 """The mini-facility demo: each data collection goes from the detector to one row of the
-results database, on every broker; a stage that loses or repeats work fails the run."""
+results database, on every broker, through a wrapped integration job (on the cluster
+submission service's local runner when the services are processes); a stage that loses
+or repeats work fails the run."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from pathlib import Path
@@ -10,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from zocalo.demo import DemoResult, DemoSettings, run_demo
+from zocalo.demo.detector import TEMPLATE
 from zocalo.demo.facility import RESULTS_QUERY
+from zocalo.examples.integrate import integrate
 
 COLLECTIONS, IMAGES = 3, 6
 DCIDS = [1001, 1002, 1003]
@@ -36,7 +41,13 @@ def database_rows(result: DemoResult) -> list[tuple[int, int, int]]:
     """(dcid, images, complete) of every row the README's sqlite3 command shows."""
     with sqlite3.connect(result.site / "results.db") as db:
         rows = db.execute(RESULTS_QUERY).fetchall()
-    return sorted((dcid, images, complete) for dcid, _, images, _, complete in rows)
+    return sorted((dcid, images, complete) for dcid, _, images, _, _, complete in rows)
+
+
+def recorded_intensities(result: DemoResult) -> dict[int, int]:
+    with sqlite3.connect(result.site / "results.db") as db:
+        rows = db.execute(RESULTS_QUERY).fetchall()
+    return {dcid: intensity for dcid, _, _, _, intensity, _ in rows}
 
 
 def assert_every_image_once(result: DemoResult) -> None:
@@ -45,6 +56,14 @@ def assert_every_image_once(result: DemoResult) -> None:
     assert (result.images, result.images_recorded) == (COLLECTIONS * IMAGES,) * 2
     assert result.spots_found == result.spots_drawn > 0, "each image's spots, counted once"
     assert database_rows(result) == [(dcid, IMAGES, 1) for dcid in DCIDS]
+    # The wrapped job's result went on down the recipe to the database and the reply.
+    assert result.integrated == COLLECTIONS
+    measured = {
+        dcid: integrate(str(result.site / "images" / f"dc{dcid}"), TEMPLATE, 1, IMAGES)["intensity"]
+        for dcid in DCIDS
+    }
+    assert recorded_intensities(result) == measured
+    assert {o.dcid: o.intensity for o in result.collections} == measured
     assert len(list((result.site / "images").rglob("image_*.pgm"))) == COLLECTIONS * IMAGES
     # Each collection: the Dispatcher, the fan-out, Join and each image once, a summary and
     # a row: a stage that did anything twice (or not at all) changes the count.
@@ -55,6 +74,7 @@ def assert_every_image_once(result: DemoResult) -> None:
         "dispatch": COLLECTIONS,
         "spot finding": per_image,
         "join": COLLECTIONS,
+        "integration": COLLECTIONS,
         "database": COLLECTIONS,
         "reply": COLLECTIONS,
         "end to end": COLLECTIONS,
@@ -72,12 +92,27 @@ def test_every_collection_reaches_the_database_once(tmp_path, broker):
     if broker == "sqlite":
         log = (result.site / "services.log").read_text()
         assert log.count("service FindSpots started:") == 2, "one process per worker"
+        assert_integrated_by_local_jobs(result)
+
+
+def assert_integrated_by_local_jobs(result: DemoResult) -> None:
+    """Each integration ran as a job of ClusterSubmission's local runner (no Slurm is
+    configured), which recorded its end; its wrapper logged to the job's run.out."""
+    jobs = sorted((result.site / "cluster-jobs.local").glob("*/end.json"))
+    assert [json.loads(end.read_text())["state"] for end in jobs] == ["COMPLETED"] * COLLECTIONS
+    for dcid in DCIDS:
+        output = (result.site / "processing" / f"dc{dcid}" / "run.out").read_text()
+        assert (
+            "integrated: intensity"
+            in output + (result.site / "processing" / f"dc{dcid}" / "run.err").read_text()
+        )
 
 
 def test_the_same_demo_runs_on_rabbitmq(tmp_path, rabbitmq_vhost_url):
     result = run_demo(settings(tmp_path, rabbitmq_vhost_url))
     assert_every_image_once(result)
     assert "amqp://" in result.broker
+    assert_integrated_by_local_jobs(result)
 
 
 def test_a_lost_image_is_reported_and_fails_the_run(tmp_path):

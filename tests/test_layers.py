@@ -47,13 +47,13 @@ PACKAGE = "zocalo"
 #: * ``logs`` (the logging plan, the recipe-ID log context) and ``log_handlers``
 #:   (GELF, the non-blocking queue) sit just above ``config``: the runner logs
 #:   with the recipe context, and the plan is built from the site configuration.
-#: * ``submit`` (building a job request) and ``replies`` (the caller's side of a
+#: * ``submission`` (building a job request) and ``replies`` (the caller's side of a
 #:   job's replies) need recipes and a transport, and nothing of services: they sit
 #:   with ``recipe``'s users, below ``service``.
 #: * ``examples`` are services, ``launch`` runs services in threads/processes and
 #:   ``demo`` runs the examples so launched: all three sit with ``services``.
 #: * ``zocalo`` itself (its ``__init__`` only: the public face) re-exports names
-#:   of ``service``, ``recipe``, ``transport`` and ``errors``, so it sits above
+#:   of ``service``, ``recipe``, ``transport``, ``submission`` and ``errors``, so it sits above
 #:   them; shipped services and the CLI may import from it.
 #: * runner middleware (``service.middleware``) sits inside ``service``, not above it:
 #:   the runner builds its default middleware, and middleware knows the runner only
@@ -69,7 +69,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("zocalo.logs", "zocalo.log_handlers"),
     ("zocalo.transport",),
     ("zocalo.recipe",),
-    ("zocalo.submit", "zocalo.replies"),
+    ("zocalo.submission", "zocalo.replies"),
     ("zocalo.service",),
     (PACKAGE,),
     ("zocalo.rabbitmq_admin",),

@@ -31,6 +31,7 @@ PUBLIC = {
     "InvalidMessage": "zocalo.errors",
     "ConfigurationError": "zocalo.errors",
     "AdminError": "zocalo.errors",
+    "submit": "zocalo.submission",
 }
 
 

@@ -4,6 +4,11 @@ The names a service author needs come from here::
 
     from zocalo import Service, handler
 
+and so does starting a job and reading its results from Python::
+
+    for reply in zocalo.submit(url, ["spots"], {"image": 7}, dcid=1234, results=3):
+        print(reply.payload)
+
 The rest (the runner, each transport's details, the tools) is imported from
 the module it lives in.
 
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
     from zocalo.recipe.model import Recipe
     from zocalo.recipe.step import RecipeStep
     from zocalo.service.base import Service, handler
+    from zocalo.submission import submit
     from zocalo.transport.base import Transport
     from zocalo.transport.registry import create_transport
 
@@ -51,6 +57,7 @@ _HOMES = {
     "InvalidMessage": "zocalo.errors",
     "ConfigurationError": "zocalo.errors",
     "AdminError": "zocalo.errors",
+    "submit": "zocalo.submission",
 }
 
 __all__ = [
@@ -70,6 +77,7 @@ __all__ = [
     "ZocaloError",
     "create_transport",
     "handler",
+    "submit",
 ]
 
 

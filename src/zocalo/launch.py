@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,9 +21,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from zocalo.errors import ZocaloError
 from zocalo.service import RunnerSettings, Service, ServiceRunner
 from zocalo.service.runner import STARTED_MARK, STOPPED_MARK
 from zocalo.transport.registry import create_transport
+
+log = logging.getLogger(__name__)
+
+
+class ServiceStartFailed(ZocaloError, RuntimeError):
+    """A service launched here did not come up (its error, or its last output lines, say why)."""
 
 
 def service_command(name: str, url: str) -> list[str]:
@@ -102,7 +110,7 @@ class ServiceProcesses:
         forwarder.start()
         self._forwarders.append(forwarder)
         if not found.wait(timeout) or process.poll() is not None:
-            raise RuntimeError(f"service {name} did not start:\n{''.join(seen[-20:])}")
+            raise ServiceStartFailed(f"service {name} did not start:\n{''.join(seen[-20:])}")
 
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM every process group (as systemd would), SIGKILL stragglers."""
@@ -136,23 +144,55 @@ def add_counters(
 class ServiceThreads:
     """Services on threads of this process (for the in-memory broker), one runner each."""
 
+    #: How long one service may take to connect, initialise and subscribe.
+    START_TIMEOUT = 10.0
+
     def __init__(
         self, services: Sequence[Service], url: str, settings: RunnerSettings | None = None
     ) -> None:
         self.runners = [
             ServiceRunner(service, create_transport(url), settings) for service in services
         ]
+        #: What ended a runner's thread with an error, by runner (read by ``__enter__``).
+        self.errors: dict[ServiceRunner, BaseException] = {}
         self.threads = [
-            threading.Thread(target=r.run, name=f"service-{r.service.name}", daemon=True)
+            threading.Thread(
+                target=self._run, args=(r,), name=f"service-{r.service.name}", daemon=True
+            )
             for r in self.runners
         ]
 
+    def _run(self, runner: ServiceRunner) -> None:
+        try:
+            runner.run()
+        except BaseException as error:
+            self.errors[runner] = error  # for __enter__
+            log.error("service %s stopped: %s", runner.service.name, error)
+
     def __enter__(self) -> ServiceThreads:
-        for thread, runner in zip(self.threads, self.runners, strict=True):
-            thread.start()
-            if not runner.started.wait(10):
-                raise RuntimeError(f"service {runner.service.name} did not start")
+        """Start every service in turn; if one cannot start, stop those already started
+        (no thread outlives a failed start) and raise naming the service and why."""
+        try:
+            for thread, runner in zip(self.threads, self.runners, strict=True):
+                thread.start()
+                self._wait_started(thread, runner)
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _wait_started(self, thread: threading.Thread, runner: ServiceRunner) -> None:
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while not runner.started.wait(0.05):
+            if not thread.is_alive():
+                cause = self.errors.get(runner)
+                raise ServiceStartFailed(
+                    f"service {runner.service.name} did not start: {cause or 'it stopped'}"
+                )
+            if time.monotonic() > deadline:
+                raise ServiceStartFailed(
+                    f"service {runner.service.name} did not start within {self.START_TIMEOUT:g} s"
+                )
 
     @property
     def stats(self) -> dict[str, dict[str, float]]:
@@ -166,7 +206,8 @@ class ServiceThreads:
         for runner in self.runners:
             runner.request_stop()
         for thread in self.threads:
-            thread.join(20)
+            if thread.ident is not None:  # started (a failed start leaves the rest unstarted)
+                thread.join(20)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -31,11 +31,7 @@ def write_private(path: Path, data: bytes, *, same: SameContent | None = None) -
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
-            os.fchmod(descriptor, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view) :]
-            os.fsync(descriptor)
+            _write_all(descriptor, data)
         finally:
             os.close(descriptor)
         final = _link_unused(temporary, path, data, same)
@@ -43,6 +39,35 @@ def write_private(path: Path, data: bytes, *, same: SameContent | None = None) -
         temporary.unlink(missing_ok=True)
     fsync_directory(directory)
     return final
+
+
+def replace_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (``0600``, new directories ``0700``), replacing what
+    is there in one rename, durably: for a file written again on a redelivery (the
+    recipe-wrapper file of a cluster job), where a reader sees the old file or the
+    new one, never a mix."""
+    directory = path.parent
+    make_private_directories(directory)
+    temporary = directory / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            _write_all(descriptor, data)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    fsync_directory(directory)
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    """Write ``data`` whole, ``0600`` whatever the umask, and fsync it."""
+    os.fchmod(descriptor, 0o600)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
+    os.fsync(descriptor)
 
 
 def _link_unused(temporary: Path, path: Path, data: bytes, same: SameContent | None) -> Path:

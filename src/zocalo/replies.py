@@ -1,9 +1,10 @@
 """The caller's side of a job's replies: a private reply queue, and the replies on it.
 
-``zocalo.go --wait`` and :func:`zocalo.submit.submit` open :class:`Replies` before
+``zocalo.go --wait`` and :func:`zocalo.submit` open :class:`Replies` before
 they send the job, so no reply can come before anyone listens. It declares a reply
 queue on the caller's connection (private to it: the broker drops the queue, and any
-reply sent to it later, once that connection is gone) and consumes it. Iterating
+reply sent to it later, once that connection is gone) and consumes it; the job names
+its address, :attr:`Replies.reply_to` (which the broker may have chosen). Iterating
 yields each :class:`~zocalo.recipe.wire.Reply` as it arrives, stops after the replies
 expected, and raises :class:`ReplyTimeout` if they have not all come in time.
 """
@@ -21,7 +22,7 @@ from zocalo.transport.base import Delivery, Subscription, Transport, reply_queue
 
 log = logging.getLogger(__name__)
 
-#: Seconds ``zocalo.go --wait`` (and :func:`zocalo.submit.submit`) wait unless told.
+#: Seconds ``zocalo.go --wait`` (and :func:`zocalo.submit`) wait unless told.
 DEFAULT_WAIT = 300.0
 #: Replies the broker may hand over before the caller has read the earlier ones.
 PREFETCH = 100
@@ -55,6 +56,9 @@ class Replies(Iterator[Reply]):
             raise ValueError(f"timeout is a number of seconds above 0, not {timeout}")
         self.transport = transport
         self.queue = queue_name or reply_queue_name()
+        #: Where replies are sent (the job carries it): the queue's address, as
+        #: ``declare_reply_queue`` gave it.
+        self.reply_to = self.queue
         self.expected = expected
         self.timeout = timeout
         self.received = 0
@@ -68,7 +72,7 @@ class Replies(Iterator[Reply]):
         self._deadline = time.monotonic() + timeout
         transport.failure_listeners.append(self._connection_failed)
         try:
-            transport.declare_reply_queue(self.queue)
+            self.reply_to = transport.declare_reply_queue(self.queue)
             self._subscription = transport.subscribe(self.queue, self._arrived, prefetch=PREFETCH)
         except BaseException:
             self.close()

@@ -42,7 +42,9 @@ def test_the_demo_prints_its_results_and_a_sqlite3_command_that_shows_them():
         "0",
         "0",
     )
-    for stage in ("dispatch", "spot finding", "join", "database", "reply", "end to end"):
+    assert row(output, "integrated").startswith("2 (a wrapped job each")
+    stages = ("dispatch", "spot finding", "join", "integration", "database", "reply", "end to end")
+    for stage in stages:
         assert re.search(rf"│ {stage}\s*│\s*\d+ ms │\s*\d+ ms │", output), stage
     assert re.search(r"finished in [0-9.]+ s \(under 30 s\)", output)
     assert "nothing lost, nothing dead-lettered, nothing done twice" in output
@@ -52,7 +54,7 @@ def test_the_demo_prints_its_results_and_a_sqlite3_command_that_shows_them():
     database, query = command[3:]
     with sqlite3.connect(database) as db:
         shown = db.execute(query).fetchall()
-    assert [(dcid, images, complete) for dcid, _, images, _, complete in shown] == [
+    assert [(dcid, images, complete) for dcid, _, images, _, _, complete in shown] == [
         (1001, 3, 1),
         (1002, 3, 1),
     ]

@@ -11,8 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from zocalo.cli.main import cli
+from zocalo.config.plugins import RabbitMQAPIConfig
 from zocalo.rabbitmq_admin import ManagementAPI
-from zocalo.rabbitmq_admin.queues import DELAYED_ROW, management_target
+from zocalo.rabbitmq_admin.endpoints import management_target
+from zocalo.rabbitmq_admin.queues import DELAYED_ROW
 from zocalo.transport import create_transport
 
 
@@ -95,16 +97,31 @@ def test_a_wrong_management_url_is_one_clear_line(rabbitmq_vhost_url):
 
 def test_the_management_api_is_found_from_the_amqp_url():
     target = management_target("amqps://alice:p%40ss@rabbit.example:5671/zoc%2Falo")
-    assert target.base_url == "https://rabbit.example:15671/api"
+    assert target.base_urls == ("https://rabbit.example:15671/api",)
     assert (target.username, target.password, target.vhost) == ("alice", "p@ss", "zoc/alo")
     plain = management_target("amqp://[::1]:5672/")
-    assert plain.base_url == "http://[::1]:15672/api"
+    assert plain.base_urls == ("http://[::1]:15672/api",)
     assert (plain.username, plain.vhost) == ("guest", "/")
     given = management_target(
         "amqp://alice:pw@rabbit.example/v", "https://admin:s3cret@mgmt.example:443/"
     )
-    assert given.base_url == "https://mgmt.example:443/api"
+    assert given.base_urls == ("https://mgmt.example:443/api",)
     assert (given.username, given.password, given.vhost) == ("admin", "s3cret", "v")
+
+
+def test_every_node_of_the_amqp_url_or_of_the_plugin_is_a_management_api_to_try():
+    cluster = management_target("amqp://u:p@one:5673/v?hosts=two:5672,[::2],one:5674")
+    assert cluster.base_urls == (
+        "http://one:15672/api",
+        "http://two:15672/api",
+        "http://[::2]:15672/api",
+    ), "in order, each host once"
+    site = RabbitMQAPIConfig(
+        plugin="rabbitmqapi", base_url="http://a:15672, http://b/api/", username="s", password="x"
+    )
+    from_site = management_target("amqp://u:p@one/v", plugin=site)
+    assert from_site.base_urls == ("http://a:15672/api", "http://b/api")
+    assert (from_site.username, from_site.password, from_site.vhost) == ("s", "x", "v")
 
 
 def test_sqlite_lists_a_queue_with_consumers_and_no_messages(sqlite_broker, collector):
@@ -123,3 +140,10 @@ def test_memory_lists_a_queue_with_consumers_and_no_messages(client, collector):
     stats = {entry.queue: entry for entry in client.queue_stats()}
     assert stats["idle"].consumers == 1 and stats["idle"].ready == 0
     assert "news" not in stats
+
+
+@pytest.mark.stomp
+def test_activemq_says_in_one_line_that_it_has_no_depths_by_state(activemq):
+    result = CliRunner().invoke(cli, ["queues", "--transport", activemq.url(prefix="queues")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "ActiveMQ tells a STOMP client no queue depths by state" in result.output

@@ -99,3 +99,40 @@ def test_list_without_a_library_says_what_is_missing(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("ZOCALO_CONFIG", raising=False)
     result = run("list")
     assert result.exit_code == 1 and "zocalo.recipe_directory" in result.output
+
+
+def test_validate_reports_every_problem_one_line_each(tmp_path: Path) -> None:
+    """Three problems in three steps: three lines, each naming the file, step and field."""
+    path = tmp_path / "three.json"
+    path.write_text(
+        json.dumps(
+            {
+                "start": [[1, {}]],
+                "1": {"queue": "a", "output": [2, 9]},
+                "2": {"queue": 5, "output": 3},
+                "3": {"queue": "c", "transport-delay": "soon"},
+            }
+        )
+    )
+    result = run("validate", str(path))
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert len(lines) == 3, result.output
+    assert all(line.startswith(f"{path}: Invalid recipe: step ") for line in lines)
+    assert "step 1 field 'output' links to step 9" in lines[0]
+    assert "step 2 field 'queue' must be a name" in lines[1]
+    assert "step 3 field 'transport-delay'" in lines[2]
+
+
+def test_validate_says_malformed_json_in_one_line_and_valid_files_pass(tmp_path: Path) -> None:
+    broken, good = tmp_path / "broken.json", tmp_path / "good.json"
+    broken.write_text('{"start": [[1, {}]], "1": {"queue": ')
+    good.write_text(json.dumps(RECIPE))
+    result = run("validate", str(good), str(broken))
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        line for line in result.output.splitlines() if line.startswith(f"{broken}: ")
+    ]
+    assert len(result.output.splitlines()) == 1 and "not valid JSON" in result.output
+    valid = run("validate", str(good))
+    assert valid.exit_code == 0 and valid.output == "1 recipe valid\n"

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from zocalo.transport import Delivery, Outgoing, Transport, create_transport, dlq_name
 from zocalo.transport.dead_letters import dead_letter_marks
@@ -32,6 +33,13 @@ class Broker:
     @property
     def client(self) -> Transport:
         return self.opened[0] if self.opened else self.connect()
+
+    @property
+    def stomp_prefix(self) -> str:
+        """The destination prefix of an ActiveMQ broker's URL ("" elsewhere)."""
+        if self.kind != "stomp":
+            return ""
+        return parse_qs(urlsplit(self.url).query).get("prefix", [""])[0]
 
     @staticmethod
     def queue(label: str) -> str:

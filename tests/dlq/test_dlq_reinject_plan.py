@@ -62,15 +62,23 @@ def test_headers_lose_the_transport_fields_and_dead_letter_marks_and_say_reinjec
 
 
 def test_a_broker_dead_letter_goes_back_through_the_exchange_it_came_through():
-    death = {"queue": "images", "exchange": "", "reason": "delivery_limit"}
-    assert routes({"x-death": [death]}) == [("images", False)]
-    types = {"broadcasts": "fanout", "delayed": "x-delayed-message", "routed": "direct"}.get
-    fanout = {"x-death": [{**death, "exchange": "broadcasts"}]}
-    assert routes(fanout, exchange_type=types) == [("broadcasts", True)]
-    # python-workflows' delayed exchange, or a direct one, routed it to the queue it died in:
-    for exchange in ("delayed", "routed"):
-        named = {"x-death": [{**death, "exchange": exchange}]}
-        assert routes(named, exchange_type=types) == [("images", False)]
+    death = {"queue": "images", "exchange": "", "routing-keys": ["images"], "reason": "rejected"}
+    # The newest x-death entry (RabbitMQ prepends): the exchange that took it to "images".
+    older = {"queue": "elsewhere", "exchange": "old", "routing-keys": ["o"]}
+    named = {"x-death": [{**death, "exchange": "routed", "routing-keys": ["k", "cc"]}, older]}
+    (message,) = prepare(letter(named)).messages
+    assert (message.exchange, message.destination, message.broadcast) == ("routed", "k", False)
+    assert message.headers["CC"] == ["cc"], "the other routing keys, as CC"
+    assert message.describe() == "exchange 'routed' with routing key 'k'"
+    # The default exchange, or one that only delayed it: the queue it died in.
+    for exchange in ("", "delayed", "zocalo.delay.delivery"):
+        (message,) = prepare(letter({"x-death": [{**death, "exchange": exchange}]})).messages
+        assert (message.exchange, message.destination) == (None, "images")
+        assert "CC" not in message.headers
+    # No routing keys to go by, or a broker without exchanges: the queue it died in.
+    keyless = {"x-death": [{"queue": "images", "exchange": "routed"}]}
+    assert routes(keyless) == [("images", False)]
+    assert routes(named, through_exchanges=False) == [("images", False)]
 
 
 def test_our_dead_letters_and_activemqs_go_back_to_where_they_came_from():

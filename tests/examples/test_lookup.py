@@ -35,6 +35,7 @@ def test_the_filter_adds_the_collections_image_parameters(facility_database):
             "ispyb_image_first": 3,
             "ispyb_image_last": 7,
             "ispyb_image_count": 5,
+            "ispyb_processing_directory": "/processing/dc1001",
         },
     )
 

@@ -241,3 +241,52 @@ def test_start_pointing_at_error_is_refused() -> None:
     Reference(copy.deepcopy(data)).validate()
     with pytest.raises(InvalidRecipe, match="field 'start' entry 1 links to step 'error'"):
         Recipe(data).validate()
+
+
+def test_every_problem_is_found_each_once() -> None:
+    """A stray key, a cycle, two dangling links, an unreached step: each once, as the
+    walk from ``start`` meets them."""
+    recipe = Recipe(
+        {
+            "start": [[1, {}]],
+            "1": {"output": [2, 9]},
+            "2": {"output": {"a": 3, "b": 9}},
+            "3": {"error": 2},
+            "4": {},
+            "0": {},
+        }
+    )
+    messages = [str(problem) for problem in recipe.problems()]
+    assert messages == [
+        "Invalid recipe: top-level key '0' is not a step id (non-zero integer)",
+        "Invalid recipe: step 3 field 'error' links back to step 2, making a cycle "
+        "(start -> 1 -> 2 -> 3 -> 2)",
+        "Invalid recipe: step 2 field 'output' links to step 9, which does not exist",
+        "Invalid recipe: step 1 field 'output' links to step 9, which does not exist",
+        "Invalid recipe: step 4 is never reached from 'start' or 'error' (unreferenced node)",
+    ]
+    with pytest.raises(InvalidRecipe) as first:
+        recipe.validate()
+    assert str(first.value) == messages[0], "validate() raises the first problem"
+
+
+def test_a_step_behind_an_unreadable_link_is_not_called_unreached() -> None:
+    recipe = Recipe({"start": [[1, {}]], "1": {"output": ["2"]}, "2": {}})
+    assert [str(p) for p in recipe.problems()] == [
+        "Invalid recipe: step 1 field 'output' has an invalid link '2' in ['2']"
+    ]
+
+
+def test_examine_reports_every_load_problem_and_stops_there() -> None:
+    recipe, problems = Recipe.examine(
+        {"start": [[1, {}], "x"], "1": "a string", "foo": {}, "error": "1", "2": {"output": 9}}
+    )
+    assert recipe is None
+    assert [str(problem) for problem in problems] == [
+        "Invalid recipe: field 'start' entry 2 is not a [step, payload] pair: 'x'",
+        "Invalid recipe: top-level key 'foo' is not 'start', 'error' or a step id",
+        "Invalid recipe: field 'error' must be a step id or a list of them, not '1'",
+        "Invalid recipe: step 1 must be an object, not 'a string'",
+    ]
+    loaded, none = Recipe.examine({"start": [[1, {}]], "1": {"queue": "q"}})
+    assert loaded is not None and none == []

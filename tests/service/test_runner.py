@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from zocalo.service.middleware.base import ATTEMPT_HEADER
 from zocalo.service.middleware.dead_letter import RECIPE_PATH_HEADER
 from zocalo.transport import Transport, dlq_name
 from zocalo.transport.base import DLQ_HISTORY_HEADER, DLQ_QUEUE_HEADER, DLQ_REASON_HEADER
+from zocalo.transport.dead_letters import entry_seconds
 
 ENVIRONMENT = {"ID": "recipe-0001"}
 #: A recipe for bodies that never reach a handler (their queue names do not matter).
@@ -232,6 +234,7 @@ def test_handler_failing_every_time_ends_in_dlq_while_others_flow(
     client, work, recipe, results, dead, start_service, caplog
 ):
     service = Multiplier(work, failures={9: 100})
+    started = time.time()
     runner = start_service(service, retry_delay=RETRY_DELAY, max_attempts=3)
     send_work(client, recipe, 9)
     for value in range(1, 6):
@@ -247,7 +250,11 @@ def test_handler_failing_every_time_ends_in_dlq_while_others_flow(
     assert headers[RECIPE_PATH_HEADER] == [1]
     assert headers[ATTEMPT_HEADER] == 2, "two retries were published before the DLQ"
     history = headers[DLQ_HISTORY_HEADER]
-    assert len(history) == 3 and all("detector offline for 9" in entry for entry in history)
+    assert len(history) == 3 and all("detector offline for 9" in e["reason"] for e in history)
+    # Each attempt dated, as ISO-8601 UTC text (AMQP would round an epoch float).
+    stamps = [entry_seconds(entry) for entry in history]
+    assert all(isinstance(entry["at"], str) and entry["at"].endswith("Z") for entry in history)
+    assert started - 1 <= stamps[0] <= stamps[1] <= stamps[2] <= time.time() + 1
     assert not [name for name in headers if "death" in name], "no broker death headers"
     assert json.loads(dead_letter.body)["payload"] == {"value": 9}
     failures = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]

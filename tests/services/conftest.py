@@ -138,6 +138,19 @@ def rabbitmq_url(request: pytest.FixtureRequest) -> str:
     return vhost.url
 
 
+def broker_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker of ``kind`` for this test: a fresh memory broker or SQLite file, the
+    session's RabbitMQ vhost, or a prefix of its own on the session's ActiveMQ."""
+    if kind == "memory":
+        return f"memory://services-{uuid.uuid4().hex}"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    if kind == "stomp":
+        prefix = f"services{uuid.uuid4().hex[:8]}"
+        return str(request.getfixturevalue("activemq").url(prefix=prefix))
+    return rabbitmq_url(request)
+
+
 @pytest.fixture(
     params=[
         pytest.param("memory", id="memory"),
@@ -146,12 +159,9 @@ def rabbitmq_url(request: pytest.FixtureRequest) -> str:
     ]
 )
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A broker for services on threads of this process."""
-    if request.param == "memory":
-        return f"memory://services-{uuid.uuid4().hex}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    return rabbitmq_url(request)
+    """A broker for services on threads of this process (a module may add ``"stomp"``,
+    parametrizing ``url`` with ``indirect=True``)."""
+    return broker_url(request.param, request, tmp_path)
 
 
 @pytest.fixture(
@@ -162,9 +172,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 )
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A broker every process can reach."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    return rabbitmq_url(request)
+    return broker_url(request.param, request, tmp_path)
 
 
 @pytest.fixture
@@ -192,22 +200,31 @@ def queue() -> str:
 # -- brokers, and a runner to stop, for Schlockmeister and the Mailer ------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+_RABBITMQ = pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)
+_STOMP = pytest.param("stomp", marks=pytest.mark.stomp)
+
+
+@pytest.fixture(params=["memory", "sqlite", _RABBITMQ, _STOMP])
 def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A broker URL of each kind: in-process, embedded (a fresh file), RabbitMQ."""
+    """A broker URL of each kind: in-process, embedded (a fresh file), RabbitMQ, ActiveMQ
+    (under a prefix of this test's own)."""
     if request.param == "memory":
         return f"memory://services-{uuid.uuid4().hex}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    return request.getfixturevalue("rabbitmq_vhost_url")
+    return cross_process_url(request, tmp_path)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(params=["sqlite", _RABBITMQ, _STOMP])
 def cross_process_broker(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A broker URL that other processes reach too: embedded, RabbitMQ."""
+    """A broker URL that other processes reach too: embedded, RabbitMQ, ActiveMQ."""
+    return cross_process_url(request, tmp_path)
+
+
+def cross_process_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/broker.db"
-    return request.getfixturevalue("rabbitmq_vhost_url")
+    if request.param == "stomp":
+        return str(request.getfixturevalue("activemq").url(prefix=f"svc{uuid.uuid4().hex[:8]}"))
+    return str(request.getfixturevalue("rabbitmq_vhost_url"))
 
 
 @pytest.fixture

@@ -489,6 +489,7 @@ def test_cryoem_services_recipes_run_unchanged(
     assert expected["mem"] in fields["TRES"]
     assert fields.get("TresPerJob") == expected["gpus"]
     wrapper_file = Path(expected["wrapper"])
+    assert wrapper_file.stat().st_mode & 0o777 == 0o600, "it holds the whole message: private"
     message = decode(wrapper_file.read_bytes(), recipe_headers(), "recipe-wrapper file")
     assert (message.pointer, message.recipe_id) == (1, recipe_id)
     assert message.step["parameters"]["cluster"]["job_name"] == expected["JobName"]

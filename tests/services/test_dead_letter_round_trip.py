@@ -1,5 +1,5 @@
-"""The whole round trip on the embedded broker and on RabbitMQ: a poison job dead-letters
-(after the runner's retries, or after the broker's delivery limit when it kills its
+"""The whole round trip on the embedded broker, on RabbitMQ and on ActiveMQ: a poison job
+dead-letters (after the runner's retries, or after the broker's delivery limit when it kills its
 worker) while good jobs keep flowing; Schlockmeister shows one group; its files are
 edited and reinjected (also at another step) and the jobs succeed."""
 
@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from zocalo.config import SiteConfiguration
 from zocalo.recipe import Recipe, wire
 from zocalo.services.schlockmeister import Schlockmeister
 from zocalo.transport import create_transport
+from zocalo.transport.dead_letters import entry_seconds
 
 #: The chain's queues (fragile_services.Find and Record consume the first two).
 QUEUES = {"find": "chain.find", "record": "chain.record", "results": "chain.results"}
@@ -63,6 +65,7 @@ def test_a_poison_job_goes_round_trip_while_good_jobs_flow(
     cross_process_broker, run_service, collector, wait_until, tmp_path
 ):
     url, queues, location = cross_process_broker, QUEUES, tmp_path / "DLQ"
+    started = time.time()
     client = create_transport(url)
     client.connect()
     try:
@@ -90,6 +93,15 @@ def test_a_poison_job_goes_round_trip_while_good_jobs_flow(
         )
         assert group["pattern"] == "cannot record image <n>: detector mask missing"
         assert sorted(group["recipe_ids"]) == ["job-13", "job-14"]
+        # The latest dead letter's history: each failed attempt, dated (ISO-8601 UTC).
+        history = group["history"]
+        assert len(history) == 3 and all("detector mask missing" in e["reason"] for e in history)
+        stamps = [entry["at"] for entry in history]
+        assert stamps == sorted(stamps) and all(stamp.endswith("Z") for stamp in stamps)
+        assert all(started - 1 <= entry_seconds(e) <= time.time() + 1 for e in history)
+        text = CliRunner().invoke(dlq_list, ["--location", str(location)]).stdout
+        for stamp in stamps[:2]:  # the last is in the latest dead letter only
+            assert f"    {stamp} RuntimeError: cannot record image" in text, text
         files = sorted(location.glob("*/msg-*"))
         by_image = {json.loads(p.read_text())["message"]["payload"]["image"]: p for p in files}
         for path in files:

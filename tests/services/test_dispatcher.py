@@ -19,7 +19,7 @@ import workflows.recipe
 from zocalo.recipe import Recipe, wire
 from zocalo.recipe.step import RecipeStep
 from zocalo.services.dispatcher import RECHECK_DELAY, Dispatcher, PluginError
-from zocalo.submit import DISPATCHER_QUEUE
+from zocalo.submission import DISPATCHER_QUEUE
 from zocalo.transport import Transport
 from zocalo.transport.base import DLQ_REASON_HEADER
 

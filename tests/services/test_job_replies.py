@@ -1,5 +1,5 @@
 """Results back to the caller: a job that fans out to three replies, from Python
-(``zocalo.submit.submit``) with services on threads on every transport, and from
+(``zocalo.submit``) with services on threads on every transport, and from
 ``zocalo.go --wait`` with every service a real ``zocalo.service`` process; a caller that
 gives up before its replies come holds nothing up, and they are dropped, one line each."""
 
@@ -14,13 +14,35 @@ import pytest
 from click.testing import CliRunner
 from replying_services import ANSWER, DONE, FANOUT, RECIPE, Answer, Fanout
 
+import zocalo
 from zocalo.cli.go import command as go
 from zocalo.launch import ServiceProcesses
 from zocalo.replies import ReplyTimeout
-from zocalo.submit import submit
 from zocalo.transport import create_transport
 
 HERE = Path(__file__).parent
+
+
+#: Every broker of ``url`` and ``shared_url``, and ActiveMQ: replies come back on each.
+ON_THREADS = pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("memory", id="memory"),
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
+    ],
+    indirect=True,
+)
+IN_PROCESSES = pytest.mark.parametrize(
+    "shared_url",
+    [
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
+    ],
+    indirect=True,
+)
 
 
 @pytest.fixture
@@ -34,6 +56,7 @@ def queues(client):
 # -- from Python, services on threads ----------------------------------------------------------
 
 
+@ON_THREADS
 def test_submit_yields_each_reply_of_a_job_that_fans_out(
     url, queues, client, collector, run_service
 ):
@@ -41,7 +64,7 @@ def test_submit_yields_each_reply_of_a_job_that_fans_out(
     run_service(Answer(), url)
     done = collector(ack_with=client)
     client.subscribe(DONE, done)
-    replies = submit(url, recipe=RECIPE, parameters={"parts": 3}, direct=True, results=3)
+    replies = zocalo.submit(url, recipe=RECIPE, parameters={"parts": 3}, direct=True, results=3)
     received = list(replies)
     assert sorted(reply.payload["part"] for reply in received) == [0, 1, 2]
     assert all(reply.payload["squared"] == reply.payload["part"] ** 2 for reply in received)
@@ -49,17 +72,21 @@ def test_submit_yields_each_reply_of_a_job_that_fans_out(
     assert len(done.wait_for_count(3)) == 3, "the replies went with the step's other outputs"
 
 
+@ON_THREADS
 def test_submit_through_the_dispatcher_on_the_callers_own_connection(
     url, site, dispatcher, queues, client, run_service
 ):
     site.add_recipe("fanout", RECIPE)
     run_service(Fanout(), url)
     run_service(Answer(), url)
-    replies = submit(client, ["fanout"], {"parts": 3}, dcid_required=False, results=3, timeout=30)
+    replies = zocalo.submit(
+        client, ["fanout"], {"parts": 3}, dcid_required=False, results=3, timeout=30
+    )
     assert sorted(reply.payload["part"] for reply in replies) == [0, 1, 2]
     assert client.connected, "a connection the caller gave stays the caller's"
 
 
+@ON_THREADS
 def test_a_caller_that_gave_up_holds_nothing_up(
     url, queues, client, collector, run_service, dropped_replies
 ):
@@ -67,22 +94,24 @@ def test_a_caller_that_gave_up_holds_nothing_up(
     each reply is dropped with a log line, and the step's other outputs and its
     acknowledgement go through as if the caller were there."""
     run_service(Fanout(), url)
-    replies = submit(url, recipe=RECIPE, parameters={"parts": 3}, direct=True, results=3, timeout=1)
+    replies = zocalo.submit(
+        url, recipe=RECIPE, parameters={"parts": 3}, direct=True, results=3, timeout=1
+    )
     with pytest.raises(ReplyTimeout) as gave_up:
         next(replies)
     assert str(gave_up.value) == (
         f"timed out: 0 of 3 replies for recipe {replies.recipe_id} arrived within 1 s"
     )
-    dropped_replies.wait_until_gone(client, replies.queue)
-    before = dropped_replies.count(replies.queue)
+    dropped_replies.wait_until_gone(client, replies.reply_to)
+    before = dropped_replies.count(replies.reply_to)
 
     done = collector(ack_with=client)
     client.subscribe(DONE, done)
     answer = run_service(Answer(), url)
     assert len(done.wait_for_count(3)) == 3
     answer.stop_and_wait()
-    assert dropped_replies.count(replies.queue) == before + 3
-    senders = {(r.recipe_ID, r.recipe_step) for r in dropped_replies.records(replies.queue)[-3:]}
+    assert dropped_replies.count(replies.reply_to) == before + 3
+    senders = {(r.recipe_ID, r.recipe_step) for r in dropped_replies.records(replies.reply_to)[-3:]}
     assert senders == {(replies.recipe_id, 2)}, "each line names the job and step, as they do"
     stats = answer.stats.snapshot()
     assert (stats["handled"], stats["publish_failed"], stats["failed"]) == (3, 0, 0)
@@ -120,6 +149,7 @@ def on_shared_broker(shared_url):
         yield client
 
 
+@IN_PROCESSES
 def test_zocalo_go_waits_for_the_three_replies_and_prints_each(
     shared_url, site, on_shared_broker, start_services
 ):
@@ -159,6 +189,7 @@ def test_zocalo_go_waits_for_the_three_replies_and_prints_each(
     assert services.stats["replying_services:Answer"]["handled"] == 3
 
 
+@IN_PROCESSES
 def test_zocalo_go_that_times_out_says_so_and_the_job_goes_on_without_it(
     shared_url, site, on_shared_broker, collector, dropped_replies, start_services
 ):

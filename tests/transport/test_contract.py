@@ -37,6 +37,7 @@ from zocalo.transport.base import (  # not (yet) re-exported by zocalo.transport
     DLQ_REASON_HEADER,
     QueueStats,
 )
+from zocalo.transport.dead_letters import entry_seconds
 
 SENTINEL = b"--sentinel--"
 
@@ -662,6 +663,7 @@ def test_nack_without_requeue_dead_letters(
     transport: Transport, collector: Callable, name: Callable
 ) -> None:
     queue = name("q")
+    started = time.time()
     transport.send(queue, b"poison", headers={"k": "v", "nested": {"a": [1]}})
     received = collector()
     transport.subscribe(queue, received)
@@ -680,6 +682,7 @@ def test_nack_without_requeue_dead_letters(
     assert reason in letter.headers[DLQ_REASON_HEADER]
     assert letter.headers[DLQ_QUEUE_HEADER] == queue
     assert len(letter.headers[DLQ_HISTORY_HEADER]) == 1
+    assert_dated(letter.headers[DLQ_HISTORY_HEADER], started)
     assert letter.source == dlq_name(queue) == f"dlq.{queue}"
 
     transport.send(queue, SENTINEL)  # and it is gone from its own queue
@@ -719,6 +722,7 @@ def test_delivery_limit_dead_letters_with_history(
 ) -> None:
     queue, limit = name("q"), transport.delivery_limit
     assert limit >= 1
+    started = time.time()
     transport.send(queue, b"poison")
     received = collector()
     transport.subscribe(queue, received)
@@ -747,6 +751,17 @@ def test_delivery_limit_dead_letters_with_history(
     # Embedded brokers record every return; RabbitMQ records the dead-lettering
     # itself (x-death), with x-delivery-count having counted the returns.
     assert 1 <= len(letter.headers[DLQ_HISTORY_HEADER]) <= limit
+    assert_dated(letter.headers[DLQ_HISTORY_HEADER], started)
+
+
+def assert_dated(history: list[Any], since: float) -> None:
+    """Every history entry says when it happened, as ISO-8601 UTC text, in order."""
+    stamps = [entry["at"] for entry in history]
+    assert all(isinstance(stamp, str) and stamp.endswith("Z") for stamp in stamps), history
+    seconds = [entry_seconds(entry) for entry in history]
+    # (RabbitMQ dates its dead-lettering to the whole second)
+    assert all(since - 1 <= when <= time.time() + 1 for when in seconds), history
+    assert seconds == sorted(seconds)
 
 
 def test_consumers_crashing_on_a_poison_message_dead_letter_it(
@@ -959,6 +974,51 @@ def test_a_priority_out_of_range_is_refused_in_one_line_and_the_transport_goes_o
 
 
 @pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("delay", float("inf")),
+        ("delay", -5),
+        ("delay", 10**400),
+        ("expiration", 1e300),
+        ("expiration", -1.0),
+        ("expiration", float("nan")),
+    ],
+    ids=lambda value: str(value)[:12],
+)
+def test_a_duration_out_of_range_is_refused_in_one_line_and_the_transport_goes_on(
+    transport: Transport, collector: Callable, name: Callable, field: str, value: Any
+) -> None:
+    """Delays and expirations are checked as priorities are: SQLite once lost its
+    worker to an infinite number, which no broker can hold."""
+    queue, inputs = name("q"), name("in")
+    transport.send(inputs, b"input")
+    received = collector()
+    transport.subscribe(inputs, received)
+    [delivery] = received.wait_for_count(1)
+    with pytest.raises(UnsupportedFeature, match=field) as refused:
+        transport.publish([Outgoing(queue, b"x", **{field: value})], ack=delivery).result(DEADLINE)
+    assert "\n" not in str(refused.value)
+    transport.ack(delivery)  # still ours: the refused publish did not ack it
+    transport.publish([Outgoing(queue, b"after")]).result(DEADLINE)
+    assert drain(transport, queue, collector) == [b"after"]
+
+
+@pytest.mark.parametrize("expires", [10**400, float("inf"), 0, -1], ids=lambda v: str(v)[:12])
+def test_a_bound_queue_lifetime_out_of_range_is_refused_and_the_transport_goes_on(
+    transport: Transport, collector: Callable, name: Callable, expires: Any
+) -> None:
+    # (topic=True: a unique name not declared as a queue of the usual kind)
+    queue, topic = name("kept", topic=True), name("t", topic=True)
+    with pytest.raises(UnsupportedFeature, match="expires"):
+        transport.bind_queue(queue, topic, expires=expires)
+    transport.bind_queue(queue, topic, expires=60)  # the transport goes on
+    received = collector(ack_with=transport)
+    transport.subscribe(queue, received)
+    transport.broadcast(topic, b"news")
+    assert [d.body for d in received.wait_for_count(1)] == [b"news"]
+
+
+@pytest.mark.parametrize(
     ("capability", "outgoing", "named"),
     [
         pytest.param(Capability.DELAY, dict(delay=0.5), "delay", id="delay"),
@@ -1005,6 +1065,36 @@ def test_optional_feature_is_accepted_or_refused_outright(
     news.wait_for_body(SENTINEL)
     assert news.bodies == [SENTINEL]
     transport.ack(delivery)  # still ours: the refused publish did not ack it
+
+
+def test_a_named_exchange_is_gone_through_or_refused_and_the_default_is_a_plain_send(
+    transport: Transport, collector: Callable, name: Callable
+) -> None:
+    """``Outgoing.exchange``: RabbitMQ routes the message by its routing key through the
+    exchange; the other transports refuse it. The default exchange (``""``) is a send."""
+    queue, topic, inputs = name("q"), name("t", topic=True), name("in")
+    transport.publish([Outgoing(queue, b"default", exchange="")]).result(DEADLINE)
+    assert drain(transport, queue, collector) == [b"default"]
+    transport.send(inputs, b"input")
+    received = collector()
+    transport.subscribe(inputs, received)
+    [delivery] = received.wait_for_count(1)
+    through = Outgoing("any.key", b"routed", exchange=topic)
+    if Capability.EXCHANGE not in transport.capabilities:
+        with pytest.raises(UnsupportedFeature, match="exchange"):
+            transport.publish([Outgoing(queue, b"plain"), through], ack=delivery)
+        assert drain(transport, queue, collector) == [], "refused whole"
+        transport.ack(delivery)  # still ours: the refused publish did not ack it
+        return
+    # An exchange that does not exist: refused in one line, naming it; nothing acked.
+    with pytest.raises(ZocaloError, match=f"exchange '{topic}' does not exist"):
+        transport.publish([through], ack=delivery).result(DEADLINE)
+    bound = name("bound", topic=True)  # not a work queue: bind_queue makes its own kind
+    transport.bind_queue(bound, topic, expires=60)  # to a fanout exchange named topic
+    transport.publish([through], ack=delivery).result(DEADLINE)
+    assert drain(transport, bound, collector) == [b"routed"]
+    with pytest.raises(UnsupportedFeature, match="named one"):
+        transport.publish([Outgoing("k", b"x", exchange=topic, delay=1)])
 
 
 # -- delay and expiration ------------------------------------------------------------------
@@ -1477,13 +1567,13 @@ def test_a_reply_queue_takes_replies_while_its_connection_lives(
     if lacks_reply_queues(caller):
         return
     queue = reply_queue_name()
-    caller.declare_reply_queue(queue)
-    caller.declare_reply_queue(queue)  # its own, again: harmless
+    address = caller.declare_reply_queue(queue)
+    assert caller.declare_reply_queue(queue) == address  # its own, again: harmless
     replies = collector(ack_with=caller)
     caller.subscribe(queue, replies)
-    worker.publish([Outgoing(queue, b"reply", droppable=True)]).result(DEADLINE)
+    worker.publish([Outgoing(address, b"reply", droppable=True)]).result(DEADLINE)
     assert replies.wait_for_body(b"reply")[0].body == b"reply"
-    assert not dropped_replies.count(queue)
+    assert not dropped_replies.count(address)
 
 
 def test_a_droppable_message_reaches_a_queue_someone_consumes(
@@ -1533,42 +1623,50 @@ def test_a_reply_queue_goes_with_its_connection_and_later_replies_are_dropped(
     if lacks_reply_queues(caller):
         return
     queue = reply_queue_name()
-    caller.declare_reply_queue(queue)
+    address = caller.declare_reply_queue(queue)
     caller.subscribe(queue, collector())  # never acked: returned to the queue as it goes
-    worker.publish([Outgoing(queue, b"unread", droppable=True)]).result(DEADLINE)
+    worker.publish([Outgoing(address, b"unread", droppable=True)]).result(DEADLINE)
     getattr(caller, leaves)()
-    dropped_replies.wait_until_gone(worker, queue)
+    dropped_replies.wait_until_gone(worker, address)
 
     _, [delivery] = take(worker, inputs, 1, collector, [b"input"])
-    before = dropped_replies.count(queue)
+    before = dropped_replies.count(address)
     worker.publish(
-        [Outgoing(queue, b"late reply", droppable=True), Outgoing(outputs, b"result")],
+        [Outgoing(address, b"late reply", droppable=True), Outgoing(outputs, b"result")],
         ack=delivery,
     ).result(DEADLINE)
-    assert dropped_replies.count(queue) == before + 1
+    assert dropped_replies.count(address) == before + 1
     assert drain(observer, outputs, collector) == [b"result"]
     assert returned_after_close(worker, observer, inputs, collector) == [], "the input was acked"
     replacement = connect()
-    replacement.declare_reply_queue(queue)  # the name is free again: nothing else has it
+    renewed = replacement.declare_reply_queue(queue)  # the name is free again
     received = collector(ack_with=replacement)
     replacement.subscribe(queue, received)
-    replacement.publish([Outgoing(queue, SENTINEL, droppable=True)]).result(DEADLINE)
+    replacement.publish([Outgoing(renewed, SENTINEL, droppable=True)]).result(DEADLINE)
     assert [d.body for d in received.wait_for_body(SENTINEL)] == [SENTINEL], "nothing left over"
 
 
 def test_a_reply_queue_needs_a_name_no_queue_has(
     connect: Callable[..., Transport], collector: Callable, name: Callable
 ) -> None:
-    """Closing would take the queue away: a work queue, or another caller's, is refused."""
+    """Closing would take the queue away: a work queue, or another caller's, is refused
+    where the caller names the queue; where the broker names it (ActiveMQ), two callers'
+    reply queues never meet, and a work queue of the name is left alone."""
     work = name("work")
     first, second = connect(), connect()
     if lacks_reply_queues(first):
         return
     first.send(work, b"waiting")
+    theirs = reply_queue_name()
+    address = first.declare_reply_queue(theirs)
+    if address != theirs:  # named by the broker
+        assert second.declare_reply_queue(theirs) != address
+        second.declare_reply_queue(work)
+        second.close()
+        assert drain(first, work, collector) == [b"waiting"], "the work queue kept its message"
+        return
     with pytest.raises(ZocaloError, match="exists already"):
         second.declare_reply_queue(work)
-    theirs = reply_queue_name()
-    first.declare_reply_queue(theirs)
     with pytest.raises(ZocaloError):
         second.declare_reply_queue(theirs)
     second.close()

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from zocalo.wrapper.slurm import (
+    JobBackend,
     JobRefused,
     JobRequest,
     JobState,
-    SlurmBackend,
     SlurmError,
     SlurmUnreachable,
     backend_for,
@@ -30,7 +30,7 @@ JOB_DEADLINE = 30.0
 
 
 @pytest.fixture(params=["rest-v0.0.38", "cli"])
-def backend(request, slurm_cluster, monkeypatch) -> SlurmBackend:
+def backend(request, slurm_cluster, monkeypatch) -> JobBackend:
     if request.param == "cli":
         for name, value in slurm_cluster.environment.items():
             monkeypatch.setenv(name, value)
@@ -50,7 +50,7 @@ def job(directory: Path, script: str, **fields) -> JobRequest:
     )
 
 
-def wait_for_end(backend: SlurmBackend, job_ids: list[int]) -> dict[int, JobState | None]:
+def wait_for_end(backend: JobBackend, job_ids: list[int]) -> dict[int, JobState | None]:
     deadline = time.monotonic() + JOB_DEADLINE
     pause = threading.Event()
     while True:
@@ -190,3 +190,43 @@ def test_an_unreachable_rest_address_is_unreachable(tmp_path):
     backend = backend_for({"url": f"unix://{tmp_path}/no.socket", "api_version": "v0.0.38"})
     with pytest.raises(SlurmUnreachable, match="No such file"):
         backend.state(1)
+
+
+def test_a_job_slurm_forgot_is_read_from_the_completion_log(
+    slurm_cluster, monkeypatch, request, tmp_path
+):
+    """``scontrol`` shows an ended job for ``MinJobAge`` (300 s here, too long to wait
+    for); after that, with no accounting, only the job completion log (``sacct -c``,
+    ``jobcomp/filetxt`` on this cluster) knows how it ended. The log is read as it is;
+    a forgetful ``scontrol`` (the real one's answer for a job it no longer holds) stands
+    in for the wait."""
+    for name, value in slurm_cluster.environment.items():
+        monkeypatch.setenv(name, value)
+    directory = slurm_cluster.job_directory(request.node.name)
+    backend = CommandLineBackend()
+    scripts = {"ok": "true", "bad": "exit 3", "killed": "kill -KILL $$"}
+    ids = {name: backend.submit(job(directory, script)) for name, script in scripts.items()}
+    shown = wait_for_end(backend, list(ids.values()))
+    logged = backend.completed(ids.values())
+    for job_id, state in shown.items():
+        assert state is not None
+        expected = (state.state, state.exit_code, state.signal)
+        assert (logged[job_id].state, logged[job_id].exit_code, logged[job_id].signal) == expected
+    assert logged[ids["killed"]].signal == 9
+    assert backend.completed([987654]) == {}
+
+    forgetful = tmp_path / "bin"
+    forgetful.mkdir()
+    for tool in ("sacct", "squeue", "scancel", "sbatch"):
+        (forgetful / tool).symlink_to(backend._tool(tool))
+    scontrol = forgetful / "scontrol"
+    scontrol.write_text(
+        "#!/bin/sh\n"
+        '[ "$#" -eq 3 ] && { echo "No jobs in the system"; exit 0; }\n'
+        "echo 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n"
+    )
+    scontrol.chmod(0o755)
+    forgot = CommandLineBackend(bin_directory=str(forgetful))
+    assert forgot.state(ids["bad"]) == logged[ids["bad"]]
+    assert (forgot.state(ids["bad"]).state, forgot.state(ids["bad"]).exit_code) == ("FAILED", 3)
+    assert forgot.states([ids["ok"], 987654]) == {ids["ok"]: logged[ids["ok"]], 987654: None}

@@ -74,7 +74,11 @@ def test_sigterm_stops_the_command_and_reports_failure(
 @pytest.mark.parametrize(
     ("arguments", "status", "message"),
     [
-        (["--wrap", "nonesuch"], 2, "Error: no wrapper 'nonesuch'; known wrappers: command"),
+        (
+            ["--wrap", "nonesuch"],
+            2,
+            "Error: no wrapper 'nonesuch'; known wrappers: command, demo.integrate",
+        ),
         (
             ["--wrap", "command", "--recipewrapper", "/nonexistent/rw.json"],
             1,

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from zocalo.cli.common import broker_errors, fail
 from zocalo.demo import BUDGET_SECONDS, STAGES, Board, DemoResult, DemoSettings, run_demo
-from zocalo.demo.board import INCOMPLETE, RECORDED
+from zocalo.demo.board import INCOMPLETE, INTEGRATING, RECORDED, CollectionProgress
 from zocalo.errors import ZocaloError
 from zocalo.transport.registry import transport_class
 
@@ -23,11 +23,12 @@ def _live_view(board: Board) -> Table:
     table = Table(title=f"zocalo demo: the mini-facility ({board.phase})", title_justify="left")
     for column, justify in (("DC", "left"), ("taken", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    table.add_column("spots found on images", width=34)
+    table.add_column("spots found on images", width=22)
     table.add_column("spots", justify="right")
+    table.add_column("intensity", justify="right")
     table.add_column("state")
     for collection in board.snapshot():
-        bar = ProgressBar(total=collection.images, completed=collection.found, width=24)
+        bar = ProgressBar(total=collection.images, completed=collection.found, width=16)
         found = Text(f" {collection.found}/{collection.images}")
         style = {RECORDED: "green", INCOMPLETE: "red"}.get(collection.state, "")
         table.add_row(
@@ -35,9 +36,16 @@ def _live_view(board: Board) -> Table:
             f"{collection.acquired}/{collection.images}",
             _side_by_side(bar, found),
             str(collection.spots),
-            Text(collection.state, style=style),
+            "" if collection.intensity is None else str(collection.intensity),
+            Text(_state(collection), style=style),
         )
     return table
+
+
+def _state(collection: CollectionProgress) -> str:
+    if collection.state == INTEGRATING and collection.job is not None:
+        return f"{INTEGRATING} (job {collection.job})"
+    return collection.state
 
 
 def _side_by_side(*cells: ProgressBar | Text) -> Table:
@@ -60,6 +68,7 @@ def _summary(result: DemoResult) -> Table:
             f"{result.images_recorded} recorded",
         ),
         ("spots found", f"{result.spots_found} (the detector drew {result.spots_drawn})"),
+        ("integrated", f"{result.integrated} (a wrapped job each: zocalo.wrap)"),
         ("spot finders", str(result.workers)),
         ("broker", result.broker),
         ("messages handled", str(result.handled)),

@@ -12,6 +12,7 @@ from zocalo.cli.config_options import site_config_options
 from zocalo.cli.dlq_common import HELP_OPTIONS, record_location
 from zocalo.config import SiteConfiguration
 from zocalo.dlq.record import RECORD_NAME, DeadLetterRecord, Group
+from zocalo.transport.dead_letters import describe_entry
 
 #: Recipe IDs shown per group (``--json`` has up to ten).
 IDS_SHOWN = 3
@@ -33,6 +34,8 @@ def group_lines(group: Group) -> list[str]:
         f"  first seen {_when(group.first_seen)}, last seen {_when(group.last_seen)}",
         f"  example: {group.example}",
         f"  recipe IDs: {ids or '(none)'}",
+        *(["  history of the latest, oldest first:"] if group.history else []),
+        *(f"    {describe_entry(entry)}" for entry in group.history),
     ]
 
 

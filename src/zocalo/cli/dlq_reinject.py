@@ -8,7 +8,6 @@ at step N.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -17,16 +16,10 @@ import click
 
 from zocalo.cli.common import broker_errors, fail, open_broker, resolve_transport, transport_option
 from zocalo.cli.config_options import site_config_options
-from zocalo.cli.dlq_common import (
-    HELP_OPTIONS,
-    group_files,
-    listing_for,
-    management_url_option,
-    open_record,
-)
+from zocalo.cli.dlq_common import HELP_OPTIONS, group_files, open_record
 from zocalo.config import SiteConfiguration
-from zocalo.dlq.listing import is_rabbitmq
-from zocalo.dlq.reinject import Reinjection, prepare_files, reinject
+from zocalo.dlq.listing import is_activemq, is_rabbitmq
+from zocalo.dlq.reinject import Reinjection, activemq_names, prepare_files, reinject
 
 
 def paths_from_purge_output(lines: list[str]) -> list[str]:
@@ -93,7 +86,6 @@ def show(reinjection: Reinjection) -> None:
     help="How long to wait for the broker to confirm each message.",
 )
 @transport_option
-@management_url_option
 @site_config_options
 def command(
     files: tuple[Path, ...],
@@ -106,7 +98,6 @@ def command(
     location: str | None,
     timeout: float,
     transport: str | None,
-    management_url: str | None,
     site_config: SiteConfiguration,
 ) -> None:
     """Send the dead letters in FILE... (or in zocalo.dlq_purge's output, piped in, or
@@ -127,15 +118,15 @@ def command(
     if not paths:
         raise click.UsageError("No DLQ message files given.")
     url = resolve_transport(transport, site_config)
-    with contextlib.ExitStack() as stack:
-        exchange_type = None
-        if is_rabbitmq(url):  # an x-death names an exchange: is it a fanout?
-            listing = stack.enter_context(listing_for(url, None, management_url, site_config))
-            exchange_type = listing.exchange_type
-        with broker_errors():
-            reinjections = prepare_files(
-                paths, destination=destination, step=step, exchange_type=exchange_type
-            )
+    with broker_errors():
+        stomp_name = activemq_names(url) if is_activemq(url) else None
+        reinjections = prepare_files(
+            paths,
+            destination=destination,
+            step=step,
+            through_exchanges=is_rabbitmq(url),
+            stomp_name=stomp_name,
+        )
     if verbose:
         for reinjection in reinjections:
             show(reinjection)

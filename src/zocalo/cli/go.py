@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -34,7 +35,7 @@ from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
 from zocalo.recipe.validation import check_destinations
 from zocalo.replies import DEFAULT_WAIT, ReplyTimeout
-from zocalo.submit import (
+from zocalo.submission import (
     FALLBACK_KEY,
     InvalidRequest,
     MissingId,
@@ -42,6 +43,7 @@ from zocalo.submit import (
     Submission,
     direct_start,
     processing_request,
+    start_for_replies,
     write_drop_file,
 )
 from zocalo.transport.base import Transport, reply_queue_name
@@ -170,22 +172,25 @@ def command(
             f"{'--dry-run' if dry_run else '--drop'} sends nothing now: there are no "
             "replies to --wait for"
         )
-    reply_to = reply_queue_name() if waiting else None
-    try:
+
+    def build(reply_to: str | None) -> tuple[str | None, Submission]:
+        """The job (and its recipe ID when started directly), naming ``reply_to``."""
         if custom is not None and direct:
-            recipe_id, submission = direct_start(custom, parameters, dcid=dcid, reply_to=reply_to)
-        else:
-            recipe_id = None
-            submission = processing_request(
-                recipes,
-                parameters,
-                custom,
-                dcid=dcid,
-                reprocessing=reprocessing,
-                dcid_required=not no_dcid,
-                autoprocscalingid=autoprocscalingid,
-                reply_to=reply_to,
-            )
+            return direct_start(custom, parameters, dcid=dcid, reply_to=reply_to)
+        return None, processing_request(
+            recipes,
+            parameters,
+            custom,
+            dcid=dcid,
+            reprocessing=reprocessing,
+            dcid_required=not no_dcid,
+            autoprocscalingid=autoprocscalingid,
+            reply_to=reply_to,
+        )
+
+    try:
+        # When waiting, built again once the reply queue's address is known.
+        recipe_id, submission = build(reply_queue_name() if waiting else None)
     except InvalidRequest as error:
         hint = _REQUEST_HINTS.get(type(error))
         raise click.UsageError(f"{error}: {hint}" if hint else str(error)) from None
@@ -193,7 +198,15 @@ def command(
         raise click.UsageError(str(error)) from None
     if waiting:
         url = resolve_transport(transport, site_config)
-        _wait_for_replies(submission, url, wait or DEFAULT_WAIT, results or 1, timeout, verbose)
+        _wait_for_replies(
+            submission,
+            lambda reply_to: build(reply_to)[1],
+            url,
+            wait or DEFAULT_WAIT,
+            results or 1,
+            timeout,
+            verbose,
+        )
         return
     fallback = _fallback_location(site_config, drop=drop, direct=direct)
     if dry_run:
@@ -262,25 +275,28 @@ def _send(submission: Submission, broker: Transport, timeout: float) -> None:
 
 
 def _wait_for_replies(
-    submission: Submission,
+    checked: Submission,
+    build: Callable[[str], Submission],
     url: str,
     seconds: float,
     results: int,
     send_timeout: float,
     verbose: bool,
 ) -> None:
-    """Send, then print each reply's payload as a JSON line on stdout as it arrives (all
-    else on stderr, so stdout can be piped); exit 1 saying how many came if too few do."""
+    """Make the reply queue, send the job ``build`` makes naming it (``checked`` is one
+    made before, to check it), then print each reply's payload as a JSON line on stdout
+    as it arrives (all else on stderr, so stdout can be piped); exit 1 saying how many
+    came if too few do."""
     expected = f"{results} {'reply' if results == 1 else 'replies'}"
     with open_broker(url) as broker:
         try:
-            replies = submission.send_for_replies(
-                broker, results=results, timeout=seconds, send_timeout=send_timeout
+            submission, replies = start_for_replies(
+                build, broker, results=results, timeout=seconds, send_timeout=send_timeout
             )
         except TimeoutError:
             fail(
-                f"the broker did not confirm the {len(submission.outputs)} message(s) to "
-                f"{submission.queue} within {send_timeout:g} s; they may or may not arrive"
+                f"the broker did not confirm the {len(checked.outputs)} message(s) to "
+                f"{checked.queue} within {send_timeout:g} s; they may or may not arrive"
             )
         if verbose:
             _print(submission, err=True)

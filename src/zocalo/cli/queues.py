@@ -37,15 +37,21 @@ def rabbitmq_queue_stats(
 ) -> list[QueueStats]:
     """The vhost's queues through the RabbitMQ management API (AMQP cannot list them)."""
     from zocalo.rabbitmq_admin.api import ManagementAPIError
-    from zocalo.rabbitmq_admin.queues import management_target, queue_stats
+    from zocalo.rabbitmq_admin.endpoints import management_target
+    from zocalo.rabbitmq_admin.queues import queue_stats
 
     target = management_target(url, management_url, site_config.plugins.get("rabbitmqapi"))
-    api = target.connect()
+    try:
+        api = target.connect()
+    except ManagementAPIError as error:
+        raise click.ClickException(
+            f"{error} (user {target.username}; another with --management-url)"
+        ) from None
     try:
         return queue_stats(api, target.vhost)
     except ManagementAPIError as error:
         raise click.ClickException(
-            f"{error} (the management API at {target.base_url}, user {target.username}; "
+            f"{error} (the management API at {api.base_url}, user {target.username}; "
             "another with --management-url)"
         ) from None
     finally:

@@ -16,15 +16,21 @@ from zocalo.recipe.library import RECIPE_DIRECTORY_KEY, RecipeLibrary
 from zocalo.recipe.validation import check_every_route
 
 
-def _checked(path: Path) -> Recipe:
-    """The recipe in ``path``, as the Dispatcher would accept it; InvalidRecipe if not."""
+def _examined(path: Path) -> tuple[Recipe | None, list[InvalidRecipe]]:
+    """The recipe in ``path`` and every reason the Dispatcher would refuse it."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
-        raise InvalidRecipe(f"cannot be read: {error}") from None
-    recipe = Recipe(text)
-    recipe.validate()
-    check_every_route(recipe.steps)
+        return None, [InvalidRecipe(f"cannot be read: {error}")]
+    return Recipe.examine(text)
+
+
+def _checked(path: Path) -> Recipe:
+    """The recipe in ``path``, as the Dispatcher would accept it; InvalidRecipe if not."""
+    recipe, problems = _examined(path)
+    if problems:
+        raise problems[0]
+    assert recipe is not None  # no problems: it loaded
     return recipe
 
 
@@ -45,17 +51,15 @@ def command() -> None:
 @command.command("validate")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
-    """Check each recipe FILE; one line per invalid file (naming the step and field).
+    """Check each recipe FILE; one line per problem, naming the file, step and field.
 
     Exit status 0 when every file is valid, else 1.
     """
     problems = 0
     for path in files:
-        try:
-            _checked(path)
-        except InvalidRecipe as error:
+        for problem in _examined(path)[1]:
             problems += 1
-            click.echo(f"{path}: {error}")
+            click.echo(f"{path}: {problem}")
     if problems:
         raise click.exceptions.Exit(1)
     click.echo(f"{len(files)} recipe{'s' if len(files) != 1 else ''} valid")

@@ -269,6 +269,14 @@ class SlurmConfig(PluginConfig):
     user_token: str | None = None
 
 
+class ClusterConfig(PluginConfig):
+    """Where the cluster submission service runs jobs: ``slurm`` (the ``slurm`` section
+    says how) or ``local`` (on the service's own host; ``jobs``: the jobs' folder)."""
+
+    backend: Literal["local", "slurm"]
+    jobs: str | None = None
+
+
 #: plugin name -> model. ``storage`` is free-form and handled by the loader.
 PLUGINS: dict[str, type[PluginConfig]] = {
     "pika": PikaConfig,
@@ -282,6 +290,7 @@ PLUGINS: dict[str, type[PluginConfig]] = {
     "jmx": JmxConfig,
     "slurm": SlurmConfig,
     "iris": SlurmConfig,
+    "cluster": ClusterConfig,
 }
 
 #: Plugins with no schema: any mapping is accepted, and several blocks merge.

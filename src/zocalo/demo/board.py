@@ -9,8 +9,13 @@ WAITING = "waiting"
 ACQUIRING = "acquiring"
 SUBMITTED = "submitted"
 FINDING = "finding spots"
+INTEGRATING = "integrating"
 RECORDED = "in the database"
 INCOMPLETE = "incomplete"
+
+
+#: States that later news of a single image does not undo.
+_LATER = (INTEGRATING, RECORDED, INCOMPLETE)
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,9 @@ class CollectionProgress:
     found: int = 0
     spots: int = 0
     state: str = WAITING
+    #: The integration job (its id), and what it measured once the row is written.
+    job: object = None
+    intensity: int | None = None
 
 
 class Board:
@@ -52,13 +60,24 @@ class Board:
                 return
             self._seen[dcid].add(image)
             now = self._collections[dcid]
-            state = now.state if now.state in (RECORDED, INCOMPLETE) else FINDING
+            state = now.state if now.state in _LATER else FINDING
             self._collections[dcid] = replace(
                 now, found=now.found + 1, spots=now.spots + spots, state=state
             )
 
-    def finished(self, dcid: int, complete: bool) -> None:
-        self._update(dcid, state=RECORDED if complete else INCOMPLETE)
+    def integrating(self, dcid: int, job: object) -> None:
+        """The collection's integration job is submitted."""
+        with self._lock:
+            now = self._collections[dcid]
+            state = now.state if now.state in (RECORDED, INCOMPLETE) else INTEGRATING
+            self._collections[dcid] = replace(now, job=job, state=state)
+
+    def finished(self, dcid: int, complete: bool, intensity: object = None) -> None:
+        self._update(
+            dcid,
+            state=RECORDED if complete else INCOMPLETE,
+            intensity=intensity if isinstance(intensity, int) else None,
+        )
 
     def _update(self, dcid: int, **changes: object) -> None:
         with self._lock:

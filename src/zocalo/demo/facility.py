@@ -8,6 +8,10 @@
     <root>/results.db          the facility database: data_collections (written when a
                                collection is acquired), spot_finding (DatabaseWriter's rows)
     <root>/join.db             Join's state
+    <root>/processing/dc<DCID>/  each collection's integration job: its recipe-wrapper
+                               file, run.out and run.err
+    <root>/cluster-jobs.db     ClusterSubmission's job record; cluster-jobs.local/ its
+                               local runner's job folders
     <root>/broker.db           the embedded broker (unless the demo runs on another)
     <root>/services.log        what the service processes logged
 
@@ -19,12 +23,15 @@ from __future__ import annotations
 import json
 import shlex
 import sqlite3
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from zocalo.demo.detector import Collection
+from zocalo.services.cluster_submission import local_jobs_folder
 from zocalo.services.dbwriter import LEDGER
+from zocalo.wrapper.backends.local import LocalBackend
 
 #: The recipe every data collection runs.
 RECIPE = "mini-facility"
@@ -38,12 +45,13 @@ CREATE TABLE IF NOT EXISTS data_collections (
     started_at REAL NOT NULL, finished_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS {RESULTS_TABLE} (
     dcid INTEGER NOT NULL, recipe_id TEXT NOT NULL, images INTEGER NOT NULL,
-    complete BOOLEAN NOT NULL, spots INTEGER NOT NULL, spots_per_image TEXT NOT NULL);
+    complete BOOLEAN NOT NULL, spots INTEGER NOT NULL, spots_per_image TEXT NOT NULL,
+    intensity INTEGER);
 """
 
 #: What the printed ``sqlite3`` command shows: one line per data collection.
 RESULTS_QUERY = (
-    f"SELECT dcid, beamline, images, spots, complete FROM data_collections "
+    f"SELECT dcid, beamline, images, spots, intensity, complete FROM data_collections "
     f"JOIN {RESULTS_TABLE} USING (dcid)"
 )
 
@@ -57,6 +65,8 @@ class RecordedCollection:
     images: int
     complete: bool
     spots: int
+    #: The integration job's result (None: the row was written without one).
+    intensity: int | None
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,26 @@ class Site:
     @property
     def broker_url(self) -> str:
         return f"sqlite:///{self.root / 'broker.db'}"
+
+    @property
+    def cluster_jobs(self) -> Path:
+        return self.root / "cluster-jobs.db"
+
+    def wait_for_jobs(self, timeout: float) -> bool:
+        """Wait until every integration job the local runner started has ended (its
+        wrapper reported before its process ends); False if one still runs at ``timeout``."""
+        folder = local_jobs_folder(self.cluster_jobs)
+        if not folder.is_dir():
+            return True
+        jobs = LocalBackend(folder)
+        ids = [int(entry.name) for entry in folder.iterdir() if entry.name.isdigit()]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = jobs.states(ids).values()
+            if all(state is None or state.ended for state in states):
+                return True
+            time.sleep(0.05)
+        return False
 
     @property
     def log(self) -> Path:
@@ -148,11 +178,18 @@ class Site:
         """Every row DatabaseWriter wrote to the results table."""
         with self._connect() as db:
             rows = db.execute(
-                f"SELECT dcid, recipe_id, images, complete, spots FROM {RESULTS_TABLE}"
+                f"SELECT dcid, recipe_id, images, complete, spots, intensity FROM {RESULTS_TABLE}"
             ).fetchall()
         return [
-            RecordedCollection(int(dcid), str(recipe), int(images), bool(complete), int(spots))
-            for dcid, recipe, images, complete, spots in rows
+            RecordedCollection(
+                int(dcid),
+                str(recipe),
+                int(images),
+                bool(complete),
+                int(spots),
+                None if intensity is None else int(intensity),
+            )
+            for dcid, recipe, images, complete, spots, intensity in rows
         ]
 
     def written_at(self) -> dict[str, float]:

@@ -11,7 +11,8 @@ STAGES = (
     ("dispatch", "request sent -> images fanned out"),
     ("spot finding", "fanned out -> spots found (per image)"),
     ("join", "last image's spots -> summed up"),
-    ("database", "summed up -> row written"),
+    ("integration", "summed up -> integrated (a wrapped job)"),
+    ("database", "integrated -> row written"),
     ("reply", "row written -> reply received"),
     ("end to end", "request sent -> reply received"),
 )
@@ -38,6 +39,8 @@ class CollectionOutcome:
     replied_spots: int = 0
     replied: bool = False
     complete: bool = False
+    #: What the integration job measured, as the reply carries it (None: no job result).
+    intensity: int | None = None
     #: Rows the results table holds for this collection, and the images they count.
     rows: int = 0
     recorded_images: int = 0
@@ -94,6 +97,11 @@ class DemoResult:
         return sum(1 for o in self.collections if o.replied and o.complete and o.rows == 1)
 
     @property
+    def integrated(self) -> int:
+        """Collections whose reply carries their integration job's result."""
+        return sum(1 for outcome in self.collections if outcome.intensity is not None)
+
+    @property
     def lost(self) -> int:
         """Images that never made it to the database."""
         return sum(outcome.lost_images for outcome in self.collections)
@@ -111,6 +119,7 @@ class DemoResult:
             and self.dead_letters == 0
             and self.duplicates == 0
             and self.completed == len(self.collections)
+            and self.integrated == len(self.collections)
         )
 
     def latency(self, stage: str, fraction: float) -> float:

@@ -6,6 +6,12 @@ Dispatcher exactly as ``zocalo.go -r mini-facility DCID`` sends it. The services
 are the ones an operator runs (``zocalo.service -s NAME``), one process each and
 ``workers`` spot finders, on a fresh embedded broker in the facility's folder or
 on the broker given; an in-process broker (``memory://``) runs them on threads.
+
+Each collection's integration is a wrapped long job: ClusterSubmission runs
+``zocalo.wrap --wrap demo.integrate`` on its local runner (no Slurm is configured),
+and the wrapper's results go on to the database. On an in-process broker, which
+no job process could reach, :class:`~zocalo.examples.integration.IntegrateHere`
+runs the same wrapper on a thread instead.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from zocalo.examples.lookup import DATABASE_VARIABLE
 from zocalo.launch import ServiceProcesses, ServiceThreads
 from zocalo.service import RunnerSettings
 from zocalo.service.discovery import load_service
-from zocalo.services import dbwriter, join
-from zocalo.submit import DISPATCHER_QUEUE, processing_request
+from zocalo.services import cluster_submission, dbwriter, join
+from zocalo.submission import DISPATCHER_QUEUE, processing_request
 from zocalo.transport.base import Capability, Transport
 from zocalo.transport.dead_letters import dlq_name
 from zocalo.transport.registry import create_transport, redact_url, transport_class
@@ -44,8 +50,23 @@ BUDGET_SECONDS = 30.0
 FIRST_DCID = 1001
 BEAMLINE = "sim01"
 SPOT_FINDER = "demo.FindSpots"
+#: Runs each collection's wrapped integration job (on its local runner).
+JOBS = "ClusterSubmission"
+#: What runs the wrapped step instead on an in-process broker.
+JOBS_IN_PROCESS = "demo.IntegrateHere"
 #: The facility's services, in the order they start (the spot finder ``workers`` times).
-SERVICES = ("Dispatcher", "demo.Images", SPOT_FINDER, "Join", "demo.Summary", "DatabaseWriter")
+SERVICES = (
+    "Dispatcher",
+    "demo.Images",
+    SPOT_FINDER,
+    "Join",
+    "demo.Summary",
+    JOBS,
+    "DatabaseWriter",
+)
+#: Services whose handled messages are not counted: the job service's polls follow each
+#: job as long as it runs, so their number says nothing of work done twice.
+_UNCOUNTED = ("ClusterSubmission", "IntegrateHere")
 #: The queues of the flow, whose dead letters the demo counts.
 QUEUES = (
     DISPATCHER_QUEUE,
@@ -53,6 +74,7 @@ QUEUES = (
     "demo.find_spots",
     join.QUEUE,
     "demo.summary",
+    cluster_submission.QUEUE,
     dbwriter.QUEUE,
 )
 #: Variables a user may have set that would send the demo's services elsewhere.
@@ -94,13 +116,14 @@ class DemoSettings:
     def dcids(self) -> list[int]:
         return list(range(FIRST_DCID, FIRST_DCID + self.collections))
 
-    @property
-    def service_names(self) -> list[str]:
-        """Every service to start, replacements in place, the spot finder once per worker."""
+    def service_names(self, in_process: bool = False) -> list[str]:
+        """Every service to start, replacements in place, the spot finder once per worker;
+        ``in_process``: the wrapped step's stand-in instead of ClusterSubmission."""
+        defaults = {JOBS: JOBS_IN_PROCESS} if in_process else {}
         names = []
         for name in SERVICES:
             copies = self.workers if name == SPOT_FINDER else 1
-            names += [self.replace.get(name, name)] * copies
+            names += [self.replace.get(name, defaults.get(name, name))] * copies
         return names
 
 
@@ -115,7 +138,7 @@ def run_demo(settings: DemoSettings | None = None, board: Board | None = None) -
     url = settings.transport or site.broker_url
     board = board or Board(settings.dcids, settings.images)
     with create_transport(url) as client:
-        board.set_phase(f"starting {len(settings.service_names)} services")
+        board.set_phase(f"starting {len(settings.service_names(in_process))} services")
         with _services(settings, site, url, in_process) as services:
             watcher = Watcher(client, board)
             watcher.start()
@@ -124,6 +147,8 @@ def run_demo(settings: DemoSettings | None = None, board: Board | None = None) -
             collections, submitted = _acquire_and_submit(settings, site, client, watcher, board)
             board.set_phase("waiting for the last replies")
             watcher.wait(len(collections), settings.join_timeout + 30)
+            site.wait_for_jobs(timeout=30)
+            _wait_until_idle(client, [*QUEUES, watcher.queue], timeout=30)
             board.set_phase("stopping the services")
             services.stop()
             dead_after, note = _dead_letters(url, client)
@@ -141,7 +166,13 @@ def run_demo(settings: DemoSettings | None = None, board: Board | None = None) -
         dead_letters=max(dead_after - dead_before, counted),
         dead_letters_note=note,
         repeated_replies=repeated,
-        handled=int(sum(counters.get("handled", 0) for counters in stats.values())),
+        handled=int(
+            sum(
+                counters.get("handled", 0)
+                for name, counters in stats.items()
+                if name not in _UNCOUNTED
+            )
+        ),
     )
     result.latencies_ms = _latencies(submitted, replies, site.written_at())
     result.seconds = time.monotonic() - began
@@ -157,6 +188,7 @@ def _service_environment(site: Site) -> dict[str, str]:
         DATABASE_VARIABLE: site.results_url,
         join.DATABASE_VARIABLE: site.join_url,
         dbwriter.DATABASE_VARIABLE: site.results_url,
+        cluster_submission.JOBS_VARIABLE: str(site.cluster_jobs),
     }
 
 
@@ -172,7 +204,7 @@ def _services(
         with (
             site.log.open("w") as log,
             ServiceProcesses(
-                settings.service_names,
+                settings.service_names(),
                 url,
                 log=log,
                 options=["--config", str(site.config)],
@@ -184,7 +216,7 @@ def _services(
     config = load_configuration(site.config)
     with _variables(_service_environment(site)), _logging_to(site.log):
         instances = []
-        for name in settings.service_names:
+        for name in settings.service_names(in_process=True):
             service = load_service(name)()
             service.site_config = config
             instances.append(service)
@@ -263,6 +295,21 @@ def _acquire_and_submit(
     return collections, submitted
 
 
+def _wait_until_idle(client: Transport, queues: list[str], timeout: float) -> None:
+    """Wait until no message of the flow waits or is being handled (the job service's
+    delayed polls aside), so that work done twice arrives before the services stop. A
+    broker that cannot count its queues is not waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stats = client.queue_stats()
+        except ZocaloError:
+            return
+        if all(s.ready + s.in_flight == 0 for s in stats if s.queue in queues):
+            return
+        time.sleep(0.05)
+
+
 # -- counting -----------------------------------------------------------------------------
 
 
@@ -305,6 +352,8 @@ def _outcomes(
             outcome.complete = bool(reply.payload.get("complete"))
             outcome.replied_images = int(reply.payload.get("images", 0))
             outcome.replied_spots = int(reply.payload.get("spots", 0))
+            intensity = reply.payload.get("intensity")
+            outcome.intensity = intensity if isinstance(intensity, int) else None
         outcomes.append(outcome)
     return outcomes
 
@@ -323,12 +372,14 @@ def _latencies(
         times = reply.payload.get("times") or {}
         sent, dispatched = submitted[recipe_id].sent_at, times.get("dispatched_at")
         found, summarised = times.get("found_at") or [], times.get("summarised_at")
+        integrated = times.get("integrated_at")
         written = written_at.get(recipe_id)
         add("dispatch", sent, dispatched)
         for moment in found:
             add("spot finding", dispatched, moment)
         add("join", max(found, default=None), summarised)
-        add("database", summarised, written)
+        add("integration", summarised, integrated)
+        add("database", integrated, written)
         add("reply", written, reply.arrived_at)
         add("end to end", sent, reply.arrived_at)
     return samples

@@ -81,13 +81,17 @@ class Watcher:
                 self.repeated[recipe_id] = self.repeated.get(recipe_id, 0) + 1
             else:
                 self.replies[recipe_id] = Reply(dcid, payload, arrived)
-                self.board.finished(dcid, bool(payload.get("complete")))
+                self.board.finished(dcid, bool(payload.get("complete")), payload.get("intensity"))
             self._changed.notify_all()
         self.transport.ack(delivery)
 
     def _progress(self, delivery: Delivery) -> None:
         dcid, _, payload = self._message(delivery)
-        if dcid is not None and isinstance(payload, dict):
+        if dcid is None or not isinstance(payload, dict):
+            return
+        if "jobid" in payload:  # the integration job's submission
+            self.board.integrating(dcid, payload["jobid"])
+        else:
             self.board.found(dcid, payload.get("image"), int(payload.get("spots", 0)))
 
     def wait(self, count: int, timeout: float) -> bool:

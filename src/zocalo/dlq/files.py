@@ -49,7 +49,7 @@ from zocalo.private_files import (
 from zocalo.private_files import (
     write_private as write_private,
 )
-from zocalo.transport.dead_letters import DLQ_HISTORY_HEADER
+from zocalo.transport.dead_letters import DLQ_HISTORY_HEADER, entry_seconds
 
 #: The key naming how a body that is not JSON was kept.
 ENCODING_KEY = "message-encoding"
@@ -114,7 +114,7 @@ def dead_lettered_at(headers: Mapping[str, Any]) -> float | None:
     history = headers.get(DLQ_HISTORY_HEADER)
     if isinstance(history, list):
         for entry in reversed(history):
-            if isinstance(entry, dict) and (when := _number(entry.get("time"))) is not None:
+            if (when := entry_seconds(entry)) is not None:
                 return when
     return None
 

@@ -89,6 +89,8 @@ class Group:
     #: Recorded and not reinjected since, whose files are still there.
     waiting: int = 0
     recipe_ids: list[str] = field(default_factory=list)
+    #: The history (``zocalo-dlq-history``, else ``x-death``) of its latest dead letter.
+    history: list[Any] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +106,7 @@ class Group:
             "count": self.count,
             "waiting": self.waiting,
             "recipe_ids": self.recipe_ids,
+            "history": self.history,
         }
 
 
@@ -264,4 +267,18 @@ class DeadLetterRecord:
                 (group_id, RECIPE_IDS_SHOWN),
             )
         ]
+        latest = self._db.execute(
+            "SELECT history FROM dead_letters WHERE group_id = ? ORDER BY id DESC LIMIT 1",
+            (group_id,),
+        ).fetchone()
+        group.history = _history(latest[0]) if latest else []
         return group
+
+
+def _history(text: str) -> list[Any]:
+    """A recorded history; a record written by hand or damaged reads as none."""
+    try:
+        history = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    return history if isinstance(history, list) else []

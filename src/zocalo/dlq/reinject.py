@@ -6,17 +6,26 @@ Where to (the first that applies):
    python-zocalo's STOMP files name them, are understood too);
 2. ``step`` (``--step N``, ours): the queue (and/or topic) of step N of the message's
    own recipe, the message restarting there (see :func:`restart_at`);
-3. RabbitMQ's ``x-death`` (the broker dead-lettered it): through the exchange it
-   originally came through. A fanout exchange (a broadcast) gets it again; any other
-   exchange routed it by its routing key to the queue it died in (the default
-   exchange, python-workflows' ``delayed`` exchange, a direct or topic exchange), so it
-   goes to that queue. python-zocalo's tool looked the exchange up among the *queues*
-   and so resent nothing that came through a named exchange;
+3. RabbitMQ's ``x-death`` (the broker dead-lettered it): its newest entry tells the
+   queue it died in, and the exchange and routing keys it was published with on the
+   way there (the delivered message's own exchange is only the dead-letter one). A
+   named exchange gets it again with that routing key (the rest of the keys as
+   ``CC``), so it reaches every queue that exchange routes the key to now, as the
+   first time: the queue it died in, and any other bound alike, again. The default
+   exchange, and the exchanges that only delayed it (python-workflows' ``delayed``,
+   our delay levels), send it to the queue it died in. python-zocalo's tool looked the
+   exchange up among the *queues* and so resent nothing that came through a named
+   exchange. Only RabbitMQ has exchanges: for another broker (``through_exchanges``
+   false) it goes to the queue it died in;
 4. our ``zocalo-dlq-queue`` (the runner or the embedded broker dead-lettered it);
-5. ActiveMQ's ``original-destination`` / ``destination``.
+5. ActiveMQ's ``original-destination`` / ``destination`` (python-zocalo's files from
+   ActiveMQ): the queue or topic named there, less the broker's prefix when reinjecting
+   into ActiveMQ (:func:`activemq_names`), in full elsewhere.
 
 Headers: python-zocalo's tool drops the transport's own fields (message id, routing
-key, redelivered flag, ...) and adds ``dlq-reinjected: "True"``; so do we. We also
+key, redelivered flag, ...) and adds ``dlq-reinjected: "True"``; so do we, and every
+other STOMP or ActiveMQ header (``persistent``, ``priority``, ``JMS...``: a file from
+ActiveMQ has them; the transport sets its own). We also
 drop the broker's ``x-death`` family (RabbitMQ would take a message carrying its old
 ``x-death`` for a dead-letter cycle and drop it) and the dead-letter marks and attempt
 count our runner added: a reinjected message starts with fresh attempts, keeping its
@@ -52,6 +61,8 @@ from zocalo.transport.dead_letters import (
     DLQ_REASON_HEADER,
     without_broker_headers,
 )
+from zocalo.transport.rabbitmq.delay import only_delays
+from zocalo.transport.stomp.headers import is_protocol_header
 
 #: The header python-zocalo adds to a reinjected message, with its value.
 REINJECTED_HEADER = "dlq-reinjected"
@@ -66,9 +77,44 @@ RUNNER_FIELDS = frozenset(
 )
 DROPPED_HEADERS = PIKA_FIELDS | STOMP_FIELDS | RUNNER_FIELDS | {MESSAGE_ID_HEADER}
 
-#: ``exchange_type(name)``: the type of a RabbitMQ exchange (``fanout``, ``direct``...),
-#: or None when unknown.
-ExchangeType = Callable[[str], str | None]
+
+@dataclass(frozen=True)
+class Route:
+    """Where one message goes: a queue, a topic (``broadcast``), or through a RabbitMQ
+    ``exchange`` with ``destination`` as its routing key (and ``cc``, more keys)."""
+
+    destination: str
+    broadcast: bool = False
+    exchange: str | None = None
+    cc: tuple[str, ...] = ()
+
+    def outgoing(self, body: bytes, headers: Mapping[str, Any]) -> Outgoing:
+        extra = {"CC": list(self.cc)} if self.cc else {}
+        return Outgoing(
+            self.destination, body, {**headers, **extra}, self.broadcast, exchange=self.exchange
+        )
+
+
+#: ``stomp_name(destination)``: our name of a STOMP destination (``/queue/...``,
+#: ``/topic/...``) and whether it is a topic; None when it is not one.
+StompName = Callable[[str], tuple[str, bool] | None]
+
+
+def _full_stomp_name(destination: str) -> tuple[str, bool] | None:
+    """The name in a STOMP destination, whole (python-zocalo added no prefix)."""
+    kind, _, name = destination.removeprefix("/").partition("/")
+    if destination.startswith("/") and kind in ("queue", "topic") and name:
+        return name, kind == "topic"
+    return None
+
+
+def activemq_names(url: str) -> StompName:
+    """How the ActiveMQ broker at ``url`` names our queues and topics (its prefix left
+    out); ZocaloError for a URL the STOMP transport refuses."""
+    from zocalo.transport.stomp.topology import Destinations
+    from zocalo.transport.stomp.url import endpoint
+
+    return Destinations(endpoint(url)[0].prefix).name_of
 
 
 @dataclass(frozen=True)
@@ -84,7 +130,11 @@ class Reinjection:
 
 def reinjected_headers(header: Mapping[str, Any]) -> dict[str, Any]:
     """The headers a reinjected message carries (see the module docstring)."""
-    kept = {name: value for name, value in header.items() if name not in DROPPED_HEADERS}
+    kept = {
+        name: value
+        for name, value in header.items()
+        if name not in DROPPED_HEADERS and not is_protocol_header(name)
+    }
     kept = without_broker_headers(kept)
     kept[REINJECTED_HEADER] = REINJECTED_VALUE
     return kept
@@ -95,60 +145,76 @@ def prepare(
     *,
     destination: str | None = None,
     step: int | None = None,
-    exchange_type: ExchangeType | None = None,
+    through_exchanges: bool = True,
+    stomp_name: StompName | None = None,
 ) -> Reinjection:
     """What to send for ``letter``; :class:`CannotReinject` naming the file if nothing."""
     headers = reinjected_headers(letter.header)
     body = letter.body()
-    routes: list[tuple[str, bool]] = []
+    routes: list[Route] = []
     if step is not None:
         body, routes = restart_at(letter, step)
     if destination is not None:
         routes = [_named(destination)]
     elif not routes:
-        routes = [origin(letter, exchange_type)]
-    messages = [Outgoing(name, body, dict(headers), broadcast) for name, broadcast in routes]
+        routes = [origin(letter, through_exchanges, stomp_name)]
+    messages = [route.outgoing(body, headers) for route in routes]
     return Reinjection(letter.path, messages)
 
 
-def _named(destination: str) -> tuple[str, bool]:
+def _named(destination: str) -> Route:
     """``-d NAME``: a queue, or ``/queue/NAME`` / ``/topic/NAME`` as STOMP names them."""
-    kind, _, name = destination.removeprefix("/").partition("/")
-    if destination.startswith("/") and kind in ("queue", "topic") and name:
-        return name, kind == "topic"
-    return destination, False
+    name = _full_stomp_name(destination)
+    return Route(*name) if name is not None else Route(destination)
 
 
-def origin(letter: DeadLetterFile, exchange_type: ExchangeType | None = None) -> tuple[str, bool]:
-    """Where ``letter`` came from: (queue or topic, whether it is a topic)."""
+def origin(
+    letter: DeadLetterFile,
+    through_exchanges: bool = True,
+    stomp_name: StompName | None = None,
+) -> Route:
+    """Where ``letter`` came from (see the module docstring)."""
     header = letter.header
     deaths = header.get("x-death")
     if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        death = deaths[0]
-        queue, exchange = death.get("queue"), death.get("exchange")
-        if isinstance(exchange, str) and exchange and _is_fanout(exchange, exchange_type):
-            return exchange, True
-        if isinstance(queue, str) and queue:
-            return queue, False
+        route = _rabbitmq_origin(deaths[0], through_exchanges)
+        if route is not None:
+            return route
     queue = header.get(DLQ_QUEUE_HEADER)
     if isinstance(queue, str) and queue:
-        return queue, False
+        return Route(queue)
     stomp = header.get("original-destination") or header.get("destination")
     if isinstance(stomp, str):
-        kind, _, name = stomp.removeprefix("/").partition("/")
-        if kind in ("queue", "topic") and name:
-            return name, kind == "topic"
+        name = (stomp_name or _full_stomp_name)(stomp)
+        if name is not None:
+            return Route(*name)
     raise CannotReinject(
         f"{letter.path}: cannot tell where it came from (no x-death, {DLQ_QUEUE_HEADER} or "
         "destination header); give a destination"
     )
 
 
-def _is_fanout(exchange: str, exchange_type: ExchangeType | None) -> bool:
-    return exchange_type is not None and exchange_type(exchange) == "fanout"
+def _rabbitmq_origin(death: Mapping[str, Any], through_exchanges: bool) -> Route | None:
+    """The route of the newest ``x-death`` entry: the exchange and routing keys that
+    took the message to the queue it died in; that queue if they only delayed it, are
+    the default exchange, or are not there."""
+    queue, exchange, keys = death.get("queue"), death.get("exchange"), death.get("routing-keys")
+    if (
+        through_exchanges
+        and isinstance(exchange, str)
+        and exchange
+        and not only_delays(exchange)
+        and isinstance(keys, list)
+        and keys
+        and all(isinstance(key, str) for key in keys)
+    ):
+        return Route(keys[0], exchange=exchange, cc=tuple(keys[1:]))
+    if isinstance(queue, str) and queue:
+        return Route(queue)
+    return None
 
 
-def restart_at(letter: DeadLetterFile, step: int) -> tuple[bytes, list[tuple[str, bool]]]:
+def restart_at(letter: DeadLetterFile, step: int) -> tuple[bytes, list[Route]]:
     """``letter``'s recipe message pointed at ``step`` instead: (body, routes).
 
     The message carries its whole recipe, so it can restart at any step. Its
@@ -171,9 +237,8 @@ def restart_at(letter: DeadLetterFile, step: int) -> tuple[bytes, list[tuple[str
         wire.decode(body, letter.header, what)
     except InvalidMessage as error:
         raise CannotReinject(f"cannot restart at step {step}: {error}") from None
-    routes = [
-        (steps[step][key], key == "topic") for key in ("queue", "topic") if steps[step].get(key)
-    ]
+    here = steps[step]
+    routes = [Route(here[key], key == "topic") for key in ("queue", "topic") if here.get(key)]
     if not routes:
         raise CannotReinject(f"{what}: step {step} of its recipe has neither queue nor topic")
     return body, routes
@@ -184,12 +249,17 @@ def prepare_files(
     *,
     destination: str | None = None,
     step: int | None = None,
-    exchange_type: ExchangeType | None = None,
+    through_exchanges: bool = True,
+    stomp_name: StompName | None = None,
 ) -> list[Reinjection]:
     """Read and check every file first: the first bad one raises, naming it."""
     return [
         prepare(
-            read_dead_letter(path), destination=destination, step=step, exchange_type=exchange_type
+            read_dead_letter(path),
+            destination=destination,
+            step=step,
+            through_exchanges=through_exchanges,
+            stomp_name=stomp_name,
         )
         for path in paths
     ]

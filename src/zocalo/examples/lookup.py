@@ -5,7 +5,8 @@ has to: this filter reads the ``data_collections`` row of the request's
 ``ispyb_dcid`` and adds what the recipe needs as parameters::
 
     ispyb_beamline, ispyb_image_directory, ispyb_image_template,
-    ispyb_image_first, ispyb_image_last, ispyb_image_count
+    ispyb_image_first, ispyb_image_last, ispyb_image_count,
+    ispyb_processing_directory (``processing/dc<DCID>`` beside the images' folder)
 
 It is registered under the entry point group ``zocalo.services.dispatcher.filters``
 (see ``pyproject.toml``), so every Dispatcher of this installation runs it; it
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zocalo.errors import InvalidMessage
@@ -68,5 +70,8 @@ def look_up_collection(
         ispyb_image_first=row.first_image,
         ispyb_image_last=row.last_image,
         ispyb_image_count=row.last_image - row.first_image + 1,
+        ispyb_processing_directory=str(
+            Path(row.directory).parent.parent / "processing" / f"dc{int(dcid)}"
+        ),
     )
     return message, parameters

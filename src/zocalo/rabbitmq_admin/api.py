@@ -16,6 +16,7 @@ from urllib.parse import quote
 import requests
 
 from zocalo.errors import AdminError
+from zocalo.transport.registry import redact_url
 
 #: The password hashing RabbitMQ uses by default (and the only one we write).
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
@@ -64,6 +65,11 @@ def api_base_url(url: str) -> str:
     return url
 
 
+def _one_line(error: Exception) -> str:
+    """What requests says, on one line (its messages can nest others with newlines)."""
+    return " ".join(str(error).split())
+
+
 def _segment(value: str) -> str:
     return quote(value, safe="")
 
@@ -109,7 +115,8 @@ class ManagementAPI:
             )
         except requests.RequestException as error:
             raise ManagementAPIError(
-                f"cannot reach the RabbitMQ management API at {self.base_url}: {error}"
+                f"cannot reach the RabbitMQ management API at {redact_url(self.base_url)}: "
+                f"{_one_line(error)}"
             ) from error
         if response.status_code == 404 and missing_ok:
             return None

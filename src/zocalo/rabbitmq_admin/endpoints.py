@@ -1,23 +1,33 @@
-"""Which RabbitMQ management API ``zocalo.configure_rabbitmq`` talks to, and as whom.
+"""Which RabbitMQ management API a tool talks to, and as whom: the one home of that
+decision, for ``zocalo.configure_rabbitmq``, ``zocalo queues``, the dead-letter tools
+and Schlockmeister.
 
 A URL given by the caller wins over the site configuration's ``rabbitmqapi`` plugin, whose
-``base_url`` may list several (the nodes of a cluster): they are tried in order and the
-first that answers is used, so one node down does not stop the tool. The user and password
-given win over the plugin's.
+``base_url`` may list several (the nodes of a cluster). Without either, the tools that
+start from an AMQP URL (:func:`management_target`) look on each node it names (its host,
+then ``?hosts=``) at the management plugin's default port. The URLs are tried in order
+and the first that answers is used, so one node down does not stop the tool. The user and
+password given win over the plugin's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from zocalo.errors import AdminError
-from zocalo.rabbitmq_admin.api import ManagementAPI, ManagementAPIError
+from zocalo.rabbitmq_admin.api import ManagementAPI, ManagementAPIError, api_base_url
+from zocalo.transport.rabbitmq.url import cluster_nodes
 from zocalo.transport.registry import redact_url
 
 if TYPE_CHECKING:
     from zocalo.config.plugins import RabbitMQAPIConfig
+
+
+#: The management plugin's default ports, for AMQP and AMQP over TLS.
+MANAGEMENT_PORTS = {"amqp": ("http", 15672), "amqps": ("https", 15671)}
 
 
 class ManagementAPIUnconfigured(AdminError):
@@ -53,7 +63,19 @@ class ManagementEndpoints:
                 api.close()
                 continue
             return api
-        raise ManagementAPIError("; ".join(problems))
+        if len(problems) == 1:
+            raise ManagementAPIError(problems[0])
+        tried = ", ".join(redact_url(api_base_url(url)) for url in self.base_urls)
+        raise ManagementAPIError(
+            f"no RabbitMQ management API answered (tried {tried}): {'; '.join(problems)}"
+        )
+
+
+@dataclass(frozen=True)
+class ManagementTarget(ManagementEndpoints):
+    """The management APIs of one broker, and the vhost of its AMQP URL to look at."""
+
+    vhost: str = "/"
 
 
 def management_endpoints(
@@ -78,3 +100,41 @@ def management_endpoints(
         where = redact_url(urls[0])
         raise NoManagementCredentials(f"no {missing} for the management API at {where}")
     return ManagementEndpoints(tuple(urls), username, password)
+
+
+def management_target(
+    amqp_url: str, override: str | None = None, plugin: RabbitMQAPIConfig | Any = None
+) -> ManagementTarget:
+    """The management APIs for the broker of ``amqp_url``, and the URL's vhost.
+
+    ``override`` (``http[s]://[user:pass@]host:port[/api]``) wins, then the site
+    configuration's ``rabbitmqapi`` plugin (all its URLs); otherwise the API is on each
+    node the AMQP URL names, at the plugin's default port (15672, or 15671 over TLS).
+    Credentials come from the override URL, else the plugin, else the AMQP URL.
+    """
+    parts = urlsplit(amqp_url)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    username = unquote(parts.username or "guest")
+    password = unquote(parts.password or "guest")
+    if override:
+        given = urlsplit(override)
+        if given.username:
+            username, password = unquote(given.username), unquote(given.password or "")
+        base = api_base_url(given._replace(netloc=_host_port(given.hostname, given.port)).geturl())
+        return ManagementTarget((base,), username, password, vhost)
+    if plugin is not None:
+        endpoints = management_endpoints(plugin=plugin)
+        urls = tuple(api_base_url(url) for url in endpoints.base_urls)
+        return ManagementTarget(urls, endpoints.username, endpoints.password, vhost)
+    scheme, port = MANAGEMENT_PORTS.get(parts.scheme, MANAGEMENT_PORTS["amqp"])
+    hosts = dict.fromkeys(host for host, _ in cluster_nodes(amqp_url))
+    urls = tuple(f"{scheme}://{_host_port(host, port)}/api" for host in hosts)
+    return ManagementTarget(urls, username, password, vhost)
+
+
+def _host_port(host: str | None, port: int | None) -> str:
+    """``host:port`` for a URL, an IPv6 address in brackets."""
+    netloc = host or "localhost"
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    return f"{netloc}:{port}" if port else netloc

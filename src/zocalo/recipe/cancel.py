@@ -12,23 +12,33 @@ so a cancellation holds for :data:`CANCEL_WINDOW`, and the broker keeps the
 broadcasts that long (``Transport.keep_broadcasts``): a service that starts,
 or restarts, within it still hears the cancellations made before, by replaying
 the topic. Broadcasts are kept from the first ``zocalo cancel`` or service that
-asks the broker to keep them.
+asks the broker to keep them. :class:`CancellationListener` is how services
+(:mod:`zocalo.service.middleware.cancellation`) and wrappers (``zocalo.wrap``) hear
+them: the kept ones first, then each as it is made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from zocalo.errors import UnsupportedFeature
+from zocalo.errors import UnsupportedFeature, ZocaloError
 
 if TYPE_CHECKING:
-    from zocalo.transport.base import Transport
+    from zocalo.transport.base import Delivery, Subscription, Transport
 
 CANCEL_TOPIC = "zocalo.cancel"
 #: Seconds a cancellation holds (and the broker keeps it): a week covers queued work.
 CANCEL_WINDOW = 7 * 86400.0
+#: The key of the marker a listener broadcasts to know that its replay is through.
+REPLAYED_KEY = "replayed"
+#: Seconds a listener waits for its replay before it goes on anyway.
+REPLAY_TIMEOUT = 30.0
 
 
 class Cancellation(NamedTuple):
@@ -95,3 +105,81 @@ def broadcast_cancel(transport: Transport, recipe_id: str) -> str:
     body = cancel_message(recipe_id)
     transport.broadcast(CANCEL_TOPIC, body)
     return body
+
+
+class Replay(NamedTuple):
+    """How :meth:`CancellationListener.listen` went: whether the broker ``keeps``
+    cancellations for listeners that start later, whether the kept ones all arrived
+    (``complete``), and the broker's complaint if there was one."""
+
+    keeps: bool
+    complete: bool
+    error: ZocaloError | None = None
+
+
+class CancellationListener:
+    """Hears cancellations on a connected transport, those the broker kept first.
+
+    ``on_cancel`` is called (on the transport's thread) with each cancellation made
+    within ``window`` seconds, kept or new, repeats included. :meth:`listen` returns
+    once the kept ones are through: it broadcasts a marker of its own after
+    subscribing and waits for it to come back after them. The marker expires, so no
+    later replay reads it (RabbitMQ's stream still holds it for the window, and each
+    listener reads it past).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        on_cancel: Callable[[Cancellation], None],
+        *,
+        window: float = CANCEL_WINDOW,
+        replay_timeout: float = REPLAY_TIMEOUT,
+    ) -> None:
+        self.transport = transport
+        self.on_cancel = on_cancel
+        self.window = window
+        self.replay_timeout = replay_timeout
+        #: Set once the kept cancellations are through (or will not come).
+        self.replayed = threading.Event()
+        self.subscription: Subscription | None = None
+        self._marker = uuid.uuid4().hex
+
+    def listen(self) -> Replay:
+        """Subscribe, and wait for the kept cancellations. A broker that keeps none (or
+        refuses the replay) gets a live subscription; one that refuses even that raises."""
+        try:
+            self.subscription = self.transport.subscribe_broadcast(
+                CANCEL_TOPIC, self._hear, replay=self.window
+            )
+        except ZocaloError as error:
+            self.replayed.set()  # nothing to replay: each one heard from now on is news
+            self.subscription = self.transport.subscribe_broadcast(CANCEL_TOPIC, self._hear)
+            return Replay(keeps=False, complete=False, error=error)
+        marker = json.dumps({REPLAYED_KEY: self._marker})
+        try:
+            self.transport.broadcast(CANCEL_TOPIC, marker, expiration=self.replay_timeout)
+        except ZocaloError as error:
+            self.replayed.set()
+            return Replay(keeps=True, complete=False, error=error)
+        complete = self.replayed.wait(self.replay_timeout)
+        self.replayed.set()
+        return Replay(keeps=True, complete=complete)
+
+    def _hear(self, delivery: Delivery) -> None:
+        cancellation = read_cancellation(delivery.body)
+        if cancellation is not None:
+            if time.time() - cancellation.at < self.window:
+                self.on_cancel(cancellation)
+            return
+        with contextlib.suppress(ValueError):
+            message = json.loads(delivery.body)
+            if isinstance(message, dict) and message.get(REPLAYED_KEY) == self._marker:
+                self.replayed.set()
+
+    def stop(self) -> None:
+        """Stop listening (a connection that is closing anyway may refuse: no matter)."""
+        subscription, self.subscription = self.subscription, None
+        if subscription is not None and subscription.active:
+            with contextlib.suppress(ZocaloError):
+                self.transport.unsubscribe(subscription)

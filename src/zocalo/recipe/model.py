@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
 from zocalo.errors import InvalidRecipe
 from zocalo.recipe.merge import first_free_id, renumber
 from zocalo.recipe.parameters import substitute
-from zocalo.recipe.validation import check_recipe
+from zocalo.recipe.validation import check_recipe, invalid, recipe_problems, short_repr
 
 __all__ = ["Recipe"]
 
@@ -48,30 +48,35 @@ def _normalise_step(value: Any) -> Any:
     return value
 
 
-def _load_start(value: Any) -> list[tuple[Any, ...]]:
+def _load_start(value: Any, problems: list[InvalidRecipe]) -> list[tuple[Any, ...]] | None:
     if not isinstance(value, list | tuple):
-        raise InvalidRecipe(f"Invalid recipe: field 'start' must be a list, not {value!r}")
+        problems.append(invalid(f"field 'start' must be a list, not {short_repr(value)}"))
+        return None
     entries = []
     for index, entry in enumerate(value, 1):
-        if not isinstance(entry, list | tuple):
-            raise InvalidRecipe(
-                f"Invalid recipe: field 'start' entry {index} is not a [step, payload] "
-                f"pair: {entry!r}"
+        if isinstance(entry, list | tuple):
+            entries.append(tuple(entry))
+        else:
+            problems.append(
+                invalid(
+                    f"field 'start' entry {index} is not a [step, payload] pair: "
+                    f"{short_repr(entry)}"
+                )
             )
-        entries.append(tuple(entry))
     return entries
 
 
-def _load_error(value: Any) -> list[Any] | None:
+def _load_error(value: Any, problems: list[InvalidRecipe]) -> list[Any] | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return [value]  # the reference crashes on this; one error node is clear enough
     if isinstance(value, list | tuple):
         return list(value)
-    raise InvalidRecipe(
-        f"Invalid recipe: field 'error' must be a step id or a list of them, not {value!r}"
+    problems.append(
+        invalid(f"field 'error' must be a step id or a list of them, not {short_repr(value)}")
     )
+    return None
 
 
 def _step_id(key: Any) -> int | None:
@@ -79,9 +84,7 @@ def _step_id(key: Any) -> int | None:
     try:
         number = int(key)
     except (TypeError, ValueError):
-        raise InvalidRecipe(
-            f"Invalid recipe: top-level key {key!r} is not 'start', 'error' or a step id"
-        ) from None
+        raise invalid(f"top-level key {key!r} is not 'start', 'error' or a step id") from None
     # As in the reference, "0" (or 2.0 from Python) stays a key and fails validate().
     return number if number and key != number else None
 
@@ -106,7 +109,31 @@ class Recipe:
         if isinstance(data, str | bytes):
             data = self._parse(data)
         if data:
-            self._load(data)
+            for problem in self._load(data):
+                raise problem
+
+    @classmethod
+    def examine(
+        cls, data: Mapping[Any, Any] | str | bytes | None
+    ) -> tuple[Recipe | None, list[InvalidRecipe]]:
+        """The recipe in ``data`` and every problem it has, for people to fix at once.
+
+        What stops it loading (not JSON, not an object, keys or shapes no recipe
+        has) is all reported, and then no more (the graph is not known); a recipe
+        that loads is checked as a whole, its routes too (``zocalo recipe validate``).
+        The recipe is None when it did not load.
+        """
+        recipe = cls()
+        try:
+            if isinstance(data, str | bytes):
+                data = cls._parse(data)
+        except InvalidRecipe as problem:
+            return None, [problem]
+        if data:
+            problems = recipe._load(data)
+            if problems:
+                return None, problems
+        return recipe, list(recipe.problems(routes=True))
 
     @classmethod
     def from_wire(cls, data: Mapping[Any, Any]) -> Recipe:
@@ -117,7 +144,8 @@ class Recipe:
         """
         recipe = cls()
         if data:
-            recipe._load(data, copy_input=False)
+            for problem in recipe._load(data, copy_input=False):
+                raise problem
         return recipe
 
     @staticmethod
@@ -127,36 +155,47 @@ class Recipe:
         try:
             return json.loads(text)
         except ValueError as error:
-            raise InvalidRecipe(f"Invalid recipe: not valid JSON ({error})") from None
+            raise invalid(f"not valid JSON ({error})") from None
 
-    def _load(self, data: Any, copy_input: bool = True) -> None:
+    def _load(self, data: Any, copy_input: bool = True) -> list[InvalidRecipe]:
+        """Take in ``data``; what no recipe can hold is left out and returned, each
+        problem once (the caller raises the first, or reports them all)."""
         if not isinstance(data, Mapping):
-            raise InvalidRecipe(f"Invalid recipe: expected a JSON object, not {data!r}")
+            return [invalid(f"expected a JSON object, not {short_repr(data)}")]
         if copy_input:
             data = copy.deepcopy(dict(data))
+        problems: list[InvalidRecipe] = []
         # Ids that were already ints come first, converted ones after, as in the
         # reference: merge() numbers steps in this order.
         converted: list[tuple[int, Any]] = []
         for key, value in data.items():
             if key == "start":
-                self._start = _load_start(value)
+                self._start = _load_start(value, problems)
             elif key == "error":
-                self._error = _load_error(value)
+                self._error = _load_error(value, problems)
             elif isinstance(key, int):
-                self._add_step(int(key), value)
-            elif (number := _step_id(key)) is None:
-                self._stray[key] = _normalise_step(value)
+                self._add_step(int(key), value, problems)
             else:
-                converted.append((number, value))
+                try:
+                    number = _step_id(key)
+                except InvalidRecipe as problem:
+                    problems.append(problem)
+                    continue
+                if number is None:
+                    self._stray[key] = _normalise_step(value)
+                else:
+                    converted.append((number, value))
         for number, value in converted:
-            self._add_step(number, value)
+            self._add_step(number, value, problems)
+        return problems
 
-    def _add_step(self, step_id: int, value: Any) -> None:
+    def _add_step(self, step_id: int, value: Any, problems: list[InvalidRecipe]) -> None:
         if step_id in self._steps:
-            raise InvalidRecipe(f"Invalid recipe: step {step_id} is defined twice")
-        if not isinstance(value, dict):
-            raise InvalidRecipe(f"Invalid recipe: step {step_id} must be an object, not {value!r}")
-        self._steps[step_id] = _normalise_step(value)
+            problems.append(invalid(f"step {step_id} is defined twice"))
+        elif not isinstance(value, dict):
+            problems.append(invalid(f"step {step_id} must be an object, not {short_repr(value)}"))
+        else:
+            self._steps[step_id] = _normalise_step(value)
 
     @classmethod
     def _from_parts(
@@ -274,6 +313,11 @@ class Recipe:
     def validate(self) -> None:
         """Raise InvalidRecipe (naming step and field) unless the recipe is runnable."""
         check_recipe(self._steps, self._start, self._error, self._stray)
+
+    def problems(self, *, routes: bool = False) -> Iterator[InvalidRecipe]:
+        """Every reason the recipe is not runnable (see ``validation.recipe_problems``);
+        with ``routes``, also each queue, topic or delay no message could be sent with."""
+        return recipe_problems(self._steps, self._start, self._error, self._stray, routes=routes)
 
     def apply_parameters(self, parameters: Mapping[str, Any] | None) -> None:
         """Fill ``parameters`` into every string and dict key, in place."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import reprlib
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 from zocalo.errors import InvalidRecipe
@@ -28,8 +28,10 @@ __all__ = [
     "check_every_route",
     "check_recipe",
     "check_routes",
+    "invalid",
     "is_step_id",
     "link_targets",
+    "recipe_problems",
     "short_repr",
 ]
 
@@ -53,12 +55,52 @@ def is_step_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _fail(text: str) -> InvalidRecipe:
+def invalid(text: str) -> InvalidRecipe:
+    """The error for one problem of a recipe: every message starts alike."""
     return InvalidRecipe(f"Invalid recipe: {text}")
+
+
+def _first(problems: Iterable[InvalidRecipe]) -> None:
+    """Raise the first of ``problems``, if any (the rest are never looked for)."""
+    for problem in problems:
+        raise problem
 
 
 def _not_a_link(link: Any) -> str:
     return " (true and false are not step ids)" if isinstance(link, bool) else ""
+
+
+def _links(links: Any, where: str, problems: list[InvalidRecipe]) -> list[int]:
+    """The step ids of a link value; each unreadable link joins ``problems`` and is left out."""
+    if links is None:
+        return []
+    if is_step_id(links):
+        return [links]
+    if isinstance(links, list):
+        targets: list[int] = []
+        for link in links:
+            if is_step_id(link):
+                targets.append(link)
+            else:
+                problems.append(
+                    invalid(
+                        f"{where} has an invalid link {short_repr(link)} in "
+                        f"{short_repr(links)}{_not_a_link(link)}"
+                    )
+                )
+        return targets
+    if isinstance(links, dict):
+        targets = []
+        for channel, sub_links in links.items():
+            targets += _links(sub_links, f"{where} channel {short_repr(channel)}", problems)
+        return targets
+    problems.append(
+        invalid(
+            f"{where} has an invalid link {short_repr(links)} (want int, list of ints or dict)"
+            f"{_not_a_link(links)}"
+        )
+    )
+    return []
 
 
 def link_targets(links: Any, where: str) -> list[int]:
@@ -67,76 +109,125 @@ def link_targets(links: Any, where: str) -> list[int]:
     Like the reference, dict values may themselves be dicts; unlike it, bools
     are refused. ``where`` names the step and field for the error message.
     """
-    if links is None:
-        return []
-    if is_step_id(links):
-        return [links]
-    if isinstance(links, list):
-        bad = [link for link in links if not is_step_id(link)]
-        if bad:
-            raise _fail(
-                f"{where} has an invalid link {short_repr(bad[0])} in "
-                f"{short_repr(links)}{_not_a_link(bad[0])}"
-            )
-        return list(links)
-    if isinstance(links, dict):
-        targets: list[int] = []
-        for channel, sub_links in links.items():
-            targets += link_targets(sub_links, f"{where} channel {short_repr(channel)}")
-        return targets
-    raise _fail(
-        f"{where} has an invalid link {short_repr(links)} (want int, list of ints or dict)"
-        f"{_not_a_link(links)}"
-    )
+    problems: list[InvalidRecipe] = []
+    targets = _links(links, where, problems)
+    _first(problems)
+    return targets
 
 
-def _check_start(start: list[Any] | None) -> None:
+def _start_problems(start: list[Any] | None) -> Iterator[InvalidRecipe]:
     if start is None:
-        raise _fail("field 'start' is missing")
+        yield invalid("field 'start' is missing")
+        return
     if not start:
-        raise _fail("field 'start' is empty")
+        yield invalid("field 'start' is empty")
     for index, entry in enumerate(start, 1):
         if not isinstance(entry, list | tuple) or len(entry) != 2:
-            raise _fail(
+            yield invalid(
                 f"field 'start' entry {index} is not a [step, payload] pair: {short_repr(entry)}"
             )
-    for index, entry in enumerate(start, 1):
-        if entry[0] == "start":
-            raise _fail(f"field 'start' entry {index} points to 'start' itself")
+        elif entry[0] == "start":
+            yield invalid(f"field 'start' entry {index} points to 'start' itself")
 
 
-def _check_error(error: list[Any] | None) -> None:
+def _error_problems(error: list[Any] | None) -> Iterator[InvalidRecipe]:
     for special in ("start", "error"):
         if error is not None and special in error:
-            raise _fail(f"field 'error' points to {special!r}, not to a step")
+            yield invalid(f"field 'error' points to {special!r}, not to a step")
 
 
 class _Walk:
-    """Depth-first walk from the roots, finding dangling links and cycles."""
+    """Depth-first walk from the roots, finding dangling links and cycles.
+
+    Each step is walked once, so each link is looked at once: every problem is
+    found once. ``unreadable`` tells whether a link value could not be read (the
+    steps behind it may look unreached when they are not).
+    """
 
     def __init__(self, steps: Mapping[Any, Mapping[str, Any]]) -> None:
         self.steps = steps
         self.done: set[Any] = set()
+        self.problems: list[InvalidRecipe] = []
+        self.unreadable = False
 
     def visit(self, target: Any, path: list[Any], where: str) -> None:
         if isinstance(target, bool):
-            raise _fail(f"{where} links to {target!r}, which is not a step id{_not_a_link(target)}")
+            self.problems.append(
+                invalid(f"{where} links to {target!r}, which is not a step id{_not_a_link(target)}")
+            )
+            return
         if not isinstance(target, Hashable) or target not in self.steps:
-            raise _fail(f"{where} links to step {short_repr(target)}, which does not exist")
+            self.problems.append(
+                invalid(f"{where} links to step {short_repr(target)}, which does not exist")
+            )
+            return
         if target in path:
             trail = " -> ".join(str(node) for node in [*path, target])
-            raise _fail(f"{where} links back to step {target!r}, making a cycle ({trail})")
+            self.problems.append(
+                invalid(f"{where} links back to step {target!r}, making a cycle ({trail})")
+            )
+            return
         if target in self.done:
-            return  # already walked without finding a problem below it
+            return  # already walked: its problems are known
         path.append(target)
         step = self.steps[target]
         for field in _LINK_FIELDS:
             if field in step:
                 label = f"step {target} field {field!r}"
-                for link in link_targets(step[field], label):
+                found = len(self.problems)
+                links = _links(step[field], label, self.problems)
+                self.unreadable |= len(self.problems) > found
+                for link in links:
                     self.visit(link, path, label)
         path.pop()
         self.done.add(target)
+
+
+def recipe_problems(
+    steps: Mapping[Any, Mapping[str, Any]],
+    start: list[Any] | None,
+    error: list[Any] | None,
+    stray_keys: Iterable[Any] = (),
+    *,
+    routes: bool = False,
+) -> Iterator[InvalidRecipe]:
+    """Every reason these parts make no valid recipe, each an InvalidRecipe naming the
+    step and field: the one home of the recipe rules.
+
+    ``stray_keys`` are top-level keys that are neither ``start``, ``error`` nor
+    a non-zero integer (``"0"`` is the only way to get one from JSON). With
+    ``routes``, also every step's queue, topic and transport-delay (see
+    :func:`check_every_route`). A step behind an unreadable ``start`` or link
+    is not called unreached: that would only repeat the problem.
+    """
+    stray = list(stray_keys)
+    if not steps and start is None and error is None and not stray:
+        yield invalid("the recipe is empty")
+        return
+    start_problems = list(_start_problems(start))
+    yield from start_problems
+    yield from _error_problems(error)
+    for key in stray:
+        yield invalid(f"top-level key {key!r} is not a step id (non-zero integer)")
+
+    walk = _Walk(steps)
+    for index, entry in enumerate(start or (), 1):
+        if isinstance(entry, list | tuple) and len(entry) == 2 and entry[0] != "start":
+            walk.visit(entry[0], ["start"], f"field 'start' entry {index}")
+    for target in error or ():
+        if target not in ("start", "error"):
+            walk.visit(target, ["error"], "field 'error'")
+    yield from walk.problems
+
+    if not start_problems and not walk.unreadable:
+        for step_id in steps:
+            if step_id not in walk.done:
+                yield invalid(
+                    f"step {step_id} is never reached from 'start' or 'error' (unreferenced node)"
+                )
+    if routes:
+        for step_id, step in steps.items():
+            yield from _destination_problems(step_id, step)
 
 
 def check_recipe(
@@ -145,31 +236,8 @@ def check_recipe(
     error: list[Any] | None,
     stray_keys: Iterable[Any] = (),
 ) -> None:
-    """Raise InvalidRecipe unless these parts make a valid recipe.
-
-    ``stray_keys`` are top-level keys that are neither ``start``, ``error`` nor
-    a non-zero integer (``"0"`` is the only way to get one from JSON).
-    """
-    stray = list(stray_keys)
-    if not steps and start is None and error is None and not stray:
-        raise _fail("the recipe is empty")
-    _check_start(start)
-    _check_error(error)
-    if stray:
-        raise _fail(f"top-level key {stray[0]!r} is not a step id (non-zero integer)")
-
-    walk = _Walk(steps)
-    assert start is not None  # checked above
-    for index, (target, _payload) in enumerate(start, 1):
-        walk.visit(target, ["start"], f"field 'start' entry {index}")
-    for target in error or ():
-        walk.visit(target, ["error"], "field 'error'")
-
-    unreached = [step_id for step_id in steps if step_id not in walk.done]
-    if unreached:
-        raise _fail(
-            f"step {unreached[0]} is never reached from 'start' or 'error' (unreferenced node)"
-        )
+    """Raise the first of :func:`recipe_problems` (InvalidRecipe), if any."""
+    _first(recipe_problems(steps, start, error, stray_keys))
 
 
 def check_destinations(steps: Mapping[Any, Mapping[str, Any]]) -> None:
@@ -182,15 +250,15 @@ def check_destinations(steps: Mapping[Any, Mapping[str, Any]]) -> None:
     for step_id, step in steps.items():
         names = [step.get(key) for key in ("queue", "topic")] if isinstance(step, Mapping) else []
         if not any(isinstance(name, str) and name for name in names):
-            raise _fail(f"step {step_id} has neither 'queue' nor 'topic': nothing would be sent")
+            raise invalid(f"step {step_id} has neither 'queue' nor 'topic': nothing would be sent")
 
 
-def _check_destination(step_id: int, step: Mapping[str, Any]) -> None:
-    """Refuse a step whose queue, topic or transport-delay no message could be sent with."""
+def _destination_problems(step_id: int, step: Mapping[str, Any]) -> Iterator[InvalidRecipe]:
+    """A queue, topic or transport-delay no message could be sent with."""
     for field in _DESTINATION_FIELDS:
         name = step.get(field)
         if name is not None and not isinstance(name, str):
-            raise _fail(
+            yield invalid(
                 f"step {step_id} field {field!r} must be a name (a string), not {short_repr(name)}"
             )
     delay = step.get("transport-delay")
@@ -201,7 +269,7 @@ def _check_destination(step_id: int, step: Mapping[str, Any]) -> None:
     except (TypeError, ValueError, OverflowError):
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds >= 0):
-        raise _fail(
+        yield invalid(
             f"step {step_id} field 'transport-delay' must be a number of seconds >= 0, "
             f"not {short_repr(delay)}"
         )
@@ -224,10 +292,10 @@ def check_routes(steps: Mapping[int, Mapping[str, Any]], pointer: int) -> list[i
         where = f"step {pointer} field {field!r}"
         for target in link_targets(step[field], where):
             if target not in steps:
-                raise _fail(f"{where} links to step {target}, which does not exist")
+                raise invalid(f"{where} links to step {target}, which does not exist")
             targets.append(target)
     for step_id in dict.fromkeys([pointer, *targets]):
-        _check_destination(step_id, steps[step_id])
+        _first(_destination_problems(step_id, steps[step_id]))
     return targets
 
 

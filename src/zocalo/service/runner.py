@@ -201,7 +201,11 @@ class ServiceRunner:
 
     def run(self) -> None:
         """Start, then handle messages until :meth:`request_stop`; then stop cleanly."""
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.transport.close()  # nothing subscribed yet: nothing to return or confirm
+            raise
         try:
             while not self._halting:
                 item = self._work.get()

@@ -1,4 +1,4 @@
-"""ClusterSubmission: runs a recipe step as a Slurm job and follows it to its end.
+"""ClusterSubmission: runs a recipe step as a Slurm (or local) job and follows it to its end.
 
 ``zocalo.service -s ClusterSubmission`` consumes queue ``cluster.submission``,
 whose steps are written as Diamond's recipes write them (see
@@ -21,7 +21,9 @@ seconds, 30 by default). When the job has ended:
 * COMPLETED with exit code 0: ``job_completed`` gets ``{"jobid", "state", "exit_code"}``;
 * anything else (FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY...) or a job
   Slurm no longer knows: the failure branch gets the same with a ``message``: the
-  step's ``failure`` output, else its ``error`` output.
+  step's ``failure`` output, else its ``error`` output. (A job Slurm forgot, ended
+  ``MinJobAge`` ago while the service was away, is "disappeared" unless the backend
+  still learns its end: the ``sbatch`` backend reads the job completion log.)
 
 Polls are messages, so tracking survives a restart of the service (or its
 machine) as any message does, and the record says what was already decided.
@@ -43,11 +45,16 @@ must still cancel the job and record its end. A cancellation made while the
 service was down reaches it through ``step.cancelled`` (the runner's replay of
 the kept cancellations), at the next poll of each job.
 
-Settings: the ``slurm`` section of the site configuration the service runs
-with (``url``, ``api_version``, ``user``, ``user_token``:
-:func:`zocalo.wrapper.slurm.backend_for`), and
-``ZOCALO_CLUSTER_JOBS`` for the job record (default: ``cluster-jobs.db`` in the
-data directory). Note that python-zocalo's ClusterSubmission must not share the
+Where jobs run (:func:`zocalo.services.cluster_backend.backend_for_site`): on Slurm as
+the site configuration's ``slurm`` section says (``url``, ``api_version``, ``user``,
+``user_token``: :func:`zocalo.wrapper.slurm.backend_for`); on the service's own host
+(:mod:`zocalo.wrapper.backends.local`, the same states, tracking, cancellation and
+restarts) when there is no ``slurm`` section, or a ``cluster`` section says
+``backend: local``. ``ZOCALO_CLUSTER_JOBS`` names the job record (default:
+``cluster-jobs.db`` in the data directory); local jobs' folders go beside it
+(``cluster-jobs.local/``) unless the ``cluster`` section's ``jobs`` says where.
+
+Note that python-zocalo's ClusterSubmission must not share the
 queue while this one has jobs in flight: it would take a poll for a new job.
 """
 
@@ -66,17 +73,18 @@ from typing import Any
 import platformdirs
 
 from zocalo.errors import ZocaloError
-from zocalo.recipe.cancel import CANCEL_TOPIC
+from zocalo.private_files import replace_private
+from zocalo.recipe.cancel import CANCEL_TOPIC, REPLAYED_KEY
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import RECIPE_HEADER
 from zocalo.service import Service, handler
 from zocalo.service.middleware.base import ATTEMPT_HEADER
-from zocalo.service.middleware.cancellation import REPLAYED_KEY
 from zocalo.service.middleware.retries import RETRY_REASON_HEADER
+from zocalo.services.cluster_backend import backend_for_site
 from zocalo.services.cluster_jobs import JobBook, JobRecord
 from zocalo.services.cluster_parameters import BadSubmission, read_submission
 from zocalo.transport.base import without_broker_headers
-from zocalo.wrapper.slurm import JobState, SlurmBackend, SlurmError, SlurmUnreachable, backend_for
+from zocalo.wrapper.backends.base import BackendError, BackendUnreachable, JobBackend, JobState
 
 QUEUE = "cluster.submission"
 #: Marks a poll: the job record's key of the job it follows.
@@ -143,6 +151,12 @@ class ClusterSettings:
         return min(longest, 2.0 ** min(count, 30))
 
 
+def local_jobs_folder(record: Path) -> Path:
+    """Where local jobs' folders go by default: beside the job record ``record``
+    (``cluster-jobs.db`` -> ``cluster-jobs.local/``)."""
+    return record.with_name(f"{record.stem}.local")
+
+
 def message_key(step: RecipeStep) -> str:
     """The identity of the message asking for a job: the same message gives the same key."""
     identity = {
@@ -156,25 +170,25 @@ def message_key(step: RecipeStep) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def outcome_of(job_id: int, state: JobState | None) -> dict[str, Any]:
-    """What the recipe is told about an ended (or vanished) job."""
+def outcome_of(job_id: int, state: JobState | None, kind: str = "Slurm") -> dict[str, Any]:
+    """What the recipe is told about an ended (or vanished) job of a ``kind`` backend."""
     if state is None:
         return {
             "jobid": job_id,
             "state": "UNKNOWN",
             "exit_code": None,
-            "message": f"Slurm job {job_id} disappeared: Slurm no longer knows it",
+            "message": f"{kind} job {job_id} disappeared: {kind} no longer knows it",
         }
     outcome: dict[str, Any] = {"jobid": job_id, "state": state.state, "exit_code": state.exit_code}
     if state.signal:
         outcome["signal"] = state.signal
     if not state.succeeded:
-        outcome["message"] = f"Slurm {state.describe()}"
+        outcome["message"] = f"{kind} {state.describe()}"
     return outcome
 
 
 class ClusterSubmission(Service):
-    """Submits ``cluster.submission`` steps to Slurm and reports how their jobs end."""
+    """Submits ``cluster.submission`` steps as jobs and reports how they end."""
 
     name = "ClusterSubmission"
 
@@ -182,7 +196,7 @@ class ClusterSubmission(Service):
         self,
         environment: dict[str, Any] | None = None,
         *,
-        backend: SlurmBackend | None = None,
+        backend: JobBackend | None = None,
         settings: ClusterSettings | None = None,
     ) -> None:
         super().__init__(environment)
@@ -216,19 +230,14 @@ class ClusterSubmission(Service):
         if self.jobs is not None:
             self.jobs.close()
 
-    def _backend_from_site_configuration(self) -> SlurmBackend:
+    def _backend_from_site_configuration(self) -> JobBackend:
+        assert self.settings is not None
         config = self.site_config
-        section = config.plugins.get("slurm")
-        if section is None:
-            where = config.path or "no site configuration ($ZOCALO_CONFIG)"
-            raise ClusterSetupError(
-                f"{where}: no 'slurm' section is active; ClusterSubmission needs one "
-                "(url, api_version, user, user_token)"
-            )
         try:
-            return backend_for(section)
-        except SlurmError as error:
-            raise ClusterSetupError(f"{config.path}: {error}") from None
+            return backend_for_site(config.plugins, local_jobs_folder(self.settings.jobs))
+        except BackendError as error:
+            where = config.path or "no site configuration ($ZOCALO_CONFIG)"
+            raise ClusterSetupError(f"{where}: {error}") from None
 
     # -- messages --------------------------------------------------------------
     @handler(QUEUE, sees_cancelled=True)
@@ -258,9 +267,9 @@ class ClusterSubmission(Service):
         assert self.backend is not None
         try:
             self.backend.cancel(job_id)
-            self.log.info("cancelled Slurm job %d of recipe %s", job_id, recipe_id)
-        except SlurmError as error:  # its next poll tries again
-            self.log.warning("could not cancel Slurm job %d yet: %s", job_id, error)
+            self.log.info("cancelled %s job %d of recipe %s", self.backend.kind, job_id, recipe_id)
+        except BackendError as error:  # its next poll tries again
+            self.log.warning("could not cancel %s job %d yet: %s", self.backend.kind, job_id, error)
 
     def submit(self, step: RecipeStep) -> None:
         assert self.jobs is not None and self.backend is not None
@@ -283,13 +292,14 @@ class ClusterSubmission(Service):
         self.jobs.intend(key, tag, step.recipe_id, step.pointer)
         try:
             job_id = self._find_or_submit(step, submission, record, tag)
-        except SlurmUnreachable as error:
+        except BackendUnreachable as error:
             self._wait(step, error)
             return
         self.jobs.submitted(key, job_id)
         self.log.info(
-            "submitted %s as Slurm job %d (%s)",
+            "submitted %s as %s job %d (%s)",
             submission.request.name,
+            self.backend.kind,
             job_id,
             submission.working_directory,
         )
@@ -302,7 +312,9 @@ class ClusterSubmission(Service):
         if record is not None:  # a submission was under way when we last stopped
             found = self.backend.find(tag)
             if found is not None:
-                self.log.info("found Slurm job %d, submitted before a restart", found)
+                self.log.info(
+                    "found %s job %d, submitted before a restart", self.backend.kind, found
+                )
                 return found
         self._write_files(step, submission)
         return self.backend.submit(submission.request)
@@ -325,8 +337,8 @@ class ClusterSubmission(Service):
             "payload": step.message.payload,
         }
         try:
-            submission.recipe_wrapper.parent.mkdir(parents=True, exist_ok=True)
-            submission.recipe_wrapper.write_text(json.dumps(body, indent=2))
+            # It carries the whole message: private, as every file holding one is.
+            replace_private(submission.recipe_wrapper, json.dumps(body, indent=2).encode())
         except OSError as error:
             raise BadSubmission(
                 f"cannot write the recipe-wrapper file {submission.recipe_wrapper}: "
@@ -339,12 +351,15 @@ class ClusterSubmission(Service):
             step.send_to("job_submitted", {"jobid": job_id})
         self._poll_later(step, key, polls=0)
 
-    def _wait(self, step: RecipeStep, error: SlurmUnreachable) -> None:
+    def _wait(self, step: RecipeStep, error: BackendUnreachable) -> None:
         """Send the submission back to the queue, to try again after a growing delay."""
         assert self.settings is not None
         waits = _count(step.headers, WAITS_HEADER)
         delay = self.settings.delay(waits, self.settings.max_wait)
-        self.log.warning("Slurm unreachable (%s); trying again in %g s", error, delay)
+        assert self.backend is not None
+        self.log.warning(
+            "%s unreachable (%s); trying again in %g s", self.backend.kind, error, delay
+        )
         headers = _kept_headers(step.headers)
         headers[WAITS_HEADER] = waits + 1
         step.checkpoint(
@@ -361,7 +376,7 @@ class ClusterSubmission(Service):
         )
 
     def poll(self, step: RecipeStep, key: str) -> None:
-        assert self.jobs is not None
+        assert self.jobs is not None and self.backend is not None
         poll_id = str(step.headers.get(POLL_HEADER, ""))
         polls = _count(step.headers, POLLS_HEADER)
         record = self.jobs.get(key)
@@ -377,8 +392,13 @@ class ClusterSubmission(Service):
             return  # else another poll reported it (a message delivered twice)
         try:
             state = self._state_of(record.job_id)
-        except SlurmUnreachable as error:
-            self.log.warning("Slurm unreachable (%s); polling job %d later", error, record.job_id)
+        except BackendUnreachable as error:
+            self.log.warning(
+                "%s unreachable (%s); polling job %d later",
+                self.backend.kind,
+                error,
+                record.job_id,
+            )
             self._poll_later(step, key, polls + 1)
             return
         if state is not None and not state.ended:
@@ -386,13 +406,15 @@ class ClusterSubmission(Service):
                 self._cancel_job(record.job_id, str(record.recipe_id))
             self._poll_later(step, key, polls + 1)
             return
-        outcome = outcome_of(record.job_id, state)
+        assert self.backend is not None
+        outcome = outcome_of(record.job_id, state, self.backend.kind)
         self.jobs.ended(key, outcome, poll_id)
         self._states.pop(record.job_id, None)
         if cancelled:
             self.log.info(
-                "recipe %s was cancelled: the end of Slurm job %d (%s) is not reported",
+                "recipe %s was cancelled: the end of %s job %d (%s) is not reported",
                 record.recipe_id,
+                self.backend.kind,
                 record.job_id,
                 outcome["state"],
             )
@@ -429,7 +451,7 @@ class ClusterSubmission(Service):
     def _report(self, step: RecipeStep, outcome: dict[str, Any]) -> None:
         channels = _channels(step)
         if "message" not in outcome:
-            self.log.info("Slurm job %d completed", outcome["jobid"])
+            self.log.info("job %d completed", outcome["jobid"])
             if "job_completed" in channels:
                 step.send_to("job_completed", outcome)
             return

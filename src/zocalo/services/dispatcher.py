@@ -60,7 +60,7 @@ from zocalo.recipe.validation import check_every_route, short_repr
 from zocalo.recipe.wire import REPLY_TO
 from zocalo.service import Service, handler
 from zocalo.services.dispatcher_logbook import Logbook
-from zocalo.submit import DISPATCHER_QUEUE
+from zocalo.submission import DISPATCHER_QUEUE
 
 FILTER_GROUP = "zocalo.services.dispatcher.filters"
 READINESS_GROUP = "zocalo.services.dispatcher.ready_for_processing"

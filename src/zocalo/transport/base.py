@@ -114,6 +114,30 @@ def report_dropped(message: Outgoing, why: str) -> None:
 #: The priorities every transport that orders by priority accepts (see Capability.PRIORITY).
 LOWEST_PRIORITY, HIGHEST_PRIORITY = 0, 255
 
+#: The longest delay, expiration or queue lifetime (seconds) any transport accepts:
+#: 2**32 - 1 ms, about 49.7 days, the most a RabbitMQ delay carries. One limit for all,
+#: so that a value one broker takes is not refused only after a move to another.
+MAX_DURATION = (2**32 - 1) / 1000
+
+
+def checked_duration(name: str, value: object, what: str, *, positive: bool = False) -> float:
+    """``value`` as seconds, or UnsupportedFeature naming ``name`` and ``what`` it was for.
+
+    A duration must be a real number (not a bool), finite, at least 0 (above 0 when
+    ``positive``) and at most :data:`MAX_DURATION`: an infinite or huge number used
+    to reach the broker code and fail there (one killed the SQLite broker's worker),
+    and a negative one meant nothing anywhere.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problem = "is not a number"
+    elif not (value > 0 if positive else value >= 0) or value > MAX_DURATION:
+        lowest = "above 0" if positive else "from 0"
+        problem = f"is out of range ({lowest} to {MAX_DURATION:.0f} s, 49.7 days)"
+    else:
+        return float(value)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise UnsupportedFeature(f"{name}={shown} {problem}, for {what}")
+
 
 class Capability(enum.Enum):
     """Optional features. A transport refuses what it lacks with UnsupportedFeature."""
@@ -131,6 +155,8 @@ class Capability(enum.Enum):
     REPLY_QUEUE = "reply-queue"
     #: ``keep_broadcasts`` and ``subscribe_broadcast(..., replay=)``.
     KEPT_BROADCASTS = "kept-broadcasts"
+    #: ``Outgoing.exchange``: publish through a named (RabbitMQ) exchange.
+    EXCHANGE = "exchange"
 
 
 @dataclass(frozen=True)
@@ -249,16 +275,21 @@ class Transport(ABC):
         """
         raise UnsupportedFeature(f"{type(self).__name__} cannot keep broadcasts")
 
-    def declare_reply_queue(self, queue: str) -> None:
-        """Create ``queue`` for replies to come back on, private to this connection.
+    def declare_reply_queue(self, queue: str) -> str:
+        """Create ``queue`` for replies to come back on, private to this connection, and
+        return its *address*: the name replies are sent to (put that in the job).
 
         It goes away, with what it holds, when this connection closes or dies (its
         caller has gone); a droppable message sent to it after that (see
         :class:`Outgoing`) is dropped, and the publish that carried it goes through.
-        The name must be new (:func:`reply_queue_name` makes one): a queue that
-        already exists is refused with :class:`~zocalo.errors.TransportError`, as
-        closing this connection would take it away. Declaring this connection's own
-        reply queue again is harmless. Consume it with :meth:`subscribe`.
+        Consume it with :meth:`subscribe` under ``queue``. Declaring this connection's
+        own reply queue again is harmless (the same address).
+
+        Most brokers take the caller's name: the address is ``queue``, which must be
+        new (:func:`reply_queue_name` makes one): a queue that already exists is
+        refused with :class:`~zocalo.errors.TransportError`, as closing this connection
+        would take it away. ActiveMQ names its temporary queues itself: there the
+        address differs, every connection's are its own, and no name is refused.
 
         Transports with :attr:`Capability.REPLY_QUEUE` implement this; the others
         refuse it (so ``zocalo.go --wait`` says it cannot wait there), and deliver a
@@ -457,6 +488,7 @@ class Transport(ABC):
             Capability.DELAY: message.delay,
             Capability.PRIORITY: message.priority,
             Capability.EXPIRATION: message.expiration,
+            Capability.EXCHANGE: message.exchange or None,
         }
         if message.broadcast and message.delay is not None:
             wanted[Capability.DELAYED_BROADCAST] = message.delay
@@ -466,6 +498,15 @@ class Transport(ABC):
                     f"{type(self).__name__} cannot honour {capability.value}={value!r} "
                     f"for {message.describe()}"
                 )
+        if message.delay is not None:
+            checked_duration("delay", message.delay, message.describe())
+        if message.expiration is not None:
+            checked_duration("expiration", message.expiration, message.describe())
+        if message.exchange and (message.broadcast or message.delay is not None):
+            raise UnsupportedFeature(
+                f"{message.describe()}: a broadcast or a delayed message goes through its "
+                "own exchange, not a named one"
+            )
         priority = message.priority
         if priority is not None and (
             isinstance(priority, bool)

@@ -4,14 +4,20 @@ A message moves to ``dlq.<queue>`` either from the broker (delivered too often,
 rejected) or from the service runner (failed its last attempt, malformed). Either
 way it carries the same three headers, so the dead-letter tools read one set of
 names: why (``zocalo-dlq-reason``), from where (``zocalo-dlq-queue``) and what
-happened before (``zocalo-dlq-history``, oldest first: the runner's failure reasons
-as text, a broker's returned deliveries as objects with queue, reason, count, time).
+happened before (``zocalo-dlq-history``, oldest first: the runner's failures as
+objects with reason and time, a broker's returned deliveries as objects with queue,
+reason, count and time). The time of an entry (``at``) is ISO-8601 UTC text: AMQP
+carries no floats, and its decimals keep no fraction of an epoch second. Older
+entries, which readers still meet in dead letters and files, are plain text (the
+runner's reason) or carry epoch seconds as ``time``: :func:`entry_seconds` and
+:func:`describe_entry` read every kind.
 The broker's own headers are dropped: RabbitMQ silently discards a message whose
 ``x-death`` says it has travelled that dead-letter path before.
 """
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +37,9 @@ BROKER_HEADERS = frozenset({"x-death", "x-delivery-count"})
 _BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
 
 HistoryEntry = str | dict[str, Any]
+
+#: The key of a history entry's time, ISO-8601 UTC text (see the module docstring).
+ENTRY_TIME_KEY = "at"
 
 
 def is_dead_letter_queue(queue: str) -> bool:
@@ -73,14 +82,64 @@ def with_history(headers: Mapping[str, Any], *entries: HistoryEntry) -> list[His
     return [*history_of(headers), *entries][-HISTORY_KEPT:]
 
 
+def utc_timestamp(seconds: float | None = None) -> str:
+    """``seconds`` (epoch; default now) as ISO-8601 UTC text to the millisecond."""
+    moment = datetime.datetime.fromtimestamp(
+        time.time() if seconds is None else seconds, datetime.UTC
+    )
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def runner_entry(reason: str) -> dict[str, Any]:
+    """One runner-side history entry: an attempt that failed, and why."""
+    return {"reason": reason, ENTRY_TIME_KEY: utc_timestamp()}
+
+
 def delivery_entry(queue: str, reason: str, delivery_count: int) -> dict[str, Any]:
     """One broker-side history entry: a delivery of ``queue`` that came back."""
     return {
         "queue": queue,
         "reason": reason,
         "delivery_count": delivery_count,
-        "time": time.time(),
+        ENTRY_TIME_KEY: utc_timestamp(),
     }
+
+
+def entry_seconds(entry: Any) -> float | None:
+    """When a history entry happened (epoch seconds), if it says: its ``at``, or an
+    older entry's (or an ``x-death`` table's) ``time``."""
+    if not isinstance(entry, dict):
+        return None
+    stamp = entry.get(ENTRY_TIME_KEY)
+    if isinstance(stamp, str):
+        try:
+            moment = datetime.datetime.fromisoformat(stamp)
+        except ValueError:
+            return None
+        return moment.replace(tzinfo=moment.tzinfo or datetime.UTC).timestamp()
+    seconds = entry.get("time")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        return float(seconds)
+    return None
+
+
+def describe_entry(entry: Any) -> str:
+    """One history entry on one line: its time (when it has one), where and why."""
+    if not isinstance(entry, dict):
+        return " ".join(str(entry).split())
+    seconds = entry_seconds(entry)
+    stamp = entry.get(ENTRY_TIME_KEY)
+    when = stamp if isinstance(stamp, str) else None
+    if when is None and seconds is not None:
+        when = utc_timestamp(seconds)
+    parts = [when or "(no time)"]
+    if entry.get("queue"):
+        parts.append(f"{entry['queue']}:")
+    parts.append(" ".join(str(entry.get("reason", "")).split()) or "(no reason)")
+    count = entry.get("delivery_count", entry.get("count"))
+    if isinstance(count, int) and not isinstance(count, bool):
+        parts.append(f"(delivery {count})" if "delivery_count" in entry else f"({count} times)")
+    return " ".join(parts)
 
 
 def dead_letter_marks(*, reason: str, queue: str, history: list[HistoryEntry]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from zocalo.transport.base import (
     QueueStats,
     Subscription,
     Transport,
+    checked_duration,
     confirmed,
     deliveries_to_ack,
     report_dropped,
@@ -378,22 +379,24 @@ class MemoryTransport(Transport):
         with self.broker.condition:
             self.broker.keep(topic, seconds)
 
-    def declare_reply_queue(self, queue: str) -> None:
+    def declare_reply_queue(self, queue: str) -> str:
         """A queue exists here once something was sent to it or consumed it; a reply
         queue, from now until this connection closes (then it is forgotten, with what
         it holds, after the consumers' unacknowledged messages were put back in it)."""
         self._require_connected()
         with self.broker.condition:
             if queue in self._reply_queues:
-                return
+                return queue
             if queue in self.broker.queues:
                 raise TransportError(
                     f"queue {queue!r} exists already: a reply queue needs a new name"
                 )
             self.broker.queue(queue)
             self._reply_queues.add(queue)
+        return queue
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
+        expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)
         with self.broker.condition:
             self.broker.bindings[queue] = (topic, time.monotonic() + expires)
 

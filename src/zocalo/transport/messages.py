@@ -25,6 +25,14 @@ class Outgoing:
     and the rest of the publish, and the acks it carries, go through as if it had
     been delivered: a reply never blocks, fails or repeats the step that sent it.
     (A broadcast is never refused for want of listeners: the flag changes nothing there.)
+
+    ``exchange`` names a RabbitMQ exchange to publish through, ``destination`` then
+    being the routing key (not necessarily a queue): the message reaches whatever
+    queues the exchange routes that key to, and is refused if none. Only transports
+    with ``Capability.EXCHANGE`` honour it (others refuse it); ``""`` and None mean the
+    default exchange, which routes the key to the queue of that name: a plain send,
+    which every transport does. It exists to resend a message the way it first came
+    (``zocalo.dlq_reinject``); a broadcast goes through its topic's own exchange.
     """
 
     destination: str
@@ -35,8 +43,11 @@ class Outgoing:
     priority: int | None = None
     expiration: float | None = None
     droppable: bool = False
+    exchange: str | None = None
 
     def describe(self) -> str:
+        if self.exchange:
+            return f"exchange {self.exchange!r} with routing key {self.destination!r}"
         kind = "topic" if self.broadcast else "queue"
         return f"{kind} {self.destination!r}"
 

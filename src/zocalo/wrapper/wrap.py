@@ -9,6 +9,10 @@
 
 A ``zocalo cancel`` of the wrapper's recipe (:mod:`zocalo.recipe.cancel`) stops
 it (:meth:`~zocalo.wrapper.base.BaseWrapper.stop`), and it reports nothing more.
+Cancellations the broker kept are read before the wrapper starts (a job that
+waited in a cluster queue may start after ``zocalo cancel``): a wrapper whose
+recipe is cancelled already runs nothing and reports nothing. On a broker that
+keeps no broadcasts (ActiveMQ) only the cancellations made while it runs stop it.
 
 Wrappers are found by name in the ``zocalo.wrappers`` entry point group (each
 names a :class:`~zocalo.wrapper.base.BaseWrapper` subclass), as in python-zocalo.
@@ -22,11 +26,11 @@ import threading
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from zocalo.errors import ZocaloError
+from zocalo.errors import UnsupportedFeature, ZocaloError
 from zocalo.logs import recipe_context
-from zocalo.recipe.cancel import CANCEL_TOPIC, cancelled_recipe
+from zocalo.recipe.cancel import Cancellation, CancellationListener
 from zocalo.service.status import Status
-from zocalo.transport.base import Delivery, Transport
+from zocalo.transport.base import Transport
 from zocalo.wrapper.base import BaseWrapper
 from zocalo.wrapper.live_step import LiveRecipeWrapper
 from zocalo.wrapper.status import WRAPPER_STATUS_INTERVAL, WrapperStatus
@@ -100,7 +104,12 @@ def run_wrapper(
     wrapper.status_thread = status
     recipe_id = recipe_wrapper.recipe_id if recipe_wrapper else None
     pointer = recipe_wrapper.recipe_pointer if recipe_wrapper else None
-    cancelled = _stop_when_cancelled(wrapper, transport, recipe_id)
+    listener, cancelled = _stop_when_cancelled(wrapper, transport, recipe_id)
+    if cancelled.is_set():
+        with recipe_context(recipe_id, pointer):
+            log.warning("wrapper %s: recipe %s was cancelled before it started", name, recipe_id)
+        listener.stop()
+        return Status.END
     status.start()
     final = Status.ERROR
     try:
@@ -114,29 +123,42 @@ def run_wrapper(
     finally:
         status.set_status(final)
         status.shutdown()
+        listener.stop()
     return final
 
 
 def _stop_when_cancelled(
     wrapper: BaseWrapper, transport: Transport, recipe_id: str | None
-) -> threading.Event:
-    """Stop the wrapper when its recipe is cancelled (``zocalo cancel``); the event says so.
+) -> tuple[CancellationListener, threading.Event]:
+    """Stop the wrapper when its recipe is cancelled (``zocalo cancel``), now or before
+    (kept by the broker, read before this returns); the event says so.
 
     A cancelled recipe is told nothing more: its wrapper sends no outcome.
     """
     cancelled = threading.Event()
-    if recipe_id is None:
-        return cancelled
 
-    def on_cancel(delivery: Delivery) -> None:
-        if cancelled_recipe(delivery.body) != recipe_id or cancelled.is_set():
+    def on_cancel(cancellation: Cancellation) -> None:
+        if cancellation.recipe_id != recipe_id or cancelled.is_set():
             return
         cancelled.set()
-        log.warning("recipe %s was cancelled: stopping", recipe_id)
-        threading.Thread(target=wrapper.stop, name="zocalo-wrapper-stop", daemon=True).start()
+        if listener.replayed.is_set():  # (else it has not started: nothing to stop)
+            log.warning("recipe %s was cancelled: stopping", recipe_id)
+            threading.Thread(target=wrapper.stop, name="zocalo-wrapper-stop", daemon=True).start()
 
-    transport.subscribe_broadcast(CANCEL_TOPIC, on_cancel)
-    return cancelled
+    listener = CancellationListener(transport, on_cancel)
+    if recipe_id is None:
+        return listener, cancelled
+    replay = listener.listen()
+    if not replay.keeps and not isinstance(replay.error, UnsupportedFeature):
+        log.warning(
+            "cancellations made before this wrapper started are not heard: %s", replay.error
+        )
+    elif replay.keeps and not replay.complete:
+        log.warning(
+            "the cancellations kept by the broker were not all read: %s",
+            replay.error or "timed out",
+        )
+    return listener, cancelled
 
 
 def _run(wrapper: BaseWrapper, name: str, cancelled: threading.Event) -> Status:

@@ -25,23 +25,20 @@ started elsewhere (the cluster submission service cancels its Slurm jobs).
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
-import uuid
 
 from zocalo.errors import UnsupportedFeature, ZocaloError
-from zocalo.recipe.cancel import CANCEL_TOPIC, CANCEL_WINDOW, read_cancellation
+from zocalo.recipe.cancel import (
+    CANCEL_TOPIC,
+    CANCEL_WINDOW,
+    REPLAY_TIMEOUT,
+    Cancellation,
+    CancellationListener,
+)
 from zocalo.service.middleware.base import CANCELLED, InHand, Middleware, Runner
-from zocalo.transport.base import Delivery, Subscription, Transport
 
 log = logging.getLogger("zocalo.service.middleware.cancellation")
-
-#: The key of the marker a runner broadcasts to know that its replay is through.
-REPLAYED_KEY = "replayed"
-#: Seconds a runner waits for its replay before it starts anyway (with a warning).
-REPLAY_TIMEOUT = 30.0
 
 
 class DropCancelled(Middleware):
@@ -54,9 +51,7 @@ class DropCancelled(Middleware):
         #: transport's callback thread, read by the handling thread: each is one atomic
         #: dict operation, and pruning replaces the dict whole.
         self.cancelled: dict[str, float] = {}
-        self._subscription: Subscription | None = None
-        self._marker = ""
-        self._replayed = threading.Event()
+        self._listener: CancellationListener | None = None
 
     # -- hearing cancellations -----------------------------------------------
     def on_start(self, runner: Runner) -> None:
@@ -65,92 +60,62 @@ class DropCancelled(Middleware):
         ``zocalo.kept.zocalo.cancel`` stream declared for it) costs the service its
         cancellations, said in one line, never its start."""
         name = runner.service.name
+        self._listener = CancellationListener(
+            runner.transport, self._hear, window=self.window, replay_timeout=self.replay_timeout
+        )
         try:
-            self._listen(runner.transport, name)
+            replay = self._listener.listen()
         except ZocaloError as error:
-            self._replayed.set()
             log.error(
                 "cannot hear cancellations on %s (%s): %s drops no cancelled recipe's messages",
                 CANCEL_TOPIC,
                 error,
                 name,
             )
-
-    def _listen(self, transport: Transport, name: str) -> None:
-        self._marker = uuid.uuid4().hex
-        try:
-            self._subscription = transport.subscribe_broadcast(
-                CANCEL_TOPIC, self._hear, replay=self.window
-            )
-        except ZocaloError as error:
+            return
+        if not replay.keeps:
             # A broker that keeps nothing (ActiveMQ) says so at every start: that is how
             # it is. One that refuses (permissions) is worth a warning.
             log.log(
-                logging.INFO if isinstance(error, UnsupportedFeature) else logging.WARNING,
+                logging.INFO if isinstance(replay.error, UnsupportedFeature) else logging.WARNING,
                 "%s: cancellations made while %s is not running are not heard (%s)",
                 CANCEL_TOPIC,
                 name,
-                error,
+                replay.error,
             )
-            self._replayed.set()  # nothing to replay: each one heard from now on is news
-            self._subscription = transport.subscribe_broadcast(CANCEL_TOPIC, self._hear)
-            return
-        # Kept like any broadcast of the topic, but expiring: no later replay reads it.
-        marker = json.dumps({REPLAYED_KEY: self._marker})
-        try:
-            transport.broadcast(CANCEL_TOPIC, marker, expiration=self.replay_timeout)
-        except ZocaloError as error:
-            self._replayed.set()
-            log.warning("%s starts without waiting for the kept cancellations: %s", name, error)
-            return
-        if self._replayed.wait(self.replay_timeout):
-            if self.cancelled:
-                log.info(
-                    "%d recipe(s) cancelled in the last %s: their messages are dropped",
-                    len(self.cancelled),
-                    _duration(self.window),
-                )
-            return
-        self._replayed.set()  # what comes from now on is logged as it comes
-        log.warning(
-            "the cancellations kept by the broker did not arrive within %g s; %s starts "
-            "anyway, dropping the messages of those it hears from now on",
-            self.replay_timeout,
-            name,
-        )
+        elif replay.error is not None:
+            log.warning(
+                "%s starts without waiting for the kept cancellations: %s", name, replay.error
+            )
+        elif not replay.complete:
+            log.warning(
+                "the cancellations kept by the broker did not arrive within %g s; %s starts "
+                "anyway, dropping the messages of those it hears from now on",
+                self.replay_timeout,
+                name,
+            )
+        elif self.cancelled:
+            log.info(
+                "%d recipe(s) cancelled in the last %s: their messages are dropped",
+                len(self.cancelled),
+                _duration(self.window),
+            )
 
-    def _hear(self, delivery: Delivery) -> None:
-        cancellation = read_cancellation(delivery.body)
-        if cancellation is None:
-            self._check_marker(delivery.body)
-            return
+    def _hear(self, cancellation: Cancellation) -> None:
         now, recipe_id = time.time(), cancellation.recipe_id
         before = self.cancelled.get(recipe_id)
-        if now - cancellation.at >= self.window or (
-            before is not None and before >= cancellation.at
-        ):
-            return  # too old, or heard already (a replay after a reconnect)
+        if before is not None and before >= cancellation.at:
+            return  # heard already (a replay after a reconnect)
         kept = {recipe: at for recipe, at in self.cancelled.items() if now - at < self.window}
         kept[recipe_id] = cancellation.at  # cancelled again: the window starts again
         self.cancelled = kept
-        if before is None and self._replayed.is_set():  # (the replay's: in one line)
+        replayed = self._listener is not None and self._listener.replayed.is_set()
+        if before is None and replayed:  # (the replay's: in one line)
             log.info("recipe %s was cancelled: its messages are dropped", recipe_id)
 
-    def _check_marker(self, body: bytes) -> None:
-        try:
-            message = json.loads(body)
-        except ValueError:
-            return
-        if isinstance(message, dict) and message.get(REPLAYED_KEY) == self._marker:
-            self._replayed.set()
-
     def on_stop(self, runner: Runner) -> None:
-        subscription, self._subscription = self._subscription, None
-        if subscription is not None and subscription.active:
-            try:
-                runner.transport.unsubscribe(subscription)
-            except ZocaloError as error:  # it ends with the connection anyway
-                log.debug("could not unsubscribe from %s: %s", CANCEL_TOPIC, error)
+        if self._listener is not None:
+            self._listener.stop()
 
     # -- judging messages --------------------------------------------------------
     def before_handler(self, runner: Runner, message: InHand) -> str | None:

@@ -15,7 +15,12 @@ import logging
 from zocalo.errors import ConnectionFailed, InvalidMessage, ZocaloError
 from zocalo.service.middleware.base import DEAD_LETTERED, FAILED, InHand, Middleware, Runner
 from zocalo.transport.base import Delivery, Outgoing
-from zocalo.transport.dead_letters import dead_letter_headers, dlq_name, with_history
+from zocalo.transport.dead_letters import (
+    dead_letter_headers,
+    dlq_name,
+    runner_entry,
+    with_history,
+)
 
 log = logging.getLogger("zocalo.service.middleware.dead_letter")
 
@@ -47,7 +52,7 @@ class DeadLetter(Middleware):
             delivery.headers,
             reason=reason,
             queue=delivery.source,
-            history=with_history(delivery.headers, reason),
+            history=with_history(delivery.headers, runner_entry(reason)),
         )
         if path is not None:
             headers[RECIPE_PATH_HEADER] = path

@@ -15,7 +15,12 @@ from __future__ import annotations
 from zocalo.errors import InvalidMessage
 from zocalo.service.middleware.base import ATTEMPT_HEADER, RETRIED, InHand, Middleware, Runner
 from zocalo.transport.base import Capability, Outgoing
-from zocalo.transport.dead_letters import DLQ_HISTORY_HEADER, with_history, without_broker_headers
+from zocalo.transport.dead_letters import (
+    DLQ_HISTORY_HEADER,
+    runner_entry,
+    with_history,
+    without_broker_headers,
+)
 
 #: Why the last attempt failed, in a re-published message.
 RETRY_REASON_HEADER = "zocalo-retry-reason"
@@ -38,7 +43,7 @@ class Retries(Middleware):
         headers = without_broker_headers(delivery.headers)
         headers[ATTEMPT_HEADER] = attempt
         headers[RETRY_REASON_HEADER] = reason
-        headers[DLQ_HISTORY_HEADER] = with_history(delivery.headers, reason)
+        headers[DLQ_HISTORY_HEADER] = with_history(delivery.headers, runner_entry(reason))
         delay: float | None = runner.settings.delay_before(attempt)
         if Capability.DELAY not in runner.transport.capabilities:
             delay = None

@@ -18,11 +18,20 @@ Everything is durable: a delayed message arrives although its sender exited.
 
 from __future__ import annotations
 
+#: The reference's delayed-message exchange (needs the RabbitMQ plugin); used instead
+#: of the levels below when the broker has it.
+PLUGIN_DELAY_EXCHANGE = "delayed"
+
 #: 2^32 ms is 49 days: longer delays are refused.
 LEVELS = 32
 PREFIX = "zocalo.delay"
 DELIVERY_EXCHANGE = f"{PREFIX}.delivery"
 MAX_DELAY_MS = 2**LEVELS - 1
+
+
+def only_delays(exchange: str) -> bool:
+    """Whether ``exchange`` only held messages back on their way to their queue."""
+    return exchange == PLUGIN_DELAY_EXCHANGE or exchange.startswith(PREFIX + ".")
 
 
 def level_exchange(level: int) -> str:

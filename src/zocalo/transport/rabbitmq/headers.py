@@ -14,7 +14,13 @@ import math
 from decimal import Decimal
 from typing import Any
 
-from zocalo.transport.dead_letters import dead_letter_marks, with_history
+from zocalo.transport.dead_letters import (
+    ENTRY_TIME_KEY,
+    dead_letter_marks,
+    entry_seconds,
+    utc_timestamp,
+    with_history,
+)
 from zocalo.transport.rabbitmq import delay as delays
 
 
@@ -77,7 +83,7 @@ def translate_dead_letter(headers: dict[str, Any]) -> None:
     if not isinstance(deaths, list):
         return
     history = [
-        death
+        _dated(death)
         for death in deaths
         if isinstance(death, dict) and not str(death.get("queue", "")).startswith(delays.PREFIX)
     ]
@@ -94,3 +100,10 @@ def translate_dead_letter(headers: dict[str, Any]) -> None:
             history=with_history(headers, *reversed(history)),
         )
     )
+
+
+def _dated(death: dict[str, Any]) -> dict[str, Any]:
+    """An ``x-death`` table as a history entry: with its time as ISO text too (its epoch
+    seconds would not keep a fraction on the next publish anyway)."""
+    seconds = entry_seconds(death)
+    return death if seconds is None else {**death, ENTRY_TIME_KEY: utc_timestamp(seconds)}

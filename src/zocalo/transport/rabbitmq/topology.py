@@ -30,8 +30,7 @@ from zocalo.transport.rabbitmq.probes import mark_probe
 
 log = logging.getLogger(__name__)
 
-#: The reference's delayed-message exchange (needs the RabbitMQ plugin).
-PLUGIN_DELAY_EXCHANGE = "delayed"
+PLUGIN_DELAY_EXCHANGE = delays.PLUGIN_DELAY_EXCHANGE
 #: The stream keeping a topic's broadcasts (``keep_broadcasts``): this prefix, the topic.
 KEPT_PREFIX = "zocalo.kept."
 
@@ -265,7 +264,18 @@ class Topology:
             return message.destination, "", {}
         if message.delay:
             return self._delay_target(message.destination, message.delay)
+        if message.exchange:
+            self._require_exchange(message.exchange)
+            return message.exchange, message.destination, {}
         return "", message.destination, {}
+
+    def _require_exchange(self, exchange: str) -> None:
+        """Refuse a publish through an exchange that does not exist: the broker would
+        close the publishing channel, failing every batch awaiting confirms. Asked each
+        time (not cached): an operator's exchange may go at any moment, and publishes
+        through a named exchange are rare (a reinjected dead letter)."""
+        if not self._exists("exchange_declare", exchange=exchange):
+            raise TransportError(f"exchange {exchange!r} does not exist")
 
     def _delay_target(self, queue: str, seconds: float) -> Route:
         """(exchange, routing key, extra headers) that deliver to ``queue`` after ``seconds``."""

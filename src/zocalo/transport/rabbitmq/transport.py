@@ -47,6 +47,7 @@ from zocalo.transport.base import (
     Outgoing,
     Subscription,
     Transport,
+    checked_duration,
     deliveries_to_ack,
     dlq_name,
     reserve_all_or_none,
@@ -79,6 +80,7 @@ class RabbitMQTransport(Transport):
             Capability.CROSS_PROCESS,
             Capability.REPLY_QUEUE,
             Capability.KEPT_BROADCASTS,
+            Capability.EXCHANGE,
         }
     )
 
@@ -164,15 +166,17 @@ class RabbitMQTransport(Transport):
         """
         self._topology.declare_queue(queue)
 
-    def declare_reply_queue(self, queue: str) -> None:
+    def declare_reply_queue(self, queue: str) -> str:
         """An exclusive queue: RabbitMQ deletes it when this connection closes or is lost
         (after a reconnect it is declared again, empty)."""
         self._connection.require_open()
         self._topology.declare_reply_queue(queue)
+        return queue
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         """A classic queue bound to the topic's fanout exchange; RabbitMQ deletes it
         after ``expires`` seconds without a consumer (``x-expires``)."""
+        expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)
         self._topology.bind_queue(queue, topic, expires=expires)
 
     # -- consuming ----------------------------------------------------------

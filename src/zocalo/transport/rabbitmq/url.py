@@ -47,13 +47,21 @@ def connection_parameters(url: str) -> tuple[list[pika.ConnectionParameters], di
     credentials = pika.PlainCredentials(
         unquote(parts.username or "guest"), unquote(parts.password or "guest")
     )
-    default_port = 5671 if tls else 5672
+    return [
+        _node_parameters(host, port, vhost, credentials, context, options)
+        for host, port in cluster_nodes(url)
+    ], options
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """(host, AMQP port) of every node ``url`` names: its own host, then ``?hosts=``."""
+    parts = split_url(url)
+    options = parse_options(url, OPTIONS)
+    default_port = 5671 if parts.scheme == "amqps" else 5672
     nodes = [(parts.hostname or "localhost", parts.port or default_port)]
     for node in filter(None, (node.strip() for node in options["hosts"].split(","))):
         nodes.append(_cluster_node(url, node, default_port))
-    return [
-        _node_parameters(host, port, vhost, credentials, context, options) for host, port in nodes
-    ], options
+    return nodes
 
 
 def _tls_context(url: str, options: dict[str, Any]) -> ssl.SSLContext:

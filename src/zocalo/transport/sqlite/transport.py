@@ -30,6 +30,7 @@ from zocalo.transport.base import (
     QueueStats,
     Subscription,
     Transport,
+    checked_duration,
     deliveries_to_ack,
     reserve_all_or_none,
 )
@@ -204,15 +205,17 @@ class SqliteTransport(Transport):
         done.result(30)
         return subscription
 
-    def declare_reply_queue(self, queue: str) -> None:
+    def declare_reply_queue(self, queue: str) -> str:
         """Recorded with this connection's id: closing drops it, and so does whichever
         connection reaps this one if it dies."""
         worker = self._open_worker()
         done = Confirmation()
         worker.submit(DeclareReplyQueue(queue, done))
         done.result(30)
+        return queue
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
+        expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)
         worker = self._open_worker()
         done = Confirmation()
         worker.submit(Bind(queue, topic, expires, done))

@@ -21,15 +21,24 @@ each input's own connection) and its confirmation succeeds. Nothing waits:
 answers arrive on stomp.py's receiver thread, which completes the group and
 writes the next one.
 
+Droppable messages (replies, see ``Outgoing``) go outside the transaction, each with a
+receipt of its own: ActiveMQ refuses a message to a temporary queue that has gone, and
+inside a transaction that refusal would fail its COMMIT (see :mod:`.temporary`). A
+refused one is dropped, with the one log line, and its publish goes on; a group
+completes once its COMMIT and every such receipt are answered, so the drop is logged
+before the publish is confirmed. A droppable message is thus sent even if its
+transaction then fails (the redelivered input may reply again).
+
 RabbitMQ's plugin receipts a COMMIT before the SENDs it holds reach their queues,
 so there (:attr:`~.flavour.ActiveMQ.receipted_commits`) a group goes as SENDs
-with a receipt each, which RabbitMQ sends once the queue confirmed the message;
-the group is settled by the last answer.
+with a receipt each, which RabbitMQ sends once the queue confirmed the message,
+and no transaction; a refused one fails the group, as a refused COMMIT does.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import threading
@@ -37,10 +46,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zocalo.errors import ConnectionFailed, PublishFailed
-from zocalo.transport.base import Confirmation, Delivery
+from zocalo.transport.base import Confirmation, Delivery, Outgoing, report_dropped
 from zocalo.transport.stomp.connection import Link, WireFrame
 from zocalo.transport.stomp.consumers import Consumers, Receipt
 from zocalo.transport.stomp.flavour import ActiveMQ, Flavour
+from zocalo.transport.stomp.temporary import REFUSED_TEMP_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +67,9 @@ class Prepared:
     body: bytes
     #: How errors name it (``queue 'x'``, ``topic 'y'``).
     describe: str
+    #: The message, when it is droppable: sent outside the transaction, and dropped
+    #: (this is what the log line names) if the broker refuses it.
+    droppable: Outgoing | None = None
 
 
 @dataclass(eq=False)
@@ -74,6 +87,11 @@ class Group:
 
     batches: list[Batch]
     error: str | None = None
+    #: The COMMIT's refusal (None: committed, or not answered yet).
+    refusal: str | None = None
+    #: Answers still to come: the COMMIT's (without transactions, each SEND's) and each
+    #: droppable message's receipt.
+    unanswered: int = 1
 
 
 class Publisher:
@@ -108,68 +126,65 @@ class Publisher:
         self._send_group(group, raise_lost=True)
 
     def _send_group(self, group: Group, *, raise_lost: bool = False) -> None:
-        flavour = self._flavour()
-        sends: list[WireFrame] = [
-            (
-                "SEND",
-                {
+        transactions = self._flavour().receipted_commits
+        transaction = f"zocalo-{self._link.generation}-{next(self._ids)}"
+        loose: list[WireFrame] = []
+        frames: list[WireFrame] = []
+        receipts: list[str] = []
+        for batch in group.batches:
+            for message in batch.messages:
+                headers = {
                     **message.headers,
-                    **flavour.queue_arguments(message.destination),
+                    **self._flavour().queue_arguments(message.destination),
                     "destination": message.destination,
                     "content-length": str(len(message.body)),
-                },
-                message.body,
-            )
-            for batch in group.batches
-            for message in batch.messages
-        ]
-        if flavour.receipted_commits:
-            frames, receipts = self._transaction(group, sends)
-        else:
-            frames, receipts = self._receipted(group, sends)
+                }
+                if message.droppable is None and transactions:
+                    frames.append(("SEND", {**headers, "transaction": transaction}, message.body))
+                    continue
+                if message.droppable is None:  # its refusal fails the group
+                    answer = functools.partial(self._answered, group, decides=True)
+                else:
+                    answer = functools.partial(self._sent_or_dropped, group, message.droppable)
+                receipts.append(self._link.receipt(answer))
+                loose.append(("SEND", {**headers, "receipt": receipts[-1]}, message.body))
+        group.unanswered = len(loose)
+        if transactions:
+            group.unanswered += 1
+            commit = self._link.receipt(functools.partial(self._answered, group, decides=True))
+            receipts.append(commit)
+            frames.insert(0, ("BEGIN", {"transaction": transaction}, b""))
+            frames.append(("COMMIT", {"transaction": transaction, "receipt": commit}, b""))
         try:
-            self._link.write(frames)
+            self._link.write(loose + frames)
         except ConnectionFailed as error:
             self._link.forget(receipts)
             self._committed(group, str(error))
             if raise_lost:
                 raise
 
-    def _transaction(
-        self, group: Group, sends: list[WireFrame]
-    ) -> tuple[list[WireFrame], list[str]]:
-        """``sends`` as one transaction whose COMMIT's receipt settles ``group``."""
-        transaction = f"zocalo-{self._link.generation}-{next(self._ids)}"
-        commit = self._link.receipt(lambda refusal: self._committed(group, refusal))
-        return [
-            ("BEGIN", {"transaction": transaction}, b""),
-            *(
-                (command, {**headers, "transaction": transaction}, body)
-                for command, headers, body in sends
-            ),
-            ("COMMIT", {"transaction": transaction, "receipt": commit}, b""),
-        ], [commit]
+    def _sent_or_dropped(self, group: Group, message: Outgoing, refusal: str | None) -> None:
+        """A droppable message's receipt: refused while connected means its queue is gone."""
+        if refusal is not None and self._link.is_open:
+            why = (
+                "the queue does not exist"
+                if refusal.startswith(REFUSED_TEMP_QUEUE)  # all ActiveMQ says of it
+                else f"ActiveMQ refused it: {refusal}"
+            )
+            report_dropped(message, why)
+        self._answered(group, None)
 
-    def _receipted(self, group: Group, sends: list[WireFrame]) -> tuple[list[WireFrame], list[str]]:
-        """``sends`` each with a receipt: the last answer settles ``group`` (with the
-        first refusal, if any)."""
-        lock, left, refusals = threading.Lock(), [len(sends)], []
-
-        def answered(refusal: str | None) -> None:
-            with lock:
-                if refusal is not None:
-                    refusals.append(refusal)
-                left[0] -= 1
-                if left[0]:
-                    return
-            self._committed(group, refusals[0] if refusals else None)
-
-        receipts = [self._link.receipt(answered) for _ in sends]
-        frames: list[WireFrame] = [
-            (command, {**headers, "receipt": receipt}, body)
-            for (command, headers, body), receipt in zip(sends, receipts, strict=True)
-        ]
-        return frames, receipts
+    def _answered(self, group: Group, refusal: str | None, *, decides: bool = False) -> None:
+        """One answer of the group's: once the last is in, the group is settled.
+        ``decides``: the COMMIT's (or, without transactions, a SEND's), whose refusal
+        fails the group."""
+        with self._lock:
+            if decides and group.refusal is None:
+                group.refusal = refusal
+            group.unanswered -= 1
+            last = group.unanswered == 0
+        if last:
+            self._committed(group, group.refusal)
 
     def refused(self, error: str) -> None:
         """On the receiver thread: the broker sent an ERROR naming no receipt. A SEND

@@ -37,6 +37,7 @@ from stomp.utils import Frame
 from zocalo.errors import ConnectionFailed, TransportError
 from zocalo.transport.base import Confirmation
 from zocalo.transport.stomp.headers import escape
+from zocalo.transport.stomp.temporary import Numbering, names_temporary
 from zocalo.transport.stomp.url import Endpoint
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,10 @@ class Link:
         self.generation = 0
         self._receipts: dict[str, Answer] = {}
         self._receipt_ids = itertools.count(1)
+        #: The broker's ids of the open connection's temporary queues (see
+        #: :mod:`.temporary`); frames naming one are written one writer at a time.
+        self.temporary = Numbering(None)
+        self._temporary_lock = threading.Lock()
         self._answering = 0
         self._lock = threading.Condition()
         self._closed = threading.Event()
@@ -193,6 +198,7 @@ class Link:
         _no_waiting(connection)
         with self._lock:
             self._stomp = connection
+            self.temporary = Numbering(listener.session)
             self.generation += 1
             self.is_open = True
         if not connection.is_connected():  # lost before it was ours: no one saw it go
@@ -215,10 +221,18 @@ class Link:
 
     def write(self, frames: Sequence[WireFrame]) -> None:
         """Write ``frames`` in one go; ConnectionFailed if the connection is not open."""
-        connection = self._stomp
+        connection, numbering = self._stomp, self.temporary
         if not self.is_open or connection is None:
             raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
         data = b"".join(frame_bytes(command, headers, body) for command, headers, body in frames)
+        if names_temporary(frames):
+            with self._temporary_lock:  # numbered in the order the broker reads them
+                numbering.note(frames)
+                self._send(connection, data)
+        else:
+            self._send(connection, data)
+
+    def _send(self, connection: stomp.Connection12, data: bytes) -> None:
         try:
             connection.transport.send(data)
         except (OSError, stomp.exception.NotConnectedException) as error:
@@ -390,9 +404,12 @@ class _Listener(stomp.ConnectionListener):
         self.answered = threading.Event()
         self.connected = False
         self.refusal: str | None = None
+        #: The broker's id for the connection (ActiveMQ's, see :mod:`.temporary`).
+        self.session: str | None = None
 
     def on_connected(self, frame: Frame) -> None:
         self.link.server = frame.headers.get("server", "")
+        self.session = frame.headers.get("session")
         self.connected = True
         self.answered.set()
 

@@ -19,7 +19,10 @@ quorum queue. Expiry is the relative ``expiration`` (ms), the prefetch
 
 - delays: RabbitMQ has no scheduler (a plugin we cannot assume);
 - priorities: quorum queues have none (and a ``x-max-priority`` classic queue
-  counts no deliveries).
+  counts no deliveries);
+- reply queues: RabbitMQ's temporary queues are named to others only through a
+  ``reply-to`` header it rewrites, not by a name a job can carry;
+- browsing (queue depths for the dead-letter tools): a SUBSCRIBE consumes.
 
 A bound queue is a work queue bound to the topic, which the transport removes
 when it expires (:class:`.bound.TopicQueues`): RabbitMQ's own expiry
@@ -74,13 +77,21 @@ class ActiveMQ:
     """ActiveMQ Classic."""
 
     name = "ActiveMQ"
-    capabilities = _COMMON | {Capability.DELAY, Capability.DELAYED_BROADCAST, Capability.PRIORITY}
+    capabilities = _COMMON | {
+        Capability.DELAY,
+        Capability.DELAYED_BROADCAST,
+        Capability.PRIORITY,
+        Capability.REPLY_QUEUE,
+    }
     #: The delivery limit is a JMSXDeliveryCount selector (and a reaper subscription).
     selects_by_delivery_count = True
     #: A bound queue is a durable topic subscription (else a queue bound to the topic).
     durable_subscriptions = True
     #: Nothing to declare: a queue is made by its first use (else declare_queue does).
     declares_on_first_use = True
+    #: Why reply queues (temporary queues) and browsing are refused (None: they are not).
+    refuses_reply_queues: str | None = None
+    refuses_browsing: str | None = None
     #: Unsubscribing returns what the broker sent the subscription and it did not take
     #: (else a NACK returns each: RabbitMQ keeps it with the connection until it closes).
     unsubscribe_returns = True
@@ -117,6 +128,14 @@ class RabbitMQ(ActiveMQ):
     receipted_commits = False
     durable_subscriptions = False
     declares_on_first_use = False
+    refuses_reply_queues = (
+        "RabbitMQ over STOMP has no reply queues here: its temporary queues are reached "
+        "only through a reply-to header, not by a name a job can carry; use amqp://"
+    )
+    refuses_browsing = (
+        "RabbitMQ's STOMP plugin cannot browse a queue (a SUBSCRIBE consumes it, and "
+        "declares what it names); use amqp:// and the management API for queue depths"
+    )
     unsubscribe_returns = False
 
     def __init__(self, dead_letter_queue: str) -> None:

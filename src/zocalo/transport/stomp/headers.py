@@ -27,7 +27,9 @@ from typing import Any
 from zocalo.errors import TransportError
 from zocalo.transport.dead_letters import (
     DLQ_REASON_HEADER,
+    ENTRY_TIME_KEY,
     dead_letter_marks,
+    utc_timestamp,
     with_history,
 )
 from zocalo.transport.stomp.flavour import RABBITMQ_HEADERS
@@ -179,7 +181,11 @@ def translate_dead_letter(
     cause = frame.get("dlqDeliveryFailureCause", "").strip()
     reason = cause.splitlines()[0] if cause else "rejected"
     queue = queue_name(original) or original
-    entry = {"queue": queue, "reason": f"{reason} (dead-lettered by ActiveMQ)"}
+    entry = {
+        "queue": queue,
+        "reason": f"{reason} (dead-lettered by ActiveMQ)",
+        ENTRY_TIME_KEY: utc_timestamp(),
+    }
     headers.update(
         dead_letter_marks(
             reason=f"{reason} (dead-lettered by ActiveMQ)",

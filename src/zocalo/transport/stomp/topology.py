@@ -10,6 +10,10 @@ those of ``/queue/<prefix>.q`` into ``/queue/DLQ.<prefix>.q``. Our
 ``dlq.q`` (:func:`~zocalo.transport.dead_letters.dlq_name`) is that queue, so
 what we dead-letter and what the broker dead-letters land in one place.
 
+Reply queues are temporary queues (:mod:`.temporary`): the owner consumes
+``/temp-queue/<prefix>.<name>``, everyone else sends to its address
+``zocalo.reply.<id>``, which is ``/remote-temp-queue/<id>``.
+
 Delays are ActiveMQ's scheduler (``AMQ_SCHEDULED_DELAY``, ms; the broker needs
 ``schedulerSupport="true"``), expiry the absolute ``expires`` (epoch ms), and
 priority the JMS priority 0-9 (ordered only where the broker's destination
@@ -23,6 +27,7 @@ import time
 from zocalo.errors import UnsupportedFeature
 from zocalo.transport.base import Outgoing
 from zocalo.transport.stomp.flavour import ActiveMQ, Flavour
+from zocalo.transport.stomp.temporary import TEMP_QUEUE, remote_destination
 
 #: The dead-letter queue prefix of ActiveMQ's individual dead-letter strategy.
 BROKER_DLQ_PREFIX = "DLQ."
@@ -44,9 +49,16 @@ class Destinations:
 
     def queue(self, name: str) -> str:
         _check(name)
+        if (remote := remote_destination(name)) is not None:
+            return remote
         if name.startswith(_OUR_DLQ_PREFIX):
             return f"/queue/{BROKER_DLQ_PREFIX}{self._namespace}{name[len(_OUR_DLQ_PREFIX) :]}"
         return f"/queue/{self._namespace}{name}"
+
+    def temporary(self, name: str) -> str:
+        """The temporary queue ``name`` of the connection that names it (a reply queue)."""
+        _check(name)
+        return f"{TEMP_QUEUE}{self._namespace}{name}"
 
     def topic(self, name: str) -> str:
         _check(name)
@@ -55,6 +67,29 @@ class Destinations:
     def of(self, message: Outgoing) -> str:
         name = message.destination
         return self.topic(name) if message.broadcast else self.queue(name)
+
+    def every_queue(self) -> list[str]:
+        """Wildcard destinations matching every queue under the prefix and every
+        dead-letter queue of one (all queues without a prefix)."""
+        if not self._namespace:
+            return ["/queue/>"]
+        return [f"/queue/{self._namespace}>", *self.every_dead_letter_queue()]
+
+    def every_dead_letter_queue(self) -> list[str]:
+        """A wildcard destination matching the dead-letter queue of every queue under
+        the prefix."""
+        return [f"/queue/{BROKER_DLQ_PREFIX}{self._namespace}>"]
+
+    def name_of(self, destination: str) -> tuple[str, bool] | None:
+        """Our name of the queue or topic ``destination``, and whether it is a topic
+        (None: not one under our prefix)."""
+        if destination.startswith("/topic/"):
+            name = destination[len("/topic/") :]
+            if name.startswith(self._namespace) and len(name) > len(self._namespace):
+                return name[len(self._namespace) :], True
+            return None
+        queue = self.queue_name(destination)
+        return (queue, False) if queue else None
 
     def queue_name(self, destination: str) -> str | None:
         """Our name of the queue ``/queue/...`` (None: not a queue under our prefix)."""

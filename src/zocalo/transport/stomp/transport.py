@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future
 
@@ -44,12 +45,13 @@ from zocalo.errors import ConnectionFailed, PublishFailed, TransportError, Unsup
 from zocalo.transport.base import (
     Acks,
     Callback,
-    Capability,
     Confirmation,
     Delivery,
     Outgoing,
+    QueueStats,
     Subscription,
     Transport,
+    checked_duration,
     deliveries_to_ack,
     dlq_name,
     reserve_all_or_none,
@@ -61,6 +63,7 @@ from zocalo.transport.dead_letters import (
     with_history,
 )
 from zocalo.transport.stomp.bound import BoundQueues, TopicQueues
+from zocalo.transport.stomp.browse import Browsers
 from zocalo.transport.stomp.confirms import Batch, Prepared, Publisher
 from zocalo.transport.stomp.connection import Link
 from zocalo.transport.stomp.consumers import Consumers, Receipt, declare
@@ -86,16 +89,8 @@ class StompTransport(Transport):
 
     schemes = ("stomp",)
     serial_callbacks = True
-    capabilities = frozenset(
-        {
-            Capability.DELAY,
-            Capability.DELAYED_BROADCAST,
-            Capability.PRIORITY,
-            Capability.EXPIRATION,
-            Capability.DEAD_LETTER,
-            Capability.CROSS_PROCESS,
-        }
-    )
+    #: ActiveMQ's until connected; then the broker's (see :mod:`.flavour`).
+    capabilities = ActiveMQ.capabilities
 
     def __init__(self, url: str, *, delivery_limit: int | None = None) -> None:
         self.endpoint, options = endpoint(url, {"delivery_limit": delivery_limit})
@@ -112,21 +107,37 @@ class StompTransport(Transport):
             self.endpoint,
             on_message=self._on_message,
             on_error=lambda text: self._publisher.refused(text),
-            on_lost=lambda reason: self._consumers.connection_lost(self._link),
+            on_lost=lambda reason: self._lost(),
             on_reconnected=lambda: self._consumers.restore(self._link),
         )
         #: The broker's flavour (:mod:`.flavour`): ActiveMQ's until connected.
         self.flavour: Flavour = ActiveMQ()
         self._publisher = Publisher(self._link, self._consumers, lambda: self.flavour)
         self._bound = BoundQueues(self.endpoint, self.destinations, self._consumers)
+        self._browsers = Browsers()
         #: Rejected messages whose copy to the dead-letter queue failed: NACKed instead,
         #: for the broker's own dead-letter policy (each is logged too).
         self.dead_letter_copies_failed = 0
         #: The queues declared (on RabbitMQ, see :meth:`declare_queue`).
         self._declared: set[str] = set()
+        #: This connection's reply queues: our name -> its temporary queue.
+        self._reply_queues: dict[str, str] = {}
+
+    def _lost(self) -> None:
+        """The connection was lost: the broker takes back what it held, and deleted its
+        reply queues; whoever waits on one is told (replies now go nowhere)."""
+        self._consumers.connection_lost(self._link)
+        names = ", ".join(sorted(self._reply_queues))
+        self._reply_queues.clear()
+        if names and not self._link.closing:
+            self.report_failure(
+                f"{self.safe_url}: the connection was lost, and ActiveMQ deleted its reply "
+                f"queue(s) {names} with it: replies sent to them are dropped"
+            )
 
     def _on_message(self, frame: Frame) -> None:
-        self._consumers.on_message(frame, self._link)
+        if not self._browsers.on_message(frame):
+            self._consumers.on_message(frame, self._link)
 
     # -- connection ---------------------------------------------------------
     @property
@@ -177,12 +188,14 @@ class StompTransport(Transport):
     def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
-        destination = self.destinations.queue(queue)
+        temporary = self._reply_queues.get(queue)
+        destination = temporary or self.destinations.queue(queue)
         self._link.require_open()
         subscription = Subscription(
             self._next_subscription_id(), queue, callback, prefetch=prefetch
         )
-        limited = queue != dlq_name(queue)  # a dead-letter queue has no limit of its own
+        # A dead-letter queue has no limit of its own; a reply queue dead-letters nothing.
+        limited = not temporary and queue != dlq_name(queue)
         headers = self._consumers.queue_headers(destination, prefetch, limited=limited)
         self._consumers.consume(subscription, destination, headers, self._link, limited=limited)
         binding = self._bound.bound(queue)
@@ -193,6 +206,32 @@ class StompTransport(Transport):
                 self._consumers.unsubscribe(subscription)
                 raise
         return subscription
+
+    def declare_reply_queue(self, queue: str) -> str:
+        """A temporary queue of this connection (see :mod:`.temporary`): private to it,
+        deleted by the broker when it closes or dies. Returns its address, the name
+        others send replies to (``zocalo.reply.<ActiveMQ's id>``); ``queue`` is the
+        caller's name for consuming it. Each connection's are its own: no name clashes.
+        """
+        destination = self.destinations.temporary(queue)
+        self._link.require_open()
+        if self.flavour.refuses_reply_queues:
+            raise UnsupportedFeature(self.flavour.refuses_reply_queues)
+        address = self._link.temporary.address(destination)
+        if address is None:  # made by the first frame naming it: a consumer that takes nothing
+            stomp_id = f"reply-queue-{queue}"
+            headers = {"ack": "client-individual", "activemq.prefetchSize": "0"}
+            self._link.call("SUBSCRIBE", {"id": stomp_id, "destination": destination, **headers})
+            self._link.call("UNSUBSCRIBE", {"id": stomp_id})
+            address = self._link.temporary.address(destination)
+        if address is None:
+            raise UnsupportedFeature(
+                f"{self.safe_url}: the broker gave the connection no id (the CONNECTED "
+                "frame's session header), so its temporary queues cannot be named: "
+                "reply queues need ActiveMQ Classic"
+            )
+        self._reply_queues[queue] = destination
+        return address
 
     def subscribe_broadcast(
         self, topic: str, callback: Callback, *, replay: float = 0.0
@@ -217,6 +256,7 @@ class StompTransport(Transport):
         """A durable subscription to the topic, named after the queue (see :mod:`.bound`;
         on RabbitMQ a queue bound to the topic): subscribing to ``queue`` on this
         transport then consumes it."""
+        expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)
         self._link.require_open()
         self._bound.bind(queue, topic, expires)
 
@@ -319,6 +359,34 @@ class StompTransport(Transport):
         with contextlib.suppress(ConnectionFailed):
             self._publisher.publish([copy], batch)
 
+    # -- introspection ------------------------------------------------------
+    def queue_stats(self) -> list[QueueStats]:
+        raise UnsupportedFeature(
+            "ActiveMQ tells a STOMP client no queue depths by state (in flight, delayed, "
+            "consumers); zocalo.dlq_check counts what its dead-letter queues hold"
+        )
+
+    def browsed_queue_stats(self, *, dead_letters_only: bool = False) -> list[QueueStats]:
+        """The queues of our prefix and their dead-letter queues (or those alone) that
+        hold messages, browsed (see :mod:`.browse`: no plugin needed, nothing consumed,
+        no queue created). Each message counts as ready, delivered or not; delayed ones
+        are not seen, nor consumers; a queue shows at most the broker's browse page."""
+        self._link.require_open()
+        if self.flavour.refuses_browsing:
+            raise UnsupportedFeature(self.flavour.refuses_browsing)
+        counts: Counter[str] = Counter()
+        wildcards = self.destinations.every_queue()
+        if dead_letters_only:
+            wildcards = self.destinations.every_dead_letter_queue()
+        for wildcard in wildcards:
+            counts.update(self._browsers.depths(self._link, wildcard, self.endpoint.timeout))
+        stats = [
+            QueueStats(name, ready=count)
+            for destination, count in counts.items()
+            if (name := self.destinations.queue_name(destination)) is not None
+        ]
+        return sorted(stats, key=lambda entry: entry.queue)
+
     # -- publishing ---------------------------------------------------------
     def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
         prepared = [self._prepare(message) for message in messages]
@@ -338,4 +406,5 @@ class StompTransport(Transport):
         except Uncarriable as error:
             raise PublishFailed(f"cannot publish to {message.describe()}: {error}") from None
         headers.update(routing_headers(message, self.flavour))
-        return Prepared(destination, headers, message.body, message.describe())
+        droppable = message if message.droppable else None
+        return Prepared(destination, headers, message.body, message.describe(), droppable)

@@ -21,15 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from zocalo.wrapper.slurm.backend import (
-    ENDED,
-    JobRefused,
-    JobRequest,
-    JobState,
-    SlurmBackend,
-    SlurmError,
-    SlurmUnreachable,
-)
+from zocalo.wrapper.backends.base import ENDED, JobBackend, JobRefused, JobRequest, JobState
+from zocalo.wrapper.slurm.errors import SlurmError, SlurmUnreachable
 
 #: ``api_version`` of the command-line backend.
 COMMAND_LINE = "cli"
@@ -37,10 +30,10 @@ COMMAND_LINE = "cli"
 __all__ = [
     "COMMAND_LINE",
     "ENDED",
+    "JobBackend",
     "JobRefused",
     "JobRequest",
     "JobState",
-    "SlurmBackend",
     "SlurmError",
     "SlurmUnreachable",
     "backend_for",
@@ -55,7 +48,7 @@ def supported_versions() -> list[str]:
     return [VERSION, *VERSIONS, COMMAND_LINE]
 
 
-def backend_for(settings: Mapping[str, Any]) -> SlurmBackend:
+def backend_for(settings: Mapping[str, Any]) -> JobBackend:
     """The backend a ``slurm`` section (``url``, ``api_version``, ``user``, ``user_token``)
     describes; SlurmError naming the section's fault otherwise."""
     version = str(settings.get("api_version") or "").strip()

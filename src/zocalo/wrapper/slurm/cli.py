@@ -1,6 +1,13 @@
 """Slurm through its command-line tools (``sbatch``, ``scontrol``, ``squeue``, ``scancel``),
 for sites without slurmrestd: the service runs on a submit host, as its own user.
 
+A job that ``scontrol`` no longer shows (ended more than ``MinJobAge`` ago, 300 s by
+default, and no accounting database) is looked up in the job completion log
+(``sacct -c``, where ``JobCompType=jobcomp/filetxt`` keeps one): its end is then
+still known. Without such a log it is unknown (None: "disappeared"). The log is
+keyed by job id alone: after a controller's clean start (ids counted afresh) an
+old entry could answer for a new job; the latest entry of an id is the one read.
+
 The job's environment is exactly the request's (as over REST): ``sbatch`` runs
 with that environment and ``--export=ALL``, plus ``SLURM_CONF`` when the service
 has one. A tool that cannot reach the controller, or takes longer than
@@ -16,14 +23,14 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 
-from zocalo.wrapper.slurm.backend import (
+from zocalo.wrapper.backends.base import (
+    BackendError,
+    JobBackend,
     JobRefused,
     JobRequest,
     JobState,
-    SlurmBackend,
-    SlurmError,
-    SlurmUnreachable,
 )
+from zocalo.wrapper.slurm.errors import SlurmError, SlurmUnreachable
 
 #: Seconds one command may take.
 COMMAND_TIMEOUT = 60.0
@@ -63,6 +70,34 @@ def sbatch_options(request: JobRequest) -> list[str]:
     return options
 
 
+def _exit_and_signal(text: str) -> tuple[int | None, int | None]:
+    """Slurm's ``ExitCode`` field, ``code:signal``."""
+    exit_code, _, signal = text.partition(":")
+    return (
+        int(exit_code) if exit_code.isdigit() else None,
+        int(signal) if signal.isdigit() and int(signal) else None,
+    )
+
+
+def parse_completions(text: str) -> dict[int, JobState]:
+    """``sacct -c --parsable2 --format=JobID,State,ExitCode`` lines: each job's latest."""
+    states = {}
+    for line in text.splitlines():
+        job_id, _, rest = line.strip().partition("|")
+        state, _, exit_field = rest.partition("|")
+        if not job_id.isdigit() or not state:
+            continue
+        exit_code, signal = _exit_and_signal(exit_field)
+        states[int(job_id)] = JobState(
+            job_id=int(job_id),
+            state=state.split()[0],  # "CANCELLED by 0"
+            exit_code=exit_code,
+            signal=signal,
+            reason="from the job completion log",
+        )
+    return states
+
+
 def parse_show_job(text: str) -> list[JobState]:
     """``scontrol show job --oneliner`` output: one job per line of ``Key=Value`` words."""
     states = []
@@ -70,20 +105,20 @@ def parse_show_job(text: str) -> list[JobState]:
         fields = dict(word.split("=", 1) for word in re.findall(r"(\w+=\S*)", line) if "=" in word)
         if "JobId" not in fields or "JobState" not in fields:
             continue
-        exit_code, _, signal = fields.get("ExitCode", "").partition(":")
+        exit_code, signal = _exit_and_signal(fields.get("ExitCode", ""))
         states.append(
             JobState(
                 job_id=int(fields["JobId"]),
                 state=fields["JobState"],
-                exit_code=int(exit_code) if exit_code.isdigit() else None,
-                signal=int(signal) if signal.isdigit() and int(signal) else None,
+                exit_code=exit_code,
+                signal=signal,
                 reason=fields.get("Reason"),
             )
         )
     return states
 
 
-class CommandLineBackend(SlurmBackend):
+class CommandLineBackend(JobBackend):
     """Jobs through ``sbatch`` and friends on this host."""
 
     def __init__(self, bin_directory: str | None = None) -> None:
@@ -125,7 +160,7 @@ class CommandLineBackend(SlurmBackend):
         text = (done.stderr or done.stdout).strip().replace("\n", "; ")
         return f"{tool} failed (exit status {done.returncode}): {text or 'no message'}"
 
-    def _unreachable_or(self, tool: str, done: subprocess.CompletedProcess[str]) -> SlurmError:
+    def _unreachable_or(self, tool: str, done: subprocess.CompletedProcess[str]) -> BackendError:
         complaint = self._complaint(tool, done)
         if _UNREACHABLE.search(done.stderr or ""):
             return SlurmUnreachable(complaint)
@@ -147,13 +182,27 @@ class CommandLineBackend(SlurmBackend):
         if len(wanted) == 1:
             done = self._run("scontrol", ["show", "job", "--oneliner", str(wanted[0])])
             if done.returncode != 0 and _INVALID_JOB.search(done.stderr):
-                return {wanted[0]: None}
+                return {wanted[0]: self.completed(wanted).get(wanted[0])}
         else:
             done = self._run("scontrol", ["show", "job", "--oneliner"])
         if done.returncode != 0:
             raise SlurmUnreachable(self._complaint("scontrol", done))
         known = {state.job_id: state for state in parse_show_job(done.stdout)}
+        forgotten = [job_id for job_id in wanted if job_id not in known]
+        if forgotten:
+            known.update(self.completed(forgotten))
         return {job_id: known.get(job_id) for job_id in wanted}
+
+    def completed(self, job_ids: Iterable[int]) -> dict[int, JobState]:
+        """How the jobs ended, as the job completion log (``sacct -c``) has it; those it
+        does not hold (or no log at all) are left out."""
+        wanted = ",".join(str(job_id) for job_id in job_ids)
+        fields = ["-c", "--noheader", "--parsable2", "--format=JobID,State,ExitCode"]
+        try:
+            done = self._run("sacct", [*fields, "-j", wanted])
+        except SlurmError:  # no sacct here, or it hangs: as unknown as before
+            return {}
+        return parse_completions(done.stdout) if done.returncode == 0 else {}
 
     def cancel(self, job_id: int) -> None:
         done = self._run("scancel", [str(job_id)])

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from zocalo.wrapper.slurm.backend import JobRefused, SlurmError, SlurmUnreachable
+from zocalo.wrapper.backends.base import JobRefused
+from zocalo.wrapper.slurm.errors import SlurmError, SlurmUnreachable
 
 #: Seconds one request may take.
 REQUEST_TIMEOUT = 30.0

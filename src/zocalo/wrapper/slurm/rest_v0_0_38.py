@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from zocalo.wrapper.slurm.backend import JobRefused, JobRequest, JobState, SlurmBackend
+from zocalo.wrapper.backends.base import JobBackend, JobRefused, JobRequest, JobState
 from zocalo.wrapper.slurm.rest import (
     RestClient,
     describe_errors,
@@ -67,7 +67,7 @@ def job_state(job: dict[str, Any]) -> JobState:
     )
 
 
-class RestV0038(SlurmBackend):
+class RestV0038(JobBackend):
     """Jobs through slurmrestd's ``openapi/v0.0.38`` plugin."""
 
     version = VERSION

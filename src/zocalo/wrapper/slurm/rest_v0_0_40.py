@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zocalo.wrapper.slurm.backend import JobRequest, JobState
+from zocalo.wrapper.backends.base import JobRequest, JobState
 from zocalo.wrapper.slurm.rest_v0_0_38 import RestV0038
 
 #: The API versions this module speaks.

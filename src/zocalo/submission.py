@@ -18,7 +18,7 @@ import getpass
 import json
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,35 +69,30 @@ class Submission:
         """Publish and wait until the broker has accepted every message."""
         transport.publish(self.outputs).result(timeout)
 
-    def send_for_replies(
-        self,
-        transport: Transport,
-        *,
-        results: int = 1,
-        timeout: float = DEFAULT_WAIT,
-        send_timeout: float = 30.0,
-        owns_transport: bool = False,
-    ) -> Replies:
-        """Send, and return the job's replies as they come (``results`` of them, within
-        ``timeout`` seconds). The reply queue is made and consumed first, so no reply
-        comes before anyone listens; built without ``reply_to``, there is none to wait on.
-        """
-        if self.reply_to is None:
-            raise ValueError("this job names no reply queue: build it with reply_to=")
-        replies = Replies(
-            transport,
-            self.reply_to,
-            expected=results,
-            timeout=timeout,
-            owns_transport=owns_transport,
-        )
-        replies.recipe_id = self.recipe_id
-        try:
-            self.send(transport, send_timeout)
-        except BaseException:
-            replies.close()
-            raise
-        return replies
+
+def start_for_replies(
+    build: Callable[[str], Submission],
+    transport: Transport,
+    *,
+    results: int = 1,
+    timeout: float = DEFAULT_WAIT,
+    send_timeout: float = 30.0,
+    owns_transport: bool = False,
+) -> tuple[Submission, Replies]:
+    """Make the job's reply queue, build the job naming its address (``build(reply_to)``),
+    send it, and return it with its replies as they come (``results`` of them, within
+    ``timeout`` seconds). The queue is made and consumed first, so no reply comes before
+    anyone listens; its address is known only then (ActiveMQ names it).
+    """
+    replies = Replies(transport, expected=results, timeout=timeout, owns_transport=owns_transport)
+    try:
+        submission = build(replies.reply_to)
+        replies.recipe_id = submission.recipe_id
+        submission.send(transport, send_timeout)
+    except BaseException:
+        replies.close()
+        raise
+    return submission, replies
 
 
 def submitter_headers() -> dict[str, str]:
@@ -256,14 +251,15 @@ def submit(
     within ``timeout`` seconds. ``transport`` is a connected :class:`Transport`, or a
     broker URL to open a connection of the job's own (closed when the replies end).
     """
-    reply_to = reply_queue_name()
     custom = recipe if recipe is None or isinstance(recipe, Recipe) else Recipe(recipe)
-    if direct:
-        if custom is None:
-            raise ValueError("direct=True starts the recipe given as recipe=")
-        _, submission = direct_start(custom, parameters or {}, dcid=dcid, reply_to=reply_to)
-    else:
-        submission = processing_request(
+    if direct and custom is None:
+        raise ValueError("direct=True starts the recipe given as recipe=")
+
+    def build(reply_to: str) -> Submission:
+        if direct:
+            assert custom is not None  # checked above
+            return direct_start(custom, parameters or {}, dcid=dcid, reply_to=reply_to)[1]
+        return processing_request(
             recipes,
             parameters,
             custom,
@@ -273,14 +269,16 @@ def submit(
             autoprocscalingid=autoprocscalingid,
             reply_to=reply_to,
         )
+
+    build(reply_queue_name())  # a request that breaks a rule is refused before connecting
     if not isinstance(transport, str):
-        return submission.send_for_replies(transport, results=results, timeout=timeout)
+        return start_for_replies(build, transport, results=results, timeout=timeout)[1]
     connection = create_transport(transport)
     try:
         connection.connect()
     except BaseException:
         connection.close()
         raise
-    return submission.send_for_replies(
-        connection, results=results, timeout=timeout, owns_transport=True
-    )
+    return start_for_replies(
+        build, connection, results=results, timeout=timeout, owns_transport=True
+    )[1]

@@ -10,17 +10,19 @@ import pytest
 
 from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
-from zocalo.submit import (
+from zocalo.submission import (
     DISPATCHER_QUEUE,
     InvalidRequest,
     MissingId,
     MissingRecipe,
+    Submission,
     direct_start,
     processing_request,
     request_parameters,
+    start_for_replies,
     write_drop_file,
 )
-from zocalo.transport import create_transport
+from zocalo.transport.memory import MemoryTransport
 
 RECIPE = Recipe({"1": {"queue": "submit.first"}, "start": [[1, {"dc": "{ispyb_dcid}"}]]})
 
@@ -121,6 +123,23 @@ def test_a_job_whose_caller_waits_names_its_reply_queue_where_the_recipe_finds_i
     assert processing_request(["x"], {}, dcid=5).reply_to is None
 
 
-def test_only_a_job_with_a_reply_queue_can_be_waited_for() -> None:
-    with pytest.raises(ValueError, match="names no reply queue"):
-        processing_request(["x"], {}, dcid=5).send_for_replies(create_transport("memory://"))
+def test_a_waited_for_job_is_built_naming_the_address_its_reply_queue_got() -> None:
+    """The broker may name the queue (ActiveMQ does): the job is built once it has."""
+
+    class Renaming(MemoryTransport):
+        def declare_reply_queue(self, queue: str) -> str:
+            super().declare_reply_queue(queue)
+            return f"{queue}.as-the-broker-names-it"
+
+    built: list[str] = []
+
+    def build(reply_to: str) -> Submission:
+        built.append(reply_to)
+        return processing_request(["x"], {}, dcid=5, reply_to=reply_to)
+
+    with Renaming(f"memory://{uuid.uuid4().hex}") as transport:
+        submission, replies = start_for_replies(build, transport)
+        assert built == [replies.reply_to] == [f"{replies.queue}.as-the-broker-names-it"]
+        sent = json.loads(submission.outputs[0].body)["parameters"]["zocalo_reply_to"]
+        assert sent == replies.reply_to
+        replies.close()

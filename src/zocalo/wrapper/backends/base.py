@@ -1,13 +1,15 @@
-"""What every way of talking to Slurm offers: submit a job, read its state, cancel it.
+"""What every way of running a long job offers: submit a job, read its state, cancel it.
 
-One implementation per REST API version (``rest_v0_0_38``, ``rest_v0_0_40``) and
-one for the command-line tools (``cli``); :func:`zocalo.wrapper.slurm.backend_for`
-picks one from the site configuration's ``slurm`` section. They take and give
-the version-neutral :class:`JobRequest` and :class:`JobState` defined here.
+The implementations: Slurm (:mod:`zocalo.wrapper.slurm`: one module per REST API
+version, and the command-line tools) and this host (:mod:`.local`, for sites and
+demos without a cluster); :func:`zocalo.services.cluster_backend.backend_for_site` picks one
+from the site configuration. They take and give the neutral :class:`JobRequest`
+and :class:`JobState` defined here, in Slurm's terms (states, exit codes), which
+the local backend speaks too.
 
-Errors say what the caller should do: :class:`SlurmUnreachable` (try again
-later: nothing was decided) or :class:`JobRefused` (Slurm said no: trying again
-will not help).
+Errors say what the caller should do: :class:`BackendUnreachable` (try again
+later: nothing was decided) or :class:`JobRefused` (the backend said no: trying
+again will not help).
 """
 
 from __future__ import annotations
@@ -36,16 +38,16 @@ ENDED = frozenset(
 )
 
 
-class SlurmError(ZocaloError):
-    """Talking to Slurm failed."""
+class BackendError(ZocaloError):
+    """Running a job through a backend failed."""
 
 
-class SlurmUnreachable(SlurmError):
-    """Slurm did not answer (down, restarting, network): nothing was done; try later."""
+class BackendUnreachable(BackendError):
+    """The backend did not answer (down, restarting, network): nothing was done; try later."""
 
 
-class JobRefused(SlurmError):
-    """Slurm refused the request (bad partition, too many resources...): do not retry."""
+class JobRefused(BackendError):
+    """The backend refused the request (bad partition, too many resources...): do not retry."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class JobState:
-    """What Slurm says of a job: its state (``RUNNING``, ``COMPLETED``...), exit code, why."""
+    """What the backend says of a job: its state (``RUNNING``, ``COMPLETED``...), exit code, why."""
 
     job_id: int
     state: str
@@ -103,11 +105,13 @@ class JobState:
         return ", ".join(parts)
 
 
-class SlurmBackend(ABC):
-    """Submits, watches and cancels jobs on one Slurm cluster."""
+class JobBackend(ABC):
+    """Submits, watches and cancels jobs (on one Slurm cluster, or this host)."""
 
     #: How the backend names itself in log lines (``REST v0.0.38``, ``sbatch``).
     name: str = ""
+    #: What its jobs are called in what the recipe is told (``Slurm job 12``).
+    kind: str = "Slurm"
 
     @abstractmethod
     def submit(self, request: JobRequest) -> int:
@@ -115,7 +119,7 @@ class SlurmBackend(ABC):
 
     @abstractmethod
     def states(self, job_ids: Iterable[int]) -> dict[int, JobState | None]:
-        """The state of each job; None for a job Slurm does not know (any more)."""
+        """The state of each job; None for a job the backend does not know (any more)."""
 
     def state(self, job_id: int) -> JobState | None:
         return self.states([job_id])[job_id]
@@ -126,4 +130,4 @@ class SlurmBackend(ABC):
 
     @abstractmethod
     def find(self, comment: str) -> int | None:
-        """The job whose comment is ``comment``, if Slurm still knows one."""
+        """The job whose comment is ``comment``, if the backend still knows one."""

@@ -1,0 +1,134 @@
+"""The runner of one local job: ``python -m zocalo.wrapper.backends.local_job FOLDER``.
+
+Started by :class:`~zocalo.wrapper.backends.local.LocalBackend` in a session of
+its own, it runs the folder's script in a process group of the script's own,
+with the job's directory, environment and output files; stops that group at
+the time limit (TIMEOUT) or on SIGTERM (a cancellation: CANCELLED), SIGKILL
+after :data:`KILL_GRACE` seconds; and writes how the job ended to ``end.json``,
+which is what every later look at the job reads. Few imports: it starts fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from zocalo.wrapper.backends.local import (
+    CANCEL_FILE,
+    END_FILE,
+    JOB_FILE,
+    RUNNER_FILE,
+    SCRIPT_FILE,
+    process_start,
+    read_json,
+    write_atomically,
+)
+
+#: Seconds between SIGTERM and SIGKILL of a script that must stop.
+KILL_GRACE = 5.0
+
+
+class _Stop:
+    """Why the script must stop (SIGTERM heard, time limit), and since when."""
+
+    def __init__(self) -> None:
+        self.state: str | None = None
+        self.since = 0.0
+
+    def request(self, state: str) -> None:
+        if self.state is None:
+            self.state, self.since = state, time.monotonic()
+
+
+def _open_output(path: str) -> Any:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return open(target, "wb")
+
+
+def run(folder: Path) -> dict[str, Any]:
+    """Run the job in ``folder`` to its end; how it ended (also written to ``end.json``)."""
+    job = read_json(folder / JOB_FILE)
+    if job is None:
+        raise SystemExit(f"{folder}: no {JOB_FILE}")
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.request("CANCELLED"))
+    me = {"pid": os.getpid(), "start": process_start(os.getpid())}
+    write_atomically(folder / RUNNER_FILE, me)
+    if (folder / CANCEL_FILE).exists():
+        return _end(folder, {"state": "CANCELLED", "reason": "cancelled before it started"})
+    try:
+        stdout = _open_output(job["standard_output"])
+        stderr = (
+            stdout
+            if job["standard_error"] == job["standard_output"]
+            else _open_output(job["standard_error"])
+        )
+        with stdout, stderr:
+            script = subprocess.Popen(
+                [str(folder / SCRIPT_FILE)],
+                cwd=job["working_directory"],
+                env=job["environment"],
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                process_group=0,  # its own group: stopped as a whole
+            )
+    except OSError as error:
+        return _end(folder, {"state": "FAILED", "exit_code": 127, "reason": str(error)})
+    write_atomically(folder / RUNNER_FILE, {**me, "script_pid": script.pid})
+    limit = job.get("time_limit")
+    deadline = time.monotonic() + limit * 60 if isinstance(limit, int | float) else None
+    signalled: set[int] = set()
+    while True:
+        try:
+            script.wait(0.2)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if deadline is not None and time.monotonic() > deadline:
+            stop.request("TIMEOUT")
+        if stop.state is not None:
+            late = time.monotonic() - stop.since > KILL_GRACE
+            signum = signal.SIGKILL if late else signal.SIGTERM
+            if signum not in signalled:
+                signalled.add(signum)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(script.pid, signum)
+    code = script.returncode
+    with contextlib.suppress(ProcessLookupError):  # what it left behind
+        os.killpg(script.pid, signal.SIGKILL)
+    end: dict[str, Any] = {"exit_code": code if code >= 0 else 0}
+    if code < 0:
+        end["signal"] = -code
+    if stop.state is not None:
+        end.update(state=stop.state, reason=stop.state.lower())
+    elif code == 0:
+        end["state"] = "COMPLETED"
+    else:
+        end.update(state="FAILED", reason="NonZeroExitCode" if code > 0 else "signal")
+    return _end(folder, end)
+
+
+def _end(folder: Path, end: dict[str, Any]) -> dict[str, Any]:
+    end["ended_at"] = time.time()
+    write_atomically(folder / END_FILE, end)
+    return end
+
+
+def main(arguments: list[str]) -> int:
+    if len(arguments) != 1:
+        print("usage: python -m zocalo.wrapper.backends.local_job FOLDER", file=sys.stderr)
+        return 2
+    run(Path(arguments[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
