@@ -303,6 +303,8 @@ class Consumers:
                     and consumer.link is link
                     and not self.flavour.unsubscribe_returns
                 ):
+                    # Under the lock: written before the UNSUBSCRIBE that settled() may
+                    # send once it finds the consumer idle (after it, RabbitMQ refuses it).
                     self._give_back(unwanted, link)
                 return  # not handed out: returned to its queue when it is unsubscribed
             ackable = not consumer.subscription.broadcast
