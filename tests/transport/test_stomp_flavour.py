@@ -67,6 +67,10 @@ def test_on_rabbitmqs_stomp_plugin_the_transport_claims_what_it_can_honour(
         assert {Capability.DEAD_LETTER, Capability.DELIVERY_COUNT} <= transport.capabilities
         with pytest.raises(UnsupportedFeature, match="delay"):
             transport.send("flavour.q", b"x", delay=1.0)
+        with pytest.raises(UnsupportedFeature, match="browse"):  # it would consume
+            transport.browsed_queue_stats()  # type: ignore[attr-defined]
+        with pytest.raises(UnsupportedFeature, match="reply queues"):
+            transport.declare_reply_queue("zocalo.reply.flavour")
 
 
 @pytest.mark.stomp
