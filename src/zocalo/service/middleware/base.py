@@ -12,8 +12,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from zocalo.recipe.step import RecipeStep
     from zocalo.service.base import HandlerSpec, Service
+    from zocalo.service.kept import Kept
     from zocalo.service.runner_settings import RunnerSettings, RunnerStats
     from zocalo.transport.base import Delivery, Outgoing, Transport
 
@@ -24,7 +27,12 @@ DEAD_LETTERED = "dead_lettered"
 FAILED = "failed"
 #: Settled before its handler ran: acked and dropped (its recipe was cancelled).
 CANCELLED = "cancelled"
-OUTCOMES = (HANDLED, RETRIED, DEAD_LETTERED, FAILED, CANCELLED)
+#: Kept by its handler and returned to its queue unhandled (the service stopped).
+RETURNED = "returned"
+OUTCOMES = (HANDLED, RETRIED, DEAD_LETTERED, FAILED, CANCELLED, RETURNED)
+#: Not an end: its handler kept it, to settle later (see :mod:`zocalo.service.kept`).
+#: A ``before_handler`` hook that keeps a message returns this.
+KEPT = "kept"
 
 #: Failed attempts so far, in a message the retries middleware re-published.
 ATTEMPT_HEADER = "zocalo-attempt"
@@ -75,6 +83,18 @@ class Runner(Protocol):
     def give_back(self, delivery: Delivery, reason: str) -> None:
         """Return ``delivery`` to its queue now (a failure to do so is logged)."""
 
+    def keep(self) -> Kept:
+        """Keep the message in hand, to settle later with the ``*_kept`` methods."""
+
+    def settle_kept(self, kept: Iterable[Kept]) -> None:
+        """Publish the outputs of ``kept`` and ack them all, in one publish."""
+
+    def fail_kept(self, kept: Iterable[Kept], error: Exception) -> None:
+        """Each of ``kept`` fails with ``error``, as if its handler had raised it."""
+
+    def give_back_kept(self, kept: Iterable[Kept], reason: str) -> None:
+        """Return each of ``kept`` to its queue now, unhandled."""
+
     def request_stop(self) -> None:
         """Finish the message in hand and stop (thread safe)."""
 
@@ -97,7 +117,8 @@ class Middleware:
         for every valid message, after the ``before_message`` hooks: a hook may
         settle it instead of its handler (e.g. ack and drop it) and return the
         outcome; the handler then does not run and the rest are skipped. ``None``
-        passes it on, in list order, to the handler at last.
+        passes it on, in list order, to the handler at last. A hook that keeps it
+        (``runner.keep()``) returns :data:`KEPT`.
     ``on_failure(runner, message, error) -> outcome | None``
         the handler raised ``error``, or the message is invalid (``error`` is
         the :class:`~zocalo.errors.InvalidMessage`). Hooks are asked in list
@@ -105,11 +126,16 @@ class Middleware:
         it) returns the outcome and the rest are skipped; ``None`` passes it on.
         Settled by no hook, the message is rejected (nacked without requeue:
         the transport dead-letters it; a broadcast is dropped), with a log line.
+    ``on_kept(runner, message)``
+        its handler kept it (see :mod:`zocalo.service.kept`): the runner lets
+        go of it unsettled; it is still in flight, and ``after_message`` comes
+        once it is settled, later (perhaps on the idle timer's thread).
     ``after_message(runner, message, outcome, seconds)``
         for every message whose ``before_message`` hooks ran, once it is
         settled (its outputs and ack handed to the transport, not necessarily
         confirmed yet); ``outcome`` is one of :data:`OUTCOMES`, ``seconds`` the
-        time since the runner took it in hand.
+        time since the runner took it in hand. A kept message settled while
+        another is in hand (a batch filled by the newest) gets it then.
     ``on_stop(runner)``
         once, after the last message and its confirms, before the transport
         closes.
@@ -117,9 +143,9 @@ class Middleware:
     ``after_message`` and ``on_stop`` hooks run in the reverse order of the
     list, so that the first middleware wraps all the others (as nested ``with``
     blocks would). Hooks of one runner are called one at a time, on whichever
-    thread handles messages; a hook that raises stops the service with its
-    error, as a bug in the runner would, so a hook that can fail for reasons
-    of its own (a database) catches them.
+    thread handles messages (or flushes kept ones, under the same lock); a hook
+    that raises stops the service with its error, as a bug in the runner would,
+    so a hook that can fail for reasons of its own (a database) catches them.
     """
 
     def on_start(self, runner: Runner) -> None:
@@ -136,6 +162,9 @@ class Middleware:
     def on_failure(self, runner: Runner, message: InHand, error: Exception) -> str | None:
         """Settle a failed or invalid message and return the outcome, or return None."""
         return None
+
+    def on_kept(self, runner: Runner, message: InHand) -> None:
+        """Called when a handler kept its message: settled later, then ``after_message``."""
 
     def after_message(self, runner: Runner, message: InHand, outcome: str, seconds: float) -> None:
         """Called for every message once it is settled."""

@@ -1,0 +1,120 @@
+"""Kept messages: a handler keeps its message and settles it later, with others (batching).
+
+A handler that acts on messages together (JSONLines writes a batch of lines
+in one write) calls :meth:`Service.keep <zocalo.service.Service.keep>`: when
+it returns, the runner neither acks nor fails that message. The service
+settles it later, alone or in a group, through the runner (the one home of
+every settlement):
+
+- ``settle_kept``: the group's outputs published and all of them acked, in
+  one atomic publish (as one message's outputs and ack are);
+- ``fail_kept``: each goes through the failure path as if its handler had
+  raised the error (retried later with the reason, dead-lettered after its
+  last attempt), with one log line for the group;
+- ``give_back_kept``: each returned to its queue now, unhandled.
+
+Until then a kept message stays unacknowledged, so it counts against its
+subscription's prefetch: a service that waits for ``n`` messages needs
+``prefetch >= n``. The runner calls :meth:`Service.flush
+<zocalo.service.Service.flush>` once ``flush_idle`` seconds pass without a new
+message while any are kept (from :class:`IdleTimer`'s thread, holding the
+lock that every message is handled under, so it never runs beside a
+handler), and once more at stop; whatever is still kept after that returns
+to its queue. Nothing kept is ever acked unsettled or lost: a crash leaves
+it unacknowledged, and the broker delivers it again.
+
+The hooks see a kept message as still in flight: ``on_kept`` when its
+handler returns, ``after_message`` once it is settled (with the seconds since
+the runner took it in hand).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zocalo.recipe.step import RecipeStep
+    from zocalo.service.middleware.base import InHand
+
+
+class Kept:
+    """A message its handler kept: settle it with the runner's ``*_kept`` methods.
+
+    Settling it again does nothing (the first settlement stands).
+    """
+
+    __slots__ = ("in_process", "message", "outcome", "settled")
+
+    def __init__(self, message: InHand) -> None:
+        self.message = message
+        #: True until the runner's processing of it returns (its handler is running).
+        self.in_process = True
+        self.settled = False
+        #: How it was settled while still in process (for ``after_message`` then).
+        self.outcome: str | None = None
+
+    @property
+    def step(self) -> RecipeStep:
+        """The step its handler was given: its outputs go out when it is settled."""
+        step = self.message.step
+        assert step is not None, "only a decoded message can be kept"
+        return step
+
+    def describe(self) -> str:
+        return self.message.delivery.describe()
+
+
+class IdleTimer:
+    """Calls ``action`` on a thread of its own once ``arm``'s seconds pass without
+    another ``arm``; ``disarm`` cancels it. The thread starts on the first ``arm``."""
+
+    def __init__(self, action: Callable[[], None], name: str) -> None:
+        self._action = action
+        self._name = name
+        self._condition = threading.Condition()
+        self._due: float | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> None:
+        with self._condition:
+            if self._closed:
+                return
+            self._due = time.monotonic() + seconds
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._condition.notify()
+
+    def disarm(self) -> None:
+        with self._condition:
+            self._due = None
+
+    def close(self) -> None:
+        """Stop the thread (waiting for an action under way); later ``arm`` calls do nothing."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        with self._condition:
+            while not self._closed:
+                if self._due is None:
+                    self._condition.wait()
+                    continue
+                remaining = self._due - time.monotonic()
+                if remaining > 0:
+                    self._condition.wait(remaining)
+                    continue
+                self._due = None
+                self._condition.release()
+                try:
+                    self._action()
+                finally:
+                    self._condition.acquire()
