@@ -330,7 +330,8 @@ class ServiceRunner:
         try:
             message.spec.function(step, payload)
         except InvalidMessage as error:
-            self._not_kept()
+            if self._settled_already(message, error):
+                return HANDLED  # (its real outcome: see _let_go)
             # The handler says the input itself is unusable: one line, no retries.
             self.stats.add("failed")
             log.error(
@@ -341,7 +342,8 @@ class ServiceRunner:
             )
             return self._failed(message, error)
         except Exception as error:
-            self._not_kept()
+            if self._settled_already(message, error):
+                return HANDLED
             self.stats.add("failed")
             log.error(
                 "handler %s raised on %s (attempt %d of %d)",
@@ -496,11 +498,19 @@ class ServiceRunner:
         for hook in self._after_message:
             hook(self, kept.message, outcome, seconds)
 
-    def _not_kept(self) -> None:
-        """Its handler raised after keeping the message: it fails now, it is not kept."""
-        kept, self._keeping = self._keeping, None
-        if kept is not None:
-            self._unsettled([kept])
+    def _settled_already(self, message: InHand, error: Exception) -> bool:
+        """True when the handler raised ``error`` after settling its own kept message
+        (with the group it filled): that settlement stands, and the error is logged."""
+        kept = self._keeping
+        if kept is None or not kept.settled:
+            return False  # it fails as any other (a kept one is let go: see _let_go)
+        log.error(
+            "handler %s raised on %s after settling it",
+            message.spec.function.__qualname__,
+            message.delivery.describe(),
+            exc_info=error,
+        )
+        return True
 
     def _let_go(self, outcome: str) -> str:
         """The processing of the message in hand ends with ``outcome``: how it really
@@ -511,7 +521,7 @@ class ServiceRunner:
         kept.in_process = False
         if kept.outcome is not None:
             return kept.outcome
-        if outcome != KEPT:  # something escaped after keeping: it returns on close
+        if outcome != KEPT:  # its handler raised after keeping it: it failed, it is not kept
             self._unsettled([kept])
         return outcome
 
