@@ -24,8 +24,7 @@ from zocalo.errors import ZocaloError
 
 if TYPE_CHECKING:
     from zocalo.config import SiteConfiguration
-    from zocalo.service.kept import Kept
-    from zocalo.service.middleware.base import Runner
+    from zocalo.service.kept import Kept, Settler
 
 HandlerFunction = Callable[..., Any]
 
@@ -113,7 +112,7 @@ class Service:
     #: service keeps messages (python-zocalo's ``_register_idle``).
     flush_idle: ClassVar[float] = 1.0
     #: The runner running this service (set by it): what ``keep`` and the rest use.
-    _runner: Runner | None = None
+    _runner: Settler | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -179,7 +178,7 @@ class Service:
         seconds after the last message while some are kept, and once at stop (whatever
         is kept after that returns to its queue); never beside a handler."""
 
-    def _settler(self) -> Runner:
+    def _settler(self) -> Settler:
         if self._runner is None:
             raise ZocaloError(f"service {self.name} keeps messages only under a runner")
         return self._runner

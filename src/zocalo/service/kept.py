@@ -32,39 +32,51 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from zocalo.recipe.step import RecipeStep
-    from zocalo.service.middleware.base import InHand
+    from zocalo.transport.base import Delivery
 
 
 class Kept:
-    """A message its handler kept: settle it with the runner's ``*_kept`` methods.
+    """A message its handler kept: settle it with the ``*_kept`` methods of :class:`Settler`.
 
     Settling it again does nothing (the first settlement stands).
     """
 
-    __slots__ = ("in_process", "message", "outcome", "settled")
+    __slots__ = ("delivery", "in_process", "outcome", "settled", "step")
 
-    def __init__(self, message: InHand) -> None:
-        self.message = message
+    def __init__(self, delivery: Delivery, step: RecipeStep) -> None:
+        self.delivery = delivery
+        #: The step its handler was given: its outputs go out when it is settled.
+        self.step = step
         #: True until the runner's processing of it returns (its handler is running).
         self.in_process = True
         self.settled = False
         #: How it was settled while still in process (for ``after_message`` then).
         self.outcome: str | None = None
 
-    @property
-    def step(self) -> RecipeStep:
-        """The step its handler was given: its outputs go out when it is settled."""
-        step = self.message.step
-        assert step is not None, "only a decoded message can be kept"
-        return step
-
     def describe(self) -> str:
-        return self.message.delivery.describe()
+        return self.delivery.describe()
+
+
+class Settler(Protocol):
+    """What keeps and settles messages: the runner (a service reaches it through its
+    own methods of the same names)."""
+
+    def keep(self) -> Kept:
+        """Keep the message in hand, to settle later with the ``*_kept`` methods."""
+
+    def settle_kept(self, kept: Iterable[Kept]) -> None:
+        """Publish the outputs of ``kept`` and ack them all, in one publish."""
+
+    def fail_kept(self, kept: Iterable[Kept], error: Exception) -> None:
+        """Each of ``kept`` fails with ``error``, as if its handler had raised it."""
+
+    def give_back_kept(self, kept: Iterable[Kept], reason: str) -> None:
+        """Return each of ``kept`` to its queue now, unhandled."""
 
 
 class IdleTimer:

@@ -93,7 +93,7 @@ class ServiceRunner:
         #: flushed: the hooks and the service's code run one at a time.
         self._in_hand = threading.Lock()
         #: Messages kept by their handlers, unsettled, oldest first (see zocalo.service.kept).
-        self._kept: dict[Kept, None] = {}
+        self._kept: dict[Kept, InHand] = {}
         #: The message in hand's, once its handler kept it.
         self._keeping: Kept | None = None
         self._idle = IdleTimer(self._flush_when_idle, name="runner-idle")
@@ -429,8 +429,8 @@ class ServiceRunner:
         if message is None or message.step is None:
             raise ZocaloError("only the handler of a decoded message can keep it")
         if self._keeping is None:
-            self._keeping = Kept(message)
-            self._kept[self._keeping] = None
+            self._keeping = Kept(message.delivery, message.step)
+            self._kept[self._keeping] = message
         return self._keeping
 
     def settle_kept(self, kept: Iterable[Kept]) -> None:
@@ -439,15 +439,15 @@ class ServiceRunner:
         group = self._unsettled(kept)
         if not group:
             return
-        steps = [each.step for each in group]
+        steps = [each.step for each, _ in group]
         unrouted = sum(len(step.unrouted) for step in steps)
         if unrouted:
             self.stats.add("unrouted", unrouted)
         self.stats.add("handled", len(group))
         outputs = [output for step in steps for output in step.outputs]
-        self._settlement.settle([each.message.delivery for each in group], outputs)
-        for each in group:
-            self._finished(each, HANDLED)
+        self._settlement.settle([each.delivery for each, _ in group], outputs)
+        for each, message in group:
+            self._finished(each, message, HANDLED)
 
     def fail_kept(self, kept: Iterable[Kept], error: Exception) -> None:
         """Each message in ``kept`` fails with ``error`` as if its handler had raised it
@@ -457,46 +457,48 @@ class ServiceRunner:
         if not group:
             return
         self.stats.add("failed", len(group))
+        first, message = group[0]
         log.error(
             "%d messages kept by %s failed (the first: %s): %s: %s",
             len(group),
-            group[0].message.spec.function.__qualname__,
-            group[0].describe(),
+            message.spec.function.__qualname__,
+            first.describe(),
             type(error).__name__,
             error,
         )
-        for each in group:
-            self._finished(each, self._failed(each.message, error))
+        for each, message in group:
+            self._finished(each, message, self._failed(message, error))
 
     def give_back_kept(self, kept: Iterable[Kept], reason: str) -> None:
         """Return every message in ``kept`` to its queue now, unhandled (``reason`` goes
         to the transport); the hooks see them end as :data:`RETURNED`."""
-        for each in self._unsettled(kept):
-            if each.message.delivery.ackable:
-                self.give_back(each.message.delivery, reason)
-            self._finished(each, RETURNED)
+        for each, message in self._unsettled(kept):
+            if each.delivery.ackable:
+                self.give_back(each.delivery, reason)
+            self._finished(each, message, RETURNED)
 
-    def _unsettled(self, kept: Iterable[Kept]) -> list[Kept]:
-        """Those of ``kept`` not settled before, now marked settled and no longer kept."""
+    def _unsettled(self, kept: Iterable[Kept]) -> list[tuple[Kept, InHand]]:
+        """Those of ``kept`` not settled before (with their messages), now marked settled
+        and no longer kept."""
         group = []
         for each in kept:
-            if not each.settled:
+            message = self._kept.pop(each, None)
+            if message is not None and not each.settled:
                 each.settled = True
-                self._kept.pop(each, None)
-                group.append(each)
+                group.append((each, message))
         if not self._kept:
             self._idle.disarm()
         return group
 
-    def _finished(self, kept: Kept, outcome: str) -> None:
+    def _finished(self, kept: Kept, message: InHand, outcome: str) -> None:
         """Tell the hooks how a kept message ended: now, or (settled from its own
         handler, e.g. the message that filled a batch) when its processing ends."""
         if kept.in_process:
             kept.outcome = outcome
             return
-        seconds = time.monotonic() - kept.message.since
+        seconds = time.monotonic() - message.since
         for hook in self._after_message:
-            hook(self, kept.message, outcome, seconds)
+            hook(self, message, outcome, seconds)
 
     def _settled_already(self, message: InHand, error: Exception) -> bool:
         """True when the handler raised ``error`` after settling its own kept message

@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:
-    from collections.abc import Iterable
+from zocalo.service.kept import Settler
 
+if TYPE_CHECKING:
     from zocalo.recipe.step import RecipeStep
     from zocalo.service.base import HandlerSpec, Service
-    from zocalo.service.kept import Kept
     from zocalo.service.runner_settings import RunnerSettings, RunnerStats
     from zocalo.transport.base import Delivery, Outgoing, Transport
 
@@ -68,8 +67,9 @@ class InHand:
         return str(error) if self.step is None else f"{type(error).__name__}: {error}"
 
 
-class Runner(Protocol):
-    """What a hook may use of the runner (``ServiceRunner`` is one)."""
+class Runner(Settler, Protocol):
+    """What a hook may use of the runner (``ServiceRunner`` is one): also keeping
+    messages and settling them later (see :mod:`zocalo.service.kept`)."""
 
     service: Service
     transport: Transport
@@ -82,18 +82,6 @@ class Runner(Protocol):
 
     def give_back(self, delivery: Delivery, reason: str) -> None:
         """Return ``delivery`` to its queue now (a failure to do so is logged)."""
-
-    def keep(self) -> Kept:
-        """Keep the message in hand, to settle later with the ``*_kept`` methods."""
-
-    def settle_kept(self, kept: Iterable[Kept]) -> None:
-        """Publish the outputs of ``kept`` and ack them all, in one publish."""
-
-    def fail_kept(self, kept: Iterable[Kept], error: Exception) -> None:
-        """Each of ``kept`` fails with ``error``, as if its handler had raised it."""
-
-    def give_back_kept(self, kept: Iterable[Kept], reason: str) -> None:
-        """Return each of ``kept`` to its queue now, unhandled."""
 
     def request_stop(self) -> None:
         """Finish the message in hand and stop (thread safe)."""
