@@ -40,7 +40,7 @@ def queues(client: Transport) -> tuple[str, str]:
 
 
 class Gatherer(Service):
-    """Keeps every message; ``flush`` settles what it keeps in one group (or fails it,
+    """Keeps every message; ``flush_kept`` settles what it keeps in one group (or fails it,
     or keeps it: ``mode``), after sending one output per message."""
 
     flush_idle = 0.2
@@ -55,15 +55,15 @@ class Gatherer(Service):
 
     def gather(self, step: RecipeStep, payload: Any) -> None:
         step.send_to("result", payload)
-        self.kept.append(self.keep())
+        self.kept.append(self.keep_message())
         if payload == "raise":
             raise RuntimeError("after keeping")
         if len(self.kept) >= self.size:
-            self.flush()
+            self.flush_kept()
             if payload == "raise after settling":
                 raise RuntimeError("after settling")
 
-    def flush(self) -> None:
+    def flush_kept(self) -> None:
         if self.mode == "hold":
             return
         group, self.kept = self.kept, []
@@ -191,7 +191,7 @@ def test_what_is_still_kept_at_stop_returns_to_its_queue(
 def test_keep_is_for_a_handler(queues, start_service):
     service = Gatherer(queues[0], size=1)
     with pytest.raises(ZocaloError, match="keeps messages only under a runner"):
-        service.keep()
+        service.keep_message()
     start_service(service)
     with pytest.raises(ZocaloError, match="only the handler"):
-        service.keep()
+        service.keep_message()

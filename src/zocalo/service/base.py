@@ -9,7 +9,7 @@ A service is a class with plain synchronous handler methods::
 
 The runner (``zocalo.service.runner``) owns decoding, acks, retries and the
 dead-letter queue; a handler owns only its science. A handler that works in
-batches keeps its messages (:meth:`Service.keep`) and settles them together
+batches keeps its messages (:meth:`Service.keep_message`) and settles them together
 later (see :mod:`zocalo.service.kept`).
 """
 
@@ -108,7 +108,7 @@ class Service:
 
     #: Human-readable name; defaults to the class name.
     name: ClassVar[str] = ""
-    #: Seconds without a new message after which :meth:`flush` is called, while the
+    #: Seconds without a new message after which :meth:`flush_kept` is called, while the
     #: service keeps messages (python-zocalo's ``_register_idle``).
     flush_idle: ClassVar[float] = 1.0
     #: The runner running this service (set by it): what ``keep`` and the rest use.
@@ -153,11 +153,11 @@ class Service:
         """Called once after the last message, before the transport closes."""
 
     # -- kept messages (see zocalo.service.kept) -----------------------------
-    def keep(self) -> Kept:
+    def keep_message(self) -> Kept:
         """From a handler: keep its message, unsettled when the handler returns, to settle
         later with :meth:`settle_kept`, :meth:`fail_kept` or :meth:`give_back_kept`. It
         stays unacknowledged meanwhile, counting against the handler's ``prefetch``."""
-        return self._settler().keep()
+        return self._settler().keep_message()
 
     def settle_kept(self, kept: Iterable[Kept]) -> None:
         """Publish the outputs of ``kept`` (what their handlers sent) and ack them all,
@@ -173,7 +173,7 @@ class Service:
         """Return each of ``kept`` to its queue now, unhandled."""
         self._settler().give_back_kept(kept, reason)
 
-    def flush(self) -> None:
+    def flush_kept(self) -> None:
         """Settle (or fail) what this service keeps. The runner calls it ``flush_idle``
         seconds after the last message while some are kept, and once at stop (whatever
         is kept after that returns to its queue); never beside a handler."""

@@ -1,7 +1,7 @@
 """Kept messages: a handler keeps its message and settles it later, with others (batching).
 
 A handler that acts on messages together (JSONLines writes a batch of lines
-in one write) calls :meth:`Service.keep <zocalo.service.Service.keep>`: when
+in one write) calls :meth:`Service.keep_message <zocalo.service.Service.keep_message>`: when
 it returns, the runner neither acks nor fails that message. The service
 settles it later, alone or in a group, through the runner (the one home of
 every settlement):
@@ -15,8 +15,8 @@ every settlement):
 
 Until then a kept message stays unacknowledged, so it counts against its
 subscription's prefetch: a service that waits for ``n`` messages needs
-``prefetch >= n``. The runner calls :meth:`Service.flush
-<zocalo.service.Service.flush>` once ``flush_idle`` seconds pass without a new
+``prefetch >= n``. The runner calls :meth:`Service.flush_kept
+<zocalo.service.Service.flush_kept>` once ``flush_idle`` seconds pass without a new
 message while any are kept (from :class:`IdleTimer`'s thread, holding the
 lock that every message is handled under, so it never runs beside a
 handler), and once more at stop; whatever is still kept after that returns
@@ -66,7 +66,7 @@ class Settler(Protocol):
     """What keeps and settles messages: the runner (a service reaches it through its
     own methods of the same names)."""
 
-    def keep(self) -> Kept:
+    def keep_message(self) -> Kept:
         """Keep the message in hand, to settle later with the ``*_kept`` methods."""
 
     def settle_kept(self, kept: Iterable[Kept]) -> None:

@@ -421,7 +421,7 @@ class ServiceRunner:
         self._settlement.give_back(delivery, reason)
 
     # -- kept messages (see zocalo.service.kept) -----------------------------
-    def keep(self) -> Kept:
+    def keep_message(self) -> Kept:
         """Keep the message in hand (from its handler, or a ``before_handler`` hook that
         then returns :data:`KEPT`): it is not settled when its handler returns, but
         later, by :meth:`settle_kept`, :meth:`fail_kept` or :meth:`give_back_kept`."""
@@ -534,7 +534,7 @@ class ServiceRunner:
             if self._halting or not self._kept:
                 return
             try:
-                self.service.flush()
+                self.service.flush_kept()
             except BaseException as error:
                 self._escape(error)
                 return
@@ -547,7 +547,7 @@ class ServiceRunner:
         if not self._kept:
             return
         try:
-            self.service.flush()
+            self.service.flush_kept()
         except Exception as error:
             log.error(
                 "service %s could not flush what it keeps at stop (%s: %s)",

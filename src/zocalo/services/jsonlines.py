@@ -127,12 +127,13 @@ class JSONLines(Service):
         line = json.dumps(
             selected(payload, _key_list(parameters, "include"), _key_list(parameters, "exclude"))
         )
-        self._batches.setdefault(Path(filename), []).append(((line + "\n").encode(), self.keep()))
+        kept = self.keep_message()
+        self._batches.setdefault(Path(filename), []).append(((line + "\n").encode(), kept))
         self._waiting += 1
         if self._waiting >= BATCH:
-            self.flush()
+            self.flush_kept()
 
-    def flush(self) -> None:
+    def flush_kept(self) -> None:
         """Write each file's lines in one write, then settle its messages together."""
         batches, self._batches, self._waiting = self._batches, {}, 0
         for path, batch in batches.items():

@@ -106,7 +106,7 @@ class Middleware:
         settle it instead of its handler (e.g. ack and drop it) and return the
         outcome; the handler then does not run and the rest are skipped. ``None``
         passes it on, in list order, to the handler at last. A hook that keeps it
-        (``runner.keep()``) returns :data:`KEPT`.
+        (``runner.keep_message()``) returns :data:`KEPT`.
     ``on_failure(runner, message, error) -> outcome | None``
         the handler raised ``error``, or the message is invalid (``error`` is
         the :class:`~zocalo.errors.InvalidMessage`). Hooks are asked in list
