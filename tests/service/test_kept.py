@@ -21,6 +21,7 @@ from zocalo.recipe.wire import encode
 from zocalo.service import RunnerSettings, Service, ServiceRunner
 from zocalo.service.kept import Kept
 from zocalo.service.middleware import HANDLED, RETRIED, RETURNED, InHand, Middleware, Runner
+from zocalo.service.middleware.time_limit import TimeLimit
 from zocalo.transport import Transport, create_transport
 
 
@@ -45,13 +46,15 @@ class Gatherer(Service):
 
     flush_idle = 0.2
 
-    def __init__(self, queue: str, size: int, mode: str = "settle") -> None:
+    def __init__(
+        self, queue: str, size: int, mode: str = "settle", time_limit: float | None = None
+    ) -> None:
         super().__init__()
         self.size = size
         self.mode = mode
         self.kept: list[Kept] = []
         self.groups: list[int] = []
-        self.add_handler(queue, self.gather, prefetch=size)
+        self.add_handler(queue, self.gather, prefetch=size, time_limit=time_limit)
 
     def gather(self, step: RecipeStep, payload: Any) -> None:
         step.send_to("result", payload)
@@ -195,3 +198,19 @@ def test_keep_is_for_a_handler(queues, start_service):
     start_service(service)
     with pytest.raises(ZocaloError, match="only the handler"):
         service.keep_message()
+
+
+def test_a_time_limit_ends_when_the_handler_keeps_its_message(
+    client, queues, start_service, wait_until
+):
+    """The supervisor hears ``done`` as each handler returns, kept or not; a group settled
+    later (the third message fills it) says nothing more, so the limited message in hand
+    is not reported done early, and kept ones never outlive their limit."""
+    work, out = queues
+    reports: list[str] = []
+    hooks = Outcomes()
+    time_limit = TimeLimit(lambda event, **details: reports.append(event))
+    start_service(Gatherer(work, size=3, time_limit=60), middleware=[time_limit, hooks])
+    send(client, work, out, [1, 2, 3])
+    wait_until(lambda: len(hooks.ended) == 3, "the group settled")
+    assert reports == ["in_hand", "done"] * 3
