@@ -10,17 +10,20 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from zocalo.errors import ZocaloError
+from zocalo.logs import recipe_id_var
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import encode
 from zocalo.service import RunnerSettings, Service, ServiceRunner
 from zocalo.service.kept import Kept
 from zocalo.service.middleware import HANDLED, RETRIED, RETURNED, InHand, Middleware, Runner
+from zocalo.service.middleware.log_context import LogContext
 from zocalo.service.middleware.time_limit import TimeLimit
 from zocalo.transport import Transport, create_transport
 
@@ -214,3 +217,26 @@ def test_a_time_limit_ends_when_the_handler_keeps_its_message(
     send(client, work, out, [1, 2, 3])
     wait_until(lambda: len(hooks.ended) == 3, "the group settled")
     assert reports == ["in_hand", "done"] * 3
+
+
+def test_the_log_context_leaves_with_the_handler_of_a_kept_message() -> None:
+    """Kept, a message's recipe ID leaves the log context when its handler returns; settled
+    later, while another message is in hand, it leaves that one's context alone."""
+    context = LogContext()
+    first, second = (
+        InHand(None, None, 0.0)
+        for _ in range(2)  # type: ignore[arg-type]
+    )
+    first.step = SimpleNamespace(recipe_id="first", pointer=1)  # type: ignore[assignment]
+    second.step = SimpleNamespace(recipe_id="second", pointer=1)  # type: ignore[assignment]
+    runner: Any = None
+    before = recipe_id_var.get()
+    context.before_message(runner, first)
+    assert recipe_id_var.get() == "first"
+    context.on_kept(runner, first)
+    assert recipe_id_var.get() == before
+    context.before_message(runner, second)
+    context.after_message(runner, first, HANDLED, 1.0)  # its group, filled by the second
+    assert recipe_id_var.get() == "second"
+    context.after_message(runner, second, HANDLED, 1.0)
+    assert recipe_id_var.get() == before

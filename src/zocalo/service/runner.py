@@ -117,7 +117,7 @@ class ServiceRunner:
         self._before_message = hooks(middleware, "before_message")
         self._before_handler = hooks(middleware, "before_handler")
         self._on_failure = hooks(middleware, "on_failure")
-        self._on_kept = hooks(middleware, "on_kept")
+        self._on_kept = hooks(middleware, "on_kept", reverse=True)
         self._after_message = hooks(middleware, "after_message", reverse=True)
         self._on_stop = hooks(middleware, "on_stop", reverse=True)
 

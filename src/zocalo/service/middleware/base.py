@@ -128,7 +128,7 @@ class Middleware:
         once, after the last message and its confirms, before the transport
         closes.
 
-    ``after_message`` and ``on_stop`` hooks run in the reverse order of the
+    ``on_kept``, ``after_message`` and ``on_stop`` hooks run in the reverse order of the
     list, so that the first middleware wraps all the others (as nested ``with``
     blocks would). Hooks of one runner are called one at a time, on whichever
     thread handles messages (or flushes kept ones, under the same lock); a hook
