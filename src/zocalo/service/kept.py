@@ -21,7 +21,11 @@ message while any are kept (from :class:`IdleTimer`'s thread, holding the
 lock that every message is handled under, so it never runs beside a
 handler), and once more at stop; whatever is still kept after that returns
 to its queue. Nothing kept is ever acked unsettled or lost: a crash leaves
-it unacknowledged, and the broker delivers it again.
+it unacknowledged, and the broker delivers it again (so what a service did
+with a group before it crashed, and before the settle, is done again).
+
+Keep and settle from a handler or from ``flush_kept`` (both run under the
+runner's lock), never from threads of the service's own.
 
 The hooks see a kept message as still in flight: ``on_kept`` when its
 handler returns, ``after_message`` once it is settled (with the seconds since

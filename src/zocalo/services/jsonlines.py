@@ -28,9 +28,13 @@ and its acknowledgement (``kill -9``) gets those messages again, so their
 lines can be written twice; nothing acknowledged is ever missing from the file.
 
 Several JSONLines services may append to one file: a batch is one
-``O_APPEND`` write, so batches never mix (on a local filesystem). The
+``O_APPEND`` write, so batches never mix (on a local filesystem), though the
+order of lines across services is not the order of their messages. The
 reference consumes the queue exclusively (one consumer at a time); here the
-queue is consumed like any other, which the one-write batches make safe.
+queue is consumed like any other: the transport contract has no exclusive
+subscription yet (RabbitMQ would refuse a second consumer, ActiveMQ would
+keep it as a standby: two meanings to settle first), and the one-write
+batches make several consumers safe.
 """
 
 from __future__ import annotations
