@@ -170,14 +170,16 @@ def test_a_batch_that_cannot_be_written_is_not_acked_and_is_written_once_later(
     target = blocker / "out.jsonl"
     send_lines(client, {"output_filename": str(target)}, images(0, 5))
     wait_until(lambda: jsonlines.stats.failed >= 5, "the batch failed", timeout=15)
-    assert jsonlines.stats.handled == 0 and jsonlines.stats.dead_lettered == 0
+    stats = jsonlines.stats.snapshot()
+    assert stats["handled"] == 0 and stats["dead_lettered"] == 0, stats
     why = [r.getMessage() for r in caplog.records if f"lines to {target}: " in r.getMessage()]
-    assert why, "a line naming the file"
+    assert why, f"a line naming the file, in {[r.getMessage() for r in caplog.records]}"
     assert re.match(r"\d+ messages kept by JSONLines.write failed .*File exists", why[0]), why[0]
     blocker.unlink()
     wait_until(lambda: jsonlines.stats.handled == 5, "the messages handled later", timeout=30)
-    assert sorted(line["image"] for line in lines(target)) == list(range(5))
-    assert jsonlines.stats.retried >= 5 and jsonlines.stats.dead_lettered == 0
+    assert sorted(line["image"] for line in lines(target)) == list(range(5)), lines(target)
+    stats = jsonlines.stats.snapshot()
+    assert stats["retried"] >= 5 and stats["dead_lettered"] == 0, stats
 
 
 def test_a_graceful_stop_writes_the_partial_batch_and_acks_it(url, client, tmp_path, wait_until):
