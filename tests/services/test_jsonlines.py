@@ -123,7 +123,7 @@ def running(service: Service, url: str, **settings: Any) -> Iterator[ServiceRunn
     thread = threading.Thread(target=runner.run, name=f"test-{service.name}", daemon=True)
     thread.start()
     try:
-        assert runner.started.wait(10), f"{service.name} did not start"
+        assert runner.started.wait(30), f"{service.name} did not start"
         yield runner
     finally:
         runner.request_stop()
@@ -161,25 +161,26 @@ def test_a_partial_batch_is_written_once_a_second_passes_without_a_message(
 
 
 def test_a_batch_that_cannot_be_written_is_not_acked_and_is_written_once_later(
-    url, start_service, client, tmp_path, wait_until, caplog
+    url, client, tmp_path, wait_until, caplog
 ):
     caplog.set_level(logging.ERROR, "zocalo.service.runner")
-    jsonlines = start_service(JSONLines(), url, retry_delay=0.2, max_attempts=50)
     blocker = tmp_path / "results"
     blocker.write_text("a file where the directory should be")
     target = blocker / "out.jsonl"
-    send_lines(client, {"output_filename": str(target)}, images(0, 5))
-    wait_until(lambda: jsonlines.stats.failed >= 5, "the batch failed", timeout=15)
-    stats = jsonlines.stats.snapshot()
-    assert stats["handled"] == 0 and stats["dead_lettered"] == 0, stats
-    why = [r.getMessage() for r in caplog.records if f"lines to {target}: " in r.getMessage()]
-    assert why, f"a line naming the file, in {[r.getMessage() for r in caplog.records]}"
-    assert re.match(r"\d+ messages kept by JSONLines.write failed .*File exists", why[0]), why[0]
-    blocker.unlink()
-    wait_until(lambda: jsonlines.stats.handled == 5, "the messages handled later", timeout=30)
-    assert sorted(line["image"] for line in lines(target)) == list(range(5)), lines(target)
-    stats = jsonlines.stats.snapshot()
-    assert stats["retried"] >= 5 and stats["dead_lettered"] == 0, stats
+    with running(JSONLines(), url, retry_delay=0.2, max_attempts=50) as jsonlines:
+        send_lines(client, {"output_filename": str(target)}, images(0, 5))
+        wait_until(lambda: jsonlines.stats.failed >= 5, "the batch failed", timeout=15)
+        stats = jsonlines.stats.snapshot()
+        assert stats["handled"] == 0 and stats["dead_lettered"] == 0, stats
+        logged = [record.getMessage() for record in caplog.records]
+        why = [line for line in logged if f"lines to {target}: " in line]
+        assert why, f"a line naming the file, in {logged}"
+        assert re.match(r"\d+ messages kept by JSONLines.write failed .*File exists", why[0])
+        blocker.unlink()
+        wait_until(lambda: jsonlines.stats.handled == 5, "the messages handled later", timeout=30)
+        assert sorted(line["image"] for line in lines(target)) == list(range(5)), lines(target)
+        stats = jsonlines.stats.snapshot()
+        assert stats["retried"] >= 5 and stats["dead_lettered"] == 0, stats
 
 
 def test_a_graceful_stop_writes_the_partial_batch_and_acks_it(url, client, tmp_path, wait_until):
