@@ -8,18 +8,23 @@ A service is a class with plain synchronous handler methods::
             step.send({"spots": count(payload)})
 
 The runner (``zocalo.service.runner``) owns decoding, acks, retries and the
-dead-letter queue; a handler owns only its science.
+dead-letter queue; a handler owns only its science. A handler that works in
+batches keeps its messages (:meth:`Service.keep_message`) and settles them together
+later (see :mod:`zocalo.service.kept`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from zocalo.errors import ZocaloError
+
 if TYPE_CHECKING:
     from zocalo.config import SiteConfiguration
+    from zocalo.service.kept import Kept, Settler
 
 HandlerFunction = Callable[..., Any]
 
@@ -103,6 +108,11 @@ class Service:
 
     #: Human-readable name; defaults to the class name.
     name: ClassVar[str] = ""
+    #: Seconds without a new message after which :meth:`flush_kept` is called, while the
+    #: service keeps messages (python-zocalo's ``_register_idle``).
+    flush_idle: ClassVar[float] = 1.0
+    #: The runner running this service (set by it): what ``keep`` and the rest use.
+    _runner: Settler | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -141,6 +151,37 @@ class Service:
 
     def stopping(self) -> None:
         """Called once after the last message, before the transport closes."""
+
+    # -- kept messages (see zocalo.service.kept) -----------------------------
+    def keep_message(self) -> Kept:
+        """From a handler: keep its message, unsettled when the handler returns, to settle
+        later with :meth:`settle_kept`, :meth:`fail_kept` or :meth:`give_back_kept`. It
+        stays unacknowledged meanwhile, counting against the handler's ``prefetch``."""
+        return self._settler().keep_message()
+
+    def settle_kept(self, kept: Iterable[Kept]) -> None:
+        """Publish the outputs of ``kept`` (what their handlers sent) and ack them all,
+        in one publish: they are handled."""
+        self._settler().settle_kept(kept)
+
+    def fail_kept(self, kept: Iterable[Kept], error: Exception) -> None:
+        """Each of ``kept`` fails with ``error`` as if its handler had raised it: tried
+        again later, with the reason (dead-lettered after its last attempt)."""
+        self._settler().fail_kept(kept, error)
+
+    def give_back_kept(self, kept: Iterable[Kept], reason: str) -> None:
+        """Return each of ``kept`` to its queue now, unhandled."""
+        self._settler().give_back_kept(kept, reason)
+
+    def flush_kept(self) -> None:
+        """Settle (or fail) what this service keeps. The runner calls it ``flush_idle``
+        seconds after the last message while some are kept, and once at stop (whatever
+        is kept after that returns to its queue); never beside a handler."""
+
+    def _settler(self) -> Settler:
+        if self._runner is None:
+            raise ZocaloError(f"service {self.name} keeps messages only under a runner")
+        return self._runner
 
     def status_note(self) -> str | None:
         """A few words for the status broadcast when an operator should know something

@@ -15,6 +15,11 @@ the recipe-ID log context, dropping the messages of cancelled recipes, retries
 with a growing delay, and dead-lettering (invalid input at once, a failing
 handler's message after ``max_attempts``).
 
+A handler may keep its message to settle it later with others (batching:
+:mod:`zocalo.service.kept`); the runner then settles the group in one
+publish, or fails or returns each, and flushes what is kept when idle and at
+stop.
+
 What is not a handler's ``Exception`` (its ``sys.exit()``), or a hook that
 raises, stops the service: :meth:`ServiceRunner.run` raises it, whichever
 thread the message was handled on, and the message returns to its queue.
@@ -34,6 +39,7 @@ from zocalo.errors import InvalidMessage, TransportError, ZocaloError
 from zocalo.recipe import wire
 from zocalo.recipe.step import RecipeStep
 from zocalo.service.base import HandlerSpec, Service
+from zocalo.service.kept import IdleTimer, Kept
 from zocalo.service.middleware import (
     DEAD_LETTERED,
     FAILED,
@@ -42,7 +48,7 @@ from zocalo.service.middleware import (
     Middleware,
     default_middleware,
 )
-from zocalo.service.middleware.base import hooks
+from zocalo.service.middleware.base import KEPT, RETURNED, hooks
 from zocalo.service.runner_settings import RunnerSettings, RunnerStats
 from zocalo.service.settlement import Settlement
 from zocalo.transport.base import Delivery, Outgoing, Subscription, Transport
@@ -83,8 +89,15 @@ class ServiceRunner:
         #: What escaped process() on the transport's thread (then run() raises it).
         self._escaped: list[BaseException] = []
         self._release_lock = threading.Lock()
-        #: Held while a handler runs on the transport's callback thread.
+        #: Held while a message is handled (on either path) and while kept ones are
+        #: flushed: the hooks and the service's code run one at a time.
         self._in_hand = threading.Lock()
+        #: Messages kept by their handlers, unsettled, oldest first (see zocalo.service.kept).
+        self._kept: dict[Kept, InHand] = {}
+        #: The message in hand's, once its handler kept it.
+        self._keeping: Kept | None = None
+        self._idle = IdleTimer(self._flush_when_idle, name="runner-idle")
+        service._runner = self
         self.started = threading.Event()
         #: The message being processed, None between messages.
         self.message_in_hand: InHand | None = None
@@ -104,6 +117,7 @@ class ServiceRunner:
         self._before_message = hooks(middleware, "before_message")
         self._before_handler = hooks(middleware, "before_handler")
         self._on_failure = hooks(middleware, "on_failure")
+        self._on_kept = hooks(middleware, "on_kept", reverse=True)
         self._after_message = hooks(middleware, "after_message", reverse=True)
         self._on_stop = hooks(middleware, "on_stop", reverse=True)
 
@@ -214,7 +228,8 @@ class ServiceRunner:
                 if self._halting:
                     self._work.put(item)  # returned by _release with the others
                     break
-                self.process(*item)
+                with self._in_hand:
+                    self.process(*item)
         finally:
             self.shutdown()
         if self._escaped:
@@ -223,12 +238,14 @@ class ServiceRunner:
             raise TransportError(self._failure)
 
     def shutdown(self) -> None:
-        """Stop consuming, return unhandled deliveries, wait for confirms, close."""
+        """Stop consuming, return unhandled deliveries, settle or return kept ones,
+        wait for confirms, close."""
         self._release()
-        with self._in_hand:
-            pass  # a message being handled on the transport's thread is finished first
-        self._settlement.finish(self.settings.stop_timeout)
+        self._idle.close()
         try:
+            with self._in_hand:  # a message being handled is finished first
+                self._flush_at_stop()
+            self._settlement.finish(self.settings.stop_timeout)
             self.service.stopping()
             for hook in self._on_stop:
                 hook(self)
@@ -263,7 +280,9 @@ class ServiceRunner:
 
     # -- one message --------------------------------------------------------
     def process(self, delivery: Delivery, spec: HandlerSpec) -> None:
-        """Decode, call the handler, then settle (publish outputs + ack); the hooks around."""
+        """Decode, call the handler, then settle (publish outputs + ack); the hooks around.
+
+        The caller holds ``_in_hand``."""
         self.stats.add("received")
         message = self.message_in_hand = InHand(delivery, spec, time.monotonic())
         began = time.perf_counter()
@@ -285,12 +304,19 @@ class ServiceRunner:
                         message, step, payload
                     )
             finally:
+                outcome = self._let_go(outcome)
                 elapsed = time.perf_counter() - began
-                for hook in self._after_message:
-                    hook(self, message, outcome, elapsed)
+                if outcome == KEPT:
+                    for kept_hook in self._on_kept:
+                        kept_hook(self, message)
+                else:
+                    for hook in self._after_message:
+                        hook(self, message, outcome, elapsed)
         finally:
             self.message_in_hand = None
             self.stats.add("busy_seconds", time.perf_counter() - began)
+            if self._kept:
+                self._idle.arm(self.service.flush_idle)
 
     def _settled_before_handler(self, message: InHand) -> str | None:
         """The outcome of a ``before_handler`` hook that settled the message, if one did."""
@@ -304,6 +330,8 @@ class ServiceRunner:
         try:
             message.spec.function(step, payload)
         except InvalidMessage as error:
+            if self._settled_already(message, error):
+                return HANDLED  # (its real outcome: see _let_go)
             # The handler says the input itself is unusable: one line, no retries.
             self.stats.add("failed")
             log.error(
@@ -314,6 +342,8 @@ class ServiceRunner:
             )
             return self._failed(message, error)
         except Exception as error:
+            if self._settled_already(message, error):
+                return HANDLED
             self.stats.add("failed")
             log.error(
                 "handler %s raised on %s (attempt %d of %d)",
@@ -324,6 +354,8 @@ class ServiceRunner:
                 exc_info=error,
             )
             return self._failed(message, error)
+        if self._keeping is not None:
+            return KEPT  # counted and settled with its group
         if step.unrouted:
             self.stats.add("unrouted", len(step.unrouted))
         self.stats.add("handled")
@@ -387,3 +419,143 @@ class ServiceRunner:
     def give_back(self, delivery: Delivery, reason: str) -> None:
         """Return ``delivery`` to its queue now; a transport that cannot is logged."""
         self._settlement.give_back(delivery, reason)
+
+    # -- kept messages (see zocalo.service.kept) -----------------------------
+    def keep_message(self) -> Kept:
+        """Keep the message in hand (from its handler, or a ``before_handler`` hook that
+        then returns :data:`KEPT`): it is not settled when its handler returns, but
+        later, by :meth:`settle_kept`, :meth:`fail_kept` or :meth:`give_back_kept`."""
+        message = self.message_in_hand
+        if message is None or message.step is None:
+            raise ZocaloError("only the handler of a decoded message can keep it")
+        if self._keeping is None:
+            self._keeping = Kept(message.delivery, message.step)
+            self._kept[self._keeping] = message
+        return self._keeping
+
+    def settle_kept(self, kept: Iterable[Kept]) -> None:
+        """Publish the outputs of every message in ``kept`` and ack them all, as one
+        publish without waiting (see :meth:`settle`); they count as handled."""
+        group = self._unsettled(kept)
+        if not group:
+            return
+        steps = [each.step for each, _ in group]
+        unrouted = sum(len(step.unrouted) for step in steps)
+        if unrouted:
+            self.stats.add("unrouted", unrouted)
+        self.stats.add("handled", len(group))
+        outputs = [output for step in steps for output in step.outputs]
+        self._settlement.settle([each.delivery for each, _ in group], outputs)
+        for each, message in group:
+            self._finished(each, message, HANDLED)
+
+    def fail_kept(self, kept: Iterable[Kept], error: Exception) -> None:
+        """Each message in ``kept`` fails with ``error`` as if its handler had raised it
+        (tried again later with the reason; dead-lettered after its last attempt, or at
+        once for an :class:`InvalidMessage`), under one log line for the group."""
+        group = self._unsettled(kept)
+        if not group:
+            return
+        self.stats.add("failed", len(group))
+        first, message = group[0]
+        log.error(
+            "%d messages kept by %s failed (the first: %s): %s: %s",
+            len(group),
+            message.spec.function.__qualname__,
+            first.describe(),
+            type(error).__name__,
+            error,
+        )
+        for each, message in group:
+            self._finished(each, message, self._failed(message, error))
+
+    def give_back_kept(self, kept: Iterable[Kept], reason: str) -> None:
+        """Return every message in ``kept`` to its queue now, unhandled (``reason`` goes
+        to the transport); the hooks see them end as :data:`RETURNED`."""
+        for each, message in self._unsettled(kept):
+            if each.delivery.ackable:
+                self.give_back(each.delivery, reason)
+            self._finished(each, message, RETURNED)
+
+    def _unsettled(self, kept: Iterable[Kept]) -> list[tuple[Kept, InHand]]:
+        """Those of ``kept`` not settled before (with their messages), now marked settled
+        and no longer kept."""
+        group = []
+        for each in kept:
+            message = self._kept.pop(each, None)
+            if message is not None and not each.settled:
+                each.settled = True
+                group.append((each, message))
+        if not self._kept:
+            self._idle.disarm()
+        return group
+
+    def _finished(self, kept: Kept, message: InHand, outcome: str) -> None:
+        """Tell the hooks how a kept message ended: now, or (settled from its own
+        handler, e.g. the message that filled a batch) when its processing ends."""
+        if kept.in_process:
+            kept.outcome = outcome
+            return
+        seconds = time.monotonic() - message.since
+        for hook in self._after_message:
+            hook(self, message, outcome, seconds)
+
+    def _settled_already(self, message: InHand, error: Exception) -> bool:
+        """True when the handler raised ``error`` after settling its own kept message
+        (with the group it filled): that settlement stands, and the error is logged."""
+        kept = self._keeping
+        if kept is None or not kept.settled:
+            return False  # it fails as any other (a kept one is let go: see _let_go)
+        log.error(
+            "handler %s raised on %s after settling it",
+            message.spec.function.__qualname__,
+            message.delivery.describe(),
+            exc_info=error,
+        )
+        return True
+
+    def _let_go(self, outcome: str) -> str:
+        """The processing of the message in hand ends with ``outcome``: how it really
+        ended, if its handler kept it and settled it already; :data:`KEPT` if still kept."""
+        kept, self._keeping = self._keeping, None
+        if kept is None:
+            return outcome
+        kept.in_process = False
+        if kept.outcome is not None:
+            return kept.outcome
+        if outcome != KEPT:  # its handler raised after keeping it: it failed, it is not kept
+            self._unsettled([kept])
+        return outcome
+
+    def _flush_when_idle(self) -> None:
+        """On the idle timer's thread, ``flush_idle`` seconds after the last message,
+        while some are kept: the service flushes them (one at a time with handlers)."""
+        with self._in_hand:
+            if self._halting or not self._kept:
+                return
+            try:
+                self.service.flush_kept()
+            except BaseException as error:
+                self._escape(error)
+                return
+            if self._kept:
+                self._idle.arm(self.service.flush_idle)
+
+    def _flush_at_stop(self) -> None:
+        """The last flush: what the service still keeps afterwards returns to its queue,
+        so nothing kept is lost, and nothing is acked that the service did not settle."""
+        if not self._kept:
+            return
+        try:
+            self.service.flush_kept()
+        except Exception as error:
+            log.error(
+                "service %s could not flush what it keeps at stop (%s: %s)",
+                self.service.name,
+                type(error).__name__,
+                error,
+            )
+        if self._kept:
+            left = list(self._kept)
+            log.warning("%d kept messages return to their queues unsettled", len(left))
+            self.give_back_kept(left, "service stopping")

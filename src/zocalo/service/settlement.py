@@ -39,19 +39,21 @@ class Settlement:
         self._all_settled = threading.Condition(self._pending_lock)
         self._held = HeldReturns()
 
-    def settle(self, delivery: Delivery, outputs: Sequence[Outgoing]) -> None:
-        """Publish ``outputs`` and ack ``delivery`` as one publish, without waiting."""
-        ack = delivery if delivery.ackable else None
-        if ack is None and not outputs:
+    def settle(self, delivery: Delivery | Sequence[Delivery], outputs: Sequence[Outgoing]) -> None:
+        """Publish ``outputs`` and ack ``delivery`` (one, or several together: kept
+        messages settled as a group) as one publish, without waiting."""
+        inputs = [delivery] if isinstance(delivery, Delivery) else list(delivery)
+        ack = [each for each in inputs if each.ackable]
+        if not ack and not outputs:
             return
         try:
-            confirmation = self.transport.publish(outputs, ack=ack)
+            confirmation = self.transport.publish(outputs, ack=ack or None)
         except ZocaloError as error:
-            self._refused(delivery, error)
+            self._refused(inputs, error)
             return
         with self._pending_lock:
             self._pending.add(confirmation)
-        confirmation.add_done_callback(lambda done: self._confirmed(done, delivery))
+        confirmation.add_done_callback(lambda done: self._confirmed(done, inputs))
 
     def give_back(self, delivery: Delivery, reason: str) -> None:
         """Return ``delivery`` to its queue now; a transport that cannot is logged."""
@@ -82,25 +84,29 @@ class Settlement:
                 self._all_settled.wait(remaining)
         return True
 
-    def _confirmed(self, done: Future, delivery: Delivery) -> None:
+    def _confirmed(self, done: Future, inputs: list[Delivery]) -> None:
         """The broker answered (on a transport's thread, whose executor would swallow
         anything raised here): an input not acked is always held or given back."""
         with self._all_settled:
             self._pending.discard(done)
             self._all_settled.notify_all()
         if done.cancelled():
-            self._refused(delivery, PublishFailed("the publish was cancelled"))
+            self._refused(inputs, PublishFailed("the publish was cancelled"))
             return
         error = done.exception()
         if error is not None:
-            self._refused(delivery, error)
+            self._refused(inputs, error)
         else:
             self._held.accepted()
 
-    def _refused(self, delivery: Delivery, error: BaseException) -> None:
-        """Return the input unacknowledged, after a pause that grows while refusals go on;
-        at once if even that goes wrong, so that it is never stranded."""
+    def _refused(self, inputs: list[Delivery], error: BaseException) -> None:
+        """Return the inputs unacknowledged, after a pause that grows while refusals go on;
+        at once if even that goes wrong, so that none is stranded."""
         self.stats.add("publish_failed")
+        for delivery in inputs:
+            self._return_later(delivery, error)
+
+    def _return_later(self, delivery: Delivery, error: BaseException) -> None:
         try:
             self._hold_back(delivery, error)
         except Exception as bug:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from zocalo.service.kept import Settler
+
 if TYPE_CHECKING:
     from zocalo.recipe.step import RecipeStep
     from zocalo.service.base import HandlerSpec, Service
@@ -24,7 +26,12 @@ DEAD_LETTERED = "dead_lettered"
 FAILED = "failed"
 #: Settled before its handler ran: acked and dropped (its recipe was cancelled).
 CANCELLED = "cancelled"
-OUTCOMES = (HANDLED, RETRIED, DEAD_LETTERED, FAILED, CANCELLED)
+#: Kept by its handler and returned to its queue unhandled (the service stopped).
+RETURNED = "returned"
+OUTCOMES = (HANDLED, RETRIED, DEAD_LETTERED, FAILED, CANCELLED, RETURNED)
+#: Not an end: its handler kept it, to settle later (see :mod:`zocalo.service.kept`).
+#: A ``before_handler`` hook that keeps a message returns this.
+KEPT = "kept"
 
 #: Failed attempts so far, in a message the retries middleware re-published.
 ATTEMPT_HEADER = "zocalo-attempt"
@@ -60,8 +67,9 @@ class InHand:
         return str(error) if self.step is None else f"{type(error).__name__}: {error}"
 
 
-class Runner(Protocol):
-    """What a hook may use of the runner (``ServiceRunner`` is one)."""
+class Runner(Settler, Protocol):
+    """What a hook may use of the runner (``ServiceRunner`` is one): also keeping
+    messages and settling them later (see :mod:`zocalo.service.kept`)."""
 
     service: Service
     transport: Transport
@@ -97,7 +105,8 @@ class Middleware:
         for every valid message, after the ``before_message`` hooks: a hook may
         settle it instead of its handler (e.g. ack and drop it) and return the
         outcome; the handler then does not run and the rest are skipped. ``None``
-        passes it on, in list order, to the handler at last.
+        passes it on, in list order, to the handler at last. A hook that keeps it
+        (``runner.keep_message()``) returns :data:`KEPT`.
     ``on_failure(runner, message, error) -> outcome | None``
         the handler raised ``error``, or the message is invalid (``error`` is
         the :class:`~zocalo.errors.InvalidMessage`). Hooks are asked in list
@@ -105,21 +114,26 @@ class Middleware:
         it) returns the outcome and the rest are skipped; ``None`` passes it on.
         Settled by no hook, the message is rejected (nacked without requeue:
         the transport dead-letters it; a broadcast is dropped), with a log line.
+    ``on_kept(runner, message)``
+        its handler kept it (see :mod:`zocalo.service.kept`): the runner lets
+        go of it unsettled; it is still in flight, and ``after_message`` comes
+        once it is settled, later (perhaps on the idle timer's thread).
     ``after_message(runner, message, outcome, seconds)``
         for every message whose ``before_message`` hooks ran, once it is
         settled (its outputs and ack handed to the transport, not necessarily
         confirmed yet); ``outcome`` is one of :data:`OUTCOMES`, ``seconds`` the
-        time since the runner took it in hand.
+        time since the runner took it in hand. A kept message settled while
+        another is in hand (a batch filled by the newest) gets it then.
     ``on_stop(runner)``
         once, after the last message and its confirms, before the transport
         closes.
 
-    ``after_message`` and ``on_stop`` hooks run in the reverse order of the
+    ``on_kept``, ``after_message`` and ``on_stop`` hooks run in the reverse order of the
     list, so that the first middleware wraps all the others (as nested ``with``
     blocks would). Hooks of one runner are called one at a time, on whichever
-    thread handles messages; a hook that raises stops the service with its
-    error, as a bug in the runner would, so a hook that can fail for reasons
-    of its own (a database) catches them.
+    thread handles messages (or flushes kept ones, under the same lock); a hook
+    that raises stops the service with its error, as a bug in the runner would,
+    so a hook that can fail for reasons of its own (a database) catches them.
     """
 
     def on_start(self, runner: Runner) -> None:
@@ -136,6 +150,9 @@ class Middleware:
     def on_failure(self, runner: Runner, message: InHand, error: Exception) -> str | None:
         """Settle a failed or invalid message and return the outcome, or return None."""
         return None
+
+    def on_kept(self, runner: Runner, message: InHand) -> None:
+        """Called when a handler kept its message: settled later, then ``after_message``."""
 
     def after_message(self, runner: Runner, message: InHand, outcome: str, seconds: float) -> None:
         """Called for every message once it is settled."""

@@ -5,7 +5,8 @@ worker process at the deadline: no thread of ours could stop a handler stuck
 in C code that holds the GIL. The message, never acknowledged, is delivered
 again. This middleware only reports: ``in_hand`` (with the handler, the limit
 and when the message was taken in hand) before a limited handler runs, and
-``done`` once its message is settled.
+``done`` once its message is settled, or kept by its handler (the limit is on
+the handler: a kept message waits for its group unlimited).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class TimeLimit(Middleware):
 
     def __init__(self, report: Callable[..., Any]) -> None:
         self.report = report
-        self._reported = False
+        #: The limited message in hand, once reported.
+        self._reported: InHand | None = None
 
     def before_message(self, runner: Runner, message: InHand) -> None:
         spec = message.spec
@@ -41,9 +43,17 @@ class TimeLimit(Middleware):
             limit=spec.time_limit,
             started=message.since,
         )
-        self._reported = True
+        self._reported = message
+
+    def on_kept(self, runner: Runner, message: InHand) -> None:
+        self._done(message)
 
     def after_message(self, runner: Runner, message: InHand, outcome: str, seconds: float) -> None:
-        if self._reported:
-            self._reported = False
+        self._done(message)
+
+    def _done(self, message: InHand) -> None:
+        """Its handler is through with the message in hand (a kept one settled later,
+        while another is in hand, is not that one)."""
+        if self._reported is message:
+            self._reported = None
             self.report("done")
