@@ -14,15 +14,6 @@ from zocalo.replies import Replies
 from zocalo.transport import Capability, Outgoing, Transport, create_transport
 from zocalo.transport.memory import MemoryTransport
 
-#: The transports with reply queues (``Capability.REPLY_QUEUE``; not RabbitMQ's STOMP
-#: plugin, which refuses them as a transport without them does: see the last tests).
-REPLYING = [
-    pytest.param("memory", id="memory"),
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
-]
-
 
 @pytest.fixture
 def url() -> str:
@@ -33,7 +24,6 @@ def reply(sender: Transport, queue: str, body: bytes) -> None:
     sender.publish([Outgoing(queue, body, droppable=True)]).result(5)
 
 
-@pytest.mark.parametrize("each_transport_url", REPLYING, indirect=True)
 def test_the_expected_replies_end_the_iteration_and_an_owned_connection(each_transport_url):
     caller, sender = create_transport(each_transport_url), create_transport(each_transport_url)
     caller.connect()
@@ -49,7 +39,6 @@ def test_the_expected_replies_end_the_iteration_and_an_owned_connection(each_tra
         sender.close()
 
 
-@pytest.mark.parametrize("each_transport_url", REPLYING, indirect=True)
 def test_what_is_not_a_reply_is_skipped_with_a_warning(each_transport_url, caplog):
     with create_transport(each_transport_url) as caller:
         replies = Replies(caller, timeout=5)
@@ -61,7 +50,6 @@ def test_what_is_not_a_reply_is_skipped_with_a_warning(each_transport_url, caplo
         assert caller.connected, "the caller's own connection stays open"
 
 
-@pytest.mark.parametrize("each_transport_url", REPLYING, indirect=True)
 def test_a_failed_connection_ends_the_wait_saying_why(each_transport_url):
     with create_transport(each_transport_url) as caller:
         replies = Replies(caller, timeout=30)

@@ -47,15 +47,6 @@ KEEPING = [
     pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
 ]
 
-#: The transports whose brokers delay messages (``Capability.DELAY``; not RabbitMQ's
-#: STOMP plugin).
-DELAYING = [
-    pytest.param("memory", id="memory"),
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
-]
-
 
 @pytest.fixture
 def broker_url(each_transport_url: str) -> str:
@@ -125,7 +116,6 @@ def left_in(client: Transport, queue: str, collector: Callable[..., Any]) -> lis
     return [delivery.body for delivery in deliveries if delivery.body != b'"sentinel"']
 
 
-@pytest.mark.parametrize("each_transport_url", DELAYING, indirect=True)
 def test_a_running_service_drops_what_a_cancelled_recipe_left_in_its_queue(
     client, work, collector, start_service, recipe_ids, wait_until, caplog
 ):

@@ -38,15 +38,6 @@ from zocalo.transport.base import DLQ_REASON_HEADER, Outgoing
 ENVIRONMENT = {"ID": "recipe-0042"}
 MIB = 1024 * 1024
 
-#: The transports whose brokers delay messages (``Capability.DELAY``; not RabbitMQ's
-#: STOMP plugin).
-DELAYING = [
-    pytest.param("memory", id="memory"),
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
-]
-
 
 @pytest.fixture
 def broker_url(each_transport_url: str) -> str:
@@ -208,13 +199,11 @@ def test_a_custom_middleware_sees_every_hook_point_in_order(
     ]
 
 
-@pytest.mark.parametrize("each_transport_url", DELAYING, indirect=True)
 def test_hooks_run_in_list_order_and_after_hooks_innermost_first(
     broker_url, client, work, running, wait_until
 ):
     """A failure hook listed after Retries never hears of a failure Retries settled
-    (only of its outcome); ``after_message`` and ``on_stop`` run innermost first.
-    (Where retries are delayed: this one waits 30 s, past the test's end.)"""
+    (only of its outcome); ``after_message`` and ``on_stop`` run innermost first."""
     events: list[tuple[Any, ...]] = []
     middleware = [Recorder(events, "outer"), *default_middleware(), Recorder(events, "inner")]
     runner, thread, _ = start(Flaky(work), broker_url, middleware, retry_delay=30)
