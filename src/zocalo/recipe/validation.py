@@ -22,6 +22,7 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 from zocalo.errors import InvalidRecipe
+from zocalo.transport.base import MAX_DURATION
 
 __all__ = [
     "check_destinations",
@@ -296,10 +297,11 @@ def _destination_problems(step_id: int, step: Mapping[str, Any]) -> Iterator[Inv
         seconds = float(delay) if not isinstance(delay, bool) else math.nan
     except (TypeError, ValueError, OverflowError):
         seconds = math.nan
-    if not (math.isfinite(seconds) and seconds >= 0):
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_DURATION):
+        # (the longest delay every transport takes: a longer one fails each send to the step)
         yield invalid(
-            f"step {step_id} field 'transport-delay' must be a number of seconds >= 0, "
-            f"not {short_repr(delay)}"
+            f"step {step_id} field 'transport-delay' must be a number of seconds from 0 to "
+            f"{MAX_DURATION:.0f} (49.7 days), not {short_repr(delay)}"
         )
 
 
