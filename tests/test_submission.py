@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from unittest.mock import ANY
 
 import pytest
 
+import zocalo
 from zocalo.errors import ZocaloError
 from zocalo.recipe import Recipe
 from zocalo.submission import (
@@ -143,3 +145,17 @@ def test_a_waited_for_job_is_built_naming_the_address_its_reply_queue_got() -> N
         sent = json.loads(submission.outputs[0].body)["parameters"]["zocalo_reply_to"]
         assert sent == replies.reply_to
         replies.close()
+
+
+@pytest.mark.parametrize("wrong", [{"results": 0}, {"timeout": 0}])
+def test_submit_refusing_its_arguments_leaves_no_connection_open(tmp_path, wrong) -> None:
+    """``zocalo.submit(url, ...)`` opens a connection of its own: a wait it refuses
+    (no replies, no time) must close it, not leave its threads running."""
+    before = set(threading.enumerate())
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    with pytest.raises(ValueError):
+        zocalo.submit(url, recipe=RECIPE, direct=True, **wrong)
+    left = [thread for thread in set(threading.enumerate()) - before if thread.is_alive()]
+    for thread in left:
+        thread.join(10)  # (a closed connection's threads end; give them the time)
+    assert [thread.name for thread in left if thread.is_alive()] == []

@@ -84,7 +84,14 @@ def start_for_replies(
     ``timeout`` seconds). The queue is made and consumed first, so no reply comes before
     anyone listens; its address is known only then (ActiveMQ names it).
     """
-    replies = Replies(transport, expected=results, timeout=timeout, owns_transport=owns_transport)
+    try:
+        replies = Replies(
+            transport, expected=results, timeout=timeout, owns_transport=owns_transport
+        )
+    except BaseException:
+        if owns_transport:  # (Replies refused its arguments before it took the connection)
+            transport.close()
+        raise
     try:
         submission = build(replies.reply_to)
         replies.recipe_id = submission.recipe_id

@@ -136,3 +136,16 @@ def test_validate_says_malformed_json_in_one_line_and_valid_files_pass(tmp_path:
     assert len(result.output.splitlines()) == 1 and "not valid JSON" in result.output
     valid = run("validate", str(good))
     assert valid.exit_code == 0 and valid.output == "1 recipe valid\n"
+
+
+@pytest.mark.parametrize("depth", [100_000, 600], ids=["beyond the decoder", "beyond the copy"])
+def test_validate_says_a_too_deeply_nested_recipe_in_one_line(tmp_path: Path, depth: int) -> None:
+    """JSON nested deeper than Python's recursion limit (in the parser, or in the copy a
+    recipe makes of its input) is one line naming the file, not a RecursionError."""
+    path = tmp_path / "deep.json"
+    nested = '{"a": ' * depth + "2" + "}" * depth
+    path.write_text(f'{{"start": [[1, {{}}]], "1": {{"queue": "q", "output": {nested}}}}}')
+    result = run("validate", str(path))
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"{path}: Invalid recipe: ")
+    assert "nested too deeply" in result.output and len(result.output.splitlines()) == 1

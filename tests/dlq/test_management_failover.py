@@ -4,6 +4,7 @@ reached, and says which it tried when none can."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,14 @@ def test_when_no_management_url_answers_one_line_names_each(
         assert f"no RabbitMQ management API answered ({tried})" in line, line
         assert SECRET not in result.output
     assert [d.body for d in broker.take_all(dlq_name(queue))] == [b"1"], "nothing was taken"
+
+
+def test_a_failure_after_connecting_names_the_api_without_its_password(tmp_path):
+    """The API answered, then refused the listing (here: no such vhost): the one line
+    names the API it used, its password left out as everywhere else."""
+    site = site_file(tmp_path, f"http://guest:{SECRET}@127.0.0.1:15672/api")
+    url = f"amqp://guest:guest@127.0.0.1:5672/no-such-vhost-{uuid.uuid4().hex[:8]}"
+    listed = invoke(cli, site, "queues", "-t", url)
+    assert listed.exit_code == 1
+    assert "404" in listed.output and "127.0.0.1:15672" in listed.output
+    assert SECRET not in listed.output

@@ -290,3 +290,19 @@ def test_examine_reports_every_load_problem_and_stops_there() -> None:
     ]
     loaded, none = Recipe.examine({"start": [[1, {}]], "1": {"queue": "q"}})
     assert loaded is not None and none == []
+
+
+def test_a_long_chain_of_steps_is_walked_without_recursion() -> None:
+    """A generated (or hostile) recipe of many chained steps gets its problem named,
+    not a RecursionError from walking one step per Python frame."""
+    length = 5000
+    data: dict[str, Any] = {str(n): {"queue": "q", "output": n + 1} for n in range(1, length)}
+    data[str(length)] = {"queue": "q", "output": 1}  # the end links back: a cycle
+    data["start"] = [[1, {}]]
+    problems = [str(problem) for problem in Recipe(data).problems()]
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        f"Invalid recipe: step {length} field 'output' links back to step 1, making a cycle"
+    )
+    del data[str(length)]["output"]
+    Recipe(data).validate()

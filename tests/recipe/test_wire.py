@@ -140,6 +140,8 @@ def test_a_path_that_is_no_list_of_step_ids_is_invalid_input(path: Any, names: s
         ({"transport-delay": "soon"}, "step 1 field 'transport-delay'"),
         ({"transport-delay": [1]}, "step 1 field 'transport-delay'"),
         ({"transport-delay": True}, "step 1 field 'transport-delay'"),
+        # Longer than any transport delays a message: every send to the step would fail.
+        ({"transport-delay": 1e10}, "step 1 field 'transport-delay' must be a number of seconds"),
     ],
     ids=repr,
 )

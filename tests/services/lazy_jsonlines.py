@@ -9,3 +9,9 @@ from zocalo.services.jsonlines import JSONLines
 
 class LazyJSONLines(JSONLines):
     flush_idle = 3600.0
+
+
+class HurriedJSONLines(LazyJSONLines):
+    """Never idle, but no line may wait: every message after the first writes the batch."""
+
+    max_wait = 0.0

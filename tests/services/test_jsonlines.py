@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lazy_jsonlines import LazyJSONLines
+from lazy_jsonlines import HurriedJSONLines, LazyJSONLines
 
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
@@ -158,6 +158,18 @@ def test_a_partial_batch_is_written_once_a_second_passes_without_a_message(
     wait_until(lambda: jsonlines.stats.handled == 7, "the 7 messages handled", timeout=15)
     assert lines(target) == images(0, 7)
     assert jsonlines.service.writes == 1, "the 7 lines in one write"
+
+
+def test_lines_wait_no_longer_than_max_wait_while_messages_keep_arriving(
+    url, client, tmp_path, wait_until
+):
+    """Messages arriving faster than the idle second never idle the service: the
+    oldest line's age writes the batch (here ``max_wait`` is 0 and idling never comes)."""
+    target = tmp_path / "trickle.jsonl"
+    with running(HurriedJSONLines(), url) as hurried:
+        send_lines(client, {"output_filename": str(target)}, images(0, 4))
+        wait_until(lambda: hurried.stats.handled >= 3, "lines written, never idle", timeout=15)
+        assert lines(target)[:3] == images(0, 3)
 
 
 def test_a_batch_that_cannot_be_written_is_not_acked_and_is_written_once_later(

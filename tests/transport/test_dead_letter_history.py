@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 
 from zocalo.cli.dlq_list import group_lines
-from zocalo.dlq.files import dead_lettered_at
+from zocalo.dlq.files import dead_lettered_at, export
 from zocalo.dlq.record import Group
 from zocalo.transport.dead_letters import (
     describe_entry,
@@ -58,3 +58,22 @@ def test_dlq_list_shows_the_latest_history_dated_where_it_can():
         "    ValueError: old",
         "    2021-10-01T15:29:16.582Z ValueError: no",
     ]
+
+
+def test_times_no_calendar_shows_are_no_times(tmp_path):
+    """Headers anyone may write: a NaN, huge or negative time, or an ISO text beyond the
+    year 9999 in UTC, dates nothing; it must not stop the dead letter's export (its
+    file's name) or ``zocalo dlq list`` with a traceback."""
+    bad = [{"time": 1e20}, {"time": float("nan")}, {"time": float("inf")}, {"time": -5e18}]
+    bad.append({"at": "9999-12-31T23:59:59-14:00"})
+    assert [entry_seconds(entry) for entry in bad] == [None] * len(bad)
+    shown = [describe_entry({**entry, "reason": "x"}) for entry in bad]
+    assert shown == ["(no time) x"] * 4 + ["9999-12-31T23:59:59-14:00 x"]  # (text: as it is)
+    headers = {
+        "x-death": [{"queue": "q", "time": 1e20}],
+        "timestamp": "nan",
+        "zocalo-dlq-history": [{"reason": "ok", "at": "2021-10-01T15:29:16.582Z"}, *bad],
+    }
+    assert dead_lettered_at(headers) == MOMENT
+    exported = export(tmp_path, "q", headers, b"{}", "m-1", now=MOMENT + 60)
+    assert exported.dead_lettered == MOMENT and exported.path.exists()

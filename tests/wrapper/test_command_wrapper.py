@@ -160,3 +160,14 @@ def test_cancelling_the_recipe_stops_the_program_and_reports_nothing(
     assert outputs.wait("starting") == ["Starting processing"]
     for channel in ("success", "failure", "completed"):
         assert outputs.payloads(channel) == []
+
+
+def test_a_payload_cannot_replace_what_the_parameters_fix(live_step, outputs):
+    """The payload is data from the step before: a key it shares with the parameters
+    (here the program to run) keeps the recipe's value."""
+    wrap(
+        live_step,
+        {"command": ["{tool}", "{image}"], "tool": "echo"},
+        payload={"tool": "false", "image": "frame_7.cbf"},
+    )
+    assert outputs.wait("success")[0]["stdout"] == "frame_7.cbf"

@@ -103,3 +103,18 @@ def test_a_job_another_backend_submitted_is_followed_and_cancelled(backend, tmp_
     assert (state.state, state.signal) == ("CANCELLED", signal.SIGTERM)
     assert restarted.state(987654) is None
     assert backend.submit(request(tmp_path, "true")) == job_id + 1
+
+
+def test_a_node_fail_job_leaves_no_script_running(backend, tmp_path):
+    """NODE_FAIL is an end: the recipe goes on down its failure branch, so the script the
+    lost runner left behind must not go on (and report a success later) unseen."""
+    job_id = backend.submit(request(tmp_path, "sleep 60"))
+    folder = tmp_path / "jobs" / str(job_id)
+    wait_for(backend, job_id, lambda state: state.state == "RUNNING")
+    runner = json.loads((folder / "runner.json").read_text())
+    os.kill(runner["pid"], signal.SIGKILL)
+    assert wait_for(backend, job_id).state == "NODE_FAIL"
+    deadline = time.monotonic() + DEADLINE
+    while group_alive(runner["script_pid"]):
+        assert time.monotonic() < deadline, "the script of a NODE_FAIL job still runs"
+        threading.Event().wait(0.05)

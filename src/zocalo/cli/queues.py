@@ -11,6 +11,7 @@ from zocalo.cli.config_options import site_config_options
 from zocalo.config import SiteConfiguration
 from zocalo.transport import create_transport, dlq_name
 from zocalo.transport.base import QueueStats
+from zocalo.transport.registry import redact_url
 
 
 def queue_table(stats: list[QueueStats]) -> Table:
@@ -51,7 +52,7 @@ def rabbitmq_queue_stats(
         return queue_stats(api, target.vhost)
     except ManagementAPIError as error:
         raise click.ClickException(
-            f"{error} (the management API at {api.base_url}, user {target.username}; "
+            f"{error} (the management API at {redact_url(api.base_url)}, user {target.username}; "
             "another with --management-url)"
         ) from None
     finally:

@@ -49,7 +49,7 @@ from zocalo.private_files import (
 from zocalo.private_files import (
     write_private as write_private,
 )
-from zocalo.transport.dead_letters import DLQ_HISTORY_HEADER, entry_seconds
+from zocalo.transport.dead_letters import DLQ_HISTORY_HEADER, calendar_seconds, entry_seconds
 
 #: The key naming how a body that is not JSON was kept.
 ENCODING_KEY = "message-encoding"
@@ -98,19 +98,20 @@ def encode_body(message: Any, encoding: str | None) -> bytes:
 
 
 def dead_lettered_at(headers: Mapping[str, Any]) -> float | None:
-    """When the message was dead-lettered (epoch seconds), if its headers say.
+    """When the message was dead-lettered (epoch seconds), if its headers say (a time no
+    calendar shows is passed over: see :func:`calendar_seconds`).
 
     RabbitMQ's ``x-death`` (newest first, whole seconds), ActiveMQ's ``timestamp``
     (milliseconds), else the newest dated entry of our ``zocalo-dlq-history``.
     """
     deaths = headers.get("x-death")
     if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        when = _number(deaths[0].get("time"))
+        when = calendar_seconds(_number(deaths[0].get("time")))
         if when is not None:
             return when
     stamp = _number(headers.get("timestamp"))
-    if stamp is not None:
-        return stamp / 1000
+    if (when := calendar_seconds(None if stamp is None else stamp / 1000)) is not None:
+        return when
     history = headers.get(DLQ_HISTORY_HEADER)
     if isinstance(history, list):
         for entry in reversed(history):

@@ -156,6 +156,8 @@ class Recipe:
             return json.loads(text)
         except ValueError as error:
             raise invalid(f"not valid JSON ({error})") from None
+        except RecursionError:  # the decoder nests one Python frame per level
+            raise invalid("not valid JSON (nested too deeply)") from None
 
     def _load(self, data: Any, copy_input: bool = True) -> list[InvalidRecipe]:
         """Take in ``data``; what no recipe can hold is left out and returned, each
@@ -163,7 +165,10 @@ class Recipe:
         if not isinstance(data, Mapping):
             return [invalid(f"expected a JSON object, not {short_repr(data)}")]
         if copy_input:
-            data = copy.deepcopy(dict(data))
+            try:
+                data = copy.deepcopy(dict(data))
+            except RecursionError:  # two Python frames per level: JSON can nest deeper
+                return [invalid("a value is nested too deeply to be copied")]
         problems: list[InvalidRecipe] = []
         # Ids that were already ints come first, converted ones after, as in the
         # reference: merge() numbers steps in this order.

@@ -22,6 +22,7 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 from zocalo.errors import InvalidRecipe
+from zocalo.transport.base import MAX_DURATION
 
 __all__ = [
     "check_destinations",
@@ -149,27 +150,57 @@ class _Walk:
         self.done: set[Any] = set()
         self.problems: list[InvalidRecipe] = []
         self.unreadable = False
+        #: The steps on the path being walked (the path's ``start``/``error`` root aside).
+        self._on_path: set[Any] = set()
 
     def visit(self, target: Any, path: list[Any], where: str) -> None:
+        """Walk from ``target`` (linked to from ``where``, at the end of ``path``).
+
+        With a stack of its own, not recursion: a long chain of steps (a hostile or
+        generated recipe) must give problems, not a RecursionError.
+        """
+        if not self._enters(target, path, where):
+            return
+        path.append(target)
+        self._on_path.add(target)
+        walking = [self._links_of(target)]
+        while walking:
+            following = next(walking[-1], None)
+            if following is None:  # every link of this step walked
+                walking.pop()
+                walked = path.pop()
+                self._on_path.discard(walked)
+                self.done.add(walked)
+                continue
+            link, label = following
+            if self._enters(link, path, label):
+                path.append(link)
+                self._on_path.add(link)
+                walking.append(self._links_of(link))
+
+    def _enters(self, target: Any, path: list[Any], where: str) -> bool:
+        """Whether the walk goes into ``target``; if it is a problem, it is recorded."""
         if isinstance(target, bool):
             self.problems.append(
                 invalid(f"{where} links to {target!r}, which is not a step id{_not_a_link(target)}")
             )
-            return
+            return False
         if not isinstance(target, Hashable) or target not in self.steps:
             self.problems.append(
                 invalid(f"{where} links to step {short_repr(target)}, which does not exist")
             )
-            return
-        if target in path:
+            return False
+        if target in self._on_path:  # (a set: a long path is not searched at each link)
             trail = " -> ".join(str(node) for node in [*path, target])
             self.problems.append(
                 invalid(f"{where} links back to step {target!r}, making a cycle ({trail})")
             )
-            return
-        if target in self.done:
-            return  # already walked: its problems are known
-        path.append(target)
+            return False
+        return target not in self.done  # (already walked: its problems are known)
+
+    def _links_of(self, target: Any) -> Iterator[tuple[int, str]]:
+        """Each link of step ``target`` with the label naming it, field by field (a
+        field's unreadable links are recorded when the walk reaches that field)."""
         step = self.steps[target]
         for field in _LINK_FIELDS:
             if field in step:
@@ -178,9 +209,7 @@ class _Walk:
                 links = _links(step[field], label, self.problems)
                 self.unreadable |= len(self.problems) > found
                 for link in links:
-                    self.visit(link, path, label)
-        path.pop()
-        self.done.add(target)
+                    yield link, label
 
 
 def recipe_problems(
@@ -268,10 +297,11 @@ def _destination_problems(step_id: int, step: Mapping[str, Any]) -> Iterator[Inv
         seconds = float(delay) if not isinstance(delay, bool) else math.nan
     except (TypeError, ValueError, OverflowError):
         seconds = math.nan
-    if not (math.isfinite(seconds) and seconds >= 0):
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_DURATION):
+        # (the longest delay every transport takes: a longer one fails each send to the step)
         yield invalid(
-            f"step {step_id} field 'transport-delay' must be a number of seconds >= 0, "
-            f"not {short_repr(delay)}"
+            f"step {step_id} field 'transport-delay' must be a number of seconds from 0 to "
+            f"{MAX_DURATION:.0f} (49.7 days), not {short_repr(delay)}"
         )
 
 

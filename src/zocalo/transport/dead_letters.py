@@ -105,21 +105,35 @@ def delivery_entry(queue: str, reason: str, delivery_count: int) -> dict[str, An
     }
 
 
+#: The latest time (epoch seconds) a dead letter can be dated with: the end of year 9999.
+LATEST_SECONDS = 253402300799.0
+
+
+def calendar_seconds(seconds: float | None) -> float | None:
+    """``seconds`` if a calendar can show them (the epoch to :data:`LATEST_SECONDS`), else
+    None: times come from headers anyone may write, and NaN or 1e20 made every reader of
+    the dead letter (its file's name, ``zocalo dlq list``) fail with a traceback."""
+    if seconds is None or not 0 <= seconds <= LATEST_SECONDS:  # (NaN compares False)
+        return None
+    return seconds
+
+
 def entry_seconds(entry: Any) -> float | None:
-    """When a history entry happened (epoch seconds), if it says: its ``at``, or an
-    older entry's (or an ``x-death`` table's) ``time``."""
+    """When a history entry happened (epoch seconds), if it says (and a calendar can
+    show it): its ``at``, or an older entry's (or an ``x-death`` table's) ``time``."""
     if not isinstance(entry, dict):
         return None
     stamp = entry.get(ENTRY_TIME_KEY)
     if isinstance(stamp, str):
         try:
             moment = datetime.datetime.fromisoformat(stamp)
-        except ValueError:
+            seconds = moment.replace(tzinfo=moment.tzinfo or datetime.UTC).timestamp()
+        except (ValueError, OverflowError):
             return None
-        return moment.replace(tzinfo=moment.tzinfo or datetime.UTC).timestamp()
-    seconds = entry.get("time")
-    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
-        return float(seconds)
+        return calendar_seconds(seconds)
+    number = entry.get("time")
+    if isinstance(number, int | float) and not isinstance(number, bool):
+        return calendar_seconds(float(number))
     return None
 
 

@@ -12,8 +12,10 @@ The step's ``parameters`` say what to run::
 
 ``command``
     a list of arguments, or one string split as a shell would (no shell runs).
-    ``{name}`` placeholders are filled from the payload (when it is an object)
-    and the step parameters, as recipe parameters are; unknown ones stay.
+    ``{name}`` placeholders are filled from the step parameters and the payload
+    (when it is an object), as recipe parameters are; unknown ones stay. A name
+    both have is the parameter's: the payload is data from the step before, and
+    must not replace what the recipe fixed (the program to run, its options).
 ``workingdir``
     where it runs (created if missing); default the current directory.
 ``environment``
@@ -95,9 +97,9 @@ class CommandWrapper(BaseWrapper):
                 f"not {command!r}"
             )
         payload = self.recwrap.payload if self.recwrap is not None else None
-        values = {key: value for key, value in parameters.items() if key != "command"}
-        if isinstance(payload, Mapping):
-            values.update(payload)
+        values = dict(payload) if isinstance(payload, Mapping) else {}
+        # The recipe's own values win: data passed along must not pick the program.
+        values.update((key, value) for key, value in parameters.items() if key != "command")
         return [str(substitute(str(arg), values, where="parameter 'command'")) for arg in command]
 
     def working_directory(self) -> Path:

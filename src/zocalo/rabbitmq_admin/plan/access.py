@@ -21,6 +21,7 @@ from zocalo.rabbitmq_admin.plan.changes import (
     Change,
 )
 from zocalo.rabbitmq_admin.plan.context import PlanError, Planning, describe_differences, show
+from zocalo.transport.registry import redact_url
 
 
 def plan_vhosts(planning: Planning) -> set[str]:
@@ -70,8 +71,9 @@ def plan_vhosts(planning: Planning) -> set[str]:
         if name not in existing and name not in declared
     ]
     if missing:
+        where = redact_url(planning.api.base_url)
         raise PlanError(
-            f"vhost(s) {', '.join(missing)} do not exist on {planning.api.base_url}: declare "
+            f"vhost(s) {', '.join(missing)} do not exist on {where}: declare "
             "them under 'vhosts:', create them, or choose another target with --vhost"
         )
     return set(planning.desired.managed_vhosts) & set(existing)

@@ -15,7 +15,9 @@ the runner waits for the script, enforces the time limit and writes ``end.json``
 and any service reading the folder later learns the end, as it would from Slurm.
 States are Slurm's: PENDING (the script not started yet), RUNNING, COMPLETED, FAILED,
 CANCELLED, TIMEOUT. A runner that vanished without writing the end (killed with
-SIGKILL, the host rebooted) makes the job NODE_FAIL, as Slurm says of a lost node.
+SIGKILL, the host rebooted) makes the job NODE_FAIL, as Slurm says of a lost node;
+as on a lost node, the job's script is then stopped too (it must not run on, and
+report, after its end was reported).
 
 The script's ``PATH`` starts with the folder of the service's own Python, so
 ``zocalo.wrap`` in a job is the service's.
@@ -82,6 +84,26 @@ def process_start(pid: int) -> str | None:
     if not fields or fields[0] in ("Z", "X"):
         return None
     return fields[19] if len(fields) > 19 else ""
+
+
+def stop_leftover_script(runner: Mapping[str, Any]) -> None:
+    """SIGKILL the process group of the script a vanished runner (``runner.json``) left.
+
+    The script runs in the runner's session (the runner's pid), in a group of its own
+    (the script's pid). A group whose leader lives in another session is not the
+    script's: its pid was taken again by then, and that group is left alone.
+    """
+    script = runner.get("script_pid")
+    if not isinstance(script, int) or isinstance(script, bool) or script <= 0:
+        return
+    try:
+        fields = Path(f"/proc/{script}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        fields = []  # the leader ended; its group (if any is left) keeps the pid from reuse
+    if len(fields) > 3 and fields[3] != str(runner.get("pid")):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(script, signal.SIGKILL)
 
 
 class LocalBackend(JobBackend):
@@ -165,6 +187,8 @@ class LocalBackend(JobBackend):
         end = read_json(folder / END_FILE)  # (it may have ended since the first look)
         if end is not None:
             return _ended(job_id, end)
+        if runner is not None:  # an end is reported: nothing of the job may run on
+            stop_leftover_script(runner)
         if (folder / CANCEL_FILE).exists():
             return JobState(job_id, "CANCELLED", reason="cancelled")
         return JobState(job_id, "NODE_FAIL", reason="the job's runner ended without a word")
@@ -184,10 +208,7 @@ class LocalBackend(JobBackend):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(runner["pid"]), signal.SIGTERM)  # it stops the script's group
             return
-        script = runner.get("script_pid")
-        if isinstance(script, int):  # no runner to do it
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(script, signal.SIGKILL)
+        stop_leftover_script(runner)  # no runner to do it
 
     def find(self, comment: str) -> int | None:
         for entry in self.root.iterdir():
