@@ -297,6 +297,18 @@ class Transport(ABC):
         """
         raise UnsupportedFeature(f"{type(self).__name__} cannot make a reply queue")
 
+    def delete_reply_queue(self, queue: str) -> None:
+        """Delete this connection's reply queue ``queue`` (the name it was declared under),
+        with what it holds, now rather than when the connection goes: a caller that keeps
+        one connection all day and waits on many jobs leaves no queues behind.
+
+        A droppable message sent to its address after that is dropped, as after the
+        connection went. Unsubscribe its consumer first.
+        Deleting a queue this connection has not declared (or deleted already) does
+        nothing. Transports with :attr:`Capability.REPLY_QUEUE` implement this.
+        """
+        raise UnsupportedFeature(f"{type(self).__name__} cannot delete a reply queue")
+
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         """Make ``queue`` receive a copy of every message broadcast to ``topic``.
 

@@ -395,6 +395,12 @@ class MemoryTransport(Transport):
             self._reply_queues.add(queue)
         return queue
 
+    def delete_reply_queue(self, queue: str) -> None:
+        with self.broker.condition:
+            if queue in self._reply_queues:
+                self._reply_queues.discard(queue)
+                self.broker.queues.pop(queue, None)
+
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)
         with self.broker.condition:
