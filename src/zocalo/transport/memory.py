@@ -415,8 +415,15 @@ class MemoryTransport(Transport):
             subscription.active = False
             if subscription.broadcast:
                 broker.topics.get(subscription.destination, []).remove(consumer)
-                del self._consumers[subscription.id]
+            if not consumer.unacked:
+                self._retire(consumer)
             broker.condition.notify_all()
+
+    def _retire(self, consumer: _Consumer) -> None:
+        """Forget an unsubscribed consumer that holds nothing (lock held): it no longer
+        counts as consuming its queue."""
+        self._consumers.pop(consumer.subscription.id, None)
+        self.broker.consumers.discard(consumer)
 
     def _owned(self, delivery: Delivery) -> tuple[_Consumer, _Stored]:
         """``delivery``'s consumer and message if it awaits settlement (lock held), or raise."""
@@ -438,7 +445,7 @@ class MemoryTransport(Transport):
         consumer, message = self._owned(delivery)
         del consumer.unacked[delivery.message_id]
         if not consumer.subscription.active and not consumer.unacked:
-            self._consumers.pop(consumer.subscription.id, None)
+            self._retire(consumer)
         self.broker.condition.notify_all()
         return consumer, message
 
