@@ -97,9 +97,10 @@ def test_many_submits_on_one_connection_leave_no_reply_queue_behind(
     and the connection stays the caller's."""
     jobs = f"replies.jobs.{uuid.uuid4().hex}"
     recipe = {"1": {"service": "Nobody", "queue": jobs}, "start": [[1, {}]]}
-    with create_transport(each_transport_url) as caller, create_transport(
-        each_transport_url
-    ) as sender:
+    with (
+        create_transport(each_transport_url) as caller,
+        create_transport(each_transport_url) as sender,
+    ):
         caller.declare_queue(jobs)
         addresses = []
         for _ in range(200):
@@ -144,9 +145,7 @@ def handle(transport: Transport, jobs: str, collector, *, parts: list[str], cras
         transport.close()
 
 
-def test_a_step_handled_again_after_a_crash_is_counted_once(
-    each_transport_url, collector, caplog
-):
+def test_a_step_handled_again_after_a_crash_is_counted_once(each_transport_url, collector, caplog):
     """A worker replies twice and dies after its replies went out but before its input
     was acknowledged; the input is redelivered and the step replies the same two again.
     A caller waiting for three replies (``--results 3``) sees each distinct reply once,

@@ -64,7 +64,6 @@ from zocalo.transport.stomp.browse import Browsers
 from zocalo.transport.stomp.confirms import Batch, Prepared, Publisher
 from zocalo.transport.stomp.connection import Link
 from zocalo.transport.stomp.consumers import Consumers, Receipt
-from zocalo.transport.stomp.reply_queues import ReplyQueues
 from zocalo.transport.stomp.headers import (
     DELIVERIES_HEADER,
     MESSAGE_ID_HEADER,
@@ -73,6 +72,7 @@ from zocalo.transport.stomp.headers import (
     received,
     to_stomp,
 )
+from zocalo.transport.stomp.reply_queues import ReplyQueues
 from zocalo.transport.stomp.topology import Destinations, routing_headers
 from zocalo.transport.stomp.url import endpoint
 
