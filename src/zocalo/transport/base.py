@@ -151,7 +151,8 @@ class Capability(enum.Enum):
     DEAD_LETTER = "dead-letter"
     CROSS_PROCESS = "cross-process"
     DELAYED_BROADCAST = "delayed-broadcast"
-    #: ``declare_reply_queue``, and droppable messages dropped when their queue is gone.
+    #: ``declare_reply_queue``/``delete_reply_queue``, and droppable messages dropped when
+    #: their queue is gone.
     REPLY_QUEUE = "reply-queue"
     #: ``keep_broadcasts`` and ``subscribe_broadcast(..., replay=)``.
     KEPT_BROADCASTS = "kept-broadcasts"
@@ -280,8 +281,9 @@ class Transport(ABC):
         return its *address*: the name replies are sent to (put that in the job).
 
         It goes away, with what it holds, when this connection closes or dies (its
-        caller has gone); a droppable message sent to it after that (see
-        :class:`Outgoing`) is dropped, and the publish that carried it goes through.
+        caller has gone), or :meth:`delete_reply_queue` deletes it; a droppable message
+        sent to it after that (see :class:`Outgoing`) is dropped, and the publish that
+        carried it goes through.
         Consume it with :meth:`subscribe` under ``queue``. Declaring this connection's
         own reply queue again is harmless (the same address).
 
