@@ -11,6 +11,7 @@ nothing else is in a queue, a sentinel is sent last and read up to (FIFO).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -1671,3 +1672,45 @@ def test_a_reply_queue_needs_a_name_no_queue_has(
         second.declare_reply_queue(theirs)
     second.close()
     assert drain(first, work, collector) == [b"waiting"], "the work queue kept its message"
+
+
+def test_a_deleted_reply_queue_goes_at_once_and_later_replies_are_dropped(
+    connect: Callable[..., Transport],
+    collector: Callable,
+    name: Callable,
+    dropped_replies: Any,
+) -> None:
+    """``delete_reply_queue``: the queue goes now, with what it holds, while its connection
+    stays open (a caller on one connection all day leaves no queues behind); a reply sent
+    later is dropped with one line, its publish going through; the name is free again.
+    Deleting again, or a name that is no reply queue of this connection, does nothing."""
+    inputs, outputs, work = name("in"), name("out"), name("work")
+    caller, worker, observer = connect(), connect(), connect()
+    if lacks(caller, Capability.REPLY_QUEUE, caller.delete_reply_queue, "zocalo.reply.x"):
+        return
+    queue = reply_queue_name()
+    address = caller.declare_reply_queue(queue)
+    worker.publish([Outgoing(address, b"unread", droppable=True)]).result(DEADLINE)
+    observer.send(work, b"waiting")
+
+    caller.delete_reply_queue(queue)
+    caller.delete_reply_queue(queue)  # again: harmless
+    caller.delete_reply_queue(work)  # not a reply queue of this connection: left alone
+    with contextlib.suppress(UnsupportedFeature):
+        assert queue not in {stats.queue for stats in caller.queue_stats()}
+    _, [delivery] = take(worker, inputs, 1, collector, [b"input"])
+    worker.publish(
+        [Outgoing(address, b"late reply", droppable=True), Outgoing(outputs, b"result")],
+        ack=delivery,
+    ).result(DEADLINE)
+    assert dropped_replies.count(address) == 1, "gone as soon as deleted: one line names it"
+    assert drain(observer, outputs, collector) == [b"result"]
+    assert returned_after_close(worker, observer, inputs, collector) == [], "the input was acked"
+    assert drain(observer, work, collector) == [b"waiting"], "the work queue kept its message"
+
+    assert caller.connected
+    renewed = caller.declare_reply_queue(queue)  # the name is free again
+    received = collector(ack_with=caller)
+    caller.subscribe(queue, received)
+    observer.publish([Outgoing(renewed, SENTINEL, droppable=True)]).result(DEADLINE)
+    assert [d.body for d in received.wait_for_body(SENTINEL)] == [SENTINEL], "nothing left over"

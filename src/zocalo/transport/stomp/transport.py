@@ -76,6 +76,7 @@ from zocalo.transport.stomp.headers import (
     received,
     to_stomp,
 )
+from zocalo.transport.stomp.reply_queues import ReplyQueues
 from zocalo.transport.stomp.topology import DEAD_LETTER_QUEUES, Destinations, routing_headers
 from zocalo.transport.stomp.url import endpoint
 
@@ -107,7 +108,7 @@ class StompTransport(Transport):
             self.endpoint,
             on_message=self._on_message,
             on_error=lambda text: self._publisher.refused(text),
-            on_lost=lambda reason: self._lost(),
+            on_lost=lambda reason: self._consumers.connection_lost(self._link),
             on_reconnected=lambda: self._consumers.restore(self._link),
         )
         #: The broker's flavour (:mod:`.flavour`): ActiveMQ's until connected.
@@ -120,20 +121,17 @@ class StompTransport(Transport):
         self.dead_letter_copies_failed = 0
         #: The queues declared (on RabbitMQ, see :meth:`declare_queue`).
         self._declared: set[str] = set()
-        #: This connection's reply queues: our name -> its temporary queue.
-        self._reply_queues: dict[str, str] = {}
+        self._reply_queues = ReplyQueues(
+            self.endpoint, self.destinations, self._consumers, self._reply_queue_lost
+        )
 
-    def _lost(self) -> None:
-        """The connection was lost: the broker takes back what it held, and deleted its
-        reply queues; whoever waits on one is told (replies now go nowhere)."""
-        self._consumers.connection_lost(self._link)
-        names = ", ".join(sorted(self._reply_queues))
-        self._reply_queues.clear()
-        if names and not self._link.closing:
-            self.report_failure(
-                f"{self.safe_url}: the connection was lost, and ActiveMQ deleted its reply "
-                f"queue(s) {names} with it: replies sent to them are dropped"
-            )
+    def _reply_queue_lost(self, queue: str) -> None:
+        """A reply queue's connection was lost: ActiveMQ deleted the queue with it;
+        whoever waits on it is told (replies now go nowhere)."""
+        self.report_failure(
+            f"{self.safe_url}: the connection of reply queue {queue} was lost, and ActiveMQ "
+            "deleted the queue with it: replies sent to it are dropped"
+        )
 
     def _on_message(self, frame: Frame) -> None:
         if not self._browsers.on_message(frame):
@@ -161,6 +159,7 @@ class StompTransport(Transport):
         """Close: what is being confirmed is finished first (its acks go out), then the
         broker returns unacknowledged deliveries to their queues."""
         self._bound.close()
+        self._reply_queues.close()
         self._link.close(drain=self.endpoint.timeout)
         self._consumers.forget(self._link)
         self._consumers.stop_callbacks()
@@ -168,6 +167,7 @@ class StompTransport(Transport):
     def abort(self) -> None:
         """As a killed process would leave: the socket closes, nothing more is said."""
         self._bound.close(abort=True)
+        self._reply_queues.close(abort=True)
         self._link.abort()
         self._consumers.forget(self._link)
         self._consumers.stop_callbacks()
@@ -188,16 +188,17 @@ class StompTransport(Transport):
     def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
-        temporary = self._reply_queues.get(queue)
-        destination = temporary or self.destinations.queue(queue)
         self._link.require_open()
+        temporary = self._reply_queues.get(queue)
+        destination = temporary.destination if temporary else self.destinations.queue(queue)
+        link = temporary.link if temporary else self._link
         subscription = Subscription(
             self._next_subscription_id(), queue, callback, prefetch=prefetch
         )
         # A dead-letter queue has no limit of its own; a reply queue dead-letters nothing.
         limited = not temporary and queue != dlq_name(queue)
         headers = self._consumers.queue_headers(destination, prefetch, limited=limited)
-        self._consumers.consume(subscription, destination, headers, self._link, limited=limited)
+        self._consumers.consume(subscription, destination, headers, link, limited=limited)
         binding = self._bound.bound(queue)
         if binding is not None:
             try:
@@ -208,30 +209,22 @@ class StompTransport(Transport):
         return subscription
 
     def declare_reply_queue(self, queue: str) -> str:
-        """A temporary queue of this connection (see :mod:`.temporary`): private to it,
-        deleted by the broker when it closes or dies. Returns its address, the name
-        others send replies to (``zocalo.reply.<ActiveMQ's id>``); ``queue`` is the
-        caller's name for consuming it. Each connection's are its own: no name clashes.
+        """A temporary queue on a connection of its own (see :mod:`.reply_queues`),
+        deleted by the broker when this transport closes or dies, or the queue is
+        deleted. Returns its address, the name others send replies to
+        (``zocalo.reply.<ActiveMQ's id>``); ``queue`` is the caller's name for
+        consuming it. Each connection's are its own: no name clashes.
         """
-        destination = self.destinations.temporary(queue)
         self._link.require_open()
         if self.flavour.refuses_reply_queues:
             raise UnsupportedFeature(self.flavour.refuses_reply_queues)
-        address = self._link.temporary.address(destination)
-        if address is None:  # made by the first frame naming it: a consumer that takes nothing
-            stomp_id = f"reply-queue-{queue}"
-            headers = {"ack": "client-individual", "activemq.prefetchSize": "0"}
-            self._link.call("SUBSCRIBE", {"id": stomp_id, "destination": destination, **headers})
-            self._link.call("UNSUBSCRIBE", {"id": stomp_id})
-            address = self._link.temporary.address(destination)
-        if address is None:
-            raise UnsupportedFeature(
-                f"{self.safe_url}: the broker gave the connection no id (the CONNECTED "
-                "frame's session header), so its temporary queues cannot be named: "
-                "reply queues need ActiveMQ Classic"
-            )
-        self._reply_queues[queue] = destination
-        return address
+        return self._reply_queues.declare(queue)
+
+    def delete_reply_queue(self, queue: str) -> None:
+        """Close the queue's own connection: ActiveMQ deletes it (see :mod:`.reply_queues`)."""
+        if self.flavour.refuses_reply_queues:
+            raise UnsupportedFeature(self.flavour.refuses_reply_queues)
+        self._reply_queues.delete(queue)
 
     def subscribe_broadcast(
         self, topic: str, callback: Callback, *, replay: float = 0.0
