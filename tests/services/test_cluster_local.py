@@ -106,9 +106,10 @@ def test_a_local_job_succeeds_and_its_results_continue_down_the_recipe(
     assert success["stdout"] == "found 42"
     assert (work / "spots.txt").read_text() == "42\n"
     assert outputs.payloads("failure") == outputs.payloads("error") == []
-    # The job ran where the local runner keeps its jobs, under the runner's own session.
-    end = json.loads((jobs_folder / str(submitted["jobid"]) / "end.json").read_text())
-    assert end["state"] == "COMPLETED"
+    # Its end is in the job record (committed before the report went out), so the job's
+    # folder, and its entry in the comment index, are gone.
+    assert not (jobs_folder / str(submitted["jobid"])).exists()
+    assert list((jobs_folder / "by-comment").iterdir()) == []
     started = float((work / "started").read_text())
     ended = float((work / "ended").read_text())
     timing = {
@@ -190,7 +191,7 @@ def test_zocalo_cancel_stops_a_local_job_and_reports_nothing_of_it(
     wait_for((work / "running").exists, "the job to run")
     assert service.backend is not None
     wait_for(lambda: service.backend.state(submitted["jobid"]).state == "RUNNING", "RUNNING")
-    script = json.loads((jobs_folder / str(submitted["jobid"]) / "runner.json").read_text())
+    script = json.loads((jobs_folder / str(submitted["jobid"]) / "script.json").read_text())
     with caplog.at_level(logging.INFO):
         result = CliRunner().invoke(cli, ["cancel", recipe_id, "-t", sqlite_broker])
         assert result.exit_code == 0, result.output
@@ -199,9 +200,9 @@ def test_zocalo_cancel_stops_a_local_job_and_reports_nothing_of_it(
             lambda: [r for r in service.jobs.of_recipe(recipe_id) if r.state == "ended"],
             "the job's end to be recorded",
         )
-    end = json.loads((jobs_folder / str(submitted["jobid"]) / "end.json").read_text())
-    assert end["state"] == "CANCELLED"
-    assert not group_alive(script["script_pid"]), "the job's whole process group is gone"
+    (record,) = service.jobs.of_recipe(recipe_id)
+    assert record.outcome is not None and record.outcome["state"] == "CANCELLED"
+    assert not group_alive(script["pid"]), "the job's whole process group is gone"
     assert outputs.payloads("failure") == outputs.payloads("error") == []
     assert outputs.payloads("job_completed") == []
     assert any(

@@ -1,8 +1,12 @@
 """The runner of one local job: ``python -m zocalo.wrapper.backends.local_job FOLDER``.
 
 Started by :class:`~zocalo.wrapper.backends.local.LocalBackend` in a session of
-its own, it runs the folder's script in a process group of the script's own,
-with the job's directory, environment and output files; stops that group at
+its own, it claims the job (``runner.json``, created once: a backend that gave the
+job up as lost claimed it first, and then nothing runs), and runs the folder's
+script in a process group of the script's own, with the job's directory,
+environment and output files (the script's process writes its pid to
+``script.json`` before it executes the script, so a runner killed at any moment
+leaves a script that can be found and stopped); stops that group at
 the time limit (TIMEOUT) or on SIGTERM (a cancellation: CANCELLED), SIGKILL
 after :data:`KILL_GRACE` seconds; and writes how the job ended to ``end.json``,
 which is what every later look at the job reads. Few imports: it starts fast.
@@ -25,6 +29,8 @@ from zocalo.wrapper.backends.local import (
     JOB_FILE,
     RUNNER_FILE,
     SCRIPT_FILE,
+    SCRIPT_PID_FILE,
+    create_once,
     process_start,
     read_json,
     write_atomically,
@@ -52,15 +58,31 @@ def _open_output(path: str) -> Any:
     return open(target, "wb")
 
 
-def run(folder: Path) -> dict[str, Any]:
-    """Run the job in ``folder`` to its end; how it ended (also written to ``end.json``)."""
+def _record_script(folder: Path, runner: int) -> Any:
+    """What the script's process does before it executes the script: write its pid (its
+    process group's id), then go on only while its runner lives (a runner gone by then
+    may have been found dead with no script to stop: the job is over)."""
+
+    def record() -> None:
+        write_atomically(folder / SCRIPT_PID_FILE, {"pid": os.getpid(), "runner": runner})
+        if os.getppid() != runner:
+            os._exit(127)
+
+    return record
+
+
+def run(folder: Path) -> dict[str, Any] | None:
+    """Run the job in ``folder`` to its end; how it ended (also written to ``end.json``),
+    or None if the job was no longer this runner's to run."""
     job = read_json(folder / JOB_FILE)
     if job is None:
         raise SystemExit(f"{folder}: no {JOB_FILE}")
     stop = _Stop()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.request("CANCELLED"))
     me = {"pid": os.getpid(), "start": process_start(os.getpid())}
-    write_atomically(folder / RUNNER_FILE, me)
+    if not create_once(folder / RUNNER_FILE, me):
+        print(f"{folder}: the job was given up before this runner started", file=sys.stderr)
+        return None
     if (folder / CANCEL_FILE).exists():
         return _end(folder, {"state": "CANCELLED", "reason": "cancelled before it started"})
     try:
@@ -79,10 +101,10 @@ def run(folder: Path) -> dict[str, Any]:
                 stdout=stdout,
                 stderr=stderr,
                 process_group=0,  # its own group: stopped as a whole
+                preexec_fn=_record_script(folder, me["pid"]),
             )
-    except OSError as error:
+    except (OSError, subprocess.SubprocessError) as error:
         return _end(folder, {"state": "FAILED", "exit_code": 127, "reason": str(error)})
-    write_atomically(folder / RUNNER_FILE, {**me, "script_pid": script.pid})
     limit = job.get("time_limit")
     deadline = time.monotonic() + limit * 60 if isinstance(limit, int | float) else None
     signalled: set[int] = set()
