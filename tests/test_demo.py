@@ -6,13 +6,18 @@ or repeats work fails the run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from zocalo.demo import DemoResult, DemoSettings, run_demo
+from local_jobs import group_alive, job_groups, kill_local_jobs
+from zocalo.demo import Board, DemoResult, DemoSettings, run_demo
 from zocalo.demo.detector import TEMPLATE
 from zocalo.demo.facility import RESULTS_QUERY
 from zocalo.examples.integrate import integrate
@@ -97,9 +102,12 @@ def test_every_collection_reaches_the_database_once(tmp_path, broker):
 
 def assert_integrated_by_local_jobs(result: DemoResult) -> None:
     """Each integration ran as a job of ClusterSubmission's local runner (no Slurm is
-    configured), which recorded its end; its wrapper logged to the job's run.out."""
-    jobs = sorted((result.site / "cluster-jobs.local").glob("*/end.json"))
-    assert [json.loads(end.read_text())["state"] for end in jobs] == ["COMPLETED"] * COLLECTIONS
+    configured), whose end the service recorded, and then forgot the job's folder; its
+    wrapper logged to the job's run.out."""
+    with sqlite3.connect(result.site / "cluster-jobs.db") as db:
+        outcomes = [json.loads(row[0]) for row in db.execute("SELECT outcome FROM jobs")]
+    assert [outcome["state"] for outcome in outcomes] == ["COMPLETED"] * COLLECTIONS
+    assert not list((result.site / "cluster-jobs.local").glob("[0-9]*")), "folders left"
     for dcid in DCIDS:
         output = (result.site / "processing" / f"dc{dcid}" / "run.out").read_text()
         assert (
@@ -138,3 +146,39 @@ def test_settings_that_cannot_run_are_refused_in_one_line(tmp_path):
         run_demo(DemoSettings(collections=0, workdir=tmp_path))
     with pytest.raises(ValueError, match=r"no demo service demo\.Nothing"):
         run_demo(DemoSettings(replace={"demo.Nothing": "x:Y"}, workdir=tmp_path))
+
+
+class InterruptedAtTheFirstJob(Board):
+    """Presses Ctrl-C (SIGINT to this process) once the first integration job's script
+    runs; notes the process groups of that job."""
+
+    def __init__(self, jobs: Path) -> None:
+        super().__init__(DCIDS, IMAGES)
+        self.jobs = jobs
+        self.groups: list[int] = []
+
+    def integrating(self, dcid: int, job: object) -> None:
+        super().integrating(dcid, job)
+        if self.groups:
+            return
+        folder, deadline = self.jobs / str(job), time.monotonic() + 30
+        while len(job_groups(folder)) < 2 and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        self.groups = job_groups(folder)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_an_interrupted_demo_leaves_no_job_running(tmp_path, monkeypatch):
+    """Ctrl-C while a job runs (a job that would run for 10 minutes): the demo cancels
+    its unfinished jobs, whole process groups, before it gives up."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # demo_faults, for services
+    jobs = tmp_path / "facility" / "cluster-jobs.local"
+    board = InterruptedAtTheFirstJob(jobs)
+    hanging = settings(tmp_path, None, replace={"ClusterSubmission": "demo_faults:HangingJobs"})
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_demo(hanging, board)
+        assert len(board.groups) == 2, "the job's script and runner were running"
+        assert [group for group in board.groups if group_alive(group)] == []
+    finally:
+        kill_local_jobs(jobs)
