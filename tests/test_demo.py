@@ -102,12 +102,20 @@ def test_every_collection_reaches_the_database_once(tmp_path, broker):
 
 def assert_integrated_by_local_jobs(result: DemoResult) -> None:
     """Each integration ran as a job of ClusterSubmission's local runner (no Slurm is
-    configured), whose end the service recorded, and then forgot the job's folder; its
-    wrapper logged to the job's run.out."""
+    configured), which wrote its end; a job whose end the service recorded (it may stop
+    first: the reply does not wait for that) has no folder left; its wrapper logged to
+    the job's run.out."""
     with sqlite3.connect(result.site / "cluster-jobs.db") as db:
-        outcomes = [json.loads(row[0]) for row in db.execute("SELECT outcome FROM jobs")]
-    assert [outcome["state"] for outcome in outcomes] == ["COMPLETED"] * COLLECTIONS
-    assert not list((result.site / "cluster-jobs.local").glob("[0-9]*")), "folders left"
+        rows = db.execute("SELECT job_id, outcome FROM jobs").fetchall()
+    recorded = {job_id: json.loads(outcome)["state"] for job_id, outcome in rows if outcome}
+    folders = result.site / "cluster-jobs.local"
+    unrecorded = {
+        int(end.parent.name): json.loads(end.read_text())["state"]
+        for end in folders.glob("*/end.json")
+    }
+    assert not set(recorded) & set(unrecorded), "a recorded job's folder is left"
+    assert sorted({**recorded, **unrecorded}) == sorted(job_id for job_id, _ in rows)
+    assert [*recorded.values(), *unrecorded.values()] == ["COMPLETED"] * COLLECTIONS
     for dcid in DCIDS:
         output = (result.site / "processing" / f"dc{dcid}" / "run.out").read_text()
         assert (
