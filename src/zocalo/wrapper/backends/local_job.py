@@ -101,7 +101,7 @@ def run(folder: Path) -> dict[str, Any] | None:
                 stdout=stdout,
                 stderr=stderr,
                 process_group=0,  # its own group: stopped as a whole
-                preexec_fn=_record_script(folder, me["pid"]),
+                preexec_fn=_record_script(folder, os.getpid()),
             )
     except (OSError, subprocess.SubprocessError) as error:
         return _end(folder, {"state": "FAILED", "exit_code": 127, "reason": str(error)})
