@@ -276,6 +276,11 @@ def test_the_site_configuration_chooses_the_backend(tmp_path):
         slurm + "c:\n  plugin: cluster\n  backend: local\nenvironments:\n  default: [s, c]\n"
     )
     assert isinstance(backend_for_site(forced, tmp_path / "x"), LocalBackend)
+    bounded = plugins(
+        "c:\n  plugin: cluster\n  backend: local\n  max_jobs: 2\n"
+        + "environments:\n  default: [c]\n"
+    )
+    assert backend_for_site(bounded, tmp_path / "x").max_jobs == 2
     wanting = plugins("c:\n  plugin: cluster\n  backend: slurm\nenvironments:\n  default: [c]\n")
     with pytest.raises(BackendError, match="no 'slurm' section is active"):
         backend_for_site(wanting, tmp_path / "x")

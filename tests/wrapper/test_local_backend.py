@@ -260,3 +260,31 @@ def test_a_runner_that_cannot_start_for_now_leaves_no_job_and_the_backend_is_unr
     )
     assert job_folders(root) == []
     assert LocalBackend(root).find("busy") is None
+
+
+def test_with_max_jobs_further_jobs_wait_pending_and_can_be_cancelled_meanwhile(tmp_path):
+    root = tmp_path / "jobs"
+    backend = LocalBackend(root, max_jobs=1)
+    try:
+        first = backend.submit(
+            request(tmp_path, f"while [ ! -e {tmp_path}/release ]; do sleep 0.05; done")
+        )
+        wait_for(backend, first, lambda state: state.state == "RUNNING")
+        second = backend.submit(request(tmp_path, f"touch {tmp_path}/second-ran"))
+        third = backend.submit(request(tmp_path, f"touch {tmp_path}/third-ran"))
+        for job_id in (second, third):
+            log = root / str(job_id) / "runner.log"
+            deadline = time.monotonic() + DEADLINE
+            while "waiting for one of 1 job slots" not in log.read_text():
+                assert time.monotonic() < deadline, f"job {job_id} did not wait for a slot"
+                threading.Event().wait(0.05)
+            assert backend.state(job_id) == JobState(job_id, "PENDING")
+        backend.cancel(third)
+        assert wait_for(backend, third).state == "CANCELLED"
+        assert not (tmp_path / "second-ran").exists()
+        (tmp_path / "release").touch()
+        assert wait_for(backend, first).state == "COMPLETED"
+        assert wait_for(backend, second).state == "COMPLETED"
+        assert (tmp_path / "second-ran").exists() and not (tmp_path / "third-ran").exists()
+    finally:
+        kill_local_jobs(root)

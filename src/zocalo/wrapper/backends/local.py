@@ -35,7 +35,9 @@ given, is never removed.
 
 Resources are Slurm's business: the local backend runs each job as it comes and
 ignores cpus, tasks, nodes, memory, partition, preference and GPUs
-(:data:`IGNORED`; the service says so once when it starts). The time limit holds.
+(:data:`IGNORED`; the service says so once when it starts). The time limit holds, and
+``max_jobs`` (the ``cluster`` section's) bounds how many jobs run at once: the others
+wait, PENDING, their runners queued for a slot (:mod:`.local_job`).
 
 The script's ``PATH`` starts with the folder of the service's own Python, so
 ``zocalo.wrap`` in a job is the service's.
@@ -193,10 +195,15 @@ class LocalBackend(JobBackend):
     kind = "local"
     ignored_fields = IGNORED
 
-    def __init__(self, root: str | Path, *, start_grace: float = START_GRACE) -> None:
+    def __init__(
+        self, root: str | Path, *, start_grace: float = START_GRACE, max_jobs: int | None = None
+    ) -> None:
         self.root = Path(root)
-        self.name = f"this host (local jobs in {self.root})"
+        limit = f", at most {max_jobs} at once" if max_jobs else ""
+        self.name = f"this host (local jobs in {self.root}{limit})"
         self.start_grace = start_grace
+        #: Jobs running at once, at most (further ones wait, PENDING); None: no bound.
+        self.max_jobs = max_jobs
         #: How a job's runner is started (its folder follows).
         self.runner_command = [sys.executable, "-m", "zocalo.wrapper.backends.local_job"]
         try:
@@ -249,7 +256,9 @@ class LocalBackend(JobBackend):
             descriptor = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
             with os.fdopen(descriptor, "w") as stream:
                 stream.write(request.script)
-            write_atomically(folder / JOB_FILE, _job_description(request))
+            write_atomically(
+                folder / JOB_FILE, {**_job_description(request), "max_jobs": self.max_jobs}
+            )
             if request.comment is not None:
                 write_atomically(self._comment_file(request.comment), {"job_id": job_id})
             with open(folder / "runner.log", "wb") as log:

@@ -9,19 +9,22 @@ environment and output files (the script's process writes its pid to
 leaves a script that can be found and stopped); stops that group at
 the time limit (TIMEOUT) or on SIGTERM (a cancellation: CANCELLED), SIGKILL
 after :data:`KILL_GRACE` seconds; and writes how the job ended to ``end.json``,
-which is what every later look at the job reads. Few imports: it starts fast.
+which is what every later look at the job reads. With ``max_jobs`` (the ``cluster``
+section's), a runner first waits, its job PENDING, for one of that many slots
+(``<root>/slots/<n>``, each held with a lock while its job runs). Few imports: it starts fast.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from zocalo.wrapper.backends.local import (
     CANCEL_FILE,
@@ -38,6 +41,8 @@ from zocalo.wrapper.backends.local import (
 
 #: Seconds between SIGTERM and SIGKILL of a script that must stop.
 KILL_GRACE = 5.0
+#: Seconds between two looks for a free slot (``max_jobs``).
+SLOT_POLL = 0.2
 
 
 class _Stop:
@@ -56,6 +61,28 @@ def _open_output(path: str) -> Any:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     return open(target, "wb")
+
+
+def _take_slot(folder: Path, max_jobs: int, stop: _Stop) -> IO[bytes] | None:
+    """Wait for one of ``max_jobs`` slots of the backend's folder; the slot (held until
+    this runner closes it or ends), or None if the job was cancelled meanwhile."""
+    slots = folder.parent / "slots"
+    slots.mkdir(mode=0o700, exist_ok=True)
+    said = False
+    while stop.state is None:
+        for number in range(max_jobs):
+            slot = open(slots / str(number), "ab")  # noqa: SIM115 (held past this function)
+            try:
+                fcntl.flock(slot, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                slot.close()
+                continue
+            return slot
+        if not said:
+            print(f"{folder}: waiting for one of {max_jobs} job slots", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(SLOT_POLL)
+    return None
 
 
 def _record_script(folder: Path, runner: int) -> Any:
@@ -83,8 +110,15 @@ def run(folder: Path) -> dict[str, Any] | None:
     if not create_once(folder / RUNNER_FILE, me):
         print(f"{folder}: the job was given up before this runner started", file=sys.stderr)
         return None
-    if (folder / CANCEL_FILE).exists():
+    max_jobs = job.get("max_jobs")
+    slot = _take_slot(folder, max_jobs, stop) if isinstance(max_jobs, int) else None
+    if (folder / CANCEL_FILE).exists() or (max_jobs and slot is None):
         return _end(folder, {"state": "CANCELLED", "reason": "cancelled before it started"})
+    with slot or contextlib.nullcontext():
+        return _run_script(folder, job, stop)
+
+
+def _run_script(folder: Path, job: dict[str, Any], stop: _Stop) -> dict[str, Any]:
     try:
         stdout = _open_output(job["standard_output"])
         stderr = (
