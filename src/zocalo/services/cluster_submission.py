@@ -52,7 +52,10 @@ the site configuration's ``slurm`` section says (``url``, ``api_version``, ``use
 restarts) when there is no ``slurm`` section, or a ``cluster`` section says
 ``backend: local``. ``ZOCALO_CLUSTER_JOBS`` names the job record (default:
 ``cluster-jobs.db`` in the data directory); local jobs' folders go beside it
-(``cluster-jobs.local/``) unless the ``cluster`` section's ``jobs`` says where.
+(``cluster-jobs.local/``) unless the ``cluster`` section's ``jobs`` says where. Once a
+job's end is committed to the record, the backend may forget the job
+(:meth:`~zocalo.wrapper.backends.base.JobBackend.forget`: a local job's folder goes);
+each start forgets those a stop left in between.
 
 Note that python-zocalo's ClusterSubmission must not share the
 queue while this one has jobs in flight: it would take a poll for a new job.
