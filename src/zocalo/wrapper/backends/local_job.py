@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -85,7 +86,7 @@ def _take_slot(folder: Path, max_jobs: int, stop: _Stop) -> IO[bytes] | None:
     return None
 
 
-def _record_script(folder: Path, runner: int) -> Any:
+def _record_script(folder: Path, runner: int) -> Callable[[], None]:
     """What the script's process does before it executes the script: write its pid (its
     process group's id), then go on only while its runner lives (a runner gone by then
     may have been found dead with no script to stop: the job is over)."""
