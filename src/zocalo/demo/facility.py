@@ -129,7 +129,7 @@ class Site:
         ]
         for job_id in running:
             jobs.cancel(job_id)
-        return _all_ended(jobs, running, timeout)
+        return _all_ended(jobs, running, timeout, runners=True)
 
     @property
     def log(self) -> Path:
@@ -221,12 +221,17 @@ class Site:
         return f"sqlite3 -header -column {database} {query}"
 
 
-def _all_ended(jobs: LocalBackend, job_ids: list[int], timeout: float) -> bool:
-    """Wait until each of ``job_ids`` has ended (or is gone); False at ``timeout``."""
+def _all_ended(
+    jobs: LocalBackend, job_ids: list[int], timeout: float, runners: bool = False
+) -> bool:
+    """Wait until each of ``job_ids`` has ended (or is gone), and with ``runners`` until
+    their runners have exited too; False at ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = jobs.states(job_ids).values()
-        if all(state is None or state.ended for state in states):
+        if all(state is None or state.ended for state in states) and not (
+            runners and any(jobs.runner_running(job_id) for job_id in job_ids)
+        ):
             return True
         time.sleep(0.05)
     return False

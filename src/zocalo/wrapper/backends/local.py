@@ -352,6 +352,10 @@ class LocalBackend(JobBackend):
             return
         stop_leftover_script(folder, runner)  # no runner to do it
 
+    def runner_running(self, job_id: int) -> bool:
+        """Whether the job's runner process still runs (it ends just after the job's end)."""
+        return runner_alive(read_json(self._folder(job_id) / RUNNER_FILE))
+
     def find(self, comment: str) -> int | None:
         job_id = _pid(read_json(self._comment_file(comment)), "job_id")
         if job_id is None:
