@@ -89,8 +89,8 @@ def is_protocol_header(name: str) -> bool:
 
 def escape(text: str) -> str:
     """A header name or value as a STOMP 1.2 frame writes it."""
-    if not any(character in text for character in _ESCAPES):
-        return text
+    if "\\" not in text and ":" not in text and "\n" not in text and "\r" not in text:
+        return text  # nearly every header: four scans in C, no generator
     return "".join(_ESCAPES.get(character, character) for character in text)
 
 

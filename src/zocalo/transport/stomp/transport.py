@@ -3,10 +3,12 @@
 RabbitMQ's STOMP plugin works too (``?vhost=/``), with fewer capabilities: the
 CONNECTED frame names the broker, and :mod:`.flavour` holds every difference.
 
-One STOMP connection (stomp.py) per transport object. Every SEND asks for a
-receipt, and the inputs of a publish are acked only once every one of its
-messages is receipted: publish and ack are pipelined, nothing waits a round
-trip per message. Callbacks run on one thread of their own, in order.
+One STOMP connection (stomp.py) per transport object. On ActiveMQ the messages
+of publishes that come together go in one STOMP transaction whose COMMIT asks
+for a receipt, and the inputs of a publish are acked only once that receipt is
+in (on RabbitMQ's plugin every SEND is receipted instead, see :mod:`.flavour`):
+publish and ack are pipelined, nothing waits a round trip per message.
+Callbacks run on one thread of their own, in order.
 
 On the wire it matches python-workflows' ``StompTransport``: destinations
 ``/queue/<prefix>.<name>`` and ``/topic/<prefix>.<name>``, persistent queue
