@@ -165,7 +165,7 @@ class ServiceRunner:
             subscription = self.transport.subscribe_broadcast(spec.destination, callback)
         else:
             subscription = self.transport.subscribe(
-                spec.destination, callback, prefetch=spec.prefetch
+                spec.destination, callback, prefetch=spec.prefetch, exclusive=spec.exclusive
             )
         self._subscriptions.append(subscription)
 
