@@ -413,7 +413,11 @@ class MemoryTransport(Transport):
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         return self._start(
             Subscription(
-                self._next_subscription_id(), queue, callback, prefetch=prefetch, exclusive=exclusive
+                self._next_subscription_id(),
+                queue,
+                callback,
+                prefetch=prefetch,
+                exclusive=exclusive,
             )
         )
 

@@ -155,7 +155,7 @@ class Unsubscribe(Operation):
     future: Confirmation
 
     def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
-        _unregister(store, consumers, self.consumer)
+        _unregister(store, consumers, wake_ups, self.consumer)
         return None
 
 
@@ -214,7 +214,7 @@ class Close(Operation):
     def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
         for consumer in consumers.all():
             consumer.subscription.active = False
-            _unregister(store, consumers, consumer)
+            _unregister(store, consumers, wake_ups, consumer)
         owned = store.rows_owned_by(store.connection_id)
         for queue_name in store.return_rows(owned, "connection closed", holder=store.connection_id):
             wake_ups.consumers_of(queue_name)
@@ -222,8 +222,10 @@ class Close(Operation):
         return None
 
 
-def _unregister(store: Store, consumers: Consumers, consumer: Consumer) -> None:
-    store.remove_consumer(consumer.consumer_id)
+def _unregister(store: Store, consumers: Consumers, wake_ups: WakeUps, consumer: Consumer) -> None:
+    released = store.remove_consumer(consumer.consumer_id)
+    if released is not None:
+        wake_ups.consumers_of(released)  # its standbys: one of them takes over
     if consumer.subscription.broadcast:
         store.drop_queue(consumer.queue)
         consumers.remove(consumer)
