@@ -1785,9 +1785,9 @@ def test_an_unsubscribed_holder_hands_over_and_settles_what_it_holds(
 
     first.unsubscribe(held.deliveries[0].subscription)
     producer.send(queue, b"m1")
-    standby.wait_for_body(b"m1")
     first.ack(held.deliveries[0])  # still its own to settle: not delivered again
     producer.send(queue, SENTINEL)
+    # (Some brokers hand over only once the holder has settled what it holds.)
     assert [d.body for d in standby.wait_for_body(SENTINEL)] == [b"m1", SENTINEL]
 
 

@@ -265,9 +265,9 @@ class Transport(ABC):
         ``exclusive``: one active consumer per queue (python-zocalo's JSONLines). The
         first exclusive subscription *holds* the queue and alone receives from it; any
         other subscription to it, exclusive or not, *stands by*: it is accepted at
-        once, receives nothing, and takes over when the holder goes (unsubscribed,
-        closed, crashed, its network lost); what the holder left unacknowledged is
-        redelivered. Each standby says so in one log line when it starts standing by
+        once, receives nothing, and takes over when the holder goes (closed, crashed,
+        its network lost, or unsubscribed: on some brokers only once it has settled
+        what it still holds); what the holder left unacknowledged is redelivered. Each standby says so in one log line when it starts standing by
         and when it takes over (:func:`report_standing_by`, :func:`report_taking_over`).
         An exclusive subscription to a queue that others consume already stands by
         until they have all gone (RabbitMQ's rule), except on ActiveMQ, whose broker
