@@ -267,12 +267,14 @@ class Transport(ABC):
         other subscription to it, exclusive or not, *stands by*: it is accepted at
         once, receives nothing, and takes over when the holder goes (closed, crashed,
         its network lost, or unsubscribed: on some brokers only once it has settled
-        what it still holds); what the holder left unacknowledged is redelivered. Each standby says so in one log line when it starts standing by
-        and when it takes over (:func:`report_standing_by`, :func:`report_taking_over`).
-        An exclusive subscription to a queue that others consume already stands by
-        until they have all gone (RabbitMQ's rule), except on ActiveMQ, whose broker
-        hands the queue to the exclusive consumer at once (the others keep only what
-        they hold). A standby is never an error and never a restart.
+        what it still holds); what the holder left unacknowledged is redelivered.
+        A standby says so in one log line when it starts standing by and one when it
+        takes over (:func:`report_standing_by`, :func:`report_taking_over`; ActiveMQ
+        does not tell a client it stands by: there the subscription says it may).
+        An exclusive subscription to a queue that plain consumers read already stands
+        by until they have all gone (RabbitMQ's rule), except on ActiveMQ, whose
+        broker hands the queue to the exclusive consumer at once (the others keep only
+        what they hold). Standing by is never an error and never a restart.
         """
 
     @abstractmethod

@@ -172,20 +172,34 @@ class StompTransport(Transport):
         """ActiveMQ creates a queue on first use: only the name is checked."""
         self.destinations.queue(queue)
 
-    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
+    def subscribe(
+        self, queue: str, callback: Callback, *, prefetch: int = 1, exclusive: bool = False
+    ) -> Subscription:
+        """An exclusive subscription is an ActiveMQ exclusive consumer
+        (``activemq.exclusive``, as python-workflows subscribes): the broker lets one
+        receive at a time and hands the queue to another when it goes. It does not tell
+        a consumer that it stands by: the subscription says it may, and its first
+        delivery says it took over."""
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         temporary = self._reply_queues.get(queue)
         destination = temporary or self.destinations.queue(queue)
         self._link.require_open()
         subscription = Subscription(
-            self._next_subscription_id(), queue, callback, prefetch=prefetch
+            self._next_subscription_id(), queue, callback, prefetch=prefetch, exclusive=exclusive
         )
         # A dead-letter queue has no limit of its own; a reply queue dead-letters nothing.
         if temporary or queue == dlq_name(queue):
             headers = {"ack": "client-individual", "activemq.prefetchSize": str(prefetch)}
         else:
             headers = self._consumers.queue_headers(prefetch)
+        if exclusive:
+            headers["activemq.exclusive"] = "true"
+            log.info(
+                "consuming %s exclusively: ActiveMQ lets one exclusive consumer receive at "
+                "a time; until it takes over, this one stands by",
+                subscription.describe(),
+            )
         self._consumers.consume(subscription, destination, headers, self._link)
         binding = self._bound.bound(queue)
         if binding is not None:
