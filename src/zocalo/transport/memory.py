@@ -286,7 +286,7 @@ class _Consumer:
                     broker.condition.wait()
                     continue
                 wait = None
-                if len(self.unacked) < subscription.prefetch and self._may_take():
+                if len(self.unacked) < subscription.prefetch and self.may_take():
                     message, wait = broker.take(subscription.destination)
                     if message is not None:
                         message.delivery_count += 1
@@ -295,7 +295,7 @@ class _Consumer:
                 broker.condition.wait(wait)
         return None
 
-    def _may_take(self) -> bool:
+    def may_take(self) -> bool:
         """Whether this consumer may take from its queue now (lock held); logs the
         start and the end of standing by."""
         blocker = self.broker.blocker(self)
@@ -398,6 +398,8 @@ class MemoryTransport(Transport):
         with self.broker.condition:
             self._consumers[subscription.id] = consumer
             self.broker.consumers.add(consumer)
+            if not subscription.broadcast:
+                consumer.may_take()  # an exclusive one holds its queue from now, if it can
             if subscription.broadcast:
                 if subscription.replay:  # under the lock: nothing missed, nothing twice
                     kept = self.broker.keep(subscription.destination, subscription.replay)

@@ -154,7 +154,7 @@ class Consumers:
         with self.lock:
             consumer.dirty = False
             consumer.due = None
-        if not subscription.broadcast and not _may_claim(store, consumer):
+        if not subscription.broadcast and not may_claim(store, consumer):
             return claimed  # woken again when the holder goes (or by the reaper's round)
         while (room := consumer.room) > 0:
             if subscription.broadcast:
@@ -205,7 +205,7 @@ class Consumers:
         return abandoned
 
 
-def _may_claim(store: Store, consumer: Consumer) -> bool:
+def may_claim(store: Store, consumer: Consumer) -> bool:
     """Whether ``consumer`` may claim from its queue now; logs the start and the end of
     standing by."""
     subscription = consumer.subscription

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from zocalo.errors import PublishFailed, TransportError
 from zocalo.transport.base import report_dropped
 from zocalo.transport.messages import Confirmation, Delivery, Outgoing
-from zocalo.transport.sqlite.consumers import Consumer, Consumers
+from zocalo.transport.sqlite.consumers import Consumer, Consumers, may_claim
 from zocalo.transport.sqlite.signals import WakeUps
 from zocalo.transport.sqlite.store import Store
 
@@ -143,6 +143,8 @@ class Subscribe(Operation):
     def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
         self.consumer.register(store)
         consumers.add(self.consumer)
+        if not self.consumer.subscription.broadcast:
+            may_claim(store, self.consumer)  # an exclusive one holds its queue from now, if it can
         return None
 
     def rolled_back(self, consumers: Consumers) -> None:
