@@ -21,6 +21,8 @@ are untouched.
 
 from __future__ import annotations
 
+import logging
+
 import pika.exceptions
 
 #: The lock of queue Q is the queue ``LOCK_PREFIX + Q``, exclusive to its holder.
@@ -32,6 +34,20 @@ STANDBY_FIRST_DELAY, STANDBY_MAX_DELAY = 0.1, 2.0
 #: AMQP reply codes: a passive declaration of no queue; a queue exclusive to another
 #: connection; a consumer refused (another's exclusivity, or permissions).
 NOT_FOUND, RESOURCE_LOCKED, ACCESS_REFUSED = 404, 405, 403
+
+
+class QuietRefusals(logging.Filter):
+    """Leaves out pika's warning for each channel the broker closed over a lock, or for
+    another's exclusive consumer: a standby's tries (every few seconds while it waits)
+    would flood the log that its one line and its ``took over`` line tell enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return LOCK_PREFIX not in message and "in exclusive use" not in message
+
+
+QUIET_REFUSALS = QuietRefusals()
+logging.getLogger("pika.channel").addFilter(QUIET_REFUSALS)
 
 
 def lock_name(queue: str) -> str:
