@@ -6,6 +6,7 @@ every transport whose broker outlives a process (the memory broker does not).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -51,10 +52,8 @@ class Holder:
         assert line == expected, f"expected {expected!r}, the holder said {line!r}"
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.popen.wait(10)
 
 

@@ -37,6 +37,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,15 +170,15 @@ class Consumers:
             channel.add_on_cancel_callback(lambda frame: self._on_cancelled(consumer, frame))
             self._claim(consumer, channel)
 
-        def failed(error: BaseException) -> None:
-            starting = consumer.starting
-            if starting is not None and not starting.done():
+        def ready(future: Future[Any]) -> None:
+            error, starting = future.exception(), consumer.starting
+            if error is None:
+                opened(future.result())
+            elif starting is not None and not starting.done():
                 starting.set_exception(error)
 
         channel_ready: Confirmation = Confirmation()
-        channel_ready.add_done_callback(
-            lambda f: opened(f.result()) if not f.exception() else failed(f.exception())
-        )
+        channel_ready.add_done_callback(ready)
         self._connection.open_channel(
             channel_ready, on_close=lambda channel, reason: self._closed(consumer, channel, reason)
         )
