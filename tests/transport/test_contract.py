@@ -1765,6 +1765,7 @@ def test_an_exclusive_holder_that_crashes_hands_the_queue_to_its_standby(
     second.subscribe(queue, standby, prefetch=10, exclusive=True)
     producer.send(queue, b"m1")
     held.wait_for_body(b"m1")
+    assert standby.bodies == []
 
     crashing.abort()
     producer.send(queue, SENTINEL)
