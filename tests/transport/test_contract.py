@@ -1817,3 +1817,35 @@ def test_a_non_exclusive_consumer_beside_an_exclusive_one_stands_by(
         lambda got: {d.body for d in got} >= {b"m0", b"m1", SENTINEL, b"m2"}, "all of them"
     )
     assert sorted(d.body for d in deliveries) == sorted([b"m0", b"m1", SENTINEL, b"m2"])
+
+
+def test_an_exclusive_subscription_beside_plain_consumers_waits_for_them_to_go(
+    connect: Callable[..., Transport], collector: Callable, name: Callable, log_lines: LogLines
+) -> None:
+    """RabbitMQ's rule, kept by memory and SQLite: an exclusive consumer never shares a
+    queue, so it stands by while plain consumers read it. ActiveMQ's broker instead
+    hands it the queue at once: the plain consumer gets nothing new."""
+    queue = name("q")
+    producer, plain, alone = connect(), connect(), connect()
+    producer.send(queue, b"m0")
+    shared = collector(ack_with=plain)
+    plain_subscription = plain.subscribe(queue, shared, prefetch=10)
+    shared.wait_for_body(b"m0")
+    exclusive = collector(ack_with=alone)
+    alone.subscribe(queue, exclusive, prefetch=10, exclusive=True)
+    if not knows_its_standby(alone):  # ActiveMQ
+        for body in (b"m1", SENTINEL):
+            producer.send(queue, body)
+        assert [d.body for d in exclusive.wait_for_body(SENTINEL)] == [b"m1", SENTINEL]
+        assert shared.bodies == [b"m0"]
+        return
+    log_lines.wait_for("standing by")
+    for body in (b"m1", SENTINEL):
+        producer.send(queue, body)
+    shared.wait_for_body(SENTINEL)
+    assert exclusive.bodies == []
+
+    plain.unsubscribe(plain_subscription)
+    producer.send(queue, b"m2")
+    assert [d.body for d in exclusive.wait_for_body(b"m2")] == [b"m2"]
+    log_lines.wait_for("took over")
