@@ -223,14 +223,14 @@ class Consumers:
 
     def _closed(self, consumer: Consumer, channel: Channel, reason: BaseException) -> None:
         """On the I/O thread: the consumer's channel closed. The look for a lock found
-        none: consume on a fresh one. Another consumer holds the queue: stand by.
-        Otherwise a start under way fails."""
+        none (or was not allowed to look): consume on a fresh one. Another consumer
+        holds the queue: stand by. Otherwise a start under way fails."""
         subscription = consumer.subscription
         if channel is not consumer.channel:
             return  # an earlier channel of a standby
         probing, consumer.probing = consumer.probing, False
         if subscription.active and not self._connection.closing:
-            if probing and exclusive.lock_absent(reason):
+            if probing and not exclusive.held_by_another(reason):  # none, or none we may see
                 consumer.unlocked = True
                 consumer.channel = None
                 self._open(consumer)

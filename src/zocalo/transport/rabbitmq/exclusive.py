@@ -13,10 +13,11 @@ exclusively, or plain consumers: it waits until they have gone), and then still
 with ``exclusive`` set, which a classic queue enforces against everyone else.
 
 A plain subscription first looks for the lock (a passive declaration): held, it
-stands by too. Whoever stands by tries again on a fresh channel of its own
-after a growing pause; a refusal closes only that channel, which never had a
-delivery, so nothing is lost or duplicated and the connection's other channels
-are untouched.
+stands by too (absent, or the user may not look, it consumes). Declaring a lock
+needs the ``configure`` permission on ``zocalo.exclusive.*``. Whoever stands by
+tries again on a fresh channel of its own after a growing pause; a refusal closes
+only that channel, which never had a delivery, so nothing is lost or duplicated
+and the connection's other channels are untouched.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ LOCK_PREFIX = "zocalo.exclusive."
 #: Bounds of the pause before a standing-by subscription tries again (seconds).
 STANDBY_FIRST_DELAY, STANDBY_MAX_DELAY = 0.1, 2.0
 
-#: AMQP reply codes: a passive declaration of no queue; a queue exclusive to another
-#: connection; a consumer refused (another's exclusivity, or permissions).
-NOT_FOUND, RESOURCE_LOCKED, ACCESS_REFUSED = 404, 405, 403
+#: AMQP reply codes: a queue exclusive to another connection; a consumer refused
+#: (another's exclusivity, or permissions).
+RESOURCE_LOCKED, ACCESS_REFUSED = 405, 403
 
 
 class QuietRefusals(logging.Filter):
@@ -61,11 +62,6 @@ def reply_text(reason: BaseException) -> str:
 
 def _closed_with(reason: BaseException, code: int) -> bool:
     return isinstance(reason, pika.exceptions.ChannelClosedByBroker) and reason.reply_code == code
-
-
-def lock_absent(reason: BaseException) -> bool:
-    """A passive declaration of a lock found none: nobody holds the queue."""
-    return _closed_with(reason, NOT_FOUND)
 
 
 def held_by_another(reason: BaseException) -> bool:

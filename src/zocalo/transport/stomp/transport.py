@@ -179,7 +179,12 @@ class StompTransport(Transport):
         (``activemq.exclusive``, as python-workflows subscribes): the broker lets one
         receive at a time and hands the queue to another when it goes. It does not tell
         a consumer that it stands by: the subscription says it may, and its first
-        delivery says it took over."""
+        delivery says it took over.
+
+        Known gap: beside an exclusive consumer ActiveMQ hands nothing to the queue's
+        reaper (see :mod:`.consumers`), so a message delivered more often than the
+        delivery limit stays in the queue (counted there, never lost) instead of
+        going to its dead-letter queue."""
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         temporary = self._reply_queues.get(queue)
