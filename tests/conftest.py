@@ -226,6 +226,27 @@ def activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         broker.destroy()
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_stomp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private RabbitMQ node with the STOMP plugin for this session (started on first
+    use, ~10 s), stopped and deleted at the end: ``url(...)``. The machine's RabbitMQ is
+    left as it is (see ``tests/rabbitmq_stomp_broker.py``)."""
+    from rabbitmq_stomp_broker import SERVER, PrivateRabbitMQStomp
+
+    if not SERVER.exists():
+        pytest.fail(
+            f"the RabbitMQ STOMP tests need {SERVER} (Debian package rabbitmq-server), "
+            "or leave them out with -m 'not stomp'"
+        )
+    broker = PrivateRabbitMQStomp(tmp_path_factory.mktemp("rabbitmq-stomp"))
+    try:
+        seconds = broker.start()
+        print(f"\n[rabbitmq-stomp] started in {seconds:.1f}s (stomp {broker.stomp_port})")
+        yield broker
+    finally:
+        broker.destroy()
+
+
 @pytest.fixture
 def rabbitmq_vhost_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """The session's vhost for one test; the queues the test made there go when it ends.
@@ -259,7 +280,9 @@ def broker_url() -> str:
 #: Every transport a service runs on, for tests of the runner. Their callbacks take
 #: two paths through it: memory hands each delivery to the runner's own thread;
 #: sqlite, RabbitMQ and ActiveMQ (``serial_callbacks``, the production path) have the
-#: runner call the handler right on their callback thread.
+#: runner call the handler right on their callback thread. (RabbitMQ's STOMP plugin runs
+#: the contract suite and its own service tests, ``tests/activemq/test_stomp_rabbitmq.py``:
+#: it has no delays or reply queues, which tests here take for granted.)
 EVERY_TRANSPORT = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),

@@ -1,14 +1,17 @@
 """Demo stages that go wrong, to show that ``zocalo demo`` notices: one loses an image of
-every data collection, one sends its summary twice. Run as ``demo_faults:NAME`` stand-ins
-(``DemoSettings.replace``)."""
+every data collection, one sends its summary twice, one's jobs hang (to interrupt the demo
+while they run). Run as ``demo_faults:NAME`` stand-ins (``DemoSettings.replace``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from zocalo.examples.demo_services import FindSpots, Summary
 from zocalo.recipe.step import RecipeStep
 from zocalo.service import handler
+from zocalo.services.cluster_submission import ClusterSubmission
+from zocalo.wrapper.backends.base import JobRequest
 
 
 class LosesImageTwo(FindSpots):
@@ -27,3 +30,18 @@ class SummarisesTwice(Summary):
     def summarise(self, step: RecipeStep, payload: Any) -> None:
         super().summarise(step, payload)
         super().summarise(step, payload)
+
+
+class HangingJobs(ClusterSubmission):
+    """Submits each job with a long sleep before its script (which then never ends)."""
+
+    def initializing(self) -> None:
+        super().initializing()
+        assert self.backend is not None
+        submit = self.backend.submit
+
+        def hang_first(request: JobRequest) -> int:
+            shebang, _, rest = request.script.partition("\n")
+            return submit(dataclasses.replace(request, script=f"{shebang}\nsleep 600\n{rest}"))
+
+        self.backend.submit = hang_first  # type: ignore[method-assign]

@@ -12,12 +12,23 @@ from pathlib import Path
 
 def kill_local_jobs(folder: Path) -> None:
     """SIGKILL every job (runner and script process groups) under the backend's ``folder``."""
-    for runner in folder.glob("*/runner.json"):
-        started = json.loads(runner.read_text())
-        for pid in (started.get("script_pid"), started["pid"]):
-            if isinstance(pid, int):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+    for job in folder.glob("*/job.json"):
+        for pid in job_groups(job.parent):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def job_groups(job: Path) -> list[int]:
+    """The process groups of the local job in folder ``job``: its script's, its runner's."""
+    groups = []
+    for name in ("script.json", "runner.json"):
+        try:
+            pid = json.loads((job / name).read_text()).get("pid")
+        except (OSError, ValueError):
+            continue
+        if isinstance(pid, int):
+            groups.append(pid)
+    return groups
 
 
 def group_alive(pgid: int) -> bool:

@@ -6,13 +6,18 @@ or repeats work fails the run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from zocalo.demo import DemoResult, DemoSettings, run_demo
+from local_jobs import group_alive, job_groups, kill_local_jobs
+from zocalo.demo import Board, DemoResult, DemoSettings, run_demo
 from zocalo.demo.detector import TEMPLATE
 from zocalo.demo.facility import RESULTS_QUERY
 from zocalo.examples.integrate import integrate
@@ -97,9 +102,20 @@ def test_every_collection_reaches_the_database_once(tmp_path, broker):
 
 def assert_integrated_by_local_jobs(result: DemoResult) -> None:
     """Each integration ran as a job of ClusterSubmission's local runner (no Slurm is
-    configured), which recorded its end; its wrapper logged to the job's run.out."""
-    jobs = sorted((result.site / "cluster-jobs.local").glob("*/end.json"))
-    assert [json.loads(end.read_text())["state"] for end in jobs] == ["COMPLETED"] * COLLECTIONS
+    configured), which wrote its end; a job whose end the service recorded (it may stop
+    first: the reply does not wait for that) has no folder left; its wrapper logged to
+    the job's run.out."""
+    with sqlite3.connect(result.site / "cluster-jobs.db") as db:
+        rows = db.execute("SELECT job_id, outcome FROM jobs").fetchall()
+    recorded = {job_id: json.loads(outcome)["state"] for job_id, outcome in rows if outcome}
+    folders = result.site / "cluster-jobs.local"
+    unrecorded = {
+        int(end.parent.name): json.loads(end.read_text())["state"]
+        for end in folders.glob("*/end.json")
+    }
+    assert not set(recorded) & set(unrecorded), "a recorded job's folder is left"
+    assert sorted({**recorded, **unrecorded}) == sorted(job_id for job_id, _ in rows)
+    assert [*recorded.values(), *unrecorded.values()] == ["COMPLETED"] * COLLECTIONS
     for dcid in DCIDS:
         output = (result.site / "processing" / f"dc{dcid}" / "run.out").read_text()
         assert (
@@ -138,3 +154,39 @@ def test_settings_that_cannot_run_are_refused_in_one_line(tmp_path):
         run_demo(DemoSettings(collections=0, workdir=tmp_path))
     with pytest.raises(ValueError, match=r"no demo service demo\.Nothing"):
         run_demo(DemoSettings(replace={"demo.Nothing": "x:Y"}, workdir=tmp_path))
+
+
+class InterruptedAtTheFirstJob(Board):
+    """Presses Ctrl-C (SIGINT to this process) once the first integration job's script
+    runs; notes the process groups of that job."""
+
+    def __init__(self, jobs: Path) -> None:
+        super().__init__(DCIDS, IMAGES)
+        self.jobs = jobs
+        self.groups: list[int] = []
+
+    def integrating(self, dcid: int, job: object) -> None:
+        super().integrating(dcid, job)
+        if self.groups:
+            return
+        folder, deadline = self.jobs / str(job), time.monotonic() + 30
+        while len(job_groups(folder)) < 2 and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        self.groups = job_groups(folder)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_an_interrupted_demo_leaves_no_job_running(tmp_path, monkeypatch):
+    """Ctrl-C while a job runs (a job that would run for 10 minutes): the demo cancels
+    its unfinished jobs, whole process groups, before it gives up."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # demo_faults, for services
+    jobs = tmp_path / "facility" / "cluster-jobs.local"
+    board = InterruptedAtTheFirstJob(jobs)
+    hanging = settings(tmp_path, None, replace={"ClusterSubmission": "demo_faults:HangingJobs"})
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_demo(hanging, board)
+        assert len(board.groups) == 2, "the job's script and runner were running"
+        assert [group for group in board.groups if group_alive(group)] == []
+    finally:
+        kill_local_jobs(jobs)

@@ -7,6 +7,14 @@ reply sent to it later, once that connection is gone) and consumes it; the job n
 its address, :attr:`Replies.reply_to` (which the broker may have chosen). Iterating
 yields each :class:`~zocalo.recipe.wire.Reply` as it arrives, stops after the replies
 expected, and raises :class:`ReplyTimeout` if they have not all come in time.
+
+A reply may come twice (delivery is at least once: a step whose input is redelivered
+after a crash replies again, and ActiveMQ sends replies outside the step's
+transaction): one whose identity (:data:`~zocalo.recipe.wire.REPLY_ID_HEADER`) came
+already is skipped, so the replies expected are distinct ones. Closing deletes the
+reply queue, with any reply still in it, even when the connection stays open (a
+caller that submits all day on one connection leaves no queues behind); a reply
+sent later is dropped by the broker, as after the connection went.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import time
 from collections.abc import Iterator
 
 from zocalo.errors import InvalidMessage, TransportError, ZocaloError
-from zocalo.recipe.wire import Reply
+from zocalo.recipe.wire import REPLY_ID_HEADER, Reply
 from zocalo.transport.base import Delivery, Subscription, Transport, reply_queue_name
 
 log = logging.getLogger(__name__)
@@ -37,8 +45,8 @@ class Replies(Iterator[Reply]):
 
     ``expected`` replies end the iteration; ``timeout`` seconds from now is when they
     must all have arrived. With ``owns_transport`` the connection is closed once
-    iteration ends (or :meth:`close`), which also drops the reply queue; otherwise
-    the queue lasts as long as the caller's connection, and only its consumer stops.
+    iteration ends (or :meth:`close`); otherwise its consumer stops and the reply
+    queue is deleted, and the connection stays the caller's.
     """
 
     def __init__(
@@ -62,17 +70,21 @@ class Replies(Iterator[Reply]):
         self.expected = expected
         self.timeout = timeout
         self.received = 0
+        #: The identities of the replies received (a repeated one is skipped).
+        self._seen: set[str] = set()
         #: The job's recipe ID, for messages (set by whoever sends the job).
         self.recipe_id: str | None = None
         self._owns_transport = owns_transport
         self._inbox: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._failure: str | None = None
         self._subscription: Subscription | None = None
+        self._declared = False
         self._closed = False
         self._deadline = time.monotonic() + timeout
         transport.failure_listeners.append(self._connection_failed)
         try:
             self.reply_to = transport.declare_reply_queue(self.queue)
+            self._declared = True
             self._subscription = transport.subscribe(self.queue, self._arrived, prefetch=PREFETCH)
         except BaseException:
             self.close()
@@ -106,6 +118,12 @@ class Replies(Iterator[Reply]):
             except InvalidMessage as error:
                 log.warning("ignoring what is not a reply: %s", error)
                 continue
+            identity = delivery.headers.get(REPLY_ID_HEADER)
+            if identity is not None:
+                if identity in self._seen:
+                    log.debug("skipping a repeated reply %s: %s", identity, delivery.describe())
+                    continue
+                self._seen.add(identity)
             self.received += 1
             return reply
 
@@ -119,7 +137,8 @@ class Replies(Iterator[Reply]):
         )
 
     def close(self) -> None:
-        """Stop listening (idempotent); the owned connection closes, and its queue goes."""
+        """Stop listening and delete the reply queue (idempotent); an owned connection
+        closes, which deletes it too."""
         if self._closed:
             return
         self._closed = True
@@ -128,10 +147,13 @@ class Replies(Iterator[Reply]):
         try:
             if self._owns_transport:
                 self.transport.close()
-            elif self._subscription is not None and self._subscription.active:
+                return
+            if self._subscription is not None and self._subscription.active:
                 self.transport.unsubscribe(self._subscription)
+            if self._declared:
+                self.transport.delete_reply_queue(self.queue)
         except ZocaloError as error:
-            log.warning("could not stop consuming reply queue %s: %s", self.queue, error)
+            log.warning("could not delete reply queue %s: %s", self.queue, error)
 
     def __enter__(self) -> Replies:
         return self

@@ -191,10 +191,28 @@ def test_a_reply_goes_to_the_environments_reply_queue_as_a_droppable_output():
     assert (reply.destination, reply.droppable, reply.broadcast) == ("zocalo.reply.x", True, False)
     assert json.loads(reply.body) == {"recipe_id": "abc", "step": 2, "payload": {"spots": 3}}
     assert Reply.decode(reply.body, "reply") == Reply({"spots": 3}, "abc", 2)
-    assert reply.headers == {"zocalo-sender-recipe": "abc", "zocalo-sender-step": 2}, (
-        "who sent it, for the log line if it is dropped; and no recipe message"
-    )
+    assert reply.headers == {
+        "zocalo-sender-recipe": "abc",
+        "zocalo-sender-step": 2,
+        "zocalo-reply-id": "m-2#1",
+    }, "who sent it, for the log line if it is dropped; its identity; and no recipe message"
     assert (onward.destination, onward.droppable) == ("five", False)
+
+
+def test_each_reply_of_a_handling_has_its_own_identity_the_same_when_handled_again():
+    """The input's message id and the reply's number: a redelivered input, handled again
+    by a new step, gives its replies the same identities; one without an id, none."""
+    environment = {"ID": "abc", "zocalo_reply_to": "zocalo.reply.x"}
+
+    def identities(step: RecipeStep) -> list[str | None]:
+        step.reply("first")
+        step.reply("second")
+        return [reply.headers.get("zocalo-reply-id") for reply in step.outputs]
+
+    assert identities(replying_step(environment)) == ["m-2#1", "m-2#2"]
+    assert identities(replying_step(environment)) == ["m-2#1", "m-2#2"], "handled again"
+    unnamed = RecipeStep(RecipeMessage(RECIPE, 2, [1], environment, None))
+    assert identities(unnamed) == [None, None]
 
 
 def test_a_reply_nobody_waits_for_sends_nothing_and_is_no_mistake():

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,10 @@ from zocalo.config import load_configuration
 from zocalo.recipe.model import Recipe
 from zocalo.recipe.wire import encode, recipe_headers
 from zocalo.services.cluster_backend import backend_for_site
+from zocalo.services.cluster_jobs import JobBook
 from zocalo.services.cluster_submission import QUEUE, ClusterSettings, ClusterSubmission
 from zocalo.transport import create_transport
-from zocalo.wrapper.backends.base import BackendError
+from zocalo.wrapper.backends.base import BackendError, JobRequest
 from zocalo.wrapper.backends.local import LocalBackend
 from zocalo.wrapper.slurm.cli import CommandLineBackend
 
@@ -106,9 +108,10 @@ def test_a_local_job_succeeds_and_its_results_continue_down_the_recipe(
     assert success["stdout"] == "found 42"
     assert (work / "spots.txt").read_text() == "42\n"
     assert outputs.payloads("failure") == outputs.payloads("error") == []
-    # The job ran where the local runner keeps its jobs, under the runner's own session.
-    end = json.loads((jobs_folder / str(submitted["jobid"]) / "end.json").read_text())
-    assert end["state"] == "COMPLETED"
+    # Its end is in the job record (committed before the report went out), so the job's
+    # folder, and its entry in the comment index, are gone.
+    assert not (jobs_folder / str(submitted["jobid"])).exists()
+    assert list((jobs_folder / "by-comment").iterdir()) == []
     started = float((work / "started").read_text())
     ended = float((work / "ended").read_text())
     timing = {
@@ -190,7 +193,7 @@ def test_zocalo_cancel_stops_a_local_job_and_reports_nothing_of_it(
     wait_for((work / "running").exists, "the job to run")
     assert service.backend is not None
     wait_for(lambda: service.backend.state(submitted["jobid"]).state == "RUNNING", "RUNNING")
-    script = json.loads((jobs_folder / str(submitted["jobid"]) / "runner.json").read_text())
+    script = json.loads((jobs_folder / str(submitted["jobid"]) / "script.json").read_text())
     with caplog.at_level(logging.INFO):
         result = CliRunner().invoke(cli, ["cancel", recipe_id, "-t", sqlite_broker])
         assert result.exit_code == 0, result.output
@@ -199,15 +202,16 @@ def test_zocalo_cancel_stops_a_local_job_and_reports_nothing_of_it(
             lambda: [r for r in service.jobs.of_recipe(recipe_id) if r.state == "ended"],
             "the job's end to be recorded",
         )
-    end = json.loads((jobs_folder / str(submitted["jobid"]) / "end.json").read_text())
-    assert end["state"] == "CANCELLED"
-    assert not group_alive(script["script_pid"]), "the job's whole process group is gone"
+        unreported = f"the end of local job {submitted['jobid']} (CANCELLED) is not reported"
+        wait_for(  # (logged just after the end is recorded)
+            lambda: any(unreported in line.getMessage() for line in caplog.records),
+            "the log line",
+        )
+    (record,) = service.jobs.of_recipe(recipe_id)
+    assert record.outcome is not None and record.outcome["state"] == "CANCELLED"
+    assert not group_alive(script["pid"]), "the job's whole process group is gone"
     assert outputs.payloads("failure") == outputs.payloads("error") == []
     assert outputs.payloads("job_completed") == []
-    assert any(
-        f"the end of local job {submitted['jobid']} (CANCELLED) is not reported" in r.getMessage()
-        for r in caplog.records
-    )
 
 
 def test_a_service_killed_while_its_local_job_runs_reports_the_end_after_a_restart(
@@ -272,6 +276,42 @@ def test_the_site_configuration_chooses_the_backend(tmp_path):
         slurm + "c:\n  plugin: cluster\n  backend: local\nenvironments:\n  default: [s, c]\n"
     )
     assert isinstance(backend_for_site(forced, tmp_path / "x"), LocalBackend)
+    bounded = plugins(
+        "c:\n  plugin: cluster\n  backend: local\n  max_jobs: 2\n"
+        + "environments:\n  default: [c]\n"
+    )
+    assert backend_for_site(bounded, tmp_path / "x").max_jobs == 2
     wanting = plugins("c:\n  plugin: cluster\n  backend: slurm\nenvironments:\n  default: [c]\n")
     with pytest.raises(BackendError, match="no 'slurm' section is active"):
         backend_for_site(wanting, tmp_path / "x")
+
+
+def test_at_start_the_service_forgets_jobs_whose_end_it_recorded_and_names_what_it_ignores(
+    run_service, tmp_path, jobs_folder, caplog
+):
+    """A stop between recording a job's end and forgetting it leaves the job's folder: the
+    next start removes it (the record holds all a report needs), and no other job's. The
+    local backend takes Slurm's resources and ignores them, which the start says once."""
+    backend = LocalBackend(jobs_folder)
+    job = JobRequest(
+        "#!/bin/sh\ntrue\n", "x", str(tmp_path), str(tmp_path / "o"), str(tmp_path / "e")
+    )
+    recorded = backend.submit(replace(job, comment="zocalo-recorded"))
+    unrecorded = backend.submit(replace(job, comment="zocalo-unrecorded"))
+    for job_id in (recorded, unrecorded):
+        wait_for(lambda job_id=job_id: backend.state(job_id).ended, "the job to end")
+    book = JobBook(tmp_path / "jobs.db")
+    for key, job_id in (("recorded", recorded), ("unrecorded", unrecorded)):
+        book.intend(key, f"zocalo-{key}", "a-recipe", 1)
+        book.submitted(key, job_id)
+    book.ended("recorded", {"jobid": recorded, "state": "COMPLETED", "exit_code": 0}, "a-poll")
+    book.close()
+    with caplog.at_level(logging.INFO):
+        run_service()
+        wait_for(lambda: not (jobs_folder / str(recorded)).exists(), "the folder to go")
+    assert (jobs_folder / str(unrecorded) / "end.json").exists(), "its end is not reported yet"
+    ignoring = [line.getMessage() for line in caplog.records if "ignored" in line.getMessage()]
+    assert ignoring == [
+        "local jobs run as they come: their cpus_per_task, tasks, nodes, memory_per_node, "
+        "partition, prefer, gpus are accepted and ignored"
+    ]

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from replying_services import ANSWER, DONE, FANOUT, RECIPE, Answer, Fanout
+from replying_services import (
+    ANSWER,
+    CRASHING,
+    CRASHING_RECIPE,
+    DONE,
+    FANOUT,
+    RECIPE,
+    Answer,
+    Fanout,
+)
 
 import zocalo
 from zocalo.cli.go import command as go
@@ -122,16 +131,18 @@ def test_a_caller_that_gave_up_holds_nothing_up(
 
 @pytest.fixture
 def start_services(shared_url, site):
-    """``start_services(*names, log=None)``: real ``zocalo.service`` processes on the
-    site's configuration, with the test plugins and this directory's services importable;
-    stopped at teardown."""
+    """``start_services(*names, log=None, options=())``: real ``zocalo.service`` processes
+    on the site's configuration (and ``options``), with the test plugins and this
+    directory's services importable; stopped at teardown."""
     path = [str(HERE), str(HERE / "plugins"), os.environ.get("PYTHONPATH", "")]
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))
     started: list[ServiceProcesses] = []
 
-    def start(*names: str, log: io.StringIO | None = None) -> ServiceProcesses:
-        options = ["--config", str(site.config)]
-        services = ServiceProcesses(names, shared_url, log, options=options, env=environment)
+    def start(
+        *names: str, log: io.StringIO | None = None, options: tuple[str, ...] = ()
+    ) -> ServiceProcesses:
+        every = ["--config", str(site.config), *options]
+        services = ServiceProcesses(names, shared_url, log, options=every, env=environment)
         started.append(services)
         return services.__enter__()
 
@@ -144,7 +155,7 @@ def start_services(shared_url, site):
 def on_shared_broker(shared_url):
     """A client of the broker the service processes use; the job's queues declared."""
     with create_transport(shared_url) as client:
-        for queue in (FANOUT, ANSWER, DONE):
+        for queue in (FANOUT, ANSWER, DONE, CRASHING):
             client.declare_queue(queue)
         yield client
 
@@ -222,3 +233,22 @@ def test_zocalo_go_that_times_out_says_so_and_the_job_goes_on_without_it(
     assert all(repr(reply_queue) in line and f"[{recipe_id}:2]" in line for line in dropped)
     stats = answer.stats["replying_services:Answer"]
     assert (stats["handled"], stats["publish_failed"], stats["failed"]) == (3, 0, 0)
+
+
+@pytest.mark.slow  # a service process crashes and is restarted
+@IN_PROCESSES
+def test_zocalo_go_counts_a_reply_repeated_after_a_crash_once(
+    shared_url, site, on_shared_broker, start_services, tmp_path
+):
+    """A handler replies "a" and "b" (they go out at once), then its process dies before
+    the input is acknowledged; restarted, it handles the input again and replies "a",
+    "b" and "c". ``--results 3`` prints each distinct reply once, and waits for "c"."""
+    site.add_recipe("crashing", CRASHING_RECIPE)
+    marker = tmp_path / "crashed"
+    start_services("Dispatcher")
+    start_services("replying_services:ReplyThenCrash", options=("--restart",))
+    options = ["-s", f"marker={marker}", "-n", "--wait=60", "--results=3", "-t", shared_url]
+    result = CliRunner().invoke(go, ["-r", "crashing", *options], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in result.stdout.splitlines()] == ["a", "b", "c"]
+    assert marker.exists(), "the worker crashed once, after replying"

@@ -44,12 +44,18 @@ def stomp_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("activemq").url(prefix="contract")
 
 
+def stomp_rabbitmq_url(request: pytest.FixtureRequest) -> str:
+    # The session's private RabbitMQ node with the STOMP plugin (started on first use).
+    return request.getfixturevalue("rabbitmq_stomp").url(prefix="contract", vhost="/")
+
+
 #: The transports under contract test. One line per broker.
 TRANSPORTS = [
     pytest.param(memory_url, id="memory"),
     pytest.param(sqlite_url, id="sqlite"),
     pytest.param(rabbitmq_url, id="rabbitmq", marks=pytest.mark.rabbitmq),
     pytest.param(stomp_url, id="stomp", marks=pytest.mark.stomp),
+    pytest.param(stomp_rabbitmq_url, id="stomp-rabbitmq", marks=pytest.mark.stomp),
 ]
 
 

@@ -271,10 +271,12 @@ class SlurmConfig(PluginConfig):
 
 class ClusterConfig(PluginConfig):
     """Where the cluster submission service runs jobs: ``slurm`` (the ``slurm`` section
-    says how) or ``local`` (on the service's own host; ``jobs``: the jobs' folder)."""
+    says how) or ``local`` (on the service's own host; ``jobs``: the jobs' folder;
+    ``max_jobs``: how many run at once, the others waiting PENDING)."""
 
     backend: Literal["local", "slurm"]
     jobs: str | None = None
+    max_jobs: Annotated[int, Field(ge=1)] | None = None
 
 
 #: plugin name -> model. ``storage`` is free-form and handled by the loader.

@@ -107,21 +107,29 @@ class Site:
     def cluster_jobs(self) -> Path:
         return self.root / "cluster-jobs.db"
 
+    def _local_jobs(self) -> LocalBackend | None:
+        folder = local_jobs_folder(self.cluster_jobs)
+        return LocalBackend(folder) if folder.is_dir() else None
+
     def wait_for_jobs(self, timeout: float) -> bool:
         """Wait until every integration job the local runner started has ended (its
         wrapper reported before its process ends); False if one still runs at ``timeout``."""
-        folder = local_jobs_folder(self.cluster_jobs)
-        if not folder.is_dir():
+        jobs = self._local_jobs()
+        return jobs is None or _all_ended(jobs, jobs.job_ids(), timeout)
+
+    def stop_jobs(self, timeout: float) -> bool:
+        """Cancel every local job that has not ended (its runner stops the script's whole
+        process group) and wait for them to end: nothing of the demo outlives it, when
+        it is interrupted or its wait for the jobs ran out. False if one still runs."""
+        jobs = self._local_jobs()
+        if jobs is None:
             return True
-        jobs = LocalBackend(folder)
-        ids = [int(entry.name) for entry in folder.iterdir() if entry.name.isdigit()]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            states = jobs.states(ids).values()
-            if all(state is None or state.ended for state in states):
-                return True
-            time.sleep(0.05)
-        return False
+        running = [
+            job for job, state in jobs.states(jobs.job_ids()).items() if state and not state.ended
+        ]
+        for job_id in running:
+            jobs.cancel(job_id)
+        return _all_ended(jobs, running, timeout, runners=True)
 
     @property
     def log(self) -> Path:
@@ -211,3 +219,19 @@ class Site:
         """One command that shows the results."""
         database, query = shlex.quote(str(self.results_db)), shlex.quote(RESULTS_QUERY)
         return f"sqlite3 -header -column {database} {query}"
+
+
+def _all_ended(
+    jobs: LocalBackend, job_ids: list[int], timeout: float, runners: bool = False
+) -> bool:
+    """Wait until each of ``job_ids`` has ended (or is gone), and with ``runners`` until
+    their runners have exited too; False at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = jobs.states(job_ids).values()
+        if all(state is None or state.ended for state in states) and not (
+            runners and any(jobs.runner_running(job_id) for job_id in job_ids)
+        ):
+            return True
+        time.sleep(0.05)
+    return False

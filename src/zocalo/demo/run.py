@@ -47,6 +47,8 @@ from zocalo.transport.registry import create_transport, redact_url, transport_cl
 
 #: Seconds the demo should take here with its defaults.
 BUDGET_SECONDS = 30.0
+#: Seconds the demo waits at its end for cancelled jobs to stop (SIGKILL comes after 5).
+JOB_STOP_SECONDS = 15.0
 FIRST_DCID = 1001
 BEAMLINE = "sim01"
 SPOT_FINDER = "demo.FindSpots"
@@ -137,22 +139,27 @@ def run_demo(settings: DemoSettings | None = None, board: Board | None = None) -
     site = Site.create(settings.workdir or Path(tempfile.mkdtemp(prefix="zocalo-demo-")))
     url = settings.transport or site.broker_url
     board = board or Board(settings.dcids, settings.images)
-    with create_transport(url) as client:
-        board.set_phase(f"starting {len(settings.service_names(in_process))} services")
-        with _services(settings, site, url, in_process) as services:
-            watcher = Watcher(client, board)
-            watcher.start()
-            dead_before, _ = _dead_letters(url, client)
-            board.set_phase("acquiring and submitting")
-            collections, submitted = _acquire_and_submit(settings, site, client, watcher, board)
-            board.set_phase("waiting for the last replies")
-            watcher.wait(len(collections), settings.join_timeout + 30)
-            site.wait_for_jobs(timeout=30)
-            _wait_until_idle(client, [*QUEUES, watcher.queue], timeout=30)
-            board.set_phase("stopping the services")
-            services.stop()
-            dead_after, note = _dead_letters(url, client)
-            replies, repeated = dict(watcher.replies), sum(watcher.repeated.values())
+    try:
+        with create_transport(url) as client:
+            board.set_phase(f"starting {len(settings.service_names(in_process))} services")
+            with _services(settings, site, url, in_process) as services:
+                watcher = Watcher(client, board)
+                watcher.start()
+                dead_before, _ = _dead_letters(url, client)
+                board.set_phase("acquiring and submitting")
+                collections, submitted = _acquire_and_submit(settings, site, client, watcher, board)
+                board.set_phase("waiting for the last replies")
+                watcher.wait(len(collections), settings.join_timeout + 30)
+                site.wait_for_jobs(timeout=30)
+                _wait_until_idle(client, [*QUEUES, watcher.queue], timeout=30)
+                board.set_phase("stopping the services")
+                services.stop()
+                dead_after, note = _dead_letters(url, client)
+                replies, repeated = dict(watcher.replies), sum(watcher.repeated.values())
+    finally:
+        # Nothing of the demo outlives it: an interrupt (Ctrl-C), or a wait for the
+        # jobs that ran out, leaves jobs running; they are cancelled, whole.
+        site.stop_jobs(timeout=JOB_STOP_SECONDS)
     board.set_phase("done")
     stats = services.stats
     counted = int(sum(counters.get("dead_lettered", 0) for counters in stats.values()))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from zocalo.recipe.model import Recipe
 from zocalo.recipe.validation import link_targets, short_repr
 from zocalo.recipe.wire import (
+    REPLY_ID_HEADER,
     REPLY_TO,
     RecipeEncoder,
     RecipeMessage,
@@ -67,6 +68,8 @@ class RecipeStep:
         self.headers: dict[str, Any] = dict(headers or {})
         self.message_id = message_id
         self.outputs: list[Outgoing] = []
+        #: Replies made so far: each one's number in this handling of the message.
+        self._replies = 0
         self.unrouted: list[str] = []
         self.default_channel: str | None = None
         #: The recipe was cancelled (``zocalo cancel``). Only a handler registered with
@@ -208,6 +211,10 @@ class RecipeStep:
         may reply whether or not anyone listens). A caller that has gone since is no
         failure either: the broker drops the reply with a log line, and the step's
         other outputs and the acknowledgement of its input go through.
+
+        Each reply carries an identity (:data:`~zocalo.recipe.wire.REPLY_ID_HEADER`):
+        the input's message id and the reply's number in this call, the same when a
+        redelivered input is handled again, so the caller counts it once.
         """
         reply_to = self.environment.get(REPLY_TO)
         if reply_to is None:
@@ -219,9 +226,14 @@ class RecipeStep:
                 f"the environment's {REPLY_TO!r} is {short_repr(reply_to)}, not a queue name",
             )
         body = Reply(payload, self.recipe_id, self.pointer).encode()
-        sender = {SENDER_RECIPE_HEADER: self.recipe_id, SENDER_STEP_HEADER: self.pointer}
-        sender = {name: value for name, value in sender.items() if value is not None}
-        self._emit([Outgoing(reply_to, body, sender, droppable=True)], transaction)
+        self._replies += 1
+        headers = {
+            SENDER_RECIPE_HEADER: self.recipe_id,
+            SENDER_STEP_HEADER: self.pointer,
+            REPLY_ID_HEADER: f"{self.message_id}#{self._replies}" if self.message_id else None,
+        }
+        headers = {name: value for name, value in headers.items() if value is not None}
+        self._emit([Outgoing(reply_to, body, headers, droppable=True)], transaction)
         return 1
 
     def send_plain(

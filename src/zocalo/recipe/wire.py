@@ -25,6 +25,10 @@ RECIPE_HEADER = "workflows-recipe"
 #: The recipe environment key naming the queue a job's replies go to (``step.reply``);
 #: a Dispatcher request carries it as a parameter of the same name (``zocalo.go --wait``).
 REPLY_TO = "zocalo_reply_to"
+#: The header naming a reply's identity: the same each time a step's input is redelivered
+#: and handled again, different for each distinct reply (see ``RecipeStep.reply``), so
+#: the caller counts a repeated reply once.
+REPLY_ID_HEADER = "zocalo-reply-id"
 #: Header values receivers accept as "this is a recipe message" (STOMP sends strings).
 _TRUE_FLAGS = (True, "True", "true", 1)
 #: Deepest nesting of lists and objects a received body may have. Far beyond any

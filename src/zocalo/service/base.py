@@ -84,7 +84,8 @@ def handler(
     cancelled recipe (its jobs elsewhere) gets them, with ``step.cancelled`` set.
 
     With ``exclusive``, one instance of the service consumes the queue at a time;
-    others stand by and the next takes over when it goes (a crash included).
+    others stand by and the next takes over when it goes (a crash included). On a
+    transport that cannot (RabbitMQ's STOMP plugin) the queue is shared, with a warning.
     """
     if (queue is None) == (topic is None):
         raise ValueError("give exactly one of queue= or topic=")

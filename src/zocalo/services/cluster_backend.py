@@ -26,7 +26,8 @@ def backend_for_site(plugins: Mapping[str, Any], local_jobs: Path) -> JobBackend
         from zocalo.wrapper.backends.local import LocalBackend
 
         folder = cluster["jobs"] if cluster is not None and cluster["jobs"] else local_jobs
-        return LocalBackend(Path(folder).expanduser())
+        max_jobs = cluster.get("max_jobs") if cluster is not None else None
+        return LocalBackend(Path(folder).expanduser(), max_jobs=max_jobs)
     if slurm is None:
         raise BackendError(
             "the cluster section says backend: slurm, but no 'slurm' section is active "

@@ -137,6 +137,12 @@ class JobBook:
             cursor = self._db.execute("SELECT * FROM jobs WHERE state = 'submitted'")
             return [record for row in cursor.fetchall() if (record := self._row(row))]
 
+    def ended_jobs(self) -> list[JobRecord]:
+        """Ended jobs still in the record (their ends recorded: the backend may forget them)."""
+        with self._lock:
+            cursor = self._db.execute("SELECT * FROM jobs WHERE state = 'ended'")
+            return [record for row in cursor.fetchall() if (record := self._row(row))]
+
     def of_recipe(self, recipe_id: str) -> list[JobRecord]:
         with self._lock:
             cursor = self._db.execute("SELECT * FROM jobs WHERE recipe_id = ?", (recipe_id,))

@@ -52,7 +52,10 @@ the site configuration's ``slurm`` section says (``url``, ``api_version``, ``use
 restarts) when there is no ``slurm`` section, or a ``cluster`` section says
 ``backend: local``. ``ZOCALO_CLUSTER_JOBS`` names the job record (default:
 ``cluster-jobs.db`` in the data directory); local jobs' folders go beside it
-(``cluster-jobs.local/``) unless the ``cluster`` section's ``jobs`` says where.
+(``cluster-jobs.local/``) unless the ``cluster`` section's ``jobs`` says where. Once a
+job's end is committed to the record, the backend may forget the job
+(:meth:`~zocalo.wrapper.backends.base.JobBackend.forget`: a local job's folder goes);
+each start forgets those a stop left in between.
 
 Note that python-zocalo's ClusterSubmission must not share the
 queue while this one has jobs in flight: it would take a poll for a new job.
@@ -225,6 +228,14 @@ class ClusterSubmission(Service):
             self.settings.jobs,
             len(active),
         )
+        if self.backend.ignored_fields:
+            self.log.info(
+                "%s jobs run as they come: their %s are accepted and ignored",
+                self.backend.kind,
+                ", ".join(self.backend.ignored_fields),
+            )
+        for record in self.jobs.ended_jobs():  # (a stop between recording an end and forgetting)
+            self._forget(record)
 
     def stopping(self) -> None:
         if self.jobs is not None:
@@ -410,6 +421,7 @@ class ClusterSubmission(Service):
         outcome = outcome_of(record.job_id, state, self.backend.kind)
         self.jobs.ended(key, outcome, poll_id)
         self._states.pop(record.job_id, None)
+        self._forget(record)  # the record, committed, is all a report needs from now on
         if cancelled:
             self.log.info(
                 "recipe %s was cancelled: the end of %s job %d (%s) is not reported",
@@ -420,6 +432,18 @@ class ClusterSubmission(Service):
             )
             return
         self._report(step, outcome)
+
+    def _forget(self, record: JobRecord) -> None:
+        """Let the backend drop an ended job whose end is recorded (local job folders)."""
+        assert self.backend is not None
+        if record.job_id is None:
+            return
+        try:
+            self.backend.forget(record.job_id, record.tag)
+        except (BackendError, OSError) as error:  # the next start tries again
+            self.log.warning(
+                "could not forget %s job %d: %s", self.backend.kind, record.job_id, error
+            )
 
     def _cancelled(self, step: RecipeStep, recipe_id: str | None) -> bool:
         """Whether ``recipe_id`` (the step's) was cancelled: as this service heard and

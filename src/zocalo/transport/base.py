@@ -166,12 +166,15 @@ class Capability(enum.Enum):
     DEAD_LETTER = "dead-letter"
     CROSS_PROCESS = "cross-process"
     DELAYED_BROADCAST = "delayed-broadcast"
-    #: ``declare_reply_queue``, and droppable messages dropped when their queue is gone.
+    #: ``declare_reply_queue``/``delete_reply_queue``, and droppable messages dropped when
+    #: their queue is gone.
     REPLY_QUEUE = "reply-queue"
     #: ``keep_broadcasts`` and ``subscribe_broadcast(..., replay=)``.
     KEPT_BROADCASTS = "kept-broadcasts"
     #: ``Outgoing.exchange``: publish through a named (RabbitMQ) exchange.
     EXCHANGE = "exchange"
+    #: ``subscribe(..., exclusive=True)``: one active consumer per queue.
+    EXCLUSIVE = "exclusive"
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,7 @@ class Transport(ABC):
         by until they have all gone (RabbitMQ's rule), except on ActiveMQ, whose
         broker hands the queue to the exclusive consumer at once (the others keep only
         what they hold). Standing by is never an error and never a restart.
+        Transports without :attr:`Capability.EXCLUSIVE` refuse ``exclusive``.
         """
 
     @abstractmethod
@@ -312,8 +316,9 @@ class Transport(ABC):
         return its *address*: the name replies are sent to (put that in the job).
 
         It goes away, with what it holds, when this connection closes or dies (its
-        caller has gone); a droppable message sent to it after that (see
-        :class:`Outgoing`) is dropped, and the publish that carried it goes through.
+        caller has gone), or :meth:`delete_reply_queue` deletes it; a droppable message
+        sent to it after that (see :class:`Outgoing`) is dropped, and the publish that
+        carried it goes through.
         Consume it with :meth:`subscribe` under ``queue``. Declaring this connection's
         own reply queue again is harmless (the same address).
 
@@ -328,6 +333,18 @@ class Transport(ABC):
         droppable message as any other.
         """
         raise UnsupportedFeature(f"{type(self).__name__} cannot make a reply queue")
+
+    def delete_reply_queue(self, queue: str) -> None:
+        """Delete this connection's reply queue ``queue`` (the name it was declared under),
+        with what it holds, now rather than when the connection goes: a caller that keeps
+        one connection all day and waits on many jobs leaves no queues behind.
+
+        A droppable message sent to its address after that is dropped, as after the
+        connection went. Unsubscribe its consumer first.
+        Deleting a queue this connection has not declared (or deleted already) does
+        nothing. Transports with :attr:`Capability.REPLY_QUEUE` implement this.
+        """
+        raise UnsupportedFeature(f"{type(self).__name__} cannot delete a reply queue")
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         """Make ``queue`` receive a copy of every message broadcast to ``topic``.

@@ -340,6 +340,7 @@ class MemoryTransport(Transport):
             Capability.DEAD_LETTER,
             Capability.REPLY_QUEUE,
             Capability.KEPT_BROADCASTS,
+            Capability.EXCLUSIVE,
         }
     )
 
@@ -453,6 +454,12 @@ class MemoryTransport(Transport):
             self._reply_queues.add(queue)
         return queue
 
+    def delete_reply_queue(self, queue: str) -> None:
+        with self.broker.condition:
+            if queue in self._reply_queues:
+                self._reply_queues.discard(queue)
+                self.broker.queues.pop(queue, None)
+
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)
         with self.broker.condition:
@@ -467,8 +474,15 @@ class MemoryTransport(Transport):
             subscription.active = False
             if subscription.broadcast:
                 broker.topics.get(subscription.destination, []).remove(consumer)
-                del self._consumers[subscription.id]
+            if not consumer.unacked:
+                self._retire(consumer)
             broker.condition.notify_all()
+
+    def _retire(self, consumer: _Consumer) -> None:
+        """Forget an unsubscribed consumer that holds nothing (lock held): it no longer
+        counts as consuming its queue."""
+        self._consumers.pop(consumer.subscription.id, None)
+        self.broker.consumers.discard(consumer)
 
     def _owned(self, delivery: Delivery) -> tuple[_Consumer, _Stored]:
         """``delivery``'s consumer and message if it awaits settlement (lock held), or raise."""
@@ -490,7 +504,7 @@ class MemoryTransport(Transport):
         consumer, message = self._owned(delivery)
         del consumer.unacked[delivery.message_id]
         if not consumer.subscription.active and not consumer.unacked:
-            self._consumers.pop(consumer.subscription.id, None)
+            self._retire(consumer)
         self.broker.condition.notify_all()
         return consumer, message
 

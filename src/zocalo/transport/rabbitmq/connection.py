@@ -68,6 +68,10 @@ class Connection:
         self._on_reconnected = on_reconnected
         self._pika: pika.SelectConnection | None = None
         self._thread: threading.Thread | None = None
+        #: Held while a connection and its I/O thread are made and started: ``close``
+        #: (from another thread, while a reconnect is under way) sees both or neither,
+        #: never a thread not started yet (which it could not join).
+        self._starting = threading.Lock()
         self.is_open = False
         self.closing = False
         #: True from a lost connection until its subscriptions are restored.
@@ -131,16 +135,17 @@ class Connection:
                 error if isinstance(error, BaseException) else RuntimeError(str(error))
             )
 
-        self._pika = pika.SelectConnection(
-            self.parameters,
-            on_open_callback=on_open,
-            on_open_error_callback=on_open_error,
-            on_close_callback=self._on_closed,
-        )
-        self._thread = threading.Thread(
-            target=self._run_ioloop, args=(self._pika,), name="rabbitmq-io", daemon=True
-        )
-        self._thread.start()
+        with self._starting:
+            self._pika = pika.SelectConnection(
+                self.parameters,
+                on_open_callback=on_open,
+                on_open_error_callback=on_open_error,
+                on_close_callback=self._on_closed,
+            )
+            self._thread = threading.Thread(
+                target=self._run_ioloop, args=(self._pika,), name="rabbitmq-io", daemon=True
+            )
+            self._thread.start()
         try:
             opened.result(self.parameters.socket_timeout + 5)
         except Exception as error:
@@ -262,10 +267,10 @@ class Connection:
 
     def _shut(self) -> None:
         """Close the connection (open, or still opening) and wait for its I/O thread."""
-        connection = self._pika
+        with self._starting:
+            connection, thread = self._pika, self._thread
         if connection is None:
             return
-        thread = self._thread
         with contextlib.suppress(Exception):
             connection.ioloop.add_callback_threadsafe(
                 lambda: (

@@ -213,6 +213,17 @@ class Topology:
             raise TransportError(f"cannot make reply queue {queue!r}: {error}") from None
         self._reply_queues.add(queue)
 
+    def delete_reply_queue(self, queue: str) -> None:
+        """Delete this connection's reply queue now, with its messages (forgotten first,
+        so that nothing declares it again)."""
+        if queue not in self._reply_queues:
+            return
+        self._reply_queues.discard(queue)
+        try:
+            self._rpc("queue_delete", queue=queue)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            raise TransportError(f"cannot delete reply queue {queue!r}: {error}") from None
+
     def declare_reply_queues_again(self) -> None:
         """After a reconnect: the lost connection took its reply queues (and whatever
         replies they held) with it; new ones of the same names take later replies."""

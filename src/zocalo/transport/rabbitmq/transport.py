@@ -81,6 +81,7 @@ class RabbitMQTransport(Transport):
             Capability.REPLY_QUEUE,
             Capability.KEPT_BROADCASTS,
             Capability.EXCHANGE,
+            Capability.EXCLUSIVE,
         }
     )
 
@@ -172,6 +173,10 @@ class RabbitMQTransport(Transport):
         self._connection.require_open()
         self._topology.declare_reply_queue(queue)
         return queue
+
+    def delete_reply_queue(self, queue: str) -> None:
+        self._connection.require_open()
+        self._topology.delete_reply_queue(queue)
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         """A classic queue bound to the topic's fanout exchange; RabbitMQ deletes it

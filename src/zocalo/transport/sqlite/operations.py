@@ -201,6 +201,18 @@ class DeclareReplyQueue(Operation):
 
 
 @dataclass(slots=True)
+class DeleteReplyQueue(Operation):
+    """Drop this connection's reply queue ``queue`` (see ``Transport.delete_reply_queue``)."""
+
+    queue: str
+    future: Confirmation
+
+    def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
+        store.drop_reply_queue(self.queue)
+        return None
+
+
+@dataclass(slots=True)
 class Reap(Operation):
     """Reap dead connections in this batch (the worker does it for any batch holding one)."""
 

@@ -448,9 +448,23 @@ class Store:
 
     def drop_reply_queues_of(self, connection_id: str) -> None:
         """Drop the reply queues of a connection that closed or died, with their messages."""
-        for (queue_name,) in self._execute(
-            "DELETE FROM reply_queues WHERE owner = ? RETURNING name", (connection_id,)
-        ).fetchall():
+        self._drop_reply_queues(
+            self._execute(
+                "DELETE FROM reply_queues WHERE owner = ? RETURNING name", (connection_id,)
+            ).fetchall()
+        )
+
+    def drop_reply_queue(self, queue_name: str) -> None:
+        """Drop ``queue_name``, with its messages, if it is a reply queue of this connection."""
+        self._drop_reply_queues(
+            self._execute(
+                "DELETE FROM reply_queues WHERE name = ? AND owner = ? RETURNING name",
+                (queue_name, self.connection_id),
+            ).fetchall()
+        )
+
+    def _drop_reply_queues(self, dropped: list[tuple[str]]) -> None:
+        for (queue_name,) in dropped:
             self._execute("DELETE FROM known_queues WHERE name = ?", (queue_name,))
             self._known_queues.discard(queue_name)
             self.drop_queue(queue_name)

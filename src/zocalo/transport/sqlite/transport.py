@@ -42,6 +42,7 @@ from zocalo.transport.sqlite.operations import (
     Ack,
     Bind,
     DeclareReplyQueue,
+    DeleteReplyQueue,
     Keep,
     Nack,
     Publish,
@@ -92,6 +93,7 @@ class SqliteTransport(Transport):
             Capability.DELAYED_BROADCAST,
             Capability.REPLY_QUEUE,
             Capability.KEPT_BROADCASTS,
+            Capability.EXCLUSIVE,
         }
     )
 
@@ -217,6 +219,12 @@ class SqliteTransport(Transport):
         worker.submit(DeclareReplyQueue(queue, done))
         done.result(30)
         return queue
+
+    def delete_reply_queue(self, queue: str) -> None:
+        worker = self._open_worker()
+        done = Confirmation()
+        worker.submit(DeleteReplyQueue(queue, done))
+        done.result(30)
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
         expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from zocalo.errors import ConnectionFailed, TransportError
 from zocalo.transport.base import Subscription
 from zocalo.transport.stomp.connection import Link
-from zocalo.transport.stomp.consumers import Consumers
+from zocalo.transport.stomp.consumers import Consumers, declare
 from zocalo.transport.stomp.topology import Destinations
 from zocalo.transport.stomp.url import Endpoint
 
@@ -178,11 +178,11 @@ class BoundQueues:
             self._consumers.forget(link)
             link.close()
         try:
-            self._remove(binding.queue)
+            self._remove(binding.queue, binding.topic)
         except TransportError as error:
             log.warning("could not remove the expired bound queue %r: %s", binding.queue, error)
 
-    def _remove(self, queue: str) -> None:
+    def _remove(self, queue: str, topic: str) -> None:
         """Remove the durable subscription (with what it kept)."""
         link = Link(self._endpoint, on_message=lambda frame: None, client_id=self.client_id(queue))
         try:
@@ -213,3 +213,46 @@ class BoundQueues:
                     binding.link.abort()
                 else:
                     binding.link.close(drain=self._endpoint.timeout)
+
+
+class TopicQueues(BoundQueues):
+    """Bound queues on RabbitMQ: a queue of the work queues' kind, bound to the topic
+    (declared and removed on a connection of their own: see :func:`.consumers.declare`).
+
+    A SUBSCRIBE to ``/topic/<prefix>.t`` naming a queue (``x-queue-name``), durable
+    and never auto-deleted, declares ``<prefix>.q`` with the arguments every other
+    frame naming that queue carries (see :mod:`.flavour`) and binds it to the topic;
+    unsubscribing leaves it. So ``q`` is consumed, sent to and returned to as any
+    queue. RabbitMQ would expire it (``x-expires``) only if its arguments said so,
+    and then they would differ from a work queue's: the transport that bound it
+    removes it instead (unsubscribing durably, which deletes it), once it has had no
+    consumer here and no new bind for ``expires`` seconds. A process killed outright
+    removes nothing: the queue stays until someone deletes it.
+    """
+
+    def _queue(self, queue: str) -> dict[str, str]:
+        """The headers that name the bound queue (and declare it as a work queue)."""
+        return {
+            "x-queue-name": self.name(queue),
+            **self._consumers.flavour.queue_arguments(self._destinations.queue(queue)),
+        }
+
+    def _ensure(self, queue: str, topic: str) -> None:
+        flavour = self._consumers.flavour
+        declare(self._endpoint, flavour, self._destinations.topic(topic), self._queue(queue))
+
+    def consume(self, binding: Binding, subscription: Subscription) -> None:
+        """The queue's own subscription consumes it: only counted here, for its expiry."""
+        binding.subscriptions.append(subscription)
+
+    def _remove(self, queue: str, topic: str) -> None:
+        """Unsubscribing durably (as RabbitMQ 3.10 wants it said) deletes the queue."""
+        named = self._queue(queue)
+        durably = {key: named[key] for key in ("durable", "auto-delete", "x-queue-name")}
+        declare(
+            self._endpoint,
+            self._consumers.flavour,
+            self._destinations.topic(topic),
+            named,
+            leaving={"persistent": "true", **durably},
+        )

@@ -28,6 +28,11 @@ refused one is dropped, with the one log line, and its publish goes on; a group
 completes once its COMMIT and every such receipt are answered, so the drop is logged
 before the publish is confirmed. A droppable message is thus sent even if its
 transaction then fails (the redelivered input may reply again).
+
+RabbitMQ's plugin receipts a COMMIT before the SENDs it holds reach their queues,
+so there (:attr:`~.flavour.ActiveMQ.receipted_commits`) a group goes as SENDs
+with a receipt each, which RabbitMQ sends once the queue confirmed the message,
+and no transaction; a refused one fails the group, as a refused COMMIT does.
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ import functools
 import itertools
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zocalo.errors import ConnectionFailed, PublishFailed
 from zocalo.transport.base import Confirmation, Delivery, Outgoing, report_dropped
 from zocalo.transport.stomp.connection import Link, WireFrame
 from zocalo.transport.stomp.consumers import Consumers, Receipt
+from zocalo.transport.stomp.flavour import ActiveMQ, Flavour
 from zocalo.transport.stomp.temporary import REFUSED_TEMP_QUEUE
 
 log = logging.getLogger(__name__)
@@ -82,7 +89,8 @@ class Group:
     error: str | None = None
     #: The COMMIT's refusal (None: committed, or not answered yet).
     refusal: str | None = None
-    #: Answers still to come: the COMMIT's and each droppable message's receipt.
+    #: Answers still to come: the COMMIT's (without transactions, each SEND's) and each
+    #: droppable message's receipt.
     unanswered: int = 1
 
 
@@ -90,9 +98,14 @@ class Publisher:
     """Writes batches on ``link`` as grouped transactions and settles them on the COMMIT's
     receipt; ``consumers`` are told which inputs' ACK frames were written."""
 
-    def __init__(self, link: Link, consumers: Consumers) -> None:
+    def __init__(
+        self, link: Link, consumers: Consumers, flavour: Callable[[], Flavour] = ActiveMQ
+    ) -> None:
         self._link = link
         self._consumers = consumers
+        #: The broker's flavour (known once connected): the headers every frame naming
+        #: a destination carries, and whether a COMMIT's receipt confirms its SENDs.
+        self._flavour = flavour
         self._lock = threading.Lock()
         self._committing: Group | None = None
         self._waiting: collections.deque[Batch] = collections.deque()
@@ -113,30 +126,39 @@ class Publisher:
         self._send_group(group, raise_lost=True)
 
     def _send_group(self, group: Group, *, raise_lost: bool = False) -> None:
+        transactions = self._flavour().receipted_commits
         transaction = f"zocalo-{self._link.generation}-{next(self._ids)}"
         loose: list[WireFrame] = []
-        frames: list[WireFrame] = [("BEGIN", {"transaction": transaction}, b"")]
+        frames: list[WireFrame] = []
         receipts: list[str] = []
         for batch in group.batches:
             for message in batch.messages:
                 headers = {
                     **message.headers,
+                    **self._flavour().queue_arguments(message.destination),
                     "destination": message.destination,
                     "content-length": str(len(message.body)),
                 }
-                if message.droppable is None:
+                if message.droppable is None and transactions:
                     frames.append(("SEND", {**headers, "transaction": transaction}, message.body))
                     continue
-                answer = functools.partial(self._sent_or_dropped, group, message.droppable)
+                if message.droppable is None:  # its refusal fails the group
+                    answer = functools.partial(self._answered, group, decides=True)
+                else:
+                    answer = functools.partial(self._sent_or_dropped, group, message.droppable)
                 receipts.append(self._link.receipt(answer))
                 loose.append(("SEND", {**headers, "receipt": receipts[-1]}, message.body))
-        group.unanswered = 1 + len(loose)
-        commit = self._link.receipt(lambda refusal: self._answered(group, refusal, commit=True))
-        frames.append(("COMMIT", {"transaction": transaction, "receipt": commit}, b""))
+        group.unanswered = len(loose)
+        if transactions:
+            group.unanswered += 1
+            commit = self._link.receipt(functools.partial(self._answered, group, decides=True))
+            receipts.append(commit)
+            frames.insert(0, ("BEGIN", {"transaction": transaction}, b""))
+            frames.append(("COMMIT", {"transaction": transaction, "receipt": commit}, b""))
         try:
             self._link.write(loose + frames)
         except ConnectionFailed as error:
-            self._link.forget([commit, *receipts])
+            self._link.forget(receipts)
             self._committed(group, str(error))
             if raise_lost:
                 raise
@@ -152,10 +174,12 @@ class Publisher:
             report_dropped(message, why)
         self._answered(group, None)
 
-    def _answered(self, group: Group, refusal: str | None, *, commit: bool = False) -> None:
-        """One answer of the group's: once the last is in, the group is settled."""
+    def _answered(self, group: Group, refusal: str | None, *, decides: bool = False) -> None:
+        """One answer of the group's: once the last is in, the group is settled.
+        ``decides``: the COMMIT's (or, without transactions, a SEND's), whose refusal
+        fails the group."""
         with self._lock:
-            if commit:
+            if decides and group.refusal is None:
                 group.refusal = refusal
             group.unanswered -= 1
             last = group.unanswered == 0

@@ -103,6 +103,8 @@ class Link:
         self._stomp: stomp.Connection12 | None = None
         #: The node connected to (or being tried).
         self.node = endpoint.nodes[0]
+        #: The CONNECTED frame's ``server`` header ("" until connected, or if it has none).
+        self.server = ""
         self.is_open = False
         self.closing = False
         #: True from a lost connection until its subscriptions are restored.
@@ -153,7 +155,8 @@ class Link:
         raise ConnectionFailed("; ".join(failures))
 
     def _where(self) -> str:
-        where = f"ActiveMQ at {self.safe_url}"
+        broker = self.server.split("/")[0] or "ActiveMQ"  # unknown until it answers
+        where = f"{broker} at {self.safe_url}"
         if len(self.endpoint.nodes) > 1:
             where += f" (node {self.node[0]}:{self.node[1]})"
         return where
@@ -168,6 +171,7 @@ class Link:
             auto_decode=False,
             prefer_localhost=False,
             try_loopback_connect=False,
+            vhost=self.endpoint.vhost or None,
         )
         listener = _Listener(self, connection)
         connection.set_listener("zocalo", listener)
@@ -404,6 +408,7 @@ class _Listener(stomp.ConnectionListener):
         self.session: str | None = None
 
     def on_connected(self, frame: Frame) -> None:
+        self.link.server = frame.headers.get("server", "")
         self.session = frame.headers.get("session")
         self.connected = True
         self.answered.set()

@@ -16,6 +16,12 @@ as a new copy that carries how often it was delivered
 (:data:`~zocalo.transport.stomp.headers.DELIVERIES_HEADER`): past the limit it
 is dead-lettered on arrival.
 
+RabbitMQ's quorum queues count deliveries themselves (``x-delivery-count``, a
+crashed consumer's included): there a queue subscription has no selector and no
+reaper, and a delivery past the limit is dead-lettered on arrival. RabbitMQ keeps
+what it sent a subscription until the connection closes, even once unsubscribed:
+what a leaving consumer is sent is NACKed back at once (see :mod:`.flavour`).
+
 A dead-letter queue has no delivery limit (no selector, no reaper): a tool that
 hands its dead letters back may do so as often as it likes.
 
@@ -42,12 +48,14 @@ from stomp.utils import Frame
 from zocalo.errors import TransportError
 from zocalo.transport.base import Delivery, Subscription, report_taking_over
 from zocalo.transport.stomp.connection import Link
+from zocalo.transport.stomp.flavour import ActiveMQ, Flavour
 from zocalo.transport.stomp.headers import (
     MESSAGE_ID_HEADER,
     deliveries_before,
     received,
 )
 from zocalo.transport.stomp.topology import Destinations
+from zocalo.transport.stomp.url import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,8 @@ class Consumer:
     headers: dict[str, str]
     link: Link
     reaper: bool = False
+    #: Under the delivery limit (a queue's, not a dead-letter queue's).
+    limited: bool = False
     #: ack ids handed out and not yet settled.
     unsettled: set[str] = field(default_factory=set)
     #: ack ids taken for a settlement whose frame is not yet written.
@@ -109,6 +119,8 @@ class Consumers:
         self._limit = delivery_limit
         self._hand_over = hand_over
         self._dead_letter = dead_letter
+        #: The broker's flavour, known once connected (see :mod:`.flavour`).
+        self.flavour: Flavour = ActiveMQ()
         self._consumers: dict[str, Consumer] = {}
         self._reapers: dict[tuple[int, str], Consumer] = {}
         self._ids = itertools.count(1)
@@ -143,20 +155,35 @@ class Consumers:
                 self._hand_over(consumer.subscription, delivery)
 
     # -- subscribing ---------------------------------------------------------------
-    def queue_headers(self, prefetch: int) -> dict[str, str]:
-        return {
+    def queue_headers(self, destination: str, prefetch: int, *, limited: bool) -> dict[str, str]:
+        """A queue subscription's headers; ``limited``: with the delivery limit (on
+        ActiveMQ a selector, which makes :meth:`consume` add the queue's reaper)."""
+        headers = {
             "ack": "client-individual",
-            "activemq.prefetchSize": str(prefetch),
-            "selector": f"JMSXDeliveryCount <= {self._limit}",
+            **self.flavour.prefetch(prefetch),
+            **self.flavour.queue_arguments(destination),
         }
+        if limited and self.flavour.selects_by_delivery_count:
+            headers["selector"] = f"JMSXDeliveryCount <= {self._limit}"
+        return headers
 
     def consume(
-        self, subscription: Subscription, destination: str, headers: dict[str, str], link: Link
+        self,
+        subscription: Subscription,
+        destination: str,
+        headers: dict[str, str],
+        link: Link,
+        *,
+        limited: bool = False,
     ) -> Subscription:
-        """Subscribe at the broker and wait for its receipt."""
-        consumer = Consumer(subscription, str(next(self._ids)), destination, headers, link)
+        """Subscribe at the broker and wait for its receipt; ``limited``: deliveries past
+        the delivery limit are dead-lettered (and taken by a reaper where a selector
+        keeps them from the subscription)."""
+        consumer = Consumer(
+            subscription, str(next(self._ids)), destination, headers, link, limited=limited
+        )
         self._start(consumer)
-        if not subscription.broadcast and "selector" in headers:
+        if limited and "selector" in headers:
             self._reaper(subscription.destination, destination, link)
         return subscription
 
@@ -272,6 +299,16 @@ class Consumers:
         with self._lock:
             consumer = self._consumers.get(raw.get("subscription", ""))
             if consumer is None or consumer.leaving or consumer.link is not link:
+                unwanted = raw.get("ack")  # none for a broadcast (acked by the broker)
+                if (
+                    unwanted is not None
+                    and consumer is not None  # still subscribed: RabbitMQ takes a NACK
+                    and consumer.link is link
+                    and not self.flavour.unsubscribe_returns
+                ):
+                    # Under the lock: written before the UNSUBSCRIBE that settled() may
+                    # send once it finds the consumer idle (after it, RabbitMQ refuses it).
+                    self._give_back(unwanted, link)
                 return  # not handed out: returned to its queue when it is unsubscribed
             ackable = not consumer.subscription.broadcast
             ack = raw.get("ack", "")
@@ -281,7 +318,7 @@ class Consumers:
         if first and consumer.subscription.exclusive:
             report_taking_over(consumer.subscription)  # ActiveMQ says nothing else
         headers = received(raw, self._destinations.queue_name)
-        count = deliveries_before(raw) + (2 if raw.get("redelivered") == "true" else 1)
+        count = self.flavour.deliveries(raw, deliveries_before(raw))
         delivery = Delivery(
             subscription=consumer.subscription,
             message_id=raw.get(MESSAGE_ID_HEADER) or raw.get("message-id", ""),
@@ -295,9 +332,17 @@ class Consumers:
         dead = None
         if consumer.reaper:
             dead = f"delivered more than {self._limit} times (its consumers never settled it)"
-        elif ackable and "selector" in consumer.headers and count > self._limit:
+        elif ackable and consumer.limited and count > self._limit:
             dead = f"delivered {count} times or more (limit {self._limit})"
         self._callbacks.put((consumer, delivery, dead))
+
+    @staticmethod
+    def _give_back(ack: str, link: Link) -> None:
+        """Return a message no consumer of ours takes (see ``unsubscribe_returns``)."""
+        try:
+            link.write([("NACK", {"id": ack, "requeue": "true"}, b"")])
+        except TransportError as error:
+            log.debug("returning an unwanted message: %s", error)
 
     def take(self, delivery: Delivery) -> Receipt:
         """Mark ``delivery`` as being settled, or raise if it is not awaiting settlement."""
@@ -348,3 +393,33 @@ class Consumers:
                     leaving.append(consumer)
         for consumer in leaving:
             self._leave(consumer)
+
+
+def declare(
+    endpoint: Endpoint,
+    flavour: Flavour,
+    destination: str,
+    headers: dict[str, str] | None = None,
+    leaving: dict[str, str] | None = None,
+) -> None:
+    """Have RabbitMQ declare what a SUBSCRIBE to ``destination`` names (with
+    ``headers``), on a connection of its own: closing it returns whatever it was sent.
+    With ``leaving``, it UNSUBSCRIBEs first, with those headers."""
+    link = Link(endpoint, on_message=lambda frame: None, reconnect=False)
+    link.connect()
+    try:
+        link.call(
+            "SUBSCRIBE",
+            {
+                "id": "declare",
+                "destination": destination,
+                "ack": "client-individual",
+                **flavour.prefetch(1),
+                **flavour.queue_arguments(destination),
+                **(headers or {}),
+            },
+        )
+        if leaving is not None:
+            link.call("UNSUBSCRIBE", {"id": "declare", **leaving})
+    finally:
+        link.close()

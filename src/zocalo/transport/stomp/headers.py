@@ -7,8 +7,8 @@ lists, dicts, and strings STOMP cannot carry) travels as JSON text, and its
 name is listed in :data:`TYPED_HEADER`, so we decode exactly those again.
 
 Names: STOMP escapes ``:``, ``\\``, CR and LF in names and values
-(:func:`escape`, applied when a frame is written). Names the protocol or
-ActiveMQ give a meaning (``destination``, ``expires``, ``priority``,
+(:func:`escape`, applied when a frame is written). Names the protocol,
+ActiveMQ or RabbitMQ give a meaning (``destination``, ``expires``, ``priority``,
 ``JMS...``) are the transport's: a message header of such a name is refused
 rather than silently changing what the broker does, and on the way in they are
 stripped, so :attr:`Delivery.headers` holds what the sender put there.
@@ -32,6 +32,7 @@ from zocalo.transport.dead_letters import (
     utc_timestamp,
     with_history,
 )
+from zocalo.transport.stomp.flavour import RABBITMQ_HEADERS
 
 #: The names of the headers whose values are JSON text (a JSON list of names).
 TYPED_HEADER = "zocalo-typed"
@@ -78,7 +79,12 @@ class Uncarriable(TransportError):
 
 
 def is_protocol_header(name: str) -> bool:
-    return name in PROTOCOL_HEADERS or name in _OURS or name.startswith(_PROTOCOL_PREFIXES)
+    return (
+        name in PROTOCOL_HEADERS
+        or name in _OURS
+        or name in RABBITMQ_HEADERS
+        or name.startswith(_PROTOCOL_PREFIXES)
+    )
 
 
 def escape(text: str) -> str:
@@ -150,6 +156,8 @@ def copied(frame: Mapping[str, str]) -> dict[str, str]:
     }
     if frame.get("expires", "0") != "0":
         kept["expires"] = frame["expires"]
+    if "expiration" in frame:  # RabbitMQ's is relative: the copy lives that long again
+        kept["expiration"] = frame["expiration"]
     return kept
 
 

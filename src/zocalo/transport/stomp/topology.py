@@ -26,10 +26,13 @@ import time
 
 from zocalo.errors import UnsupportedFeature
 from zocalo.transport.base import Outgoing
+from zocalo.transport.stomp.flavour import ActiveMQ, Flavour
 from zocalo.transport.stomp.temporary import TEMP_QUEUE, remote_destination
 
 #: The dead-letter queue prefix of ActiveMQ's individual dead-letter strategy.
 BROKER_DLQ_PREFIX = "DLQ."
+#: Where every dead-letter queue's destination starts.
+DEAD_LETTER_QUEUES = f"/queue/{BROKER_DLQ_PREFIX}"
 _OUR_DLQ_PREFIX = "dlq."
 #: ActiveMQ's wildcards and composite separator: a name holding one would
 #: consume (or send to) more than the one destination it names.
@@ -102,16 +105,19 @@ class Destinations:
         return f"{_OUR_DLQ_PREFIX}{name}" if dead else name
 
 
-def routing_headers(message: Outgoing, now: float | None = None) -> dict[str, str]:
-    """The STOMP headers that carry a message's delay, expiry, priority and persistence."""
+def routing_headers(
+    message: Outgoing, flavour: Flavour | None = None, now: float | None = None
+) -> dict[str, str]:
+    """The STOMP headers that carry a message's delay, expiry, priority and persistence
+    on ``flavour``'s broker (ActiveMQ's by default)."""
+    flavour = flavour or ActiveMQ()
     headers: dict[str, str] = {}
     if not message.broadcast:
         headers["persistent"] = "true"
     if message.delay:
         headers["AMQ_SCHEDULED_DELAY"] = str(max(0, round(message.delay * 1000)))
     if message.expiration is not None:
-        clock = time.time() if now is None else now
-        headers["expires"] = str(round((clock + message.expiration) * 1000))
+        headers.update(flavour.expiry(message.expiration, time.time() if now is None else now))
     if not message.broadcast:
         # Unset is the lowest, as on every transport (python-workflows sends none,
         # which ActiveMQ takes as its default, 4).

@@ -1,5 +1,8 @@
 """ActiveMQ over STOMP: ``stomp://user:pass@host:61613?prefix=zocalo``.
 
+RabbitMQ's STOMP plugin works too (``?vhost=/``), with fewer capabilities: the
+CONNECTED frame names the broker, and :mod:`.flavour` holds every difference.
+
 One STOMP connection (stomp.py) per transport object. Every SEND asks for a
 receipt, and the inputs of a publish are acked only once every one of its
 messages is receipted: publish and ack are pipelined, nothing waits a round
@@ -20,7 +23,8 @@ goes to the back of its queue. Dead letters go to ``DLQ.<prefix>.<queue>``
 original is NACKed, for the broker's own dead-letter policy.
 
 This class is the contract's face and the wiring; each concern has a module
-beside it: :mod:`.url` (URL -> endpoint), :mod:`.connection` (the
+beside it: :mod:`.flavour` (which broker, what it honours), :mod:`.url` (URL ->
+endpoint), :mod:`.connection` (the
 connection, frames, receipts, reconnect), :mod:`.topology` (destinations
 and routing headers), :mod:`.headers` (header values and names),
 :mod:`.consumers` (subscriptions, unsettled deliveries, the delivery limit,
@@ -41,7 +45,6 @@ from zocalo.errors import ConnectionFailed, PublishFailed, TransportError, Unsup
 from zocalo.transport.base import (
     Acks,
     Callback,
-    Capability,
     Confirmation,
     Delivery,
     Outgoing,
@@ -59,11 +62,12 @@ from zocalo.transport.dead_letters import (
     delivery_limit_reason,
     with_history,
 )
-from zocalo.transport.stomp.bound import BoundQueues
+from zocalo.transport.stomp.bound import BoundQueues, TopicQueues
 from zocalo.transport.stomp.browse import Browsers
 from zocalo.transport.stomp.confirms import Batch, Prepared, Publisher
 from zocalo.transport.stomp.connection import Link
-from zocalo.transport.stomp.consumers import Consumers, Receipt
+from zocalo.transport.stomp.consumers import Consumers, Receipt, declare
+from zocalo.transport.stomp.flavour import DEAD_LETTER_NACK, ActiveMQ, Flavour, flavour_of
 from zocalo.transport.stomp.headers import (
     DELIVERIES_HEADER,
     MESSAGE_ID_HEADER,
@@ -72,7 +76,8 @@ from zocalo.transport.stomp.headers import (
     received,
     to_stomp,
 )
-from zocalo.transport.stomp.topology import Destinations, routing_headers
+from zocalo.transport.stomp.reply_queues import ReplyQueues
+from zocalo.transport.stomp.topology import DEAD_LETTER_QUEUES, Destinations, routing_headers
 from zocalo.transport.stomp.url import endpoint
 
 __all__ = ["StompTransport"]
@@ -85,17 +90,8 @@ class StompTransport(Transport):
 
     schemes = ("stomp",)
     serial_callbacks = True
-    capabilities = frozenset(
-        {
-            Capability.DELAY,
-            Capability.DELAYED_BROADCAST,
-            Capability.PRIORITY,
-            Capability.EXPIRATION,
-            Capability.DEAD_LETTER,
-            Capability.CROSS_PROCESS,
-            Capability.REPLY_QUEUE,
-        }
-    )
+    #: ActiveMQ's until connected; then the broker's (see :mod:`.flavour`).
+    capabilities = ActiveMQ.capabilities
 
     def __init__(self, url: str, *, delivery_limit: int | None = None) -> None:
         self.endpoint, options = endpoint(url, {"delivery_limit": delivery_limit})
@@ -112,29 +108,30 @@ class StompTransport(Transport):
             self.endpoint,
             on_message=self._on_message,
             on_error=lambda text: self._publisher.refused(text),
-            on_lost=lambda reason: self._lost(),
+            on_lost=lambda reason: self._consumers.connection_lost(self._link),
             on_reconnected=lambda: self._consumers.restore(self._link),
         )
-        self._publisher = Publisher(self._link, self._consumers)
+        #: The broker's flavour (:mod:`.flavour`): ActiveMQ's until connected.
+        self.flavour: Flavour = ActiveMQ()
+        self._publisher = Publisher(self._link, self._consumers, lambda: self.flavour)
         self._bound = BoundQueues(self.endpoint, self.destinations, self._consumers)
         self._browsers = Browsers()
         #: Rejected messages whose copy to the dead-letter queue failed: NACKed instead,
         #: for the broker's own dead-letter policy (each is logged too).
         self.dead_letter_copies_failed = 0
-        #: This connection's reply queues: our name -> its temporary queue.
-        self._reply_queues: dict[str, str] = {}
+        #: The queues declared (on RabbitMQ, see :meth:`declare_queue`).
+        self._declared: set[str] = set()
+        self._reply_queues = ReplyQueues(
+            self.endpoint, self.destinations, self._consumers, self._reply_queue_lost
+        )
 
-    def _lost(self) -> None:
-        """The connection was lost: the broker takes back what it held, and deleted its
-        reply queues; whoever waits on one is told (replies now go nowhere)."""
-        self._consumers.connection_lost(self._link)
-        names = ", ".join(sorted(self._reply_queues))
-        self._reply_queues.clear()
-        if names and not self._link.closing:
-            self.report_failure(
-                f"{self.safe_url}: the connection was lost, and ActiveMQ deleted its reply "
-                f"queue(s) {names} with it: replies sent to them are dropped"
-            )
+    def _reply_queue_lost(self, queue: str) -> None:
+        """A reply queue's connection was lost: ActiveMQ deleted the queue with it;
+        whoever waits on it is told (replies now go nowhere)."""
+        self.report_failure(
+            f"{self.safe_url}: the connection of reply queue {queue} was lost, and ActiveMQ "
+            "deleted the queue with it: replies sent to it are dropped"
+        )
 
     def _on_message(self, frame: Frame) -> None:
         if not self._browsers.on_message(frame):
@@ -150,12 +147,19 @@ class StompTransport(Transport):
         if self._link.is_open:
             return
         self._link.connect()
+        self.flavour = flavour_of(self._link.server, DEAD_LETTER_QUEUES)
+        self._consumers.flavour = self.flavour
+        #: What this broker honours (see :mod:`.flavour`): known once connected.
+        self.capabilities = self.flavour.capabilities
+        if not self.flavour.durable_subscriptions:
+            self._bound = TopicQueues(self.endpoint, self.destinations, self._consumers)
         self._consumers.start_callbacks()
 
     def close(self) -> None:
         """Close: what is being confirmed is finished first (its acks go out), then the
         broker returns unacknowledged deliveries to their queues."""
         self._bound.close()
+        self._reply_queues.close()
         self._link.close(drain=self.endpoint.timeout)
         self._consumers.forget(self._link)
         self._consumers.stop_callbacks()
@@ -163,14 +167,23 @@ class StompTransport(Transport):
     def abort(self) -> None:
         """As a killed process would leave: the socket closes, nothing more is said."""
         self._bound.close(abort=True)
+        self._reply_queues.close(abort=True)
         self._link.abort()
         self._consumers.forget(self._link)
         self._consumers.stop_callbacks()
 
     # -- consuming ----------------------------------------------------------
     def declare_queue(self, queue: str) -> None:
-        """ActiveMQ creates a queue on first use: only the name is checked."""
-        self.destinations.queue(queue)
+        """ActiveMQ creates a queue on first use: only the name is checked. RabbitMQ's
+        SENDs and SUBSCRIBEs declare it too, but a queue another connection uses while
+        one creates it can close that connection (RabbitMQ 3.10, quorum queues): so it
+        is declared here, once per transport, and usable on return."""
+        destination = self.destinations.queue(queue)
+        if self.flavour.declares_on_first_use or destination in self._declared:
+            return
+        self._link.require_open()
+        declare(self.endpoint, self.flavour, destination)
+        self._declared.add(destination)
 
     def subscribe(
         self, queue: str, callback: Callback, *, prefetch: int = 1, exclusive: bool = False
@@ -187,17 +200,18 @@ class StompTransport(Transport):
         going to its dead-letter queue."""
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
-        temporary = self._reply_queues.get(queue)
-        destination = temporary or self.destinations.queue(queue)
         self._link.require_open()
+        if exclusive and self.flavour.refuses_exclusive:
+            raise UnsupportedFeature(self.flavour.refuses_exclusive)
+        temporary = self._reply_queues.get(queue)
+        destination = temporary.destination if temporary else self.destinations.queue(queue)
+        link = temporary.link if temporary else self._link
         subscription = Subscription(
             self._next_subscription_id(), queue, callback, prefetch=prefetch, exclusive=exclusive
         )
         # A dead-letter queue has no limit of its own; a reply queue dead-letters nothing.
-        if temporary or queue == dlq_name(queue):
-            headers = {"ack": "client-individual", "activemq.prefetchSize": str(prefetch)}
-        else:
-            headers = self._consumers.queue_headers(prefetch)
+        limited = not temporary and queue != dlq_name(queue)
+        headers = self._consumers.queue_headers(destination, prefetch, limited=limited)
         if exclusive:
             headers["activemq.exclusive"] = "true"
             log.info(
@@ -205,7 +219,7 @@ class StompTransport(Transport):
                 "a time; until it takes over, this one stands by",
                 subscription.describe(),
             )
-        self._consumers.consume(subscription, destination, headers, self._link)
+        self._consumers.consume(subscription, destination, headers, link, limited=limited)
         binding = self._bound.bound(queue)
         if binding is not None:
             try:
@@ -216,28 +230,22 @@ class StompTransport(Transport):
         return subscription
 
     def declare_reply_queue(self, queue: str) -> str:
-        """A temporary queue of this connection (see :mod:`.temporary`): private to it,
-        deleted by the broker when it closes or dies. Returns its address, the name
-        others send replies to (``zocalo.reply.<ActiveMQ's id>``); ``queue`` is the
-        caller's name for consuming it. Each connection's are its own: no name clashes.
+        """A temporary queue on a connection of its own (see :mod:`.reply_queues`),
+        deleted by the broker when this transport closes or dies, or the queue is
+        deleted. Returns its address, the name others send replies to
+        (``zocalo.reply.<ActiveMQ's id>``); ``queue`` is the caller's name for
+        consuming it. Each connection's are its own: no name clashes.
         """
-        destination = self.destinations.temporary(queue)
         self._link.require_open()
-        address = self._link.temporary.address(destination)
-        if address is None:  # made by the first frame naming it: a consumer that takes nothing
-            stomp_id = f"reply-queue-{queue}"
-            headers = {"ack": "client-individual", "activemq.prefetchSize": "0"}
-            self._link.call("SUBSCRIBE", {"id": stomp_id, "destination": destination, **headers})
-            self._link.call("UNSUBSCRIBE", {"id": stomp_id})
-            address = self._link.temporary.address(destination)
-        if address is None:
-            raise UnsupportedFeature(
-                f"{self.safe_url}: the broker gave the connection no id (the CONNECTED "
-                "frame's session header), so its temporary queues cannot be named: "
-                "reply queues need ActiveMQ Classic"
-            )
-        self._reply_queues[queue] = destination
-        return address
+        if self.flavour.refuses_reply_queues:
+            raise UnsupportedFeature(self.flavour.refuses_reply_queues)
+        return self._reply_queues.declare(queue)
+
+    def delete_reply_queue(self, queue: str) -> None:
+        """Close the queue's own connection: ActiveMQ deletes it (see :mod:`.reply_queues`)."""
+        if self.flavour.refuses_reply_queues:
+            raise UnsupportedFeature(self.flavour.refuses_reply_queues)
+        self._reply_queues.delete(queue)
 
     def subscribe_broadcast(
         self, topic: str, callback: Callback, *, replay: float = 0.0
@@ -259,8 +267,9 @@ class StompTransport(Transport):
         raise UnsupportedFeature(self._NOTHING_KEPT)
 
     def bind_queue(self, queue: str, topic: str, *, expires: float) -> None:
-        """A durable subscription to the topic, named after the queue (see :mod:`.bound`):
-        subscribing to ``queue`` on this transport then consumes it."""
+        """A durable subscription to the topic, named after the queue (see :mod:`.bound`;
+        on RabbitMQ a queue bound to the topic): subscribing to ``queue`` on this
+        transport then consumes it."""
         expires = checked_duration("expires", expires, f"queue {queue!r}", positive=True)
         self._link.require_open()
         self._bound.bind(queue, topic, expires)
@@ -352,7 +361,9 @@ class StompTransport(Transport):
             )
             try:
                 receipt = self._consumers.take(delivery)
-                receipt.consumer.link.write([("NACK", {"id": receipt.ack}, b"")])
+                receipt.consumer.link.write(
+                    [("NACK", {"id": receipt.ack, **DEAD_LETTER_NACK}, b"")]
+                )
                 self._consumers.settled([receipt])
             except TransportError as nack_error:
                 log.warning("cannot NACK %s either: %s", delivery.describe(), nack_error)
@@ -375,6 +386,8 @@ class StompTransport(Transport):
         no queue created). Each message counts as ready, delivered or not; delayed ones
         are not seen, nor consumers; a queue shows at most the broker's browse page."""
         self._link.require_open()
+        if self.flavour.refuses_browsing:
+            raise UnsupportedFeature(self.flavour.refuses_browsing)
         counts: Counter[str] = Counter()
         wildcards = self.destinations.every_queue()
         if dead_letters_only:
@@ -406,6 +419,6 @@ class StompTransport(Transport):
             headers = to_stomp(message.headers)
         except Uncarriable as error:
             raise PublishFailed(f"cannot publish to {message.describe()}: {error}") from None
-        headers.update(routing_headers(message))
+        headers.update(routing_headers(message, self.flavour))
         droppable = message if message.droppable else None
         return Prepared(destination, headers, message.body, message.describe(), droppable)

@@ -23,6 +23,7 @@ DEFAULT_PORT = 61613
 #: The URL options ``stomp://...?...`` understands.
 OPTIONS = (
     Option("prefix", str, ""),
+    Option("vhost", str, ""),
     Option("hosts", str, ""),
     Option("delivery_limit", int, DEFAULT_DELIVERY_LIMIT, at_least=1),
     Option("heartbeat", int, 30, at_least=0, at_most=3600),
@@ -41,6 +42,9 @@ class Endpoint:
     passcode: str | None
     #: The destination prefix, without its trailing dot ("" for none).
     prefix: str
+    #: The CONNECT frame's ``host`` header ("": the broker's host name). RabbitMQ reads
+    #: it as the virtual host to use (``?vhost=/`` for its default one).
+    vhost: str
     #: Seconds between heart-beats each way (0: none).
     heartbeat: int
     #: Seconds to wait for the broker: to connect, and to answer a request.
@@ -71,6 +75,7 @@ def endpoint(url: str, given: dict[str, Any] | None = None) -> tuple[Endpoint, d
             login=None if anonymous else user or "",
             passcode=None if anonymous else password or "",
             prefix=options["prefix"].strip().rstrip("."),
+            vhost=options["vhost"],
             heartbeat=options["heartbeat"],
             timeout=options["timeout"],
             safe_url=redact_url(url),

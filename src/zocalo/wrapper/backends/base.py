@@ -112,6 +112,8 @@ class JobBackend(ABC):
     name: str = ""
     #: What its jobs are called in what the recipe is told (``Slurm job 12``).
     kind: str = "Slurm"
+    #: :class:`JobRequest` fields it accepts but does not enforce (said once at start).
+    ignored_fields: tuple[str, ...] = ()
 
     @abstractmethod
     def submit(self, request: JobRequest) -> int:
@@ -131,3 +133,9 @@ class JobBackend(ABC):
     @abstractmethod
     def find(self, comment: str) -> int | None:
         """The job whose comment is ``comment``, if the backend still knows one."""
+
+    def forget(self, job_id: int, comment: str | None) -> bool:
+        """Drop what the backend keeps of an ended job whose end the caller has recorded
+        durably (only if its comment is ``comment``); whether it did. Slurm forgets by
+        itself (``MinJobAge``): nothing to do there."""
+        return False

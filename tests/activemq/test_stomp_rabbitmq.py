@@ -1,0 +1,174 @@
+"""Services on RabbitMQ's STOMP plugin (the session's private node, ``rabbitmq_stomp``):
+the runner's smoke tests there (the runner's own suite takes delays and reply queues for
+granted, which the plugin lacks), and a restart mid-stream, after which the STOMP
+transport reconnects as on ActiveMQ.
+
+The restarted node is stopped cleanly (SIGTERM). After a SIGKILL, RabbitMQ 3.10.8 restarted within
+seconds but left SUBSCRIBEs to the recovering quorum queues unanswered for over a minute
+(measured), longer than a test should wait: that is the broker's recovery, not ours."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from stomp_helpers import PREFIX, Forward, start_recipe, unique
+
+from zocalo.errors import UnsupportedFeature
+from zocalo.recipe import Recipe
+from zocalo.recipe.step import RecipeStep
+from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.transport import create_transport, dlq_name
+from zocalo.transport.base import DLQ_REASON_HEADER
+
+pytestmark = pytest.mark.stomp
+
+
+@pytest.fixture
+def url(rabbitmq_stomp: Any) -> str:
+    return str(rabbitmq_stomp.url(prefix=PREFIX, vhost="/"))
+
+
+@pytest.fixture
+def run_service(url: str) -> Iterator[Callable[..., ServiceRunner]]:
+    """``run_service(service, **settings)``: a ServiceRunner on a thread until the test ends."""
+    running: list[tuple[ServiceRunner, threading.Thread]] = []
+
+    def start(service: Service, **settings: Any) -> ServiceRunner:
+        runner = ServiceRunner(service, create_transport(url), RunnerSettings(**settings))
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        assert runner.started.wait(20), f"{service.name} did not start"
+        running.append((runner, thread))
+        return runner
+
+    yield start
+    for runner, thread in running:
+        runner.request_stop()
+        thread.join(20)
+        assert not thread.is_alive(), f"{runner.service.name} did not stop"
+
+
+def two_steps(source: str) -> Recipe:
+    return Recipe(
+        {"1": {"queue": source, "output": 2}, "2": {"queue": f"{source}.out"}, "start": [[1, {}]]}
+    )
+
+
+def test_a_service_forwards_a_recipe(
+    url: str, run_service: Callable[..., ServiceRunner], collector: Any, wait_until: Any
+) -> None:
+    source = unique("smoke")
+    runner = run_service(Forward(source))
+    with create_transport(url) as client:
+        out = collector(ack_with=client)
+        client.subscribe(f"{source}.out", out)
+        start_recipe(client, two_steps(source), [{"n": n} for n in range(20)])
+        received = out.wait_for_count(20)
+        assert sorted(json.loads(d.body)["payload"]["n"] for d in received) == list(range(20))
+        wait_until(lambda: runner.stats.handled == 20, "every message handled")
+
+
+class ExclusiveForward(Service):
+    def __init__(self, queue: str) -> None:
+        super().__init__()
+        self.add_handler(queue, self.forward, exclusive=True)
+
+    def forward(self, step: RecipeStep, payload: Any) -> None:
+        step.send(payload)
+
+
+def test_an_exclusive_handler_shares_its_queue_here_and_says_so(
+    url: str, run_service: Callable[..., ServiceRunner], collector: Any, caplog: Any
+) -> None:
+    """The plugin cannot keep a queue to one consumer: the transport refuses an exclusive
+    subscription, and the runner runs the service anyway, sharing the queue, with one
+    warning (refusing would stop it, and its supervisor would restart it, forever)."""
+    source = unique("exclusive")
+    with create_transport(url) as client:
+        with pytest.raises(UnsupportedFeature, match="use amqp://"):
+            client.subscribe(source, print, exclusive=True)
+        run_service(ExclusiveForward(source))
+        assert "cannot keep queue" in caplog.text
+        out = collector(ack_with=client)
+        client.subscribe(f"{source}.out", out)
+        start_recipe(client, two_steps(source), [{"n": 1}])
+        out.wait_for_count(1)
+
+
+def test_a_message_that_keeps_failing_is_dead_lettered(
+    url: str, run_service: Callable[..., ServiceRunner], collector: Any
+) -> None:
+    """Retried at once (RabbitMQ has no delays over STOMP), then dead-lettered."""
+    source = unique("poison")
+    runner = run_service(Failing(source), max_attempts=2)
+    with create_transport(url) as client:
+        client.declare_queue(dlq_name(source))
+        start_recipe(client, two_steps(source), [{"n": 1}])
+        dead = collector(ack_with=client)
+        client.subscribe(dlq_name(source), dead)
+        [letter] = dead.wait_for_count(1, timeout=20)
+        assert "not today" in letter.headers[DLQ_REASON_HEADER]
+    assert (runner.stats.retried, runner.stats.dead_lettered) == (1, 1)
+
+
+class Failing(Service):
+    """Fails every message."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__()
+        self.add_handler(queue, self.fail)
+
+    def fail(self, step: RecipeStep, payload: Any) -> None:
+        raise RuntimeError("not today")
+
+
+@pytest.mark.slow
+def test_a_rabbitmq_node_restart_mid_stream_loses_nothing(
+    rabbitmq_stomp: Any, collector: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its queues are quorum queues, which keep what they confirmed: after the restart
+    every connection resubscribes and every message arrives (some twice: those whose
+    ack the crash took)."""
+    url = rabbitmq_stomp.url(prefix=PREFIX, vhost="/")
+    source, prefetch, out_prefetch = unique("stream"), 10, 50
+    runner = ServiceRunner(
+        Forward(source, prefetch=prefetch), create_transport(url), RunnerSettings(retry_delay=0.05)
+    )
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    assert runner.started.wait(20)
+    try:
+        with create_transport(url) as client:
+            out = collector(ack_with=client)
+            client.subscribe(f"{source}.out", out, prefetch=out_prefetch)
+            recipe = Recipe(
+                {"1": {"queue": source, "output": 2}, "2": {"queue": f"{source}.out"}}
+                | {"start": [[1, {}]]}
+            )
+            total = 400
+            start_recipe(client, recipe, [{"n": n} for n in range(total)])
+            out.wait_for_count(50, timeout=30)
+            rabbitmq_stomp.stop()
+            restarted = rabbitmq_stomp.start()
+            received = out.wait_until(
+                lambda ds: {json.loads(d.body)["payload"]["n"] for d in ds} >= set(range(total)),
+                "every message after the restart",
+                timeout=90,
+            )
+            duplicates = len(received) - total
+            print(f"\nnode restart ({restarted:.1f}s): {total} messages, {duplicates} duplicates")
+            assert duplicates <= prefetch + out_prefetch
+            deadline = time.monotonic() + 60
+            while not (runner.transport.connected and client.connected):
+                assert time.monotonic() < deadline, "never reconnected"
+                threading.Event().wait(0.05)
+            assert any("reconnected to" in record.getMessage() for record in caplog.records)
+    finally:
+        runner.request_stop()
+        thread.join(20)
+    assert not thread.is_alive(), "the service did not stop"
