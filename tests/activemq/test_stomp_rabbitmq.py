@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from stomp_helpers import PREFIX, Forward, start_recipe, unique
 
+from zocalo.errors import UnsupportedFeature
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.service import RunnerSettings, Service, ServiceRunner
@@ -70,6 +71,33 @@ def test_a_service_forwards_a_recipe(
         received = out.wait_for_count(20)
         assert sorted(json.loads(d.body)["payload"]["n"] for d in received) == list(range(20))
         wait_until(lambda: runner.stats.handled == 20, "every message handled")
+
+
+class ExclusiveForward(Service):
+    def __init__(self, queue: str) -> None:
+        super().__init__()
+        self.add_handler(queue, self.forward, exclusive=True)
+
+    def forward(self, step: RecipeStep, payload: Any) -> None:
+        step.send(payload)
+
+
+def test_an_exclusive_handler_shares_its_queue_here_and_says_so(
+    url: str, run_service: Callable[..., ServiceRunner], collector: Any, caplog: Any
+) -> None:
+    """The plugin cannot keep a queue to one consumer: the transport refuses an exclusive
+    subscription, and the runner runs the service anyway, sharing the queue, with one
+    warning (refusing would stop it, and its supervisor would restart it, forever)."""
+    source = unique("exclusive")
+    with create_transport(url) as client:
+        with pytest.raises(UnsupportedFeature, match="use amqp://"):
+            client.subscribe(source, print, exclusive=True)
+        run_service(ExclusiveForward(source))
+        assert "cannot keep queue" in caplog.text
+        out = collector(ack_with=client)
+        client.subscribe(f"{source}.out", out)
+        start_recipe(client, two_steps(source), [{"n": 1}])
+        out.wait_for_count(1)
 
 
 def test_a_message_that_keeps_failing_is_dead_lettered(

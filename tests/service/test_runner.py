@@ -642,3 +642,19 @@ def test_a_topic_handler_gets_each_broadcast_and_is_never_retried(
     stats = runner.stats.snapshot()
     assert (stats["failed"], stats["retried"], stats["handled"]) == (1, 0, 1)
     assert "cannot hear that" in caplog.text
+
+
+def test_exclusive_is_for_a_queue_and_shows_in_the_handler_description():
+    from zocalo.service import handler
+
+    with pytest.raises(ValueError, match="exclusive= is for a queue"):
+        handler(topic="news", exclusive=True)
+
+    class Alone(Service):
+        @handler("alone", exclusive=True)
+        def take(self, step, payload):
+            pass
+
+    (spec,) = Alone().handlers()
+    assert spec.exclusive
+    assert spec.describe().startswith("queue 'alone' (exclusive) -> ")

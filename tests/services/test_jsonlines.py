@@ -283,3 +283,26 @@ def test_kill_9_mid_batch_loses_nothing(url, client, tmp_path, wait_until):
     twice = {image for image, count in written.items() if count > 1}
     assert twice <= set(before), "only what was written before the kill is written again"
     assert max(written.values()) <= 2
+
+
+def test_a_second_jsonlines_stands_by_until_the_first_stops(
+    url, client, tmp_path, wait_until, start_service, caplog
+):
+    """As python-zocalo's, one JSONLines consumes the queue at a time: a second one
+    started beside it writes nothing, says it stands by, and takes over when the first
+    stops."""
+    caplog.set_level(logging.INFO, logger="zocalo.transport")
+    target = tmp_path / "one-at-a-time.jsonl"
+    first, second = JSONLines(), JSONLines()
+    with running(first, url):
+        start_service(second, url)
+        send_lines(client, {"output_filename": str(target)}, images(0, 30))
+        written = lambda: first.lines_written + second.lines_written  # noqa: E731
+        wait_until(lambda: written() == 30, "30 lines", timeout=30)
+        assert (first.lines_written, second.lines_written) == (30, 0)
+    send_lines(client, {"output_filename": str(target)}, images(30, 20))
+    wait_until(lambda: written() == 50, "50 lines", timeout=30)
+    assert (first.lines_written, second.lines_written) == (30, 20)
+    assert [line["image"] for line in lines(target)] == list(range(50))
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("took over queue 'jsonlines'" in message for message in messages)

@@ -12,6 +12,7 @@ nothing else is in a queue, a sentinel is sent last and read up to (FIFO).
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -1714,3 +1715,195 @@ def test_a_deleted_reply_queue_goes_at_once_and_later_replies_are_dropped(
     caller.subscribe(queue, received)
     observer.publish([Outgoing(renewed, SENTINEL, droppable=True)]).result(DEADLINE)
     assert [d.body for d in received.wait_for_body(SENTINEL)] == [SENTINEL], "nothing left over"
+
+
+# -- exclusive consumers: one active consumer per queue ----------------------------------
+
+
+class LogLines:
+    """The transports' log lines, waited for with a deadline (they come from their threads)."""
+
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger="zocalo.transport")
+        self._caplog = caplog
+
+    def count(self, words: str) -> int:
+        return sum(words in record.getMessage() for record in self._caplog.records)
+
+    def wait_for(self, words: str, count: int = 1) -> None:
+        deadline = time.monotonic() + DEADLINE
+        pause = threading.Event()
+        while self.count(words) < count:
+            assert time.monotonic() < deadline, f"no log line with {words!r} within {DEADLINE}s"
+            pause.wait(0.01)
+
+
+@pytest.fixture
+def log_lines(caplog: pytest.LogCaptureFixture) -> LogLines:
+    return LogLines(caplog)
+
+
+def knows_its_standby(transport: Transport) -> bool:
+    """ActiveMQ keeps an exclusive standby without telling the client: only the others
+    can log the moment it starts standing by."""
+    return not transport.url.startswith("stomp")
+
+
+def lacks_exclusive(transport: Transport, queue: str) -> bool:
+    """False if ``transport`` can consume exclusively; otherwise check that it refuses to."""
+    return lacks(transport, Capability.EXCLUSIVE, transport.subscribe, queue, print, exclusive=True)
+
+
+def hold_exclusively(
+    holder: Transport, queue: str, collector: Callable[..., Any], first: bytes
+) -> Any:
+    """Subscribe ``holder`` exclusively (never acking by itself) and wait until it got
+    ``first`` (sent before): from then on it holds ``queue``."""
+    held = collector()
+    subscription = holder.subscribe(queue, held, prefetch=10, exclusive=True)
+    assert subscription.exclusive
+    held.wait_for_body(first)
+    return held
+
+
+def test_a_second_exclusive_consumer_stands_by_until_the_first_closes(
+    connect: Callable[..., Transport], collector: Callable, name: Callable, log_lines: LogLines
+) -> None:
+    """Everything goes to the first; closed, its unacknowledged message returns and the
+    standby gets that and the rest; each standby says when it stands by and takes over."""
+    queue = name("q")
+    producer, first, second = connect(), connect(), connect()
+    if lacks_exclusive(first, queue):
+        return
+    producer.send(queue, b"m0")
+    held = hold_exclusively(first, queue, collector, b"m0")
+
+    standby = collector(ack_with=second)
+    second.subscribe(queue, standby, prefetch=10, exclusive=True)
+    if knows_its_standby(second):
+        log_lines.wait_for("standing by")
+    for body in (b"m1", b"m2", SENTINEL):
+        producer.send(queue, body)
+    held.wait_for_body(SENTINEL)
+    assert held.bodies == [b"m0", b"m1", b"m2", SENTINEL]
+    assert standby.bodies == []  # each message is delivered once: none reached the standby
+    for delivery in held.deliveries:
+        if delivery.body != b"m2":
+            first.ack(delivery)
+
+    first.close()  # m2 was never acknowledged: it returns, to the standby
+    producer.send(queue, b"m3")
+    deliveries = standby.wait_until(
+        lambda got: {d.body for d in got} >= {b"m2", b"m3"}, "m2 again and m3"
+    )
+    assert sorted(d.body for d in deliveries) == [b"m2", b"m3"]
+    assert [d.redelivered for d in deliveries if d.body == b"m2"] == [True]
+    if knows_its_standby(second):
+        log_lines.wait_for("took over")
+        assert log_lines.count("standing by") == 1 and log_lines.count("took over") == 1
+
+
+def test_an_exclusive_holder_that_crashes_hands_the_queue_to_its_standby(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    """Nothing lost, nothing twice beyond the crashed holder's unacknowledged messages."""
+    queue = name("q")
+    producer, crashing, second = connect(), connect(), connect()
+    if lacks_exclusive(crashing, queue):
+        return
+    producer.send(queue, b"m0")
+    held = hold_exclusively(crashing, queue, collector, b"m0")
+    standby = collector(ack_with=second)
+    second.subscribe(queue, standby, prefetch=10, exclusive=True)
+    producer.send(queue, b"m1")
+    held.wait_for_body(b"m1")
+    assert standby.bodies == []
+
+    crashing.abort()
+    producer.send(queue, SENTINEL)
+    deliveries = standby.wait_for_body(SENTINEL)
+    assert sorted(d.body for d in deliveries) == [SENTINEL, b"m0", b"m1"]
+    assert all(d.redelivered == (d.body != SENTINEL) for d in deliveries)
+
+
+def test_an_unsubscribed_holder_hands_over_and_settles_what_it_holds(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    queue = name("q")
+    producer, first, second = connect(), connect(), connect()
+    if lacks_exclusive(first, queue):
+        return
+    producer.send(queue, b"m0")
+    held = hold_exclusively(first, queue, collector, b"m0")
+    standby = collector(ack_with=second)
+    second.subscribe(queue, standby, prefetch=10, exclusive=True)
+
+    first.unsubscribe(held.deliveries[0].subscription)
+    producer.send(queue, b"m1")
+    first.ack(held.deliveries[0])  # still its own to settle: not delivered again
+    producer.send(queue, SENTINEL)
+    # (Some brokers hand over only once the holder has settled what it holds.)
+    assert [d.body for d in standby.wait_for_body(SENTINEL)] == [b"m1", SENTINEL]
+
+
+def test_a_non_exclusive_consumer_beside_an_exclusive_one_stands_by(
+    connect: Callable[..., Transport], collector: Callable, name: Callable, log_lines: LogLines
+) -> None:
+    """While an exclusive consumer holds a queue nobody else receives from it (RabbitMQ
+    refuses such a consumer; ActiveMQ keeps it idle): a plain subscription stands by
+    too, and shares the queue as usual once the exclusive one has gone."""
+    queue = name("q")
+    producer, holder, plain = connect(), connect(), connect()
+    if lacks_exclusive(holder, queue):
+        return
+    producer.send(queue, b"m0")
+    held = hold_exclusively(holder, queue, collector, b"m0")
+    waiting = collector(ack_with=plain)
+    plain.subscribe(queue, waiting, prefetch=10)
+    if knows_its_standby(plain):
+        log_lines.wait_for("standing by")
+    producer.send(queue, b"m1")
+    producer.send(queue, SENTINEL)
+    held.wait_for_body(SENTINEL)
+    assert waiting.bodies == []
+
+    holder.close()
+    producer.send(queue, b"m2")
+    deliveries = waiting.wait_until(
+        lambda got: {d.body for d in got} >= {b"m0", b"m1", SENTINEL, b"m2"}, "all of them"
+    )
+    assert sorted(d.body for d in deliveries) == sorted([b"m0", b"m1", SENTINEL, b"m2"])
+
+
+def test_an_exclusive_subscription_beside_plain_consumers_waits_for_them_to_go(
+    connect: Callable[..., Transport], collector: Callable, name: Callable, log_lines: LogLines
+) -> None:
+    """RabbitMQ's rule, kept by memory and SQLite: an exclusive consumer never shares a
+    queue, so it stands by while plain consumers read it. ActiveMQ's broker instead
+    hands it the queue at once: the plain consumer gets nothing new."""
+    queue = name("q")
+    producer, plain, alone = connect(), connect(), connect()
+    if lacks_exclusive(alone, queue):
+        return
+    producer.send(queue, b"m0")
+    shared = collector(ack_with=plain)
+    plain_subscription = plain.subscribe(queue, shared, prefetch=10)
+    shared.wait_for_body(b"m0")
+    exclusive = collector(ack_with=alone)
+    alone.subscribe(queue, exclusive, prefetch=10, exclusive=True)
+    if not knows_its_standby(alone):  # ActiveMQ
+        for body in (b"m1", SENTINEL):
+            producer.send(queue, body)
+        assert [d.body for d in exclusive.wait_for_body(SENTINEL)] == [b"m1", SENTINEL]
+        assert shared.bodies == [b"m0"]
+        return
+    log_lines.wait_for("standing by")
+    for body in (b"m1", SENTINEL):
+        producer.send(queue, body)
+    shared.wait_for_body(SENTINEL)
+    assert exclusive.bodies == []
+
+    plain.unsubscribe(plain_subscription)
+    producer.send(queue, b"m2")
+    assert [d.body for d in exclusive.wait_for_body(b"m2")] == [b"m2"]
+    log_lines.wait_for("took over")

@@ -52,6 +52,7 @@ def test_url_selects_memory_with_every_feature_but_cross_process(
         Capability.DEAD_LETTER,
         Capability.REPLY_QUEUE,
         Capability.KEPT_BROADCASTS,
+        Capability.EXCLUSIVE,
     }
     with pytest.raises(UnsupportedFeature, match="delayed-broadcast"):
         transport.broadcast("topic", b"x", delay=1.0)

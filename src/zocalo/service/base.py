@@ -47,10 +47,14 @@ class HandlerSpec:
     #: Messages of a cancelled recipe reach this handler too, with ``step.cancelled``
     #: set (by default they are acked and dropped before it runs).
     sees_cancelled: bool = False
+    #: One active consumer of the queue at a time: a second instance stands by
+    #: (see :meth:`zocalo.transport.base.Transport.subscribe`).
+    exclusive: bool = False
 
     def describe(self) -> str:
         kind = "topic" if self.broadcast else "queue"
-        return f"{kind} {self.destination!r} -> {self.function.__qualname__}"
+        how = " (exclusive)" if self.exclusive else ""
+        return f"{kind} {self.destination!r}{how} -> {self.function.__qualname__}"
 
 
 _SPEC_ATTRIBUTE = "_zocalo_handlers"
@@ -65,6 +69,7 @@ def handler(
     max_attempts: int | None = None,
     time_limit: float | None = None,
     sees_cancelled: bool = False,
+    exclusive: bool = False,
 ) -> Callable[[HandlerFunction], HandlerFunction]:
     """Register a method as the handler of ``queue`` (or broadcast ``topic``).
 
@@ -77,9 +82,15 @@ def handler(
     Messages of a recipe cancelled with ``zocalo cancel`` never reach the
     handler, unless ``sees_cancelled``: a handler that must clean up after a
     cancelled recipe (its jobs elsewhere) gets them, with ``step.cancelled`` set.
+
+    With ``exclusive``, one instance of the service consumes the queue at a time;
+    others stand by and the next takes over when it goes (a crash included). On a
+    transport that cannot (RabbitMQ's STOMP plugin) the queue is shared, with a warning.
     """
     if (queue is None) == (topic is None):
         raise ValueError("give exactly one of queue= or topic=")
+    if exclusive and topic is not None:
+        raise ValueError("exclusive= is for a queue: every subscriber of a topic gets a copy")
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be a positive number of seconds, not {time_limit!r}")
     destination = queue if queue is not None else topic
@@ -95,6 +106,7 @@ def handler(
             max_attempts,
             time_limit,
             sees_cancelled,
+            exclusive,
         )
         specs = [*getattr(function, _SPEC_ATTRIBUTE, []), spec]
         setattr(function, _SPEC_ATTRIBUTE, specs)

@@ -51,7 +51,7 @@ from zocalo.service.middleware import (
 from zocalo.service.middleware.base import KEPT, RETURNED, hooks
 from zocalo.service.runner_settings import RunnerSettings, RunnerStats
 from zocalo.service.settlement import Settlement
-from zocalo.transport.base import Delivery, Outgoing, Subscription, Transport
+from zocalo.transport.base import Capability, Delivery, Outgoing, Subscription, Transport
 
 __all__ = ["STARTED_MARK", "STOPPED_MARK", "RunnerSettings", "RunnerStats", "ServiceRunner"]
 
@@ -161,11 +161,22 @@ class ServiceRunner:
 
         callback = handle_here if self.transport.serial_callbacks else enqueue
 
+        exclusive = spec.exclusive
+        if exclusive and Capability.EXCLUSIVE not in self.transport.capabilities:
+            # Refusing would stop the service, and its supervisor would restart it, again
+            # and again: it runs, sharing the queue, and says so.
+            log.warning(
+                "%s cannot keep queue %r to one consumer: %s consumes it beside any others",
+                type(self.transport).__name__,
+                spec.destination,
+                self.service.name,
+            )
+            exclusive = False
         if spec.broadcast:
             subscription = self.transport.subscribe_broadcast(spec.destination, callback)
         else:
             subscription = self.transport.subscribe(
-                spec.destination, callback, prefetch=spec.prefetch
+                spec.destination, callback, prefetch=spec.prefetch, exclusive=exclusive
             )
         self._subscriptions.append(subscription)
 

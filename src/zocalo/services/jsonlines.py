@@ -27,14 +27,15 @@ acked, each is tried again later, and after its last attempt it goes to
 and its acknowledgement (``kill -9``) gets those messages again, so their
 lines can be written twice; nothing acknowledged is ever missing from the file.
 
-Several JSONLines services may append to one file: a batch is one
-``O_APPEND`` write, so batches never mix (on a local filesystem), though the
-order of lines across services is not the order of their messages. The
-reference consumes the queue exclusively (one consumer at a time); here the
-queue is consumed like any other: the transport contract has no exclusive
-subscription yet (RabbitMQ would refuse a second consumer, ActiveMQ would
-keep it as a standby: two meanings to settle first), and the one-write
-batches make several consumers safe.
+As the reference's, the queue is consumed exclusively (``@handler(...,
+exclusive=True)``, see :meth:`zocalo.transport.base.Transport.subscribe`): one
+JSONLines service writes at a time, so each file's lines keep the order in which
+their messages were handled. A second one started beside it stands by, saying so in
+one log line, and takes over when the first goes (stopped, crashed, its connection
+lost), with what the first left unacknowledged; another line says when. Beside a
+python-zocalo JSONLines holding the queue, ours stands by the same way. (Were two
+ever to write at once, a batch is one ``O_APPEND`` write, so batches never mix on a
+local filesystem.)
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class JSONLines(Service):
         self.writes = 0
         self.lines_written = 0
 
-    @handler(QUEUE, prefetch=BATCH)
+    @handler(QUEUE, prefetch=BATCH, exclusive=True)
     def write(self, step: RecipeStep, payload: Any) -> None:
         parameters = step.parameters
         filename = parameters.get("output_filename")

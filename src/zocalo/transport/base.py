@@ -111,6 +111,21 @@ def report_dropped(message: Outgoing, why: str) -> None:
     )
 
 
+def report_standing_by(subscription: Subscription, holder: str) -> None:
+    """The one log line of a subscription that starts standing by (see ``exclusive``)."""
+    log.info(
+        "standing by on %s: %s holds it exclusively; this consumer takes over when it goes",
+        subscription.describe(),
+        holder,
+    )
+
+
+def report_taking_over(subscription: Subscription) -> None:
+    """The one log line of a standby that now receives from its queue."""
+    what = "holds it exclusively" if subscription.exclusive else "consumes it"
+    log.info("took over %s: this consumer now %s", subscription.describe(), what)
+
+
 #: The priorities every transport that orders by priority accepts (see Capability.PRIORITY).
 LOWEST_PRIORITY, HIGHEST_PRIORITY = 0, 255
 
@@ -158,6 +173,8 @@ class Capability(enum.Enum):
     KEPT_BROADCASTS = "kept-broadcasts"
     #: ``Outgoing.exchange``: publish through a named (RabbitMQ) exchange.
     EXCHANGE = "exchange"
+    #: ``subscribe(..., exclusive=True)``: one active consumer per queue.
+    EXCLUSIVE = "exclusive"
 
 
 @dataclass(frozen=True)
@@ -243,8 +260,26 @@ class Transport(ABC):
         return None
 
     @abstractmethod
-    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
-        """Consume ``queue`` with at most ``prefetch`` unacknowledged deliveries."""
+    def subscribe(
+        self, queue: str, callback: Callback, *, prefetch: int = 1, exclusive: bool = False
+    ) -> Subscription:
+        """Consume ``queue`` with at most ``prefetch`` unacknowledged deliveries.
+
+        ``exclusive``: one active consumer per queue (python-zocalo's JSONLines). The
+        first exclusive subscription *holds* the queue and alone receives from it; any
+        other subscription to it, exclusive or not, *stands by*: it is accepted at
+        once, receives nothing, and takes over when the holder goes (closed, crashed,
+        its network lost, or unsubscribed: on some brokers only once it has settled
+        what it still holds); what the holder left unacknowledged is redelivered.
+        A standby says so in one log line when it starts standing by and one when it
+        takes over (:func:`report_standing_by`, :func:`report_taking_over`; ActiveMQ
+        does not tell a client it stands by: there the subscription says it may).
+        An exclusive subscription to a queue that plain consumers read already stands
+        by until they have all gone (RabbitMQ's rule), except on ActiveMQ, whose
+        broker hands the queue to the exclusive consumer at once (the others keep only
+        what they hold). Standing by is never an error and never a restart.
+        Transports without :attr:`Capability.EXCLUSIVE` refuse ``exclusive``.
+        """
 
     @abstractmethod
     def subscribe_broadcast(

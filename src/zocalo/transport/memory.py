@@ -36,6 +36,8 @@ from zocalo.transport.base import (
     confirmed,
     deliveries_to_ack,
     report_dropped,
+    report_standing_by,
+    report_taking_over,
 )
 from zocalo.transport.dead_letters import (
     dead_letter_headers,
@@ -108,6 +110,8 @@ class MemoryBroker:
         self.bindings: dict[str, tuple[str, float]] = {}
         #: Topics whose broadcasts are kept (``keep_broadcasts``).
         self.kept: dict[str, _Kept] = {}
+        #: queue -> the exclusive consumer holding it (``subscribe(exclusive=True)``).
+        self.holders: dict[str, _Consumer] = {}
         self.expired = 0
         self._seq = itertools.count()
         self._ids = itertools.count(1)
@@ -143,6 +147,37 @@ class MemoryBroker:
             return message, None
         wait = target.delayed[0][0] - now if target.delayed else None
         return None, wait
+
+    def blocker(self, consumer: _Consumer) -> str | None:
+        """Who keeps ``consumer`` from its queue (it stands by), or None: it may take.
+
+        An exclusive consumer holds a queue from its first take until its subscription
+        ends; it waits while a non-exclusive consumer reads the queue. Exclusive
+        standbys compete for the hold: the first to look takes it.
+        """
+        queue = consumer.subscription.destination
+        holder = self.holders.get(queue)
+        if holder is not None and not holder.subscription.active:
+            del self.holders[queue]
+            holder = None
+        if holder is consumer:
+            return None
+        if holder is not None:
+            return "another exclusive consumer"
+        if not consumer.subscription.exclusive:
+            return None
+        sharing = [
+            other
+            for other in self.consumers
+            if other.subscription.destination == queue
+            and other.subscription.active
+            and not other.subscription.broadcast
+            and not other.subscription.exclusive
+        ]
+        if sharing:
+            return f"{len(sharing)} non-exclusive consumer(s)"
+        self.holders[queue] = consumer
+        return None
 
     def keep(self, topic: str, seconds: float) -> _Kept:
         """Keep ``topic``'s broadcasts (a topic kept already keeps its length)."""
@@ -230,6 +265,8 @@ class _Consumer:
         self.subscription = subscription
         self.unacked: dict[str, _Stored] = {}
         self.inbox: deque[_Stored] = deque()  # broadcast copies
+        #: Kept from its queue by an exclusive consumer (see MemoryBroker.blocker).
+        self.standing_by = False
         self.thread = threading.Thread(
             target=self._run, name=f"memory-{subscription.describe()}", daemon=True
         )
@@ -249,7 +286,7 @@ class _Consumer:
                     broker.condition.wait()
                     continue
                 wait = None
-                if len(self.unacked) < subscription.prefetch:
+                if len(self.unacked) < subscription.prefetch and self.may_take():
                     message, wait = broker.take(subscription.destination)
                     if message is not None:
                         message.delivery_count += 1
@@ -257,6 +294,17 @@ class _Consumer:
                         return self._delivery(message)
                 broker.condition.wait(wait)
         return None
+
+    def may_take(self) -> bool:
+        """Whether this consumer may take from its queue now (lock held); logs the
+        start and the end of standing by."""
+        blocker = self.broker.blocker(self)
+        if blocker is None and self.standing_by:
+            report_taking_over(self.subscription)
+        elif blocker is not None and not self.standing_by:
+            report_standing_by(self.subscription, blocker)
+        self.standing_by = blocker is not None
+        return not self.standing_by
 
     def _delivery(self, message: _Stored) -> Delivery:
         """Snapshot ``message`` for the callback (lock held): once the lock is released
@@ -292,6 +340,7 @@ class MemoryTransport(Transport):
             Capability.DEAD_LETTER,
             Capability.REPLY_QUEUE,
             Capability.KEPT_BROADCASTS,
+            Capability.EXCLUSIVE,
         }
     )
 
@@ -350,6 +399,8 @@ class MemoryTransport(Transport):
         with self.broker.condition:
             self._consumers[subscription.id] = consumer
             self.broker.consumers.add(consumer)
+            if not subscription.broadcast:
+                consumer.may_take()  # an exclusive one holds its queue from now, if it can
             if subscription.broadcast:
                 if subscription.replay:  # under the lock: nothing missed, nothing twice
                     kept = self.broker.keep(subscription.destination, subscription.replay)
@@ -358,11 +409,19 @@ class MemoryTransport(Transport):
         consumer.thread.start()
         return subscription
 
-    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
+    def subscribe(
+        self, queue: str, callback: Callback, *, prefetch: int = 1, exclusive: bool = False
+    ) -> Subscription:
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         return self._start(
-            Subscription(self._next_subscription_id(), queue, callback, prefetch=prefetch)
+            Subscription(
+                self._next_subscription_id(),
+                queue,
+                callback,
+                prefetch=prefetch,
+                exclusive=exclusive,
+            )
         )
 
     def subscribe_broadcast(

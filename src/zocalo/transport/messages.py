@@ -96,6 +96,8 @@ class Subscription:
     active: bool = True
     #: Seconds of kept broadcasts handed over first (``subscribe_broadcast(replay=)``).
     replay: float = 0.0
+    #: One active consumer per queue (``subscribe(exclusive=True)``): see Transport.subscribe.
+    exclusive: bool = False
 
     def describe(self) -> str:
         kind = "topic" if self.broadcast else "queue"

@@ -329,6 +329,12 @@ class Connection:
             except Exception:
                 log.exception("operation on the RabbitMQ I/O thread failed")
 
+    def later(self, delay: float, operation: Callable[[], None]) -> None:
+        """On the I/O thread: run ``operation`` there after ``delay`` seconds (never if
+        this connection is lost first: its loop stops)."""
+        assert self._pika is not None
+        self._pika.ioloop.call_later(delay, operation)
+
     def open_channel(self, done: Confirmation, on_close: Callable | None = None) -> None:
         """On the I/O thread: open a channel; ``done`` gets it once open."""
         assert self._pika is not None

@@ -15,6 +15,10 @@ broker cancels a consumer (its queue was deleted), the queue is declared
 again and consumed on the same channel; after a reconnect every active
 subscription consumes again.
 
+Before consuming a queue, a subscription checks that no exclusive consumer holds
+it, or (exclusive itself) takes its lock: see :mod:`.exclusive`. One that must
+wait *stands by*: it is subscribed, and tries again later on a fresh channel.
+
 A replaying broadcast subscription (``replay=``) reads the topic's stream
 instead, from that many seconds ago (``x-stream-offset``); a stream needs
 acks to hand over more, so each message is acked as it arrives, as a
@@ -33,6 +37,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +46,15 @@ from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from zocalo.errors import TransportError
-from zocalo.transport.base import Confirmation, Delivery, Subscription
+from zocalo.transport.base import (
+    Confirmation,
+    Delivery,
+    Subscription,
+    report_standing_by,
+    report_taking_over,
+)
 from zocalo.transport.dead_letters import without_broker_headers
+from zocalo.transport.rabbitmq import exclusive
 from zocalo.transport.rabbitmq.connection import Connection
 from zocalo.transport.rabbitmq.headers import from_amqp, translate_dead_letter
 from zocalo.transport.rabbitmq.topology import Topology
@@ -68,6 +80,13 @@ class Consumer:
     starting: Confirmation | None = None
     #: A replaying subscription: the epoch seconds its replay reaches back to.
     replay_from: float = 0.0
+    #: Standing by (another consumer holds the queue): tried again after this.
+    standby_delay: float = 0.0
+    #: A plain subscription: looking for the queue's lock; found none (may consume).
+    probing: bool = False
+    unlocked: bool = False
+    #: An exclusive subscription: this connection holds the queue's lock.
+    locked: bool = False
 
 
 class Consumers:
@@ -131,27 +150,8 @@ class Consumers:
         )
 
         def operation(done: Confirmation) -> None:
-            def opened(channel: Channel) -> None:
-                consumer.channel = channel
-                channel.add_on_cancel_callback(lambda frame: self._on_cancelled(consumer, frame))
-                channel.basic_qos(
-                    prefetch_count=prefetch, callback=lambda _: self._start(consumer, done)
-                )
-
-            def closed(channel: Channel, reason: BaseException) -> None:
-                starting = consumer.starting or done
-                if not starting.done():
-                    starting.set_exception(
-                        TransportError(f"cannot consume {subscription.describe()}: {reason}")
-                    )
-
-            channel_ready: Confirmation = Confirmation()
-            channel_ready.add_done_callback(
-                lambda f: (
-                    opened(f.result()) if not f.exception() else done.set_exception(f.exception())
-                )
-            )
-            self._connection.open_channel(channel_ready, on_close=closed)
+            consumer.starting = done
+            self._open(consumer)
 
         with self._lock:
             self._consumers[subscription.id] = consumer
@@ -161,6 +161,120 @@ class Consumers:
             with self._lock:
                 self._consumers.pop(subscription.id, None)
             raise
+
+    def _open(self, consumer: Consumer) -> None:
+        """On the I/O thread: open the consumer's channel, set its prefetch and consume."""
+
+        def opened(channel: Channel) -> None:
+            consumer.channel = channel
+            channel.add_on_cancel_callback(lambda frame: self._on_cancelled(consumer, frame))
+            self._claim(consumer, channel)
+
+        def ready(future: Future[Any]) -> None:
+            error, starting = future.exception(), consumer.starting
+            if error is None:
+                opened(future.result())
+            elif starting is not None and not starting.done():
+                starting.set_exception(error)
+
+        channel_ready: Confirmation = Confirmation()
+        channel_ready.add_done_callback(ready)
+        self._connection.open_channel(
+            channel_ready, on_close=lambda channel, reason: self._closed(consumer, channel, reason)
+        )
+
+    def _claim(self, consumer: Consumer, channel: Channel) -> None:
+        """On the I/O thread: consume, once no exclusive consumer holds the queue (an
+        exclusive subscription: once it holds the lock and the queue has no consumer)."""
+        subscription = consumer.subscription
+
+        def consume(_: Any = None) -> None:
+            channel.basic_qos(
+                prefetch_count=consumer.prefetch,
+                callback=lambda _: self._start(consumer, consumer.starting or Confirmation()),
+            )
+
+        def counted(frame: Any) -> None:
+            others = frame.method.consumer_count
+            if others:
+                self._stand_by(consumer, f"{others} other consumer(s) (RabbitMQ)")
+            else:
+                consume()
+
+        def locked(_: Any) -> None:
+            consumer.locked = True
+            channel.queue_declare(consumer.queue, passive=True, callback=counted)
+
+        lock = exclusive.lock_name(consumer.queue)
+        if subscription.broadcast:
+            consume()
+        elif subscription.exclusive:
+            channel.queue_declare(lock, exclusive=True, callback=locked)
+        elif consumer.unlocked:  # the last look found no lock
+            consumer.unlocked = False
+            consume()
+        else:  # found (this connection's own): stand by; absent: the channel closes
+            consumer.probing = True
+            channel.queue_declare(
+                lock,
+                passive=True,
+                callback=lambda _: self._stand_by(consumer, "an exclusive consumer"),
+            )
+
+    def _closed(self, consumer: Consumer, channel: Channel, reason: BaseException) -> None:
+        """On the I/O thread: the consumer's channel closed. The look for a lock found
+        none (or was not allowed to look): consume on a fresh one. Another consumer
+        holds the queue: stand by. Otherwise a start under way fails."""
+        subscription = consumer.subscription
+        if channel is not consumer.channel:
+            return  # an earlier channel of a standby
+        probing, consumer.probing = consumer.probing, False
+        if subscription.active and not self._connection.closing:
+            if probing and not exclusive.held_by_another(reason):  # none, or none we may see
+                consumer.unlocked = True
+                consumer.channel = None
+                self._open(consumer)
+                return
+            if exclusive.held_by_another(reason):
+                self._stand_by(
+                    consumer, f"another consumer (RabbitMQ: {exclusive.reply_text(reason)})"
+                )
+                return
+        starting = consumer.starting
+        if starting is not None and not starting.done():
+            starting.set_exception(
+                TransportError(f"cannot consume {subscription.describe()}: {reason}")
+            )
+
+    def _stand_by(self, consumer: Consumer, holder: str) -> None:
+        """On the I/O thread: ``holder`` holds the queue; try again later."""
+        subscription = consumer.subscription
+        if not consumer.standby_delay:
+            report_standing_by(subscription, holder)
+        consumer.standby_delay = exclusive.next_delay(consumer.standby_delay)
+        starting = consumer.starting
+        if starting is not None and not starting.done():
+            starting.set_result(subscription)  # subscribed: standing by is no error
+
+        def again() -> None:
+            with self._lock:
+                current = self._consumers.get(subscription.id) is consumer
+            if not (current and subscription.active and self._connection.alive):
+                return
+            old, consumer.channel, consumer.starting = consumer.channel, None, None
+            if old is not None and old.is_open:
+                old.close()
+            self._open(consumer)
+
+        self._connection.later(consumer.standby_delay, again)
+
+    def _consuming(self, consumer: Consumer, done: Confirmation) -> None:
+        """On the I/O thread: the broker accepted the consumer."""
+        if consumer.standby_delay:
+            consumer.standby_delay = 0.0
+            report_taking_over(consumer.subscription)
+        if not done.done():
+            done.set_result(consumer.subscription)
 
     def _start(self, consumer: Consumer, done: Confirmation) -> None:
         """On the I/O thread: consume on the consumer's channel (a broadcast first
@@ -177,9 +291,9 @@ class Consumers:
                     consumer, ch, method, properties, body
                 ),
                 auto_ack=subscription.broadcast and not subscription.replay,
-                exclusive=consumer.bind_to is not None,
+                exclusive=consumer.bind_to is not None or subscription.exclusive,
                 arguments=_stream_offset(consumer) if subscription.replay else None,
-                callback=lambda frame: done.set_result(subscription),
+                callback=lambda frame: self._consuming(consumer, done),
             )
 
         def bind(frame: Any) -> None:
@@ -210,22 +324,49 @@ class Consumers:
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
             consumer = self._consumers.get(subscription.id)
-        if consumer is None or not subscription.active or consumer.channel is None:
+        if consumer is None or not subscription.active:
             raise TransportError(f"{subscription.describe()} is not subscribed")
         subscription.active = False
-        channel = consumer.channel
 
         def cancel(done: Confirmation) -> None:
-            if not channel.is_open or consumer.tag not in channel.consumer_tags:
-                done.set_result(None)  # already cancelled (by the broker) or its channel gone
+            channel = consumer.channel
+            if channel is None or not channel.is_open or consumer.tag not in channel.consumer_tags:
+                self._release(consumer, done)  # cancelled (by the broker), channel gone, standby
             else:
-                channel.basic_cancel(consumer.tag, callback=done.set_result)
+                channel.basic_cancel(consumer.tag, callback=lambda _: self._release(consumer, done))
 
         self._connection.call(cancel)
-        if subscription.broadcast:
+        channel = consumer.channel
+        if subscription.broadcast and channel is not None:
             self._connection.soon(channel.close)
             with self._lock:
                 self._consumers.pop(subscription.id, None)
+
+    def _release(self, consumer: Consumer, done: Confirmation) -> None:
+        """On the I/O thread: let go of the queue's lock, if held (a standby takes over)."""
+        if not consumer.locked:
+            done.set_result(None)
+            return
+        consumer.locked = False
+        lock = exclusive.lock_name(consumer.queue)
+
+        def delete(channel: Channel, close: bool) -> None:
+            def deleted(_: Any) -> None:
+                if close:
+                    channel.close()
+                done.set_result(None)
+
+            channel.queue_delete(lock, callback=deleted)
+
+        channel = consumer.channel
+        if channel is not None and channel.is_open:
+            delete(channel, close=False)
+            return
+        fresh: Confirmation = Confirmation()
+        fresh.add_done_callback(
+            lambda f: delete(f.result(), close=True) if not f.exception() else done.set_result(None)
+        )
+        self._connection.open_channel(fresh)
 
     # -- a consumer the broker cancelled ------------------------------------------
     def _on_cancelled(self, consumer: Consumer, frame: Any) -> None:

@@ -81,6 +81,7 @@ class RabbitMQTransport(Transport):
             Capability.REPLY_QUEUE,
             Capability.KEPT_BROADCASTS,
             Capability.EXCHANGE,
+            Capability.EXCLUSIVE,
         }
     )
 
@@ -184,12 +185,16 @@ class RabbitMQTransport(Transport):
         self._topology.bind_queue(queue, topic, expires=expires)
 
     # -- consuming ----------------------------------------------------------
-    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
+    def subscribe(
+        self, queue: str, callback: Callback, *, prefetch: int = 1, exclusive: bool = False
+    ) -> Subscription:
+        """An exclusive subscription is an exclusive AMQP consumer; one RabbitMQ refuses
+        (another holds the queue) stands by, trying again (see :mod:`.consumers`)."""
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         self.declare_queue(queue)
         subscription = Subscription(
-            self._next_subscription_id(), queue, callback, prefetch=prefetch
+            self._next_subscription_id(), queue, callback, prefetch=prefetch, exclusive=exclusive
         )
         return self._consumers.consume(subscription, queue, prefetch)
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from zocalo.errors import TransportError
+from zocalo.transport.base import report_standing_by, report_taking_over
 from zocalo.transport.messages import Delivery, Subscription
 from zocalo.transport.sqlite.store import BROADCAST_BATCH, Row, Store, broadcast_queue
 
@@ -31,6 +32,8 @@ class Consumer:
     dirty: bool = True  # there may be messages to claim
     saturated: bool = False  # the last claim filled the window: maybe more waiting
     due: float | None = None  # epoch seconds of the next delayed message
+    #: Kept from its queue by an exclusive consumer (see Store.exclusive_blocker).
+    standing_by: bool = False
 
     @property
     def room(self) -> int:
@@ -48,7 +51,12 @@ class Consumer:
             self.queue = broadcast_queue(self.consumer_id)
         else:
             self.queue = subscription.destination
-        store.add_consumer(self.consumer_id, subscription.destination, subscription.broadcast)
+        store.add_consumer(
+            self.consumer_id,
+            subscription.destination,
+            subscription.broadcast,
+            subscription.exclusive,
+        )
         if subscription.broadcast and subscription.replay:  # one transaction: none missed
             store.keep(subscription.destination, subscription.replay)
             store.replay(subscription.destination, self.queue, subscription.replay)
@@ -146,6 +154,8 @@ class Consumers:
         with self.lock:
             consumer.dirty = False
             consumer.due = None
+        if not subscription.broadcast and not may_claim(store, consumer):
+            return claimed  # woken again when the holder goes (or by the reaper's round)
         while (room := consumer.room) > 0:
             if subscription.broadcast:
                 rows = store.take_broadcast_copies(consumer.queue, now)
@@ -193,6 +203,19 @@ class Consumers:
                 consumer.inflight.clear()
                 consumer.dirty = True
         return abandoned
+
+
+def may_claim(store: Store, consumer: Consumer) -> bool:
+    """Whether ``consumer`` may claim from its queue now; logs the start and the end of
+    standing by."""
+    subscription = consumer.subscription
+    blocker = store.exclusive_blocker(consumer.consumer_id, consumer.queue, subscription.exclusive)
+    if blocker is None and consumer.standing_by:
+        report_taking_over(subscription)
+    elif blocker is not None and not consumer.standing_by:
+        report_standing_by(subscription, blocker)
+    consumer.standing_by = blocker is not None
+    return not consumer.standing_by
 
 
 def _delivery(store: Store, subscription: Subscription, row: Row) -> Delivery:

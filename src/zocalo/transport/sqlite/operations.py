@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from zocalo.errors import PublishFailed, TransportError
 from zocalo.transport.base import report_dropped
 from zocalo.transport.messages import Confirmation, Delivery, Outgoing
-from zocalo.transport.sqlite.consumers import Consumer, Consumers
+from zocalo.transport.sqlite.consumers import Consumer, Consumers, may_claim
 from zocalo.transport.sqlite.signals import WakeUps
 from zocalo.transport.sqlite.store import Store
 
@@ -143,6 +143,8 @@ class Subscribe(Operation):
     def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
         self.consumer.register(store)
         consumers.add(self.consumer)
+        if not self.consumer.subscription.broadcast:
+            may_claim(store, self.consumer)  # an exclusive one holds its queue from now, if it can
         return None
 
     def rolled_back(self, consumers: Consumers) -> None:
@@ -155,7 +157,7 @@ class Unsubscribe(Operation):
     future: Confirmation
 
     def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
-        _unregister(store, consumers, self.consumer)
+        _unregister(store, consumers, wake_ups, self.consumer)
         return None
 
 
@@ -226,7 +228,7 @@ class Close(Operation):
     def apply(self, store: Store, consumers: Consumers, wake_ups: WakeUps) -> BaseException | None:
         for consumer in consumers.all():
             consumer.subscription.active = False
-            _unregister(store, consumers, consumer)
+            _unregister(store, consumers, wake_ups, consumer)
         owned = store.rows_owned_by(store.connection_id)
         for queue_name in store.return_rows(owned, "connection closed", holder=store.connection_id):
             wake_ups.consumers_of(queue_name)
@@ -234,8 +236,10 @@ class Close(Operation):
         return None
 
 
-def _unregister(store: Store, consumers: Consumers, consumer: Consumer) -> None:
-    store.remove_consumer(consumer.consumer_id)
+def _unregister(store: Store, consumers: Consumers, wake_ups: WakeUps, consumer: Consumer) -> None:
+    released = store.remove_consumer(consumer.consumer_id)
+    if released is not None:
+        wake_ups.consumers_of(released)  # its standbys: one of them takes over
     if consumer.subscription.broadcast:
         store.drop_queue(consumer.queue)
         consumers.remove(consumer)

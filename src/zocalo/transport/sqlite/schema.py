@@ -12,6 +12,11 @@ goes, with its messages, when that connection closes or is reaped. A queue *exis
 (for a droppable message, see ``Outgoing``) while it is in ``known_queues``: some
 consumer has read it, or it is a reply queue not yet gone.
 
+Exclusive consumers: ``exclusive_consumers`` lists the consumers that asked to be
+a queue's only one; the one with ``holds`` set alone claims from it. Its row goes with
+its consumer row (unsubscribed, closed, or reaped once its process died), and the
+next standby to claim takes the hold.
+
 Message IDs: ``AUTOINCREMENT`` keeps a row id from ever being handed out twice
 in the file's lifetime, so ``broker.db:42`` names one message in every log line
 and dead letter. Files made before that are migrated when first opened.
@@ -78,6 +83,12 @@ CREATE TABLE IF NOT EXISTS kept_broadcasts (
     expires_at REAL
 );
 CREATE INDEX IF NOT EXISTS kept_broadcasts_by_topic ON kept_broadcasts (topic, kept_at);
+CREATE TABLE IF NOT EXISTS exclusive_consumers (
+    queue TEXT NOT NULL,
+    consumer TEXT NOT NULL,
+    holds INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, consumer)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reply_queues (
     name TEXT PRIMARY KEY,
     owner TEXT NOT NULL

@@ -319,7 +319,9 @@ class Store:
         ]
 
     # -- consumers, bindings and queues -------------------------------------
-    def add_consumer(self, consumer_id: str, destination: str, broadcast: bool) -> None:
+    def add_consumer(
+        self, consumer_id: str, destination: str, broadcast: bool, exclusive: bool = False
+    ) -> None:
         """Register a consumer of this connection: publishers wake it, reapers judge it."""
         self._execute(
             "INSERT INTO consumers VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -336,18 +338,62 @@ class Store:
         if not broadcast:
             self._execute("INSERT OR IGNORE INTO known_queues VALUES (?)", (destination,))
             self._known_queues.add(destination)
+        if exclusive:
+            self._execute(
+                "INSERT INTO exclusive_consumers (queue, consumer) VALUES (?, ?)",
+                (destination, consumer_id),
+            )
 
-    def remove_consumer(self, consumer_id: str) -> None:
+    def remove_consumer(self, consumer_id: str) -> str | None:
+        """Unregister a consumer; the queue it held exclusively, if any (to wake its
+        standbys)."""
         self._execute("DELETE FROM consumers WHERE id = ?", (consumer_id,))
+        held = self._execute(
+            "DELETE FROM exclusive_consumers WHERE consumer = ? RETURNING queue, holds",
+            (consumer_id,),
+        ).fetchone()
+        return held[0] if held is not None and held[1] else None
 
-    def remove_consumers_of(self, connection_id: str) -> None:
-        """Drop every consumer row of a dead connection, and its broadcast copies."""
+    def remove_consumers_of(self, connection_id: str) -> list[str]:
+        """Drop every consumer row of a dead connection, and its broadcast copies; the
+        queues it held exclusively."""
         pattern = connection_id.replace("_", "\\_").replace("%", "\\%") + ".%"
+        released: list[str] = []
         for (consumer_id,) in self._execute(
             "SELECT id FROM consumers WHERE id LIKE ? ESCAPE '\\'", (pattern,)
         ).fetchall():
-            self.remove_consumer(consumer_id)
+            if (queue_name := self.remove_consumer(consumer_id)) is not None:
+                released.append(queue_name)
             self.drop_queue(broadcast_queue(consumer_id))
+        return released
+
+    def exclusive_blocker(self, consumer_id: str, queue_name: str, exclusive: bool) -> str | None:
+        """Who keeps a consumer from claiming ``queue_name`` (it stands by), or None.
+
+        The exclusive consumer holding the queue blocks every other; with none, an
+        exclusive consumer takes the hold, unless non-exclusive ones read the queue
+        (it waits until they have gone).
+        """
+        holder = self._execute(
+            "SELECT consumer FROM exclusive_consumers WHERE queue = ? AND holds = 1",
+            (queue_name,),
+        ).fetchone()
+        if holder is not None:
+            return None if holder[0] == consumer_id else f"exclusive consumer {holder[0]}"
+        if not exclusive:
+            return None
+        (sharing,) = self._execute(
+            "SELECT COUNT(*) FROM consumers WHERE queue = ? AND broadcast = 0 AND id NOT IN "
+            "(SELECT consumer FROM exclusive_consumers WHERE queue = ?)",
+            (queue_name, queue_name),
+        ).fetchone()
+        if sharing:
+            return f"{sharing} non-exclusive consumer(s)"
+        self._execute(
+            "UPDATE exclusive_consumers SET holds = 1 WHERE queue = ? AND consumer = ?",
+            (queue_name, consumer_id),
+        )
+        return None
 
     def drop_queue(self, queue_name: str) -> None:
         """Delete every message of ``queue_name``."""

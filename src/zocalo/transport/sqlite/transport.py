@@ -93,6 +93,7 @@ class SqliteTransport(Transport):
             Capability.DELAYED_BROADCAST,
             Capability.REPLY_QUEUE,
             Capability.KEPT_BROADCASTS,
+            Capability.EXCLUSIVE,
         }
     )
 
@@ -177,11 +178,15 @@ class SqliteTransport(Transport):
         return worker
 
     # -- consuming ----------------------------------------------------------
-    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
+    def subscribe(
+        self, queue: str, callback: Callback, *, prefetch: int = 1, exclusive: bool = False
+    ) -> Subscription:
+        """An exclusive consumer's hold is recorded in the broker file; a process that
+        dies holding a queue is reaped (``reap_interval``) and a standby takes over."""
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         subscription = Subscription(
-            self._next_subscription_id(), queue, callback, prefetch=prefetch
+            self._next_subscription_id(), queue, callback, prefetch=prefetch, exclusive=exclusive
         )
         return self._register(subscription)
 

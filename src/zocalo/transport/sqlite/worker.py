@@ -463,7 +463,8 @@ class Worker:
                 owned, f"consumer {connection} died", holder=connection
             ):
                 wake_ups.consumers_of(queue_name)
-            store.remove_consumers_of(connection)
+            for queue_name in store.remove_consumers_of(connection):
+                wake_ups.consumers_of(queue_name)  # its standbys: one of them takes over
             store.drop_reply_queues_of(connection)
         expired = store.expired_leases()
         if expired:

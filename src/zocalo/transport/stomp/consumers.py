@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from stomp.utils import Frame
 
 from zocalo.errors import TransportError
-from zocalo.transport.base import Delivery, Subscription
+from zocalo.transport.base import Delivery, Subscription, report_taking_over
 from zocalo.transport.stomp.connection import Link
 from zocalo.transport.stomp.flavour import ActiveMQ, Flavour
 from zocalo.transport.stomp.headers import (
@@ -78,6 +78,8 @@ class Consumer:
     taken: set[str] = field(default_factory=set)
     #: Unsubscribed: unsubscribe at the broker once nothing is unsettled.
     leaving: bool = False
+    #: Has had a delivery since it (re)subscribed: an exclusive one then holds the queue.
+    receiving: bool = False
 
     def idle(self) -> bool:
         return not self.unsettled and not self.taken
@@ -245,6 +247,7 @@ class Consumers:
                     continue
                 consumer.unsettled.clear()
                 consumer.taken.clear()
+                consumer.receiving = False
                 if consumer.leaving:
                     del self._consumers[stomp_id]
 
@@ -311,6 +314,9 @@ class Consumers:
             ack = raw.get("ack", "")
             if ackable:
                 consumer.unsettled.add(ack)
+            first, consumer.receiving = not consumer.receiving, True
+        if first and consumer.subscription.exclusive:
+            report_taking_over(consumer.subscription)  # ActiveMQ says nothing else
         headers = received(raw, self._destinations.queue_name)
         count = self.flavour.deliveries(raw, deliveries_before(raw))
         delivery = Delivery(

@@ -22,7 +22,8 @@ quorum queue. Expiry is the relative ``expiration`` (ms), the prefetch
   counts no deliveries);
 - reply queues: RabbitMQ's temporary queues are named to others only through a
   ``reply-to`` header it rewrites, not by a name a job can carry;
-- browsing (queue depths for the dead-letter tools): a SUBSCRIBE consumes.
+- browsing (queue depths for the dead-letter tools): a SUBSCRIBE consumes;
+- exclusive subscriptions: quorum queues ignore consumer exclusivity.
 
 A bound queue is a work queue bound to the topic, which the transport removes
 when it expires (:class:`.bound.TopicQueues`): RabbitMQ's own expiry
@@ -82,6 +83,7 @@ class ActiveMQ:
         Capability.DELAYED_BROADCAST,
         Capability.PRIORITY,
         Capability.REPLY_QUEUE,
+        Capability.EXCLUSIVE,
     }
     #: The delivery limit is a JMSXDeliveryCount selector (and a reaper subscription).
     selects_by_delivery_count = True
@@ -92,6 +94,8 @@ class ActiveMQ:
     #: Why reply queues (temporary queues) and browsing are refused (None: they are not).
     refuses_reply_queues: str | None = None
     refuses_browsing: str | None = None
+    #: Why an exclusive subscription is refused (None: ``activemq.exclusive`` keeps it).
+    refuses_exclusive: str | None = None
     #: Unsubscribing returns what the broker sent the subscription and it did not take
     #: (else a NACK returns each: RabbitMQ keeps it with the connection until it closes).
     unsubscribe_returns = True
@@ -135,6 +139,11 @@ class RabbitMQ(ActiveMQ):
     refuses_browsing = (
         "RabbitMQ's STOMP plugin cannot browse a queue (a SUBSCRIBE consumes it, and "
         "declares what it names); use amqp:// and the management API for queue depths"
+    )
+    refuses_exclusive = (
+        "RabbitMQ's STOMP plugin cannot keep a queue to one consumer (a quorum queue "
+        "ignores consumer exclusivity, and a lock queue another connection holds would "
+        "close this one); use amqp://"
     )
     unsubscribe_returns = False
 

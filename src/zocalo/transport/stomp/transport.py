@@ -187,19 +187,40 @@ class StompTransport(Transport):
         declare(self.endpoint, self.flavour, destination)
         self._declared.add(destination)
 
-    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> Subscription:
+    def subscribe(
+        self, queue: str, callback: Callback, *, prefetch: int = 1, exclusive: bool = False
+    ) -> Subscription:
+        """An exclusive subscription is an ActiveMQ exclusive consumer
+        (``activemq.exclusive``, as python-workflows subscribes): the broker lets one
+        receive at a time and hands the queue to another when it goes. It does not tell
+        a consumer that it stands by: the subscription says it may, and its first
+        delivery says it took over.
+
+        Known gap: beside an exclusive consumer ActiveMQ hands nothing to the queue's
+        reaper (see :mod:`.consumers`), so a message delivered more often than the
+        delivery limit stays in the queue (counted there, never lost) instead of
+        going to its dead-letter queue."""
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         self._link.require_open()
+        if exclusive and self.flavour.refuses_exclusive:
+            raise UnsupportedFeature(self.flavour.refuses_exclusive)
         temporary = self._reply_queues.get(queue)
         destination = temporary.destination if temporary else self.destinations.queue(queue)
         link = temporary.link if temporary else self._link
         subscription = Subscription(
-            self._next_subscription_id(), queue, callback, prefetch=prefetch
+            self._next_subscription_id(), queue, callback, prefetch=prefetch, exclusive=exclusive
         )
         # A dead-letter queue has no limit of its own; a reply queue dead-letters nothing.
         limited = not temporary and queue != dlq_name(queue)
         headers = self._consumers.queue_headers(destination, prefetch, limited=limited)
+        if exclusive:
+            headers["activemq.exclusive"] = "true"
+            log.info(
+                "consuming %s exclusively: ActiveMQ lets one exclusive consumer receive at "
+                "a time; until it takes over, this one stands by",
+                subscription.describe(),
+            )
         self._consumers.consume(subscription, destination, headers, link, limited=limited)
         binding = self._bound.bound(queue)
         if binding is not None:
