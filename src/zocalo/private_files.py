@@ -25,20 +25,7 @@ def write_private(path: Path, data: bytes, *, same: SameContent | None = None) -
     name. The data is written to a temporary file that is fsynced and then linked to
     its name, so a reader never sees a partial file, and the directory is fsynced.
     """
-    directory = path.parent
-    make_private_directories(directory)
-    temporary = directory / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            _write_all(descriptor, data)
-        finally:
-            os.close(descriptor)
-        final = _link_unused(temporary, path, data, same)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fsync_directory(directory)
-    return final
+    return _via_temporary(path, data, lambda temporary: _link_unused(temporary, path, data, same))
 
 
 def replace_private(path: Path, data: bytes) -> None:
@@ -46,6 +33,32 @@ def replace_private(path: Path, data: bytes) -> None:
     is there in one rename, durably: for a file written again on a redelivery (the
     recipe-wrapper file of a cluster job), where a reader sees the old file or the
     new one, never a mix."""
+
+    def rename(temporary: Path) -> Path:
+        os.replace(temporary, path)
+        return path
+
+    _via_temporary(path, data, rename)
+
+
+def create_private_once(path: Path, data: bytes) -> bool:
+    """Create ``path`` (``0600``) holding ``data`` whole, durably, unless it exists:
+    whether this call created it (of two racing callers, exactly one does)."""
+
+    def link(temporary: Path) -> Path:
+        os.link(temporary, path)
+        return path
+
+    try:
+        _via_temporary(path, data, link)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _via_temporary(path: Path, data: bytes, publish: Callable[[Path], Path]) -> Path:
+    """Write ``data`` to a private, fsynced temporary file beside ``path``, give it its
+    name with ``publish`` (link or rename), then fsync the directory."""
     directory = path.parent
     make_private_directories(directory)
     temporary = directory / f".{path.name}.{uuid.uuid4().hex}.tmp"
@@ -55,10 +68,11 @@ def replace_private(path: Path, data: bytes) -> None:
             _write_all(descriptor, data)
         finally:
             os.close(descriptor)
-        os.replace(temporary, path)
+        final = publish(temporary)
     finally:
         temporary.unlink(missing_ok=True)
     fsync_directory(directory)
+    return final
 
 
 def _write_all(descriptor: int, data: bytes) -> None:

@@ -61,6 +61,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from zocalo.private_files import create_private_once, replace_private
 from zocalo.wrapper.backends.base import (
     BackendError,
     BackendUnreachable,
@@ -91,41 +92,13 @@ TRANSIENT_ERRORS = frozenset(
 
 def write_atomically(path: Path, data: Mapping[str, Any]) -> None:
     """``path`` holds ``data`` (JSON) whole or not at all, on disk before this returns."""
-    temporary = _write_temporary(path, data)
-    os.replace(temporary, path)
-    _sync_folder(path.parent)
+    replace_private(path, json.dumps(data).encode())
 
 
 def create_once(path: Path, data: Mapping[str, Any]) -> bool:
     """Create ``path`` holding ``data`` (JSON) whole, unless it exists: whether this call
     created it (of two racing callers, exactly one does)."""
-    temporary = _write_temporary(path, data)
-    try:
-        os.link(temporary, path)
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(temporary)
-    _sync_folder(path.parent)
-    return True
-
-
-def _write_temporary(path: Path, data: Mapping[str, Any]) -> Path:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as stream:
-        json.dump(data, stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    return temporary
-
-
-def _sync_folder(folder: Path) -> None:
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    return create_private_once(path, json.dumps(data).encode())
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
