@@ -8,29 +8,24 @@ it logs nothing at all). It listens on free ports of 127.0.0.1 only: STOMP and
 OpenWire.
 
 It runs ``activemq.jar`` directly (``/usr/bin/activemq`` would override the
-base directory) in its own session, so :meth:`PrivateActiveMQ.stop` can kill
-the whole process group if SIGTERM is not enough. :meth:`stop` keeps the
-data, so ``stop()`` then ``start()`` is a broker restart with persistent
-messages intact.
+base directory) as a :class:`~private_server.PrivateServer`: in its own
+session, SIGTERM then SIGKILL to the whole process group on :meth:`stop`, which
+keeps the data, so ``stop()`` then ``start()`` is a broker restart with
+persistent messages intact.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from urllib.parse import quote
 
+from private_server import HOST, PrivateServer, free_port, stomp_answers
+
 HOME = Path(os.environ.get("ZOCALO_TEST_ACTIVEMQ_HOME", "/usr/share/activemq"))
 JAVA = os.environ.get("ZOCALO_TEST_JAVA", "java")
-HOST = "127.0.0.1"
 USER = "zocalo"
 BOOT_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
@@ -101,15 +96,12 @@ log4j.appender.file.layout.ConversionPattern=%d %-5p %c{{1}} - %m%n
 """
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (bind port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-class PrivateActiveMQ:
+class PrivateActiveMQ(PrivateServer):
     """One private broker: ``start()``, ``stop()``, ``start()`` again, ``destroy()``."""
+
+    label = "ActiveMQ"
+    boot_timeout = BOOT_TIMEOUT
+    stop_timeout = STOP_TIMEOUT
 
     def __init__(
         self, base: Path | None = None, jvm_options: tuple[str, ...] = JVM_OPTIONS
@@ -124,8 +116,6 @@ class PrivateActiveMQ:
         self.openwire_port = free_port()
         self.password = secrets.token_hex(8)
         self.output_file = self.base / "java.out"
-        self.boot_seconds: float | None = None
-        self._process: subprocess.Popen[bytes] | None = None
         values = {
             "name": f"zocalo-test-{os.getpid()}",
             "data": self.data,
@@ -146,21 +136,8 @@ class PrivateActiveMQ:
         query = "&".join(f"{key}={quote(str(value), safe='')}" for key, value in options.items())
         return f"{url}?{query}" if query else url
 
-    @property
-    def pid(self) -> int | None:
-        """The broker's JVM (the leader of its process group), while it runs."""
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def start(self, timeout: float = BOOT_TIMEOUT) -> float:
-        """Start the broker (keeping its data) and wait until STOMP answers; seconds taken."""
-        if self.running:
-            return 0.0
-        began = time.monotonic()
-        command = [
+    def command(self) -> list[str]:
+        return [
             JAVA,
             *self.jvm_options,
             f"-Dactivemq.home={HOME}",
@@ -173,98 +150,9 @@ class PrivateActiveMQ:
             "start",
             f"xbean:file:{self.conf / 'activemq.xml'}",
         ]
-        with self.output_file.open("ab") as output:
-            self._process = subprocess.Popen(
-                command,
-                cwd=self.base,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = began + timeout
-        try:
-            while not self._answers_stomp():
-                if not self.running:
-                    raise RuntimeError(f"ActiveMQ exited during start{self._tail()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"ActiveMQ did not start within {timeout}s{self._tail()}")
-                self._wait_for_exit(0.1)  # returns at once if it dies
-        except BaseException:
-            self.stop()
-            raise
-        self.boot_seconds = time.monotonic() - began
-        return self.boot_seconds
 
-    def _answers_stomp(self) -> bool:
-        """A STOMP CONNECT is answered with CONNECTED (the broker is fully up)."""
-        frame = (
-            f"CONNECT\naccept-version:1.2\nhost:{HOST}\nlogin:{USER}\npasscode:{self.password}\n\n"
-        ).encode() + b"\x00"
-        try:
-            with socket.create_connection((HOST, self.stomp_port), timeout=2) as probe:
-                probe.sendall(frame)
-                answer = probe.recv(64)
-                with contextlib.suppress(OSError):
-                    probe.sendall(b"DISCONNECT\n\n\x00")
-                return answer.startswith(b"CONNECTED")
-        except OSError:
-            return False
+    def ready(self, remaining: float) -> bool:
+        return stomp_answers(HOST, self.stomp_port, USER, self.password, HOST)
 
-    def _wait_for_exit(self, seconds: float) -> bool:
-        if self._process is None:
-            return True
-        try:
-            self._process.wait(seconds)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop the broker (data kept): SIGTERM, then SIGKILL its whole process group."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            if not self._wait_for_exit(timeout):
-                self._kill_group(process.pid)
-                self._wait_for_exit(10)
-        self._kill_group(process.pid)  # anything left in its group
-        self._process = None
-
-    def kill(self) -> None:
-        """Stop the broker as a crash would (SIGKILL); the data stays."""
-        process = self._process
-        if process is not None:
-            self._kill_group(process.pid)
-            self._wait_for_exit(10)
-            self._process = None
-
-    @staticmethod
-    def _kill_group(pgid: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-
-    def destroy(self) -> None:
-        """Stop the broker and delete its directory."""
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.base, ignore_errors=True)
-
-    def _tail(self, lines: int = 30) -> str:
-        texts = []
-        for path in (self.output_file, self.data / "activemq.log"):
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                texts.append(f"\n--- {path} ---\n" + "\n".join(tail))
-        return "".join(texts)
-
-    def __enter__(self) -> PrivateActiveMQ:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
+    def log_files(self) -> tuple[Path, ...]:
+        return (self.data / "activemq.log",)

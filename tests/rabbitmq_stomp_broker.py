@@ -10,28 +10,24 @@ No management plugin: its port belongs to the shared node.
 
 ``rabbitmq-server`` is the packaged script itself (``/usr/lib/rabbitmq/bin``),
 not the ``/usr/sbin`` wrapper, which changes to ``/var/lib/rabbitmq`` and to
-the ``rabbitmq`` user. It runs in its own session, so :meth:`stop` can end the
-whole process group (SIGTERM stops the node cleanly; SIGKILL if it lingers).
+the ``rabbitmq`` user. It runs as a :class:`~private_server.PrivateServer`, in
+its own session, so :meth:`stop` can end the whole process group (SIGTERM stops
+the node cleanly; SIGKILL if it lingers).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from urllib.parse import quote
+
+from private_server import HOST, PrivateServer, free_port, stomp_answers
 
 SERVER = Path(
     os.environ.get("ZOCALO_TEST_RABBITMQ_SERVER", "/usr/lib/rabbitmq/bin/rabbitmq-server")
 )
-HOST = "127.0.0.1"
 #: Loopback only, so the default user may log in: nothing else can reach the node.
 USER = PASSWORD = "guest"
 BOOT_TIMEOUT = 90.0
@@ -47,16 +43,13 @@ log.file.level = info
 """
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (bind port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-class PrivateRabbitMQStomp:
+class PrivateRabbitMQStomp(PrivateServer):
     """One private node: ``start()``, ``stop()``, ``start()`` again (a restart: the data
     stays), ``destroy()``."""
+
+    label = "RabbitMQ"
+    boot_timeout = BOOT_TIMEOUT
+    stop_timeout = STOP_TIMEOUT
 
     def __init__(self, base: Path | None = None) -> None:
         self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix="zocalo-rabbit-stomp-"))
@@ -71,9 +64,6 @@ class PrivateRabbitMQStomp:
         # An empty env file: the machine's /etc/rabbitmq/rabbitmq-env.conf names the shared node.
         (self.base / "rabbitmq-env.conf").write_text("")
         self.output_file = self.base / "server.out"
-        self.boot_seconds: float | None = None
-        self.stop_seconds: float | None = None
-        self._process: subprocess.Popen[bytes] | None = None
 
     def environment(self) -> dict[str, str]:
         """The environment that makes ``rabbitmq-server`` this node and nothing else."""
@@ -101,101 +91,11 @@ class PrivateRabbitMQStomp:
         query = "&".join(f"{key}={quote(str(value), safe='')}" for key, value in options.items())
         return f"{url}?{query}" if query else url
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+    def command(self) -> list[str]:
+        return [str(SERVER)]
 
-    def start(self, timeout: float = BOOT_TIMEOUT) -> float:
-        """Start the node and wait until STOMP answers a CONNECT; seconds taken."""
-        if self.running:
-            return 0.0
-        began = time.monotonic()
-        with self.output_file.open("ab") as output:
-            self._process = subprocess.Popen(
-                [str(SERVER)],
-                cwd=self.base,
-                env=self.environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = began + timeout
-        try:
-            while not self._answers_stomp():
-                if not self.running:
-                    raise RuntimeError(f"RabbitMQ exited during start{self._tail()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"RabbitMQ did not start within {timeout}s{self._tail()}")
-                self._wait_for_exit(0.1)  # returns at once if it dies
-        except BaseException:
-            self.stop()
-            raise
-        self.boot_seconds = time.monotonic() - began
-        return self.boot_seconds
+    def ready(self, remaining: float) -> bool:
+        return stomp_answers(HOST, self.stomp_port, USER, PASSWORD, "/")
 
-    def _answers_stomp(self) -> bool:
-        frame = (
-            f"CONNECT\naccept-version:1.2\nhost:/\nlogin:{USER}\npasscode:{PASSWORD}\n\n"
-        ).encode() + b"\x00"
-        try:
-            with socket.create_connection((HOST, self.stomp_port), timeout=2) as probe:
-                probe.sendall(frame)
-                answer = probe.recv(64)
-                with contextlib.suppress(OSError):
-                    probe.sendall(b"DISCONNECT\n\n\x00")
-                return answer.startswith(b"CONNECTED")
-        except OSError:
-            return False
-
-    def _wait_for_exit(self, seconds: float) -> bool:
-        if self._process is None:
-            return True
-        try:
-            self._process.wait(seconds)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop the node: SIGTERM to its process group, SIGKILL to what is left."""
-        process = self._process
-        if process is None:
-            return
-        began = time.monotonic()
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGTERM)
-            if not self._wait_for_exit(timeout):
-                self._kill_group(process.pid)
-                self._wait_for_exit(10)
-        self._kill_group(process.pid)  # anything left in its group (epmd is not: a daemon)
-        self._process = None
-        self.stop_seconds = time.monotonic() - began
-
-    @staticmethod
-    def _kill_group(pgid: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-
-    def destroy(self) -> None:
-        """Stop the node and delete its directory."""
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.base, ignore_errors=True)
-
-    def _tail(self, lines: int = 30) -> str:
-        texts = []
-        for path in (self.output_file, *sorted((self.base / "log").glob("*.log"))):
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                texts.append(f"\n--- {path} ---\n" + "\n".join(tail))
-        return "".join(texts)
-
-    def __enter__(self) -> PrivateRabbitMQStomp:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
+    def log_files(self) -> list[Path]:
+        return sorted((self.base / "log").glob("*.log"))

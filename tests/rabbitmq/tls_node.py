@@ -6,10 +6,11 @@ config, env and enabled-plugins files, all under one temporary directory. The
 only thing it shares with the machine's node is the Erlang cookie (copied into
 its own ``HOME``) and the running ``epmd``.
 
-The server runs in its own session (process group), so that :meth:`SecondNode.stop`
-can fall back to killing the whole group, and checks that no ``beam.smp`` of
-this node survives. :meth:`stop` keeps the data directory, so ``stop()`` then
-``start()`` is a broker restart with durable state intact.
+The server runs as a :class:`~private_server.PrivateServer`, in its own session
+(process group), so that :meth:`SecondNode.stop` can fall back to killing the
+whole group; it also checks that no ``beam.smp`` of this node survives.
+:meth:`stop` keeps the data directory, so ``stop()`` then ``start()`` is a
+broker restart with durable state intact.
 """
 
 from __future__ import annotations
@@ -18,27 +19,19 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from urllib.parse import quote
+
+from private_server import HOST, PrivateServer, free_port
 
 RABBITMQ_BIN = Path(os.environ.get("ZOCALO_TEST_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 #: Where ``rabbitmqctl`` (the /usr/sbin wrapper, which runs as the ``rabbitmq``
 #: user when called as root) finds the machine's cookie; else ``$HOME``'s.
 MACHINE_COOKIES = (Path("/var/lib/rabbitmq/.erlang.cookie"), Path.home() / ".erlang.cookie")
-HOST = "127.0.0.1"
 BOOT_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (bind port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 def machine_cookie() -> Path:
@@ -48,7 +41,7 @@ def machine_cookie() -> Path:
     raise RuntimeError(f"no readable Erlang cookie in {[str(c) for c in MACHINE_COOKIES]}")
 
 
-class SecondNode:
+class SecondNode(PrivateServer):
     """One private RabbitMQ node: ``start()``, ``stop()``, ``start()`` again, ``destroy()``.
 
     ``certfile``/``keyfile``/``cafile`` (PEM paths) give it a TLS listener;
@@ -56,6 +49,10 @@ class SecondNode:
     against ``cafile`` when offered; ``require_client_certificate`` refuses a
     TLS client that offers none.
     """
+
+    boot_timeout = BOOT_TIMEOUT
+    stop_timeout = STOP_TIMEOUT
+    poll_seconds = 1.0
 
     def __init__(
         self,
@@ -67,7 +64,7 @@ class SecondNode:
         name: str | None = None,
     ) -> None:
         self.name = name or f"zocalo-tls-{os.getpid()}"
-        self.node = f"{self.name}@localhost"
+        self.node = self.label = f"{self.name}@localhost"
         self.base = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         self.home = self.base / "home"
         self.mnesia_base = self.base / "mnesia"
@@ -83,8 +80,6 @@ class SecondNode:
         self.tls_port = free_port() if certfile else None
         self.dist_port = free_port()
         self.ca_path = str(cafile) if cafile else None
-        self.boot_seconds: float | None = None
-        self._process: subprocess.Popen[bytes] | None = None
         self.require_client_certificate = require_client_certificate
         self._write_files(certfile, keyfile, cafile)
 
@@ -186,75 +181,30 @@ class SecondNode:
             check=False,
         )
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+    def command(self) -> list[str]:
+        return [str(RABBITMQ_BIN / "rabbitmq-server")]
 
-    def start(self, timeout: float = BOOT_TIMEOUT) -> float:
-        """Boot the node (keeping any data from before) and wait until it serves; seconds taken."""
-        if self.running:
-            return 0.0
-        began = time.monotonic()
-        with self.output_file.open("ab") as output:
-            self._process = subprocess.Popen(
-                [str(RABBITMQ_BIN / "rabbitmq-server")],
-                env=self.env,
-                cwd=self.base,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = began + timeout
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RuntimeError(f"{self.node} did not boot within {timeout}s{self._tail()}")
-                # await_startup itself waits (up to its timeout) for the node to come up;
-                # it fails fast while the node's distribution is not reachable yet.
-                result = self.ctl(
-                    "await_startup",
-                    "--timeout",
-                    str(max(1, round(remaining))),
-                    timeout=remaining + 30,
-                )
-                if result.returncode == 0:
-                    break
-                if not self.running:
-                    raise RuntimeError(
-                        f"{self.node} exited during boot (status {self._process.returncode})"
-                        f"{self._tail()}"
-                    )
-                self._wait_for_exit(1.0)  # not a timing sleep: returns early if it dies
-        except BaseException:
-            self.stop()
-            raise
-        self.boot_seconds = time.monotonic() - began
-        return self.boot_seconds
+    def environment(self) -> dict[str, str]:
+        return self.env
 
-    def _wait_for_exit(self, seconds: float) -> bool:
-        if self._process is None:
-            return True
-        try:
-            self._process.wait(seconds)
-        except subprocess.TimeoutExpired:
+    def ready(self, remaining: float) -> bool:
+        # await_startup itself waits (up to its timeout) for the node to come up;
+        # it fails fast while the node's distribution is not reachable yet.
+        if remaining <= 0:
             return False
-        return True
+        result = self.ctl(
+            "await_startup", "--timeout", str(max(1, round(remaining))), timeout=remaining + 30
+        )
+        return result.returncode == 0
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop the node (data kept): ``rabbitmqctl stop``, then kill its process group."""
-        process = self._process
-        if process is not None:
-            if process.poll() is None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.ctl("stop", timeout=timeout)
-                if not self._wait_for_exit(timeout):
-                    self._kill_group(process.pid)
-                    self._wait_for_exit(10)
-            # Anything left in its group (the node exited but a child did not).
-            self._kill_group(process.pid)
-            self._process = None
+    def terminate(self, timeout: float) -> None:
+        """``rabbitmqctl stop``: the node stops cleanly."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.ctl("stop", timeout=timeout)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the node (data kept), then make sure no ``beam.smp`` of it is left."""
+        super().stop(timeout)
         leftovers = self.beam_pids()
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
@@ -262,11 +212,6 @@ class SecondNode:
         still = self.beam_pids()
         if still:
             raise RuntimeError(f"beam.smp of {self.node} survived stop: pids {still}")
-
-    @staticmethod
-    def _kill_group(pgid: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
 
     def beam_pids(self) -> list[int]:
         """Live ``beam.smp`` processes of this node (by its name on their command line)."""
@@ -287,24 +232,5 @@ class SecondNode:
         if result.returncode != 0:
             raise RuntimeError(f"close_all_connections on {self.node}: {result.stderr.strip()}")
 
-    def destroy(self) -> None:
-        """Stop the node and delete its directory."""
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.base, ignore_errors=True)
-
-    def _tail(self, lines: int = 30) -> str:
-        texts = []
-        for path in [self.output_file, *sorted(self.log_base.glob("*.log"))]:
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                texts.append(f"\n--- {path} ---\n" + "\n".join(tail))
-        return "".join(texts)
-
-    def __enter__(self) -> SecondNode:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
+    def log_files(self) -> list[Path]:
+        return sorted(self.log_base.glob("*.log"))
