@@ -136,3 +136,20 @@ def parse_options(
         else:
             values[name] = option.default
     return values
+
+
+def cluster_node(url: str, node: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` of one ``?hosts=`` entry of ``url``
+    (every transport that takes a list of nodes reads it so)."""
+    try:
+        parts = urlsplit(f"//{node}")
+        host, port = parts.hostname, parts.port
+    except ValueError as error:
+        host, port, why = None, None, str(error)
+    else:
+        why = "no host name"
+    if not host or parts.username is not None or parts.path:
+        raise InvalidURL(
+            f"transport URL {redact_url(url)}: option hosts: {node!r} is not host[:port] ({why})"
+        )
+    return host, port or default_port

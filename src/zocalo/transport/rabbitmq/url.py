@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import pika
 
 from zocalo.errors import InvalidURL
 from zocalo.transport.base import DEFAULT_DELIVERY_LIMIT
-from zocalo.transport.options import Option, existing_file, parse_options, split_url
+from zocalo.transport.options import Option, cluster_node, existing_file, parse_options, split_url
 from zocalo.transport.registry import redact_url
 
 #: The URL options ``amqp://...?...`` understands.
@@ -60,7 +60,7 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
     default_port = 5671 if parts.scheme == "amqps" else 5672
     nodes = [(parts.hostname or "localhost", parts.port or default_port)]
     for node in filter(None, (node.strip() for node in options["hosts"].split(","))):
-        nodes.append(_cluster_node(url, node, default_port))
+        nodes.append(cluster_node(url, node, default_port))
     return nodes
 
 
@@ -78,22 +78,6 @@ def _tls_context(url: str, options: dict[str, Any]) -> ssl.SSLContext:
             f"transport URL {redact_url(url)}: cannot load the TLS files ({files}): {error}"
         ) from None
     return context
-
-
-def _cluster_node(url: str, node: str, default_port: int) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port`` of one ``?hosts=`` entry."""
-    try:
-        parts = urlsplit(f"//{node}")
-        host, port = parts.hostname, parts.port
-    except ValueError as error:
-        host, port, why = None, None, str(error)
-    else:
-        why = "no host name"
-    if not host or parts.username is not None or parts.path:
-        raise InvalidURL(
-            f"transport URL {redact_url(url)}: option hosts: {node!r} is not host[:port] ({why})"
-        )
-    return host, port or default_port
 
 
 def _node_parameters(

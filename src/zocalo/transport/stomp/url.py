@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from zocalo.errors import InvalidURL
 from zocalo.transport.base import DEFAULT_DELIVERY_LIMIT
-from zocalo.transport.options import Option, parse_options, split_url
+from zocalo.transport.options import Option, cluster_node, parse_options, split_url
 from zocalo.transport.registry import redact_url
 
 DEFAULT_PORT = 61613
@@ -65,7 +65,7 @@ def endpoint(url: str, given: dict[str, Any] | None = None) -> tuple[Endpoint, d
         )
     nodes = [(parts.hostname or "localhost", parts.port or DEFAULT_PORT)]
     for node in filter(None, (node.strip() for node in options["hosts"].split(","))):
-        nodes.append(_node(url, node))
+        nodes.append(cluster_node(url, node, DEFAULT_PORT))
     user = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     anonymous = not user and not password
@@ -82,19 +82,3 @@ def endpoint(url: str, given: dict[str, Any] | None = None) -> tuple[Endpoint, d
         ),
         options,
     )
-
-
-def _node(url: str, node: str) -> tuple[str, int]:
-    """``host`` or ``host:port`` of one ``?hosts=`` entry."""
-    try:
-        parts = urlsplit(f"//{node}")
-        host, port = parts.hostname, parts.port
-    except ValueError as error:
-        host, port, why = None, None, str(error)
-    else:
-        why = "no host name"
-    if not host or parts.username is not None or parts.path:
-        raise InvalidURL(
-            f"transport URL {redact_url(url)}: option hosts: {node!r} is not host[:port] ({why})"
-        )
-    return host, port or DEFAULT_PORT
