@@ -8,12 +8,13 @@ owns that thread and the two ways other threads hand work to it —
 and acks wakes the loop once) — so no other module touches a thread or the
 loop.
 
-It also opens the connection on the first cluster node that answers, turns
-pika's opaque failures (TLS, credentials, virtual host) into one sentence,
-and after an unexpected loss reconnects with growing delays. What has to be
-rebuilt on a new connection (channels, subscriptions) and what a lost one
-leaves behind (unconfirmed publishes, unsettled deliveries) belongs to its
-owner, told through three hooks.
+It also turns pika's opaque failures (TLS, credentials, virtual host) into
+one sentence, and gives :mod:`zocalo.transport.reconnect` (which opens the
+first cluster node that answers, and after an unexpected loss reconnects with
+growing delays) pika's part: opening one node, and shutting a connection. What
+has to be rebuilt on a new connection (channels, subscriptions) and what a
+lost one leaves behind (unconfirmed publishes, unsettled deliveries) belongs
+to its owner, told through three hooks.
 """
 
 from __future__ import annotations
@@ -32,14 +33,12 @@ from pika.channel import Channel
 
 from zocalo.errors import ConnectionFailed, TransportError
 from zocalo.transport.base import Confirmation
+from zocalo.transport.reconnect import Reconnecting
 
 log = logging.getLogger(__name__)
 
-RECONNECT_FIRST_DELAY = 0.5
-RECONNECT_MAX_DELAY = 30.0
 
-
-class Connection:
+class Connection(Reconnecting[pika.ConnectionParameters]):
     """A connection to the first node of ``nodes`` that answers, kept open until closed.
 
     The owner's hooks: ``on_open()`` runs on the opening thread once a
@@ -50,6 +49,10 @@ class Connection:
     the hooks count as a failed attempt.
     """
 
+    thread_name = "rabbitmq-reconnect"
+    logger = log
+    attempt_failures = (TransportError, TimeoutError)
+
     def __init__(
         self,
         nodes: list[pika.ConnectionParameters],
@@ -59,32 +62,20 @@ class Connection:
         on_lost: Callable[[BaseException], None],
         on_reconnected: Callable[[], int],
     ) -> None:
-        self.nodes = nodes
+        # close() aborts an attempt under way (see _shut): its thread ends soon.
+        super().__init__(nodes, safe_url, on_reconnected=on_reconnected, close_wait=15)
         #: The node connected to (or being tried).
         self.parameters = nodes[0]
-        self.safe_url = safe_url
         self._on_open = on_open
         self._on_lost = on_lost
-        self._on_reconnected = on_reconnected
         self._pika: pika.SelectConnection | None = None
         self._thread: threading.Thread | None = None
         #: Held while a connection and its I/O thread are made and started: ``close``
         #: (from another thread, while a reconnect is under way) sees both or neither,
         #: never a thread not started yet (which it could not join).
         self._starting = threading.Lock()
-        self.is_open = False
-        self.closing = False
-        #: True from a lost connection until its subscriptions are restored.
-        self.restoring = False
-        self._closed = threading.Event()
-        self._reconnector: threading.Thread | None = None
         self._soon_queue: collections.deque[Callable[[], None]] = collections.deque()
         self._soon_scheduled = False
-
-    @property
-    def connected(self) -> bool:
-        """Open, and after a reconnect with every subscription consuming again."""
-        return self.is_open and not self.restoring
 
     @property
     def alive(self) -> bool:
@@ -95,36 +86,10 @@ class Connection:
     def on_io_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
-    def require_open(self) -> None:
-        if not self.is_open:
-            raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
-
     # -- opening --------------------------------------------------------------
-    def connect(self) -> None:
-        """Open a connection, unless one is open; raise ConnectionFailed if no node answers."""
-        if self.is_open:
-            return
-        self.closing = False
-        self._closed.clear()  # else a later reconnect would give up after one attempt
-        self.restoring = False
-        self._open_any_node()
-
-    def _open_any_node(self) -> None:
-        """Connect to the first cluster node that answers, or raise ConnectionFailed."""
-        failures: list[str] = []
-        for node in self.nodes:
-            if self.closing:
-                raise ConnectionFailed(f"{self.safe_url}: closed while connecting")
-            self.parameters = node
-            try:
-                self._open_node()
-                return
-            except ConnectionFailed as error:
-                failures.append(str(error))
-        raise ConnectionFailed("; ".join(failures))
-
-    def _open_node(self) -> None:
-        """Connect to ``self.parameters``, then let the owner open its channels."""
+    def _open_node(self, node: pika.ConnectionParameters) -> None:
+        """Connect to ``node``, then let the owner open its channels."""
+        self.parameters = node
         opened: Confirmation = Confirmation()
 
         def on_open(connection: pika.SelectConnection) -> None:
@@ -194,7 +159,7 @@ class Connection:
             )
         return f"cannot connect to {where} ({text})"
 
-    # -- losing and reconnecting ----------------------------------------------
+    # -- losing --------------------------------------------------------------
     def _on_closed(self, connection: Any, reason: BaseException) -> None:
         was_open = self.is_open
         self.is_open = False
@@ -202,52 +167,14 @@ class Connection:
         connection.ioloop.stop()
         if was_open and not self.closing:
             log.warning("connection to %s lost: %s; reconnecting", self.safe_url, reason)
-            self.restoring = True
-            self._reconnector = threading.Thread(
-                target=self._reconnect, name="rabbitmq-reconnect", daemon=True
-            )
-            self._reconnector.start()
-
-    def _reconnect(self) -> None:
-        """After an unexpected loss: reconnect with growing delays, then resubscribe."""
-        delay, attempt = RECONNECT_FIRST_DELAY, 0
-        while not self.closing:
-            attempt += 1
-            try:
-                self._open_any_node()
-                if self.closing:  # close() came while this attempt was under way
-                    self.is_open = False
-                    self._shut()
-                    return
-                restored = self._on_reconnected()
-            except (ConnectionFailed, TransportError, TimeoutError) as error:
-                if self.closing:
-                    self.is_open = False
-                    self._shut()
-                    return
-                log.warning(
-                    "reconnecting to %s failed (attempt %d): %s; next try in %.1f s",
-                    self.safe_url,
-                    attempt,
-                    error,
-                    delay,
-                )
-                self.is_open = False
-                self._stop_ioloop()
-                if self._closed.wait(delay):
-                    return
-                delay = min(RECONNECT_MAX_DELAY, delay * 2)
-                continue
-            self.restoring = False
-            log.warning(
-                "reconnected to %s after %d attempt(s); %d subscription(s) restored",
-                self.safe_url,
-                attempt,
-                restored,
-            )
-            return
+            self._start_reconnecting()
 
     # -- closing --------------------------------------------------------------
+    def _abandon(self) -> None:
+        """After a failed attempt: stop the I/O loop of the connection it opened, if any."""
+        self.is_open = False
+        self._stop_ioloop()
+
     def _stop_ioloop(self) -> None:
         if self._pika is not None and self._thread is not None:
             with contextlib.suppress(Exception):
@@ -255,18 +182,10 @@ class Connection:
             if self._thread is not threading.current_thread():
                 self._thread.join(10)
 
-    def close(self) -> None:
-        """Close, stopping a reconnect under way (a connection it is opening is aborted)."""
-        self.closing = True
-        self._closed.set()
-        self.is_open = False
-        self._shut()
-        reconnector = self._reconnector
-        if reconnector is not None and reconnector is not threading.current_thread():
-            reconnector.join(15)
-
     def _shut(self) -> None:
-        """Close the connection (open, or still opening) and wait for its I/O thread."""
+        """Close the connection (open, or still opening: a reconnect attempt's is
+        aborted) and wait for its I/O thread."""
+        self.is_open = False
         with self._starting:
             connection, thread = self._pika, self._thread
         if connection is None:

@@ -12,12 +12,13 @@ frame carries it in its ``receipt`` header. Answers, and every other frame,
 arrive on the receiver thread, which is where the owner's hooks run: they must
 not wait on the broker.
 
-It also opens the connection on the first node that answers, turns stomp.py's
-silent failures (nothing listening, an ``ERROR`` frame for the credentials)
-into one sentence, and after an unexpected loss reconnects with growing
-delays. What a new connection needs (subscriptions) and what a lost one leaves
-behind (receipts never to come, deliveries the broker takes back) belongs to
-the owner, told through hooks.
+It also turns stomp.py's silent failures (nothing listening, an ``ERROR``
+frame for the credentials) into one sentence, and gives
+:mod:`zocalo.transport.reconnect` (which opens the first node that answers,
+and after an unexpected loss reconnects with growing delays) stomp.py's part:
+opening one node, and shutting a connection. What a new connection needs
+(subscriptions) and what a lost one leaves behind (receipts never to come,
+deliveries the broker takes back) belongs to the owner, told through hooks.
 """
 
 from __future__ import annotations
@@ -36,14 +37,12 @@ from stomp.utils import Frame
 
 from zocalo.errors import ConnectionFailed, TransportError
 from zocalo.transport.base import Confirmation
+from zocalo.transport.reconnect import Reconnecting
 from zocalo.transport.stomp.headers import escape
 from zocalo.transport.stomp.temporary import Numbering, names_temporary
 from zocalo.transport.stomp.url import Endpoint
 
 log = logging.getLogger(__name__)
-
-RECONNECT_FIRST_DELAY = 0.5
-RECONNECT_MAX_DELAY = 30.0
 
 #: What a receipt's answer is handed: None when the broker processed the frame, else
 #: why not (its ERROR frame's message, or the connection's loss).
@@ -69,7 +68,7 @@ def frame_bytes(command: str, headers: Mapping[str, str], body: bytes = b"") -> 
     return f"{command}\n{head}\n".encode() + body + b"\x00"
 
 
-class Link:
+class Link(Reconnecting[tuple[str, int]]):
     """A connection to the first node of the endpoint that answers, kept open until closed.
 
     Hooks, all on stomp.py's receiver thread except ``on_reconnected``:
@@ -80,6 +79,9 @@ class Link:
     from it counts as a failed attempt). ``client_id`` names the connection to
     the broker (a durable subscription belongs to one).
     """
+
+    thread_name = "stomp-reconnect"
+    logger = log
 
     def __init__(
         self,
@@ -92,23 +94,24 @@ class Link:
         client_id: str | None = None,
         reconnect: bool = True,
     ) -> None:
+        # An attempt under way when close() comes may wait that long for the broker.
+        super().__init__(
+            endpoint.nodes,
+            endpoint.safe_url,
+            on_reconnected=on_reconnected,
+            close_wait=endpoint.timeout + 5,
+        )
         self.endpoint = endpoint
-        self.safe_url = endpoint.safe_url
         self.client_id = client_id
         self._on_message = on_message
         self._on_unreceipted_error = on_error
         self._on_lost = on_lost
-        self._on_reconnected = on_reconnected
         self._reconnects = reconnect
         self._stomp: stomp.Connection12 | None = None
         #: The node connected to (or being tried).
         self.node = endpoint.nodes[0]
         #: The CONNECTED frame's ``server`` header ("" until connected, or if it has none).
         self.server = ""
-        self.is_open = False
-        self.closing = False
-        #: True from a lost connection until its subscriptions are restored.
-        self.restoring = False
         #: Counts the connections opened: a receipt or ack id of an older one means nothing.
         self.generation = 0
         self._receipts: dict[str, Answer] = {}
@@ -119,41 +122,8 @@ class Link:
         self._temporary_lock = threading.Lock()
         self._answering = 0
         self._lock = threading.Condition()
-        self._closed = threading.Event()
-        self._reconnector: threading.Thread | None = None
-
-    @property
-    def connected(self) -> bool:
-        """Open, and after a reconnect with every subscription consuming again."""
-        return self.is_open and not self.restoring
-
-    def require_open(self) -> None:
-        if not self.is_open:
-            raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
 
     # -- opening --------------------------------------------------------------
-    def connect(self) -> None:
-        """Open a connection, unless one is open; raise ConnectionFailed if no node answers."""
-        if self.is_open:
-            return
-        self.closing = False
-        self._closed.clear()
-        self.restoring = False
-        self._open_any_node()
-
-    def _open_any_node(self) -> None:
-        failures: list[str] = []
-        for node in self.endpoint.nodes:
-            if self.closing:
-                raise ConnectionFailed(f"{self.safe_url}: closed while connecting")
-            self.node = node
-            try:
-                self._open_node(*node)
-                return
-            except ConnectionFailed as error:
-                failures.append(str(error))
-        raise ConnectionFailed("; ".join(failures))
-
     def _where(self) -> str:
         broker = self.server.split("/")[0] or "ActiveMQ"  # unknown until it answers
         where = f"{broker} at {self.safe_url}"
@@ -161,7 +131,9 @@ class Link:
             where += f" (node {self.node[0]}:{self.node[1]})"
         return where
 
-    def _open_node(self, host: str, port: int) -> None:
+    def _open_node(self, node: tuple[str, int]) -> None:
+        self.node = node
+        host, port = node
         beat = self.endpoint.heartbeat * 1000
         connection = stomp.Connection12(
             [(host, port)],
@@ -299,11 +271,7 @@ class Link:
         if not self._release(connection) or self.closing or not self._reconnects:
             return
         log.warning("connection to %s lost; reconnecting", self._where())
-        self.restoring = True
-        self._reconnector = threading.Thread(
-            target=self._reconnect, name="stomp-reconnect", daemon=True
-        )
-        self._reconnector.start()
+        self._start_reconnecting()
 
     def _release(self, connection: stomp.Connection12) -> bool:
         """``connection`` is no longer open: answer what it still owed, tell the owner.
@@ -321,44 +289,6 @@ class Link:
         self._on_lost(f"connection {reason}")
         return True
 
-    # -- reconnecting ----------------------------------------------------------------
-    def _reconnect(self) -> None:
-        """After an unexpected loss: reconnect with growing delays, then resubscribe."""
-        delay, attempt = RECONNECT_FIRST_DELAY, 0
-        while not self.closing:
-            if self._closed.wait(delay if attempt else 0):
-                return
-            attempt += 1
-            try:
-                self._open_any_node()
-                if self.closing:
-                    self._shut()
-                    return
-                restored = self._on_reconnected()
-            except (ConnectionFailed, TransportError) as error:
-                if self.closing:
-                    self._shut()
-                    return
-                log.warning(
-                    "reconnecting to %s failed (attempt %d): %s; next try in %.1f s",
-                    self.safe_url,
-                    attempt,
-                    error,
-                    delay,
-                )
-                self._shut(goodbye=False)
-                if attempt > 1:
-                    delay = min(RECONNECT_MAX_DELAY, delay * 2)
-                continue
-            self.restoring = False
-            log.warning(
-                "reconnected to %s after %d attempt(s); %d subscription(s) restored",
-                self.safe_url,
-                attempt,
-                restored,
-            )
-            return
-
     # -- closing ---------------------------------------------------------------------
     def close(self, drain: float = 0.0) -> None:
         """Close: first wait up to ``drain`` s for booked receipts (what they release,
@@ -368,17 +298,16 @@ class Link:
         """
         if drain and self.is_open:
             self.wait_for_receipts(drain)
-        self.closing = True
-        self._closed.set()
-        self._shut()
-        reconnector = self._reconnector
-        if reconnector is not None and reconnector is not threading.current_thread():
-            reconnector.join(self.endpoint.timeout + 5)
+        super().close()
 
     def abort(self) -> None:
         """Drop the connection as a crash would: no goodbye, the socket just closes."""
-        self.closing = True
-        self._closed.set()
+        self._stop_reconnecting()
+        self._shut(goodbye=False)
+
+    def _abandon(self) -> None:
+        """After a failed attempt: drop its connection, if it opened one (what it
+        booked is answered, the owner told of the loss), without a goodbye."""
         self._shut(goodbye=False)
 
     def _shut(self, goodbye: bool = True) -> None:
