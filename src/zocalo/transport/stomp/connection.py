@@ -152,7 +152,12 @@ class Link(Reconnecting[tuple[str, int]]):
             connection.connect(
                 self.endpoint.login, self.endpoint.passcode, wait=False, headers=headers
             )
-        except (stomp.exception.ConnectFailedException, OSError):
+        except (
+            stomp.exception.ConnectFailedException,
+            # Closed before the CONNECT frame went out (stomp.py's receiver saw it first).
+            stomp.exception.NotConnectedException,
+            OSError,
+        ):
             raise ConnectionFailed(
                 f"cannot connect to {self._where()}: {_unreachable(host, port, self.endpoint)}"
             ) from None
