@@ -58,10 +58,21 @@ TRANSPORTS = [
     pytest.param(stomp_rabbitmq_url, id="stomp-rabbitmq", marks=pytest.mark.stomp),
 ]
 
+#: One broker server per client library (pika, stomp.py): what their connections share
+#: (``zocalo.transport.reconnect``) is tested on these.
+SERVERS = [param for param in TRANSPORTS if param.id in ("rabbitmq", "stomp")]
+
 
 @pytest.fixture(params=TRANSPORTS)
 def transport_url(request: pytest.FixtureRequest) -> str:
     """A fresh URL, isolated from every other test, for the transport under test."""
+    factory: Callable[[pytest.FixtureRequest], str] = request.param
+    return factory(request)
+
+
+@pytest.fixture(params=SERVERS)
+def server_url(request: pytest.FixtureRequest) -> str:
+    """As ``transport_url``, for the transports of :data:`SERVERS`."""
     factory: Callable[[pytest.FixtureRequest], str] = request.param
     return factory(request)
 

@@ -1,4 +1,5 @@
-"""A TCP proxy in front of the machine's RabbitMQ that a test can misdirect.
+"""A TCP proxy in front of a broker (the machine's RabbitMQ unless told) that a test can
+misdirect.
 
 Modes for new connections: ``forward`` (to the broker), ``refuse`` (closed at
 once) and ``hold`` (accepted, then left unanswered until the mode is
