@@ -54,9 +54,9 @@ def test_a_broker_crash_mid_stream_loses_nothing(activemq, stomp, run_service, c
     assert listener.wait_for_count(1)[0].body == b"after the restart"
 
 
-def run_service_command(url: str) -> subprocess.CompletedProcess[str]:
+def run_service_command(url: str, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "zocalo.cli.service", "-s", "demo.FindSpots", "-t", url],
+        [sys.executable, "-m", "zocalo.cli.service", "-s", "demo.FindSpots", "-t", url, *options],
         capture_output=True,
         text=True,
         timeout=120,
@@ -70,6 +70,16 @@ def test_wrong_credentials_are_one_line_from_zocalo_service(activemq):
     lines = finished.stderr.splitlines()
     assert len(lines) == 1, finished.stderr
     assert "refused the credentials" in lines[0]
+    assert SECRET not in finished.stderr
+
+
+def test_the_password_stays_hidden_at_library_debug_level(activemq):
+    """At ``-vv`` stomp.py logs every frame it sends: the CONNECT's passcode is hidden
+    (its own mask never matched what it writes)."""
+    finished = run_service_command(activemq.url(password=SECRET, prefix="zocalo"), "-vv")
+    assert finished.returncode == 1
+    assert "sending frame: [b'STOMP'" in finished.stderr  # the frames are logged
+    assert "refused the credentials" in finished.stderr.splitlines()[-1]
     assert SECRET not in finished.stderr
 
 
