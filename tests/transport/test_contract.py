@@ -1578,6 +1578,26 @@ def test_a_reply_queue_takes_replies_while_its_connection_lives(
     assert not dropped_replies.count(address)
 
 
+def test_a_reply_handed_back_returns_to_its_reply_queue(
+    connect: Callable[..., Transport], collector: Callable
+) -> None:
+    """A reply its caller nacks (a callback that failed) comes back on the reply queue,
+    as any queue's message does: not to a queue of the caller's name for it."""
+    caller, worker = connect(), connect()
+    if lacks_reply_queues(caller):
+        return
+    queue = reply_queue_name()
+    address = caller.declare_reply_queue(queue)
+    replies = collector()
+    caller.subscribe(queue, replies)
+    worker.publish([Outgoing(address, b"reply", droppable=True)]).result(DEADLINE)
+    [first] = replies.wait_for_count(1)
+    caller.nack(first, requeue=True, reason="the callback failed")
+    again = replies.wait_for_count(2)[1]
+    caller.ack(again)
+    assert (again.body, again.message_id, again.redelivered) == (b"reply", first.message_id, True)
+
+
 def test_a_droppable_message_reaches_a_queue_someone_consumes(
     connect: Callable[..., Transport], collector: Callable, name: Callable
 ) -> None:

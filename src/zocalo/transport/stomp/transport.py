@@ -318,8 +318,11 @@ class StompTransport(Transport):
         headers[MESSAGE_ID_HEADER] = delivery.message_id
         headers[DELIVERIES_HEADER] = str(delivery.delivery_count)
         headers["persistent"] = "true"
+        # A reply queue's is reached by its address (its own name is the caller's for it).
+        reply_queue = self._reply_queues.get(delivery.source)
+        queue = reply_queue.address if reply_queue else delivery.source
         return Prepared(
-            self.destinations.queue(delivery.source),
+            self.destinations.queue(queue),
             headers,
             delivery.body,
             f"queue {delivery.source!r}",
