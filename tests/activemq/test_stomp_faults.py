@@ -1,4 +1,5 @@
-"""ActiveMQ faults: a broker crash and restart mid-stream, a wrong host, wrong credentials."""
+"""ActiveMQ faults: a broker crash and restart mid-stream, a wrong host, wrong credentials,
+frames the broker cannot read."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import time
 import pytest
 from stomp_helpers import Forward, start_recipe, unique
 
+from zocalo.errors import PublishFailed
 from zocalo.recipe import Recipe
+from zocalo.transport import Outgoing
+from zocalo.transport.base import DLQ_REASON_HEADER, dlq_name
 
 pytestmark = pytest.mark.stomp
 
@@ -95,3 +99,87 @@ def test_a_wrong_host_is_one_line_from_zocalo_service(activemq):
     assert f"cannot connect to ActiveMQ at stomp://zocalo:***@127.0.0.1:{port}" in lines[0]
     assert "Connection refused" in lines[0]
     assert SECRET not in finished.stderr
+
+
+#: More than ActiveMQ's STOMP codec reads in one frame: a header line over 10 KiB, or
+#: over 1000 headers (it then drops the whole connection).
+UNREADABLE = {
+    "long header": {"detail": "x" * 11_000},
+    "long escaped header": {"detail": ":" * 5_200},  # each escaped in two bytes
+    "many headers": {f"h{n}": "v" for n in range(1_000)},
+}
+
+
+@pytest.mark.parametrize("headers", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_a_message_activemq_cannot_read_is_refused_and_the_connection_stays(
+    stomp, collector, headers
+):
+    """Refused before anything is sent, naming why: the connection and what it holds
+    (a delivery in hand, the input of the publish) are not taken down with it."""
+    queue = unique("unreadable")
+    stomp.send(queue, b"in hand")
+    held = collector()
+    stomp.subscribe(queue, held)
+    [delivery] = held.wait_for_count(1)
+    with pytest.raises(PublishFailed, match=r"not published: .*ActiveMQ"):
+        stomp.publish([Outgoing(f"{queue}.out", b"result", headers)], ack=delivery)
+    stomp.ack(delivery)  # still in hand, on the same connection: nothing dropped it
+    stomp.send(queue, b"sentinel")
+    held.wait_for_body(b"sentinel")
+    assert held.bodies == [b"in hand", b"sentinel"], "nothing was redelivered"
+
+
+def test_a_dead_letter_whose_reason_activemq_cannot_read_still_reaches_its_queue(stomp, collector):
+    """A reason too long for a header (a handler's long error) cannot go with the copy:
+    the message is NACKed instead, and ActiveMQ puts it in the same dead-letter queue."""
+    queue = unique("long-reason")
+    stomp.send(queue, b"poison")
+    stomp.send(queue, b"in hand")
+    received = collector()
+    stomp.subscribe(queue, received, prefetch=2)
+    poison, in_hand = received.wait_for_count(2)
+    stomp.nack(poison, requeue=False, reason="x" * 11_000)
+    dead = collector(ack_with=stomp)
+    stomp.subscribe(dlq_name(queue), dead)
+    [letter] = dead.wait_for_count(1)
+    assert letter.body == b"poison"
+    assert "dead-lettered by ActiveMQ" in letter.headers[DLQ_REASON_HEADER]
+    assert stomp.dead_letter_copies_failed == 1
+    stomp.ack(in_hand)  # the connection was never dropped
+    stomp.send(queue, b"sentinel")
+    received.wait_for_body(b"sentinel")
+    assert received.bodies == [b"poison", b"in hand", b"sentinel"]
+
+
+class FailsAtLength(Forward):
+    """Forwards, but fails on a ``bad`` payload with an error longer than a header takes
+    (the retry and the dead letter carry the error in their headers)."""
+
+    def forward(self, step, payload):
+        if payload.get("bad"):
+            raise ValueError("x" * 11_000)
+        super().forward(step, payload)
+
+
+def test_a_handlers_long_error_takes_neither_the_connection_nor_other_messages(
+    stomp, run_service, collector, caplog
+):
+    """Its message ends in the dead-letter queue after its deliveries; the messages
+    prefetched beside it are forwarded once. (A copy ActiveMQ could not read dropped
+    the service's connection on each attempt, returning its neighbours each time, until
+    they too were dead-lettered, never having failed.)"""
+    source = unique("long-error")
+    run_service(FailsAtLength(source, prefetch=3))
+    out, dead = collector(ack_with=stomp), collector(ack_with=stomp)
+    stomp.subscribe(f"{source}.out", out)
+    stomp.subscribe(dlq_name(source), dead)
+    recipe = Recipe(
+        {"1": {"queue": source, "output": 2}, "2": {"queue": f"{source}.out"}, "start": [[1, {}]]}
+    )
+    start_recipe(stomp, recipe, [{"bad": True}, *({"n": n} for n in range(5))])
+    [letter] = dead.wait_for_count(1, timeout=60)
+    assert json.loads(letter.body)["payload"] == {"bad": True}
+    forwarded = out.wait_for_count(5, timeout=60)
+    assert sorted(json.loads(d.body)["payload"]["n"] for d in forwarded) == list(range(5))
+    assert len(dead.deliveries) == 1
+    assert not any("lost; reconnecting" in record.getMessage() for record in caplog.records)

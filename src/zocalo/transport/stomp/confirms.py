@@ -29,6 +29,11 @@ completes once its COMMIT and every such receipt are answered, so the drop is lo
 before the publish is confirmed. A droppable message is thus sent even if its
 transaction then fails (the redelivered input may reply again).
 
+ActiveMQ drops the whole connection of a frame its STOMP codec cannot read (over
+1000 headers, or a header line over 10 KiB: a handler's long error in a retry's
+headers), taking every delivery and publish on it along: such a message is refused
+before anything is sent (:attr:`~.flavour.ActiveMQ.max_header_line`).
+
 RabbitMQ's plugin receipts a COMMIT before the SENDs it holds reach their queues,
 so there (:attr:`~.flavour.ActiveMQ.receipted_commits`) a group goes as SENDs
 with a receipt each, which RabbitMQ sends once the queue confirmed the message,
@@ -50,12 +55,16 @@ from zocalo.transport.base import Confirmation, Delivery, Outgoing, report_dropp
 from zocalo.transport.stomp.connection import Link, WireFrame
 from zocalo.transport.stomp.consumers import Consumers, Receipt
 from zocalo.transport.stomp.flavour import ActiveMQ, Flavour
+from zocalo.transport.stomp.headers import too_long
 from zocalo.transport.stomp.temporary import REFUSED_TEMP_QUEUE
 
 log = logging.getLogger(__name__)
 
 #: Messages in one transaction at most (a publish is never split).
 GROUP_LIMIT = 500
+#: The headers a SEND has besides the message's: destination, content-length, and
+#: transaction or receipt.
+_FRAME_HEADERS = 3
 
 
 @dataclass(frozen=True)
@@ -113,17 +122,40 @@ class Publisher:
 
     def publish(self, messages: list[Prepared], batch: Batch) -> None:
         """Send ``batch`` now, or with the next group if a COMMIT is under way; raise
-        ConnectionFailed (the batch failed, its inputs given back) if not connected."""
+        ConnectionFailed if not connected, PublishFailed if a message cannot go (the
+        batch failed, its inputs given back, nothing sent)."""
         if not messages:
             self._complete(batch)
             return
         batch.messages = messages
+        unreadable = self._unreadable(messages)
+        if unreadable is not None:
+            self.fail(batch, unreadable)
+            raise PublishFailed(unreadable)
         with self._lock:
             if self._committing is not None:
                 self._waiting.append(batch)
                 return
             group = self._committing = Group([batch])
         self._send_group(group, raise_lost=True)
+
+    def _unreadable(self, messages: list[Prepared]) -> str | None:
+        """Why the broker could not read the frame of one of ``messages`` (ActiveMQ
+        drops the connection of such a frame, with every delivery and publish on it)."""
+        flavour = self._flavour()
+        for message in messages:
+            why = None
+            count = len(message.headers) + _FRAME_HEADERS
+            if flavour.max_headers is not None and count > flavour.max_headers:
+                why = f"{count} headers in its frame (at most {flavour.max_headers})"
+            elif flavour.max_header_line is not None:
+                longest = too_long(message.headers, flavour.max_header_line)
+                if longest is not None:
+                    name, size = longest
+                    why = f"header {name!r} is {size} bytes (at most {flavour.max_header_line})"
+            if why is not None:
+                return f"{message.describe}: not published: {why}, more than {flavour.name} reads"
+        return None
 
     def _send_group(self, group: Group, *, raise_lost: bool = False) -> None:
         transactions = self._flavour().receipted_commits

@@ -102,6 +102,11 @@ class ActiveMQ:
     #: A COMMIT's receipt means its SENDs are stored, so a publish goes as one
     #: transaction (one disk sync for the lot); else each SEND asks for a receipt.
     receipted_commits = True
+    #: The most headers, and the longest header line (``name:value`` escaped, in UTF-8
+    #: bytes), a frame may have: ActiveMQ's STOMP codec drops the whole connection of
+    #: a frame with more (None: no limit a message meets).
+    max_headers: int | None = 1000
+    max_header_line: int | None = 10 * 1024
 
     def queue_arguments(self, destination: str) -> dict[str, str]:
         """Headers every frame naming the queue ``destination`` carries: none."""
@@ -146,6 +151,7 @@ class RabbitMQ(ActiveMQ):
         "close this one); use amqp://"
     )
     unsubscribe_returns = False
+    max_headers = max_header_line = None
 
     def __init__(self, dead_letter_queue: str) -> None:
         #: The STOMP destination prefix of dead-letter queues (``/queue/DLQ.``).

@@ -94,6 +94,18 @@ def escape(text: str) -> str:
     return "".join(_ESCAPES.get(character, character) for character in text)
 
 
+def too_long(headers: Mapping[str, str], limit: int) -> tuple[str, int] | None:
+    """The first header whose line in a frame (``name:value`` escaped, in UTF-8 bytes)
+    is longer than ``limit``, and that length; None if none is."""
+    for name, value in headers.items():
+        if 4 * (len(name) + 1 + len(value)) <= limit:  # at most 4 bytes a character
+            continue
+        size = len(escape(name).encode()) + 1 + len(escape(value).encode())
+        if size > limit:
+            return name, size
+    return None
+
+
 def to_stomp(headers: Mapping[str, Any]) -> dict[str, str]:
     """A message's headers as STOMP frame headers (text; escaped when framed).
 

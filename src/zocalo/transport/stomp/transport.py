@@ -375,7 +375,8 @@ class StompTransport(Transport):
 
         batch.future.add_done_callback(failed)
         # On a lost connection the batch failed (see failed()); the broker returns it.
-        with contextlib.suppress(ConnectionFailed):
+        # A copy the broker could not read (a reason too long for a header) failed too.
+        with contextlib.suppress(ConnectionFailed, PublishFailed):
             self._publisher.publish([copy], batch)
 
     # -- introspection ------------------------------------------------------
