@@ -37,12 +37,11 @@ from stomp.utils import Frame
 
 from zocalo.errors import ConnectionFailed, TransportError
 from zocalo.transport.stomp.connection import Link
+from zocalo.transport.stomp.flavour import MAX_HEADER_LINE
+from zocalo.transport.stomp.headers import too_long
 
 #: How often a browse waiting for its end looks at the connection.
 _TICK = 0.1
-#: The longest selector sent: ActiveMQ refuses a STOMP header over 10 KiB by default
-#: (the connector's ``maxHeaderLength``).
-MAX_SELECTOR = 10_000
 
 
 @dataclass(eq=False)
@@ -79,7 +78,8 @@ class Browsers:
         found: set[str] = set()
         while True:
             selector = _excluding(found)
-            if selector is not None and len(selector) > MAX_SELECTOR:
+            # ActiveMQ drops the connection of a longer header line (as it goes, escaped).
+            if selector is not None and too_long({"selector": selector}, MAX_HEADER_LINE):
                 raise TransportError(
                     f"{link.safe_url}: more queues hold messages under {wildcard} than one "
                     f"browse can tell apart ({len(found)} found so far)"

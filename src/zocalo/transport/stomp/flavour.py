@@ -70,6 +70,11 @@ RABBITMQ_HEADERS = frozenset(
 #: header and dead-letters it by its own policy.
 DEAD_LETTER_NACK = {"requeue": "false"}
 
+#: ActiveMQ's STOMP codec drops the whole connection of a frame with more headers, or a
+#: longer header line (``name:value`` escaped, in UTF-8 bytes), than these.
+MAX_HEADERS = 1000
+MAX_HEADER_LINE = 10 * 1024
+
 #: The capabilities every STOMP broker we speak to honours.
 _COMMON = frozenset({Capability.EXPIRATION, Capability.DEAD_LETTER, Capability.CROSS_PROCESS})
 
@@ -102,11 +107,10 @@ class ActiveMQ:
     #: A COMMIT's receipt means its SENDs are stored, so a publish goes as one
     #: transaction (one disk sync for the lot); else each SEND asks for a receipt.
     receipted_commits = True
-    #: The most headers, and the longest header line (``name:value`` escaped, in UTF-8
-    #: bytes), a frame may have: ActiveMQ's STOMP codec drops the whole connection of
-    #: a frame with more (None: no limit a message meets).
-    max_headers: int | None = 1000
-    max_header_line: int | None = 10 * 1024
+    #: The most headers, and the longest header line, a frame may have (None: no limit
+    #: a message meets).
+    max_headers: int | None = MAX_HEADERS
+    max_header_line: int | None = MAX_HEADER_LINE
 
     def queue_arguments(self, destination: str) -> dict[str, str]:
         """Headers every frame naming the queue ``destination`` carries: none."""
