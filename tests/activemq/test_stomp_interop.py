@@ -226,3 +226,26 @@ def test_status_and_shutdown_commands_cross_activemq(stomp_url, activemq, theirs
         watching._transport.disconnect()
         stop(service)
         stop(frontend)
+
+
+@pytest.mark.parametrize("value", ["NaN", "-Infinity", "1e999"])
+def test_a_typed_header_that_json_cannot_hold_is_kept_as_text(stomp, collector, theirs, value):
+    """A sender of another kind may list a header in ``zocalo-typed`` whose text is no
+    JSON value we could send again (NaN, an infinity): it reads as its text, so the
+    message can still be dead-lettered (its copy was refused after the delivery was
+    taken: it stayed unsettled, holding the subscription's one prefetch, and nothing
+    more was delivered)."""
+    queue = unique("typed")
+    reference = theirs()
+    reference.send(queue, "poison", headers={"zocalo-typed": '["x"]', "x": value})
+    reference.send(queue, "next")
+    received = collector()
+    stomp.subscribe(queue, received, prefetch=1)
+    [delivery] = received.wait_for_count(1)
+    assert delivery.headers["x"] == value
+    stomp.nack(delivery, requeue=False, reason="not for us")
+    dead = collector(ack_with=stomp)
+    stomp.subscribe(dlq_name(queue), dead)
+    [letter] = dead.wait_for_count(1)
+    assert (letter.body, letter.headers["x"]) == (b'"poison"', value)  # (theirs is JSON)
+    assert received.wait_for_count(2)[1].body == b'"next"'

@@ -21,6 +21,7 @@ are described in our dead-letter header names, as RabbitMQ's ``x-death`` is.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -143,12 +144,25 @@ def from_stomp(frame: Mapping[str, str]) -> dict[str, Any]:
             continue
         if name in typed:
             try:
-                headers[name] = json.loads(value)
+                headers[name] = json.loads(value, parse_constant=_no_json, parse_float=_finite)
                 continue
             except ValueError:
                 pass  # a foreign sender's header of that name: keep its text
         headers[name] = value
     return headers
+
+
+def _no_json(text: str) -> Any:
+    """NaN and the infinities: Python reads them, but no JSON holds them (a copy of the
+    message could not carry them again: it would be refused once taken)."""
+    raise ValueError(f"{text} is no JSON value")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999
+        raise ValueError(f"{text} is no JSON value")
+    return number
 
 
 def received(frame: Mapping[str, str], queue_name: Callable[[str], str | None]) -> dict[str, Any]:
