@@ -4,11 +4,14 @@ frames the broker cannot read."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from stomp_helpers import Forward, start_recipe, unique
@@ -183,3 +186,43 @@ def test_a_handlers_long_error_takes_neither_the_connection_nor_other_messages(
     assert sorted(json.loads(d.body)["payload"]["n"] for d in forwarded) == list(range(5))
     assert len(dead.deliveries) == 1
     assert not any("lost; reconnecting" in record.getMessage() for record in caplog.records)
+
+
+def unread_by(port: int) -> int:
+    """Bytes sent to the local TCP server on ``port`` that it has not read yet."""
+    unread = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # (a JVM listens on IPv6 too)
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port:
+                unread += int(fields[4].split(":")[1], 16)
+    return unread
+
+
+def test_a_write_the_broker_cuts_off_is_one_line_without_a_traceback(activemq, stomp, caplog):
+    """The broker dies while a publish is being written: the publish fails in one line
+    (stomp.py logged its own error with a traceback first)."""
+    queue = unique("cut-off")
+    failures: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            stomp.publish([Outgoing(queue, b"x" * 20_000_000)]).result(60)
+        except Exception as error:
+            failures.append(error)
+
+    os.kill(activemq.pid, signal.SIGSTOP)  # reads nothing: the write blocks
+    try:
+        writer = threading.Thread(target=publish)
+        writer.start()
+        deadline = time.monotonic() + 30
+        while unread_by(activemq.stomp_port) == 0:  # what the broker dies holding: a reset
+            assert time.monotonic() < deadline, "the write never reached the broker"
+            threading.Event().wait(0.01)
+    finally:
+        activemq.kill()
+    writer.join(30)
+    activemq.start()
+    [failure] = failures
+    assert "the connection was lost" in str(failure)
+    assert not [record for record in caplog.records if record.exc_info], "a traceback was logged"

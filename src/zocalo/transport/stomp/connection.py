@@ -54,15 +54,16 @@ WireFrame = tuple[str, Mapping[str, str], bytes]
 class _StompPyLines(logging.Filter):
     """What stomp.py logs, made fit to show.
 
-    It warns of every refused connection attempt; we explain the failure ourselves,
-    in one line, so its warning would only say it twice. At DEBUG (``-vv``) it logs
-    every frame it sends, the CONNECT's ``passcode`` in clear (its own mask wants a
-    space after the colon, which it never writes): hidden here, with everything after
-    it (the last header, then the frame's end), so no quoting in it can show a part.
+    It warns of every refused connection attempt, and logs a write to a connection the
+    broker cut off with a traceback; we explain both failures ourselves, in one line,
+    so its own lines would only say it twice. At DEBUG (``-vv``) it logs every frame
+    it sends, the CONNECT's ``passcode`` in clear (its own mask wants a space after the
+    colon, which it never writes): hidden here, with everything after it (the last
+    header, then the frame's end), so no quoting in it can show a part.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith("could not connect to host"):
+        if str(record.msg).startswith(_SAID_BY_US):
             return False
         if str(record.msg).startswith("sending frame"):
             text = record.getMessage()
@@ -73,6 +74,7 @@ class _StompPyLines(logging.Filter):
 
 
 _PASSCODE = "passcode:"
+_SAID_BY_US = ("could not connect to host", "error sending frame")
 
 logging.getLogger("stomp.py").addFilter(_StompPyLines())
 
