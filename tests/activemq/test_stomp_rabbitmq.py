@@ -10,6 +10,7 @@ seconds but left SUBSCRIBEs to the recovering quorum queues unanswered for over 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.service import RunnerSettings, Service, ServiceRunner
 from zocalo.transport import create_transport, dlq_name
-from zocalo.transport.base import DLQ_REASON_HEADER
+from zocalo.transport.base import DLQ_REASON_HEADER, Outgoing
 
 pytestmark = pytest.mark.stomp
 
@@ -172,3 +173,28 @@ def test_a_rabbitmq_node_restart_mid_stream_loses_nothing(
         runner.request_stop()
         thread.join(20)
     assert not thread.is_alive(), "the service did not stop"
+
+
+def test_an_error_about_a_subscription_gone_fails_no_publish(
+    url: str, collector: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the plugin was still delivering to a subscription when it was unsubscribed
+    it answers with an ERROR naming no receipt ("Subscription not found"). Here every
+    SEND carries a receipt of its own, so such an error is no publish's refusal: the
+    publishes under way meanwhile succeed (failing them redelivered their inputs)."""
+    caplog.set_level(logging.WARNING, logger="zocalo.transport.stomp.connection")
+    elsewhere = unique("elsewhere")
+    with create_transport(url) as client:
+        for _ in range(30):
+            queue = unique("gone")
+            client.publish([Outgoing(queue, b"x") for _ in range(50)]).result(20)
+            seen = collector(ack_with=client)
+            subscription = client.subscribe(queue, seen, prefetch=50)
+            seen.wait_for_count(1)
+            client.unsubscribe(subscription)
+            for _ in range(20):
+                client.publish([Outgoing(elsewhere, b"y")]).result(20)
+            if any("Subscription not found" in r.getMessage() for r in caplog.records):
+                break
+    errors = [r.getMessage() for r in caplog.records if "sent an error" in r.getMessage()]
+    assert any("Subscription not found" in error for error in errors), errors

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import pika
 import pytest
-from tcp_proxy import Proxy
 
+from tcp_proxy import Proxy
 from zocalo.transport import Transport, create_transport
 
 pytestmark = pytest.mark.rabbitmq

@@ -220,7 +220,12 @@ class Publisher:
 
     def refused(self, error: str) -> None:
         """On the receiver thread: the broker sent an ERROR naming no receipt. A SEND
-        of the transaction under way may have been refused: it fails as a whole."""
+        of the transaction under way may have been refused: it fails as a whole.
+        Without transactions every SEND asks for a receipt, so such an error is about
+        something else (RabbitMQ's plugin answers what it still delivered to a
+        subscription that has gone with one each): no publish fails for it."""
+        if not self._flavour().receipted_commits:
+            return
         with self._lock:
             group = self._committing
             if group is not None and group.error is None:
