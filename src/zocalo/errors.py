@@ -1,4 +1,5 @@
-"""The small error hierarchy users catch: everything derives from ZocaloError."""
+"""The small error hierarchy users catch (everything derives from ZocaloError), and how
+an error is told in one line."""
 
 from __future__ import annotations
 
@@ -64,3 +65,14 @@ class ConfigurationError(ZocaloError):
         if self.file is not None:
             prefix = self.file + (f", line {line}" if line is not None else "") + ": "
         super().__init__(prefix + message)
+
+
+def one_line(text: str, limit: int | None = None) -> str:
+    """``text`` on one line (each run of whitespace, newlines included, one space), cut
+    to ``limit`` characters with a note of how many more there were: an error may carry
+    a whole document, and a log line or a message header must stay readable (and within
+    what a broker accepts in one header)."""
+    line = " ".join(text.split())
+    if limit is not None and len(line) > limit:
+        line = f"{line[:limit]}... ({len(line) - limit} more characters)"
+    return line

@@ -25,7 +25,7 @@ from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.recipe.wire import encode
 from zocalo.service import Service, ServiceRunner
-from zocalo.service.middleware.base import ATTEMPT_HEADER
+from zocalo.service.middleware.base import ATTEMPT_HEADER, REASON_LIMIT
 from zocalo.service.middleware.dead_letter import RECIPE_PATH_HEADER
 from zocalo.transport import Transport, dlq_name
 from zocalo.transport.base import DLQ_HISTORY_HEADER, DLQ_QUEUE_HEADER, DLQ_REASON_HEADER
@@ -92,6 +92,8 @@ class Multiplier(Service):
             raise RuntimeError(f"detector offline for {payload['value']}")
         if payload["value"] == "refuse":
             raise InvalidMessage("no image for this collection")
+        if payload["value"] == "essay":
+            raise RuntimeError("the detector said:\n" + "a line of its log\n" * 2000)
         if payload.get("channel"):
             step.send_to(payload["channel"], payload)
             return
@@ -261,6 +263,26 @@ def test_handler_failing_every_time_ends_in_dlq_while_others_flow(
     assert failures, "each failure is logged with its traceback"
     assert "message" in failures[0].getMessage()
     assert runner.stats.snapshot()["dead_lettered"] == 1
+
+
+def test_a_handlers_long_error_travels_as_one_short_line(
+    client, work, recipe, results, dead, start_service
+):
+    """An error that carries a whole log (36 kB over 2000 lines) is cut to one line of
+    at most REASON_LIMIT characters in the retries' and the dead letter's headers: a
+    broker limits a header (ActiveMQ's STOMP codec drops the connection at 10 KiB)."""
+    start_service(Multiplier(work), retry_delay=RETRY_DELAY, max_attempts=3)
+    send_work(client, recipe, "essay")
+    send_work(client, recipe, 2)
+    (dead_letter,) = dead.wait_for_count(1)
+    assert payloads(results.wait_for_count(1)) == [{"value": 6}]
+    reason = dead_letter.headers[DLQ_REASON_HEADER]
+    assert reason.startswith("RuntimeError: the detector said: a line of its log a line")
+    assert "\n" not in reason and "more characters)" in reason
+    history = dead_letter.headers[DLQ_HISTORY_HEADER]
+    assert len(history) == 3
+    for entry in history:  # the cut's note, and the last one's "(after 3 attempts)"
+        assert len(entry["reason"]) <= REASON_LIMIT + 60
 
 
 def test_input_its_handler_refuses_is_dead_lettered_at_once_in_one_line(

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import requests
 
-from zocalo.errors import AdminError
+from zocalo.errors import AdminError, one_line
 from zocalo.transport.registry import redact_url
 
 #: The password hashing RabbitMQ uses by default (and the only one we write).
@@ -65,11 +65,6 @@ def api_base_url(url: str) -> str:
     return url
 
 
-def _one_line(error: Exception) -> str:
-    """What requests says, on one line (its messages can nest others with newlines)."""
-    return " ".join(str(error).split())
-
-
 def _segment(value: str) -> str:
     return quote(value, safe="")
 
@@ -116,7 +111,7 @@ class ManagementAPI:
         except requests.RequestException as error:
             raise ManagementAPIError(
                 f"cannot reach the RabbitMQ management API at {redact_url(self.base_url)}: "
-                f"{_one_line(error)}"
+                f"{one_line(str(error))}"
             ) from error
         if response.status_code == 404 and missing_ok:
             return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from zocalo.errors import one_line
 from zocalo.service.kept import Settler
 
 if TYPE_CHECKING:
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from zocalo.service.base import HandlerSpec, Service
     from zocalo.service.runner_settings import RunnerSettings, RunnerStats
     from zocalo.transport.base import Delivery, Outgoing, Transport
+
+#: The longest failure reason a message carries (and a log line gives): the dead-letter
+#: history keeps ten in one header, which ActiveMQ's STOMP codec takes up to 10 KiB.
+REASON_LIMIT = 500
 
 #: How a message ended, as ``after_message`` hooks (and the metrics) are told.
 HANDLED = "handled"
@@ -63,8 +68,9 @@ class InHand:
 
     def reason(self, error: BaseException) -> str:
         """One line on why it failed, for logs and headers (an invalid message's error
-        already names the message and the cause)."""
-        return str(error) if self.step is None else f"{type(error).__name__}: {error}"
+        already names the message and the cause), at most :data:`REASON_LIMIT` long."""
+        text = str(error) if self.step is None else f"{type(error).__name__}: {error}"
+        return one_line(text, REASON_LIMIT)
 
 
 class Runner(Settler, Protocol):
