@@ -448,6 +448,30 @@ def test_a_bound_queue_keeps_broadcasts_while_nobody_consumes_it(
     assert before.bodies == [b"1"]
 
 
+def test_closing_right_after_a_publish_acks_its_bound_queue_input(
+    connect: Callable[..., Transport], collector: Callable, name: Callable
+) -> None:
+    """close() finishes what is being confirmed, the ack of an input from a bound queue
+    included (STOMP closed that queue's own connection first: the input came back)."""
+    # (topic=True: a unique name not declared as a queue of the usual kind)
+    queue, topic, outputs = name("kept", topic=True), name("t", topic=True), name("out")
+    publisher, worker = connect(), connect()
+    worker.bind_queue(queue, topic, expires=60)
+    received = collector()
+    worker.subscribe(queue, received)
+    publisher.broadcast(topic, b"input")
+    [delivery] = received.wait_for_count(1)
+    worker.publish([Outgoing(outputs, b"result")], ack=delivery)
+    worker.close()
+    again = connect()
+    again.bind_queue(queue, topic, expires=60)
+    after = collector(ack_with=again)
+    again.subscribe(queue, after)
+    publisher.broadcast(topic, SENTINEL)
+    assert [d.body for d in after.wait_for_body(SENTINEL)] == [SENTINEL], "acked, not returned"
+    assert drain(again, outputs, collector) == [b"result"]
+
+
 def test_a_bound_queue_unused_past_its_expiry_is_dropped(
     connect: Callable[..., Transport], collector: Callable, name: Callable, let_time_pass
 ) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -53,6 +54,32 @@ class Batch:
     remaining: int = 0
     #: (destination, why) of each message the broker did not take.
     failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Outstanding:
+    """The publishes not yet confirmed or failed, counted from the call: ``close()``
+    waits for them, so the acks they release go out before the goodbye (else each
+    input returned, to be handled twice)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._changed = threading.Condition()
+
+    def add(self, future: Confirmation) -> None:
+        with self._changed:
+            self._count += 1
+        future.add_done_callback(self._finished)
+
+    def _finished(self, future: Confirmation) -> None:
+        with self._changed:
+            self._count -= 1
+            if not self._count:
+                self._changed.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until none is outstanding; False if some still are."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._count, timeout)
 
 
 class Publisher:

@@ -54,7 +54,7 @@ from zocalo.transport.base import (
 )
 from zocalo.transport.dead_letters import dead_letter_headers, delivery_entry, with_history
 from zocalo.transport.options import parse_options
-from zocalo.transport.rabbitmq.confirms import Batch, Publisher
+from zocalo.transport.rabbitmq.confirms import Batch, Outstanding, Publisher
 from zocalo.transport.rabbitmq.connection import Connection
 from zocalo.transport.rabbitmq.consumers import KEPT_PREFETCH, Consumers
 from zocalo.transport.rabbitmq.topology import Route, Topology
@@ -106,6 +106,9 @@ class RabbitMQTransport(Transport):
             report_failure=lambda reason: self.report_failure(reason),
         )
         self._publisher = Publisher(self._connection, untake=self._consumers.untake)
+        self._outstanding = Outstanding()
+        #: How long close() waits for the broker to confirm what is outstanding.
+        self._close_wait = float(options.get("timeout", 10.0))
         self._admin: Channel | None = None
         #: Rejected messages whose copy to ``dlq.<queue>`` failed: left to the queue's own
         #: dead-letter policy, which discards them if it has none (each is logged too).
@@ -142,11 +145,15 @@ class RabbitMQTransport(Transport):
         self._consumers.connection_lost()
 
     def close(self) -> None:
-        """Close: the broker returns unacknowledged deliveries to their queues.
+        """Close: what is being confirmed is finished first (up to the URL's ``timeout``;
+        its acks go out), then the broker returns unacknowledged deliveries to their
+        queues.
 
         A reconnect under way is stopped (a connection it is opening is aborted) and
         never reopens what was closed.
         """
+        if self._connection.is_open and not self._connection.on_io_thread():
+            self._outstanding.wait(self._close_wait)
         self._connection.close()
         self._consumers.stop_callbacks()
 
@@ -270,6 +277,7 @@ class RabbitMQTransport(Transport):
         batch.future.add_done_callback(settle_soon)
         route: Route = ("", copy.destination, {})
         self._connection.soon(lambda: self._publisher.publish([copy], batch, [route]))
+        self._outstanding.add(batch.future)
 
     # -- publishing ---------------------------------------------------------
     def publish(self, messages: Sequence[Outgoing], *, ack: Acks = None) -> Confirmation:
@@ -283,6 +291,7 @@ class RabbitMQTransport(Transport):
             for delivery in acks:
                 self._consumers.untake(delivery)
             raise
+        self._outstanding.add(batch.future)
         return batch.future
 
     def _route(self, message: Outgoing) -> Route:

@@ -158,8 +158,11 @@ class StompTransport(Transport):
         self._consumers.start_callbacks()
 
     def close(self) -> None:
-        """Close: what is being confirmed is finished first (its acks go out), then the
+        """Close: what is being confirmed is finished first (its acks go out, also on the
+        connections of bound and reply queues, which therefore close after it), then the
         broker returns unacknowledged deliveries to their queues."""
+        if self._link.is_open:
+            self._link.wait_for_receipts(self.endpoint.timeout)
         self._bound.close()
         self._reply_queues.close()
         self._link.close(drain=self.endpoint.timeout)
