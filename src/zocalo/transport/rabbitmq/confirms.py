@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,7 @@ class Outstanding:
             self._count += 1
         future.add_done_callback(self._finished)
 
-    def _finished(self, future: Confirmation) -> None:
+    def _finished(self, future: Future[Any]) -> None:
         with self._changed:
             self._count -= 1
             if not self._count:
