@@ -5,13 +5,18 @@ attempt and the growing delays, is tested in ``tests/transport/test_reconnect.py
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from urllib.parse import urlsplit
 
 import pytest
 
 from tcp_proxy import Proxy
-from zocalo.transport import Outgoing, create_transport, reply_queue_name
+from zocalo.errors import PublishFailed
+from zocalo.transport import Confirmation, Outgoing, create_transport, reply_queue_name
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -51,3 +56,85 @@ def test_a_reply_queue_comes_back_after_a_reconnect(
         assert received.wait_for_body(b"after", timeout=20)[-1].body == b"after"
     finally:
         caller.close()
+
+
+class _AtTheFailedAttempt(logging.Handler):
+    """Runs ``action`` on the reconnecting thread as it logs an attempt failed on ``queue``
+    (before the attempt is abandoned: its connection is still open)."""
+
+    def __init__(self, queue: str, action: Callable[[], None]) -> None:
+        super().__init__()
+        self.queue, self.action, self.done = queue, action, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "failed (attempt" in message and self.queue in message and not self.done.is_set():
+            self.action()
+            self.done.set()
+
+
+def test_a_failed_restore_drops_its_connection_and_nothing_is_lost(
+    rabbitmq_vhost_url, proxied_url, proxy, operator, collector, wait_until, caplog
+):
+    """A reconnect attempt opens a connection, but cannot restore a subscription (an
+    operator deleted its queue during the outage). As the attempt fails, a message of
+    the other queue has been delivered on its connection, and a publish awaits the
+    broker's confirm there. The attempt drops that connection: the delivery goes back to
+    its queue and comes again after the reconnect, the publish is answered (failed,
+    unless its confirm came first), and the subscription whose queue was missing is
+    restored once the queue is back. The connection used to stay open, unread, until the
+    broker's heartbeat timeout (60-90 s): holding the delivery, taking new messages of
+    its queue, the publish waiting for ever; and the failed subscription was forgotten."""
+    caller = create_transport(proxied_url)
+    caller.connect()
+    kept, deleted = (f"restore.{uuid.uuid4().hex[:8]}" for _ in range(2))
+    kept_received, deleted_received = collector(), collector(ack_with=caller)
+    published: list[Confirmation] = []
+
+    def as_the_attempt_fails() -> None:
+        kept_received.wait_for_body(b"waiting", timeout=10)  # delivered on its connection
+        proxy.set_mode("refuse")  # the next attempts wait for the queue to be back
+        published.append(caller.publish([Outgoing(kept, b"published meanwhile")]))
+
+    at_failure = _AtTheFailedAttempt(deleted, as_the_attempt_fails)
+    logging.getLogger("zocalo.transport.rabbitmq.connection").addHandler(at_failure)
+    try:
+        caller.subscribe(kept, kept_received, prefetch=10)
+        caller.subscribe(deleted, deleted_received)
+        proxy.set_mode("refuse")
+        proxy.drop()
+        operator.basic_publish("", kept, b"waiting")
+        operator.queue_delete(deleted)
+        proxy.set_mode("forward")
+        assert at_failure.done.wait(30), "no attempt failed restoring the deleted queue"
+
+        assert proxy.wait(lambda p: p.forwarded == 0, timeout=10), (
+            "the failed attempt's connection is still open"
+        )
+        assert futures.wait(published, timeout=10).done, "the publish was never answered"
+        failed = published[0].exception()  # (its confirm may have come before the drop)
+        assert failed is None or isinstance(failed, PublishFailed), failed
+
+        operator.queue_declare(deleted, durable=True)
+        proxy.set_mode("forward")
+        wait_until(lambda: caller.connected, "the reconnect", 30)
+        assert messages(caplog, "2 subscription(s) restored")
+        kept_received.wait_until(
+            lambda deliveries: [d.body for d in deliveries].count(b"waiting") == 2,
+            "the delivery made on the dropped connection, again",
+            20,
+        )
+        with create_transport(rabbitmq_vhost_url) as sender:
+            sender.send(kept, b"after")
+            sender.send(deleted, b"after")
+        kept_received.wait_for_body(b"after", timeout=20)
+        deleted_received.wait_for_body(b"after", timeout=20)
+        if failed is None:
+            assert b"published meanwhile" in kept_received.bodies
+    finally:
+        logging.getLogger("zocalo.transport.rabbitmq.connection").removeHandler(at_failure)
+        caller.close()
+
+
+def messages(caplog: pytest.LogCaptureFixture, containing: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if containing in r.getMessage()]

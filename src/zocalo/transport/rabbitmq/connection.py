@@ -171,9 +171,32 @@ class Connection(Reconnecting[pika.ConnectionParameters]):
 
     # -- closing --------------------------------------------------------------
     def _abandon(self) -> None:
-        """After a failed attempt: stop the I/O loop of the connection it opened, if any."""
-        self.is_open = False
-        self._stop_ioloop()
+        """After a failed attempt: drop the connection it opened, if it is still up.
+
+        No goodbye (the broker may not be listening): the socket is cut, as pika does
+        after missed heartbeats. pika then closes the connection's channels and calls
+        :meth:`_on_closed`, which tells the owner (what awaited the broker's answer on
+        it fails; what it delivered is forgotten, the broker returns it), and its I/O
+        thread ends. Left up, the connection lived on at the broker until the heartbeat
+        timeout, its consumers holding deliveries (and taking new ones), its exclusive
+        queues locked against the next attempt.
+        """
+        self.is_open = False  # this attempt's loss: nothing to reconnect after
+        with self._starting:
+            connection, thread = self._pika, self._thread
+        if connection is None or thread is None or not thread.is_alive():
+            return  # never opened, or already closed (pika stopped its loop)
+
+        def drop() -> None:
+            if not connection.is_closed:
+                connection._terminate_stream(  # pika's own abort (see its heartbeat.py)
+                    ConnectionFailed("dropped after a failed reconnect attempt")
+                )
+
+        with contextlib.suppress(Exception):
+            connection.ioloop.add_callback_threadsafe(drop)
+        if thread is not threading.current_thread():
+            thread.join(10)
 
     def _stop_ioloop(self) -> None:
         if self._pika is not None and self._thread is not None:

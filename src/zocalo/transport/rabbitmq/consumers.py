@@ -148,19 +148,23 @@ class Consumers:
         consumer = Consumer(
             subscription, queue=queue_name, source=queue_name, prefetch=prefetch, bind_to=bind_to
         )
+        try:
+            return self._begin(consumer)
+        except BaseException:
+            with self._lock:
+                self._consumers.pop(subscription.id, None)
+            raise
+
+    def _begin(self, consumer: Consumer) -> Subscription:
+        """Make ``consumer`` its subscription's, open its channel and consume; wait."""
 
         def operation(done: Confirmation) -> None:
             consumer.starting = done
             self._open(consumer)
 
         with self._lock:
-            self._consumers[subscription.id] = consumer
-        try:
-            return self._connection.call(operation)
-        except BaseException:
-            with self._lock:
-                self._consumers.pop(subscription.id, None)
-            raise
+            self._consumers[consumer.subscription.id] = consumer
+        return self._connection.call(operation)
 
     def _open(self, consumer: Consumer) -> None:
         """On the I/O thread: open the consumer's channel, set its prefetch and consume."""
@@ -306,12 +310,22 @@ class Consumers:
             start()
 
     def restore(self) -> int:
-        """After a reconnect: consume every active subscription again; how many."""
+        """After a reconnect: consume every active subscription again; how many.
+
+        One that cannot be consumed fails the attempt and stays subscribed: the next
+        attempt, on a new connection, tries it again.
+        """
         with self._lock:
             consumers = [c for c in self._consumers.values() if c.subscription.active]
-        for consumer in consumers:
-            self.consume(
-                consumer.subscription, consumer.source, consumer.prefetch, consumer.bind_to
+        for lost in consumers:
+            self._begin(
+                Consumer(
+                    lost.subscription,
+                    queue=lost.source,
+                    source=lost.source,
+                    prefetch=lost.prefetch,
+                    bind_to=lost.bind_to,
+                )
             )
         return len(consumers)
 
