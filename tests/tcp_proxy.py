@@ -5,7 +5,8 @@ Modes for new connections: ``forward`` (to the broker), ``refuse`` (closed at
 once) and ``hold`` (accepted, then left unanswered until the mode is
 ``forward`` again, when they are forwarded: a connection attempt caught
 mid-handshake). :meth:`drop` cuts every forwarded connection, as a network
-failure would.
+failure would; :meth:`cut_when_client_sends` cuts one at a chosen moment of its
+conversation.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Proxy:
         self._held: list[socket.socket] = []
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self.refused = 0
+        self._cut_on: bytes | None = None
+        self.cut = 0
         threading.Thread(target=self._accept, name="test-proxy", daemon=True).start()
 
     # -- what tests call --------------------------------------------------------------
@@ -44,6 +47,12 @@ class Proxy:
                 with contextlib.suppress(OSError):
                     end.shutdown(socket.SHUT_RDWR)
                 end.close()
+
+    def cut_when_client_sends(self, data: bytes) -> None:
+        """Once: the first forwarded connection whose client sends ``data`` (within one
+        read) is cut there, before the broker sees it."""
+        with self._changed:
+            self._cut_on = data
 
     def wait(self, condition, timeout: float = 30) -> bool:
         """Wait until ``condition(proxy)`` holds (re-checked on every change)."""
@@ -96,7 +105,7 @@ class Proxy:
 
     def _pump(self, source: socket.socket, sink: socket.socket, pair) -> None:
         try:
-            while data := source.recv(65536):
+            while (data := source.recv(65536)) and not (source is pair[0] and self._cuts(data)):
                 sink.sendall(data)
         except OSError:
             pass
@@ -108,3 +117,12 @@ class Proxy:
             if pair in self._pairs:
                 self._pairs.remove(pair)
             self._changed.notify_all()
+
+    def _cuts(self, data: bytes) -> bool:
+        with self._changed:
+            if self._cut_on is None or self._cut_on not in data:
+                return False
+            self._cut_on = None
+            self.cut += 1
+            self._changed.notify_all()
+            return True

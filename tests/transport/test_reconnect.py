@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+import pika
 import pytest
 
 from tcp_proxy import Proxy
@@ -131,5 +132,53 @@ def test_reconnect_attempts_wait_longer_each_time_until_one_succeeds(
         with create_transport(server_url) as sender:
             sender.send(queue, b"after the reconnect")
         received.wait_for_body(b"after the reconnect", timeout=20)
+    finally:
+        transport.close()
+
+
+#: The first frame a client writes once the broker accepted its connection: pika opens
+#: its publishing channel (number 1), stomp.py restores the first subscription.
+FIRST_FRAME = {
+    "amqp": pika.frame.Method(1, pika.spec.Channel.Open()).marshal(),
+    "stomp": b"SUBSCRIBE\n",
+}
+
+
+@pytest.mark.parametrize("moment", ["after the handshake", "between the subscriptions"])
+def test_a_connection_lost_while_restoring_fails_that_attempt_only(
+    server_url, proxied_url, proxy, collector, caplog, wait_until, moment
+):
+    """The connection an attempt opened is cut before it has restored everything (the
+    frame that would have gone on never reaches the broker): that attempt fails at once,
+    and the next restores both subscriptions. One thread reconnects throughout: the loss
+    started a second one, which raced the first (each dropping what the other opened),
+    and on RabbitMQ the first waited 30 s for an answer on the lost connection."""
+    transport = create_transport(proxied_url)
+    transport.connect()
+    try:
+        first, second = (f"reconnect.{uuid.uuid4().hex[:8]}" for _ in range(2))
+        received = collector(ack_with=transport)
+        transport.subscribe(first, received)
+        transport.subscribe(second, received)
+        cut_on = second.encode() if moment == "between the subscriptions" else None
+        proxy.cut_when_client_sends(cut_on or FIRST_FRAME[urlsplit(server_url).scheme])
+        proxy.drop()
+        wait_until(lambda: messages(caplog, "reconnected to"), "the reconnect", 20)
+        assert proxy.cut == 1
+        reconnecting = connection_of(transport).thread_name
+        wait_until(
+            lambda: not any(t.name == reconnecting for t in threading.enumerate()),
+            "no thread left reconnecting",
+            5,
+        )
+        failures = messages(caplog, "failed (attempt")
+        assert len(failures) == 1 and "no answer" not in failures[0], failures
+        assert len(messages(caplog, "reconnected to")) == 1
+        assert transport.connected
+        with create_transport(server_url) as sender:
+            sender.send(first, b"to the first")
+            sender.send(second, b"to the second")
+        received.wait_for_body(b"to the first", timeout=20)
+        received.wait_for_body(b"to the second", timeout=20)
     finally:
         transport.close()

@@ -10,6 +10,8 @@ The RabbitMQ connection and the STOMP one make the same decisions here, once:
   failed attempt saying when the next comes, until an attempt succeeds (one warning,
   with how many subscriptions the owner's ``on_reconnected()`` restored) or
   :meth:`Reconnecting.close` comes;
+- one thread reconnects at a time: a connection an attempt opened, lost before the
+  attempt has restored everything, fails that attempt, and its thread goes on;
 - a close is never undone: an attempt that was under way when it came shuts what it
   opened, and ``close()`` waits for the reconnecting thread to end.
 
@@ -72,6 +74,8 @@ class Reconnecting(ABC, Generic[Node]):
         self.restoring = False
         self._closed = threading.Event()
         self._reconnector: threading.Thread | None = None
+        #: Orders a loss against the end of the reconnect under way (see ``_restored``).
+        self._restoring_lock = threading.Lock()
 
     @property
     def connected(self) -> bool:
@@ -120,12 +124,27 @@ class Reconnecting(ABC, Generic[Node]):
 
     # -- reconnecting -----------------------------------------------------------------
     def _start_reconnecting(self) -> None:
-        """(The open connection was lost, not closed) reconnect on a thread of its own."""
-        self.restoring = True
+        """(The open connection was lost, not closed) reconnect on a thread of its own.
+
+        The subclass has set ``is_open`` false. A connection that a reconnect attempt
+        opened, lost before the attempt has ended, is that attempt's to deal with: it
+        fails, and its thread tries again (a second thread would race it, each
+        dropping what the other opened).
+        """
+        with self._restoring_lock:
+            if self.restoring:
+                return
+            self.restoring = True
         self._reconnector = threading.Thread(
             target=self._reconnect, name=self.thread_name, daemon=True
         )
         self._reconnector.start()
+
+    def _restored(self) -> bool:
+        """The attempt has restored everything: end it, unless its connection was lost."""
+        with self._restoring_lock:
+            self.restoring = not self.is_open
+            return not self.restoring
 
     def _reconnect(self) -> None:
         """After an unexpected loss: reconnect with growing delays, then resubscribe."""
@@ -138,6 +157,8 @@ class Reconnecting(ABC, Generic[Node]):
                     self._shut()
                     return
                 restored = self._on_reconnected()
+                if not self._restored():
+                    raise ConnectionFailed(f"{self.safe_url}: lost while restoring")
             except self.attempt_failures as error:
                 if self.closing:
                     self._shut()
@@ -154,7 +175,6 @@ class Reconnecting(ABC, Generic[Node]):
                     return
                 delay = min(RECONNECT_MAX_DELAY, delay * 2)
                 continue
-            self.restoring = False
             self.logger.warning(
                 "reconnected to %s after %d attempt(s); %d subscription(s) restored",
                 self.safe_url,

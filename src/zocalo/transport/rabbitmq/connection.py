@@ -76,6 +76,9 @@ class Connection(Reconnecting[pika.ConnectionParameters]):
         self._starting = threading.Lock()
         self._soon_queue: collections.deque[Callable[[], None]] = collections.deque()
         self._soon_scheduled = False
+        #: The answers :meth:`call` waits for: failed when the connection closes.
+        self._awaited: set[Confirmation] = set()
+        self._awaited_lock = threading.Lock()
 
     @property
     def alive(self) -> bool:
@@ -163,6 +166,13 @@ class Connection(Reconnecting[pika.ConnectionParameters]):
     def _on_closed(self, connection: Any, reason: BaseException) -> None:
         was_open = self.is_open
         self.is_open = False
+        with self._awaited_lock:
+            awaited, self._awaited = self._awaited, set()
+        for done in awaited:  # (what sets them runs on this thread too)
+            if not done.done():
+                done.set_exception(
+                    ConnectionFailed(f"{self.safe_url}: the connection was lost ({reason})")
+                )
         self._on_lost(reason)
         connection.ioloop.stop()
         if was_open and not self.closing:
@@ -224,10 +234,14 @@ class Connection(Reconnecting[pika.ConnectionParameters]):
 
     # -- running things on the I/O thread -------------------------------------
     def call(self, operation: Callable[[Confirmation], None], timeout: float = 30) -> Any:
-        """Run ``operation(future)`` on the I/O thread and wait for its result."""
-        if not self.is_open or self._pika is None:
-            raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
+        """Run ``operation(future)`` on the I/O thread and wait for its result (a
+        ConnectionFailed if the connection closes first)."""
         done: Confirmation = Confirmation()
+        with self._awaited_lock:
+            self._awaited.add(done)  # before the check: a close after it fails ``done``
+        if not self.is_open or self._pika is None:
+            self._forget(done)
+            raise ConnectionFailed(f"{self.safe_url}: transport is not connected")
 
         def run() -> None:
             try:
@@ -236,8 +250,8 @@ class Connection(Reconnecting[pika.ConnectionParameters]):
                 if not done.done():
                     done.set_exception(error)
 
-        self._pika.ioloop.add_callback_threadsafe(run)
         try:
+            self._pika.ioloop.add_callback_threadsafe(run)
             return done.result(timeout)
         except TimeoutError:  # builtin on 3.11: not one of ours, so callers would miss it
             raise TransportError(
@@ -245,6 +259,12 @@ class Connection(Reconnecting[pika.ConnectionParameters]):
             ) from None
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionClosed) as error:
             raise ConnectionFailed(f"{self.safe_url}: the connection was lost ({error})") from None
+        finally:
+            self._forget(done)
+
+    def _forget(self, done: Confirmation) -> None:
+        with self._awaited_lock:
+            self._awaited.discard(done)
 
     def soon(self, operation: Callable[[], None]) -> None:
         """Run ``operation`` on the I/O thread without waiting.

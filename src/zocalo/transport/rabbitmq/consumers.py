@@ -233,7 +233,8 @@ class Consumers:
         if channel is not consumer.channel:
             return  # an earlier channel of a standby
         probing, consumer.probing = consumer.probing, False
-        if subscription.active and not self._connection.closing:
+        connection = self._connection
+        if subscription.active and connection.alive and not connection.closing:
             if probing and not exclusive.held_by_another(reason):  # none, or none we may see
                 consumer.unlocked = True
                 consumer.channel = None
