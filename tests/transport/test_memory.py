@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -169,3 +170,29 @@ def test_callback_that_raises_returns_the_delivery(
     first, second = received.wait_for_count(2)
     assert (first.redelivered, second.redelivered) == (False, True)
     assert second.delivery_count == 2
+
+
+def test_every_plain_standby_says_it_took_over(
+    memory: Callable[..., Transport], collector: Callable, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two plain consumers stand by behind an exclusive one; once it has gone, each says it
+    consumes: the first to look forgets the holder, and the other, still standing by,
+    looks again rather than taking unannounced."""
+    caplog.set_level(logging.INFO, logger="zocalo.transport")
+    holder, first, second = memory(), memory(), memory()
+    holder.subscribe("q", collector(), exclusive=True)
+    standbys = [collector(), collector()]
+    first.subscribe("q", standbys[0])  # prefetch 1, never acked: one message each
+    second.subscribe("q", standbys[1])
+    assert logged(caplog, "standing by on queue 'q'") == 2
+
+    holder.close()
+    first.send("q", b"m1")
+    first.send("q", b"m2")
+    for standby in standbys:
+        standby.wait_for_count(1)  # each has looked since: it logs before it takes
+    assert logged(caplog, "took over queue 'q'") == 2
+
+
+def logged(caplog: pytest.LogCaptureFixture, words: str) -> int:
+    return sum(words in record.getMessage() for record in caplog.records)

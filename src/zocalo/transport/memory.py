@@ -286,7 +286,12 @@ class _Consumer:
                     broker.condition.wait()
                     continue
                 wait = None
-                if len(self.unacked) < subscription.prefetch and self.may_take():
+                if len(self.unacked) < subscription.prefetch and (
+                    # Nothing held exclusively here, and this consumer neither exclusive nor
+                    # standing by (the usual case): it may take without asking blocker().
+                    not (broker.holders or subscription.exclusive or self.standing_by)
+                    or self.may_take()
+                ):
                     message, wait = broker.take(subscription.destination)
                     if message is not None:
                         message.delivery_count += 1
