@@ -42,12 +42,17 @@ class Settlement:
     def settle(self, delivery: Delivery | Sequence[Delivery], outputs: Sequence[Outgoing]) -> None:
         """Publish ``outputs`` and ack ``delivery`` (one, or several together: kept
         messages settled as a group) as one publish, without waiting."""
-        inputs = [delivery] if isinstance(delivery, Delivery) else list(delivery)
-        ack = [each for each in inputs if each.ackable]
-        if not ack and not outputs:
+        ack: Delivery | list[Delivery] | None
+        if isinstance(delivery, Delivery):  # every message's path: acked as itself, no list
+            inputs = [delivery]
+            ack = delivery if delivery.ackable else None
+        else:
+            inputs = list(delivery)
+            ack = [each for each in inputs if each.ackable] or None
+        if ack is None and not outputs:
             return
         try:
-            confirmation = self.transport.publish(outputs, ack=ack or None)
+            confirmation = self.transport.publish(outputs, ack=ack)
         except ZocaloError as error:
             self._refused(inputs, error)
             return
