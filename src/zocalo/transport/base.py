@@ -533,6 +533,13 @@ class Transport(ABC):
     # -- helpers for implementations ----------------------------------------
     def check_supported(self, message: Outgoing) -> None:
         """Refuse features this transport cannot honour, naming them."""
+        if (
+            message.delay is None
+            and message.priority is None
+            and message.expiration is None
+            and not message.exchange
+        ):
+            return  # no feature asked for (most messages): nothing to refuse or check
         wanted = {
             Capability.DELAY: message.delay,
             Capability.PRIORITY: message.priority,
