@@ -12,6 +12,7 @@ conversation.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 
@@ -66,6 +67,25 @@ class Proxy:
     @property
     def forwarded(self) -> int:
         return len(self._pairs)
+
+    def clients_open(self) -> int:
+        """How many sockets of this process are connected to the proxy: its clients'
+        ends (the proxy's own ends are connected from it), open until their owner closes
+        them, whatever the proxy did with them."""
+        inodes = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # (closed meanwhile)
+                inodes.add(os.readlink(f"/proc/self/fd/{fd}").removeprefix("socket:["))
+        count = 0
+        for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+            with open(table) as rows:
+                next(rows)  # the header
+                for row in rows:
+                    columns = row.split()
+                    remote_port = int(columns[2].rsplit(":", 1)[1], 16)
+                    if remote_port == self.port and f"{columns[9]}]" in inodes:
+                        count += 1
+        return count
 
     def close(self) -> None:
         self._listener.close()

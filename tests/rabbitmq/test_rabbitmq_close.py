@@ -5,6 +5,7 @@ attempt and the growing delays, is tested in ``tests/transport/test_reconnect.py
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import uuid
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tcp_proxy import Proxy
-from zocalo.errors import PublishFailed
+from zocalo.errors import ConnectionFailed, PublishFailed
 from zocalo.transport import Confirmation, Outgoing, create_transport, reply_queue_name
 
 pytestmark = pytest.mark.rabbitmq
@@ -134,6 +135,25 @@ def test_a_failed_restore_drops_its_connection_and_nothing_is_lost(
     finally:
         logging.getLogger("zocalo.transport.rabbitmq.connection").removeHandler(at_failure)
         caller.close()
+
+
+def test_a_handshake_that_times_out_leaves_no_socket_open(rabbitmq_vhost_url, proxy):
+    """The proxy accepts the connection and never answers: connect() gives up, and the
+    socket it opened is closed. It stayed open (a half-open connection at the broker per
+    attempt, a reconnect making one every few seconds) until a garbage collection found
+    it: collections are off here, so only the transport can close it."""
+    path = urlsplit(rabbitmq_vhost_url).path
+    transport = create_transport(f"amqp://guest:guest@127.0.0.1:{proxy.port}{path}?timeout=0.5")
+    proxy.set_mode("hold")
+    gc.disable()
+    try:
+        with pytest.raises(ConnectionFailed, match="TimeoutError"):
+            transport.connect()
+        assert proxy.held == 1
+        assert proxy.clients_open() == 0, "the unanswered connection's socket is still open"
+    finally:
+        gc.enable()
+        transport.close()
 
 
 def messages(caplog: pytest.LogCaptureFixture, containing: str) -> list[str]:
