@@ -27,6 +27,8 @@ class Proxy:
         self._held: list[socket.socket] = []
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self.refused = 0
+        #: Connections accepted, in any mode.
+        self.accepted = 0
         self._cut_on: bytes | None = None
         self.cut = 0
         threading.Thread(target=self._accept, name="test-proxy", daemon=True).start()
@@ -102,6 +104,7 @@ class Proxy:
                 return
             with self._changed:
                 mode = self._mode
+                self.accepted += 1
                 if mode == "hold":
                     self._held.append(client)
                 elif mode == "refuse":

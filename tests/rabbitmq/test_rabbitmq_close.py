@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from urllib.parse import urlsplit
 
+import pika
 import pytest
 
 from tcp_proxy import Proxy
@@ -154,6 +155,33 @@ def test_a_handshake_that_times_out_leaves_no_socket_open(rabbitmq_vhost_url, pr
     finally:
         gc.enable()
         transport.close()
+
+
+def test_a_connection_lost_while_connect_opens_its_channels_leaves_nothing_behind(
+    rabbitmq_vhost_url, proxied_url, proxy, collector, caplog
+):
+    """The connection is cut as connect() opens its first channel: connect() fails, and
+    nothing reconnects behind it. A reconnect used to start as connect() raised, and
+    opened a connection beside the one the caller's next connect() opened (one of the
+    two orphaned: close() closed the other)."""
+    transport = create_transport(proxied_url)
+    proxy.cut_when_client_sends(pika.frame.Method(1, pika.spec.Channel.Open()).marshal())
+    try:
+        with pytest.raises(ConnectionFailed):
+            transport.connect()
+        assert proxy.cut == 1
+        transport.connect()
+        queue = f"restore.{uuid.uuid4().hex[:8]}"
+        received = collector(ack_with=transport)
+        transport.subscribe(queue, received)
+        with create_transport(rabbitmq_vhost_url) as sender:
+            sender.send(queue, b"after")
+        received.wait_for_body(b"after", timeout=20)
+    finally:
+        transport.close()
+    assert proxy.wait(lambda p: p.forwarded == 0, timeout=10), "a connection is left open"
+    assert proxy.accepted == 2, f"{proxy.accepted} connections for two connect() calls"
+    assert not messages(caplog, "reconnected to")
 
 
 def messages(caplog: pytest.LogCaptureFixture, containing: str) -> list[str]:
