@@ -51,6 +51,12 @@ class Proxy:
                     end.shutdown(socket.SHUT_RDWR)
                 end.close()
 
+    def outage(self) -> None:
+        """The broker becomes unreachable: forwarded connections are cut, new ones
+        refused (until the mode is ``forward`` again)."""
+        self.set_mode("refuse")
+        self.drop()
+
     def cut_when_client_sends(self, data: bytes) -> None:
         """Once: the first forwarded connection whose client sends ``data`` (within one
         read) is cut there, before the broker sees it."""
