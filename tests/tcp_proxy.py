@@ -12,6 +12,7 @@ conversation.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 
@@ -26,6 +27,8 @@ class Proxy:
         self._held: list[socket.socket] = []
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self.refused = 0
+        #: Connections accepted, in any mode.
+        self.accepted = 0
         self._cut_on: bytes | None = None
         self.cut = 0
         threading.Thread(target=self._accept, name="test-proxy", daemon=True).start()
@@ -48,6 +51,12 @@ class Proxy:
                     end.shutdown(socket.SHUT_RDWR)
                 end.close()
 
+    def outage(self) -> None:
+        """The broker becomes unreachable: forwarded connections are cut, new ones
+        refused (until the mode is ``forward`` again)."""
+        self.set_mode("refuse")
+        self.drop()
+
     def cut_when_client_sends(self, data: bytes) -> None:
         """Once: the first forwarded connection whose client sends ``data`` (within one
         read) is cut there, before the broker sees it."""
@@ -67,6 +76,25 @@ class Proxy:
     def forwarded(self) -> int:
         return len(self._pairs)
 
+    def clients_open(self) -> int:
+        """How many sockets of this process are connected to the proxy: its clients'
+        ends (the proxy's own ends are connected from it), open until their owner closes
+        them, whatever the proxy did with them."""
+        inodes = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # (closed meanwhile)
+                inodes.add(os.readlink(f"/proc/self/fd/{fd}").removeprefix("socket:["))
+        count = 0
+        for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+            with open(table) as rows:
+                next(rows)  # the header
+                for row in rows:
+                    columns = row.split()
+                    remote_port = int(columns[2].rsplit(":", 1)[1], 16)
+                    if remote_port == self.port and f"{columns[9]}]" in inodes:
+                        count += 1
+        return count
+
     def close(self) -> None:
         self._listener.close()
         self.drop()
@@ -82,6 +110,7 @@ class Proxy:
                 return
             with self._changed:
                 mode = self._mode
+                self.accepted += 1
                 if mode == "hold":
                     self._held.append(client)
                 elif mode == "refuse":

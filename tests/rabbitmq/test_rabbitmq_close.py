@@ -5,18 +5,23 @@ attempt and the growing delays, is tested in ``tests/transport/test_reconnect.py
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
+import pika
 import pytest
+import requests
 
+from rabbit_broker import CREDENTIALS, MANAGEMENT
 from tcp_proxy import Proxy
-from zocalo.errors import PublishFailed
-from zocalo.transport import Confirmation, Outgoing, create_transport, reply_queue_name
+from zocalo.errors import ConnectionFailed, PublishFailed
+from zocalo.transport import Confirmation, Outgoing, create_transport, dlq_name, reply_queue_name
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -76,15 +81,17 @@ class _AtTheFailedAttempt(logging.Handler):
 def test_a_failed_restore_drops_its_connection_and_nothing_is_lost(
     rabbitmq_vhost_url, proxied_url, proxy, operator, collector, wait_until, caplog
 ):
-    """A reconnect attempt opens a connection, but cannot restore a subscription (an
-    operator deleted its queue during the outage). As the attempt fails, a message of
-    the other queue has been delivered on its connection, and a publish awaits the
+    """A reconnect attempt opens a connection, but cannot restore a subscription (during
+    the outage an operator replaced its queue with an exclusive queue of their own
+    connection, which ours cannot declare). As the attempt fails, a message of the
+    other queue has been delivered on its connection, and a publish awaits the
     broker's confirm there. The attempt drops that connection: the delivery goes back to
     its queue and comes again after the reconnect, the publish is answered (failed,
-    unless its confirm came first), and the subscription whose queue was missing is
-    restored once the queue is back. The connection used to stay open, unread, until the
-    broker's heartbeat timeout (60-90 s): holding the delivery, taking new messages of
-    its queue, the publish waiting for ever; and the failed subscription was forgotten."""
+    unless its confirm came first), and the subscription that failed is restored once
+    the operator's queue is gone (declared again). The connection used to stay open,
+    unread, until the broker's heartbeat timeout (60-90 s): holding the delivery, taking
+    new messages of its queue, the publish waiting for ever; and the failed subscription
+    was forgotten."""
     caller = create_transport(proxied_url)
     caller.connect()
     kept, deleted = (f"restore.{uuid.uuid4().hex[:8]}" for _ in range(2))
@@ -101,10 +108,10 @@ def test_a_failed_restore_drops_its_connection_and_nothing_is_lost(
     try:
         caller.subscribe(kept, kept_received, prefetch=10)
         caller.subscribe(deleted, deleted_received)
-        proxy.set_mode("refuse")
-        proxy.drop()
+        proxy.outage()
         operator.basic_publish("", kept, b"waiting")
         operator.queue_delete(deleted)
+        operator.queue_declare(deleted, exclusive=True)
         proxy.set_mode("forward")
         assert at_failure.done.wait(30), "no attempt failed restoring the deleted queue"
 
@@ -115,7 +122,7 @@ def test_a_failed_restore_drops_its_connection_and_nothing_is_lost(
         failed = published[0].exception()  # (its confirm may have come before the drop)
         assert failed is None or isinstance(failed, PublishFailed), failed
 
-        operator.queue_declare(deleted, durable=True)
+        operator.queue_delete(deleted)  # the next attempt declares it again
         proxy.set_mode("forward")
         wait_until(lambda: caller.connected, "the reconnect", 30)
         assert messages(caplog, "2 subscription(s) restored")
@@ -134,6 +141,90 @@ def test_a_failed_restore_drops_its_connection_and_nothing_is_lost(
     finally:
         logging.getLogger("zocalo.transport.rabbitmq.connection").removeHandler(at_failure)
         caller.close()
+
+
+def test_a_queue_deleted_during_an_outage_is_declared_again(
+    rabbitmq_vhost_url, proxied_url, proxy, operator, collector, wait_until, caplog
+):
+    """The queue of a subscription, and its dead-letter queue, are deleted while the
+    connection is down: the reconnect declares both again, as subscribe() did (a quorum
+    queue dead-lettering to ``dlq.<queue>``), and consumes. As when the broker cancels
+    a consumer whose queue was deleted while connected. Each attempt used to fail on
+    the missing queue (404), every few seconds for ever, the service never consuming."""
+    queue = f"restore.{uuid.uuid4().hex[:8]}"
+    with create_transport(proxied_url) as caller:
+        received = collector(ack_with=caller)
+        caller.subscribe(queue, received)
+        proxy.outage()
+        operator.queue_delete(queue)
+        operator.queue_delete(dlq_name(queue))
+        proxy.set_mode("forward")
+        wait_until(lambda: caller.connected, "the reconnect", 20)
+        assert messages(caplog, "1 subscription(s) restored")
+
+        declared = queue_info(rabbitmq_vhost_url, queue)
+        assert declared["type"] == "quorum"
+        assert declared["arguments"]["x-dead-letter-routing-key"] == dlq_name(queue)
+        assert queue_info(rabbitmq_vhost_url, dlq_name(queue))["type"] == "quorum"
+        with create_transport(rabbitmq_vhost_url) as sender:
+            sender.send(queue, b"after")
+        received.wait_for_body(b"after", timeout=20)
+
+
+def test_a_handshake_that_times_out_leaves_no_socket_open(rabbitmq_vhost_url, proxy):
+    """The proxy accepts the connection and never answers: connect() gives up, and the
+    socket it opened is closed. It stayed open (a half-open connection at the broker per
+    attempt, a reconnect making one every few seconds) until a garbage collection found
+    it: collections are off here, so only the transport can close it."""
+    path = urlsplit(rabbitmq_vhost_url).path
+    transport = create_transport(f"amqp://guest:guest@127.0.0.1:{proxy.port}{path}?timeout=0.5")
+    proxy.set_mode("hold")
+    gc.disable()
+    try:
+        with pytest.raises(ConnectionFailed, match="TimeoutError"):
+            transport.connect()
+        assert proxy.held == 1
+        assert proxy.clients_open() == 0, "the unanswered connection's socket is still open"
+    finally:
+        gc.enable()
+        transport.close()
+
+
+def test_a_connection_lost_while_connect_opens_its_channels_leaves_nothing_behind(
+    rabbitmq_vhost_url, proxied_url, proxy, collector, caplog
+):
+    """The connection is cut as connect() opens its first channel: connect() fails, and
+    nothing reconnects behind it. A reconnect used to start as connect() raised, and
+    opened a connection beside the one the caller's next connect() opened (one of the
+    two orphaned: close() closed the other)."""
+    transport = create_transport(proxied_url)
+    proxy.cut_when_client_sends(pika.frame.Method(1, pika.spec.Channel.Open()).marshal())
+    try:
+        with pytest.raises(ConnectionFailed):
+            transport.connect()
+        assert proxy.cut == 1
+        transport.connect()
+        queue = f"restore.{uuid.uuid4().hex[:8]}"
+        received = collector(ack_with=transport)
+        transport.subscribe(queue, received)
+        with create_transport(rabbitmq_vhost_url) as sender:
+            sender.send(queue, b"after")
+        received.wait_for_body(b"after", timeout=20)
+    finally:
+        transport.close()
+    assert proxy.wait(lambda p: p.forwarded == 0, timeout=10), "a connection is left open"
+    assert proxy.accepted == 2, f"{proxy.accepted} connections for two connect() calls"
+    assert not messages(caplog, "reconnected to")
+
+
+def queue_info(vhost_url: str, queue: str) -> dict[str, Any]:
+    """What the management API says of ``queue`` (type, arguments...)."""
+    vhost = quote(unquote(urlsplit(vhost_url).path[1:]), safe="")
+    answer = requests.get(
+        f"{MANAGEMENT}/queues/{vhost}/{quote(queue, safe='')}", auth=CREDENTIALS, timeout=10
+    )
+    answer.raise_for_status()
+    return answer.json()
 
 
 def messages(caplog: pytest.LogCaptureFixture, containing: str) -> list[str]:

@@ -114,8 +114,7 @@ def test_reconnect_attempts_wait_longer_each_time_until_one_succeeds(
         queue = f"reconnect.{uuid.uuid4().hex[:8]}"
         received = collector(ack_with=transport)
         transport.subscribe(queue, received)
-        proxy.set_mode("refuse")
-        proxy.drop()
+        proxy.outage()
         wait_until(
             lambda: len(messages(caplog, "failed (attempt")) >= 3, "three failed attempts", 30
         )

@@ -11,7 +11,8 @@ The RabbitMQ connection and the STOMP one make the same decisions here, once:
   with how many subscriptions the owner's ``on_reconnected()`` restored) or
   :meth:`Reconnecting.close` comes;
 - one thread reconnects at a time: a connection an attempt opened, lost before the
-  attempt has restored everything, fails that attempt, and its thread goes on;
+  attempt has restored everything, fails that attempt, and its thread goes on; one
+  lost before :meth:`Reconnecting.connect` returns fails it, and nothing reconnects;
 - a close is never undone: an attempt that was under way when it came shuts what it
   opened, and ``close()`` waits for the reconnecting thread to end.
 
@@ -101,13 +102,24 @@ class Reconnecting(ABC, Generic[Node]):
 
     # -- opening ----------------------------------------------------------------------
     def connect(self) -> None:
-        """Open a connection, unless one is open; raise ConnectionFailed if no node answers."""
+        """Open a connection, unless one is open; raise ConnectionFailed if no node answers.
+
+        It succeeds, or leaves nothing behind: a connection lost before it returns (while
+        the owner's ``on_open`` opened its channels, say) fails it, and starts no
+        reconnect (one would have run beside the caller's next ``connect()``).
+        """
         if self.is_open:
             return
         self.closing = False
         self._closed.clear()  # else a later reconnect would give up after one attempt
-        self.restoring = False
-        self._open_any_node()
+        self.restoring = True  # until it returns: a loss fails it (see _start_reconnecting)
+        try:
+            self._open_any_node()
+            if not self._restored():
+                raise ConnectionFailed(f"{self.safe_url}: lost while connecting")
+        except BaseException:
+            self._abandon()
+            raise
 
     def _open_any_node(self) -> None:
         """Connect to the first cluster node that answers, or raise ConnectionFailed."""
@@ -127,9 +139,9 @@ class Reconnecting(ABC, Generic[Node]):
         """(The open connection was lost, not closed) reconnect on a thread of its own.
 
         The subclass has set ``is_open`` false. A connection that a reconnect attempt
-        opened, lost before the attempt has ended, is that attempt's to deal with: it
-        fails, and its thread tries again (a second thread would race it, each
-        dropping what the other opened).
+        (or ``connect()``) opened, lost before the attempt has ended, is that attempt's
+        to deal with: it fails, and its thread tries again, or ``connect()`` raises (a
+        second thread would race it, each dropping what the other opened).
         """
         with self._restoring_lock:
             if self.restoring:
@@ -141,7 +153,8 @@ class Reconnecting(ABC, Generic[Node]):
         self._reconnector.start()
 
     def _restored(self) -> bool:
-        """The attempt has restored everything: end it, unless its connection was lost."""
+        """The attempt (or ``connect()``) has restored everything: end it, unless its
+        connection was lost."""
         with self._restoring_lock:
             self.restoring = not self.is_open
             return not self.restoring

@@ -99,9 +99,11 @@ class Connection(Reconnecting[pika.ConnectionParameters]):
             opened.set_result(None)
 
         def on_open_error(connection: pika.SelectConnection, error: BaseException) -> None:
-            opened.set_exception(
-                error if isinstance(error, BaseException) else RuntimeError(str(error))
-            )
+            if not opened.done():
+                opened.set_exception(
+                    error if isinstance(error, BaseException) else RuntimeError(str(error))
+                )
+            connection.ioloop.stop()  # its socket is closed: its I/O thread ends
 
         with self._starting:
             self._pika = pika.SelectConnection(
@@ -117,7 +119,9 @@ class Connection(Reconnecting[pika.ConnectionParameters]):
         try:
             opened.result(self.parameters.socket_timeout + 5)
         except Exception as error:
-            self._stop_ioloop()
+            # Unanswered: the handshake under way is cut (stopping the loop alone left
+            # its socket open, a half-open connection at the broker per attempt).
+            self._drop("no answer to the handshake")
             raise ConnectionFailed(self.explain(error)) from None
         self.is_open = True
         # A batch of operations scheduled on a lost connection's loop never ran.
@@ -183,15 +187,22 @@ class Connection(Reconnecting[pika.ConnectionParameters]):
     def _abandon(self) -> None:
         """After a failed attempt: drop the connection it opened, if it is still up.
 
-        No goodbye (the broker may not be listening): the socket is cut, as pika does
-        after missed heartbeats. pika then closes the connection's channels and calls
-        :meth:`_on_closed`, which tells the owner (what awaited the broker's answer on
-        it fails; what it delivered is forgotten, the broker returns it), and its I/O
-        thread ends. Left up, the connection lived on at the broker until the heartbeat
-        timeout, its consumers holding deliveries (and taking new ones), its exclusive
-        queues locked against the next attempt.
+        Left up, the connection lived on at the broker until the heartbeat timeout, its
+        consumers holding deliveries (and taking new ones), its exclusive queues locked
+        against the next attempt.
         """
         self.is_open = False  # this attempt's loss: nothing to reconnect after
+        self._drop("dropped after a failed attempt")
+
+    def _drop(self, why: str) -> None:
+        """Cut the connection, open or still opening, and wait for its I/O thread to end.
+
+        No goodbye (the broker may not be listening): the socket is cut, as pika does
+        after missed heartbeats. pika then closes an open connection's channels and calls
+        :meth:`_on_closed`, which tells the owner (what awaited the broker's answer on
+        it fails; what it delivered is forgotten, the broker returns it); one still
+        opening reports an open error. Either stops the I/O loop.
+        """
         with self._starting:
             connection, thread = self._pika, self._thread
         if connection is None or thread is None or not thread.is_alive():
@@ -200,20 +211,13 @@ class Connection(Reconnecting[pika.ConnectionParameters]):
         def drop() -> None:
             if not connection.is_closed:
                 connection._terminate_stream(  # pika's own abort (see its heartbeat.py)
-                    ConnectionFailed("dropped after a failed reconnect attempt")
+                    ConnectionFailed(why)
                 )
 
         with contextlib.suppress(Exception):
             connection.ioloop.add_callback_threadsafe(drop)
         if thread is not threading.current_thread():
             thread.join(10)
-
-    def _stop_ioloop(self) -> None:
-        if self._pika is not None and self._thread is not None:
-            with contextlib.suppress(Exception):
-                self._pika.ioloop.add_callback_threadsafe(self._pika.ioloop.stop)
-            if self._thread is not threading.current_thread():
-                self._thread.join(10)
 
     def _shut(self) -> None:
         """Close the connection (open, or still opening: a reconnect attempt's is

@@ -13,7 +13,7 @@ Deliveries arrive on the I/O thread and are handed to one callback thread,
 in order, so a slow handler never stalls heartbeats or confirms. When the
 broker cancels a consumer (its queue was deleted), the queue is declared
 again and consumed on the same channel; after a reconnect every active
-subscription consumes again.
+subscription's queue is declared again (it may have gone meanwhile) and consumed.
 
 Before consuming a queue, a subscription checks that no exclusive consumer holds
 it, or (exclusive itself) takes its lock: see :mod:`.exclusive`. One that must
@@ -313,12 +313,15 @@ class Consumers:
     def restore(self) -> int:
         """After a reconnect: consume every active subscription again; how many.
 
-        One that cannot be consumed fails the attempt and stays subscribed: the next
-        attempt, on a new connection, tries it again.
+        What each reads is declared again first, as after a cancellation: it may have
+        gone during the outage (an operator deleted it, a node lost it). One that cannot
+        be consumed fails the attempt and stays subscribed: the next attempt, on a new
+        connection, tries it again.
         """
         with self._lock:
             consumers = [c for c in self._consumers.values() if c.subscription.active]
         for lost in consumers:
+            self._topology.declare_again(lost.source, lost.bind_to)
             self._begin(
                 Consumer(
                     lost.subscription,

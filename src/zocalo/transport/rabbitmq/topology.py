@@ -244,7 +244,8 @@ class Topology:
         self._known_exchanges.add(topic)
 
     def declare_again(self, queue: str, bind_to: str | None) -> None:
-        """After the broker deleted what a consumer reads: forget it, declare it again.
+        """After the broker deleted what a consumer reads (or may have, during an outage):
+        forget it, declare it again.
 
         ``bind_to`` names the topic of a broadcast subscription (its queue is the
         server's to name); a reply queue comes back as one, a queue made by
@@ -260,10 +261,14 @@ class Topology:
             self.bind_queue(queue, topic, expires=expires)
         elif queue in self._kept:
             topic, seconds = self._kept.pop(queue)
-            self.keep_broadcasts(topic, seconds)
+            try:
+                self.keep_broadcasts(topic, seconds)
+            except BaseException:  # still a stream: the next try declares it as one
+                self._kept.setdefault(queue, (topic, seconds))
+                raise
         else:
-            # Whatever we knew of it went with it.
-            self._known_queues.discard(queue)
+            # Whatever we knew of it went with it (its dead-letter queue may have too).
+            self._known_queues.difference_update({queue, dlq_name(queue)})
             self._delay_bound.discard(queue)
             self.declare_queue(queue)
 
