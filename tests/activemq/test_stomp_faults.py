@@ -18,7 +18,7 @@ from stomp_helpers import Forward, start_recipe, unique
 
 from zocalo.errors import PublishFailed
 from zocalo.recipe import Recipe
-from zocalo.transport import Outgoing
+from zocalo.transport import Outgoing, create_transport
 from zocalo.transport.base import DLQ_REASON_HEADER, dlq_name
 
 pytestmark = pytest.mark.stomp
@@ -226,3 +226,33 @@ def test_a_write_the_broker_cuts_off_is_one_line_without_a_traceback(activemq, s
     [failure] = failures
     assert "the connection was lost" in str(failure)
     assert not [record for record in caplog.records if record.exc_info], "a traceback was logged"
+
+
+def test_close_from_a_confirmations_callback_returns_at_once_and_acks_its_input(
+    stomp_url, stomp, collector, wait_until
+):
+    """A confirmation's callback runs where the broker's answers are read: close()
+    waiting there for receipts (and for the DISCONNECT's) could get none, and ran each
+    wait's whole timeout (25 s). It returns at once; the closing goes on, the input of
+    the confirmed publish acked before the goodbye."""
+    queue = unique("close-in-callback")
+    worker = create_transport(stomp_url)  # timeout=10 s, each wait's
+    worker.connect()
+    stomp.send(queue, b"input")
+    received = collector()
+    worker.subscribe(queue, received)
+    [delivery] = received.wait_for_count(1)
+    took: list[float] = []
+
+    def close(_: object) -> None:
+        start = time.monotonic()
+        worker.close()
+        took.append(time.monotonic() - start)
+
+    worker.publish([Outgoing(f"{queue}.out", b"output")], ack=delivery).add_done_callback(close)
+    wait_until(lambda: took and not worker.connected, "the worker closed")
+    assert took[0] < 2, f"close() took {took[0]:.1f} s in the callback"
+    after = collector(ack_with=stomp)
+    stomp.subscribe(queue, after)
+    stomp.send(queue, b"sentinel")
+    assert after.wait_for_body(b"sentinel") and after.bodies == [b"sentinel"], "acked"

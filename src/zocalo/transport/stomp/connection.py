@@ -254,6 +254,13 @@ class Link(Reconnecting[tuple[str, int]]):
         if refusal is not None:
             raise TransportError(f"{self.safe_url}: {command} refused: {refusal}")
 
+    def on_receiver_thread(self) -> bool:
+        """Whether this is the open connection's receiver thread (where answers run:
+        nothing more is answered while it waits)."""
+        connection = self._stomp
+        transport: Any = connection.transport if connection is not None else None
+        return getattr(transport, "io_thread", None) is threading.current_thread()
+
     def wait_for_receipts(self, timeout: float) -> bool:
         """Wait until every booked receipt is answered, and what its answer does is done
         (or the connection is lost)."""

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -160,7 +161,19 @@ class StompTransport(Transport):
     def close(self) -> None:
         """Close: what is being confirmed is finished first (its acks go out, also on the
         connections of bound and reply queues, which therefore close after it), then the
-        broker returns unacknowledged deliveries to their queues."""
+        broker returns unacknowledged deliveries to their queues.
+
+        Called where the broker's answers are read (a confirmation's callback), it
+        returns at once and the closing goes on, on a thread of its own, once that
+        thread is free: waiting there, no receipt could come (each wait ran its whole
+        timeout, 25 s in all).
+        """
+        if self._link.on_receiver_thread():
+            threading.Thread(target=self._close, name="stomp-close", daemon=True).start()
+            return
+        self._close()
+
+    def _close(self) -> None:
         if self._link.is_open:
             self._link.wait_for_receipts(self.endpoint.timeout)
         self._bound.close()
