@@ -142,6 +142,29 @@ def test_a_publish_the_file_cannot_store_fails_alone_and_the_worker_goes_on(
         assert transport.connected
 
 
+def test_a_body_too_large_for_the_file_fails_its_publish_alone(tmp_path, collector):
+    """SQLite stores no value over 10**9 bytes. Only the publish holding one fails,
+    naming its queue; the other publishes committed with it in one batch go through."""
+    with create_transport(f"sqlite:///{tmp_path}/broker.db") as transport:
+        publishes: dict[str, Confirmation] = {}
+        queued = threading.Event()
+
+        def publish_both(_: object) -> None:  # on the worker thread: one batch next
+            publishes["big"] = transport.publish([Outgoing("big", b"x" * (10**9 + 1))])
+            publishes["small"] = transport.publish([Outgoing("out", b"fine")])
+            queued.set()
+
+        transport.publish([Outgoing("first", b"1")]).add_done_callback(publish_both)
+        assert queued.wait(30)
+        with pytest.raises(PublishFailed, match=r"queue 'big'.*too big") as failed:
+            publishes["big"].result(30)
+        assert "\n" not in str(failed.value)
+        publishes["small"].result(30)
+        out = collector(ack_with=transport)
+        transport.subscribe("out", out)
+        assert [d.body for d in out.wait_for_count(1)] == [b"fine"]
+
+
 def test_the_batch_in_hand_when_the_worker_dies_is_failed_not_stranded(tmp_path):
     """Its confirmations fail at once; nobody waits out their timeout. (The transport
     refuses such a lifetime up front; the operation goes to the worker directly here,

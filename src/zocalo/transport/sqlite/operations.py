@@ -119,16 +119,20 @@ class Publish(Operation):
                 else:
                     store.insert(message)
                     wake_ups.consumers_of(message.destination)
+        except sqlite3.DataError as error:  # too large for SQLite: this message's trouble
+            failure: Exception = error
         except sqlite3.Error:
             raise  # the file's trouble, not this message's: the batch rolls back and retries
         except Exception as error:  # this message cannot be stored: fail this publish only
-            store.undo_savepoint()
-            for delivery in self.acks:
-                consumers.restore_inflight(delivery)
-            where = f" to {message.describe()}" if message is not None else ""
-            return PublishFailed(f"cannot publish{where}: {error}")
-        store.release_savepoint()
-        return None
+            failure = error
+        else:
+            store.release_savepoint()
+            return None
+        store.undo_savepoint()
+        for delivery in self.acks:
+            consumers.restore_inflight(delivery)
+        where = f" to {message.describe()}" if message is not None else ""
+        return PublishFailed(f"cannot publish{where}: {failure}")
 
     def rolled_back(self, consumers: Consumers) -> None:
         for delivery in self.acks:
