@@ -165,6 +165,38 @@ def test_a_body_too_large_for_the_file_fails_its_publish_alone(tmp_path, collect
         assert [d.body for d in out.wait_for_count(1)] == [b"fine"]
 
 
+def test_close_from_a_confirmations_callback_closes_at_once(tmp_path, collector):
+    """The callback runs on the worker thread: close() there returns at once and closes
+    on a thread of its own (waiting there, the worker waited for itself: 30 s). A
+    second close() waits for that one; the publish it confirmed stays done."""
+    url = f"sqlite:///{tmp_path}/broker.db"
+    transport = create_transport(url)
+    transport.connect()
+    try:
+        transport.send("in", b"input")
+        received = collector()
+        transport.subscribe("in", received)
+        [delivery] = received.wait_for_count(1)
+        returned = threading.Event()
+
+        def close_there(_: object) -> None:
+            transport.close()
+            returned.set()
+
+        started = time.monotonic()
+        publish = transport.publish([Outgoing("out", b"output")], ack=delivery)
+        publish.add_done_callback(close_there)
+        assert returned.wait(10), "close() in the callback did not return"
+        transport.close()
+        assert not transport.connected
+        assert time.monotonic() - started < 10
+    finally:
+        transport.close()
+    with create_transport(url) as other:
+        depths = {stats.queue: stats.ready for stats in other.queue_stats()}
+    assert depths == {"out": 1}, "the input acked, the output stored"
+
+
 def test_the_batch_in_hand_when_the_worker_dies_is_failed_not_stranded(tmp_path):
     """Its confirmations fail at once; nobody waits out their timeout. (The transport
     refuses such a lifetime up front; the operation goes to the worker directly here,

@@ -122,6 +122,7 @@ class Worker:
         self._next_renewal = now + visibility_timeout / 3
         self._next_checkpoint = now + CHECKPOINT_INTERVAL
         self.state = "open"
+        self._closing = threading.Lock()
         self.thread = threading.Thread(target=self._work, name="sqlite-broker", daemon=True)
         self.callback_thread = threading.Thread(
             target=self._run_callbacks, name="sqlite-callbacks", daemon=True
@@ -232,19 +233,27 @@ class Worker:
         self.worker_wake.wake()
 
     def close(self) -> None:
-        """Unregister, return every unacknowledged delivery, and close the files."""
-        if self.state == "failed":  # the worker died: clean up from here
+        """Unregister, return every unacknowledged delivery, and close the files.
+
+        Called on the worker thread (a confirmation's callback), it returns at once and
+        the closing goes on, on a thread of its own: the worker would wait for itself.
+        """
+        if threading.current_thread() is self.thread:
+            threading.Thread(target=self.close, name="sqlite-close", daemon=True).start()
+            return
+        with self._closing:  # one close at a time: a second waits for the first
+            if self.state == "failed":  # the worker died: clean up from here
+                self._finish()
+                self.state = "closed"
+                return
+            if self.state != "open":
+                self.state = "closed"
+                return
+            done = Confirmation()
+            self.submit(Close(done))
+            with contextlib.suppress(Exception):
+                done.result(30)
             self._finish()
-            self.state = "closed"
-            return
-        if self.state != "open":
-            self.state = "closed"
-            return
-        done = Confirmation()
-        self.submit(Close(done))
-        with contextlib.suppress(Exception):
-            done.result(30)
-        self._finish()
 
     def abort(self) -> None:
         """Vanish as a killed process would: no cleanup; others reap what we held."""
