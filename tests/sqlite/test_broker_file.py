@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from zocalo.errors import ConnectionFailed
 from zocalo.transport import create_transport
 
 NOBODY = 65534
@@ -45,6 +46,24 @@ def test_every_file_is_private_to_its_owner(tmp_path):
         directories[transport.locks_directory.name] = oct(_mode(transport.locks_directory))
     assert set(modes.values()) == {"0o600"}, modes
     assert set(directories.values()) == {"0o700"}, directories
+
+
+def test_queue_stats_before_connecting_create_no_file_and_fail_in_one_line(tmp_path):
+    """They read the file read-only: no empty file of the umask's mode (0644) is left
+    behind for the services to open and keep their messages in."""
+    previous = os.umask(0o022)
+    broker = tmp_path / "broker.db"
+    try:
+        with pytest.raises(ConnectionFailed, match="cannot read broker file") as refused:
+            create_transport(f"sqlite:///{broker}").queue_stats()
+    finally:
+        os.umask(previous)
+    assert "\n" not in str(refused.value)
+    assert not broker.exists()
+    with create_transport(f"sqlite:///{broker}") as transport:
+        transport.send("q", "secret")
+        assert [stats.ready for stats in create_transport(transport.url).queue_stats()] == [1]
+    assert _mode(broker) == 0o600
 
 
 def test_a_shared_group_gets_group_read_write(tmp_path):

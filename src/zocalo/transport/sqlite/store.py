@@ -21,6 +21,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from zocalo.errors import ConnectionFailed
 from zocalo.transport.base import QueueStats
 from zocalo.transport.dead_letters import (
     dead_letter_headers,
@@ -508,7 +509,15 @@ def read_queue_stats(path: Path) -> list[QueueStats]:
 
     A queue with consumers and no messages is listed too; broadcast copies are not.
     """
-    db = sqlite3.connect(path, timeout=30)
+    try:
+        return _queue_stats(path)
+    except sqlite3.Error as error:
+        raise ConnectionFailed(f"cannot read broker file {path}: {error}") from None
+
+
+def _queue_stats(path: Path) -> list[QueueStats]:
+    # Read-only: a missing file is an error, never a new one with the umask's mode.
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", timeout=30, uri=True)
     try:
         now = time.time()
         rows = db.execute(
