@@ -66,6 +66,22 @@ def test_queue_stats_before_connecting_create_no_file_and_fail_in_one_line(tmp_p
     assert _mode(broker) == 0o600
 
 
+def test_a_locks_directory_it_may_not_write_is_refused_in_one_line(tmp_path, spawn):
+    """Where each connection's liveness lock goes: a traceback, not a line, before."""
+    if os.geteuid() != 0:
+        pytest.skip("root without its capabilities stands for another user here")
+    (tmp_path / "broker").mkdir(mode=0o700)
+    with create_transport(f"sqlite:///{tmp_path}/broker/broker.db") as transport:
+        transport.send("q", "kept")
+        locks = transport.locks_directory
+    locks.chmod(0o500)
+    opener = spawn("open_many", str(tmp_path), wrapper=AS_AN_ORDINARY_USER)
+    opener.tell("broker")
+    line = opener.next_line()
+    assert line.startswith("error: cannot open broker file") and "Permission denied" in line
+    assert not opener.errors, "nothing more than the line"
+
+
 def test_a_shared_group_gets_group_read_write(tmp_path):
     group = grp.getgrgid(os.getgid()).gr_name
     broker = tmp_path / "shared" / "broker.db"

@@ -149,10 +149,12 @@ class Worker:
             self.liveness = LivenessLock(
                 locks_directory(self.path), self.connection_id, self.permissions
             )
-        except BaseException:
+        except BaseException as error:
             if db is not None:
                 db.close()
             os.close(self._write_lock)
+            if isinstance(error, OSError):  # the liveness lock's: a directory it may not write
+                raise ConnectionFailed(f"cannot open broker file {self.path}: {error}") from None
             raise
         self._store: Store | None = Store(
             db,
