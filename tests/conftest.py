@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from transport_params import transports
 from zocalo.service import RunnerSettings, Service, ServiceRunner
 from zocalo.service.middleware import Middleware, default_middleware
 from zocalo.transport import Delivery, Outgoing, Transport, create_transport
@@ -283,12 +284,7 @@ def broker_url() -> str:
 #: runner call the handler right on their callback thread. (RabbitMQ's STOMP plugin runs
 #: the contract suite and its own service tests, ``tests/activemq/test_stomp_rabbitmq.py``:
 #: it has no delays or reply queues, which tests here take for granted.)
-EVERY_TRANSPORT = [
-    pytest.param("memory", id="memory"),
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
-]
+EVERY_TRANSPORT = transports("memory", "sqlite", "rabbitmq", "stomp")
 
 
 @pytest.fixture(params=EVERY_TRANSPORT)

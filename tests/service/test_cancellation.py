@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from transport_params import transports
 from zocalo.recipe import Recipe
 from zocalo.recipe.cancel import CANCEL_TOPIC, CANCEL_WINDOW, broadcast_cancel, cancel_message
 from zocalo.recipe.step import RecipeStep
@@ -41,11 +42,7 @@ QUEUED_FOR = 2.0
 
 #: The transports whose brokers keep broadcasts (``Capability.KEPT_BROADCASTS``): a
 #: service that starts after a cancellation hears it there only.
-KEEPING = [
-    pytest.param("memory", id="memory"),
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-]
+KEEPING = transports("memory", "sqlite", "rabbitmq")
 
 
 @pytest.fixture

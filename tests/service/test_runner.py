@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from transport_params import transports
 from zocalo.errors import InvalidMessage
 from zocalo.logs import RecipeContextFilter
 from zocalo.recipe import Recipe
@@ -521,10 +522,7 @@ def test_a_stop_whose_release_is_slow_returns_prefetched_messages_once(
 
 #: Memory and RabbitMQ only: they refuse a delayed broadcast, and SQLite refuses
 #: nothing a handler can send (it honours every feature), so there it never happens.
-REFUSING = [
-    pytest.param("memory", id="memory"),
-    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-]
+REFUSING = transports("memory", "rabbitmq")
 
 
 @pytest.mark.parametrize("each_transport_url", REFUSING, indirect=True)

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from fleet_services_helpers import StatusWatch
 
+from transport_params import transports
 from two_step_jobs import send_two_step
 from zocalo.cli.shutdown import command as shutdown
 from zocalo.service.status import STATUS_TOPIC, Status
@@ -20,9 +21,7 @@ from zocalo.transport import Transport, create_transport
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(
-    params=["sqlite", pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq)]
-)
+@pytest.fixture(params=transports("sqlite", "rabbitmq"))
 def any_broker(request: pytest.FixtureRequest, sqlite_broker: str) -> str:
     """The broker URL of each transport that carries commands between processes."""
     if request.param == "sqlite":

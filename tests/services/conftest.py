@@ -25,6 +25,7 @@ from join_jobs import JOINED, TIMED_OUT
 from private_databases import MariaDBServer, PostgresServer, PrivateServer
 from writer_jobs import WRITTEN
 
+from transport_params import transports
 from zocalo.config import load_configuration
 from zocalo.launch import ServiceProcesses
 from zocalo.service import RunnerSettings, Service, ServiceRunner
@@ -151,25 +152,14 @@ def broker_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str
     return rabbitmq_url(request)
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", id="memory"),
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    ]
-)
+@pytest.fixture(params=transports("memory", "sqlite", "rabbitmq"))
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A broker for services on threads of this process (a module may add ``"stomp"``,
     parametrizing ``url`` with ``indirect=True``)."""
     return broker_url(request.param, request, tmp_path)
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    ]
-)
+@pytest.fixture(params=transports("sqlite", "rabbitmq"))
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A broker every process can reach."""
     return broker_url(request.param, request, tmp_path)
@@ -301,12 +291,7 @@ def database_server(request: pytest.FixtureRequest) -> Iterator[PrivateServer]:
     server.start()
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    ]
-)
+@pytest.fixture(params=transports("sqlite", "rabbitmq"))
 def broker(request: pytest.FixtureRequest, sqlite_broker: str) -> str:
     """The URL of each broker that carries messages between processes, for the Join and
     DatabaseWriter process tests.

@@ -24,6 +24,7 @@ from replying_services import (
 )
 
 import zocalo
+from transport_params import transports
 from zocalo.cli.go import command as go
 from zocalo.launch import ServiceProcesses
 from zocalo.replies import ReplyTimeout
@@ -35,21 +36,12 @@ HERE = Path(__file__).parent
 #: Every broker of ``url`` and ``shared_url``, and ActiveMQ: replies come back on each.
 ON_THREADS = pytest.mark.parametrize(
     "url",
-    [
-        pytest.param("memory", id="memory"),
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-        pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
-    ],
+    transports("memory", "sqlite", "rabbitmq", "stomp"),
     indirect=True,
 )
 IN_PROCESSES = pytest.mark.parametrize(
     "shared_url",
-    [
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-        pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
-    ],
+    transports("sqlite", "rabbitmq", "stomp"),
     indirect=True,
 )
 

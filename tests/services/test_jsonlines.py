@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from lazy_jsonlines import HurriedJSONLines, LazyJSONLines
 
+from transport_params import transports
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
 from zocalo.service import RunnerSettings, Service, ServiceRunner
@@ -231,11 +232,7 @@ def test_a_graceful_stop_whose_batch_cannot_be_written_leaves_it_unacked(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "each_transport_url",
-    [
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-        pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
-    ],
+    transports("sqlite", "rabbitmq", "stomp"),
     indirect=True,
 )
 def test_kill_9_mid_batch_loses_nothing(url, client, tmp_path, wait_until):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from transport_params import transports
 from zocalo.transport import Transport, create_transport
 
 HOLDER = Path(__file__).with_name("exclusive_holder.py")
@@ -81,11 +82,7 @@ def client(each_transport_url: str) -> Iterator[Transport]:
 
 @pytest.mark.parametrize(
     "each_transport_url",
-    [
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
-        pytest.param("stomp", id="stomp", marks=pytest.mark.stomp),
-    ],
+    transports("sqlite", "rabbitmq", "stomp"),
     indirect=True,
 )
 def test_a_killed_holder_hands_the_queue_to_its_standby(
