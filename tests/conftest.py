@@ -335,14 +335,14 @@ def start_service(broker_url: str) -> Iterator[Callable[..., ServiceRunner]]:
         )
         thread = threading.Thread(target=runner.run, name=f"test-{service.name}", daemon=True)
         thread.start()
-        assert runner.started.wait(5), f"{service.name} did not start"
+        assert runner.started.wait(20), f"{service.name} did not start"
         running.append((runner, thread))
         return runner
 
     yield start
     for runner, thread in running:
         runner.request_stop()
-        thread.join(10)
+        thread.join(20)
         assert not thread.is_alive(), f"{runner.service.name} did not stop"
 
 

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from stomp_helpers import PREFIX
 
-from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.service import ServiceRunner
 from zocalo.transport import Transport, create_transport
 
 
@@ -54,22 +53,8 @@ def theirs(activemq: Any) -> Iterator[Callable[[], Any]]:
 
 
 @pytest.fixture
-def run_service(stomp_url: str) -> Iterator[Callable[..., ServiceRunner]]:
-    """``run_service(service, url=None)``: a ServiceRunner on a thread until the test ends."""
-    running: list[tuple[ServiceRunner, threading.Thread]] = []
-
-    def start(service: Service, url: str | None = None) -> ServiceRunner:
-        runner = ServiceRunner(
-            service, create_transport(url or stomp_url), RunnerSettings(retry_delay=0.05)
-        )
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
-        assert runner.started.wait(20)
-        running.append((runner, thread))
-        return runner
-
-    yield start
-    for runner, thread in running:
-        runner.request_stop()
-        thread.join(20)
-        assert not thread.is_alive(), f"{runner.service.name} did not stop"
+def run_service(
+    stomp_url: str, start_service: Callable[..., ServiceRunner]
+) -> Callable[..., ServiceRunner]:
+    """``run_service(service, url=None)``: ``start_service`` on ActiveMQ, retrying after 0.05 s."""
+    return lambda service, url=None: start_service(service, url or stomp_url, retry_delay=0.05)

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,23 +35,11 @@ def url(rabbitmq_stomp: Any) -> str:
 
 
 @pytest.fixture
-def run_service(url: str) -> Iterator[Callable[..., ServiceRunner]]:
-    """``run_service(service, **settings)``: a ServiceRunner on a thread until the test ends."""
-    running: list[tuple[ServiceRunner, threading.Thread]] = []
-
-    def start(service: Service, **settings: Any) -> ServiceRunner:
-        runner = ServiceRunner(service, create_transport(url), RunnerSettings(**settings))
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
-        assert runner.started.wait(20), f"{service.name} did not start"
-        running.append((runner, thread))
-        return runner
-
-    yield start
-    for runner, thread in running:
-        runner.request_stop()
-        thread.join(20)
-        assert not thread.is_alive(), f"{runner.service.name} did not stop"
+def run_service(
+    url: str, start_service: Callable[..., ServiceRunner]
+) -> Callable[..., ServiceRunner]:
+    """``run_service(service, **settings)``: ``start_service`` on RabbitMQ's STOMP plugin."""
+    return lambda service, **settings: start_service(service, url, **settings)
 
 
 def two_steps(source: str) -> Recipe:

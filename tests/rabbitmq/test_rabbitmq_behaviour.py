@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -23,7 +24,7 @@ import requests
 from zocalo.errors import ConnectionFailed
 from zocalo.recipe import Recipe
 from zocalo.recipe.step import RecipeStep
-from zocalo.service import RunnerSettings, Service, ServiceRunner
+from zocalo.service import Service, ServiceRunner
 from zocalo.transport import create_transport
 
 pytestmark = pytest.mark.rabbitmq
@@ -62,23 +63,11 @@ class Forward(Service):
 
 
 @pytest.fixture
-def run_service(rabbitmq_vhost_url: str):
-    running: list[tuple[ServiceRunner, threading.Thread]] = []
-
-    def start(service: Service, url: str | None = None) -> ServiceRunner:
-        runner = ServiceRunner(
-            service, create_transport(url or rabbitmq_vhost_url), RunnerSettings(retry_delay=0.05)
-        )
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
-        assert runner.started.wait(20)
-        running.append((runner, thread))
-        return runner
-
-    yield start
-    for runner, thread in running:
-        runner.request_stop()
-        thread.join(20)
+def run_service(rabbitmq_vhost_url: str, start_service: Callable[..., ServiceRunner]):
+    """``run_service(service, url=None)``: ``start_service`` on RabbitMQ, retrying after 0.05 s."""
+    return lambda service, url=None: start_service(
+        service, url or rabbitmq_vhost_url, retry_delay=0.05
+    )
 
 
 def test_a_recipe_goes_ours_theirs_ours_through_a_workflows_frontend(
