@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from private_server import serving
 from transport_params import transports
 from zocalo.service import RunnerSettings, Service, ServiceRunner
 from zocalo.service.middleware import Middleware, default_middleware
@@ -219,12 +220,7 @@ def activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from activemq_broker import PrivateActiveMQ
 
     broker = PrivateActiveMQ(tmp_path_factory.mktemp("activemq"))
-    try:
-        seconds = broker.start()
-        print(f"\n[activemq] started in {seconds:.1f}s (stomp {broker.stomp_port})")
-        yield broker
-    finally:
-        broker.destroy()
+    yield from serving(broker, "activemq", lambda started: f"stomp {started.stomp_port}")
 
 
 @pytest.fixture(scope="session")
@@ -240,12 +236,7 @@ def rabbitmq_stomp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             "or leave them out with -m 'not stomp'"
         )
     broker = PrivateRabbitMQStomp(tmp_path_factory.mktemp("rabbitmq-stomp"))
-    try:
-        seconds = broker.start()
-        print(f"\n[rabbitmq-stomp] started in {seconds:.1f}s (stomp {broker.stomp_port})")
-        yield broker
-    finally:
-        broker.destroy()
+    yield from serving(broker, "rabbitmq-stomp", lambda started: f"stomp {started.stomp_port}")
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 HOST = "127.0.0.1"
 
@@ -190,3 +190,17 @@ class PrivateServer:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+Server = TypeVar("Server", bound=PrivateServer)
+
+
+def serving(server: Server, name: str, where: Callable[[Server], str]) -> Iterator[Server]:
+    """A session fixture's body: start ``server``, print how long it took and ``where``
+    it listens, yield it, and stop and delete it at the end."""
+    try:
+        seconds = server.start()
+        print(f"\n[{name}] started in {seconds:.1f}s ({where(server)})")
+        yield server
+    finally:
+        server.destroy()

@@ -18,6 +18,7 @@ import requests
 import trustme
 from tls_node import SecondNode
 
+from private_server import serving
 from rabbit_broker import CREDENTIALS, MANAGEMENT
 
 
@@ -51,15 +52,14 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory, tls_ca: trustme.CA) -> d
 def tls_node(tls_files: dict[str, Path]) -> Iterator[SecondNode]:
     """A started :class:`SecondNode`: ``amqps_url``, ``amqp_url``, ``ca_path``, ``url(...)``."""
     node = SecondNode(certfile=tls_files["cert"], keyfile=tls_files["key"], cafile=tls_files["ca"])
-    try:
-        seconds = node.start()
-        print(
-            f"\n[tls_node] {node.node} booted in {seconds:.1f}s "
-            f"(amqp {node.amqp_port}, amqps {node.tls_port}, dist {node.dist_port})"
-        )
-        yield node
-    finally:
-        node.destroy()
+    yield from serving(
+        node,
+        "tls_node",
+        lambda started: (
+            f"{started.node}: amqp {started.amqp_port}, amqps {started.tls_port}, "
+            f"dist {started.dist_port}"
+        ),
+    )
 
 
 @pytest.fixture
