@@ -15,7 +15,7 @@ import pika
 import pytest
 
 from tcp_proxy import Proxy
-from zocalo.transport import Transport, create_transport
+from zocalo.transport import create_transport
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -35,35 +35,33 @@ def caplog_count(caplog: pytest.LogCaptureFixture, words: str) -> int:
 
 
 @pytest.fixture
-def ours(rabbitmq_vhost_url: str) -> Iterator[Transport]:
-    transport = create_transport(rabbitmq_vhost_url)
-    transport.connect()
-    yield transport
-    transport.close()
+def broker_url(rabbitmq_vhost_url: str) -> str:
+    """The session's RabbitMQ vhost (``client`` connects to it)."""
+    return rabbitmq_vhost_url
 
 
 @pytest.mark.parametrize("kind", ["quorum", "classic"])
-def test_ours_stands_by_beside_a_foreign_exclusive_consumer(ours, collector, caplog, kind):
+def test_ours_stands_by_beside_a_foreign_exclusive_consumer(client, collector, caplog, kind):
     """A quorum queue (ours) does not enforce consumer exclusivity: ours sees the foreign
     consumer; a classic queue refuses ours (ACCESS_REFUSED): either way it stands by,
     and takes over, with what the foreign one held, when it goes."""
     caplog.set_level(logging.INFO, logger="zocalo.transport")
     queue = f"exclusive.{kind}.{uuid.uuid4().hex[:8]}"
-    theirs = pika.BlockingConnection(ours.parameters)  # type: ignore[attr-defined]
+    theirs = pika.BlockingConnection(client.parameters)  # type: ignore[attr-defined]
     try:
         channel = theirs.channel()
         if kind == "classic":
             channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "classic"})
         else:
-            ours.declare_queue(queue)
+            client.declare_queue(queue)
         held: list[bytes] = []
         channel.basic_qos(prefetch_count=100)
         channel.basic_consume(queue, lambda ch, m, p, body: held.append(body), exclusive=True)
 
-        standby = collector(ack_with=ours)
-        ours.subscribe(queue, standby, prefetch=10, exclusive=True)
+        standby = collector(ack_with=client)
+        client.subscribe(queue, standby, prefetch=10, exclusive=True)
         wait_for_log(caplog, "standing by")
-        ours.send(queue, b"m0")
+        client.send(queue, b"m0")
         deadline = time.monotonic() + DEADLINE
         while not held:
             assert time.monotonic() < deadline, "the foreign consumer never got m0"
@@ -85,7 +83,7 @@ def proxy() -> Iterator[Proxy]:
 
 
 def test_a_holder_cut_off_hands_over_and_stands_by_once_back(
-    rabbitmq_vhost_url, proxy, ours, collector, caplog
+    rabbitmq_vhost_url, proxy, client, collector, caplog
 ):
     """Its network lost, the holder's lock goes with its connection: the standby takes
     over with what it held; the holder reconnects as a standby, not a second holder."""
@@ -97,10 +95,10 @@ def test_a_holder_cut_off_hands_over_and_stands_by_once_back(
     try:
         held = collector()
         holder.subscribe(queue, held, prefetch=10, exclusive=True)
-        standby = collector(ack_with=ours)
-        ours.subscribe(queue, standby, prefetch=10, exclusive=True)
+        standby = collector(ack_with=client)
+        client.subscribe(queue, standby, prefetch=10, exclusive=True)
         wait_for_log(caplog, "standing by")
-        ours.send(queue, b"m0")
+        client.send(queue, b"m0")
         held.wait_for_body(b"m0")
 
         proxy.set_mode("hold")  # the holder's reconnect waits: the standby goes first
@@ -109,7 +107,7 @@ def test_a_holder_cut_off_hands_over_and_stands_by_once_back(
         assert [(d.body, d.redelivered) for d in deliveries] == [(b"m0", True)]
         proxy.set_mode("forward")
         wait_for_log(caplog, "standing by", count=2)  # the holder, back
-        ours.send(queue, b"m1")
+        client.send(queue, b"m1")
         standby.wait_for_body(b"m1")
         assert held.bodies == [b"m0"]
         # One line each, not one per refused try (pika warns of every channel closed).

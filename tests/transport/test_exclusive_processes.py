@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from transport_params import transports
-from zocalo.transport import Transport, create_transport
+from zocalo.transport import Transport
 
 HOLDER = Path(__file__).with_name("exclusive_holder.py")
 SENTINEL = b"--sentinel--"
@@ -73,11 +73,9 @@ def holder() -> Iterator[Callable[[str, str], Holder]]:
 
 
 @pytest.fixture
-def client(each_transport_url: str) -> Iterator[Transport]:
-    transport = create_transport(each_transport_url)
-    transport.connect()
-    yield transport
-    transport.close()
+def broker_url(each_transport_url: str) -> str:
+    """Each transport parametrized below (``client`` connects to it)."""
+    return each_transport_url
 
 
 @pytest.mark.parametrize(
