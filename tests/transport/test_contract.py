@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -1798,16 +1798,40 @@ def lacks_exclusive(transport: Transport, queue: str) -> bool:
     return lacks(transport, Capability.EXCLUSIVE, transport.subscribe, queue, print, exclusive=True)
 
 
-def hold_exclusively(
-    holder: Transport, queue: str, collector: Callable[..., Any], first: bytes
-) -> Any:
-    """Subscribe ``holder`` exclusively (never acking by itself) and wait until it got
-    ``first`` (sent before): from then on it holds ``queue``."""
+class HeldQueue(NamedTuple):
+    """A queue that ``holder`` holds exclusively (``held``: what it got, never acked by
+    itself); ``producer`` sends, ``other`` is a third connection."""
+
+    queue: str
+    producer: Transport
+    holder: Transport
+    other: Transport
+    held: Any
+
+
+def an_exclusive_holder(
+    connect: Callable[..., Transport], name: Callable, collector: Callable[..., Any]
+) -> HeldQueue | None:
+    """Three connections and a queue the second subscribes to exclusively, holding it once
+    it got ``m0`` (sent first); None where the transport has no exclusive consumers (then
+    checked that it refuses one)."""
+    queue = name("q")
+    producer, holder, other = connect(), connect(), connect()
+    if lacks_exclusive(holder, queue):
+        return None
+    producer.send(queue, b"m0")
     held = collector()
     subscription = holder.subscribe(queue, held, prefetch=10, exclusive=True)
     assert subscription.exclusive
-    held.wait_for_body(first)
-    return held
+    held.wait_for_body(b"m0")
+    return HeldQueue(queue, producer, holder, other, held)
+
+
+def stand_by(transport: Transport, queue: str, collector: Callable[..., Any]) -> Any:
+    """``transport`` subscribes to ``queue`` exclusively too (acking what it gets)."""
+    standby = collector(ack_with=transport)
+    transport.subscribe(queue, standby, prefetch=10, exclusive=True)
+    return standby
 
 
 def test_a_second_exclusive_consumer_stands_by_until_the_first_closes(
@@ -1815,15 +1839,12 @@ def test_a_second_exclusive_consumer_stands_by_until_the_first_closes(
 ) -> None:
     """Everything goes to the first; closed, its unacknowledged message returns and the
     standby gets that and the rest; each standby says when it stands by and takes over."""
-    queue = name("q")
-    producer, first, second = connect(), connect(), connect()
-    if lacks_exclusive(first, queue):
+    setup = an_exclusive_holder(connect, name, collector)
+    if setup is None:
         return
-    producer.send(queue, b"m0")
-    held = hold_exclusively(first, queue, collector, b"m0")
+    queue, producer, first, second, held = setup
 
-    standby = collector(ack_with=second)
-    second.subscribe(queue, standby, prefetch=10, exclusive=True)
+    standby = stand_by(second, queue, collector)
     if knows_its_standby(second):
         log_lines.wait_for("standing by")
     for body in (b"m1", b"m2", SENTINEL):
@@ -1851,14 +1872,11 @@ def test_an_exclusive_holder_that_crashes_hands_the_queue_to_its_standby(
     connect: Callable[..., Transport], collector: Callable, name: Callable
 ) -> None:
     """Nothing lost, nothing twice beyond the crashed holder's unacknowledged messages."""
-    queue = name("q")
-    producer, crashing, second = connect(), connect(), connect()
-    if lacks_exclusive(crashing, queue):
+    setup = an_exclusive_holder(connect, name, collector)
+    if setup is None:
         return
-    producer.send(queue, b"m0")
-    held = hold_exclusively(crashing, queue, collector, b"m0")
-    standby = collector(ack_with=second)
-    second.subscribe(queue, standby, prefetch=10, exclusive=True)
+    queue, producer, crashing, second, held = setup
+    standby = stand_by(second, queue, collector)
     producer.send(queue, b"m1")
     held.wait_for_body(b"m1")
     assert standby.bodies == []
@@ -1873,14 +1891,11 @@ def test_an_exclusive_holder_that_crashes_hands_the_queue_to_its_standby(
 def test_an_unsubscribed_holder_hands_over_and_settles_what_it_holds(
     connect: Callable[..., Transport], collector: Callable, name: Callable
 ) -> None:
-    queue = name("q")
-    producer, first, second = connect(), connect(), connect()
-    if lacks_exclusive(first, queue):
+    setup = an_exclusive_holder(connect, name, collector)
+    if setup is None:
         return
-    producer.send(queue, b"m0")
-    held = hold_exclusively(first, queue, collector, b"m0")
-    standby = collector(ack_with=second)
-    second.subscribe(queue, standby, prefetch=10, exclusive=True)
+    queue, producer, first, second, held = setup
+    standby = stand_by(second, queue, collector)
 
     first.unsubscribe(held.deliveries[0].subscription)
     producer.send(queue, b"m1")
@@ -1896,12 +1911,10 @@ def test_a_non_exclusive_consumer_beside_an_exclusive_one_stands_by(
     """While an exclusive consumer holds a queue nobody else receives from it (RabbitMQ
     refuses such a consumer; ActiveMQ keeps it idle): a plain subscription stands by
     too, and shares the queue as usual once the exclusive one has gone."""
-    queue = name("q")
-    producer, holder, plain = connect(), connect(), connect()
-    if lacks_exclusive(holder, queue):
+    setup = an_exclusive_holder(connect, name, collector)
+    if setup is None:
         return
-    producer.send(queue, b"m0")
-    held = hold_exclusively(holder, queue, collector, b"m0")
+    queue, producer, holder, plain, held = setup
     waiting = collector(ack_with=plain)
     plain.subscribe(queue, waiting, prefetch=10)
     if knows_its_standby(plain):
