@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -97,6 +98,16 @@ class Collector:
         return self.wait_until(
             lambda deliveries: len(deliveries) >= count, f"{count} deliveries", timeout
         )
+
+    def wait_for_every_number(self, total: int, what: str, timeout: float = 90) -> int:
+        """Wait until a recipe message of each payload ``{"n": n}``, ``n`` below ``total``,
+        has arrived (after ``what``: a restart, say); return how many arrived twice."""
+        received = self.wait_until(
+            lambda ds: {json.loads(d.body)["payload"]["n"] for d in ds} >= set(range(total)),
+            f"every message after {what}",
+            timeout,
+        )
+        return len(received) - total
 
     def wait_for_body(self, body: bytes, timeout: float = DEADLINE) -> list[Delivery]:
         return self.wait_until(
